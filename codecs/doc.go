@@ -1,0 +1,37 @@
+// Package codecs holds the platform's wire formats: the Event that the capture
+// appends to the history topic and the router fans out, and the State that the
+// snapshot tables keep per entity. Both are JSON documents, so any consumer in
+// any language can read them; Codec is generic over the Go type and GokaCodec
+// adapts it to goka.
+//
+// # Event
+//
+//	{
+//	  "type": "account",                     entity type (the config's entities[].type)
+//	  "id": "42",                            entity id, a 64-bit integer as a decimal string
+//	  "op": "update",                        insert | update | delete | truncate
+//	  "after": {"id": 42, "name": "acme"},   the row after the change (insert, update)
+//	  "before": {"id": 42},                  the old row or key, where PostgreSQL sends it
+//	  "unchanged": ["blob"],                 unchanged TOASTed columns that were not sent
+//	  "xid": 750,                            PostgreSQL transaction id
+//	  "commit_lsn": "0/1A2B3C4",             LSN of the transaction's commit record
+//	  "position": "0000000001A2B3C4:00000002", commit LSN and index in the transaction
+//	  "commit_time": "2026-11-25T20:00:00.123456Z",
+//	  "capture_time": "2026-11-25T20:00:00.125Z"
+//	}
+//
+// Positions strictly increase along the history; their text form sorts in
+// the same order as the positions themselves.
+//
+// # Column values
+//
+// A row maps column names to JSON values, decoded from PostgreSQL's text
+// format without loss: smallint, integer, bigint and oid are JSON numbers;
+// real and double precision are JSON numbers, or the strings "NaN",
+// "Infinity" and "-Infinity"; boolean is true or false; json and jsonb are
+// embedded as JSON; NULL is null; every other type (numeric, text, uuid,
+// timestamps, bytea as \x hex, arrays, enums, ...) is a JSON string holding
+// PostgreSQL's text form, so numeric keeps every digit. A column whose value
+// PostgreSQL did not send (an unchanged TOASTed value) is absent from the row
+// and listed in "unchanged"; it is never null.
+package codecs

@@ -1,0 +1,132 @@
+package codecs
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Op is the kind of change an Event carries.
+type Op string
+
+// The operations. OpTruncate carries no entity id: it empties the whole table
+// of its entity type.
+const (
+	OpInsert   Op = "insert"
+	OpUpdate   Op = "update"
+	OpDelete   Op = "delete"
+	OpTruncate Op = "truncate"
+)
+
+// Valid reports whether o is one of the declared operations.
+func (o Op) Valid() bool {
+	switch o {
+	case OpInsert, OpUpdate, OpDelete, OpTruncate:
+		return true
+	}
+	return false
+}
+
+// Row maps column names to their values as JSON (see the package doc for the
+// mapping of PostgreSQL types).
+type Row map[string]json.RawMessage
+
+// Decode unmarshals the row into v, a pointer to a struct whose json tags name
+// the columns, or to a map.
+func (r Row) Decode(v any) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode row: %w", err)
+	}
+	return json.Unmarshal(b, v)
+}
+
+// Event is one committed change of one entity, as the capture appends it to
+// the history topic and the router emits it to the entity type's topic.
+type Event struct {
+	// EntityType is the entity type the changed table is declared as.
+	EntityType string `json:"type"`
+	// EntityID is the 64-bit id of the changed row; 0 for OpTruncate. It
+	// travels as a decimal string, which JSON readers in every language keep
+	// exact.
+	EntityID int64 `json:"id,string"`
+	// Op is the kind of change.
+	Op Op `json:"op"`
+	// After is the row after an insert or update.
+	After Row `json:"after,omitempty"`
+	// Before is the old row of an update or delete: the replica identity
+	// columns by default, the whole row under REPLICA IDENTITY FULL.
+	Before Row `json:"before,omitempty"`
+	// Unchanged names the columns of After that PostgreSQL did not send
+	// because their TOASTed value did not change. They keep their old value.
+	Unchanged []string `json:"unchanged,omitempty"`
+	// TxID is the PostgreSQL transaction id.
+	TxID uint32 `json:"xid"`
+	// CommitLSN is the LSN of the transaction's commit record.
+	CommitLSN LSN `json:"commit_lsn"`
+	// Position is the change's place in the history.
+	Position Position `json:"position"`
+	// CommitTime is when the transaction committed, by the database's clock.
+	CommitTime time.Time `json:"commit_time"`
+	// CaptureTime is when the capture decoded the change.
+	CaptureTime time.Time `json:"capture_time"`
+}
+
+// Validate checks the fields every consumer relies on.
+func (e *Event) Validate() error {
+	switch {
+	case e.EntityType == "":
+		return errors.New("event: type is empty")
+	case !e.Op.Valid():
+		return fmt.Errorf("event: op %q is not insert, update, delete or truncate", e.Op)
+	case e.Position.IsZero():
+		return errors.New("event: position is zero")
+	case e.Position.CommitLSN != e.CommitLSN:
+		return fmt.Errorf("event: position %s is not at commit_lsn %s", e.Position, e.CommitLSN)
+	case (e.Op == OpInsert || e.Op == OpUpdate) && e.After == nil:
+		return fmt.Errorf("event: %s without after", e.Op)
+	}
+	return nil
+}
+
+// EventCodec encodes and decodes Events as JSON. Decode rejects anything that
+// is not a valid event (see Event.Validate), so a consumer never acts on half
+// a record.
+type EventCodec struct{}
+
+// Encode implements Codec.
+func (EventCodec) Encode(e *Event) ([]byte, error) {
+	if e == nil {
+		return nil, errors.New("event: nil")
+	}
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(e)
+}
+
+// Decode implements Codec.
+func (EventCodec) Decode(b []byte) (*Event, error) {
+	e := new(Event)
+	if err := strictUnmarshal(b, e); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// strictUnmarshal rejects trailing data after the JSON document.
+func strictUnmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON document")
+	}
+	return nil
+}

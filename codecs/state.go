@@ -1,0 +1,64 @@
+package codecs
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// State is the latest known state of one entity: the value of its key in the
+// snapshot table of its type. A deleted entity has no State (its key is
+// deleted from the table).
+type State struct {
+	// EntityType and EntityID identify the entity.
+	EntityType string `json:"type"`
+	EntityID   int64  `json:"id,string"`
+	// Row is the entity's row as of Position.
+	Row Row `json:"row"`
+	// Position is the position of the last change applied. The snapshot
+	// processor ignores any change at or before it, which makes applying a
+	// redelivered change a no-op.
+	Position Position `json:"position"`
+	// CommitTime is the commit time of the last change applied.
+	CommitTime time.Time `json:"commit_time"`
+}
+
+// Validate checks the fields every reader relies on.
+func (s *State) Validate() error {
+	switch {
+	case s.EntityType == "":
+		return errors.New("state: type is empty")
+	case s.Row == nil:
+		return errors.New("state: row is missing")
+	case s.Position.IsZero():
+		return errors.New("state: position is zero")
+	}
+	return nil
+}
+
+// StateCodec encodes and decodes States as JSON.
+type StateCodec struct{}
+
+// Encode implements Codec.
+func (StateCodec) Encode(s *State) ([]byte, error) {
+	if s == nil {
+		return nil, errors.New("state: nil")
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(s)
+}
+
+// Decode implements Codec.
+func (StateCodec) Decode(b []byte) (*State, error) {
+	s := new(State)
+	if err := strictUnmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("decode state: %w", err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}

@@ -1,0 +1,351 @@
+package topology
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration of a changes deployment: where Kafka and
+// PostgreSQL are, how topics are named and shaped, and which tables are
+// captured as which entity types. It is read from one YAML file (see
+// configs/local.yaml for a commented example) and then from environment
+// variables, which win over the file. Validate reports the first field that is
+// wrong by its YAML path.
+type Config struct {
+	Kafka    KafkaConfig    `yaml:"kafka"`
+	Postgres PostgresConfig `yaml:"postgres"`
+	Topics   TopicsConfig   `yaml:"topics"`
+	// Storage is where processors and views keep their local goleveldb copies
+	// of the tables. Default: ./data. Environment: CHANGES_STORAGE_DIR.
+	Storage string `yaml:"storage"`
+	// Metrics is the listen address of the Prometheus /metrics endpoint;
+	// empty disables it. Default: 127.0.0.1:9464.
+	// Environment: CHANGES_METRICS_LISTEN.
+	Metrics string `yaml:"metrics"`
+	// Entities declares the captured tables, one entity type each. At least
+	// one is required.
+	Entities []EntityConfig `yaml:"entities"`
+}
+
+// KafkaConfig says how to reach Kafka and how to write to it.
+type KafkaConfig struct {
+	// Brokers are the bootstrap brokers, host:port. Required.
+	// Environment: CHANGES_KAFKA_BROKERS (comma-separated).
+	Brokers []string `yaml:"brokers"`
+	// Version is the highest Kafka protocol version the clients use; sarama
+	// negotiates lower request versions per broker. Default: 4.0.0.
+	Version string `yaml:"version"`
+	// ClientID is sent with every request, for broker logs and quotas.
+	// Default: changes.
+	ClientID string `yaml:"client_id"`
+	// ReplicationFactor of the topics this platform creates. Default: -1, the
+	// broker's default.replication.factor. The local stack uses 1.
+	// Environment: CHANGES_KAFKA_REPLICATION_FACTOR.
+	ReplicationFactor int `yaml:"replication_factor"`
+	// Linger is how long a producer waits to fill a batch before sending it
+	// (Java: linger.ms). Default: 0, send as soon as the previous request is
+	// answered; batches still form while a request is in flight.
+	Linger time.Duration `yaml:"linger"`
+	// MaxRecordBytes is the largest record a producer sends (Java:
+	// max.request.size). Default: 1000000, the broker's default limit.
+	MaxRecordBytes int `yaml:"max_record_bytes"`
+}
+
+// PostgresConfig says which database is captured and through which
+// replication slot and publication.
+type PostgresConfig struct {
+	// URL is a libpq connection string or URL of the captured database. The
+	// user needs the REPLICATION attribute. Required.
+	// Environment: CHANGES_POSTGRES_URL.
+	URL string `yaml:"url"`
+	// Slot is the logical replication slot (pgoutput). Default: changes.
+	// Environment: CHANGES_POSTGRES_SLOT.
+	Slot string `yaml:"slot"`
+	// Publication lists the captured tables. Default: changes.
+	// Environment: CHANGES_POSTGRES_PUBLICATION.
+	Publication string `yaml:"publication"`
+	// StandbyTimeout is the longest time between two status updates to
+	// PostgreSQL; it must stay below the server's wal_sender_timeout.
+	// Default: 10s.
+	StandbyTimeout time.Duration `yaml:"standby_timeout"`
+}
+
+// TopicsConfig names and shapes the topics.
+type TopicsConfig struct {
+	// Prefix starts every topic and group name, so several deployments can
+	// share one cluster. Default: changes. Environment: CHANGES_TOPIC_PREFIX.
+	Prefix string `yaml:"prefix"`
+	// HistoryRetention is how long the history topic keeps changes.
+	// Default: 720h (30 days).
+	HistoryRetention time.Duration `yaml:"history_retention"`
+	// EventsRetention is how long the per-type event topics keep changes;
+	// they are rebuilt from the history. Default: 168h (7 days).
+	EventsRetention time.Duration `yaml:"events_retention"`
+}
+
+// EntityConfig declares one captured table as one entity type.
+type EntityConfig struct {
+	// Type names the entity type in events, topics and groups: lowercase
+	// letters, digits and underscores, starting with a letter. Required.
+	Type string `yaml:"type"`
+	// Table is the captured table, schema-qualified or in public. Required.
+	Table string `yaml:"table"`
+	// IDColumn is the column holding the 64-bit entity id (smallint,
+	// integer or bigint). Default: id.
+	IDColumn string `yaml:"id_column"`
+	// Partitions of the type's event topic and snapshot table. Default: 8.
+	Partitions int `yaml:"partitions"`
+}
+
+// Defaults of the fields that have one.
+const (
+	DefaultKafkaVersion      = "4.0.0"
+	DefaultClientID          = "changes"
+	DefaultMaxRecordBytes    = 1000000
+	DefaultSlot              = "changes"
+	DefaultPublication       = "changes"
+	DefaultStandbyTimeout    = 10 * time.Second
+	DefaultPrefix            = "changes"
+	DefaultHistoryRetention  = 30 * 24 * time.Hour
+	DefaultEventsRetention   = 7 * 24 * time.Hour
+	DefaultStorage           = "data"
+	DefaultMetrics           = "127.0.0.1:9464"
+	DefaultIDColumn          = "id"
+	DefaultPartitions        = 8
+	defaultReplicationFactor = -1
+)
+
+// Load reads the YAML file at path, applies the environment overrides and the
+// defaults, and validates the result. Unknown fields are errors, so a typo does
+// not silently fall back to a default.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse is Load for a config already in memory.
+func Parse(data []byte) (*Config, error) {
+	cfg := &Config{Kafka: KafkaConfig{ReplicationFactor: defaultReplicationFactor}}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// An empty file is fine: every required field may come from the environment.
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	if err := cfg.applyEnv(os.LookupEnv); err != nil {
+		return nil, err
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
+	str := func(name string, dst *string) {
+		if v, ok := lookup(name); ok && v != "" {
+			*dst = v
+		}
+	}
+	if v, ok := lookup("CHANGES_KAFKA_BROKERS"); ok && v != "" {
+		c.Kafka.Brokers = splitList(v)
+	}
+	if v, ok := lookup("CHANGES_KAFKA_REPLICATION_FACTOR"); ok && v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("CHANGES_KAFKA_REPLICATION_FACTOR: %q is not an integer", v)
+		}
+		c.Kafka.ReplicationFactor = n
+	}
+	str("CHANGES_POSTGRES_URL", &c.Postgres.URL)
+	str("CHANGES_POSTGRES_SLOT", &c.Postgres.Slot)
+	str("CHANGES_POSTGRES_PUBLICATION", &c.Postgres.Publication)
+	str("CHANGES_TOPIC_PREFIX", &c.Topics.Prefix)
+	str("CHANGES_STORAGE_DIR", &c.Storage)
+	if v, ok := lookup("CHANGES_METRICS_LISTEN"); ok {
+		c.Metrics = v // empty disables
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (c *Config) applyDefaults() {
+	setDefault(&c.Kafka.Version, DefaultKafkaVersion)
+	setDefault(&c.Kafka.ClientID, DefaultClientID)
+	if c.Kafka.MaxRecordBytes == 0 {
+		c.Kafka.MaxRecordBytes = DefaultMaxRecordBytes
+	}
+	setDefault(&c.Postgres.Slot, DefaultSlot)
+	setDefault(&c.Postgres.Publication, DefaultPublication)
+	if c.Postgres.StandbyTimeout == 0 {
+		c.Postgres.StandbyTimeout = DefaultStandbyTimeout
+	}
+	setDefault(&c.Topics.Prefix, DefaultPrefix)
+	if c.Topics.HistoryRetention == 0 {
+		c.Topics.HistoryRetention = DefaultHistoryRetention
+	}
+	if c.Topics.EventsRetention == 0 {
+		c.Topics.EventsRetention = DefaultEventsRetention
+	}
+	setDefault(&c.Storage, DefaultStorage)
+	for i := range c.Entities {
+		e := &c.Entities[i]
+		setDefault(&e.IDColumn, DefaultIDColumn)
+		if e.Partitions == 0 {
+			e.Partitions = DefaultPartitions
+		}
+		if e.Table != "" && !strings.Contains(e.Table, ".") {
+			e.Table = "public." + e.Table
+		}
+	}
+}
+
+// setDefault is applied before validation; Metrics is not in it because an
+// explicit empty value disables the endpoint.
+func setDefault(dst *string, def string) {
+	if *dst == "" {
+		*dst = def
+	}
+}
+
+var (
+	typeName  = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+	slotName  = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
+	sqlIdent  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+)
+
+// Validate checks every field and names the first wrong one by its YAML path,
+// e.g. "entities[1].partitions: must be at least 1, got 0".
+func (c *Config) Validate() error {
+	if len(c.Kafka.Brokers) == 0 {
+		return fieldErr("kafka.brokers", "is required (or set CHANGES_KAFKA_BROKERS)")
+	}
+	for i, b := range c.Kafka.Brokers {
+		if _, port, ok := strings.Cut(b, ":"); !ok || port == "" {
+			return fieldErr(fmt.Sprintf("kafka.brokers[%d]", i), "must be host:port, got %q", b)
+		}
+	}
+	if _, err := sarama.ParseKafkaVersion(c.Kafka.Version); err != nil {
+		return fieldErr("kafka.version", "%q is not a Kafka version like 4.0.0", c.Kafka.Version)
+	}
+	if c.Kafka.ReplicationFactor == 0 || c.Kafka.ReplicationFactor < -1 {
+		return fieldErr("kafka.replication_factor", "must be -1 (broker default) or at least 1, got %d", c.Kafka.ReplicationFactor)
+	}
+	if c.Kafka.Linger < 0 {
+		return fieldErr("kafka.linger", "must not be negative, got %s", c.Kafka.Linger)
+	}
+	if c.Kafka.MaxRecordBytes < 1024 {
+		return fieldErr("kafka.max_record_bytes", "must be at least 1024, got %d", c.Kafka.MaxRecordBytes)
+	}
+	if c.Postgres.URL == "" {
+		return fieldErr("postgres.url", "is required (or set CHANGES_POSTGRES_URL)")
+	}
+	if !slotName.MatchString(c.Postgres.Slot) {
+		return fieldErr("postgres.slot", "must be 1-63 lowercase letters, digits or underscores, got %q", c.Postgres.Slot)
+	}
+	if !sqlIdent.MatchString(c.Postgres.Publication) {
+		return fieldErr("postgres.publication", "must be a plain SQL identifier, got %q", c.Postgres.Publication)
+	}
+	if c.Postgres.StandbyTimeout < time.Second {
+		return fieldErr("postgres.standby_timeout", "must be at least 1s, got %s", c.Postgres.StandbyTimeout)
+	}
+	if !topicName.MatchString(c.Topics.Prefix) || len(c.Topics.Prefix) > 150 {
+		return fieldErr("topics.prefix", "must be up to 150 letters, digits, '.', '_' or '-', got %q", c.Topics.Prefix)
+	}
+	if c.Topics.HistoryRetention < time.Hour {
+		return fieldErr("topics.history_retention", "must be at least 1h, got %s", c.Topics.HistoryRetention)
+	}
+	if c.Topics.EventsRetention < time.Hour {
+		return fieldErr("topics.events_retention", "must be at least 1h, got %s", c.Topics.EventsRetention)
+	}
+	if len(c.Entities) == 0 {
+		return fieldErr("entities", "declare at least one entity type")
+	}
+	types := map[string]int{}
+	tables := map[string]int{}
+	for i, e := range c.Entities {
+		at := func(f string) string { return fmt.Sprintf("entities[%d].%s", i, f) }
+		if !typeName.MatchString(e.Type) {
+			return fieldErr(at("type"), "must be lowercase letters, digits or underscores starting with a letter, got %q", e.Type)
+		}
+		if j, dup := types[e.Type]; dup {
+			return fieldErr(at("type"), "%q is already declared by entities[%d]", e.Type, j)
+		}
+		types[e.Type] = i
+		schema, table, _ := strings.Cut(e.Table, ".")
+		if !sqlIdent.MatchString(schema) || !sqlIdent.MatchString(table) {
+			return fieldErr(at("table"), "must be [schema.]table of plain SQL identifiers, got %q", e.Table)
+		}
+		if j, dup := tables[e.Table]; dup {
+			return fieldErr(at("table"), "%q is already captured by entities[%d]", e.Table, j)
+		}
+		tables[e.Table] = i
+		if !sqlIdent.MatchString(e.IDColumn) {
+			return fieldErr(at("id_column"), "must be a plain SQL identifier, got %q", e.IDColumn)
+		}
+		if e.Partitions < 1 || e.Partitions > 10000 {
+			return fieldErr(at("partitions"), "must be between 1 and 10000, got %d", e.Partitions)
+		}
+	}
+	return nil
+}
+
+// FieldError is returned by Validate and Load; Field is the YAML path of the
+// wrong field.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// SaramaVersion is the parsed Kafka.Version; Validate has checked it.
+func (k KafkaConfig) SaramaVersion() sarama.KafkaVersion {
+	v, err := sarama.ParseKafkaVersion(k.Version)
+	if err != nil {
+		return sarama.V4_0_0_0
+	}
+	return v
+}
+
+// Entity returns the declared entity type named typ.
+func (c *Config) Entity(typ string) (EntityConfig, bool) {
+	for _, e := range c.Entities {
+		if e.Type == typ {
+			return e, true
+		}
+	}
+	return EntityConfig{}, false
+}

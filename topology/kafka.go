@@ -1,0 +1,147 @@
+package topology
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// SaramaConfig returns the client settings every part of the platform uses.
+// goka's and sarama's defaults are unsafe here (acks=1, no idempotence, new
+// groups skipping the existing history, a 100 ms flush per hop), so this sets:
+//
+//   - Version: k.Version, a ceiling; sarama negotiates request versions per broker.
+//   - Producer: acks=all, idempotent, one request in flight (no reordering on
+//     retry), retries with backoff, no compression, flushing as soon as the
+//     previous request is answered unless k.Linger is set.
+//   - Consumer: a new group starts at the oldest offset; errors are returned.
+//
+// Each call returns a new config, which the caller may change further.
+func SaramaConfig(k KafkaConfig) *sarama.Config {
+	c := sarama.NewConfig()
+	c.Version = k.SaramaVersion()
+	c.ClientID = k.ClientID
+	c.Metadata.Full = false
+
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Idempotent = true
+	c.Net.MaxOpenRequests = 1
+	c.Producer.Retry.Max = 10
+	c.Producer.Retry.Backoff = 100 * time.Millisecond
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Compression = sarama.CompressionNone
+	c.Producer.MaxMessageBytes = k.MaxRecordBytes
+	c.Producer.Flush.Frequency = k.Linger
+	c.Producer.Flush.Bytes = 0
+	c.Producer.Flush.Messages = 0
+	c.Producer.Flush.MaxMessages = 0
+	c.Producer.Partitioner = sarama.NewHashPartitioner
+
+	c.Consumer.Return.Errors = true
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.Consumer.MaxProcessingTime = time.Second
+	c.Consumer.MaxWaitTime = 100 * time.Millisecond
+	return c
+}
+
+// TopicSpec is the shape a topic must have.
+type TopicSpec struct {
+	Name       string
+	Partitions int32
+	// Configs are topic-level settings such as cleanup.policy.
+	Configs map[string]string
+}
+
+// Topics lists every topic the deployment needs, in creation order. Tables
+// (snapshots) are compacted; the history keeps HistoryRetention with exactly
+// one partition, so every consumer sees the same order.
+func (t *Topology) Topics() []TopicSpec {
+	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	specs := []TopicSpec{
+		{Name: string(t.History()), Partitions: 1, Configs: map[string]string{
+			"cleanup.policy":         "delete",
+			"retention.ms":           ms(t.cfg.Topics.HistoryRetention),
+			"retention.bytes":        "-1",
+			"message.timestamp.type": "CreateTime",
+			"max.message.bytes":      strconv.Itoa(t.cfg.Kafka.MaxRecordBytes + 1024),
+		}},
+		{Name: string(t.DeadLetter()), Partitions: 1, Configs: map[string]string{
+			"cleanup.policy": "delete",
+			"retention.ms":   ms(t.cfg.Topics.HistoryRetention),
+		}},
+	}
+	for _, e := range t.cfg.Entities {
+		specs = append(specs,
+			TopicSpec{Name: string(t.Events(e.Type)), Partitions: int32(e.Partitions), Configs: map[string]string{
+				"cleanup.policy": "delete",
+				"retention.ms":   ms(t.cfg.Topics.EventsRetention),
+			}},
+			TopicSpec{Name: string(t.Snapshot(e.Type)), Partitions: int32(e.Partitions), Configs: map[string]string{
+				"cleanup.policy": "compact",
+			}},
+		)
+	}
+	return specs
+}
+
+// ErrTopicMismatch is returned by EnsureTopics when a topic exists with a
+// shape that would break the platform's guarantees (a history with several
+// partitions, a table that is not compacted, a partition count that differs
+// from the config). It is never repaired silently.
+var ErrTopicMismatch = errors.New("topic exists with another shape")
+
+// EnsureTopics creates the missing topics of specs and checks the existing
+// ones: the partition count must match and cleanup.policy must be the one the
+// spec asks for. Replication uses replicationFactor (-1: broker default).
+func EnsureTopics(admin sarama.ClusterAdmin, specs []TopicSpec, replicationFactor int) error {
+	existing, err := admin.ListTopics()
+	if err != nil {
+		return fmt.Errorf("list topics: %w", err)
+	}
+	for _, s := range specs {
+		if d, ok := existing[s.Name]; ok {
+			if err := checkTopic(admin, s, d); err != nil {
+				return err
+			}
+			continue
+		}
+		entries := make(map[string]*string, len(s.Configs))
+		for k, v := range s.Configs {
+			entries[k] = &v
+		}
+		err := admin.CreateTopic(s.Name, &sarama.TopicDetail{
+			NumPartitions:     s.Partitions,
+			ReplicationFactor: int16(replicationFactor),
+			ConfigEntries:     entries,
+		}, false)
+		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+func checkTopic(admin sarama.ClusterAdmin, s TopicSpec, d sarama.TopicDetail) error {
+	if d.NumPartitions != s.Partitions {
+		return fmt.Errorf("%w: %s has %d partitions, the config asks for %d (partitions cannot be changed in place: recreate the topic or fix the config)",
+			ErrTopicMismatch, s.Name, d.NumPartitions, s.Partitions)
+	}
+	want, ok := s.Configs["cleanup.policy"]
+	if !ok {
+		return nil
+	}
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: s.Name, ConfigNames: []string{"cleanup.policy"}})
+	if err != nil {
+		return fmt.Errorf("describe topic %s: %w", s.Name, err)
+	}
+	for _, e := range entries {
+		if e.Name == "cleanup.policy" && e.Value != want {
+			return fmt.Errorf("%w: %s has cleanup.policy=%s, it must be %s", ErrTopicMismatch, s.Name, e.Value, want)
+		}
+	}
+	return nil
+}
