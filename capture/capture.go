@@ -1,0 +1,452 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
+)
+
+// Record headers the capture sets on every history record, so consumers can
+// route and measure without decoding the value.
+const (
+	HeaderEntityType  = "changes-entity-type"
+	HeaderOp          = "changes-op"
+	HeaderPosition    = "changes-position"
+	HeaderCommitTime  = "changes-commit-time"
+	HeaderCaptureTime = "changes-capture-time"
+)
+
+// Capture streams the changes of the configured tables into the history
+// topic. Create it with New and run it with Run; it is not reusable after
+// Run returns.
+type Capture struct {
+	topo    *topology.Topology
+	tables  []table
+	log     *slog.Logger
+	metrics *metrics
+	sarama  *sarama.Config
+}
+
+// Option configures a Capture.
+type Option func(*Capture)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(c *Capture) { c.log = l } }
+
+// WithRegisterer registers the changes_capture_* metrics with r. Default: not
+// registered.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return func(c *Capture) { c.metrics.register(r) }
+}
+
+// New returns a Capture for the deployment described by topo. It checks
+// nothing remote; Run does.
+func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
+	if topo == nil {
+		return nil, errors.New("capture: nil topology")
+	}
+	c := &Capture{
+		topo:    topo,
+		tables:  tablesOf(topo.Config()),
+		log:     slog.Default(),
+		metrics: newMetrics(),
+		sarama:  topology.SaramaConfig(topo.Config().Kafka),
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	c.log = c.log.With("component", "capture")
+	return c, nil
+}
+
+// Run prepares the database (see the package doc), then streams changes until
+// ctx is cancelled or an error stops it. On cancellation it waits for Kafka to
+// acknowledge what is in flight, reports the final position to PostgreSQL and
+// returns nil. Any error of Kafka or PostgreSQL ends Run with that error and
+// without acknowledging anything Kafka does not have; the caller restarts it.
+func (c *Capture) Run(ctx context.Context) error {
+	cfg := c.topo.Config()
+	start, err := c.prepare(ctx)
+	if err != nil {
+		return err
+	}
+
+	replConn, err := connectReplication(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	defer replConn.Close(context.Background())
+
+	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, c.sarama)
+	if err != nil {
+		return fmt.Errorf("kafka producer: %w", err)
+	}
+
+	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
+	})
+	if err != nil {
+		producer.Close()
+		return fmt.Errorf("start replication on slot %s (is another capture running on it?): %w", cfg.Postgres.Slot, err)
+	}
+	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()))
+
+	s := &stream{
+		Capture:  c,
+		conn:     replConn,
+		producer: producer,
+		tracker:  newTracker(start),
+		rels:     newRelations(c.tables),
+		topic:    string(c.topo.History()),
+		failed:   make(chan struct{}),
+	}
+	var acks sync.WaitGroup
+	acks.Add(1)
+	go func() { defer acks.Done(); s.collectAcks() }()
+
+	runErr := s.loop(ctx)
+
+	// Drain: Close waits for every in-flight record to be acknowledged or fail.
+	producer.AsyncClose()
+	acks.Wait()
+	if ferr := s.failure(); ferr != nil && runErr == nil {
+		runErr = ferr
+	}
+	final := s.tracker.acknowledged()
+	if err := s.sendStatus(context.Background(), final); err != nil && runErr == nil {
+		runErr = err
+	}
+	c.log.Info("stopped", "lsn", final.String())
+	if runErr != nil && errors.Is(runErr, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return runErr
+}
+
+// prepare checks the server and the tables, ensures the publication and the
+// slot, and returns the position to stream from.
+func (c *Capture) prepare(ctx context.Context) (codecs.LSN, error) {
+	cfg := c.topo.Config()
+	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return 0, fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := checkServer(ctx, conn); err != nil {
+		return 0, err
+	}
+	for _, t := range c.tables {
+		if err := checkTable(ctx, conn, t); err != nil {
+			return 0, err
+		}
+	}
+	if err := ensurePublication(ctx, conn, cfg.Postgres.Publication, c.tables); err != nil {
+		return 0, err
+	}
+	st, err := inspectSlot(ctx, conn, cfg.Postgres.Slot)
+	if err != nil {
+		return 0, err
+	}
+	if st.exists {
+		return st.confirmedFlush, nil
+	}
+	repl, err := connectReplication(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return 0, err
+	}
+	defer repl.Close(context.Background())
+	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, cfg.Postgres.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		return 0, fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
+	}
+	lsn, err := codecs.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return 0, fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
+	}
+	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", lsn.String())
+	return lsn, nil
+}
+
+func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
+	pc, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres url: %w", err)
+	}
+	pc.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres for replication: %w", err)
+	}
+	return conn, nil
+}
+
+// stream is one replication session.
+type stream struct {
+	*Capture
+	conn     *pgconn.PgConn
+	producer sarama.AsyncProducer
+	tracker  *tracker
+	rels     *relations
+	topic    string
+
+	// The transaction being decoded.
+	cur        *txn
+	begin      *pglogrepl.BeginMessage
+	index      uint32
+	lastStatus time.Time
+	lastSent   codecs.LSN
+
+	failOnce sync.Once
+	failErr  error
+	failed   chan struct{}
+}
+
+func (s *stream) fail(err error) {
+	s.failOnce.Do(func() { s.failErr = err; close(s.failed) })
+}
+
+func (s *stream) failure() error {
+	select {
+	case <-s.failed:
+		return s.failErr
+	default:
+		return nil
+	}
+}
+
+// collectAcks counts Kafka's acknowledgements until the producer is closed.
+func (s *stream) collectAcks() {
+	successes, errs := s.producer.Successes(), s.producer.Errors()
+	for successes != nil || errs != nil {
+		select {
+		case m, ok := <-successes:
+			if !ok {
+				successes = nil
+				continue
+			}
+			meta := m.Metadata.(*recordMeta)
+			s.metrics.commitToHistory.Observe(time.Since(meta.commitTime).Seconds())
+			s.tracker.ack(meta.txn)
+		case e, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			s.fail(fmt.Errorf("kafka did not take the change at %s: %w", e.Msg.Metadata.(*recordMeta).position, e.Err))
+		}
+	}
+}
+
+type recordMeta struct {
+	txn        *txn
+	position   codecs.Position
+	commitTime time.Time
+}
+
+func (s *stream) loop(ctx context.Context) error {
+	standby := s.topo.Config().Postgres.StandbyTimeout
+	for {
+		if err := s.failure(); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		acked := s.tracker.acknowledged()
+		s.metrics.ackedLSN.Set(float64(acked))
+		if time.Since(s.lastStatus) >= standby || (acked != s.lastSent && time.Since(s.lastStatus) >= 500*time.Millisecond) {
+			if err := s.sendStatus(ctx, acked); err != nil {
+				return err
+			}
+		}
+
+		recvCtx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		raw, err := s.conn.ReceiveMessage(recvCtx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("receive from postgres: %w", err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("replication stream: unexpected message %T", raw)
+		}
+	}
+}
+
+func (s *stream) sendStatus(ctx context.Context, lsn codecs.LSN) error {
+	// All three positions are set: pglogrepl copies the write position into
+	// a zero flush position, which would acknowledge what Kafka lacks.
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(lsn),
+		WALFlushPosition: pglogrepl.LSN(lsn),
+		WALApplyPosition: pglogrepl.LSN(lsn),
+		ClientTime:       time.Now(),
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	s.lastStatus = time.Now()
+	s.lastSent = lsn
+	return nil
+}
+
+func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return errors.New("replication stream: empty CopyData")
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		// Idle: no decoded transaction waits for Kafka, so WAL up to the
+		// server's end holds nothing for us that is not already in Kafka.
+		if s.cur == nil {
+			s.tracker.skipTo(codecs.LSN(ka.ServerWALEnd))
+		}
+		if ka.ReplyRequested {
+			return s.sendStatus(ctx, s.tracker.acknowledged())
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse xlogdata: %w", err)
+		}
+		return s.handleWAL(ctx, xld.WALData)
+	}
+	return fmt.Errorf("replication stream: unknown CopyData type %q", data[0])
+}
+
+func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
+	msg, err := pglogrepl.Parse(wal)
+	if err != nil {
+		return fmt.Errorf("parse pgoutput message: %w", err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		return s.rels.add(m)
+	case *pglogrepl.BeginMessage:
+		s.begin, s.index = m, 0
+		s.cur = s.tracker.open()
+	case *pglogrepl.CommitMessage:
+		if s.cur == nil {
+			return errors.New("replication stream: commit without begin")
+		}
+		s.tracker.seal(s.cur, codecs.LSN(m.TransactionEndLSN))
+		s.metrics.transactions.Inc()
+		s.cur, s.begin = nil, nil
+	case *pglogrepl.InsertMessage:
+		return s.change(ctx, m.RelationID, codecs.OpInsert, nil, m.Tuple)
+	case *pglogrepl.UpdateMessage:
+		return s.change(ctx, m.RelationID, codecs.OpUpdate, m.OldTuple, m.NewTuple)
+	case *pglogrepl.DeleteMessage:
+		return s.change(ctx, m.RelationID, codecs.OpDelete, m.OldTuple, nil)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			if err := s.change(ctx, id, codecs.OpTruncate, nil, nil); err != nil {
+				return err
+			}
+		}
+	}
+	// Type and Origin messages carry nothing an event needs.
+	return nil
+}
+
+func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldTuple, newTuple *pglogrepl.TupleData) error {
+	if s.cur == nil {
+		return fmt.Errorf("replication stream: %s outside a transaction", op)
+	}
+	rel, err := s.rels.get(relID)
+	if err != nil {
+		return err
+	}
+	commitLSN := codecs.LSN(s.begin.FinalLSN)
+	ev := &codecs.Event{
+		EntityType:  rel.table.entityType,
+		Op:          op,
+		TxID:        s.begin.Xid,
+		CommitLSN:   commitLSN,
+		Position:    codecs.Position{CommitLSN: commitLSN, Index: s.index},
+		CommitTime:  s.begin.CommitTime.UTC(),
+		CaptureTime: time.Now().UTC(),
+	}
+	s.index++
+	if op != codecs.OpTruncate {
+		idTuple := newTuple
+		if idTuple == nil {
+			idTuple = oldTuple
+		}
+		if ev.EntityID, err = rel.id(idTuple); err != nil {
+			return err
+		}
+		if ev.After, ev.Unchanged, err = rel.row(newTuple); err != nil {
+			return err
+		}
+		if ev.Before, _, err = rel.row(oldTuple); err != nil {
+			return err
+		}
+	}
+	value, err := codecs.EventCodec{}.Encode(ev)
+	if err != nil {
+		return fmt.Errorf("encode change of %s id %d: %w", rel.table.qualified(), ev.EntityID, err)
+	}
+	key := ev.EntityType + "/" + strconv.FormatInt(ev.EntityID, 10)
+	if size := len(value) + len(key) + 256; size > s.topo.Config().Kafka.MaxRecordBytes {
+		return fmt.Errorf("%w: table %s id %d at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
+			ErrRecordTooLarge, rel.table.qualified(), ev.EntityID, ev.Position, size, s.topo.Config().Kafka.MaxRecordBytes)
+	}
+	s.tracker.produced(s.cur)
+	msg := &sarama.ProducerMessage{
+		Topic:     s.topic,
+		Key:       sarama.StringEncoder(key),
+		Value:     sarama.ByteEncoder(value),
+		Timestamp: ev.CommitTime,
+		Headers: []sarama.RecordHeader{
+			{Key: []byte(HeaderEntityType), Value: []byte(ev.EntityType)},
+			{Key: []byte(HeaderOp), Value: []byte(ev.Op)},
+			{Key: []byte(HeaderPosition), Value: []byte(ev.Position.String())},
+			{Key: []byte(HeaderCommitTime), Value: []byte(ev.CommitTime.Format(time.RFC3339Nano))},
+			{Key: []byte(HeaderCaptureTime), Value: []byte(ev.CaptureTime.Format(time.RFC3339Nano))},
+		},
+		Metadata: &recordMeta{txn: s.cur, position: ev.Position, commitTime: ev.CommitTime},
+	}
+	select {
+	case s.producer.Input() <- msg:
+	case <-s.failed:
+		return s.failErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.metrics.changes.WithLabelValues(ev.EntityType, string(ev.Op)).Inc()
+	s.metrics.bytes.Add(float64(len(value)))
+	return nil
+}

@@ -1,0 +1,157 @@
+package capture
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+// PostgreSQL type OIDs with a JSON form other than a string.
+const (
+	oidBool    = 16
+	oidInt8    = 20
+	oidInt2    = 21
+	oidInt4    = 23
+	oidOID     = 26
+	oidJSON    = 114
+	oidFloat4  = 700
+	oidFloat8  = 701
+	oidJSONB   = 3802
+)
+
+// relation is a Relation message resolved against the captured tables.
+type relation struct {
+	msg     *pglogrepl.RelationMessage
+	table   table
+	idIndex int
+}
+
+// relations caches the Relation messages of the stream. PostgreSQL sends one
+// before the first change of a table in a session and again after its schema
+// changes, so the cache is always current for the changes that follow.
+type relations struct {
+	byID   map[uint32]*relation
+	tables map[string]table
+}
+
+func newRelations(tables []table) *relations {
+	r := &relations{byID: map[uint32]*relation{}, tables: map[string]table{}}
+	for _, t := range tables {
+		r.tables[t.qualified()] = t
+	}
+	return r
+}
+
+func (r *relations) add(m *pglogrepl.RelationMessage) error {
+	t, ok := r.tables[m.Namespace+"."+m.RelationName]
+	if !ok {
+		return fmt.Errorf("publication sends table %s.%s, which no entity type declares: remove it from the publication or declare it",
+			m.Namespace, m.RelationName)
+	}
+	idx := -1
+	for i, c := range m.Columns {
+		if c.Name == t.idColumn {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return fmt.Errorf("%w: table %s no longer has its id column %s", ErrSetup, t.qualified(), t.idColumn)
+	}
+	r.byID[m.RelationID] = &relation{msg: m, table: t, idIndex: idx}
+	return nil
+}
+
+func (r *relations) get(id uint32) (*relation, error) {
+	rel, ok := r.byID[id]
+	if !ok {
+		return nil, fmt.Errorf("change for relation %d before its Relation message", id)
+	}
+	return rel, nil
+}
+
+// row decodes a tuple into a Row, returning the names of the columns
+// PostgreSQL did not send because their TOASTed value is unchanged.
+func (rel *relation) row(tuple *pglogrepl.TupleData) (codecs.Row, []string, error) {
+	if tuple == nil {
+		return nil, nil, nil
+	}
+	if len(tuple.Columns) != len(rel.msg.Columns) {
+		return nil, nil, fmt.Errorf("table %s: tuple has %d columns, relation has %d", rel.table.qualified(), len(tuple.Columns), len(rel.msg.Columns))
+	}
+	row := make(codecs.Row, len(tuple.Columns))
+	var unchanged []string
+	for i, col := range tuple.Columns {
+		meta := rel.msg.Columns[i]
+		switch col.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			row[meta.Name] = json.RawMessage("null")
+		case pglogrepl.TupleDataTypeToast:
+			unchanged = append(unchanged, meta.Name)
+		case pglogrepl.TupleDataTypeText:
+			v, err := textToJSON(meta.DataType, col.Data)
+			if err != nil {
+				return nil, nil, fmt.Errorf("table %s column %s: %w", rel.table.qualified(), meta.Name, err)
+			}
+			row[meta.Name] = v
+		default:
+			return nil, nil, fmt.Errorf("table %s column %s: tuple data type %q is not text (binary mode is not used)", rel.table.qualified(), meta.Name, col.DataType)
+		}
+	}
+	return row, unchanged, nil
+}
+
+// id reads the entity id from a tuple.
+func (rel *relation) id(tuple *pglogrepl.TupleData) (int64, error) {
+	if tuple == nil || rel.idIndex >= len(tuple.Columns) {
+		return 0, fmt.Errorf("table %s: change carries no %s column", rel.table.qualified(), rel.table.idColumn)
+	}
+	col := tuple.Columns[rel.idIndex]
+	if col.DataType != pglogrepl.TupleDataTypeText {
+		return 0, fmt.Errorf("table %s: id column %s is null or missing in the change", rel.table.qualified(), rel.table.idColumn)
+	}
+	id, err := strconv.ParseInt(string(col.Data), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("table %s: id %q: %w", rel.table.qualified(), col.Data, err)
+	}
+	return id, nil
+}
+
+// textToJSON maps PostgreSQL's text form of a value of type oid to JSON
+// without loss (see the codecs package doc).
+func textToJSON(oid uint32, text []byte) (json.RawMessage, error) {
+	switch oid {
+	case oidInt2, oidInt4, oidInt8, oidOID:
+		if _, err := strconv.ParseInt(string(text), 10, 64); err != nil {
+			return nil, fmt.Errorf("integer %q: %w", text, err)
+		}
+		return json.RawMessage(text), nil
+	case oidFloat4, oidFloat8:
+		switch s := string(text); s {
+		case "NaN", "Infinity", "-Infinity":
+			return json.Marshal(s)
+		}
+		// PostgreSQL 12+ prints the shortest text that reads back exactly.
+		if _, err := strconv.ParseFloat(string(text), 64); err != nil {
+			return nil, fmt.Errorf("float %q: %w", text, err)
+		}
+		return json.RawMessage(text), nil
+	case oidBool:
+		switch string(text) {
+		case "t":
+			return json.RawMessage("true"), nil
+		case "f":
+			return json.RawMessage("false"), nil
+		}
+		return nil, fmt.Errorf("boolean %q", text)
+	case oidJSON, oidJSONB:
+		if !json.Valid(text) {
+			return nil, fmt.Errorf("invalid json value")
+		}
+		return json.RawMessage(text), nil
+	}
+	return json.Marshal(string(text))
+}

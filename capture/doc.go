@@ -1,0 +1,22 @@
+// Package capture reads every committed change of the configured tables
+// through PostgreSQL logical replication (pgoutput) and appends it, in commit
+// order, to the single-partition history topic.
+//
+// # Delivery
+//
+// Changes are produced to Kafka as they are decoded (acks=all, idempotent, one
+// request in flight), so a large transaction is never held in memory. The
+// flush position reported to PostgreSQL is the end LSN of the last
+// transaction whose every change Kafka has acknowledged, never the position of
+// a change inside a transaction; a keepalive's WAL end is echoed only while
+// nothing is in flight. A crash therefore loses nothing: PostgreSQL resends
+// every transaction after the flush position.
+//
+// # Setup
+//
+// At start Capture checks wal_level, the captured tables, their id columns and
+// replica identities, and creates the publication and the logical slot when
+// they are absent. A slot whose WAL was removed (wal_status = lost) or that
+// uses another plugin is an error that names what to do; it is never replaced
+// silently.
+package capture

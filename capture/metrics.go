@@ -1,0 +1,47 @@
+package capture
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the changes_capture_* series.
+type metrics struct {
+	changes         *prometheus.CounterVec
+	transactions    prometheus.Counter
+	bytes           prometheus.Counter
+	ackedLSN        prometheus.Gauge
+	commitToHistory prometheus.Histogram
+}
+
+// LatencyBuckets are the histogram buckets, in seconds, of the platform's
+// latency metrics: fine below a second, where the platform should be, and
+// reaching the reference system's 5 s and 1 min marks.
+var LatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics() *metrics {
+	return &metrics{
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_capture_changes_total",
+			Help: "Changes decoded from PostgreSQL and produced to the history topic, by entity type and operation.",
+		}, []string{"entity_type", "op"}),
+		transactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_transactions_total",
+			Help: "Committed transactions decoded from PostgreSQL.",
+		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_bytes_total",
+			Help: "Bytes of encoded events produced to the history topic.",
+		}),
+		ackedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "changes_capture_acknowledged_lsn",
+			Help: "WAL position (as a number) up to which Kafka has every change; reported to PostgreSQL as flushed.",
+		}),
+		commitToHistory: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "changes_capture_commit_to_history_seconds",
+			Help:    "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its change in the history topic.",
+			Buckets: LatencyBuckets,
+		}),
+	}
+}
+
+func (m *metrics) register(r prometheus.Registerer) {
+	r.MustRegister(m.changes, m.transactions, m.bytes, m.ackedLSN, m.commitToHistory)
+}

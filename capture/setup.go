@@ -1,0 +1,177 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
+)
+
+// table is a captured table as the capture resolved it at start.
+type table struct {
+	schema, name string
+	entityType   string
+	idColumn     string
+}
+
+func (t table) qualified() string { return t.schema + "." + t.name }
+
+// quoted returns the table name for SQL, each part quoted.
+func (t table) quoted() string {
+	return pgx.Identifier{t.schema, t.name}.Sanitize()
+}
+
+func tablesOf(cfg *topology.Config) []table {
+	out := make([]table, len(cfg.Entities))
+	for i, e := range cfg.Entities {
+		schema, name, _ := strings.Cut(e.Table, ".")
+		out[i] = table{schema: schema, name: name, entityType: e.Type, idColumn: e.IDColumn}
+	}
+	return out
+}
+
+func setupErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrSetup, fmt.Sprintf(format, args...))
+}
+
+// checkServer verifies that the server can decode logical changes.
+func checkServer(ctx context.Context, conn *pgx.Conn) error {
+	var walLevel string
+	if err := conn.QueryRow(ctx, "show wal_level").Scan(&walLevel); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		return setupErr("wal_level is %q: set wal_level = logical in postgresql.conf and restart the server", walLevel)
+	}
+	return nil
+}
+
+// checkTable verifies that t exists, that its id column is a 64-bit-safe
+// integer, and that its replica identity lets PostgreSQL send the id of a
+// deleted or updated row.
+func checkTable(ctx context.Context, conn *pgx.Conn, t table) error {
+	var relID uint32
+	var identity string
+	err := conn.QueryRow(ctx, `
+		select c.oid, c.relreplident::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+		where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')`, t.schema, t.name).Scan(&relID, &identity)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return setupErr("table %s (entity type %s) does not exist", t.qualified(), t.entityType)
+	}
+	if err != nil {
+		return fmt.Errorf("look up table %s: %w", t.qualified(), err)
+	}
+	var typ string
+	var inKey bool
+	err = conn.QueryRow(ctx, `
+		select format_type(a.atttypid, a.atttypmod),
+		       exists (select 1 from pg_index i where i.indrelid = a.attrelid and a.attnum = any(i.indkey)
+		               and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident)))
+		from pg_attribute a join pg_class c on c.oid = a.attrelid
+		where a.attrelid = $1 and a.attname = $2 and a.attnum > 0 and not a.attisdropped`, relID, t.idColumn).Scan(&typ, &inKey)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return setupErr("table %s has no id column %q (entities[].id_column)", t.qualified(), t.idColumn)
+	}
+	if err != nil {
+		return fmt.Errorf("look up %s.%s: %w", t.qualified(), t.idColumn, err)
+	}
+	switch typ {
+	case "smallint", "integer", "bigint":
+	default:
+		return setupErr("id column %s.%s is %s: it must be smallint, integer or bigint", t.qualified(), t.idColumn, typ)
+	}
+	switch identity {
+	case "f":
+	case "n":
+		return setupErr("table %s has REPLICA IDENTITY NOTHING: deletes would carry no id; use ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key on %s) or FULL", t.qualified(), t.quoted(), t.idColumn)
+	default:
+		if !inKey {
+			return setupErr("table %s: id column %s is not part of its replica identity, so deletes would carry no id; make it the primary key or use ALTER TABLE %s REPLICA IDENTITY FULL", t.qualified(), t.idColumn, t.quoted())
+		}
+	}
+	return nil
+}
+
+// ensurePublication creates the publication for the tables, or adds the
+// tables it lacks. Tables it has beyond the config are left alone (another
+// deployment may share it), and their changes are reported when they arrive.
+func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []table) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, "select exists (select 1 from pg_publication where pubname = $1)", name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	if !exists {
+		names := make([]string, len(tables))
+		for i, t := range tables {
+			names[i] = t.quoted()
+		}
+		sql := fmt.Sprintf("create publication %s for table %s", pgx.Identifier{name}.Sanitize(), strings.Join(names, ", "))
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create publication %s: %w", name, err)
+		}
+		return nil
+	}
+	for _, t := range tables {
+		var has bool
+		err := conn.QueryRow(ctx, "select exists (select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3)",
+			name, t.schema, t.name).Scan(&has)
+		if err != nil {
+			return fmt.Errorf("look up publication %s: %w", name, err)
+		}
+		if !has {
+			sql := fmt.Sprintf("alter publication %s add table %s", pgx.Identifier{name}.Sanitize(), t.quoted())
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("add %s to publication %s: %w", t.qualified(), name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// slotState is what the capture needs to know about an existing slot.
+type slotState struct {
+	exists         bool
+	confirmedFlush codecs.LSN
+}
+
+// inspectSlot reads the slot and fails loudly on a slot that cannot serve
+// the capture: lost WAL, another plugin, another database.
+func inspectSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotState, error) {
+	var plugin, walStatus, database, lsn string
+	err := conn.QueryRow(ctx, `
+		select coalesce(plugin, ''), coalesce(wal_status, ''), coalesce(database, ''), coalesce(confirmed_flush_lsn::text, '')
+		from pg_replication_slots where slot_name = $1`, slot).Scan(&plugin, &walStatus, &database, &lsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return slotState{}, nil
+	}
+	if err != nil {
+		return slotState{}, fmt.Errorf("look up slot %s: %w", slot, err)
+	}
+	if plugin != "pgoutput" {
+		return slotState{}, setupErr("replication slot %s uses plugin %q, not pgoutput: choose another postgres.slot or drop it", slot, plugin)
+	}
+	var current string
+	if err := conn.QueryRow(ctx, "select current_database()").Scan(&current); err != nil {
+		return slotState{}, fmt.Errorf("read current database: %w", err)
+	}
+	if database != current {
+		return slotState{}, setupErr("replication slot %s belongs to database %q, not %q: choose another postgres.slot", slot, database, current)
+	}
+	if walStatus == "lost" {
+		return slotState{}, fmt.Errorf("%w: slot %s (confirmed up to %s): PostgreSQL removed WAL the slot still needed, so changes after that point are gone from the stream. "+
+			"Nothing was re-created. To start over and accept the gap: select pg_drop_replication_slot('%s'); then restart the capture",
+			ErrSlotLost, slot, lsn, slot)
+	}
+	st := slotState{exists: true}
+	if lsn != "" {
+		if st.confirmedFlush, err = codecs.ParseLSN(lsn); err != nil {
+			return slotState{}, fmt.Errorf("slot %s: %w", slot, err)
+		}
+	}
+	return st, nil
+}

@@ -1,0 +1,37 @@
+package processors
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the changes_router_*, changes_snapshot_* and
+// changes_processor_* series.
+type metrics struct {
+	routed      *prometheus.CounterVec
+	applied     *prometheus.CounterVec
+	skipped     *prometheus.CounterVec
+	deadLetters *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_router_events_total",
+			Help: "History events emitted to the events topic of their entity type.",
+		}, []string{"entity_type"}),
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_snapshot_applied_total",
+			Help: "Changes applied to a snapshot table, by entity type and operation.",
+		}, []string{"entity_type", "op"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_snapshot_skipped_total",
+			Help: "Changes not applied because the table already holds a state at or after their position (redelivery).",
+		}, []string{"entity_type"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_processor_deadletters_total",
+			Help: "Records sent to the dead-letter topic because they could not be decoded or applied, by consumer group.",
+		}, []string{"group"}),
+	}
+}
+
+func (m *metrics) register(r prometheus.Registerer) {
+	r.MustRegister(m.routed, m.applied, m.skipped, m.deadLetters)
+}

@@ -1,0 +1,268 @@
+package processors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+
+	"github.com/IBM/sarama"
+	"github.com/lovoo/goka"
+	"github.com/lovoo/goka/codec"
+	"github.com/lovoo/goka/storage"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/slogadapter"
+	"github.com/changes-dev/changes/topology"
+)
+
+// Headers the processors set on dead-letter records.
+const (
+	HeaderDeadLetterReason = "changes-deadletter-reason"
+	HeaderSourceTopic      = "changes-source-topic"
+	HeaderSourcePartition  = "changes-source-partition"
+	HeaderSourceOffset     = "changes-source-offset"
+)
+
+// Option configures the processors built by NewRouter, NewSnapshot and Run.
+type Option func(*options)
+
+type options struct {
+	log        *slog.Logger
+	metrics    *metrics
+	storageDir string
+	gokaOpts   []goka.ProcessorOption
+}
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithRegisterer registers the processors' metrics with r. Default: not
+// registered.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return func(o *options) { o.metrics.register(r) }
+}
+
+// WithStorageDir sets where group tables keep their local goleveldb copies.
+// Default: <config storage>/processors.
+func WithStorageDir(dir string) Option { return func(o *options) { o.storageDir = dir } }
+
+// WithGokaOptions appends raw goka options, applied after the platform's own.
+// Tests use it to plug in goka's tester.
+func WithGokaOptions(opts ...goka.ProcessorOption) Option {
+	return func(o *options) { o.gokaOpts = append(o.gokaOpts, opts...) }
+}
+
+func newOptions(topo *topology.Topology, opts []Option) *options {
+	o := &options{
+		log:        slog.Default(),
+		metrics:    newMetrics(),
+		storageDir: filepath.Join(topo.Config().Storage, "processors"),
+	}
+	for _, fn := range opts {
+		fn(o)
+	}
+	return o
+}
+
+// gokaOptions are the safe client settings (see topology.SaramaConfig) wired
+// into every goka builder, plus local storage and logging.
+func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger) []goka.ProcessorOption {
+	kcfg := topo.Config().Kafka
+	saramaCfg := func() *sarama.Config {
+		c := topology.SaramaConfig(kcfg)
+		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{goka.CopartitioningStrategy}
+		return c
+	}
+	tmc := goka.NewTopicManagerConfig()
+	// Topics are created with their full configuration by topology.EnsureTopics;
+	// goka must not create a topic with its own defaults if one is missing.
+	tmc.NoCreate = true
+	tmc.MismatchBehavior = goka.TMConfigMismatchBehaviorFail
+	if kcfg.ReplicationFactor > 0 {
+		tmc.Table.Replication = kcfg.ReplicationFactor
+		tmc.Stream.Replication = kcfg.ReplicationFactor
+	} else {
+		tmc.MismatchBehavior = goka.TMConfigMismatchBehaviorIgnore
+	}
+	out := []goka.ProcessorOption{
+		goka.WithClientID(kcfg.ClientID),
+		goka.WithLogger(slogadapter.New(log, slog.LevelDebug)),
+		goka.WithStorageBuilder(storage.DefaultBuilder(o.storageDir)),
+		goka.WithProducerBuilder(goka.ProducerBuilderWithConfig(saramaCfg())),
+		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(saramaCfg())),
+		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(saramaCfg())),
+		goka.WithTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(saramaCfg(), tmc)),
+	}
+	return append(out, o.gokaOpts...)
+}
+
+// deadLetter sends the record being processed to the dead-letter topic with
+// reason, counts it, and logs it; processing goes on with the next record.
+func deadLetter(gctx goka.Context, o *options, topo *topology.Topology, raw []byte, reason string) {
+	group := string(gctx.Group())
+	o.metrics.deadLetters.WithLabelValues(group).Inc()
+	o.log.Warn("dead-lettered a record", "group", group, "topic", string(gctx.Topic()),
+		"partition", gctx.Partition(), "offset", gctx.Offset(), "reason", reason)
+	hdr := goka.Headers{
+		HeaderDeadLetterReason: []byte(reason),
+		HeaderSourceTopic:      []byte(gctx.Topic()),
+		HeaderSourcePartition:  []byte(strconv.Itoa(int(gctx.Partition()))),
+		HeaderSourceOffset:     []byte(strconv.FormatInt(gctx.Offset(), 10)),
+	}
+	gctx.Emit(topo.DeadLetter(), gctx.Key(), raw, goka.WithCtxEmitHeaders(hdr))
+}
+
+// NewRouter builds the processor that reads the history and emits every event
+// to the events topic of its entity type, keyed by entity id, with the
+// history record's headers. It emits raw bytes: the event is decoded to be
+// routed, never re-encoded.
+func NewRouter(topo *topology.Topology, opts ...Option) (*goka.Processor, error) {
+	return newRouter(topo, newOptions(topo, opts))
+}
+
+func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
+	log := o.log.With("component", "router")
+	streams := map[string]goka.Stream{}
+	edges := []goka.Edge{goka.Output(topo.DeadLetter(), new(codec.Bytes))}
+	for _, typ := range topo.EntityTypes() {
+		streams[typ] = topo.Events(typ)
+		edges = append(edges, goka.Output(topo.Events(typ), new(codec.Bytes)))
+	}
+	route := func(gctx goka.Context, msg any) {
+		raw, _ := msg.([]byte)
+		ev, err := codecs.EventCodec{}.Decode(raw)
+		if err != nil {
+			deadLetter(gctx, o, topo, raw, err.Error())
+			return
+		}
+		stream, ok := streams[ev.EntityType]
+		if !ok {
+			deadLetter(gctx, o, topo, raw, fmt.Sprintf("entity type %q is not declared", ev.EntityType))
+			return
+		}
+		if ev.Op == codecs.OpTruncate {
+			// A truncate has no entity id to route by; until snapshots can
+			// apply it, keep it where an operator sees it.
+			deadLetter(gctx, o, topo, raw, "truncate of "+ev.EntityType+" is not applied to snapshots yet")
+			return
+		}
+		gctx.Emit(stream, strconv.FormatInt(ev.EntityID, 10), raw, goka.WithCtxEmitHeaders(gctx.Headers()))
+		o.metrics.routed.WithLabelValues(ev.EntityType).Inc()
+	}
+	edges = append([]goka.Edge{goka.Input(topo.History(), new(codec.Bytes), route)}, edges...)
+	g := goka.DefineGroup(topo.RouterGroup(), edges...)
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, o.gokaOptions(topo, log)...)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	return p, nil
+}
+
+// NewSnapshot builds the processor that keeps the latest State of every entity
+// of entityType in its group table (topo.Snapshot(entityType)).
+//
+// A change is applied only if its position is after the stored state's, so a
+// redelivered change is a no-op. An insert or update stores the row after;
+// columns PostgreSQL did not send (unchanged TOASTed values) keep their stored
+// value. A delete deletes the key, which writes a tombstone to the compacted
+// changelog.
+func NewSnapshot(topo *topology.Topology, entityType string, opts ...Option) (*goka.Processor, error) {
+	return newSnapshot(topo, entityType, newOptions(topo, opts))
+}
+
+func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.Processor, error) {
+	if _, ok := topo.Config().Entity(entityType); !ok {
+		return nil, fmt.Errorf("snapshot: entity type %q is not declared", entityType)
+	}
+	log := o.log.With("component", "snapshot", "entity_type", entityType)
+	apply := func(gctx goka.Context, msg any) {
+		raw, _ := msg.([]byte)
+		ev, err := codecs.EventCodec{}.Decode(raw)
+		if err != nil {
+			deadLetter(gctx, o, topo, raw, err.Error())
+			return
+		}
+		if ev.EntityType != entityType || strconv.FormatInt(ev.EntityID, 10) != gctx.Key() {
+			deadLetter(gctx, o, topo, raw, fmt.Sprintf("event of %s %d under key %q in the %s topic", ev.EntityType, ev.EntityID, gctx.Key(), entityType))
+			return
+		}
+		cur, _ := gctx.Value().(*codecs.State)
+		if cur != nil && ev.Position.Compare(cur.Position) <= 0 {
+			o.metrics.skipped.WithLabelValues(entityType).Inc()
+			return
+		}
+		switch ev.Op {
+		case codecs.OpDelete:
+			if cur != nil {
+				gctx.Delete()
+			}
+		case codecs.OpInsert, codecs.OpUpdate:
+			row := ev.After
+			for _, col := range ev.Unchanged {
+				if cur != nil {
+					if v, ok := cur.Row[col]; ok {
+						row[col] = v
+						continue
+					}
+				}
+				log.Warn("unchanged TOASTed column has no stored value", "entity_id", ev.EntityID, "column", col)
+			}
+			gctx.SetValue(&codecs.State{
+				EntityType: ev.EntityType,
+				EntityID:   ev.EntityID,
+				Row:        row,
+				Position:   ev.Position,
+				CommitTime: ev.CommitTime,
+			})
+		default:
+			deadLetter(gctx, o, topo, raw, fmt.Sprintf("operation %s cannot be applied to one entity", ev.Op))
+			return
+		}
+		o.metrics.applied.WithLabelValues(entityType, string(ev.Op)).Inc()
+	}
+	g := goka.DefineGroup(topo.SnapshotGroup(entityType),
+		goka.Input(topo.Events(entityType), new(codec.Bytes), apply),
+		goka.Persist(codecs.GokaCodec[*codecs.State](codecs.StateCodec{})),
+		goka.Output(topo.DeadLetter(), new(codec.Bytes)),
+	)
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, o.gokaOptions(topo, log)...)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", entityType, err)
+	}
+	return p, nil
+}
+
+// Run builds the router and one snapshot processor per entity type and runs
+// them until ctx is cancelled (then it returns nil) or one of them fails (then
+// it stops the others and returns that error; the caller restarts).
+func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
+	o := newOptions(topo, opts)
+	procs := map[string]*goka.Processor{}
+	router, err := newRouter(topo, o)
+	if err != nil {
+		return err
+	}
+	procs[string(topo.RouterGroup())] = router
+	for _, typ := range topo.EntityTypes() {
+		p, err := newSnapshot(topo, typ, o)
+		if err != nil {
+			return err
+		}
+		procs[string(topo.SnapshotGroup(typ))] = p
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for name, p := range procs {
+		g.Go(func() error {
+			if err := p.Run(gctx); err != nil && !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("processor %s: %w", name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}

@@ -1,0 +1,192 @@
+package views
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/lovoo/goka/storage"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/slogadapter"
+	"github.com/changes-dev/changes/topology"
+)
+
+// Update is one change of a view's table, as seen by an UpdateHook.
+type Update struct {
+	// EntityID is the id of the changed entity.
+	EntityID int64
+	// State is the entity's new state; nil when it was deleted.
+	State *codecs.State
+	// Partition and Offset locate the change in the table topic.
+	Partition int32
+	Offset    int64
+}
+
+// UpdateHook is called for every record the view applies, recovery
+// included, after it is stored. It runs on the view's partition goroutine:
+// keep it short and do not block.
+type UpdateHook func(Update)
+
+// Option configures a View.
+type Option func(*View)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(v *View) { v.log = l } }
+
+// WithStorageDir sets where the view keeps its goleveldb copy. Default:
+// <config storage>/views.
+func WithStorageDir(dir string) Option { return func(v *View) { v.storageDir = dir } }
+
+// WithUpdateHook calls hook for every update the view applies.
+func WithUpdateHook(hook UpdateHook) Option { return func(v *View) { v.hook = hook } }
+
+// WithGokaOptions appends raw goka view options, applied after the
+// platform's own.
+func WithGokaOptions(opts ...goka.ViewOption) Option {
+	return func(v *View) { v.gokaOpts = append(v.gokaOpts, opts...) }
+}
+
+// View is the snapshot of one entity type. Get, Each and Len are safe for
+// concurrent use with each other and with Run.
+type View struct {
+	entityType string
+	view       *goka.View
+	log        *slog.Logger
+	storageDir string
+	hook       UpdateHook
+	gokaOpts   []goka.ViewOption
+}
+
+// New returns the view of entityType's snapshot table. Call Run to start it.
+func New(topo *topology.Topology, entityType string, opts ...Option) (*View, error) {
+	if _, ok := topo.Config().Entity(entityType); !ok {
+		return nil, fmt.Errorf("view: entity type %q is not declared", entityType)
+	}
+	v := &View{
+		entityType: entityType,
+		log:        slog.Default(),
+		storageDir: filepath.Join(topo.Config().Storage, "views"),
+	}
+	for _, o := range opts {
+		o(v)
+	}
+	v.log = v.log.With("component", "view", "entity_type", entityType)
+	kcfg := topo.Config().Kafka
+	tmc := goka.NewTopicManagerConfig()
+	tmc.NoCreate = true
+	gokaOpts := []goka.ViewOption{
+		goka.WithViewClientID(kcfg.ClientID),
+		goka.WithViewLogger(slogadapter.New(v.log, slog.LevelDebug)),
+		goka.WithViewStorageBuilder(storage.DefaultBuilder(v.storageDir)),
+		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(topology.SaramaConfig(kcfg))),
+		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topology.SaramaConfig(kcfg), tmc)),
+		goka.WithViewCallback(v.update),
+	}
+	gv, err := goka.NewView(kcfg.Brokers, topo.Snapshot(entityType),
+		codecs.GokaCodec[*codecs.State](codecs.StateCodec{}), append(gokaOpts, v.gokaOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("view %s: %w", entityType, err)
+	}
+	v.view = gv
+	return v, nil
+}
+
+// update stores a table record, then tells the hook.
+func (v *View) update(uctx goka.UpdateContext, s storage.Storage, key string, value []byte) error {
+	if err := goka.DefaultUpdate(uctx, s, key, value); err != nil {
+		return err
+	}
+	if v.hook == nil {
+		return nil
+	}
+	id, err := strconv.ParseInt(key, 10, 64)
+	if err != nil {
+		v.log.Warn("table key is not an entity id", "key", key, "partition", uctx.Partition(), "offset", uctx.Offset())
+		return nil
+	}
+	u := Update{EntityID: id, Partition: uctx.Partition(), Offset: uctx.Offset()}
+	if value != nil {
+		if u.State, err = (codecs.StateCodec{}).Decode(value); err != nil {
+			v.log.Warn("table record does not decode", "entity_id", id, "partition", uctx.Partition(), "offset", uctx.Offset(), "err", err)
+			return nil
+		}
+	}
+	v.hook(u)
+	return nil
+}
+
+// EntityType is the entity type this view holds.
+func (v *View) EntityType() string { return v.entityType }
+
+// Run keeps the view current until ctx is cancelled (then it returns nil) or
+// it fails.
+func (v *View) Run(ctx context.Context) error {
+	err := v.view.Run(ctx)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("view %s: %w", v.entityType, err)
+	}
+	return nil
+}
+
+// Recovered reports whether every partition has caught up with its table.
+func (v *View) Recovered() bool { return v.view.Recovered() }
+
+// WaitRecovered blocks until Recovered or ctx is done.
+func (v *View) WaitRecovered(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !v.view.Recovered() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("view %s not recovered: %w", v.entityType, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Get returns the latest state of the entity with id, or nil if the view has
+// none (never written, or deleted).
+func (v *View) Get(id int64) (*codecs.State, error) {
+	val, err := v.view.Get(strconv.FormatInt(id, 10))
+	if err != nil {
+		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
+	}
+	st, _ := val.(*codecs.State)
+	return st, nil
+}
+
+// Each calls fn for every entity in the view, in key order within each
+// partition, until fn returns an error, which Each returns.
+func (v *View) Each(fn func(*codecs.State) error) error {
+	it, err := v.view.Iterator()
+	if err != nil {
+		return fmt.Errorf("view %s: %w", v.entityType, err)
+	}
+	defer it.Release()
+	for it.Next() {
+		val, err := it.Value()
+		if err != nil {
+			return fmt.Errorf("view %s key %s: %w", v.entityType, it.Key(), err)
+		}
+		if st, ok := val.(*codecs.State); ok {
+			if err := fn(st); err != nil {
+				return err
+			}
+		}
+	}
+	return it.Err()
+}
+
+// Len counts the entities in the view.
+func (v *View) Len() (int, error) {
+	n := 0
+	err := v.Each(func(*codecs.State) error { n++; return nil })
+	return n, err
+}
