@@ -10,19 +10,6 @@ import (
 	"github.com/changes-dev/changes/codecs"
 )
 
-// PostgreSQL type OIDs with a JSON form other than a string.
-const (
-	oidBool    = 16
-	oidInt8    = 20
-	oidInt2    = 21
-	oidInt4    = 23
-	oidOID     = 26
-	oidJSON    = 114
-	oidFloat4  = 700
-	oidFloat8  = 701
-	oidJSONB   = 3802
-)
-
 // relation is a Relation message resolved against the captured tables.
 type relation struct {
 	msg     *pglogrepl.RelationMessage
@@ -92,7 +79,7 @@ func (rel *relation) row(tuple *pglogrepl.TupleData) (codecs.Row, []string, erro
 		case pglogrepl.TupleDataTypeToast:
 			unchanged = append(unchanged, meta.Name)
 		case pglogrepl.TupleDataTypeText:
-			v, err := textToJSON(meta.DataType, col.Data)
+			v, err := codecs.ColumnValue(meta.DataType, col.Data)
 			if err != nil {
 				return nil, nil, fmt.Errorf("table %s column %s: %w", rel.table.qualified(), meta.Name, err)
 			}
@@ -118,40 +105,4 @@ func (rel *relation) id(tuple *pglogrepl.TupleData) (int64, error) {
 		return 0, fmt.Errorf("table %s: id %q: %w", rel.table.qualified(), col.Data, err)
 	}
 	return id, nil
-}
-
-// textToJSON maps PostgreSQL's text form of a value of type oid to JSON
-// without loss (see the codecs package doc).
-func textToJSON(oid uint32, text []byte) (json.RawMessage, error) {
-	switch oid {
-	case oidInt2, oidInt4, oidInt8, oidOID:
-		if _, err := strconv.ParseInt(string(text), 10, 64); err != nil {
-			return nil, fmt.Errorf("integer %q: %w", text, err)
-		}
-		return json.RawMessage(text), nil
-	case oidFloat4, oidFloat8:
-		switch s := string(text); s {
-		case "NaN", "Infinity", "-Infinity":
-			return json.Marshal(s)
-		}
-		// PostgreSQL 12+ prints the shortest text that reads back exactly.
-		if _, err := strconv.ParseFloat(string(text), 64); err != nil {
-			return nil, fmt.Errorf("float %q: %w", text, err)
-		}
-		return json.RawMessage(text), nil
-	case oidBool:
-		switch string(text) {
-		case "t":
-			return json.RawMessage("true"), nil
-		case "f":
-			return json.RawMessage("false"), nil
-		}
-		return nil, fmt.Errorf("boolean %q", text)
-	case oidJSON, oidJSONB:
-		if !json.Valid(text) {
-			return nil, fmt.Errorf("invalid json value")
-		}
-		return json.RawMessage(text), nil
-	}
-	return json.Marshal(string(text))
 }

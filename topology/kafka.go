@@ -24,7 +24,6 @@ func SaramaConfig(k KafkaConfig) *sarama.Config {
 	c := sarama.NewConfig()
 	c.Version = k.SaramaVersion()
 	c.ClientID = k.ClientID
-	c.Metadata.Full = false
 
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	c.Producer.Idempotent = true

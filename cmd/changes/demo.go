@@ -1,0 +1,419 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+//go:embed demo.sql
+var demoSchema string
+
+type demoFlags struct {
+	txns    int
+	rate    int
+	timeout time.Duration
+}
+
+func (f *demoFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.txns, "transactions", 1000, "transactions the workload commits")
+	fs.IntVar(&f.rate, "rate", 200, "transactions per second")
+	fs.DurationVar(&f.timeout, "timeout", 2*time.Minute, "give up when the views do not equal the database by then")
+}
+
+// latencies collects samples from several goroutines.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) { l.mu.Lock(); l.d = append(l.d, d); l.mu.Unlock() }
+
+func (l *latencies) row(name string) string {
+	l.mu.Lock()
+	d := slices.Clone(l.d)
+	l.mu.Unlock()
+	if len(d) == 0 {
+		return fmt.Sprintf("  %-18s no samples", name)
+	}
+	slices.Sort(d)
+	q := func(p float64) time.Duration { return d[min(len(d)-1, int(p*float64(len(d))))] }
+	within := func(limit time.Duration) float64 {
+		n, _ := slices.BinarySearch(d, limit+1)
+		return 100 * float64(n) / float64(len(d))
+	}
+	r := func(x time.Duration) string { return x.Round(100 * time.Microsecond).String() }
+	return fmt.Sprintf("  %-18s %9s %9s %9s %9s %8.1f%% %8.1f%%  (%d samples)",
+		name, r(q(.5)), r(q(.9)), r(q(.99)), r(d[len(d)-1]), within(5*time.Second), within(time.Minute), len(d))
+}
+
+// runDemo runs the whole platform in this process against the configured
+// stack, commits a workload to the demo tables, waits until every view equals
+// its table and prints what happened.
+func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slog.Logger, out io.Writer,
+	reg prometheus.Registerer, capOpts []capture.Option, procOpts []processors.Option) error {
+	cfg := topo.Config()
+	say := func(format string, args ...any) { fmt.Fprintf(out, "demo: "+format+"\n", args...) }
+
+	db, err := pgx.Connect(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer db.Close(context.Background())
+	if _, err := db.Exec(ctx, demoSchema); err != nil {
+		return fmt.Errorf("create demo tables: %w", err)
+	}
+	for _, typ := range []string{"account", "campaign"} {
+		if _, ok := cfg.Entity(typ); !ok {
+			return fmt.Errorf("the demo writes the entity type %q, which the config does not declare", typ)
+		}
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+	started := time.Now()
+	say("starting capture, router, snapshot processors and views (brokers %v)", cfg.Kafka.Brokers)
+	if err := platform.EnsureTopics(topo); err != nil {
+		return err
+	}
+	g.Go(func() error { return platform.Run(gctx, topo, platform.All, log, capOpts, procOpts) })
+
+	var toView latencies
+	vs := map[string]*views.View{}
+	for _, typ := range topo.EntityTypes() {
+		v, err := views.New(topo, typ, views.WithLogger(log), views.WithUpdateHook(func(u views.Update) {
+			if u.State != nil && u.State.CommitTime.After(started) {
+				toView.add(time.Since(u.State.CommitTime))
+			}
+		}))
+		if err != nil {
+			return err
+		}
+		vs[typ] = v
+		g.Go(func() error { return v.Run(gctx) })
+	}
+	fail := func(err error) error {
+		stop()
+		if gerr := g.Wait(); gerr != nil {
+			return errors.Join(err, gerr)
+		}
+		return err
+	}
+
+	if err := waitSlotActive(gctx, db, cfg.Postgres.Slot); err != nil {
+		return fail(err)
+	}
+	for _, v := range vs {
+		if err := v.WaitRecovered(gctx); err != nil {
+			return fail(err)
+		}
+	}
+	say("ready in %s: slot %s is streaming, views recovered", time.Since(started).Round(time.Millisecond), cfg.Postgres.Slot)
+
+	var toHistory latencies
+	var historyRecords int
+	var historyMu sync.Mutex
+	historyStart, err := watchHistory(gctx, g, topo, func(m *sarama.ConsumerMessage) {
+		toHistory.add(time.Since(m.Timestamp))
+		historyMu.Lock()
+		historyRecords++
+		historyMu.Unlock()
+	})
+	if err != nil {
+		return fail(err)
+	}
+
+	w, err := newWorkload(gctx, db)
+	if err != nil {
+		return fail(err)
+	}
+	say("workload: %d transactions at %d/s on public.accounts and public.campaigns", f.txns, f.rate)
+	wstart := time.Now()
+	if err := w.run(gctx, f.txns, f.rate, func(done int) {
+		say("workload: %d/%d transactions, %d changes", done, f.txns, w.changes)
+	}); err != nil {
+		return fail(err)
+	}
+	wtime := time.Since(wstart)
+
+	say("waiting until every view equals its table")
+	deadline := time.Now().Add(f.timeout)
+	var diffs map[string][]string
+	var counts map[string][2]int
+	for {
+		diffs, counts, err = compareAll(gctx, db, topo, vs)
+		if err != nil {
+			return fail(err)
+		}
+		historyMu.Lock()
+		n := historyRecords
+		historyMu.Unlock()
+		if len(diffs) == 0 && n >= w.changes {
+			break
+		}
+		if time.Now().After(deadline) {
+			for typ, d := range diffs {
+				say("view %s differs from its table: %v", typ, d)
+			}
+			return fail(fmt.Errorf("views did not equal the database within %s (history has %d of %d changes)", f.timeout, n, w.changes))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	historyMu.Lock()
+	n := historyRecords
+	historyMu.Unlock()
+	fmt.Fprintf(out, "\nchanges demo: summary\n")
+	fmt.Fprintf(out, "  workload           %d transactions, %d changes in %s (%.0f changes/s)\n",
+		f.txns, w.changes, wtime.Round(time.Millisecond), float64(w.changes)/wtime.Seconds())
+	fmt.Fprintf(out, "  history topic      %s: %d new records from offset %d (%d changes committed: %s)\n",
+		topo.History(), n, historyStart, w.changes, map[bool]string{true: "none lost, none duplicated", false: "MISMATCH"}[n == w.changes])
+	for _, typ := range topo.EntityTypes() {
+		e, _ := cfg.Entity(typ)
+		c := counts[typ]
+		fmt.Fprintf(out, "  view %-13s %6d entities, %6d rows in %s: equal, value by value\n", typ, c[0], c[1], e.Table)
+	}
+	fmt.Fprintf(out, "\n  latency            %9s %9s %9s %9s %9s %9s\n", "p50", "p90", "p99", "max", "<= 5 s", "<= 1 min")
+	fmt.Fprintln(out, toHistory.row("commit -> history"))
+	fmt.Fprintln(out, toView.row("commit -> view"))
+	fmt.Fprintf(out, "  %-18s %9s %9s %9s %9s %8.1f%% %8.1f%%\n", "reference system", "", "", "", "", 81.8, 89.0)
+	if st, err := vs["account"].Get(w.lastAccount); err == nil && st != nil {
+		fmt.Fprintf(out, "\n  view account Get(%d) = %s at position %s\n", w.lastAccount, mustJSON(st.Row), st.Position)
+	}
+	stop()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	say("stopped cleanly after %s", time.Since(started).Round(time.Millisecond))
+	return nil
+}
+
+func mustJSON(r codecs.Row) string {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+// waitSlotActive waits until the capture streams from its slot: changes
+// committed before the slot exists are not captured (no initial snapshot yet).
+func waitSlotActive(ctx context.Context, db *pgx.Conn, slot string) error {
+	for {
+		var active bool
+		err := db.QueryRow(ctx, "select coalesce((select active from pg_replication_slots where slot_name = $1), false)", slot).Scan(&active)
+		if err != nil {
+			return fmt.Errorf("look up slot %s: %w", slot, err)
+		}
+		if active {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slot %s never became active: %w", slot, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// watchHistory consumes the history from its current end and calls fn for
+// every new record; it returns the first offset it will read.
+func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topology, fn func(*sarama.ConsumerMessage)) (int64, error) {
+	cfg := topo.Config()
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		return 0, fmt.Errorf("kafka client: %w", err)
+	}
+	start, err := client.GetOffset(string(topo.History()), 0, sarama.OffsetNewest)
+	if err != nil {
+		client.Close()
+		return 0, fmt.Errorf("history end offset: %w", err)
+	}
+	consumer, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		client.Close()
+		return 0, err
+	}
+	pc, err := consumer.ConsumePartition(string(topo.History()), 0, start)
+	if err != nil {
+		client.Close()
+		return 0, err
+	}
+	g.Go(func() error {
+		defer client.Close()
+		defer consumer.Close()
+		defer pc.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case m := <-pc.Messages():
+				fn(m)
+			case err := <-pc.Errors():
+				return fmt.Errorf("read history: %w", err)
+			}
+		}
+	})
+	return start, nil
+}
+
+// compareAll compares every view with its table; counts holds, per type, the
+// entities in the view and the rows in the table.
+func compareAll(ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) (map[string][]string, map[string][2]int, error) {
+	diffs := map[string][]string{}
+	counts := map[string][2]int{}
+	for _, typ := range topo.EntityTypes() {
+		e, _ := topo.Config().Entity(typ)
+		rows, err := dbcheck.Rows(ctx, db, e.Table, e.IDColumn)
+		if err != nil {
+			return nil, nil, err
+		}
+		states, err := dbcheck.Collect(vs[typ].Each)
+		if err != nil {
+			return nil, nil, err
+		}
+		counts[typ] = [2]int{len(states), len(rows)}
+		if d := dbcheck.Diff(rows, states, 5); len(d) > 0 {
+			diffs[typ] = d
+		}
+	}
+	return diffs, counts, nil
+}
+
+// workload commits random transactions of inserts, updates and deletes to the
+// demo tables, several statements per transaction.
+type workload struct {
+	db          *pgx.Conn
+	rnd         *rand.Rand
+	accounts    []int64
+	campaigns   []int64
+	nextID      int64
+	changes     int
+	lastAccount int64
+}
+
+func newWorkload(ctx context.Context, db *pgx.Conn) (*workload, error) {
+	w := &workload{db: db, rnd: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))}
+	load := func(sql string) ([]int64, error) {
+		rows, err := db.Query(ctx, sql)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[int64])
+	}
+	var err error
+	if w.accounts, err = load("select id from accounts"); err != nil {
+		return nil, fmt.Errorf("read accounts: %w", err)
+	}
+	if w.campaigns, err = load("select id from campaigns"); err != nil {
+		return nil, fmt.Errorf("read campaigns: %w", err)
+	}
+	if err := db.QueryRow(ctx, "select greatest((select coalesce(max(id), 0) from accounts), (select coalesce(max(id), 0) from campaigns))").Scan(&w.nextID); err != nil {
+		return nil, fmt.Errorf("read max id: %w", err)
+	}
+	return w, nil
+}
+
+func (w *workload) run(ctx context.Context, txns, rate int, progress func(done int)) error {
+	tick := time.NewTicker(time.Second / time.Duration(max(rate, 1)))
+	defer tick.Stop()
+	lastReport := time.Now()
+	for i := 1; i <= txns; i++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		if err := w.txn(ctx); err != nil {
+			return err
+		}
+		if time.Since(lastReport) >= time.Second || i == txns {
+			progress(i)
+			lastReport = time.Now()
+		}
+	}
+	return nil
+}
+
+func (w *workload) txn(ctx context.Context) error {
+	tx, err := w.db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	accounts, campaigns := slices.Clone(w.accounts), slices.Clone(w.campaigns)
+	changes := 0
+	var lastAccount int64
+	exec := func(sql string, args ...any) error {
+		tag, err := tx.Exec(ctx, sql, args...)
+		if err != nil {
+			return fmt.Errorf("workload: %w", err)
+		}
+		changes += int(tag.RowsAffected())
+		return nil
+	}
+	for range 1 + w.rnd.IntN(4) {
+		var err error
+		switch k := w.rnd.IntN(10); {
+		case k < 2 || len(accounts) == 0:
+			w.nextID++
+			lastAccount = w.nextID
+			accounts = append(accounts, w.nextID)
+			err = exec("insert into accounts (id, name, budget) values ($1, $2, $3)",
+				w.nextID, fmt.Sprintf("account %d", w.nextID), fmt.Sprintf("%d.%02d", w.rnd.IntN(100000), w.rnd.IntN(100)))
+		case k < 5 || len(campaigns) == 0:
+			w.nextID++
+			campaigns = append(campaigns, w.nextID)
+			err = exec("insert into campaigns (id, account_id, name, bid, status, targeting) values ($1, $2, $3, $4, 'active', $5)",
+				w.nextID, accounts[w.rnd.IntN(len(accounts))], fmt.Sprintf("campaign %d", w.nextID),
+				fmt.Sprintf("%d.%04d", w.rnd.IntN(10), w.rnd.IntN(10000)),
+				fmt.Sprintf(`{"geo": ["US", "DE"], "max_cpm": %d}`, w.rnd.IntN(50)))
+		case k < 7:
+			id := accounts[w.rnd.IntN(len(accounts))]
+			lastAccount = id
+			err = exec("update accounts set budget = budget + 10.50, active = not active, updated_at = now() where id = $1", id)
+		case k < 9:
+			err = exec("update campaigns set bid = bid * 1.1, status = $2, updated_at = now() where id = $1",
+				campaigns[w.rnd.IntN(len(campaigns))], []string{"active", "paused"}[w.rnd.IntN(2)])
+		default:
+			i := w.rnd.IntN(len(campaigns))
+			err = exec("delete from campaigns where id = $1", campaigns[i])
+			campaigns = slices.Delete(campaigns, i, i+1)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	w.accounts, w.campaigns = accounts, campaigns
+	w.changes += changes
+	if lastAccount != 0 {
+		w.lastAccount = lastAccount
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+// Command changes runs the changes platform.
+//
+//	changes run     --config FILE   capture and processors in one process, with /metrics
+//	changes capture --config FILE   only the capture (PostgreSQL -> history topic)
+//	changes process --config FILE   only the processors (history -> snapshot tables)
+//	changes topics  --config FILE   create or check the topics, then exit
+//	changes demo    --config FILE   run everything with a demo workload and print a summary
+//
+// The config file is YAML (see configs/local.yaml); CHANGES_* environment
+// variables override it. SIGINT and SIGTERM stop the process cleanly: in-flight
+// changes are acknowledged by Kafka before the position is reported to
+// PostgreSQL.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/internal/slogadapter"
+	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/topology"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "changes:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: changes <command> [flags]
+
+commands:
+  run      capture and processors in one process, with Prometheus /metrics
+  capture  only the capture: PostgreSQL logical replication -> history topic
+  process  only the processors: history -> per-type snapshot tables
+  topics   create or check every topic, then exit
+  demo     run everything on the configured stack with a demo workload, print a summary
+
+Run 'changes <command> -h' for the flags of a command.`
+
+// run is main without the process: it parses args, runs one command and
+// returns its error.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(stderr, usage)
+		if len(args) == 0 {
+			return errors.New("no command")
+		}
+		return nil
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet("changes "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", envOr("CHANGES_CONFIG", "configs/local.yaml"), "config file (env CHANGES_CONFIG)")
+	defaultLevel := "info"
+	if cmd == "demo" {
+		defaultLevel = "warn" // the demo prints its own progress
+	}
+	logLevel := fs.String("log-level", envOr("CHANGES_LOG_LEVEL", defaultLevel), "debug, info, warn or error (env CHANGES_LOG_LEVEL)")
+	logFormat := fs.String("log-format", envOr("CHANGES_LOG_FORMAT", "text"), "text or json (env CHANGES_LOG_FORMAT)")
+	var demo demoFlags
+	if cmd == "demo" {
+		demo.register(fs)
+	}
+	switch cmd {
+	case "run", "capture", "process", "topics", "demo":
+	default:
+		fmt.Fprintln(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	cfg, err := topology.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	topo := topology.New(cfg)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	capOpts := []capture.Option{capture.WithRegisterer(reg)}
+	procOpts := []processors.Option{processors.WithRegisterer(reg)}
+
+	switch cmd {
+	case "topics":
+		if err := platform.EnsureTopics(topo); err != nil {
+			return err
+		}
+		for _, t := range topo.Topics() {
+			fmt.Fprintf(stdout, "%-50s partitions=%-4d %v\n", t.Name, t.Partitions, t.Configs)
+		}
+		return nil
+	case "demo":
+		return runDemo(ctx, topo, demo, log, stdout, reg, capOpts, procOpts)
+	}
+	parts := map[string]platform.Parts{
+		"run":     platform.All,
+		"capture": {Capture: true},
+		"process": {Processors: true},
+	}[cmd]
+	stopMetrics, err := serveMetrics(cfg.Metrics, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	log.Info("starting", "command", cmd, "config", *configPath, "brokers", strings.Join(cfg.Kafka.Brokers, ","))
+	return platform.Run(ctx, topo, parts, log, capOpts, procOpts)
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler
+	switch format {
+	case "text":
+		h = slog.NewTextHandler(w, opts)
+	case "json":
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("log format %q: want text or json", format)
+	}
+	log := slog.New(h)
+	sarama.Logger = slogadapter.New(log.With("component", "sarama"), slog.LevelDebug)
+	return log, nil
+}
+
+// serveMetrics serves /metrics on addr until the returned stop is called;
+// an empty addr serves nothing.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}

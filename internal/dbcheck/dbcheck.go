@@ -1,0 +1,121 @@
+// Package dbcheck compares a table in PostgreSQL with the view of its entity
+// type, value by value, for the demo and the end-to-end tests.
+package dbcheck
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+// Rows reads every row of table as the capture would encode it, keyed by the
+// id column. Values are read in text format, the form pgoutput sends, and
+// mapped with codecs.ColumnValue.
+func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[int64]codecs.Row, error) {
+	rows, err := conn.Query(ctx, "select * from "+table, pgx.QueryResultFormats{pgx.TextFormatCode})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", table, err)
+	}
+	defer rows.Close()
+	fields := rows.FieldDescriptions()
+	out := map[int64]codecs.Row{}
+	for rows.Next() {
+		row := codecs.Row{}
+		var id int64
+		var haveID bool
+		for i, raw := range rows.RawValues() {
+			f := fields[i]
+			if raw == nil {
+				row[f.Name] = []byte("null")
+				continue
+			}
+			// RawValues reuses its buffers from row to row.
+			v, err := codecs.ColumnValue(f.DataTypeOID, bytes.Clone(raw))
+			if err != nil {
+				return nil, fmt.Errorf("%s.%s: %w", table, f.Name, err)
+			}
+			row[f.Name] = v
+			if f.Name == idColumn {
+				if _, err := fmt.Sscan(string(raw), &id); err != nil {
+					return nil, fmt.Errorf("%s.%s: %w", table, f.Name, err)
+				}
+				haveID = true
+			}
+		}
+		if !haveID {
+			return nil, fmt.Errorf("%s has no id column %s", table, idColumn)
+		}
+		out[id] = row
+	}
+	return out, rows.Err()
+}
+
+// Diff lists the differences between the rows of a table and the states of a
+// view, at most max of them, sorted; empty means equal.
+func Diff(db map[int64]codecs.Row, view map[int64]*codecs.State, max int) []string {
+	var diffs []string
+	for id, row := range db {
+		st, ok := view[id]
+		if !ok {
+			diffs = append(diffs, fmt.Sprintf("id %d: in the database, not in the view", id))
+			continue
+		}
+		if d := diffRow(row, st.Row); d != "" {
+			diffs = append(diffs, fmt.Sprintf("id %d: %s", id, d))
+		}
+	}
+	for id := range view {
+		if _, ok := db[id]; !ok {
+			diffs = append(diffs, fmt.Sprintf("id %d: in the view, not in the database", id))
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > max {
+		diffs = append(diffs[:max], fmt.Sprintf("... and %d more", len(diffs)-max))
+	}
+	return diffs
+}
+
+func diffRow(db, view codecs.Row) string {
+	for col, v := range db {
+		w, ok := view[col]
+		if !ok {
+			return fmt.Sprintf("column %s missing in the view", col)
+		}
+		if !jsonEqual(v, w) {
+			return fmt.Sprintf("column %s is %s in the database, %s in the view", col, v, w)
+		}
+	}
+	for col := range view {
+		if _, ok := db[col]; !ok {
+			return fmt.Sprintf("column %s is in the view, not in the database", col)
+		}
+	}
+	return ""
+}
+
+// Each is the iteration a views.View offers.
+type Each func(fn func(*codecs.State) error) error
+
+// Collect gathers the states of a view by id.
+func Collect(each Each) (map[int64]*codecs.State, error) {
+	out := map[int64]*codecs.State{}
+	err := each(func(s *codecs.State) error { out[s.EntityID] = s; return nil })
+	return out, err
+}
+
+// jsonEqual compares two JSON values ignoring insignificant whitespace, which
+// encoding/json drops from embedded json and jsonb documents.
+func jsonEqual(a, b []byte) bool {
+	var ca, cb bytes.Buffer
+	if json.Compact(&ca, a) != nil || json.Compact(&cb, b) != nil {
+		return bytes.Equal(a, b)
+	}
+	return bytes.Equal(ca.Bytes(), cb.Bytes())
+}

@@ -1,0 +1,58 @@
+// Package platform wires the capture and the processors into one process, for
+// `changes run`, the demo and the end-to-end tests.
+package platform
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/IBM/sarama"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/topology"
+)
+
+// Parts selects what Run runs.
+type Parts struct {
+	Capture    bool
+	Processors bool
+}
+
+// All runs every part.
+var All = Parts{Capture: true, Processors: true}
+
+// EnsureTopics creates or checks every topic of topo (see topology.EnsureTopics).
+func EnsureTopics(topo *topology.Topology) error {
+	cfg := topo.Config()
+	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		return fmt.Errorf("kafka admin: %w", err)
+	}
+	defer admin.Close()
+	return topology.EnsureTopics(admin, topo.Topics(), cfg.Kafka.ReplicationFactor)
+}
+
+// Run ensures the topics, then runs the selected parts until ctx is cancelled
+// (nil) or one fails (its error, after stopping the others).
+func Run(ctx context.Context, topo *topology.Topology, parts Parts, log *slog.Logger, capOpts []capture.Option, procOpts []processors.Option) error {
+	if err := EnsureTopics(topo); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	if parts.Capture {
+		c, err := capture.New(topo, append([]capture.Option{capture.WithLogger(log)}, capOpts...)...)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return c.Run(gctx) })
+	}
+	if parts.Processors {
+		g.Go(func() error {
+			return processors.Run(gctx, topo, append([]processors.Option{processors.WithLogger(log)}, procOpts...)...)
+		})
+	}
+	return g.Wait()
+}
