@@ -1,7 +1,6 @@
 package codecs
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,15 +77,17 @@ type Event struct {
 func (e *Event) Validate() error {
 	switch {
 	case e.EntityType == "":
-		return errors.New("event: type is empty")
+		return errors.New("type is empty")
 	case !e.Op.Valid():
-		return fmt.Errorf("event: op %q is not insert, update, delete or truncate", e.Op)
+		return fmt.Errorf("op %q is not insert, update, delete or truncate", e.Op)
 	case e.Position.IsZero():
-		return errors.New("event: position is zero")
+		return errors.New("position is zero")
 	case e.Position.CommitLSN != e.CommitLSN:
-		return fmt.Errorf("event: position %s is not at commit_lsn %s", e.Position, e.CommitLSN)
-	case (e.Op == OpInsert || e.Op == OpUpdate) && e.After == nil:
-		return fmt.Errorf("event: %s without after", e.Op)
+		return fmt.Errorf("position %s is not at commit_lsn %s", e.Position, e.CommitLSN)
+	// An empty After is omitted by Encode (omitempty), so it must be as
+	// invalid as a missing one, or Decode would reject what Encode wrote.
+	case (e.Op == OpInsert || e.Op == OpUpdate) && len(e.After) == 0:
+		return fmt.Errorf("%s without after", e.Op)
 	}
 	return nil
 }
@@ -99,10 +100,10 @@ type EventCodec struct{}
 // Encode implements Codec.
 func (EventCodec) Encode(e *Event) ([]byte, error) {
 	if e == nil {
-		return nil, errors.New("event: nil")
+		return nil, errors.New("encode event: nil")
 	}
 	if err := e.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("encode event: %w", err)
 	}
 	return json.Marshal(e)
 }
@@ -114,19 +115,14 @@ func (EventCodec) Decode(b []byte) (*Event, error) {
 		return nil, fmt.Errorf("decode event: %w", err)
 	}
 	if err := e.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("decode event: %w", err)
 	}
 	return e, nil
 }
 
 // strictUnmarshal rejects trailing data after the JSON document.
+// json.Unmarshal checks the whole input; a json.Decoder with More would miss
+// a stray '}' or ']' after the document.
 func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON document")
-	}
-	return nil
+	return json.Unmarshal(b, v)
 }

@@ -28,11 +28,11 @@ type State struct {
 func (s *State) Validate() error {
 	switch {
 	case s.EntityType == "":
-		return errors.New("state: type is empty")
+		return errors.New("type is empty")
 	case s.Row == nil:
-		return errors.New("state: row is missing")
+		return errors.New("row is missing")
 	case s.Position.IsZero():
-		return errors.New("state: position is zero")
+		return errors.New("position is zero")
 	}
 	return nil
 }
@@ -43,10 +43,10 @@ type StateCodec struct{}
 // Encode implements Codec.
 func (StateCodec) Encode(s *State) ([]byte, error) {
 	if s == nil {
-		return nil, errors.New("state: nil")
+		return nil, errors.New("encode state: nil")
 	}
 	if err := s.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("encode state: %w", err)
 	}
 	return json.Marshal(s)
 }
@@ -58,7 +58,7 @@ func (StateCodec) Decode(b []byte) (*State, error) {
 		return nil, fmt.Errorf("decode state: %w", err)
 	}
 	if err := s.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("decode state: %w", err)
 	}
 	return s, nil
 }

@@ -142,7 +142,9 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load for a config already in memory.
 func Parse(data []byte) (*Config, error) {
-	cfg := &Config{Kafka: KafkaConfig{ReplicationFactor: defaultReplicationFactor}}
+	// Defaults whose zero value is meaningful are set before decoding, so only
+	// an absent key keeps them: an explicit "metrics: \"\"" disables the endpoint.
+	cfg := &Config{Kafka: KafkaConfig{ReplicationFactor: defaultReplicationFactor}, Metrics: DefaultMetrics}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	// An empty file is fine: every required field may come from the environment.
@@ -228,7 +230,7 @@ func (c *Config) applyDefaults() {
 }
 
 // setDefault is applied before validation; Metrics is not in it because an
-// explicit empty value disables the endpoint.
+// explicit empty value disables the endpoint (Parse presets DefaultMetrics).
 func setDefault(dst *string, def string) {
 	if *dst == "" {
 		*dst = def

@@ -1,0 +1,55 @@
+# The two commands a newcomer runs (see README.md):
+#   make demo   start the local stack, run the platform with a demo workload, print a summary
+#   make test   start the local stack, run every test (unit and end-to-end) against it
+#
+# The local stack (stack/stack.sh) is PostgreSQL 15 and Apache Kafka 4.x without
+# Docker. Set CHANGES_POSTGRES_URL and/or CHANGES_KAFKA_BROKERS to use existing
+# services instead.
+
+GO       ?= go
+STACK    := stack/stack.sh
+BIN      := bin/changes
+# Exported to every recipe: the addresses of the stack the tests and the demo use.
+STACK_ENV = eval "$$(bash $(STACK) env)"
+
+.PHONY: demo test unit check build stack-up stack-down stack-status stack-reset fuzz clean
+
+demo: stack-up build
+	@$(STACK_ENV) && ./$(BIN) demo --config configs/local.yaml
+
+test: check stack-up
+	$(STACK_ENV) && $(GO) test -race -count=1 -timeout 20m ./...
+
+# Unit tests only: no stack needed (the end-to-end tests skip without one, unless CI=true).
+unit:
+	$(GO) test -race -count=1 -short $$($(GO) list ./... | grep -v /e2e)
+
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed on:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	@! $(GO) list -deps ./views | grep -E 'pglogrepl|changes/(capture|processors)$$' || { echo "views must not depend on capture, processors or pglogrepl"; exit 1; }
+
+build:
+	$(GO) build -o $(BIN) ./cmd/changes
+
+stack-up:
+	@bash $(STACK) up
+
+stack-down:
+	@bash $(STACK) down
+
+stack-status:
+	@bash $(STACK) status
+
+stack-reset:
+	@bash $(STACK) reset
+
+# Each fuzz target for a short while; FUZZTIME=5m for longer.
+FUZZTIME ?= 20s
+fuzz:
+	@for f in $$($(GO) test -list '^Fuzz' ./codecs/ | grep ^Fuzz); do \
+		echo "== $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./codecs/ || exit 1; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,137 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/topology"
+)
+
+// env is the real stack a test runs against, from the environment that
+// stack/stack.sh env prints (and .ci/run exports).
+type env struct {
+	brokers string
+	pgURL   string
+}
+
+// stack returns the stack's addresses. Without them the test is skipped on a
+// developer's machine and fails under CI=true: CI must never pass by skipping.
+func stack(t *testing.T) env {
+	t.Helper()
+	e := env{brokers: os.Getenv("CHANGES_KAFKA_BROKERS"), pgURL: os.Getenv("CHANGES_POSTGRES_URL")}
+	if e.brokers == "" || e.pgURL == "" {
+		msg := "end-to-end tests need CHANGES_KAFKA_BROKERS and CHANGES_POSTGRES_URL: run `stack/stack.sh up && eval \"$(stack/stack.sh env)\"`, or `make test`"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatalf("postgres at CHANGES_POSTGRES_URL is not reachable: %v", err)
+	}
+	conn.Close(ctx)
+	return e
+}
+
+// uniqueName returns a name no other test run uses, for topics, slots and tables.
+func uniqueName(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return prefix + "_" + hex.EncodeToString(b)
+}
+
+// testConfig builds a validated config for the stack with its own topic
+// prefix, slot, publication and storage, and entity types for tables.
+func testConfig(t *testing.T, e env, name string, entities []topology.EntityConfig) *topology.Config {
+	t.Helper()
+	rf := os.Getenv("CHANGES_KAFKA_REPLICATION_FACTOR")
+	if rf == "" {
+		rf = "1"
+	}
+	cfg, err := topology.Parse(fmt.Appendf(nil, "kafka: {brokers: [%q], replication_factor: %s}\npostgres: {url: %q}\nentities: [{type: placeholder, table: placeholder}]\n",
+		e.brokers, rf, e.pgURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields set after Parse, so CHANGES_* variables cannot make two runs share them.
+	cfg.Postgres.Slot = name
+	cfg.Postgres.Publication = name
+	cfg.Topics.Prefix = "e2e." + name
+	cfg.Storage = t.TempDir()
+	cfg.Metrics = ""
+	cfg.Entities = entities
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// cleanupStack removes what a test left in PostgreSQL and Kafka. It runs after
+// the platform stopped (t.Cleanup runs in reverse order).
+func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, e.pgURL)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		// The slot stays active for a moment after the capture disconnects.
+		for i := 0; i < 50; i++ {
+			_, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", cfg.Postgres.Slot)
+			if err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("cleanup: drop slot %s: %v", cfg.Postgres.Slot, err)
+		}
+		stmts := []string{"drop publication if exists " + pgx.Identifier{cfg.Postgres.Publication}.Sanitize()}
+		for _, tb := range tables {
+			stmts = append(stmts, "drop table if exists "+tb)
+		}
+		for _, s := range stmts {
+			if _, err := conn.Exec(ctx, s); err != nil {
+				t.Errorf("cleanup: %s: %v", s, err)
+			}
+		}
+		admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer admin.Close()
+		for _, spec := range topology.New(cfg).Topics() {
+			admin.DeleteTopic(spec.Name) // best effort: a topic may not exist
+		}
+	})
+}
+
+// testLogger writes the platform's logs through t.Log, so they show with the
+// failing test only.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}

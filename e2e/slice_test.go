@@ -1,0 +1,295 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+// change is what the test expects in the history, in commit order.
+type change struct {
+	typ string
+	id  int64
+	op  codecs.Op
+}
+
+func (c change) String() string { return fmt.Sprintf("%s %d %s", c.typ, c.id, c.op) }
+
+// TestSlice drives committed rows of two tables through the real capture,
+// router, snapshot processors and views on PostgreSQL and Kafka, then checks
+// that both views equal their tables value by value and that the history
+// holds every change exactly once, in commit order.
+func TestSlice(t *testing.T) {
+	e := stack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	name := uniqueName("slice")
+	users, orders := name+"_users", name+"_orders"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{
+		{Type: "user", Table: "public." + users, IDColumn: "id", Partitions: 3},
+		{Type: "order", Table: "public." + orders, IDColumn: "order_id", Partitions: 2},
+	})
+	topo := topology.New(cfg)
+	cleanupStack(t, e, cfg, users, orders)
+
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	exec(t, ctx, db, fmt.Sprintf(`
+		create table %s (id bigint primary key, name text not null, score numeric(30,10), tags text[],
+			profile jsonb, active boolean, seen timestamptz, blob text);
+		create table %s (order_id integer primary key, user_id bigint, amount numeric, note varchar(50));
+		alter table %s replica identity full`, users, orders, orders))
+
+	log := testLogger(t)
+	runCtx, stop := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(runCtx)
+	t.Cleanup(func() {
+		stop()
+		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("platform stopped with %v", err)
+		}
+	})
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+	g.Go(func() error { return platform.Run(gctx, topo, platform.All, log, nil, nil) })
+	vs := map[string]*views.View{}
+	for _, typ := range topo.EntityTypes() {
+		v, err := views.New(topo, typ, views.WithLogger(log))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs[typ] = v
+		g.Go(func() error { return v.Run(gctx) })
+	}
+	waitSlotActive(t, gctx, db, cfg.Postgres.Slot)
+
+	// The workload: single statements, several per transaction, the same
+	// entity changed several times in one transaction, a rolled-back
+	// transaction, an id above 2^53, and an unchanged TOASTed value.
+	const bigID = int64(1)<<53 + 1
+	var want []change
+	txn(t, ctx, db, []string{
+		fmt.Sprintf(`insert into %s (id, name, score, tags, profile, active, seen) values
+			(1, 'ada', 12345678901234567890.0123456789, '{a,"b c"}', '{"k": [1, 2.5, "x"]}', true, '2026-11-25 10:00:00.123456+00'),
+			(2, 'bob', -0.5, '{}', 'null', false, null),
+			(3, 'cy', null, null, null, null, null)`, users),
+	}, &want, change{"user", 1, codecs.OpInsert}, change{"user", 2, codecs.OpInsert}, change{"user", 3, codecs.OpInsert})
+	txn(t, ctx, db, []string{
+		fmt.Sprintf(`insert into %s values (10, 1, 9.99, 'first'), (11, 2, 100, 'second')`, orders),
+		fmt.Sprintf(`update %s set name = 'ada lovelace' where id = 1`, users),
+	}, &want, change{"order", 10, codecs.OpInsert}, change{"order", 11, codecs.OpInsert}, change{"user", 1, codecs.OpUpdate})
+	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set active = true where id = 2`, users)},
+		&want, change{"user", 2, codecs.OpUpdate})
+	txn(t, ctx, db, []string{
+		fmt.Sprintf(`delete from %s where order_id = 11`, orders),
+		fmt.Sprintf(`update %s set amount = amount * 2, note = 'doubled' where order_id = 10`, orders),
+		fmt.Sprintf(`delete from %s where id = 3`, users),
+	}, &want, change{"order", 11, codecs.OpDelete}, change{"order", 10, codecs.OpUpdate}, change{"user", 3, codecs.OpDelete})
+	txn(t, ctx, db, []string{
+		fmt.Sprintf(`insert into %s (id, name) values (4, 'dee')`, users),
+		fmt.Sprintf(`update %s set name = 'dee 2' where id = 4`, users),
+		fmt.Sprintf(`delete from %s where id = 4`, users),
+		fmt.Sprintf(`insert into %s (id, name) values (%d, 'big')`, users, bigID),
+	}, &want, change{"user", 4, codecs.OpInsert}, change{"user", 4, codecs.OpUpdate}, change{"user", 4, codecs.OpDelete}, change{"user", bigID, codecs.OpInsert})
+	rollback(t, ctx, db, fmt.Sprintf(`insert into %s (id, name) values (99, 'never')`, users))
+	// A value stored out of line (TOAST), then an update that leaves it alone:
+	// pgoutput does not send it, and the view must keep it.
+	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set blob = (select string_agg(md5(i::text), '') from generate_series(1, 2000) i) where id = 2`, users)},
+		&want, change{"user", 2, codecs.OpUpdate})
+	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set name = name || '!' where id in (1, 2)`, users)},
+		&want, change{"user", 1, codecs.OpUpdate}, change{"user", 2, codecs.OpUpdate})
+
+	waitViewsEqual(t, ctx, db, topo, vs)
+
+	if st, err := vs["user"].Get(3); err != nil || st != nil {
+		t.Errorf("deleted user 3: Get = %v, %v; want nil", st, err)
+	}
+	if st, err := vs["user"].Get(bigID); err != nil || st == nil || st.EntityID != bigID {
+		t.Errorf("user %d: Get = %v, %v; want its state", bigID, st != nil, err)
+	}
+	if st, _ := vs["user"].Get(2); st == nil || len(st.Row["blob"]) < 64000 {
+		t.Errorf("user 2 lost its unchanged TOASTed blob")
+	}
+
+	got := readHistory(t, ctx, cfg, string(topo.History()), len(want))
+	checkHistory(t, got, want)
+}
+
+// checkHistory compares the history with the expected changes: same changes,
+// same order, nothing twice, positions strictly increasing, the commit time
+// as the record timestamp and in the headers.
+func checkHistory(t *testing.T, got []*sarama.ConsumerMessage, want []change) {
+	t.Helper()
+	var seen []change
+	var last codecs.Position
+	for _, m := range got {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatalf("history offset %d: %v", m.Offset, err)
+		}
+		seen = append(seen, change{ev.EntityType, ev.EntityID, ev.Op})
+		if ev.Position.Compare(last) <= 0 {
+			t.Errorf("history offset %d: position %s does not follow %s", m.Offset, ev.Position, last)
+		}
+		last = ev.Position
+		if !m.Timestamp.Equal(ev.CommitTime.Truncate(time.Millisecond)) {
+			t.Errorf("history offset %d: record timestamp %s, commit time %s", m.Offset, m.Timestamp, ev.CommitTime)
+		}
+		headers := map[string]string{}
+		for _, h := range m.Headers {
+			headers[string(h.Key)] = string(h.Value)
+		}
+		if headers[capture.HeaderPosition] != ev.Position.String() || headers[capture.HeaderEntityType] != ev.EntityType ||
+			headers[capture.HeaderCommitTime] != ev.CommitTime.Format(time.RFC3339Nano) {
+			t.Errorf("history offset %d: headers %v do not match the event", m.Offset, headers)
+		}
+		if wantKey := fmt.Sprintf("%s/%d", ev.EntityType, ev.EntityID); string(m.Key) != wantKey {
+			t.Errorf("history offset %d: key %q, want %q", m.Offset, m.Key, wantKey)
+		}
+	}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("history holds\n  %v\nwant\n  %v", seen, want)
+	}
+}
+
+func exec(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
+	t.Helper()
+	if _, err := db.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// txn commits stmts in one transaction and appends the changes it makes to want.
+func txn(t *testing.T, ctx context.Context, db *pgx.Conn, stmts []string, want *[]change, changes ...change) {
+	t.Helper()
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		for _, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	*want = append(*want, changes...)
+}
+
+func rollback(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
+	t.Helper()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitSlotActive waits until the capture streams from its slot; the slice
+// has no initial snapshot, so earlier changes would not be captured.
+func waitSlotActive(t *testing.T, ctx context.Context, db *pgx.Conn, slot string) {
+	t.Helper()
+	for {
+		var active bool
+		err := db.QueryRow(ctx, "select coalesce((select active from pg_replication_slots where slot_name = $1), false)", slot).Scan(&active)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if active {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("slot %s never became active", slot)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// waitViewsEqual waits until every view equals its table, value by value.
+func waitViewsEqual(t *testing.T, ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) {
+	t.Helper()
+	var last []string
+	for {
+		last = last[:0]
+		for _, typ := range topo.EntityTypes() {
+			ent, _ := topo.Config().Entity(typ)
+			rows, err := dbcheck.Rows(ctx, db, ent.Table, ent.IDColumn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			states, err := dbcheck.Collect(vs[typ].Each)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range dbcheck.Diff(rows, states, 5) {
+				last = append(last, typ+": "+d)
+			}
+		}
+		if len(last) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("views never equalled the database:\n  %s", strings.Join(last, "\n  "))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// readHistory reads the history from its start until it has n records, then
+// checks for a moment that no further (duplicate) record follows.
+func readHistory(t *testing.T, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
+	t.Helper()
+	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer consumer.Close()
+	pc, err := consumer.ConsumePartition(topic, 0, sarama.OffsetOldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	var got []*sarama.ConsumerMessage
+	for len(got) < n {
+		select {
+		case m := <-pc.Messages():
+			got = append(got, m)
+		case err := <-pc.Errors():
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatalf("history has %d records, want %d", len(got), n)
+		}
+	}
+	select {
+	case m := <-pc.Messages():
+		got = append(got, m)
+	case <-time.After(time.Second):
+	}
+	return got
+}

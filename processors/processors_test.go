@@ -1,0 +1,237 @@
+package processors_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/lovoo/goka/tester"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/topology"
+)
+
+const testConfig = `
+kafka: {brokers: ["127.0.0.1:1"]}
+postgres: {url: "postgres://unused"}
+entities:
+  - {type: account, table: accounts, partitions: 4}
+  - {type: campaign, table: campaigns, partitions: 2}
+`
+
+func testTopology(t *testing.T) *topology.Topology {
+	t.Helper()
+	cfg, err := topology.Parse([]byte(testConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Storage = t.TempDir()
+	return topology.New(cfg)
+}
+
+// start runs p until the test ends.
+func start(t *testing.T, p *goka.Processor) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("processor stopped with %v", err)
+		}
+	})
+}
+
+func event(typ string, id int64, op codecs.Op, lsn codecs.LSN, idx uint32, after string) *codecs.Event {
+	e := &codecs.Event{
+		EntityType: typ, EntityID: id, Op: op, TxID: 7,
+		CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn, Index: idx},
+		CommitTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), CaptureTime: time.Date(2026, 11, 25, 12, 0, 0, 1000, time.UTC),
+	}
+	if after != "" {
+		if err := json.Unmarshal([]byte(after), &e.After); err != nil {
+			panic(err)
+		}
+	}
+	return e
+}
+
+func encode(t *testing.T, e *codecs.Event) []byte {
+	t.Helper()
+	b, err := codecs.EventCodec{}.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestRouter(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	p, err := processors.NewRouter(topo, processors.WithRegisterer(reg), processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := tt.NewQueueTracker(string(topo.Events("account")))
+	campaigns := tt.NewQueueTracker(string(topo.Events("campaign")))
+	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	start(t, p)
+
+	acc := encode(t, event("account", 42, codecs.OpInsert, 100, 0, `{"id": 42}`))
+	camp := encode(t, event("campaign", 9007199254740993, codecs.OpDelete, 100, 1, ""))
+	tt.Consume(string(topo.History()), "account/42", acc, tester.WithHeaders(goka.Headers{"changes-op": []byte("insert")}))
+	tt.Consume(string(topo.History()), "campaign/9007199254740993", camp)
+
+	hdr, key, value, ok := accounts.NextRawWithHeaders()
+	if !ok || key != "42" || string(value) != string(acc) {
+		t.Fatalf("account topic: got %q=%q (%v), want 42=%q", key, value, ok, acc)
+	}
+	if string(hdr["changes-op"]) != "insert" {
+		t.Errorf("history headers not carried: %v", hdr)
+	}
+	if key, value, ok := campaigns.NextRaw(); !ok || key != "9007199254740993" || string(value) != string(camp) {
+		t.Fatalf("campaign topic: got %q=%q (%v)", key, value, ok)
+	}
+
+	bad := []struct {
+		name, reason string
+		value        []byte
+	}{
+		{"not an event", "decode event", []byte("{not json")},
+		{"undeclared type", `entity type "user" is not declared`, encode(t, event("user", 1, codecs.OpInsert, 100, 2, `{"id": 1}`))},
+		{"truncate", "truncate of account", encode(t, event("account", 0, codecs.OpTruncate, 100, 3, ""))},
+	}
+	for i, c := range bad {
+		t.Run(c.name, func(t *testing.T) {
+			tt.Consume(string(topo.History()), "k", c.value)
+			hdr, _, value, ok := dead.NextRawWithHeaders()
+			if !ok {
+				t.Fatal("nothing dead-lettered")
+			}
+			if string(value) != string(c.value) {
+				t.Errorf("dead letter value %q, want the original %q", value, c.value)
+			}
+			if r := string(hdr[processors.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
+				t.Errorf("reason %q does not mention %q", r, c.reason)
+			}
+			if string(hdr[processors.HeaderSourceTopic]) != string(topo.History()) {
+				t.Errorf("source topic header %q", hdr[processors.HeaderSourceTopic])
+			}
+			if got := counter(t, reg, "changes_processor_deadletters_total"); got != float64(i+1) {
+				t.Errorf("dead letters counted %v, want %d", got, i+1)
+			}
+		})
+	}
+	if _, _, ok := accounts.NextRaw(); ok {
+		t.Error("a bad record reached the account topic")
+	}
+	if _, _, ok := campaigns.NextRaw(); ok {
+		t.Error("a bad record reached the campaign topic")
+	}
+}
+
+func TestSnapshot(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	p, err := processors.NewSnapshot(topo, "account", processors.WithRegisterer(reg), processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	start(t, p)
+	events := string(topo.Events("account"))
+	table := topo.Snapshot("account")
+	state := func(key string) *codecs.State {
+		v := tt.TableValue(table, key)
+		if v == nil {
+			return nil
+		}
+		return v.(*codecs.State)
+	}
+
+	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpInsert, 100, 0, `{"id": 1, "name": "a", "blob": "big"}`)))
+	st := state("1")
+	if st == nil || string(st.Row["name"]) != `"a"` || st.Position != (codecs.Position{CommitLSN: 100}) {
+		t.Fatalf("after insert: %+v", st)
+	}
+
+	// An update that did not send the unchanged TOASTed column keeps it.
+	upd := event("account", 1, codecs.OpUpdate, 200, 0, `{"id": 1, "name": "b"}`)
+	upd.Unchanged = []string{"blob"}
+	tt.Consume(events, "1", encode(t, upd))
+	st = state("1")
+	if string(st.Row["name"]) != `"b"` || string(st.Row["blob"]) != `"big"` {
+		t.Fatalf("after update: row %v, want name b and blob kept", st.Row)
+	}
+
+	// Redelivered and older changes are no-ops.
+	tt.Consume(events, "1", encode(t, upd))
+	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpUpdate, 150, 3, `{"id": 1, "name": "old"}`)))
+	if st = state("1"); string(st.Row["name"]) != `"b"` || st.Position.CommitLSN != 200 {
+		t.Fatalf("an old change was applied: %+v", st)
+	}
+	if got := counter(t, reg, "changes_snapshot_skipped_total"); got != 2 {
+		t.Errorf("skipped %v, want 2", got)
+	}
+
+	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpDelete, 300, 0, "")))
+	if st := state("1"); st != nil {
+		t.Fatalf("after delete: %+v, want no state", st)
+	}
+
+	bad := []struct {
+		name, key, reason string
+		value             []byte
+	}{
+		{"not an event", "2", "decode event", []byte(`{"type":"account"}`)},
+		{"other type", "2", "event of campaign 2", encode(t, event("campaign", 2, codecs.OpInsert, 400, 0, `{"id": 2}`))},
+		{"key is not the id", "3", `under key "3"`, encode(t, event("account", 2, codecs.OpInsert, 400, 1, `{"id": 2}`))},
+	}
+	for _, c := range bad {
+		t.Run(c.name, func(t *testing.T) {
+			tt.Consume(events, c.key, c.value)
+			hdr, _, _, ok := dead.NextRawWithHeaders()
+			if !ok {
+				t.Fatal("nothing dead-lettered")
+			}
+			if r := string(hdr[processors.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
+				t.Errorf("reason %q does not mention %q", r, c.reason)
+			}
+			if state(c.key) != nil {
+				t.Errorf("a bad record was applied to key %s", c.key)
+			}
+		})
+	}
+}
+
+func TestNewSnapshotUndeclaredType(t *testing.T) {
+	if _, err := processors.NewSnapshot(testTopology(t), "user"); err == nil || !strings.Contains(err.Error(), `"user"`) {
+		t.Fatalf("got %v, want an error naming the type", err)
+	}
+}
+
+// counter sums the series of the counter family name in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
