@@ -110,16 +110,21 @@ func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
 				t.Errorf("cleanup: %s: %v", s, err)
 			}
 		}
-		admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer admin.Close()
-		for _, spec := range topology.New(cfg).Topics() {
-			admin.DeleteTopic(spec.Name) // best effort: a topic may not exist
-		}
+		deleteTopics(t, cfg)
 	})
+}
+
+// deleteTopics deletes the topics of cfg; a topic that does not exist is fine.
+func deleteTopics(t *testing.T, cfg *topology.Config) {
+	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer admin.Close()
+	for _, spec := range topology.New(cfg).Topics() {
+		admin.DeleteTopic(spec.Name)
+	}
 }
 
 // testLogger writes the platform's logs through t.Log, so they show with the

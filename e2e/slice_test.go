@@ -52,7 +52,7 @@ func TestSlice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close(context.Background())
-	exec(t, ctx, db, fmt.Sprintf(`
+	execSQL(t, ctx, db, fmt.Sprintf(`
 		create table %s (id bigint primary key, name text not null, score numeric(30,10), tags text[],
 			profile jsonb, active boolean, seen timestamptz, blob text);
 		create table %s (order_id integer primary key, user_id bigint, amount numeric, note varchar(50));
@@ -171,7 +171,7 @@ func checkHistory(t *testing.T, got []*sarama.ConsumerMessage, want []change) {
 	}
 }
 
-func exec(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
+func execSQL(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
 	t.Helper()
 	if _, err := db.Exec(ctx, sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)

@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds cmd/changes once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "changes-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "changes")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/changes").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// database creates a database of its own for a test that needs fixed table
+// names (the demo's), and drops it (with the slot in it) at the end.
+func database(t *testing.T, e env, slot string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := uniqueName("db")
+	conn, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "create database "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, e.pgURL)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		for i := 0; i < 50; i++ {
+			if _, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", slot); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if _, err := conn.Exec(ctx, "drop database if exists "+name+" with (force)"); err != nil {
+			t.Errorf("cleanup: drop database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(e.pgURL)
+	if err != nil {
+		t.Fatalf("CHANGES_POSTGRES_URL must be a URL for this test: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// command runs the binary with the stack's environment plus extra.
+func command(ctx context.Context, t *testing.T, extra map[string]string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd.Env = os.Environ()
+	for k, v := range extra {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	return cmd, &stdout, &stderr
+}
+
+// TestDemoCommand runs `changes demo` as a newcomer would, in a database of
+// its own, and checks that it ends by itself with a summary showing every
+// view equal to its table and no change lost or duplicated.
+func TestDemoCommand(t *testing.T) {
+	e := stack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	name := uniqueName("demo")
+	extra := map[string]string{
+		"CHANGES_POSTGRES_URL":   database(t, e, name),
+		"CHANGES_POSTGRES_SLOT":  name,
+		"CHANGES_TOPIC_PREFIX":   "e2e." + name,
+		"CHANGES_STORAGE_DIR":    t.TempDir(),
+		"CHANGES_METRICS_LISTEN": "",
+	}
+	deleteTopicsAfter(t, e, "e2e."+name)
+	cmd, stdout, stderr := command(ctx, t, extra, "demo", "--config", "../configs/local.yaml", "--transactions", "200", "--rate", "400")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("changes demo: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"changes demo: summary",
+		"none lost, none duplicated",
+		"view account", "view campaign",
+		"commit -> history", "commit -> view",
+		"stopped cleanly",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, ": equal, value by value") != 2 {
+		t.Errorf("demo output does not show both views equal to their tables:\n%s", out)
+	}
+}
+
+// TestRunStopsCleanlyOnSIGTERM starts `changes run`, commits a change, waits
+// until the history has it, sends SIGTERM and expects a clean exit that
+// leaves the slot's confirmed position at or past the change's commit.
+func TestRunStopsCleanlyOnSIGTERM(t *testing.T) {
+	e := stack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	name := uniqueName("sigterm")
+	table := name + "_items"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: 1}})
+	cleanupStack(t, e, cfg, table)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, v text)")
+
+	configFile := filepath.Join(t.TempDir(), "changes.yaml")
+	yaml := fmt.Sprintf("kafka: {brokers: [%q], replication_factor: %d}\npostgres: {url: %q, slot: %s, publication: %s}\ntopics: {prefix: %q}\nstorage: %q\nmetrics: \"\"\nentities: [{type: item, table: %s, partitions: 1}]\n",
+		e.brokers, cfg.Kafka.ReplicationFactor, e.pgURL, name, name, cfg.Topics.Prefix, cfg.Storage, table)
+	if err := os.WriteFile(configFile, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Only the file: the stack's variables would override it.
+	cmd, stdout, stderr := command(ctx, t, map[string]string{"CHANGES_KAFKA_BROKERS": "", "CHANGES_POSTGRES_URL": ""}, "run", "--config", configFile)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+
+	waitSlotActive(t, ctx, db, name)
+	execSQL(t, ctx, db, "insert into "+table+" values (1, 'x')")
+	recs := readHistory(t, ctx, cfg, string(topology.New(cfg).History()), 1)
+	ev, err := codecs.EventCodec{}.Decode(recs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitLSN := ev.CommitLSN.String()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("changes run exited with %v after SIGTERM\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("changes run did not exit within 30 s of SIGTERM\nstderr:\n%s", stderr)
+	}
+	var behind bool
+	err = db.QueryRow(ctx, "select confirmed_flush_lsn <= $2::pg_lsn from pg_replication_slots where slot_name = $1", name, commitLSN).Scan(&behind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if behind {
+		t.Errorf("after a clean stop the slot is not confirmed past the captured commit at %s", commitLSN)
+	}
+	if !strings.Contains(stderr.String(), "stopped") {
+		t.Errorf("no shutdown log line:\n%s", stderr)
+	}
+}
+
+// deleteTopicsAfter deletes the topics a subprocess created under prefix.
+func deleteTopicsAfter(t *testing.T, e env, prefix string) {
+	t.Cleanup(func() {
+		cfg, err := topology.Parse(fmt.Appendf(nil, "kafka: {brokers: [%q]}\npostgres: {url: x}\ntopics: {prefix: %q}\nentities: [{type: account, table: accounts}, {type: campaign, table: campaigns}]\n", e.brokers, prefix))
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		cfg.Topics.Prefix = prefix
+		deleteTopics(t, cfg)
+	})
+}
