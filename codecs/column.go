@@ -29,6 +29,10 @@ func ColumnValue(typeOID uint32, text []byte) (json.RawMessage, error) {
 		if _, err := strconv.ParseInt(string(text), 10, 64); err != nil {
 			return nil, fmt.Errorf("integer %q: %w", text, err)
 		}
+		// strconv also accepts "+1" and "01", which are not JSON numbers.
+		if !json.Valid(text) {
+			return nil, fmt.Errorf("integer %q is not a JSON number", text)
+		}
 		return json.RawMessage(text), nil
 	case oidFloat4, oidFloat8:
 		switch s := string(text); s {
@@ -38,6 +42,11 @@ func ColumnValue(typeOID uint32, text []byte) (json.RawMessage, error) {
 		// PostgreSQL 12+ prints the shortest text that reads back exactly.
 		if _, err := strconv.ParseFloat(string(text), 64); err != nil {
 			return nil, fmt.Errorf("float %q: %w", text, err)
+		}
+		// strconv also accepts "inf", ".5", "+1" and "0x1p-2", which are not
+		// JSON numbers.
+		if !json.Valid(text) {
+			return nil, fmt.Errorf("float %q is not a JSON number", text)
 		}
 		return json.RawMessage(text), nil
 	case oidBool:

@@ -1,0 +1,597 @@
+package topology_test
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/changes-dev/changes/topology"
+)
+
+// envVars are every environment variable Parse reads.
+var envVars = []string{
+	"CHANGES_KAFKA_BROKERS",
+	"CHANGES_KAFKA_REPLICATION_FACTOR",
+	"CHANGES_POSTGRES_URL",
+	"CHANGES_POSTGRES_SLOT",
+	"CHANGES_POSTGRES_PUBLICATION",
+	"CHANGES_TOPIC_PREFIX",
+	"CHANGES_STORAGE_DIR",
+	"CHANGES_METRICS_LISTEN",
+}
+
+// unsetEnv removes every variable Parse reads for the duration of the test, so
+// the developer's or CI's environment cannot change what the test sees.
+// Unsetting (not setting to "") matters for CHANGES_METRICS_LISTEN, where an
+// empty value disables the endpoint.
+func unsetEnv(t *testing.T) {
+	t.Helper()
+	for _, name := range envVars {
+		t.Setenv(name, "") // restores the old value in t.Cleanup
+		if err := os.Unsetenv(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fullYAML sets every field, none to its default.
+const fullYAML = `
+kafka:
+  brokers: ["k1:9092", "k2:9093"]
+  version: "3.7.0"
+  client_id: test-client
+  replication_factor: 3
+  linger: 5ms
+  max_record_bytes: 2000000
+postgres:
+  url: "postgres://u@db:5432/x"
+  slot: my_slot
+  publication: my_pub
+  standby_timeout: 3s
+topics:
+  prefix: acme.prod
+  history_retention: 48h
+  events_retention: 2h
+storage: /var/lib/x
+metrics: 0.0.0.0:9000
+entities:
+  - type: account
+    table: billing.accounts
+    id_column: account_id
+    partitions: 12
+  - type: campaign
+    table: campaigns
+    id_column: cid
+    partitions: 1
+`
+
+// minimalYAML sets only the required fields.
+const minimalYAML = `
+kafka:
+  brokers: ["k1:9092"]
+postgres:
+  url: "postgres://u@db:5432/x"
+entities:
+  - type: account
+    table: accounts
+`
+
+func TestParseFull(t *testing.T) {
+	unsetEnv(t)
+	cfg, err := topology.Parse([]byte(fullYAML))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	want := &topology.Config{
+		Kafka: topology.KafkaConfig{
+			Brokers:           []string{"k1:9092", "k2:9093"},
+			Version:           "3.7.0",
+			ClientID:          "test-client",
+			ReplicationFactor: 3,
+			Linger:            5 * time.Millisecond,
+			MaxRecordBytes:    2000000,
+		},
+		Postgres: topology.PostgresConfig{
+			URL:            "postgres://u@db:5432/x",
+			Slot:           "my_slot",
+			Publication:    "my_pub",
+			StandbyTimeout: 3 * time.Second,
+		},
+		Topics: topology.TopicsConfig{
+			Prefix:           "acme.prod",
+			HistoryRetention: 48 * time.Hour,
+			EventsRetention:  2 * time.Hour,
+		},
+		Storage: "/var/lib/x",
+		Metrics: "0.0.0.0:9000",
+		Entities: []topology.EntityConfig{
+			{Type: "account", Table: "billing.accounts", IDColumn: "account_id", Partitions: 12},
+			// A table without a schema is in public.
+			{Type: "campaign", Table: "public.campaigns", IDColumn: "cid", Partitions: 1},
+		},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("Parse(fullYAML)\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	unsetEnv(t)
+	cfg, err := topology.Parse([]byte(minimalYAML))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	e := cfg.Entities[0]
+	// Each row checks that the default is applied and that the constant still
+	// says what the field comments in config.go document.
+	tests := []struct {
+		name       string
+		got, def   any
+		documented any
+	}{
+		{"kafka.version", cfg.Kafka.Version, topology.DefaultKafkaVersion, "4.0.0"},
+		{"kafka.client_id", cfg.Kafka.ClientID, topology.DefaultClientID, "changes"},
+		{"kafka.replication_factor", cfg.Kafka.ReplicationFactor, -1, -1},
+		{"kafka.linger", cfg.Kafka.Linger, time.Duration(0), time.Duration(0)},
+		{"kafka.max_record_bytes", cfg.Kafka.MaxRecordBytes, topology.DefaultMaxRecordBytes, 1000000},
+		{"postgres.slot", cfg.Postgres.Slot, topology.DefaultSlot, "changes"},
+		{"postgres.publication", cfg.Postgres.Publication, topology.DefaultPublication, "changes"},
+		{"postgres.standby_timeout", cfg.Postgres.StandbyTimeout, topology.DefaultStandbyTimeout, 10 * time.Second},
+		{"topics.prefix", cfg.Topics.Prefix, topology.DefaultPrefix, "changes"},
+		{"topics.history_retention", cfg.Topics.HistoryRetention, topology.DefaultHistoryRetention, 720 * time.Hour},
+		{"topics.events_retention", cfg.Topics.EventsRetention, topology.DefaultEventsRetention, 168 * time.Hour},
+		{"storage", cfg.Storage, topology.DefaultStorage, "data"},
+		{"metrics", cfg.Metrics, topology.DefaultMetrics, "127.0.0.1:9464"},
+		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
+		{"entities[0].partitions", e.Partitions, topology.DefaultPartitions, 8},
+		{"entities[0].table", e.Table, "public.accounts", "public.accounts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.def {
+				t.Errorf("got %v, want default %v", tt.got, tt.def)
+			}
+			if tt.def != tt.documented {
+				t.Errorf("default is %v, the field comment documents %v", tt.def, tt.documented)
+			}
+		})
+	}
+}
+
+func TestParseEmptyMetricsDisables(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{"absent", minimalYAML, topology.DefaultMetrics},
+		{"null", minimalYAML + "metrics:\n", topology.DefaultMetrics},
+		{"explicit empty", minimalYAML + "metrics: \"\"\n", ""},
+		{"set", minimalYAML + "metrics: \":1234\"\n", ":1234"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			cfg, err := topology.Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if cfg.Metrics != tt.want {
+				t.Errorf("Metrics = %q, want %q", cfg.Metrics, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseEnvOverrides(t *testing.T) {
+	tests := []struct {
+		name  string
+		yaml  string
+		env   map[string]string
+		check func(t *testing.T, c *topology.Config)
+	}{
+		{
+			name: "brokers are split on commas and trimmed",
+			yaml: fullYAML,
+			env:  map[string]string{"CHANGES_KAFKA_BROKERS": " a:1, b:2 ,,"},
+			check: func(t *testing.T, c *topology.Config) {
+				if want := []string{"a:1", "b:2"}; !reflect.DeepEqual(c.Kafka.Brokers, want) {
+					t.Errorf("Brokers = %q, want %q", c.Kafka.Brokers, want)
+				}
+			},
+		},
+		{
+			name: "replication factor",
+			yaml: fullYAML,
+			env:  map[string]string{"CHANGES_KAFKA_REPLICATION_FACTOR": "-1"},
+			check: func(t *testing.T, c *topology.Config) {
+				if c.Kafka.ReplicationFactor != -1 {
+					t.Errorf("ReplicationFactor = %d, want -1", c.Kafka.ReplicationFactor)
+				}
+			},
+		},
+		{
+			name: "postgres url, slot and publication",
+			yaml: fullYAML,
+			env: map[string]string{
+				"CHANGES_POSTGRES_URL":         "postgres://other/db",
+				"CHANGES_POSTGRES_SLOT":        "env_slot",
+				"CHANGES_POSTGRES_PUBLICATION": "env_pub",
+			},
+			check: func(t *testing.T, c *topology.Config) {
+				got := [3]string{c.Postgres.URL, c.Postgres.Slot, c.Postgres.Publication}
+				if want := [3]string{"postgres://other/db", "env_slot", "env_pub"}; got != want {
+					t.Errorf("postgres = %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "prefix and storage",
+			yaml: fullYAML,
+			env:  map[string]string{"CHANGES_TOPIC_PREFIX": "env-prefix", "CHANGES_STORAGE_DIR": "/tmp/env"},
+			check: func(t *testing.T, c *topology.Config) {
+				if c.Topics.Prefix != "env-prefix" || c.Storage != "/tmp/env" {
+					t.Errorf("prefix, storage = %q, %q; want env-prefix, /tmp/env", c.Topics.Prefix, c.Storage)
+				}
+			},
+		},
+		{
+			name: "metrics listen address",
+			yaml: fullYAML,
+			env:  map[string]string{"CHANGES_METRICS_LISTEN": "127.0.0.1:1"},
+			check: func(t *testing.T, c *topology.Config) {
+				if c.Metrics != "127.0.0.1:1" {
+					t.Errorf("Metrics = %q, want 127.0.0.1:1", c.Metrics)
+				}
+			},
+		},
+		{
+			name: "empty metrics listen address disables the endpoint",
+			yaml: fullYAML,
+			env:  map[string]string{"CHANGES_METRICS_LISTEN": ""},
+			check: func(t *testing.T, c *topology.Config) {
+				if c.Metrics != "" {
+					t.Errorf("Metrics = %q, want empty", c.Metrics)
+				}
+			},
+		},
+		{
+			name: "empty values of the other variables count as unset",
+			yaml: fullYAML,
+			env: map[string]string{
+				"CHANGES_KAFKA_BROKERS":            "",
+				"CHANGES_KAFKA_REPLICATION_FACTOR": "",
+				"CHANGES_POSTGRES_URL":             "",
+				"CHANGES_POSTGRES_SLOT":            "",
+				"CHANGES_POSTGRES_PUBLICATION":     "",
+				"CHANGES_TOPIC_PREFIX":             "",
+				"CHANGES_STORAGE_DIR":              "",
+			},
+			check: func(t *testing.T, c *topology.Config) {
+				unsetEnv(t)
+				want, err := topology.Parse([]byte(fullYAML))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(c, want) {
+					t.Errorf("with empty variables\n got %+v\nwant %+v", c, want)
+				}
+			},
+		},
+		{
+			name: "empty slot and prefix fall back to the defaults, not to empty",
+			yaml: minimalYAML,
+			env:  map[string]string{"CHANGES_POSTGRES_SLOT": "", "CHANGES_TOPIC_PREFIX": ""},
+			check: func(t *testing.T, c *topology.Config) {
+				if c.Postgres.Slot != topology.DefaultSlot || c.Topics.Prefix != topology.DefaultPrefix {
+					t.Errorf("slot, prefix = %q, %q; want the defaults", c.Postgres.Slot, c.Topics.Prefix)
+				}
+			},
+		},
+		{
+			name: "required fields may come from the environment alone",
+			yaml: "entities: [{type: account, table: accounts}]",
+			env:  map[string]string{"CHANGES_KAFKA_BROKERS": "k:9092", "CHANGES_POSTGRES_URL": "postgres://env"},
+			check: func(t *testing.T, c *topology.Config) {
+				if !reflect.DeepEqual(c.Kafka.Brokers, []string{"k:9092"}) || c.Postgres.URL != "postgres://env" {
+					t.Errorf("brokers, url = %q, %q", c.Kafka.Brokers, c.Postgres.URL)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			cfg, err := topology.Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			tt.check(t, cfg)
+		})
+	}
+}
+
+func TestParseEnvErrors(t *testing.T) {
+	tests := []struct {
+		name, env, value string
+		field            string // "" when the error is not a *FieldError
+		contains         string
+	}{
+		{"replication factor not an integer", "CHANGES_KAFKA_REPLICATION_FACTOR", "three", "", "CHANGES_KAFKA_REPLICATION_FACTOR"},
+		{"replication factor zero", "CHANGES_KAFKA_REPLICATION_FACTOR", "0", "kafka.replication_factor", "got 0"},
+		{"broker without port", "CHANGES_KAFKA_BROKERS", "good:1,bad", "kafka.brokers[1]", `"bad"`},
+		{"slot with uppercase", "CHANGES_POSTGRES_SLOT", "Slot", "postgres.slot", `"Slot"`},
+		{"publication not an identifier", "CHANGES_POSTGRES_PUBLICATION", "a-b", "postgres.publication", `"a-b"`},
+		{"prefix with a space", "CHANGES_TOPIC_PREFIX", "a b", "topics.prefix", `"a b"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			t.Setenv(tt.env, tt.value)
+			_, err := topology.Parse([]byte(fullYAML))
+			if err == nil {
+				t.Fatalf("Parse with %s=%q succeeded, want an error", tt.env, tt.value)
+			}
+			if !strings.Contains(err.Error(), tt.contains) {
+				t.Errorf("error %q does not mention %q", err, tt.contains)
+			}
+			var fe *topology.FieldError
+			switch {
+			case tt.field == "" && errors.As(err, &fe):
+				t.Errorf("error %q is a *FieldError for %q, want a plain error", err, fe.Field)
+			case tt.field != "" && !errors.As(err, &fe):
+				t.Errorf("error %q (%T) is not a *FieldError", err, err)
+			case tt.field != "" && fe.Field != tt.field:
+				t.Errorf("Field = %q, want %q", fe.Field, tt.field)
+			}
+		})
+	}
+}
+
+func TestParseRejectsUnknownFields(t *testing.T) {
+	tests := []struct {
+		name, yaml, field string
+	}{
+		{"top level", minimalYAML + "metrix: x\n", "metrix"},
+		{"nested", strings.Replace(minimalYAML, "postgres:\n", "postgres:\n  slott: s\n", 1), "slott"},
+		{"in an entity", minimalYAML + "    partition: 3\n", "partition"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			_, err := topology.Parse([]byte(tt.yaml))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			if !strings.Contains(err.Error(), tt.field) {
+				t.Errorf("error %q does not name the unknown field %q", err, tt.field)
+			}
+		})
+	}
+}
+
+func TestParseMalformed(t *testing.T) {
+	tests := []struct{ name, yaml string }{
+		{"not yaml", "kafka: [unclosed"},
+		{"wrong type", "kafka:\n  brokers: 9092\n"},
+		{"bad duration", minimalYAML + "topics:\n  history_retention: forever\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			if _, err := topology.Parse([]byte(tt.yaml)); err == nil {
+				t.Error("Parse succeeded, want an error")
+			}
+		})
+	}
+}
+
+// validConfig is a config that passes Validate before defaults are applied;
+// the tests change one field, write it as YAML and Parse it.
+func validConfig() topology.Config {
+	return topology.Config{
+		Kafka: topology.KafkaConfig{
+			Brokers:           []string{"k1:9092", "k2:9092"},
+			ReplicationFactor: -1,
+		},
+		Postgres: topology.PostgresConfig{URL: "postgres://db"},
+		Entities: []topology.EntityConfig{
+			{Type: "account", Table: "public.accounts"},
+			{Type: "campaign", Table: "public.campaigns"},
+		},
+	}
+}
+
+func parseConfig(t *testing.T, c topology.Config) (*topology.Config, error) {
+	t.Helper()
+	data, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	return topology.Parse(data)
+}
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(c *topology.Config)
+		field  string
+	}{
+		{"no brokers", func(c *topology.Config) { c.Kafka.Brokers = nil }, "kafka.brokers"},
+		{"broker without port", func(c *topology.Config) { c.Kafka.Brokers = []string{"kafka"} }, "kafka.brokers[0]"},
+		{"broker with empty port", func(c *topology.Config) { c.Kafka.Brokers = []string{"k:1", "kafka:"} }, "kafka.brokers[1]"},
+		{"version", func(c *topology.Config) { c.Kafka.Version = "banana" }, "kafka.version"},
+		{"replication factor 0", func(c *topology.Config) { c.Kafka.ReplicationFactor = 0 }, "kafka.replication_factor"},
+		{"replication factor -2", func(c *topology.Config) { c.Kafka.ReplicationFactor = -2 }, "kafka.replication_factor"},
+		{"negative linger", func(c *topology.Config) { c.Kafka.Linger = -time.Millisecond }, "kafka.linger"},
+		{"max record bytes", func(c *topology.Config) { c.Kafka.MaxRecordBytes = 1023 }, "kafka.max_record_bytes"},
+		{"negative max record bytes", func(c *topology.Config) { c.Kafka.MaxRecordBytes = -1 }, "kafka.max_record_bytes"},
+		{"no url", func(c *topology.Config) { c.Postgres.URL = "" }, "postgres.url"},
+		{"slot uppercase", func(c *topology.Config) { c.Postgres.Slot = "Changes" }, "postgres.slot"},
+		{"slot dash", func(c *topology.Config) { c.Postgres.Slot = "a-b" }, "postgres.slot"},
+		{"slot too long", func(c *topology.Config) { c.Postgres.Slot = strings.Repeat("s", 64) }, "postgres.slot"},
+		{"publication starts with digit", func(c *topology.Config) { c.Postgres.Publication = "1pub" }, "postgres.publication"},
+		{"publication quoted", func(c *topology.Config) { c.Postgres.Publication = `"pub"` }, "postgres.publication"},
+		{"standby timeout", func(c *topology.Config) { c.Postgres.StandbyTimeout = 999 * time.Millisecond }, "postgres.standby_timeout"},
+		{"prefix with space", func(c *topology.Config) { c.Topics.Prefix = "a b" }, "topics.prefix"},
+		{"prefix too long", func(c *topology.Config) { c.Topics.Prefix = strings.Repeat("p", 151) }, "topics.prefix"},
+		{"history retention", func(c *topology.Config) { c.Topics.HistoryRetention = 59 * time.Minute }, "topics.history_retention"},
+		{"events retention", func(c *topology.Config) { c.Topics.EventsRetention = time.Second }, "topics.events_retention"},
+		{"no entities", func(c *topology.Config) { c.Entities = nil }, "entities"},
+		{"type uppercase", func(c *topology.Config) { c.Entities[1].Type = "Campaign" }, "entities[1].type"},
+		{"type starts with digit", func(c *topology.Config) { c.Entities[1].Type = "1campaign" }, "entities[1].type"},
+		{"type with dot", func(c *topology.Config) { c.Entities[0].Type = "a.b" }, "entities[0].type"},
+		{"type too long", func(c *topology.Config) { c.Entities[1].Type = strings.Repeat("t", 64) }, "entities[1].type"},
+		{"type missing", func(c *topology.Config) { c.Entities[1].Type = "" }, "entities[1].type"},
+		{"type duplicate", func(c *topology.Config) { c.Entities[1].Type = "account" }, "entities[1].type"},
+		{"table missing", func(c *topology.Config) { c.Entities[1].Table = "" }, "entities[1].table"},
+		{"table with three parts", func(c *topology.Config) { c.Entities[1].Table = "a.b.c" }, "entities[1].table"},
+		{"table not an identifier", func(c *topology.Config) { c.Entities[1].Table = "public.bad-name" }, "entities[1].table"},
+		{"table empty schema", func(c *topology.Config) { c.Entities[1].Table = ".campaigns" }, "entities[1].table"},
+		{"table duplicate", func(c *topology.Config) { c.Entities[1].Table = "public.accounts" }, "entities[1].table"},
+		{"table duplicate without schema", func(c *topology.Config) { c.Entities[1].Table = "accounts" }, "entities[1].table"},
+		{"id column", func(c *topology.Config) { c.Entities[1].IDColumn = "bad col" }, "entities[1].id_column"},
+		{"partitions negative", func(c *topology.Config) { c.Entities[1].Partitions = -1 }, "entities[1].partitions"},
+		{"partitions too many", func(c *topology.Config) { c.Entities[0].Partitions = 10001 }, "entities[0].partitions"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			c := validConfig()
+			tt.mutate(&c)
+			cfg, err := parseConfig(t, c)
+			if err == nil {
+				t.Fatalf("Parse succeeded with %+v, want an error for %s", cfg, tt.field)
+			}
+			var fe *topology.FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %q (%T) is not a *FieldError", err, err)
+			}
+			if fe.Field != tt.field {
+				t.Errorf("Field = %q, want %q (error %q)", fe.Field, tt.field, err)
+			}
+			if want := fe.Field + ": " + fe.Reason; err.Error() != want {
+				t.Errorf("Error() = %q, want %q", err.Error(), want)
+			}
+		})
+	}
+}
+
+// TestParseBoundaries checks that the limits TestParseInvalid steps over are
+// themselves accepted.
+func TestParseBoundaries(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(c *topology.Config)
+	}{
+		{"replication factor 1", func(c *topology.Config) { c.Kafka.ReplicationFactor = 1 }},
+		{"max record bytes 1024", func(c *topology.Config) { c.Kafka.MaxRecordBytes = 1024 }},
+		{"slot 63 chars", func(c *topology.Config) { c.Postgres.Slot = strings.Repeat("s", 63) }},
+		{"publication with $", func(c *topology.Config) { c.Postgres.Publication = "Pub_$1" }},
+		{"standby timeout 1s", func(c *topology.Config) { c.Postgres.StandbyTimeout = time.Second }},
+		{"prefix 150 chars", func(c *topology.Config) { c.Topics.Prefix = strings.Repeat("p", 150) }},
+		{"prefix punctuation", func(c *topology.Config) { c.Topics.Prefix = "a.B_c-1" }},
+		{"retentions 1h", func(c *topology.Config) { c.Topics.HistoryRetention, c.Topics.EventsRetention = time.Hour, time.Hour }},
+		{"type 63 chars", func(c *topology.Config) { c.Entities[1].Type = "t" + strings.Repeat("_", 62) }},
+		{"partitions 1 and 10000", func(c *topology.Config) { c.Entities[0].Partitions, c.Entities[1].Partitions = 1, 10000 }},
+		{"same table name in two schemas", func(c *topology.Config) { c.Entities[1].Table = "other.accounts" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unsetEnv(t)
+			c := validConfig()
+			tt.mutate(&c)
+			if _, err := parseConfig(t, c); err != nil {
+				t.Errorf("Parse: %v", err)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	tests := []struct {
+		path    string
+		brokers []string
+		storage string
+	}{
+		{"../configs/local.yaml", []string{"127.0.0.1:59092"}, ".stack/changes-data"},
+		{"../deploy/compose/changes.yaml", []string{"kafka:9092"}, "/var/lib/changes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			unsetEnv(t)
+			cfg, err := topology.Load(tt.path)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if !reflect.DeepEqual(cfg.Kafka.Brokers, tt.brokers) {
+				t.Errorf("brokers = %q, want %q", cfg.Kafka.Brokers, tt.brokers)
+			}
+			if cfg.Storage != tt.storage {
+				t.Errorf("storage = %q, want %q", cfg.Storage, tt.storage)
+			}
+			if got := topology.New(cfg).EntityTypes(); !reflect.DeepEqual(got, []string{"account", "campaign"}) {
+				t.Errorf("entity types = %q, want [account campaign]", got)
+			}
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	unsetEnv(t)
+	t.Run("missing file", func(t *testing.T) {
+		_, err := topology.Load("testdata/does-not-exist.yaml")
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v, want one wrapping fs.ErrNotExist", err)
+		}
+	})
+	t.Run("invalid file names the path and the field", func(t *testing.T) {
+		path := t.TempDir() + "/bad.yaml"
+		if err := os.WriteFile(path, []byte(strings.Replace(minimalYAML, "accounts", "bad-table", 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := topology.Load(path)
+		var fe *topology.FieldError
+		if !errors.As(err, &fe) || fe.Field != "entities[0].table" {
+			t.Fatalf("error %v, want a *FieldError for entities[0].table", err)
+		}
+		if !strings.Contains(err.Error(), path) {
+			t.Errorf("error %q does not name the file %s", err, path)
+		}
+	})
+}
+
+func TestConfigEntity(t *testing.T) {
+	unsetEnv(t)
+	cfg, err := topology.Parse([]byte(fullYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		typ    string
+		ok     bool
+		wantTb string
+	}{
+		{"account", true, "billing.accounts"},
+		{"campaign", true, "public.campaigns"},
+		{"nothing", false, ""},
+		{"", false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.typ, func(t *testing.T) {
+			e, ok := cfg.Entity(tt.typ)
+			if ok != tt.ok || e.Table != tt.wantTb {
+				t.Errorf("Entity(%q) = %+v, %v; want table %q, %v", tt.typ, e, ok, tt.wantTb, tt.ok)
+			}
+		})
+	}
+}
