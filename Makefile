@@ -12,7 +12,7 @@ BIN      := bin/changes
 # Exported to every recipe: the addresses of the stack the tests and the demo use.
 STACK_ENV = eval "$$(bash $(STACK) env)"
 
-.PHONY: demo test unit check build stack-up stack-down stack-status stack-reset fuzz clean
+.PHONY: demo test unit check build bench stack-up stack-down stack-status stack-reset fuzz clean
 
 demo: stack-up build
 	@$(STACK_ENV) && ./$(BIN) demo --config configs/local.yaml
@@ -43,6 +43,10 @@ stack-status:
 
 stack-reset:
 	@bash $(STACK) reset
+
+# Micro-benchmarks (codecs); not part of `make test`.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./codecs/
 
 # Each fuzz target for a short while; FUZZTIME=5m for longer.
 FUZZTIME ?= 20s
