@@ -131,7 +131,10 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 			return fail(err)
 		}
 	}
-	say("ready in %s: slot %s is streaming, views recovered", time.Since(started).Round(time.Millisecond), cfg.Postgres.Slot)
+	if err := platform.WaitGroupsStable(gctx, topo); err != nil {
+		return fail(err)
+	}
+	say("ready in %s: slot %s is streaming, processor groups stable, views recovered", time.Since(started).Round(time.Millisecond), cfg.Postgres.Slot)
 
 	var toHistory latencies
 	var historyRecords int

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/IBM/sarama"
 	"golang.org/x/sync/errgroup"
@@ -55,4 +56,47 @@ func Run(ctx context.Context, topo *topology.Topology, parts Parts, log *slog.Lo
 		})
 	}
 	return g.Wait()
+}
+
+// Groups lists the consumer groups of the processors: the router and one
+// snapshot group per entity type.
+func Groups(topo *topology.Topology) []string {
+	groups := []string{string(topo.RouterGroup())}
+	for _, typ := range topo.EntityTypes() {
+		groups = append(groups, string(topo.SnapshotGroup(typ)))
+	}
+	return groups
+}
+
+// WaitGroupsStable blocks until every processor group of topo is Stable with
+// at least one member, so that what is committed next is processed without
+// waiting for a rebalance (goka waits seconds before it rejoins a group).
+func WaitGroupsStable(ctx context.Context, topo *topology.Topology) error {
+	cfg := topo.Config()
+	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		return fmt.Errorf("kafka admin: %w", err)
+	}
+	defer admin.Close()
+	groups := Groups(topo)
+	for {
+		descs, err := admin.DescribeConsumerGroups(groups)
+		if err != nil {
+			return fmt.Errorf("describe groups: %w", err)
+		}
+		stable := 0
+		for _, d := range descs {
+			if d.State == "Stable" && len(d.Members) > 0 {
+				stable++
+			}
+		}
+		if stable == len(groups) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("processor groups not stable: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
