@@ -25,12 +25,12 @@ unit:
 	$(GO) test -race -count=1 -short $$($(GO) list ./... | grep -v /e2e)
 
 check:
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed on:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	@test -z "$$(gofmt -l $$($(GO) list -f '{{.Dir}}' ./...))" || { echo "gofmt needed on:"; gofmt -l $$($(GO) list -f '{{.Dir}}' ./...); exit 1; }
 	$(GO) vet ./...
 	@! $(GO) list -deps ./views | grep -E 'pglogrepl|changes/(capture|processors)$$' || { echo "views must not depend on capture, processors or pglogrepl"; exit 1; }
 
 build:
-	$(GO) build -o $(BIN) ./cmd/changes
+	$(GO) build -buildvcs=false -o $(BIN) ./cmd/changes
 
 stack-up:
 	@bash $(STACK) up

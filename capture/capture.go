@@ -39,6 +39,7 @@ type Capture struct {
 	log     *slog.Logger
 	metrics *metrics
 	sarama  *sarama.Config
+	reg     prometheus.Registerer
 }
 
 // Option configures a Capture.
@@ -50,7 +51,7 @@ func WithLogger(l *slog.Logger) Option { return func(c *Capture) { c.log = l } }
 // WithRegisterer registers the changes_capture_* metrics with r. Default: not
 // registered.
 func WithRegisterer(r prometheus.Registerer) Option {
-	return func(c *Capture) { c.metrics.register(r) }
+	return func(c *Capture) { c.reg = r }
 }
 
 // New returns a Capture for the deployment described by topo. It checks
@@ -68,6 +69,9 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 	}
 	for _, o := range opts {
 		o(c)
+	}
+	if err := c.metrics.register(c.reg); err != nil {
+		return nil, fmt.Errorf("capture metrics: %w", err)
 	}
 	c.log = c.log.With("component", "capture")
 	return c, nil
@@ -123,7 +127,8 @@ func (c *Capture) Run(ctx context.Context) error {
 	// Drain: Close waits for every in-flight record to be acknowledged or fail.
 	producer.AsyncClose()
 	acks.Wait()
-	if ferr := s.failure(); ferr != nil && runErr == nil {
+	// A Kafka error wins over a cancellation: it must not vanish at shutdown.
+	if ferr := s.failure(); ferr != nil && (runErr == nil || errors.Is(runErr, context.Canceled)) {
 		runErr = ferr
 	}
 	final := s.tracker.acknowledged()
@@ -355,6 +360,9 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 	case *pglogrepl.RelationMessage:
 		return s.rels.add(m)
 	case *pglogrepl.BeginMessage:
+		if s.cur != nil {
+			return errors.New("replication stream: begin inside a transaction")
+		}
 		s.begin, s.index = m, 0
 		s.cur = s.tracker.open()
 	case *pglogrepl.CommitMessage:
@@ -365,14 +373,14 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 		s.metrics.transactions.Inc()
 		s.cur, s.begin = nil, nil
 	case *pglogrepl.InsertMessage:
-		return s.change(ctx, m.RelationID, codecs.OpInsert, nil, m.Tuple)
+		return s.change(ctx, m.RelationID, codecs.OpInsert, 0, nil, m.Tuple)
 	case *pglogrepl.UpdateMessage:
-		return s.change(ctx, m.RelationID, codecs.OpUpdate, m.OldTuple, m.NewTuple)
+		return s.change(ctx, m.RelationID, codecs.OpUpdate, m.OldTupleType, m.OldTuple, m.NewTuple)
 	case *pglogrepl.DeleteMessage:
-		return s.change(ctx, m.RelationID, codecs.OpDelete, m.OldTuple, nil)
+		return s.change(ctx, m.RelationID, codecs.OpDelete, m.OldTupleType, m.OldTuple, nil)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			if err := s.change(ctx, id, codecs.OpTruncate, nil, nil); err != nil {
+			if err := s.change(ctx, id, codecs.OpTruncate, 0, nil, nil); err != nil {
 				return err
 			}
 		}
@@ -381,7 +389,10 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 	return nil
 }
 
-func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldTuple, newTuple *pglogrepl.TupleData) error {
+// change turns one decoded change into events and produces them. An update
+// that changes the entity id becomes a delete of the old id and an insert of
+// the new one, so no consumer keeps an entity the table no longer has.
+func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType uint8, oldTuple, newTuple *pglogrepl.TupleData) error {
 	if s.cur == nil {
 		return fmt.Errorf("replication stream: %s outside a transaction", op)
 	}
@@ -389,6 +400,58 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldTupl
 	if err != nil {
 		return err
 	}
+	if op == codecs.OpTruncate {
+		return s.produce(ctx, rel, s.event(rel, op))
+	}
+	before, _, err := rel.oldRow(oldTuple, oldType)
+	if err != nil {
+		return err
+	}
+	var oldID, newID int64
+	if oldTuple != nil {
+		if oldID, err = rel.id(oldTuple); err != nil {
+			return err
+		}
+	}
+	if newTuple != nil {
+		if newID, err = rel.id(newTuple); err != nil {
+			return err
+		}
+	}
+	if op == codecs.OpDelete {
+		ev := s.event(rel, op)
+		ev.EntityID, ev.Before = oldID, before
+		return s.produce(ctx, rel, ev)
+	}
+	after, unchanged, err := rel.row(newTuple)
+	if err != nil {
+		return err
+	}
+	if op == codecs.OpUpdate && oldTuple != nil && oldID != newID {
+		del := s.event(rel, codecs.OpDelete)
+		del.EntityID, del.Before = oldID, before
+		if err := s.produce(ctx, rel, del); err != nil {
+			return err
+		}
+		// The new id has no stored state to keep unchanged values from: take
+		// them from the old row where PostgreSQL sent it (REPLICA IDENTITY FULL).
+		var missing []string
+		for _, col := range unchanged {
+			if v, ok := before[col]; ok {
+				after[col] = v
+			} else {
+				missing = append(missing, col)
+			}
+		}
+		op, unchanged, before = codecs.OpInsert, missing, nil
+	}
+	ev := s.event(rel, op)
+	ev.EntityID, ev.After, ev.Unchanged, ev.Before = newID, after, unchanged, before
+	return s.produce(ctx, rel, ev)
+}
+
+// event starts the next event of the current transaction.
+func (s *stream) event(rel *relation, op codecs.Op) *codecs.Event {
 	commitLSN := codecs.LSN(s.begin.FinalLSN)
 	ev := &codecs.Event{
 		EntityType:  rel.table.entityType,
@@ -400,21 +463,11 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldTupl
 		CaptureTime: time.Now().UTC(),
 	}
 	s.index++
-	if op != codecs.OpTruncate {
-		idTuple := newTuple
-		if idTuple == nil {
-			idTuple = oldTuple
-		}
-		if ev.EntityID, err = rel.id(idTuple); err != nil {
-			return err
-		}
-		if ev.After, ev.Unchanged, err = rel.row(newTuple); err != nil {
-			return err
-		}
-		if ev.Before, _, err = rel.row(oldTuple); err != nil {
-			return err
-		}
-	}
+	return ev
+}
+
+// produce sends ev to the history topic as part of the current transaction.
+func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) error {
 	value, err := codecs.EventCodec{}.Encode(ev)
 	if err != nil {
 		return fmt.Errorf("encode change of %s id %d: %w", rel.table.qualified(), ev.EntityID, err)

@@ -36,7 +36,7 @@ func newRelations(tables []table) *relations {
 func (r *relations) add(m *pglogrepl.RelationMessage) error {
 	t, ok := r.tables[m.Namespace+"."+m.RelationName]
 	if !ok {
-		return fmt.Errorf("publication sends table %s.%s, which no entity type declares: remove it from the publication or declare it",
+		return fmt.Errorf("%w: publication sends table %s.%s, which no entity type declares: remove it from the publication or declare it", ErrSetup,
 			m.Namespace, m.RelationName)
 	}
 	idx := -1
@@ -89,6 +89,22 @@ func (rel *relation) row(tuple *pglogrepl.TupleData) (codecs.Row, []string, erro
 		}
 	}
 	return row, unchanged, nil
+}
+
+// oldRow decodes the old tuple of an update or delete. A key tuple ('K',
+// REPLICA IDENTITY DEFAULT or USING INDEX) holds only the identity columns;
+// PostgreSQL sends the others as null, which they are not, so they are left out.
+func (rel *relation) oldRow(tuple *pglogrepl.TupleData, tupleType uint8) (codecs.Row, []string, error) {
+	row, unchanged, err := rel.row(tuple)
+	if err != nil || tupleType != pglogrepl.UpdateMessageTupleTypeKey {
+		return row, unchanged, err
+	}
+	for _, c := range rel.msg.Columns {
+		if c.Flags&1 == 0 {
+			delete(row, c.Name)
+		}
+	}
+	return row, nil, nil
 }
 
 // id reads the entity id from a tuple.

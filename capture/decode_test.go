@@ -87,11 +87,11 @@ func TestRelationsAdd(t *testing.T) {
 		{"table no entity declares", &pglogrepl.RelationMessage{
 			RelationID: 3, Namespace: "public", RelationName: "orders",
 			Columns: cols(col("id", oidInt8)),
-		}, "", 0, "public.orders", false},
+		}, "", 0, "public.orders", true},
 		{"declared name in another schema", &pglogrepl.RelationMessage{
 			RelationID: 4, Namespace: "archive", RelationName: "accounts",
 			Columns: cols(col("id", oidInt8)),
-		}, "", 0, "archive.accounts", false},
+		}, "", 0, "archive.accounts", true},
 		{"id column dropped", &pglogrepl.RelationMessage{
 			RelationID: 5, Namespace: "public", RelationName: "accounts",
 			Columns: cols(col("name", oidText), col("account_id", oidInt8)),

@@ -1,6 +1,10 @@
 package capture
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/changes-dev/changes/internal/promreg"
+)
 
 // metrics are the changes_capture_* series.
 type metrics struct {
@@ -42,6 +46,22 @@ func newMetrics() *metrics {
 	}
 }
 
-func (m *metrics) register(r prometheus.Registerer) {
-	r.MustRegister(m.changes, m.transactions, m.bytes, m.ackedLSN, m.commitToHistory)
+// register registers the metrics with r, reusing series another capture in
+// the process registered before.
+func (m *metrics) register(r prometheus.Registerer) error {
+	var err error
+	if m.changes, err = promreg.Register(r, m.changes); err != nil {
+		return err
+	}
+	if m.transactions, err = promreg.Register(r, m.transactions); err != nil {
+		return err
+	}
+	if m.bytes, err = promreg.Register(r, m.bytes); err != nil {
+		return err
+	}
+	if m.ackedLSN, err = promreg.Register(r, m.ackedLSN); err != nil {
+		return err
+	}
+	m.commitToHistory, err = promreg.Register(r, m.commitToHistory)
+	return err
 }

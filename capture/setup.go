@@ -98,36 +98,65 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t table) error {
 }
 
 // ensurePublication creates the publication for the tables, or adds the
-// tables it lacks. Tables it has beyond the config are left alone (another
-// deployment may share it), and their changes are reported when they arrive.
+// tables it lacks. The publication belongs to this deployment: one that
+// publishes all tables or a table no entity type declares is an error here,
+// not a change the stream cannot place later. Partitioned tables are published
+// through their root (publish_via_partition_root), so their changes carry the
+// declared table's name.
 func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []table) error {
-	var exists bool
-	if err := conn.QueryRow(ctx, "select exists (select 1 from pg_publication where pubname = $1)", name).Scan(&exists); err != nil {
+	var exists, allTables, viaRoot bool
+	err := conn.QueryRow(ctx, "select true, puballtables, pubviaroot from pg_publication where pubname = $1", name).Scan(&exists, &allTables, &viaRoot)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("look up publication %s: %w", name, err)
 	}
+	quoted := pgx.Identifier{name}.Sanitize()
 	if !exists {
 		names := make([]string, len(tables))
 		for i, t := range tables {
 			names[i] = t.quoted()
 		}
-		sql := fmt.Sprintf("create publication %s for table %s", pgx.Identifier{name}.Sanitize(), strings.Join(names, ", "))
+		sql := fmt.Sprintf("create publication %s for table %s with (publish_via_partition_root = true)", quoted, strings.Join(names, ", "))
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("create publication %s: %w", name, err)
 		}
 		return nil
 	}
+	if allTables {
+		return setupErr("publication %s publishes all tables: give this deployment a publication of its own (postgres.publication)", name)
+	}
+	declared := map[string]bool{}
 	for _, t := range tables {
-		var has bool
-		err := conn.QueryRow(ctx, "select exists (select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3)",
-			name, t.schema, t.name).Scan(&has)
-		if err != nil {
-			return fmt.Errorf("look up publication %s: %w", name, err)
+		declared[t.qualified()] = true
+		var partitioned bool
+		if err := conn.QueryRow(ctx, "select relkind = 'p' from pg_class where oid = $1::regclass", t.quoted()).Scan(&partitioned); err != nil {
+			return fmt.Errorf("look up table %s: %w", t.qualified(), err)
 		}
-		if !has {
-			sql := fmt.Sprintf("alter publication %s add table %s", pgx.Identifier{name}.Sanitize(), t.quoted())
-			if _, err := conn.Exec(ctx, sql); err != nil {
-				return fmt.Errorf("add %s to publication %s: %w", t.qualified(), name, err)
-			}
+		if partitioned && !viaRoot {
+			return setupErr("table %s is partitioned and publication %s does not publish via the root: ALTER PUBLICATION %s SET (publish_via_partition_root = true)", t.qualified(), name, quoted)
+		}
+	}
+	rows, err := conn.Query(ctx, "select schemaname || '.' || tablename from pg_publication_tables where pubname = $1", name)
+	if err != nil {
+		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	have := map[string]bool{}
+	for _, p := range published {
+		if !declared[p] {
+			return setupErr("publication %s also publishes %s, which no entity type declares: declare it, or give this deployment a publication of its own (postgres.publication)", name, p)
+		}
+		have[p] = true
+	}
+	for _, t := range tables {
+		if have[t.qualified()] {
+			continue
+		}
+		sql := fmt.Sprintf("alter publication %s add table %s", quoted, t.quoted())
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("add %s to publication %s: %w", t.qualified(), name, err)
 		}
 	}
 	return nil

@@ -118,10 +118,19 @@ func TestSlice(t *testing.T) {
 	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set name = name || '!' where id in (1, 2)`, users)},
 		&want, change{"user", 1, codecs.OpUpdate}, change{"user", 2, codecs.OpUpdate})
 
+	// A changed id is a delete of the old entity and an insert of the new one,
+	// under REPLICA IDENTITY DEFAULT (users) and FULL (orders).
+	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set id = 6 where id = 1`, users)},
+		&want, change{"user", 1, codecs.OpDelete}, change{"user", 6, codecs.OpInsert})
+	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set order_id = 12 where order_id = 10`, orders)},
+		&want, change{"order", 10, codecs.OpDelete}, change{"order", 12, codecs.OpInsert})
+
 	waitViewsEqual(t, ctx, db, topo, vs)
 
-	if st, err := vs["user"].Get(3); err != nil || st != nil {
-		t.Errorf("deleted user 3: Get = %v, %v; want nil", st, err)
+	for _, id := range []int64{1, 3} {
+		if st, err := vs["user"].Get(id); err != nil || st != nil {
+			t.Errorf("user %d is gone from the table: Get = %v, %v; want nil", id, st != nil, err)
+		}
 	}
 	if st, err := vs["user"].Get(bigID); err != nil || st == nil || st.EntityID != bigID {
 		t.Errorf("user %d: Get = %v, %v; want its state", bigID, st != nil, err)
@@ -161,6 +170,16 @@ func checkHistory(t *testing.T, got []*sarama.ConsumerMessage, want []change) {
 		if headers[capture.HeaderPosition] != ev.Position.String() || headers[capture.HeaderEntityType] != ev.EntityType ||
 			headers[capture.HeaderCommitTime] != ev.CommitTime.Format(time.RFC3339Nano) {
 			t.Errorf("history offset %d: headers %v do not match the event", m.Offset, headers)
+		}
+		// Under REPLICA IDENTITY DEFAULT the old row is the key alone, never
+		// the key plus nulls; under FULL it is the whole row.
+		if ev.Op == codecs.OpDelete {
+			if ev.EntityType == "user" && (len(ev.Before) != 1 || ev.Before["id"] == nil) {
+				t.Errorf("history offset %d: user delete carries before %v, want the key alone", m.Offset, ev.Before)
+			}
+			if ev.EntityType == "order" && len(ev.Before) != 4 {
+				t.Errorf("history offset %d: order delete under REPLICA IDENTITY FULL carries before %v, want the whole row", m.Offset, ev.Before)
+			}
 		}
 		if wantKey := fmt.Sprintf("%s/%d", ev.EntityType, ev.EntityID); string(m.Key) != wantKey {
 			t.Errorf("history offset %d: key %q, want %q", m.Offset, m.Key, wantKey)

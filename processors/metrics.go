@@ -1,6 +1,10 @@
 package processors
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/changes-dev/changes/internal/promreg"
+)
 
 // metrics are the changes_router_*, changes_snapshot_* and
 // changes_processor_* series.
@@ -32,6 +36,14 @@ func newMetrics() *metrics {
 	}
 }
 
-func (m *metrics) register(r prometheus.Registerer) {
-	r.MustRegister(m.routed, m.applied, m.skipped, m.deadLetters)
+// register registers the metrics with r, reusing the series that processors
+// built before with the same registerer registered.
+func (m *metrics) register(r prometheus.Registerer) error {
+	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters} {
+		var err error
+		if *c, err = promreg.Register(r, *c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

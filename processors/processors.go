@@ -32,6 +32,7 @@ const (
 type Option func(*options)
 
 type options struct {
+	reg        prometheus.Registerer
 	log        *slog.Logger
 	metrics    *metrics
 	storageDir string
@@ -41,10 +42,10 @@ type options struct {
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithRegisterer registers the processors' metrics with r. Default: not
-// registered.
+// WithRegisterer registers the processors' metrics with r; processors built
+// with the same r count into the same series. Default: not registered.
 func WithRegisterer(r prometheus.Registerer) Option {
-	return func(o *options) { o.metrics.register(r) }
+	return func(o *options) { o.reg = r }
 }
 
 // WithStorageDir sets where group tables keep their local goleveldb copies.
@@ -57,7 +58,7 @@ func WithGokaOptions(opts ...goka.ProcessorOption) Option {
 	return func(o *options) { o.gokaOpts = append(o.gokaOpts, opts...) }
 }
 
-func newOptions(topo *topology.Topology, opts []Option) *options {
+func newOptions(topo *topology.Topology, opts []Option) (*options, error) {
 	o := &options{
 		log:        slog.Default(),
 		metrics:    newMetrics(),
@@ -66,7 +67,10 @@ func newOptions(topo *topology.Topology, opts []Option) *options {
 	for _, fn := range opts {
 		fn(o)
 	}
-	return o
+	if err := o.metrics.register(o.reg); err != nil {
+		return nil, fmt.Errorf("processor metrics: %w", err)
+	}
+	return o, nil
 }
 
 // gokaOptions are the safe client settings (see topology.SaramaConfig) wired
@@ -122,7 +126,11 @@ func deadLetter(gctx goka.Context, o *options, topo *topology.Topology, raw []by
 // history record's headers. It emits raw bytes: the event is decoded to be
 // routed, never re-encoded.
 func NewRouter(topo *topology.Topology, opts ...Option) (*goka.Processor, error) {
-	return newRouter(topo, newOptions(topo, opts))
+	o, err := newOptions(topo, opts)
+	if err != nil {
+		return nil, err
+	}
+	return newRouter(topo, o)
 }
 
 func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
@@ -172,7 +180,11 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 // value. A delete deletes the key, which writes a tombstone to the compacted
 // changelog.
 func NewSnapshot(topo *topology.Topology, entityType string, opts ...Option) (*goka.Processor, error) {
-	return newSnapshot(topo, entityType, newOptions(topo, opts))
+	o, err := newOptions(topo, opts)
+	if err != nil {
+		return nil, err
+	}
+	return newSnapshot(topo, entityType, o)
 }
 
 func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.Processor, error) {
@@ -241,7 +253,10 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 // them until ctx is cancelled (then it returns nil) or one of them fails (then
 // it stops the others and returns that error; the caller restarts).
 func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
-	o := newOptions(topo, opts)
+	o, err := newOptions(topo, opts)
+	if err != nil {
+		return err
+	}
 	procs := map[string]*goka.Processor{}
 	router, err := newRouter(topo, o)
 	if err != nil {

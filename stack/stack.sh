@@ -30,6 +30,7 @@ kafka_heap=${CHANGES_KAFKA_HEAP:-512m}
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/stack/kafka/pom.xml")
 
 pg_dir=$stack_dir/postgres
+pg_socket_dir=/tmp/changes-pg-$pg_port
 kafka_dir=$stack_dir/kafka
 logs_dir=$stack_dir/logs
 kafka_libs=$cache_dir/kafka-$kafka_version/libs
@@ -74,6 +75,8 @@ pg_up() {
 		runuser -u postgres -- test -w "$pg_dir" ||
 			die "the postgres user cannot write $pg_dir (a parent folder is closed to it): set CHANGES_STACK_DIR to a folder it can reach, e.g. /tmp/changes-stack"
 	fi
+	mkdir -p "$pg_socket_dir"
+	[ "$(id -u)" -eq 0 ] && chown postgres: "$pg_socket_dir"
 	if [ ! -f "$pg_dir/data/PG_VERSION" ]; then
 		log "postgres: initdb into $pg_dir/data"
 		as_postgres "$bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$logs_dir/initdb.log" 2>&1 ||
@@ -83,7 +86,8 @@ pg_up() {
 # --- changes local stack ---
 listen_addresses = '127.0.0.1'
 port = $pg_port
-unix_socket_directories = '$pg_dir'
+# A short path: a socket path must stay under 108 bytes, however deep the checkout.
+unix_socket_directories = '$pg_socket_dir'
 wal_level = logical
 max_replication_slots = 32
 max_wal_senders = 32
@@ -207,7 +211,9 @@ EOF
 			>>"$logs_dir/kafka-format.log" 2>&1 || die "kafka storage format failed, see $logs_dir/kafka-format.log"
 	fi
 	log "kafka: starting $kafka_version on $(local_brokers) (log: $logs_dir/kafka/server.log)"
-	: >"$logs_dir/kafka.out"
+	# Readiness is read from the log: start it afresh, or an earlier run's
+	# "started" line would pass for this one's.
+	[ -f "$logs_dir/kafka/server.log" ] && mv "$logs_dir/kafka/server.log" "$logs_dir/kafka/server.log.previous"
 	# setsid: the broker outlives this script and does not get the terminal's signals.
 	local kafka_cmd_args
 	kafka_java_args kafka.Kafka "$kafka_dir/server.properties"

@@ -17,7 +17,8 @@ import (
 //   - Producer: acks=all, idempotent, one request in flight (no reordering on
 //     retry), retries with backoff, no compression, flushing as soon as the
 //     previous request is answered unless k.Linger is set.
-//   - Consumer: a new group starts at the oldest offset; errors are returned.
+//   - Consumer: a new group starts at the oldest offset; a committed offset
+//     that is out of range is an error, never a silent reset; errors are returned.
 //
 // Each call returns a new config, which the caller may change further.
 func SaramaConfig(k KafkaConfig) *sarama.Config {
@@ -42,6 +43,9 @@ func SaramaConfig(k KafkaConfig) *sarama.Config {
 
 	c.Consumer.Return.Errors = true
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	// A committed offset that retention has overtaken means changes were
+	// skipped: fail loudly instead of silently restarting at the oldest.
+	c.Consumer.Group.ResetInvalidOffsets = false
 	c.Consumer.MaxProcessingTime = time.Second
 	c.Consumer.MaxWaitTime = 100 * time.Millisecond
 	return c
@@ -60,6 +64,9 @@ type TopicSpec struct {
 // one partition, so every consumer sees the same order.
 func (t *Topology) Topics() []TopicSpec {
 	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	// Every hop carries the same record (plus headers): each topic takes what
+	// the history takes, or a large change would stop the router.
+	maxBytes := strconv.Itoa(t.cfg.Kafka.MaxRecordBytes + 1024)
 	specs := []TopicSpec{
 		{Name: string(t.History()), Partitions: 1, Configs: map[string]string{
 			"cleanup.policy":         "delete",
@@ -69,18 +76,21 @@ func (t *Topology) Topics() []TopicSpec {
 			"max.message.bytes":      strconv.Itoa(t.cfg.Kafka.MaxRecordBytes + 1024),
 		}},
 		{Name: string(t.DeadLetter()), Partitions: 1, Configs: map[string]string{
-			"cleanup.policy": "delete",
-			"retention.ms":   ms(t.cfg.Topics.HistoryRetention),
+			"cleanup.policy":    "delete",
+			"retention.ms":      ms(t.cfg.Topics.HistoryRetention),
+			"max.message.bytes": maxBytes,
 		}},
 	}
 	for _, e := range t.cfg.Entities {
 		specs = append(specs,
 			TopicSpec{Name: string(t.Events(e.Type)), Partitions: int32(e.Partitions), Configs: map[string]string{
-				"cleanup.policy": "delete",
-				"retention.ms":   ms(t.cfg.Topics.EventsRetention),
+				"cleanup.policy":    "delete",
+				"retention.ms":      ms(t.cfg.Topics.EventsRetention),
+				"max.message.bytes": maxBytes,
 			}},
 			TopicSpec{Name: string(t.Snapshot(e.Type)), Partitions: int32(e.Partitions), Configs: map[string]string{
-				"cleanup.policy": "compact",
+				"cleanup.policy":    "compact",
+				"max.message.bytes": maxBytes,
 			}},
 		)
 	}

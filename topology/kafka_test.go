@@ -51,6 +51,7 @@ func TestSaramaConfig(t *testing.T) {
 				{"Producer.Flush.Frequency", c.Producer.Flush.Frequency, k.Linger},
 				{"Producer.Compression", c.Producer.Compression, sarama.CompressionNone},
 				{"Consumer.Offsets.Initial", c.Consumer.Offsets.Initial, sarama.OffsetOldest},
+				{"Consumer.Group.ResetInvalidOffsets", c.Consumer.Group.ResetInvalidOffsets, false},
 				{"Consumer.Return.Errors", c.Consumer.Return.Errors, true},
 			}
 			for _, ch := range checks {

@@ -93,22 +93,27 @@ func TestTopics(t *testing.T) {
 			"max.message.bytes":      "501024",
 		}},
 		{Name: "acme.deadletter", Partitions: 1, Configs: map[string]string{
-			"cleanup.policy": "delete",
-			"retention.ms":   "2592000000",
+			"cleanup.policy":    "delete",
+			"retention.ms":      "2592000000",
+			"max.message.bytes": "501024",
 		}},
 		{Name: "acme.events.account", Partitions: 3, Configs: map[string]string{
-			"cleanup.policy": "delete",
-			"retention.ms":   "129600000", // 36h
+			"cleanup.policy":    "delete",
+			"retention.ms":      "129600000", // 36h
+			"max.message.bytes": "501024",
 		}},
 		{Name: "acme.snapshot.account-table", Partitions: 3, Configs: map[string]string{
-			"cleanup.policy": "compact",
+			"cleanup.policy":    "compact",
+			"max.message.bytes": "501024",
 		}},
 		{Name: "acme.events.campaign", Partitions: 17, Configs: map[string]string{
-			"cleanup.policy": "delete",
-			"retention.ms":   "129600000",
+			"cleanup.policy":    "delete",
+			"retention.ms":      "129600000",
+			"max.message.bytes": "501024",
 		}},
 		{Name: "acme.snapshot.campaign-table", Partitions: 17, Configs: map[string]string{
-			"cleanup.policy": "compact",
+			"cleanup.policy":    "compact",
+			"max.message.bytes": "501024",
 		}},
 	}
 	if len(got) != len(want) {

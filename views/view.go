@@ -78,8 +78,8 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	}
 	v.log = v.log.With("component", "view", "entity_type", entityType)
 	kcfg := topo.Config().Kafka
+	// Views only read partition counts through the topic manager; they never create topics.
 	tmc := goka.NewTopicManagerConfig()
-	tmc.NoCreate = true
 	gokaOpts := []goka.ViewOption{
 		goka.WithViewClientID(kcfg.ClientID),
 		goka.WithViewLogger(slogadapter.New(v.log, slog.LevelDebug)),
