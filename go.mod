@@ -1,6 +1,6 @@
 module github.com/changes-dev/changes
 
-go 1.26.8
+go 1.26.5
 
 require (
 	github.com/IBM/sarama v1.61.1

@@ -210,9 +210,11 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		}
 		switch ev.Op {
 		case codecs.OpDelete:
-			if cur != nil {
-				gctx.Delete()
+			if cur == nil {
+				o.metrics.skipped.WithLabelValues(entityType).Inc()
+				return
 			}
+			gctx.Delete()
 		case codecs.OpInsert, codecs.OpUpdate:
 			row := ev.After
 			for _, col := range ev.Unchanged {
