@@ -98,26 +98,38 @@ func (e *Event) Validate() error {
 type EventCodec struct{}
 
 // Encode implements Codec.
-func (EventCodec) Encode(e *Event) ([]byte, error) {
-	if e == nil {
-		return nil, errors.New("encode event: nil")
-	}
-	if err := e.Validate(); err != nil {
-		return nil, fmt.Errorf("encode event: %w", err)
-	}
-	return json.Marshal(e)
-}
+func (EventCodec) Encode(e *Event) ([]byte, error) { return encodeValid("event", e) }
 
 // Decode implements Codec.
-func (EventCodec) Decode(b []byte) (*Event, error) {
-	e := new(Event)
-	if err := strictUnmarshal(b, e); err != nil {
-		return nil, fmt.Errorf("decode event: %w", err)
+func (EventCodec) Decode(b []byte) (*Event, error) { return decodeValid[Event]("event", b) }
+
+// validated is a pointer to a type whose values can check themselves.
+type validated[T any] interface {
+	*T
+	Validate() error
+}
+
+// encodeValid marshals v as JSON if it is valid; kind names it in errors.
+func encodeValid[T any, P validated[T]](kind string, v P) ([]byte, error) {
+	if v == nil {
+		return nil, fmt.Errorf("encode %s: nil", kind)
 	}
-	if err := e.Validate(); err != nil {
-		return nil, fmt.Errorf("decode event: %w", err)
+	if err := v.Validate(); err != nil {
+		return nil, fmt.Errorf("encode %s: %w", kind, err)
 	}
-	return e, nil
+	return json.Marshal(v)
+}
+
+// decodeValid unmarshals b strictly and returns the value only if it is valid.
+func decodeValid[T any, P validated[T]](kind string, b []byte) (P, error) {
+	v := P(new(T))
+	if err := strictUnmarshal(b, v); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kind, err)
+	}
+	if err := v.Validate(); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kind, err)
+	}
+	return v, nil
 }
 
 // strictUnmarshal rejects trailing data after the JSON document.

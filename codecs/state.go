@@ -1,9 +1,7 @@
 package codecs
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -41,24 +39,7 @@ func (s *State) Validate() error {
 type StateCodec struct{}
 
 // Encode implements Codec.
-func (StateCodec) Encode(s *State) ([]byte, error) {
-	if s == nil {
-		return nil, errors.New("encode state: nil")
-	}
-	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("encode state: %w", err)
-	}
-	return json.Marshal(s)
-}
+func (StateCodec) Encode(s *State) ([]byte, error) { return encodeValid("state", s) }
 
 // Decode implements Codec.
-func (StateCodec) Decode(b []byte) (*State, error) {
-	s := new(State)
-	if err := strictUnmarshal(b, s); err != nil {
-		return nil, fmt.Errorf("decode state: %w", err)
-	}
-	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("decode state: %w", err)
-	}
-	return s, nil
-}
+func (StateCodec) Decode(b []byte) (*State, error) { return decodeValid[State]("state", b) }

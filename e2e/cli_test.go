@@ -71,12 +71,7 @@ func database(t *testing.T, e env, slot string) string {
 			return
 		}
 		defer conn.Close(ctx)
-		for i := 0; i < 50; i++ {
-			if _, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", slot); err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		dropSlot(t, ctx, conn, slot)
 		if _, err := conn.Exec(ctx, "drop database if exists "+name+" with (force)"); err != nil {
 			t.Errorf("cleanup: drop database %s: %v", name, err)
 		}

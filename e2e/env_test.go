@@ -103,17 +103,7 @@ func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
 			return
 		}
 		defer conn.Close(ctx)
-		// The slot stays active for a moment after the capture disconnects.
-		for i := 0; i < 50; i++ {
-			_, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", cfg.Postgres.Slot)
-			if err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			t.Errorf("cleanup: drop slot %s: %v", cfg.Postgres.Slot, err)
-		}
+		dropSlot(t, ctx, conn, cfg.Postgres.Slot)
 		stmts := []string{"drop publication if exists " + pgx.Identifier{cfg.Postgres.Publication}.Sanitize()}
 		for _, tb := range tables {
 			stmts = append(stmts, "drop table if exists "+tb)
@@ -125,6 +115,20 @@ func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
 		}
 		deleteTopics(t, cfg)
 	})
+}
+
+// dropSlot drops a test's replication slot, waiting for the capture to let
+// go of it: the slot stays active for a moment after the capture disconnects.
+func dropSlot(t *testing.T, ctx context.Context, conn *pgx.Conn, slot string) {
+	var err error
+	for i := 0; i < 50; i++ {
+		_, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", slot)
+		if err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("cleanup: drop slot %s: %v", slot, err)
 }
 
 // deleteTopics deletes the topics of cfg; a topic that does not exist is fine.

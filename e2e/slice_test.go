@@ -228,24 +228,10 @@ func rollback(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
 	}
 }
 
-// waitSlotActive waits until the capture streams from its slot; the slice
-// has no initial snapshot, so earlier changes would not be captured.
 func waitSlotActive(t *testing.T, ctx context.Context, db *pgx.Conn, slot string) {
 	t.Helper()
-	for {
-		var active bool
-		err := db.QueryRow(ctx, "select coalesce((select active from pg_replication_slots where slot_name = $1), false)", slot).Scan(&active)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if active {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("slot %s never became active", slot)
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := platform.WaitSlotActive(ctx, db, slot); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -121,6 +121,17 @@ func deadLetter(gctx goka.Context, o *options, topo *topology.Topology, raw []by
 	gctx.Emit(topo.DeadLetter(), gctx.Key(), raw, goka.WithCtxEmitHeaders(hdr))
 }
 
+// decodeEvent decodes the record being processed, or dead-letters it.
+func decodeEvent(gctx goka.Context, o *options, topo *topology.Topology, msg any) ([]byte, *codecs.Event, bool) {
+	raw, _ := msg.([]byte)
+	ev, err := codecs.EventCodec{}.Decode(raw)
+	if err != nil {
+		deadLetter(gctx, o, topo, raw, err.Error())
+		return raw, nil, false
+	}
+	return raw, ev, true
+}
+
 // NewRouter builds the processor that reads the history and emits every event
 // to the events topic of its entity type, keyed by entity id, with the
 // history record's headers. It emits raw bytes: the event is decoded to be
@@ -142,10 +153,8 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 		edges = append(edges, goka.Output(topo.Events(typ), new(codec.Bytes)))
 	}
 	route := func(gctx goka.Context, msg any) {
-		raw, _ := msg.([]byte)
-		ev, err := codecs.EventCodec{}.Decode(raw)
-		if err != nil {
-			deadLetter(gctx, o, topo, raw, err.Error())
+		raw, ev, ok := decodeEvent(gctx, o, topo, msg)
+		if !ok {
 			return
 		}
 		stream, ok := streams[ev.EntityType]
@@ -193,10 +202,8 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	}
 	log := o.log.With("component", "snapshot", "entity_type", entityType)
 	apply := func(gctx goka.Context, msg any) {
-		raw, _ := msg.([]byte)
-		ev, err := codecs.EventCodec{}.Decode(raw)
-		if err != nil {
-			deadLetter(gctx, o, topo, raw, err.Error())
+		raw, ev, ok := decodeEvent(gctx, o, topo, msg)
+		if !ok {
 			return
 		}
 		if ev.EntityType != entityType || strconv.FormatInt(ev.EntityID, 10) != gctx.Key() {

@@ -123,7 +123,7 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 		return err
 	}
 
-	if err := waitSlotActive(gctx, db, cfg.Postgres.Slot); err != nil {
+	if err := platform.WaitSlotActive(gctx, db, cfg.Postgres.Slot); err != nil {
 		return fail(err)
 	}
 	for _, v := range vs {
@@ -220,26 +220,6 @@ func mustJSON(r codecs.Row) string {
 		return err.Error()
 	}
 	return string(b)
-}
-
-// waitSlotActive waits until the capture streams from its slot: changes
-// committed before the slot exists are not captured (no initial snapshot yet).
-func waitSlotActive(ctx context.Context, db *pgx.Conn, slot string) error {
-	for {
-		var active bool
-		err := db.QueryRow(ctx, "select coalesce((select active from pg_replication_slots where slot_name = $1), false)", slot).Scan(&active)
-		if err != nil {
-			return fmt.Errorf("look up slot %s: %w", slot, err)
-		}
-		if active {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("slot %s never became active: %w", slot, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // watchHistory consumes the history from its current end and calls fn for

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/capture"
@@ -97,6 +98,27 @@ func WaitGroupsStable(ctx context.Context, topo *topology.Topology) error {
 		case <-ctx.Done():
 			return fmt.Errorf("processor groups not stable: %w", ctx.Err())
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WaitSlotActive blocks until a capture streams from the replication slot.
+// The slice has no initial snapshot yet: a change committed before the slot
+// exists is not captured, so the demo and the tests wait for it.
+func WaitSlotActive(ctx context.Context, db *pgx.Conn, slot string) error {
+	for {
+		var active bool
+		err := db.QueryRow(ctx, "select coalesce((select active from pg_replication_slots where slot_name = $1), false)", slot).Scan(&active)
+		if err != nil {
+			return fmt.Errorf("look up slot %s: %w", slot, err)
+		}
+		if active {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slot %s never became active: %w", slot, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
