@@ -62,15 +62,7 @@ func database(t *testing.T, e env, slot string) string {
 	if _, err := conn.Exec(ctx, "create database "+name); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, e.pgURL)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
+	onCleanup(t, e, func(ctx context.Context, conn *pgx.Conn) {
 		dropSlot(t, ctx, conn, slot)
 		if _, err := conn.Exec(ctx, "drop database if exists "+name+" with (force)"); err != nil {
 			t.Errorf("cleanup: drop database %s: %v", name, err)

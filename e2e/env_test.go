@@ -94,15 +94,7 @@ func testConfig(t *testing.T, e env, name string, entities []topology.EntityConf
 // cleanupStack removes what a test left in PostgreSQL and Kafka. It runs after
 // the platform stopped (t.Cleanup runs in reverse order).
 func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, e.pgURL)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
+	onCleanup(t, e, func(ctx context.Context, conn *pgx.Conn) {
 		dropSlot(t, ctx, conn, cfg.Postgres.Slot)
 		stmts := []string{"drop publication if exists " + pgx.Identifier{cfg.Postgres.Publication}.Sanitize()}
 		for _, tb := range tables {
@@ -114,6 +106,21 @@ func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
 			}
 		}
 		deleteTopics(t, cfg)
+	})
+}
+
+// onCleanup runs fn at the test's cleanup with a connection of its own.
+func onCleanup(t *testing.T, e env, fn func(context.Context, *pgx.Conn)) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, e.pgURL)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		fn(ctx, conn)
 	})
 }
 
