@@ -137,13 +137,10 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	say("ready in %s: slot %s is streaming, processor groups stable, views recovered", time.Since(started).Round(time.Millisecond), cfg.Postgres.Slot)
 
 	var toHistory latencies
-	var historyRecords int
-	var historyMu sync.Mutex
+	var hist historyCount
 	historyStart, err := watchHistory(gctx, g, topo, func(m *sarama.ConsumerMessage) {
 		toHistory.add(time.Since(m.Timestamp))
-		historyMu.Lock()
-		historyRecords++
-		historyMu.Unlock()
+		hist.add(m)
 	})
 	if err != nil {
 		return fail(err)
@@ -171,9 +168,7 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 		if err != nil {
 			return fail(err)
 		}
-		historyMu.Lock()
-		n := historyRecords
-		historyMu.Unlock()
+		n, _ := hist.get()
 		if len(diffs) == 0 && n >= w.changes {
 			break
 		}
@@ -186,14 +181,16 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	historyMu.Lock()
-	n := historyRecords
-	historyMu.Unlock()
+	n, distinct := hist.get()
+	verdict := "none lost, none duplicated"
+	if distinct != w.changes || n != distinct {
+		verdict = fmt.Sprintf("MISMATCH: %d distinct positions, %d duplicates", distinct, n-distinct)
+	}
 	fmt.Fprintf(out, "\nchanges demo: summary\n")
 	fmt.Fprintf(out, "  workload           %d transactions, %d changes in %s (%.0f changes/s)\n",
 		f.txns, w.changes, wtime.Round(time.Millisecond), float64(w.changes)/wtime.Seconds())
-	fmt.Fprintf(out, "  history topic      %s: %d new records from offset %d (%d changes committed: %s)\n",
-		topo.History(), n, historyStart, w.changes, map[bool]string{true: "none lost, none duplicated", false: "MISMATCH"}[n == w.changes])
+	fmt.Fprintf(out, "  history topic      %s: %d new records from offset %d for %d committed changes: %s\n",
+		topo.History(), n, historyStart, w.changes, verdict)
 	for _, typ := range topo.EntityTypes() {
 		e, _ := cfg.Entity(typ)
 		c := counts[typ]
@@ -220,6 +217,34 @@ func mustJSON(r codecs.Row) string {
 		return err.Error()
 	}
 	return string(b)
+}
+
+// historyCount counts the history records the demo sees and their distinct
+// positions: a duplicate has a position seen before.
+type historyCount struct {
+	mu        sync.Mutex
+	records   int
+	positions map[string]struct{}
+}
+
+func (h *historyCount) add(m *sarama.ConsumerMessage) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.positions == nil {
+		h.positions = map[string]struct{}{}
+	}
+	h.records++
+	for _, hdr := range m.Headers {
+		if string(hdr.Key) == capture.HeaderPosition {
+			h.positions[string(hdr.Value)] = struct{}{}
+		}
+	}
+}
+
+func (h *historyCount) get() (records, distinct int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.records, len(h.positions)
 }
 
 // watchHistory consumes the history from its current end and calls fn for
