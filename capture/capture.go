@@ -95,7 +95,16 @@ func (c *Capture) Run(ctx context.Context) error {
 	}
 	defer replConn.Close(context.Background())
 
-	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, c.sarama)
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer client.Close()
+	written, err := lastWritten(ctx, client, string(c.topo.History()))
+	if err != nil {
+		return err
+	}
+	producer, err := sarama.NewAsyncProducerFromClient(client)
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
@@ -107,7 +116,8 @@ func (c *Capture) Run(ctx context.Context) error {
 		producer.Close()
 		return fmt.Errorf("start replication on slot %s (is another capture running on it?): %w", cfg.Postgres.Slot, err)
 	}
-	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()))
+	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
+		"history_position", written.String())
 
 	s := &stream{
 		Capture:  c,
@@ -116,6 +126,7 @@ func (c *Capture) Run(ctx context.Context) error {
 		tracker:  newTracker(start),
 		rels:     newRelations(c.tables),
 		topic:    string(c.topo.History()),
+		written:  written,
 		failed:   make(chan struct{}),
 	}
 	var acks sync.WaitGroup
@@ -208,6 +219,9 @@ type stream struct {
 	tracker  *tracker
 	rels     *relations
 	topic    string
+	// written is the position of the last change in the history when the
+	// stream started; changes at or before it are already there.
+	written codecs.Position
 
 	// The transaction being decoded.
 	cur        *txn
@@ -468,6 +482,10 @@ func (s *stream) event(rel *relation, op codecs.Op) *codecs.Event {
 
 // produce sends ev to the history topic as part of the current transaction.
 func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) error {
+	if ev.Position.Compare(s.written) <= 0 {
+		s.metrics.skipped.Inc()
+		return nil
+	}
 	value, err := codecs.EventCodec{}.Encode(ev)
 	if err != nil {
 		return fmt.Errorf("encode change of %s id %d: %w", rel.table.qualified(), ev.EntityID, err)

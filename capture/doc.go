@@ -12,6 +12,15 @@
 // nothing is in flight. A crash therefore loses nothing: PostgreSQL resends
 // every transaction after the flush position.
 //
+// # No duplicates
+//
+// The capture is the history's only writer (the slot admits one stream at a
+// time) and writes in position order. At start it reads the position of the
+// last record in the history and skips every resent change at or before it,
+// so a crash between Kafka's acknowledgement and the report to PostgreSQL,
+// or a PostgreSQL restart that forgot the last reported position, writes
+// nothing twice (changes_capture_skipped_total counts what was skipped).
+//
 // # Setup
 //
 // At start Capture checks wal_level, the captured tables, their id columns and

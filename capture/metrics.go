@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	changes         *prometheus.CounterVec
 	transactions    prometheus.Counter
+	skipped         prometheus.Counter
 	bytes           prometheus.Counter
 	ackedLSN        prometheus.Gauge
 	commitToHistory prometheus.Histogram
@@ -29,6 +30,10 @@ func newMetrics() *metrics {
 		transactions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "changes_capture_transactions_total",
 			Help: "Committed transactions decoded from PostgreSQL.",
+		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_skipped_total",
+			Help: "Changes PostgreSQL resent after a restart that the history already held, so they were not written again.",
 		}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "changes_capture_bytes_total",
@@ -54,6 +59,9 @@ func (m *metrics) register(r prometheus.Registerer) error {
 		return err
 	}
 	if m.transactions, err = promreg.Register(r, m.transactions); err != nil {
+		return err
+	}
+	if m.skipped, err = promreg.Register(r, m.skipped); err != nil {
 		return err
 	}
 	if m.bytes, err = promreg.Register(r, m.bytes); err != nil {
