@@ -40,6 +40,8 @@ type Capture struct {
 	metrics *metrics
 	sarama  *sarama.Config
 	reg     prometheus.Registerer
+
+	recreateSlot bool
 }
 
 // Option configures a Capture.
@@ -53,6 +55,12 @@ func WithLogger(l *slog.Logger) Option { return func(c *Capture) { c.log = l } }
 func WithRegisterer(r prometheus.Registerer) Option {
 	return func(c *Capture) { c.reg = r }
 }
+
+// WithRecreateSlot lets Run create the replication slot although the history
+// shows that one existed: the operator's explicit acceptance of the gap
+// between the dropped slot and the new one. Default: off, and Run returns
+// ErrSlotMissing instead.
+func WithRecreateSlot() Option { return func(c *Capture) { c.recreateSlot = true } }
 
 // New returns a Capture for the deployment described by topo. It checks
 // nothing remote; Run does.
@@ -84,7 +92,16 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 // without acknowledging anything Kafka does not have; the caller restarts it.
 func (c *Capture) Run(ctx context.Context) error {
 	cfg := c.topo.Config()
-	start, err := c.prepare(ctx)
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer client.Close()
+	written, err := lastWritten(ctx, client, string(c.topo.History()))
+	if err != nil {
+		return err
+	}
+	start, err := c.prepare(ctx, written)
 	if err != nil {
 		return err
 	}
@@ -95,15 +112,6 @@ func (c *Capture) Run(ctx context.Context) error {
 	}
 	defer replConn.Close(context.Background())
 
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
-	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
-	}
-	defer client.Close()
-	written, err := lastWritten(ctx, client, string(c.topo.History()))
-	if err != nil {
-		return err
-	}
 	producer, err := sarama.NewAsyncProducerFromClient(client)
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
@@ -132,8 +140,14 @@ func (c *Capture) Run(ctx context.Context) error {
 	var acks sync.WaitGroup
 	acks.Add(1)
 	go func() { defer acks.Done(); s.collectAcks() }()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() { defer watch.Done(); s.watchSlot(watchCtx) }()
 
 	runErr := s.loop(ctx)
+	stopWatch()
+	watch.Wait()
 
 	// Drain: Close waits for every in-flight record to be acknowledged or fail.
 	producer.AsyncClose()
@@ -143,7 +157,7 @@ func (c *Capture) Run(ctx context.Context) error {
 		runErr = ferr
 	}
 	final := s.tracker.acknowledged()
-	if err := s.sendStatus(context.Background(), final); err != nil && runErr == nil {
+	if err := s.sendStatus(context.Background(), final, false); err != nil && runErr == nil {
 		runErr = err
 	}
 	c.log.Info("stopped", "lsn", final.String())
@@ -155,7 +169,7 @@ func (c *Capture) Run(ctx context.Context) error {
 
 // prepare checks the server and the tables, ensures the publication and the
 // slot, and returns the position to stream from.
-func (c *Capture) prepare(ctx context.Context) (codecs.LSN, error) {
+func (c *Capture) prepare(ctx context.Context, written codecs.Position) (codecs.LSN, error) {
 	cfg := c.topo.Config()
 	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
 	if err != nil {
@@ -179,6 +193,15 @@ func (c *Capture) prepare(ctx context.Context) (codecs.LSN, error) {
 	}
 	if st.exists {
 		return st.confirmedFlush, nil
+	}
+	if !written.IsZero() && !c.recreateSlot {
+		return 0, fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
+			"so changes committed since are not in the stream. Nothing was created. To go on and accept the gap, start the capture once with --recreate-slot",
+			ErrSlotMissing, cfg.Postgres.Slot, written)
+	}
+	if !written.IsZero() {
+		c.log.Warn("re-creating a dropped replication slot: changes committed while it was missing are not in the history",
+			"slot", cfg.Postgres.Slot, "history_position", written.String())
 	}
 	repl, err := connectReplication(ctx, cfg.Postgres.URL)
 	if err != nil {
@@ -288,8 +311,16 @@ func (s *stream) loop(ctx context.Context) error {
 		}
 		acked := s.tracker.acknowledged()
 		s.metrics.ackedLSN.Set(float64(acked))
-		if time.Since(s.lastStatus) >= standby || (acked != s.lastSent && time.Since(s.lastStatus) >= 500*time.Millisecond) {
-			if err := s.sendStatus(ctx, acked); err != nil {
+		since := time.Since(s.lastStatus)
+		switch {
+		case s.cur == nil && s.tracker.idle() && since >= heartbeatInterval:
+			// Heartbeat: ask for a keepalive, whose WAL end moves the slot
+			// over WAL that holds nothing captured (see handleCopyData).
+			if err := s.sendStatus(ctx, acked, true); err != nil {
+				return err
+			}
+		case since >= standby || (acked != s.lastSent && since >= 500*time.Millisecond):
+			if err := s.sendStatus(ctx, acked, false); err != nil {
 				return err
 			}
 		}
@@ -319,7 +350,12 @@ func (s *stream) loop(ctx context.Context) error {
 	}
 }
 
-func (s *stream) sendStatus(ctx context.Context, lsn codecs.LSN) error {
+// heartbeatInterval is how often an idle capture asks PostgreSQL for a
+// keepalive, so the slot advances while the captured tables are quiet and
+// other tables or databases fill the WAL.
+const heartbeatInterval = time.Second
+
+func (s *stream) sendStatus(ctx context.Context, lsn codecs.LSN, replyRequested bool) error {
 	// All three positions are set: pglogrepl copies the write position into
 	// a zero flush position, which would acknowledge what Kafka lacks.
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
@@ -327,6 +363,7 @@ func (s *stream) sendStatus(ctx context.Context, lsn codecs.LSN) error {
 		WALFlushPosition: pglogrepl.LSN(lsn),
 		WALApplyPosition: pglogrepl.LSN(lsn),
 		ClientTime:       time.Now(),
+		ReplyRequested:   replyRequested,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
@@ -352,7 +389,7 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 			s.tracker.skipTo(codecs.LSN(ka.ServerWALEnd))
 		}
 		if ka.ReplyRequested {
-			return s.sendStatus(ctx, s.tracker.acknowledged())
+			return s.sendStatus(ctx, s.tracker.acknowledged(), false)
 		}
 		return nil
 	case pglogrepl.XLogDataByteID:

@@ -21,11 +21,20 @@
 // or a PostgreSQL restart that forgot the last reported position, writes
 // nothing twice (changes_capture_skipped_total counts what was skipped).
 //
+// # Idle tables
+//
+// While nothing captured is in flight, the capture asks PostgreSQL for a
+// keepalive every second and confirms its WAL end, so the slot follows the
+// server's WAL when the captured tables are idle and other tables or
+// databases are busy; changes_capture_slot_lag_bytes shows what the slot holds.
+//
 // # Setup
 //
 // At start Capture checks wal_level, the captured tables, their id columns and
 // replica identities, and creates the publication and the logical slot when
 // they are absent. A slot whose WAL was removed (wal_status = lost) or that
 // uses another plugin is an error that names what to do; it is never replaced
-// silently.
+// silently. A slot that is missing although the history holds changes was
+// dropped: Run returns ErrSlotMissing unless the operator accepts the gap
+// with WithRecreateSlot (changes capture --recreate-slot).
 package capture

@@ -19,3 +19,10 @@ var ErrSetup = errors.New("capture setup")
 // kafka.max_record_bytes. The change is not skipped: the capture stops before
 // acknowledging it, and the message names the table and the entity id.
 var ErrRecordTooLarge = errors.New("change exceeds the maximum record size")
+
+// ErrSlotMissing is returned by Run when the replication slot does not exist
+// although the history holds changes: the slot was dropped, and the changes
+// committed since are not in the stream. Run creates no slot then; an
+// operator who accepts the gap runs the capture once with WithRecreateSlot
+// (changes capture --recreate-slot).
+var ErrSlotMissing = errors.New("replication slot is missing")

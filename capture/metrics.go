@@ -13,6 +13,7 @@ type metrics struct {
 	skipped         prometheus.Counter
 	bytes           prometheus.Counter
 	ackedLSN        prometheus.Gauge
+	slotLag         prometheus.Gauge
 	commitToHistory prometheus.Histogram
 }
 
@@ -43,6 +44,10 @@ func newMetrics() *metrics {
 			Name: "changes_capture_acknowledged_lsn",
 			Help: "WAL position (as a number) up to which Kafka has every change; reported to PostgreSQL as flushed.",
 		}),
+		slotLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "changes_capture_slot_lag_bytes",
+			Help: "WAL PostgreSQL keeps for the slot: pg_current_wal_lsn() minus confirmed_flush_lsn, read every 5 s.",
+		}),
 		commitToHistory: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "changes_capture_commit_to_history_seconds",
 			Help:    "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its change in the history topic.",
@@ -68,6 +73,9 @@ func (m *metrics) register(r prometheus.Registerer) error {
 		return err
 	}
 	if m.ackedLSN, err = promreg.Register(r, m.ackedLSN); err != nil {
+		return err
+	}
+	if m.slotLag, err = promreg.Register(r, m.slotLag); err != nil {
 		return err
 	}
 	m.commitToHistory, err = promreg.Register(r, m.commitToHistory)

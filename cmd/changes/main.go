@@ -84,6 +84,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cmd == "demo" {
 		demo.register(fs)
 	}
+	var recreateSlot bool
+	if cmd == "run" || cmd == "capture" {
+		fs.BoolVar(&recreateSlot, "recreate-slot", false,
+			"create the replication slot although the history shows it was dropped, accepting the gap (default: refuse)")
+	}
 	switch cmd {
 	case "run", "capture", "process", "topics", "demo":
 	default:
@@ -106,6 +111,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	capOpts := []capture.Option{capture.WithRegisterer(reg)}
+	if recreateSlot {
+		capOpts = append(capOpts, capture.WithRecreateSlot())
+	}
 	procOpts := []processors.Option{processors.WithRegisterer(reg)}
 
 	switch cmd {

@@ -1,0 +1,270 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/topology"
+)
+
+// captureFixture is one table captured by an in-process capture.
+type captureFixture struct {
+	e     env
+	cfg   *topology.Config
+	topo  *topology.Topology
+	table string
+	db    *pgx.Conn
+}
+
+func newCaptureFixture(t *testing.T, ctx context.Context, prefix, columns string) *captureFixture {
+	t.Helper()
+	e := stack(t)
+	name := uniqueName(prefix)
+	table := name + "_t"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: 1}})
+	cleanupStack(t, e, cfg, table)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	execSQL(t, ctx, db, fmt.Sprintf("create table %s (%s)", table, columns))
+	topo := topology.New(cfg)
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+	return &captureFixture{e: e, cfg: cfg, topo: topo, table: table, db: db}
+}
+
+// start runs a capture until the returned stop is called; stop returns Run's error.
+func (f *captureFixture) start(t *testing.T, ctx context.Context, opts ...capture.Option) (stop func() error) {
+	t.Helper()
+	c, err := capture.New(f.topo, append([]capture.Option{capture.WithLogger(testLogger(t))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	var stopped bool
+	var result error
+	stop = func() error {
+		if !stopped {
+			cancel()
+			result, stopped = <-done, true
+		}
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// run runs a capture that is expected to stop by itself, and returns its error.
+func (f *captureFixture) run(t *testing.T, ctx context.Context, opts ...capture.Option) error {
+	t.Helper()
+	c, err := capture.New(f.topo, append([]capture.Option{capture.WithLogger(testLogger(t))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return c.Run(ctx)
+}
+
+// TestBusyNeighbourAdvancesSlot leaves the captured table idle while another
+// database on the server writes: the slot's confirmed position must follow
+// the server's WAL, or the idle slot would hold back WAL without bound.
+func TestBusyNeighbourAdvancesSlot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "idle", "id bigint primary key")
+	f.start(t, ctx)
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+
+	neighbour := database(t, f.e, "")
+	ndb, err := pgx.Connect(ctx, neighbour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ndb.Close(context.Background())
+	execSQL(t, ctx, ndb, "create table busy (id serial primary key, v text)")
+	var target string
+	if err := ndb.QueryRow(ctx, "select pg_current_wal_lsn()::text").Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		execSQL(t, ctx, ndb, "insert into busy (v) select md5(g::text) from generate_series(1, 500) g")
+		var past bool
+		err := f.db.QueryRow(ctx, "select confirmed_flush_lsn > $2::pg_lsn from pg_replication_slots where slot_name = $1",
+			f.cfg.Postgres.Slot, target).Scan(&past)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if past {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the idle slot did not move past %s within 30 s of a busy neighbour", target)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestRefusesDroppedSlot drops the slot of a capture that has written to the
+// history: the next start must refuse rather than create a new slot over the
+// gap, until the operator says so.
+func TestRefusesDroppedSlot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "dropped", "id bigint primary key")
+	stop := f.start(t, ctx)
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (1)")
+	readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	dropSlot(t, ctx, f.db, f.cfg.Postgres.Slot)
+
+	err := f.run(t, ctx)
+	if !errors.Is(err, capture.ErrSlotMissing) || !strings.Contains(err.Error(), "--recreate-slot") {
+		t.Fatalf("start without the slot: %v; want ErrSlotMissing naming --recreate-slot", err)
+	}
+	var exists bool
+	if err := f.db.QueryRow(ctx, "select exists (select 1 from pg_replication_slots where slot_name = $1)", f.cfg.Postgres.Slot).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if exists {
+		t.Fatal("the refused start created a slot anyway")
+	}
+
+	stop = f.start(t, ctx, capture.WithRecreateSlot())
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (2)")
+	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 2)
+	if ev, err := (codecs.EventCodec{}).Decode(got[len(got)-1].Value); err != nil || ev.EntityID != 2 {
+		t.Fatalf("after --recreate-slot the history ends with %v, %v; want id 2", ev, err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRefusesTablesWithoutIdentity: a table whose deletes would carry no id
+// is refused at start, by name.
+func TestRefusesTablesWithoutIdentity(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range []struct {
+		name, columns, alter, want string
+	}{
+		{"no primary key", "id bigint not null, v text", "", "is not part of its replica identity"},
+		{"replica identity nothing", "id bigint primary key", "replica identity nothing", "REPLICA IDENTITY NOTHING"},
+		{"id not an integer", "id text primary key", "", "must be smallint, integer or bigint"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newCaptureFixture(t, ctx, "identity", c.columns)
+			if c.alter != "" {
+				execSQL(t, ctx, f.db, "alter table "+f.table+" "+c.alter)
+			}
+			err := f.run(t, ctx)
+			if !errors.Is(err, capture.ErrSetup) || !strings.Contains(err.Error(), f.table) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v; want ErrSetup naming %s and saying %q", err, f.table, c.want)
+			}
+		})
+	}
+}
+
+// TestInterleavedTransactionsAcrossRestart: A starts, B commits, the capture
+// stops, A commits, the capture restarts: A arrives whole, after B.
+func TestInterleavedTransactionsAcrossRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "interleaved", "id bigint primary key, v text")
+	stop := f.start(t, ctx)
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+
+	connA, err := pgx.Connect(ctx, f.e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer connA.Close(context.Background())
+	txA, err := connA.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []int{1, 2, 3} {
+		if _, err := txA.Exec(ctx, fmt.Sprintf("insert into %s values (%d, 'A')", f.table, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (10, 'B')")
+	readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := txA.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stop = f.start(t, ctx)
+	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 4)
+	var ids []int64
+	for _, m := range got {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ev.EntityID)
+	}
+	if fmt.Sprint(ids) != "[10 1 2 3]" {
+		t.Fatalf("history ids %v, want [10 1 2 3]: B, then A whole", ids)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRecordTooLarge: a change above kafka.max_record_bytes stops the capture
+// with an error naming the table and the id; it is not skipped, so the
+// history keeps nothing after it and PostgreSQL keeps it for a retry.
+func TestRecordTooLarge(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "large", "id bigint primary key, v text")
+	f.cfg.Kafka.MaxRecordBytes = 4096
+	f.topo = topology.New(f.cfg)
+	stop := f.start(t, ctx)
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s values (1, 'small'); insert into %s values (7, repeat('x', 10000)); insert into %s values (2, 'after')",
+		f.table, f.table, f.table))
+	var err error
+	deadline := time.Now().Add(30 * time.Second)
+	for err == nil && time.Now().Before(deadline) {
+		var active bool
+		if qerr := f.db.QueryRow(ctx, "select active from pg_replication_slots where slot_name = $1", f.cfg.Postgres.Slot).Scan(&active); qerr != nil {
+			t.Fatal(qerr)
+		}
+		if !active {
+			err = stop()
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !errors.Is(err, capture.ErrRecordTooLarge) || !strings.Contains(err.Error(), f.table) || !strings.Contains(err.Error(), "id 7") {
+		t.Fatalf("got %v; want ErrRecordTooLarge naming %s and id 7", err, f.table)
+	}
+	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	if len(got) != 1 {
+		t.Fatalf("history holds %d records, want only the change before the large one", len(got))
+	}
+}
