@@ -86,11 +86,45 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 }
 
 // Run prepares the database (see the package doc), then streams changes until
-// ctx is cancelled or an error stops it. On cancellation it waits for Kafka to
-// acknowledge what is in flight, reports the final position to PostgreSQL and
-// returns nil. Any error of Kafka or PostgreSQL ends Run with that error and
-// without acknowledging anything Kafka does not have; the caller restarts it.
+// ctx is cancelled or an error stops it. While another capture streams from
+// the slot, Run waits as a standby and takes over when the slot is free. On
+// cancellation it waits for Kafka to acknowledge what is in flight, reports
+// the final position to PostgreSQL and returns nil. Any error of Kafka or
+// PostgreSQL ends Run with that error and without acknowledging anything
+// Kafka does not have; the caller restarts it.
 func (c *Capture) Run(ctx context.Context) error {
+	standby := false
+	for {
+		err := c.runOnce(ctx)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != pgObjectInUse {
+			c.metrics.standby.Set(0)
+			return err
+		}
+		if !standby {
+			c.log.Info("standby: another capture streams from the slot; taking over when it is free",
+				"slot", c.topo.Config().Postgres.Slot, "detail", pgErr.Message)
+			standby = true
+			c.metrics.standby.Set(1)
+		}
+		select {
+		case <-ctx.Done():
+			c.metrics.standby.Set(0)
+			return nil
+		case <-time.After(standbyPoll):
+		}
+	}
+}
+
+// pgObjectInUse is the SQLSTATE of START_REPLICATION on a slot another
+// session streams from.
+const pgObjectInUse = "55006"
+
+// standbyPoll is how often a standby capture tries to take the slot.
+const standbyPoll = time.Second
+
+// runOnce is one session: it takes the slot, or fails with pgObjectInUse.
+func (c *Capture) runOnce(ctx context.Context) error {
 	cfg := c.topo.Config()
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
 	if err != nil {
@@ -101,8 +135,7 @@ func (c *Capture) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	start, err := c.prepare(ctx, written)
-	if err != nil {
+	if err := c.prepare(ctx, written); err != nil {
 		return err
 	}
 
@@ -111,18 +144,25 @@ func (c *Capture) Run(ctx context.Context) error {
 		return err
 	}
 	defer replConn.Close(context.Background())
-
-	producer, err := sarama.NewAsyncProducerFromClient(client)
-	if err != nil {
-		return fmt.Errorf("kafka producer: %w", err)
-	}
-
-	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+	// 0/0: from the slot's confirmed position, whatever it is by now.
+	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
 	})
 	if err != nil {
-		producer.Close()
-		return fmt.Errorf("start replication on slot %s (is another capture running on it?): %w", cfg.Postgres.Slot, err)
+		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
+	}
+	// The slot is ours now: no other capture can move it or write to the
+	// history, so its position and the history's end are stable.
+	start, err := c.slotPosition(ctx)
+	if err != nil {
+		return err
+	}
+	if written, err = lastWritten(ctx, client, string(c.topo.History())); err != nil {
+		return err
+	}
+	producer, err := sarama.NewAsyncProducerFromClient(client)
+	if err != nil {
+		return fmt.Errorf("kafka producer: %w", err)
 	}
 	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
 		"history_position", written.String())
@@ -167,35 +207,52 @@ func (c *Capture) Run(ctx context.Context) error {
 	return runErr
 }
 
-// prepare checks the server and the tables, ensures the publication and the
-// slot, and returns the position to stream from.
-func (c *Capture) prepare(ctx context.Context, written codecs.Position) (codecs.LSN, error) {
-	cfg := c.topo.Config()
-	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
+// slotPosition reads the slot's confirmed flush position.
+func (c *Capture) slotPosition(ctx context.Context) (codecs.LSN, error) {
+	conn, err := pgx.Connect(ctx, c.topo.Config().Postgres.URL)
 	if err != nil {
 		return 0, fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer conn.Close(context.Background())
-	if err := checkServer(ctx, conn); err != nil {
-		return 0, err
-	}
-	for _, t := range c.tables {
-		if err := checkTable(ctx, conn, t); err != nil {
-			return 0, err
-		}
-	}
-	if err := ensurePublication(ctx, conn, cfg.Postgres.Publication, c.tables); err != nil {
-		return 0, err
-	}
-	st, err := inspectSlot(ctx, conn, cfg.Postgres.Slot)
+	st, err := inspectSlot(ctx, conn, c.topo.Config().Postgres.Slot)
 	if err != nil {
 		return 0, err
 	}
+	if !st.exists {
+		return 0, fmt.Errorf("%w: slot %s disappeared while the capture started", ErrSlotMissing, c.topo.Config().Postgres.Slot)
+	}
+	return st.confirmedFlush, nil
+}
+
+// prepare checks the server and the tables, and ensures the publication and
+// the slot.
+func (c *Capture) prepare(ctx context.Context, written codecs.Position) error {
+	cfg := c.topo.Config()
+	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := checkServer(ctx, conn); err != nil {
+		return err
+	}
+	for _, t := range c.tables {
+		if err := checkTable(ctx, conn, t); err != nil {
+			return err
+		}
+	}
+	if err := ensurePublication(ctx, conn, cfg.Postgres.Publication, c.tables); err != nil {
+		return err
+	}
+	st, err := inspectSlot(ctx, conn, cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
 	if st.exists {
-		return st.confirmedFlush, nil
+		return nil
 	}
 	if !written.IsZero() && !c.recreateSlot {
-		return 0, fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
+		return fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
 			"so changes committed since are not in the stream. Nothing was created. To go on and accept the gap, start the capture once with --recreate-slot",
 			ErrSlotMissing, cfg.Postgres.Slot, written)
 	}
@@ -205,20 +262,16 @@ func (c *Capture) prepare(ctx context.Context, written codecs.Position) (codecs.
 	}
 	repl, err := connectReplication(ctx, cfg.Postgres.URL)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer repl.Close(context.Background())
 	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, cfg.Postgres.Slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
 	if err != nil {
-		return 0, fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
+		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
 	}
-	lsn, err := codecs.ParseLSN(res.ConsistentPoint)
-	if err != nil {
-		return 0, fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
-	}
-	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", lsn.String())
-	return lsn, nil
+	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", res.ConsistentPoint)
+	return nil
 }
 
 func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {

@@ -12,6 +12,13 @@
 // nothing is in flight. A crash therefore loses nothing: PostgreSQL resends
 // every transaction after the flush position.
 //
+// # One writer
+//
+// The slot admits one stream at a time. A second capture on the same slot
+// waits as a standby (changes_capture_standby = 1) and takes over when the
+// first one stops; only after it holds the slot does it read the slot's
+// position and the end of the history.
+//
 // # No duplicates
 //
 // The capture is the history's only writer (the slot admits one stream at a

@@ -14,6 +14,7 @@ type metrics struct {
 	bytes           prometheus.Counter
 	ackedLSN        prometheus.Gauge
 	slotLag         prometheus.Gauge
+	standby         prometheus.Gauge
 	commitToHistory prometheus.Histogram
 }
 
@@ -48,6 +49,10 @@ func newMetrics() *metrics {
 			Name: "changes_capture_slot_lag_bytes",
 			Help: "WAL PostgreSQL keeps for the slot: pg_current_wal_lsn() minus confirmed_flush_lsn, read every 5 s.",
 		}),
+		standby: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "changes_capture_standby",
+			Help: "1 while this capture waits for another one to release the slot, else 0.",
+		}),
 		commitToHistory: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "changes_capture_commit_to_history_seconds",
 			Help:    "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its change in the history topic.",
@@ -76,6 +81,9 @@ func (m *metrics) register(r prometheus.Registerer) error {
 		return err
 	}
 	if m.slotLag, err = promreg.Register(r, m.slotLag); err != nil {
+		return err
+	}
+	if m.standby, err = promreg.Register(r, m.standby); err != nil {
 		return err
 	}
 	m.commitToHistory, err = promreg.Register(r, m.commitToHistory)

@@ -268,3 +268,55 @@ func TestRecordTooLarge(t *testing.T) {
 		t.Fatalf("history holds %d records, want only the change before the large one", len(got))
 	}
 }
+
+// TestStandbyTakesOver starts two captures on one slot: the second waits
+// while the first streams and takes over when it stops, and the history
+// holds every change once, in order.
+func TestStandbyTakesOver(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "standby", "id bigint primary key")
+	stopFirst := f.start(t, ctx)
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	var firstPID int
+	if err := f.db.QueryRow(ctx, "select active_pid from pg_replication_slots where slot_name = $1", f.cfg.Postgres.Slot).Scan(&firstPID); err != nil {
+		t.Fatal(err)
+	}
+	stopSecond := f.start(t, ctx)
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (1)")
+	readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+
+	if err := stopFirst(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var pid *int
+		if err := f.db.QueryRow(ctx, "select active_pid from pg_replication_slots where slot_name = $1", f.cfg.Postgres.Slot).Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		if pid != nil && *pid != firstPID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the standby did not take the slot within 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (2)")
+	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 2)
+	var ids []int64
+	for _, m := range got {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ev.EntityID)
+	}
+	if fmt.Sprint(ids) != "[1 2]" {
+		t.Fatalf("history ids %v, want [1 2]", ids)
+	}
+	if err := stopSecond(); err != nil {
+		t.Fatal(err)
+	}
+}
