@@ -173,6 +173,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		producer: producer,
 		tracker:  newTracker(start),
 		rels:     newRelations(c.tables),
+		domains:  newDomains(cfg.Postgres.URL),
 		topic:    string(c.topo.History()),
 		written:  written,
 		failed:   make(chan struct{}),
@@ -188,6 +189,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	runErr := s.loop(ctx)
 	stopWatch()
 	watch.Wait()
+	s.domains.close()
 
 	// Drain: Close waits for every in-flight record to be acknowledged or fail.
 	producer.AsyncClose()
@@ -294,6 +296,7 @@ type stream struct {
 	producer sarama.AsyncProducer
 	tracker  *tracker
 	rels     *relations
+	domains  *domains
 	topic    string
 	// written is the position of the last change in the history when the
 	// stream started; changes at or before it are already there.
@@ -462,6 +465,9 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
+		if err := s.domains.resolve(ctx, m); err != nil {
+			return err
+		}
 		return s.rels.add(m)
 	case *pglogrepl.BeginMessage:
 		if s.cur != nil {
