@@ -97,13 +97,14 @@ func (c *Capture) Run(ctx context.Context) error {
 	for {
 		err := c.runOnce(ctx)
 		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || pgErr.Code != pgObjectInUse {
+		busy := errors.Is(err, errSlotBusy) || (errors.As(err, &pgErr) && pgErr.Code == pgObjectInUse)
+		if !busy {
 			c.metrics.standby.Set(0)
 			return err
 		}
 		if !standby {
-			c.log.Info("standby: another capture streams from the slot; taking over when it is free",
-				"slot", c.topo.Config().Postgres.Slot, "detail", pgErr.Message)
+			c.log.Info("standby: another capture holds the slot; taking over when it is free",
+				"slot", c.topo.Config().Postgres.Slot, "detail", err.Error())
 			standby = true
 			c.metrics.standby.Set(1)
 		}
@@ -126,16 +127,32 @@ const standbyPoll = time.Second
 // runOnce is one session: it takes the slot, or fails with pgObjectInUse.
 func (c *Capture) runOnce(ctx context.Context) error {
 	cfg := c.topo.Config()
+	// One capture per slot: the lock covers the snapshot, which runs before
+	// the slot is streamed from; START_REPLICATION guards the rest.
+	lock, err := lockSlot(ctx, cfg.Postgres.URL, cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
+	defer lock.Close(context.Background())
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer client.Close()
-	written, err := lastWritten(ctx, client, string(c.topo.History()))
+	last, err := lastEvent(ctx, client, string(c.topo.History()))
 	if err != nil {
 		return err
 	}
-	if err := c.prepare(ctx, written); err != nil {
+	var written codecs.Position
+	if last != nil {
+		written = last.Position
+	}
+	state, err := readState(ctx, client, string(c.topo.CaptureState()), cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
+	exists, err := c.prepare(ctx, written)
+	if err != nil {
 		return err
 	}
 
@@ -144,6 +161,16 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		return err
 	}
 	defer replConn.Close(context.Background())
+	switch {
+	case !exists:
+		if err := c.createAndSnapshot(ctx, replConn, client); err != nil {
+			return err
+		}
+	case state.Snapshot == snapshotRunning:
+		if err := c.resumeSnapshot(ctx, client, last); err != nil {
+			return err
+		}
+	}
 	// 0/0: from the slot's confirmed position, whatever it is by now.
 	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
@@ -226,54 +253,44 @@ func (c *Capture) slotPosition(ctx context.Context) (codecs.LSN, error) {
 	return st.confirmedFlush, nil
 }
 
-// prepare checks the server and the tables, and ensures the publication and
-// the slot.
-func (c *Capture) prepare(ctx context.Context, written codecs.Position) error {
+// prepare checks the server and the tables, ensures the publication, and
+// reports whether the slot exists. A missing slot is an error when the
+// history shows it existed, unless the operator accepts the gap.
+func (c *Capture) prepare(ctx context.Context, written codecs.Position) (exists bool, err error) {
 	cfg := c.topo.Config()
 	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
 	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", err)
+		return false, fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer conn.Close(context.Background())
 	if err := checkServer(ctx, conn); err != nil {
-		return err
+		return false, err
 	}
 	for _, t := range c.tables {
 		if err := checkTable(ctx, conn, t); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if err := ensurePublication(ctx, conn, cfg.Postgres.Publication, c.tables); err != nil {
-		return err
+		return false, err
 	}
 	st, err := inspectSlot(ctx, conn, cfg.Postgres.Slot)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if st.exists {
-		return nil
+		return true, nil
 	}
 	if !written.IsZero() && !c.recreateSlot {
-		return fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
+		return false, fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
 			"so changes committed since are not in the stream. Nothing was created. To go on and accept the gap, start the capture once with --recreate-slot",
 			ErrSlotMissing, cfg.Postgres.Slot, written)
 	}
 	if !written.IsZero() {
-		c.log.Warn("re-creating a dropped replication slot: changes committed while it was missing are not in the history",
+		c.log.Warn("re-creating a dropped replication slot with a new snapshot: changes committed while it was missing are not in the history",
 			"slot", cfg.Postgres.Slot, "history_position", written.String())
 	}
-	repl, err := connectReplication(ctx, cfg.Postgres.URL)
-	if err != nil {
-		return err
-	}
-	defer repl.Close(context.Background())
-	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, cfg.Postgres.Slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
-	if err != nil {
-		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
-	}
-	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", res.ConsistentPoint)
-	return nil
+	return false, nil
 }
 
 func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
@@ -582,18 +599,39 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 		s.metrics.skipped.Inc()
 		return nil
 	}
-	value, err := codecs.EventCodec{}.Encode(ev)
+	msg, err := historyRecord(s.topic, rel.table, ev, s.topo.Config().Kafka.MaxRecordBytes)
 	if err != nil {
-		return fmt.Errorf("encode change of %s id %d: %w", rel.table.qualified(), ev.EntityID, err)
-	}
-	key := ev.EntityType + "/" + strconv.FormatInt(ev.EntityID, 10)
-	if size := len(value) + len(key) + 256; size > s.topo.Config().Kafka.MaxRecordBytes {
-		return fmt.Errorf("%w: table %s id %d at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
-			ErrRecordTooLarge, rel.table.qualified(), ev.EntityID, ev.Position, size, s.topo.Config().Kafka.MaxRecordBytes)
+		return err
 	}
 	s.tracker.produced(s.cur)
-	msg := &sarama.ProducerMessage{
-		Topic:     s.topic,
+	msg.Metadata = &recordMeta{txn: s.cur, position: ev.Position, commitTime: ev.CommitTime}
+	select {
+	case s.producer.Input() <- msg:
+	case <-s.failed:
+		return s.failErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.metrics.changes.WithLabelValues(ev.EntityType, string(ev.Op)).Inc()
+	s.metrics.bytes.Add(float64(msg.Value.Length()))
+	return nil
+}
+
+// historyRecord encodes ev as a history record: key "type/id", the commit
+// time as the record timestamp, and the headers consumers route and measure
+// by. A record above maxBytes is ErrRecordTooLarge, naming the table and id.
+func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sarama.ProducerMessage, error) {
+	value, err := codecs.EventCodec{}.Encode(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode change of %s id %d: %w", t.qualified(), ev.EntityID, err)
+	}
+	key := ev.EntityType + "/" + strconv.FormatInt(ev.EntityID, 10)
+	if size := len(value) + len(key) + 256; size > maxBytes {
+		return nil, fmt.Errorf("%w: table %s id %d at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
+			ErrRecordTooLarge, t.qualified(), ev.EntityID, ev.Position, size, maxBytes)
+	}
+	return &sarama.ProducerMessage{
+		Topic:     topic,
 		Key:       sarama.StringEncoder(key),
 		Value:     sarama.ByteEncoder(value),
 		Timestamp: ev.CommitTime,
@@ -604,16 +642,5 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 			{Key: []byte(HeaderCommitTime), Value: []byte(ev.CommitTime.Format(time.RFC3339Nano))},
 			{Key: []byte(HeaderCaptureTime), Value: []byte(ev.CaptureTime.Format(time.RFC3339Nano))},
 		},
-		Metadata: &recordMeta{txn: s.cur, position: ev.Position, commitTime: ev.CommitTime},
-	}
-	select {
-	case s.producer.Input() <- msg:
-	case <-s.failed:
-		return s.failErr
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	s.metrics.changes.WithLabelValues(ev.EntityType, string(ev.Op)).Inc()
-	s.metrics.bytes.Add(float64(len(value)))
-	return nil
+	}, nil
 }

@@ -28,6 +28,24 @@
 // or a PostgreSQL restart that forgot the last reported position, writes
 // nothing twice (changes_capture_skipped_total counts what was skipped).
 //
+// # Initial snapshot
+//
+// When the slot is new, the capture creates it with an exported snapshot and
+// copies every existing row of the captured tables as of the slot's
+// consistent point, table by table in id order, in batches of 5000, as
+// OpSnapshot events placed just before the slot's first change; then it
+// streams. The snapshot and the stream meet exactly: a row committed during
+// the copy is streamed, not copied. Progress is logged every 5 s and counted
+// in changes_capture_snapshot_rows_total.
+//
+// The <prefix>.capture-state topic records "running" before the slot is
+// created and "done" when Kafka has every row. A capture that finds a running
+// snapshot (it crashed) resumes after the last row in the history, from a new
+// database snapshot: nothing is lost or copied twice, but a row changed
+// between the two snapshots shows its newer state first and then its changes
+// again, ending at the same latest state. --recreate-slot takes a new snapshot.
+// A session advisory lock keeps a second capture off the slot meanwhile.
+//
 // # Idle tables
 //
 // While nothing captured is in flight, the capture asks PostgreSQL for a

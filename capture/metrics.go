@@ -15,6 +15,8 @@ type metrics struct {
 	ackedLSN        prometheus.Gauge
 	slotLag         prometheus.Gauge
 	standby         prometheus.Gauge
+	snapshotRunning prometheus.Gauge
+	snapshotRows    *prometheus.CounterVec
 	commitToHistory prometheus.Histogram
 }
 
@@ -53,6 +55,14 @@ func newMetrics() *metrics {
 			Name: "changes_capture_standby",
 			Help: "1 while this capture waits for another one to release the slot, else 0.",
 		}),
+		snapshotRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "changes_capture_snapshot_running",
+			Help: "1 while the initial snapshot copies rows, else 0.",
+		}),
+		snapshotRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_capture_snapshot_rows_total",
+			Help: "Rows the initial snapshot copied to the history, by entity type.",
+		}, []string{"entity_type"}),
 		commitToHistory: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "changes_capture_commit_to_history_seconds",
 			Help:    "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its change in the history topic.",
@@ -84,6 +94,12 @@ func (m *metrics) register(r prometheus.Registerer) error {
 		return err
 	}
 	if m.standby, err = promreg.Register(r, m.standby); err != nil {
+		return err
+	}
+	if m.snapshotRunning, err = promreg.Register(r, m.snapshotRunning); err != nil {
+		return err
+	}
+	if m.snapshotRows, err = promreg.Register(r, m.snapshotRows); err != nil {
 		return err
 	}
 	m.commitToHistory, err = promreg.Register(r, m.commitToHistory)

@@ -18,25 +18,34 @@ import (
 // PostgreSQL resends them from the slot's flush position, and the capture
 // skips them instead of writing them twice.
 func lastWritten(ctx context.Context, client sarama.Client, topic string) (pos codecs.Position, err error) {
+	ev, err := lastEvent(ctx, client, topic)
+	if err != nil || ev == nil {
+		return pos, err
+	}
+	return ev.Position, nil
+}
+
+// lastEvent is the last event of the history, or nil when it holds none.
+func lastEvent(ctx context.Context, client sarama.Client, topic string) (*codecs.Event, error) {
 	newest, err := client.GetOffset(topic, 0, sarama.OffsetNewest)
 	if err != nil {
-		return pos, fmt.Errorf("history end offset: %w", err)
+		return nil, fmt.Errorf("history end offset: %w", err)
 	}
 	oldest, err := client.GetOffset(topic, 0, sarama.OffsetOldest)
 	if err != nil {
-		return pos, fmt.Errorf("history start offset: %w", err)
+		return nil, fmt.Errorf("history start offset: %w", err)
 	}
 	if newest <= oldest {
-		return pos, nil
+		return nil, nil
 	}
 	consumer, err := sarama.NewConsumerFromClient(client)
 	if err != nil {
-		return pos, err
+		return nil, err
 	}
 	defer consumer.Close()
 	pc, err := consumer.ConsumePartition(topic, 0, newest-1)
 	if err != nil {
-		return pos, fmt.Errorf("read history at offset %d: %w", newest-1, err)
+		return nil, fmt.Errorf("read history at offset %d: %w", newest-1, err)
 	}
 	defer pc.Close()
 	timeout := time.NewTimer(30 * time.Second)
@@ -47,14 +56,14 @@ func lastWritten(ctx context.Context, client sarama.Client, topic string) (pos c
 		if err != nil {
 			// Only the capture writes the history: a record it cannot read
 			// means another writer, and skipping by it could lose changes.
-			return pos, fmt.Errorf("the last history record (offset %d) is not an event, so the capture cannot tell what it already wrote: %w", m.Offset, err)
+			return nil, fmt.Errorf("the last history record (offset %d) is not an event, so the capture cannot tell what it already wrote: %w", m.Offset, err)
 		}
-		return ev.Position, nil
+		return ev, nil
 	case err := <-pc.Errors():
-		return pos, fmt.Errorf("read history at offset %d: %w", newest-1, err)
+		return nil, fmt.Errorf("read history at offset %d: %w", newest-1, err)
 	case <-timeout.C:
-		return pos, fmt.Errorf("read history at offset %d: no record within 30 s", newest-1)
+		return nil, fmt.Errorf("read history at offset %d: no record within 30 s", newest-1)
 	case <-ctx.Done():
-		return pos, ctx.Err()
+		return nil, ctx.Err()
 	}
 }

@@ -9,7 +9,7 @@
 //	{
 //	  "type": "account",                     entity type (the config's entities[].type)
 //	  "id": "42",                            entity id, a 64-bit integer as a decimal string
-//	  "op": "update",                        insert | update | delete | truncate
+//	  "op": "update",                        snapshot | insert | update | delete | truncate
 //	  "after": {"id": 42, "name": "acme"},   the row after the change (insert, update)
 //	  "before": {"id": 42},                  the old row or key, where PostgreSQL sends it
 //	  "unchanged": ["blob"],                 unchanged TOASTed columns that were not sent
@@ -21,7 +21,10 @@
 //	}
 //
 // Positions strictly increase along the history; their text form sorts in
-// the same order as the positions themselves.
+// the same order as the positions themselves. Rows of the initial snapshot
+// (op "snapshot", xid 0) sit just before the slot's first change: their
+// commit_lsn is the slot's consistent point minus one, their index counts
+// the copied rows, and their commit_time is when the snapshot was taken.
 //
 // # Column values
 //

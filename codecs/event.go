@@ -10,9 +10,12 @@ import (
 // Op is the kind of change an Event carries.
 type Op string
 
-// The operations. OpTruncate carries no entity id: it empties the whole table
-// of its entity type.
+// The operations. OpSnapshot is a row copied by the initial snapshot: the
+// entity's state as of the slot's start, before every streamed change.
+// OpTruncate carries no entity id: it empties the whole table of its entity
+// type.
 const (
+	OpSnapshot Op = "snapshot"
 	OpInsert   Op = "insert"
 	OpUpdate   Op = "update"
 	OpDelete   Op = "delete"
@@ -22,7 +25,7 @@ const (
 // Valid reports whether o is one of the declared operations.
 func (o Op) Valid() bool {
 	switch o {
-	case OpInsert, OpUpdate, OpDelete, OpTruncate:
+	case OpSnapshot, OpInsert, OpUpdate, OpDelete, OpTruncate:
 		return true
 	}
 	return false
@@ -79,14 +82,14 @@ func (e *Event) Validate() error {
 	case e.EntityType == "":
 		return errors.New("type is empty")
 	case !e.Op.Valid():
-		return fmt.Errorf("op %q is not insert, update, delete or truncate", e.Op)
+		return fmt.Errorf("op %q is not snapshot, insert, update, delete or truncate", e.Op)
 	case e.Position.IsZero():
 		return errors.New("position is zero")
 	case e.Position.CommitLSN != e.CommitLSN:
 		return fmt.Errorf("position %s is not at commit_lsn %s", e.Position, e.CommitLSN)
 	// An empty After is omitted by Encode (omitempty), so it must be as
 	// invalid as a missing one, or Decode would reject what Encode wrote.
-	case (e.Op == OpInsert || e.Op == OpUpdate) && len(e.After) == 0:
+	case (e.Op == OpSnapshot || e.Op == OpInsert || e.Op == OpUpdate) && len(e.After) == 0:
 		return fmt.Errorf("%s without after", e.Op)
 	}
 	return nil

@@ -222,7 +222,7 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 				return
 			}
 			gctx.Delete()
-		case codecs.OpInsert, codecs.OpUpdate:
+		case codecs.OpSnapshot, codecs.OpInsert, codecs.OpUpdate:
 			row := ev.After
 			for _, col := range ev.Unchanged {
 				if cur != nil {

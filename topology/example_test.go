@@ -26,6 +26,7 @@ entities:
 	fmt.Println("group:", topo.SnapshotGroup("account"))
 	// Output:
 	// changes.history                 partitions=1 cleanup.policy=delete
+	// changes.capture-state           partitions=1 cleanup.policy=compact
 	// changes.deadletter              partitions=1 cleanup.policy=delete
 	// changes.events.account          partitions=4 cleanup.policy=delete
 	// changes.snapshot.account-table  partitions=4 cleanup.policy=compact

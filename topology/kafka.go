@@ -75,6 +75,9 @@ func (t *Topology) Topics() []TopicSpec {
 			"message.timestamp.type": "CreateTime",
 			"max.message.bytes":      strconv.Itoa(t.cfg.Kafka.MaxRecordBytes + 1024),
 		}},
+		{Name: string(t.CaptureState()), Partitions: 1, Configs: map[string]string{
+			"cleanup.policy": "compact",
+		}},
 		{Name: string(t.DeadLetter()), Partitions: 1, Configs: map[string]string{
 			"cleanup.policy":    "delete",
 			"retention.ms":      ms(t.cfg.Topics.HistoryRetention),

@@ -15,6 +15,7 @@ import (
 //	changes.snapshot.account          the group that keeps the latest account states
 //	changes.snapshot.account-table    its compacted changelog: the account snapshot
 //	changes.deadletter                records that could not be decoded or routed
+//	changes.capture-state             the capture's own state per slot (initial snapshot done?), compacted
 type Topology struct {
 	cfg *Config
 }
@@ -33,6 +34,12 @@ func (t *Topology) History() goka.Stream { return goka.Stream(t.cfg.Topics.Prefi
 // with the reason in a header.
 func (t *Topology) DeadLetter() goka.Stream {
 	return goka.Stream(t.cfg.Topics.Prefix + ".deadletter")
+}
+
+// CaptureState is the compacted topic where the capture keeps its state per
+// replication slot, such as whether the initial snapshot is complete.
+func (t *Topology) CaptureState() goka.Stream {
+	return goka.Stream(t.cfg.Topics.Prefix + ".capture-state")
 }
 
 // RouterGroup is the consumer group that reads the history and emits each

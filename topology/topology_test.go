@@ -92,6 +92,9 @@ func TestTopics(t *testing.T) {
 			"message.timestamp.type": "CreateTime",
 			"max.message.bytes":      "501024",
 		}},
+		{Name: "acme.capture-state", Partitions: 1, Configs: map[string]string{
+			"cleanup.policy": "compact",
+		}},
 		{Name: "acme.deadletter", Partitions: 1, Configs: map[string]string{
 			"cleanup.policy":    "delete",
 			"retention.ms":      "2592000000",

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -24,32 +25,29 @@ func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[int6
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
+	names := make([]string, len(fields))
+	oids := make([]uint32, len(fields))
+	idIndex := -1
+	for i, f := range fields {
+		names[i], oids[i] = f.Name, f.DataTypeOID
+		if f.Name == idColumn {
+			idIndex = i
+		}
+	}
+	if idIndex < 0 {
+		return nil, fmt.Errorf("%s has no id column %s", table, idColumn)
+	}
 	out := map[int64]codecs.Row{}
 	for rows.Next() {
-		row := codecs.Row{}
-		var id int64
-		var haveID bool
-		for i, raw := range rows.RawValues() {
-			f := fields[i]
-			if raw == nil {
-				row[f.Name] = []byte("null")
-				continue
-			}
-			// RawValues reuses its buffers from row to row.
-			v, err := codecs.ColumnValue(f.DataTypeOID, bytes.Clone(raw))
-			if err != nil {
-				return nil, fmt.Errorf("%s.%s: %w", table, f.Name, err)
-			}
-			row[f.Name] = v
-			if f.Name == idColumn {
-				if _, err := fmt.Sscan(string(raw), &id); err != nil {
-					return nil, fmt.Errorf("%s.%s: %w", table, f.Name, err)
-				}
-				haveID = true
-			}
+		// RawValues reuses its buffers from row to row: the mapping copies.
+		raw := rows.RawValues()
+		row, err := codecs.TextRow(names, oids, raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", table, err)
 		}
-		if !haveID {
-			return nil, fmt.Errorf("%s has no id column %s", table, idColumn)
+		id, err := strconv.ParseInt(string(raw[idIndex]), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s.%s: %w", table, idColumn, err)
 		}
 		out[id] = row
 	}

@@ -1,0 +1,293 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+// snapshotBatch is how many rows one query of the initial snapshot reads:
+// the copy holds at most one batch in memory, plus the producer's buffer.
+const snapshotBatch = 5000
+
+// snapshotFrom says where a copy starts: every row it writes has the commit
+// LSN base (the slot's consistent point minus one, below every streamed
+// change) and the next index; it starts at table index table, after id
+// after when resuming.
+type snapshotFrom struct {
+	base     codecs.LSN
+	index    uint32
+	table    int
+	after    int64
+	resuming bool
+}
+
+// resumeFrom works out where an interrupted snapshot goes on: after the last
+// snapshot row in the history, if it belongs to this slot's snapshot, else
+// from the start.
+func (c *Capture) resumeFrom(last *codecs.Event, base codecs.LSN) snapshotFrom {
+	from := snapshotFrom{base: base}
+	if last == nil || last.Op != codecs.OpSnapshot || last.CommitLSN != base {
+		return from
+	}
+	for i, t := range c.tables {
+		if t.entityType == last.EntityType {
+			return snapshotFrom{base: base, index: last.Position.Index + 1, table: i, after: last.EntityID, resuming: true}
+		}
+	}
+	return from
+}
+
+// copySnapshot copies every row of the captured tables, as tx sees them, to
+// the history as OpSnapshot events, table by table in id order, in batches.
+// It returns when Kafka has every row.
+func (c *Capture) copySnapshot(ctx context.Context, tx pgx.Tx, client sarama.Client, from snapshotFrom) error {
+	producer, err := sarama.NewAsyncProducerFromClient(client)
+	if err != nil {
+		return fmt.Errorf("snapshot producer: %w", err)
+	}
+	var (
+		wg       sync.WaitGroup
+		failOnce sync.Once
+		failErr  error
+	)
+	failed := make(chan struct{})
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for range producer.Successes() {
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for e := range producer.Errors() {
+			failOnce.Do(func() { failErr = fmt.Errorf("kafka did not take a snapshot row: %w", e.Err); close(failed) })
+		}
+	}()
+	copyErr := c.copyRows(ctx, tx, producer, failed, from)
+	producer.AsyncClose()
+	wg.Wait()
+	if failErr != nil {
+		return failErr
+	}
+	return copyErr
+}
+
+func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
+	topic := string(c.topo.History())
+	taken := time.Now().UTC()
+	index := from.index
+	c.metrics.snapshotRunning.Set(1)
+	defer c.metrics.snapshotRunning.Set(0)
+	for ti := from.table; ti < len(c.tables); ti++ {
+		t := c.tables[ti]
+		after, resuming := from.after, from.resuming && ti == from.table
+		started, lastReport, rows := time.Now(), time.Now(), 0
+		if resuming {
+			c.log.Info("snapshot: resuming", "entity_type", t.entityType, "table", t.qualified(), "after_id", after)
+		} else {
+			c.log.Info("snapshot: copying", "entity_type", t.entityType, "table", t.qualified())
+		}
+		for {
+			where := ""
+			args := []any{}
+			if resuming {
+				where = "where " + pgx.Identifier{t.idColumn}.Sanitize() + " > $1"
+				args = append(args, after)
+			}
+			sql := fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, pgx.Identifier{t.idColumn}.Sanitize(), snapshotBatch)
+			n, last, err := c.copyBatch(ctx, tx, producer, failed, t, topic, sql, args, from.base, &index, taken)
+			if err != nil {
+				return err
+			}
+			rows += n
+			c.metrics.snapshotRows.WithLabelValues(t.entityType).Add(float64(n))
+			if time.Since(lastReport) >= 5*time.Second {
+				c.log.Info("snapshot: progress", "entity_type", t.entityType, "rows", rows,
+					"rows_per_s", int(float64(rows)/time.Since(started).Seconds()))
+				lastReport = time.Now()
+			}
+			if n < snapshotBatch {
+				break
+			}
+			after, resuming = last, true
+		}
+		c.log.Info("snapshot: copied", "entity_type", t.entityType, "rows", rows, "seconds", time.Since(started).Seconds())
+	}
+	return nil
+}
+
+// copyBatch copies the rows sql returns and reports how many and the last id.
+func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{},
+	t table, topic, sql string, args []any, base codecs.LSN, index *uint32, taken time.Time) (int, int64, error) {
+	rows, err := tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+	if err != nil {
+		return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+	}
+	defer rows.Close()
+	fields := rows.FieldDescriptions()
+	names := make([]string, len(fields))
+	oids := make([]uint32, len(fields))
+	idIndex := -1
+	for i, f := range fields {
+		names[i], oids[i] = f.Name, f.DataTypeOID
+		if f.Name == t.idColumn {
+			idIndex = i
+		}
+	}
+	if idIndex < 0 {
+		return 0, 0, fmt.Errorf("%w: table %s has no id column %s", ErrSetup, t.qualified(), t.idColumn)
+	}
+	n, last := 0, int64(0)
+	for rows.Next() {
+		raw := rows.RawValues()
+		row, err := codecs.TextRow(names, oids, raw)
+		if err != nil {
+			return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+		}
+		if last, err = strconv.ParseInt(string(raw[idIndex]), 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("snapshot of %s: id %q: %w", t.qualified(), raw[idIndex], err)
+		}
+		ev := &codecs.Event{
+			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot, After: row,
+			CommitLSN: base, Position: codecs.Position{CommitLSN: base, Index: *index},
+			CommitTime: taken, CaptureTime: time.Now().UTC(),
+		}
+		msg, err := historyRecord(topic, t, ev, c.topo.Config().Kafka.MaxRecordBytes)
+		if err != nil {
+			return 0, 0, err
+		}
+		select {
+		case producer.Input() <- msg:
+		case <-failed:
+			return 0, 0, nil // copySnapshot reports the producer's error
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		}
+		if *index == math.MaxUint32 {
+			return 0, 0, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
+		}
+		*index++
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+	}
+	return n, last, nil
+}
+
+// createAndSnapshot creates the slot with an exported snapshot and copies
+// every row as of the slot's consistent point, so the snapshot and the
+// stream meet exactly: a row committed during the copy is in the stream, not
+// in the copy. The state topic says "running" before the slot exists and
+// "done" after Kafka has every row, so a crash in between resumes.
+func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn, client sarama.Client) error {
+	cfg := c.topo.Config()
+	stateTopic := string(c.topo.CaptureState())
+	if err := writeState(client, stateTopic, cfg.Postgres.Slot, snapshotRunning); err != nil {
+		return err
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, replConn, cfg.Postgres.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
+	}
+	cp, err := codecs.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
+	}
+	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", cp.String(), "snapshot", res.SnapshotName)
+	// The exported snapshot lives until replConn runs its next command
+	// (START_REPLICATION, after the copy).
+	if err := c.snapshot(ctx, client, res.SnapshotName, snapshotFrom{base: cp - 1}); err != nil {
+		return err
+	}
+	return writeState(client, stateTopic, cfg.Postgres.Slot, snapshotDone)
+}
+
+// resumeSnapshot goes on with a snapshot a crash interrupted. The exported
+// snapshot died with the crash, so the rest is copied from a new one, taken
+// now; the slot still starts where the first one did, so every change
+// committed since is streamed after the copy. Nothing is lost; a row changed
+// between the two snapshots shows its newer state first, then its changes
+// again in commit order, ending at the same latest state.
+func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client, last *codecs.Event) error {
+	cfg := c.topo.Config()
+	start, err := c.slotPosition(ctx)
+	if err != nil {
+		return err
+	}
+	from := c.resumeFrom(last, start-1)
+	c.log.Warn("resuming an interrupted initial snapshot from a new database snapshot",
+		"slot", cfg.Postgres.Slot, "table_index", from.table, "after_id", from.after, "index", from.index)
+	if err := c.snapshot(ctx, client, "", from); err != nil {
+		return err
+	}
+	return writeState(client, string(c.topo.CaptureState()), cfg.Postgres.Slot, snapshotDone)
+}
+
+// snapshot copies the tables in a repeatable-read, read-only transaction,
+// on the exported snapshot name if one is given.
+func (c *Capture) snapshot(ctx context.Context, client sarama.Client, name string, from snapshotFrom) error {
+	conn, err := pgx.Connect(ctx, c.topo.Config().Postgres.URL)
+	if err != nil {
+		return fmt.Errorf("connect to postgres for the snapshot: %w", err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("begin snapshot: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if name != "" {
+		if _, err := tx.Exec(ctx, "set transaction snapshot "+quoteLiteral(name)); err != nil {
+			return fmt.Errorf("import snapshot %s: %w", name, err)
+		}
+	}
+	started := time.Now()
+	if err := c.copySnapshot(ctx, tx, client, from); err != nil {
+		return err
+	}
+	c.log.Info("snapshot: complete", "seconds", time.Since(started).Seconds())
+	return tx.Commit(ctx)
+}
+
+// quoteLiteral quotes s as an SQL string literal; SET TRANSACTION SNAPSHOT
+// takes no parameters.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// errSlotBusy is returned by lockSlot when another capture holds the slot.
+var errSlotBusy = errors.New("another capture holds the slot")
+
+// lockSlot takes a session advisory lock named after the slot on a
+// connection of its own; closing the connection releases it.
+func lockSlot(ctx context.Context, url, slot string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, "select pg_try_advisory_lock(hashtextextended($1, 0))", "changes.capture/"+slot).Scan(&ok); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("lock slot %s: %w", slot, err)
+	}
+	if !ok {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("%w %s", errSlotBusy, slot)
+	}
+	return conn, nil
+}

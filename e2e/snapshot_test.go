@@ -1,0 +1,227 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+// TestInitialSnapshot starts the platform on a table that already holds rows
+// while a writer keeps changing it. The snapshot and the stream must meet
+// exactly: every row is in the view, no entity is both copied and streamed
+// as an insert, and no entity's counter ever goes back along the history.
+func TestInitialSnapshot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "snap", "id bigint primary key, v bigint not null, note text")
+	const initial = 12000
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s select g, 0, md5(g::text) from generate_series(1, %d) g", f.table, initial))
+
+	// The writer runs before, during and after the snapshot.
+	wdb, err := pgx.Connect(ctx, f.e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wdb.Close(context.Background())
+	var stopWriter atomic.Bool
+	var writes sync.WaitGroup
+	var werr error
+	writes.Add(1)
+	go func() {
+		defer writes.Done()
+		rnd, next := rand.New(rand.NewPCG(5, 6)), int64(initial)
+		for !stopWriter.Load() {
+			var sql string
+			switch k := rnd.IntN(10); {
+			case k < 6:
+				sql = fmt.Sprintf("update %s set v = v + 1 where id = %d", f.table, 1+rnd.Int64N(next))
+			case k < 9:
+				next++
+				sql = fmt.Sprintf("insert into %s values (%d, 0, 'new')", f.table, next)
+			default:
+				sql = fmt.Sprintf("delete from %s where id = %d", f.table, 1+rnd.Int64N(next))
+			}
+			if _, err := wdb.Exec(ctx, sql); err != nil {
+				werr = err
+				return
+			}
+		}
+	}()
+
+	log := testLogger(t)
+	runCtx, stop := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(runCtx)
+	t.Cleanup(func() {
+		stop()
+		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("platform stopped with %v", err)
+		}
+	})
+	g.Go(func() error { return platform.Run(gctx, f.topo, platform.All, log, nil, nil) })
+	v, err := views.New(f.topo, "item", views.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Go(func() error { return v.Run(gctx) })
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	time.Sleep(time.Second) // the writer goes on while streaming
+	stopWriter.Store(true)
+	writes.Wait()
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	waitViewsEqual(t, ctx, f.db, f.topo, map[string]*views.View{"item": v})
+
+	var n int64
+	if err := f.db.QueryRow(ctx, "select count(*) from "+f.table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	history := readAll(t, ctx, f.cfg, string(f.topo.History()))
+	var snapshotRows, streamed int
+	copied := map[int64]bool{}
+	lastV := map[int64]int64{}
+	for _, m := range history {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case ev.Op == codecs.OpSnapshot:
+			if streamed > 0 {
+				t.Fatalf("history offset %d: a snapshot row after %d streamed changes", m.Offset, streamed)
+			}
+			snapshotRows++
+			copied[ev.EntityID] = true
+		case ev.Op == codecs.OpInsert && copied[ev.EntityID]:
+			t.Errorf("entity %d is in the snapshot and streamed as an insert: the snapshot and the stream overlap", ev.EntityID)
+		default:
+			streamed++
+		}
+		if ev.After != nil {
+			var row struct{ V int64 }
+			if err := ev.After.Decode(&row); err != nil {
+				t.Fatal(err)
+			}
+			if prev, ok := lastV[ev.EntityID]; ok && row.V < prev {
+				t.Errorf("entity %d: v went back from %d to %d at history offset %d (%s)", ev.EntityID, prev, row.V, m.Offset, ev.Op)
+			}
+			lastV[ev.EntityID] = row.V
+		}
+	}
+	t.Logf("%d rows copied by the snapshot, %d changes streamed, %d rows at the end", snapshotRows, streamed, n)
+	if snapshotRows < initial/2 || streamed == 0 {
+		t.Errorf("the writer did not overlap the snapshot as intended: %d copied, %d streamed", snapshotRows, streamed)
+	}
+}
+
+// TestSnapshotResumesAfterKill kills `changes capture` in the middle of its
+// initial snapshot and restarts it: every row is copied exactly once, in
+// position order, and the capture then streams.
+func TestSnapshotResumesAfterKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("copies 60000 rows")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "resume", "id bigint primary key, payload text")
+	const rows = 60000
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s select g, repeat(md5(g::text), 4) from generate_series(1, %d) g", f.table, rows))
+	configFile := writeConfig(t, f.cfg)
+	env := map[string]string{"CHANGES_KAFKA_BROKERS": "", "CHANGES_POSTGRES_URL": ""}
+
+	client, err := sarama.NewClient(f.cfg.Kafka.Brokers, topology.SaramaConfig(f.cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	first, _, stderr := command(ctx, t, env, "capture", "--config", configFile)
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		end, err := client.GetOffset(string(f.topo.History()), 0, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end >= 5000 {
+			if end >= rows {
+				t.Fatalf("the snapshot finished (%d rows) before the kill: make the table larger", end)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the snapshot did not start:\n%s", stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first.Process.Kill()
+	first.Wait()
+
+	second, _, stderr2 := command(ctx, t, env, "capture", "--config", configFile)
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.Process.Kill(); second.Wait() })
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (0, 'streamed')")
+	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), rows+1)
+	seen := map[int64]int{}
+	var last codecs.Position
+	for i, m := range got {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Position.Compare(last) <= 0 {
+			t.Fatalf("history offset %d: position %s does not follow %s", m.Offset, ev.Position, last)
+		}
+		last = ev.Position
+		if i < rows {
+			if ev.Op != codecs.OpSnapshot {
+				t.Fatalf("history offset %d: %s before the snapshot was complete", m.Offset, ev.Op)
+			}
+			seen[ev.EntityID]++
+		} else if ev.Op != codecs.OpInsert || ev.EntityID != 0 {
+			t.Fatalf("after the snapshot: %s %d, want the streamed insert of 0", ev.Op, ev.EntityID)
+		}
+	}
+	second.Process.Signal(syscall.SIGTERM)
+	second.Wait()
+	if len(got) != rows+1 || len(seen) != rows {
+		t.Fatalf("history holds %d records covering %d rows, want %d rows once and 1 insert\n%s", len(got), len(seen), rows, stderr2)
+	}
+	if !strings.Contains(stderr2.String(), "resuming an interrupted initial snapshot") {
+		t.Fatalf("the second capture did not resume the snapshot:\n%s", stderr2)
+	}
+}
+
+// readAll reads the history from its start to its current end.
+func readAll(t *testing.T, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
+	t.Helper()
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	end, err := client.GetOffset(topic, 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readHistory(t, ctx, cfg, topic, int(end))
+}
