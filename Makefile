@@ -12,7 +12,7 @@ BIN      := bin/changes
 # Exported to every recipe: the addresses of the stack the tests and the demo use.
 STACK_ENV = eval "$$(bash $(STACK) env)"
 
-.PHONY: demo test unit check build bench stack-up stack-down stack-status stack-reset fuzz clean
+.PHONY: demo test unit check build bench bench-e2e stack-up stack-down stack-status stack-reset fuzz clean
 
 demo: stack-up build
 	@$(STACK_ENV) && ./$(BIN) demo --config configs/local.yaml
@@ -47,6 +47,11 @@ stack-reset:
 # Micro-benchmarks (codecs); not part of `make test`.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./codecs/
+
+# The capture on the local stack: catch-up throughput, latency at a fixed
+# rate, initial snapshot rows/s. Not part of `make test`.
+bench-e2e: stack-up
+	$(STACK_ENV) && $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./e2e/
 
 # Each fuzz target for a short while; FUZZTIME=5m for longer.
 FUZZTIME ?= 20s

@@ -25,7 +25,7 @@ type captureFixture struct {
 	db    *pgx.Conn
 }
 
-func newCaptureFixture(t *testing.T, ctx context.Context, prefix, columns string) *captureFixture {
+func newCaptureFixture(t testing.TB, ctx context.Context, prefix, columns string) *captureFixture {
 	t.Helper()
 	e := stack(t)
 	name := uniqueName(prefix)
@@ -46,7 +46,7 @@ func newCaptureFixture(t *testing.T, ctx context.Context, prefix, columns string
 }
 
 // start runs a capture until the returned stop is called; stop returns Run's error.
-func (f *captureFixture) start(t *testing.T, ctx context.Context, opts ...capture.Option) (stop func() error) {
+func (f *captureFixture) start(t testing.TB, ctx context.Context, opts ...capture.Option) (stop func() error) {
 	t.Helper()
 	c, err := capture.New(f.topo, append([]capture.Option{capture.WithLogger(testLogger(t))}, opts...)...)
 	if err != nil {
@@ -69,7 +69,7 @@ func (f *captureFixture) start(t *testing.T, ctx context.Context, opts ...captur
 }
 
 // run runs a capture that is expected to stop by itself, and returns its error.
-func (f *captureFixture) run(t *testing.T, ctx context.Context, opts ...capture.Option) error {
+func (f *captureFixture) run(t testing.TB, ctx context.Context, opts ...capture.Option) error {
 	t.Helper()
 	c, err := capture.New(f.topo, append([]capture.Option{capture.WithLogger(testLogger(t))}, opts...)...)
 	if err != nil {

@@ -27,7 +27,7 @@ var (
 )
 
 // binary builds cmd/changes once per test run.
-func binary(t *testing.T) string {
+func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "changes-e2e-bin")
@@ -49,7 +49,7 @@ func binary(t *testing.T) string {
 
 // database creates a database of its own for a test that needs fixed table
 // names (the demo's), and drops it (with the slot in it) at the end.
-func database(t *testing.T, e env, slot string) string {
+func database(t testing.TB, e env, slot string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -77,7 +77,7 @@ func database(t *testing.T, e env, slot string) string {
 }
 
 // command runs the binary with the stack's environment plus extra.
-func command(ctx context.Context, t *testing.T, extra map[string]string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+func command(ctx context.Context, t testing.TB, extra map[string]string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
 	cmd := exec.CommandContext(ctx, binary(t), args...)
 	cmd.Env = os.Environ()
 	for k, v := range extra {
@@ -201,7 +201,7 @@ func TestRunStopsCleanlyOnSIGTERM(t *testing.T) {
 }
 
 // deleteTopicsAfter deletes the topics a subprocess created under prefix.
-func deleteTopicsAfter(t *testing.T, e env, prefix string) {
+func deleteTopicsAfter(t testing.TB, e env, prefix string) {
 	t.Cleanup(func() {
 		cfg, err := topology.Parse(fmt.Appendf(nil, "kafka: {brokers: [%q]}\npostgres: {url: x}\ntopics: {prefix: %q}\nentities: [{type: account, table: accounts}, {type: campaign, table: campaigns}]\n", e.brokers, prefix))
 		if err != nil {

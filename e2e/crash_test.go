@@ -131,7 +131,7 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 }
 
 // writeConfig writes cfg's essentials as a config file for the binary.
-func writeConfig(t *testing.T, cfg *topology.Config) string {
+func writeConfig(t testing.TB, cfg *topology.Config) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "changes.yaml")
 	body := fmt.Sprintf("kafka: {brokers: [%q], replication_factor: %d}\npostgres: {url: %q, slot: %s, publication: %s}\ntopics: {prefix: %q}\nstorage: %q\nmetrics: \"\"\nentities:\n",
@@ -147,7 +147,7 @@ func writeConfig(t *testing.T, cfg *topology.Config) string {
 
 // waitSlotInactive waits until PostgreSQL has noticed that the killed
 // capture is gone and the slot can be taken again.
-func waitSlotInactive(t *testing.T, ctx context.Context, db *pgx.Conn, slot string) {
+func waitSlotInactive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string) {
 	t.Helper()
 	for {
 		var active bool

@@ -27,7 +27,7 @@ type env struct {
 
 // stack returns the stack's addresses. Without them the test is skipped on a
 // developer's machine and fails under CI=true: CI must never pass by skipping.
-func stack(t *testing.T) env {
+func stack(t testing.TB) env {
 	t.Helper()
 	e := env{brokers: os.Getenv("CHANGES_KAFKA_BROKERS"), pgURL: os.Getenv("CHANGES_POSTGRES_URL")}
 	if e.brokers == "" || e.pgURL == "" {
@@ -67,7 +67,7 @@ func uniqueName(prefix string) string {
 
 // testConfig builds a validated config for the stack with its own topic
 // prefix, slot, publication and storage, and entity types for tables.
-func testConfig(t *testing.T, e env, name string, entities []topology.EntityConfig) *topology.Config {
+func testConfig(t testing.TB, e env, name string, entities []topology.EntityConfig) *topology.Config {
 	t.Helper()
 	rf := os.Getenv("CHANGES_KAFKA_REPLICATION_FACTOR")
 	if rf == "" {
@@ -93,7 +93,7 @@ func testConfig(t *testing.T, e env, name string, entities []topology.EntityConf
 
 // cleanupStack removes what a test left in PostgreSQL and Kafka. It runs after
 // the platform stopped (t.Cleanup runs in reverse order).
-func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
+func cleanupStack(t testing.TB, e env, cfg *topology.Config, tables ...string) {
 	onCleanup(t, e, func(ctx context.Context, conn *pgx.Conn) {
 		dropSlot(t, ctx, conn, cfg.Postgres.Slot)
 		stmts := []string{"drop publication if exists " + pgx.Identifier{cfg.Postgres.Publication}.Sanitize()}
@@ -110,7 +110,7 @@ func cleanupStack(t *testing.T, e env, cfg *topology.Config, tables ...string) {
 }
 
 // onCleanup runs fn at the test's cleanup with a connection of its own.
-func onCleanup(t *testing.T, e env, fn func(context.Context, *pgx.Conn)) {
+func onCleanup(t testing.TB, e env, fn func(context.Context, *pgx.Conn)) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -126,7 +126,7 @@ func onCleanup(t *testing.T, e env, fn func(context.Context, *pgx.Conn)) {
 
 // dropSlot drops a test's replication slot, waiting for the capture to let
 // go of it: the slot stays active for a moment after the capture disconnects.
-func dropSlot(t *testing.T, ctx context.Context, conn *pgx.Conn, slot string) {
+func dropSlot(t testing.TB, ctx context.Context, conn *pgx.Conn, slot string) {
 	var err error
 	for i := 0; i < 50; i++ {
 		_, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", slot)
@@ -139,7 +139,7 @@ func dropSlot(t *testing.T, ctx context.Context, conn *pgx.Conn, slot string) {
 }
 
 // deleteTopics deletes the topics of cfg; a topic that does not exist is fine.
-func deleteTopics(t *testing.T, cfg *topology.Config) {
+func deleteTopics(t testing.TB, cfg *topology.Config) {
 	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
@@ -154,7 +154,7 @@ func deleteTopics(t *testing.T, cfg *topology.Config) {
 // testLogger writes the platform's logs through t.Log, so they show with the
 // failing test only. Lines logged after the test's last cleanup (goka leaves
 // a goroutine or two behind) are dropped: t.Log would panic on them.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	w := &tWriter{t: t}
 	// Runs after the cleanups registered later, such as the platform's stop.
 	t.Cleanup(func() { w.done.Store(true) })
@@ -162,7 +162,7 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 type tWriter struct {
-	t    *testing.T
+	t    testing.TB
 	done atomic.Bool
 }
 

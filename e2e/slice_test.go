@@ -146,7 +146,7 @@ func TestSlice(t *testing.T) {
 // checkHistory compares the history with the expected changes: same changes,
 // same order, nothing twice, positions strictly increasing, the commit time
 // as the record timestamp and in the headers.
-func checkHistory(t *testing.T, got []*sarama.ConsumerMessage, want []change) {
+func checkHistory(t testing.TB, got []*sarama.ConsumerMessage, want []change) {
 	t.Helper()
 	var seen []change
 	var last codecs.Position
@@ -190,7 +190,7 @@ func checkHistory(t *testing.T, got []*sarama.ConsumerMessage, want []change) {
 	}
 }
 
-func execSQL(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
+func execSQL(t testing.TB, ctx context.Context, db *pgx.Conn, sql string) {
 	t.Helper()
 	if _, err := db.Exec(ctx, sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)
@@ -198,7 +198,7 @@ func execSQL(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
 }
 
 // txn commits stmts in one transaction and appends the changes it makes to want.
-func txn(t *testing.T, ctx context.Context, db *pgx.Conn, stmts []string, want *[]change, changes ...change) {
+func txn(t testing.TB, ctx context.Context, db *pgx.Conn, stmts []string, want *[]change, changes ...change) {
 	t.Helper()
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		for _, s := range stmts {
@@ -214,7 +214,7 @@ func txn(t *testing.T, ctx context.Context, db *pgx.Conn, stmts []string, want *
 	*want = append(*want, changes...)
 }
 
-func rollback(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
+func rollback(t testing.TB, ctx context.Context, db *pgx.Conn, sql string) {
 	t.Helper()
 	tx, err := db.Begin(ctx)
 	if err != nil {
@@ -228,7 +228,7 @@ func rollback(t *testing.T, ctx context.Context, db *pgx.Conn, sql string) {
 	}
 }
 
-func waitSlotActive(t *testing.T, ctx context.Context, db *pgx.Conn, slot string) {
+func waitSlotActive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string) {
 	t.Helper()
 	if err := platform.WaitSlotActive(ctx, db, slot); err != nil {
 		t.Fatal(err)
@@ -236,7 +236,7 @@ func waitSlotActive(t *testing.T, ctx context.Context, db *pgx.Conn, slot string
 }
 
 // waitViewsEqual waits until every view equals its table, value by value.
-func waitViewsEqual(t *testing.T, ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) {
+func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) {
 	t.Helper()
 	var last []string
 	for {
@@ -268,7 +268,7 @@ func waitViewsEqual(t *testing.T, ctx context.Context, db *pgx.Conn, topo *topol
 
 // readHistory reads the history from its start until it has n records, then
 // checks for a moment that no further (duplicate) record follows.
-func readHistory(t *testing.T, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
+func readHistory(t testing.TB, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
 	t.Helper()
 	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {

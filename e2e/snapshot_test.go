@@ -212,7 +212,7 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 }
 
 // readAll reads the history from its start to its current end.
-func readAll(t *testing.T, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
+func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
 	t.Helper()
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {
