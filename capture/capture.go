@@ -279,6 +279,10 @@ func (c *Capture) prepare(ctx context.Context, written codecs.Position) (exists 
 		return false, err
 	}
 	if st.exists {
+		if st.walStatus == "unreserved" {
+			c.log.Warn("the slot's WAL is beyond max_slot_wal_keep_size and will be removed at the next checkpoint unless the capture catches up",
+				"slot", cfg.Postgres.Slot, "lsn", st.confirmedFlush.String())
+		}
 		return true, nil
 	}
 	if !written.IsZero() && !c.recreateSlot {

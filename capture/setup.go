@@ -166,6 +166,7 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 type slotState struct {
 	exists         bool
 	confirmedFlush codecs.LSN
+	walStatus      string // reserved, extended, unreserved (about to be lost)
 }
 
 // inspectSlot reads the slot and fails loudly on a slot that cannot serve
@@ -193,10 +194,10 @@ func inspectSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotState, e
 	}
 	if walStatus == "lost" {
 		return slotState{}, fmt.Errorf("%w: slot %s (confirmed up to %s): PostgreSQL removed WAL the slot still needed, so changes after that point are gone from the stream. "+
-			"Nothing was re-created. To start over and accept the gap: select pg_drop_replication_slot('%s'); then restart the capture",
+			"Nothing was re-created. To start over and accept the gap: select pg_drop_replication_slot('%s'); then start the capture once with --recreate-slot, which takes a new snapshot",
 			ErrSlotLost, slot, lsn, slot)
 	}
-	st := slotState{exists: true}
+	st := slotState{exists: true, walStatus: walStatus}
 	if lsn != "" {
 		if st.confirmedFlush, err = codecs.ParseLSN(lsn); err != nil {
 			return slotState{}, fmt.Errorf("slot %s: %w", slot, err)
