@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,6 +41,7 @@ type Capture struct {
 	metrics *metrics
 	sarama  *sarama.Config
 	reg     prometheus.Registerer
+	lock    *pgx.Conn // holds the slot's advisory lock during a session
 
 	recreateSlot bool
 }
@@ -100,6 +102,9 @@ func (c *Capture) Run(ctx context.Context) error {
 		busy := errors.Is(err, errSlotBusy) || (errors.As(err, &pgErr) && pgErr.Code == pgObjectInUse)
 		if !busy {
 			c.metrics.standby.Set(0)
+			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+				return nil // stopped during setup or the snapshot: a clean stop too
+			}
 			return err
 		}
 		if !standby {
@@ -134,6 +139,8 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		return err
 	}
 	defer lock.Close(context.Background())
+	c.lock = lock
+	defer func() { c.lock = nil }()
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
@@ -163,11 +170,19 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	defer replConn.Close(context.Background())
 	switch {
 	case !exists:
-		if err := c.createAndSnapshot(ctx, replConn, client); err != nil {
+		if err := c.createAndSnapshot(ctx, replConn, client, written); err != nil {
 			return err
 		}
+	case state.Snapshot == "":
+		c.log.Warn("the slot has no snapshot record (made by hand or by an older version): rows it did not stream may be missing from the history; --recreate-slot after dropping it takes a snapshot",
+			"slot", cfg.Postgres.Slot)
+	case state.Snapshot == snapshotDone:
+		if missing := missingTypes(state.Types, c.entityTypes()); len(missing) > 0 {
+			return fmt.Errorf("%w: entity types %v were declared after the slot's initial snapshot, so their tables' existing rows are not in the history. "+
+				"To add them: stop the platform, drop the slot, and start once with --recreate-slot (a new snapshot of every table)", ErrSetup, missing)
+		}
 	case state.Snapshot == snapshotRunning:
-		if err := c.resumeSnapshot(ctx, client, last); err != nil {
+		if err := c.resumeSnapshot(ctx, client); err != nil {
 			return err
 		}
 	}
@@ -184,7 +199,8 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if written, err = lastWritten(ctx, client, string(c.topo.History())); err != nil {
+	resent, err := readResent(ctx, client, string(c.topo.History()), start)
+	if err != nil {
 		return err
 	}
 	producer, err := sarama.NewAsyncProducerFromClient(client)
@@ -192,7 +208,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
 	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
-		"history_position", written.String())
+		"history_position", resent.last.String(), "resent_in_history", len(resent.positions))
 
 	s := &stream{
 		Capture:  c,
@@ -202,7 +218,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		rels:     newRelations(c.tables),
 		domains:  newDomains(cfg.Postgres.URL),
 		topic:    string(c.topo.History()),
-		written:  written,
+		resent:   resent,
 		failed:   make(chan struct{}),
 	}
 	var acks sync.WaitGroup
@@ -234,6 +250,17 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		return nil
 	}
 	return runErr
+}
+
+// missingTypes lists the types of want that have is missing.
+func missingTypes(have, want []string) []string {
+	var out []string
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // slotPosition reads the slot's confirmed flush position.
@@ -303,6 +330,9 @@ func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error)
 		return nil, fmt.Errorf("postgres url: %w", err)
 	}
 	pc.RuntimeParams["replication"] = "database"
+	// After EXPORT_SNAPSHOT the connection idles in a transaction for the
+	// whole copy.
+	pc.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres for replication: %w", err)
@@ -319,9 +349,8 @@ type stream struct {
 	rels     *relations
 	domains  *domains
 	topic    string
-	// written is the position of the last change in the history when the
-	// stream started; changes at or before it are already there.
-	written codecs.Position
+	// resent is what the history holds of the changes PostgreSQL resends.
+	resent *resent
 
 	// The transaction being decoded.
 	cur        *txn
@@ -599,7 +628,14 @@ func (s *stream) event(rel *relation, op codecs.Op) *codecs.Event {
 
 // produce sends ev to the history topic as part of the current transaction.
 func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) error {
-	if ev.Position.Compare(s.written) <= 0 {
+	if err := s.failure(); err != nil {
+		return err // nothing more after a failed write: it would land after the hole
+	}
+	done, err := s.resent.written(ev.Position)
+	if err != nil {
+		return fmt.Errorf("%w (table %s id %d)", err, rel.table.qualified(), ev.EntityID)
+	}
+	if done {
 		s.metrics.skipped.Inc()
 		return nil
 	}
@@ -630,11 +666,7 @@ func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sara
 		return nil, fmt.Errorf("encode change of %s id %d: %w", t.qualified(), ev.EntityID, err)
 	}
 	key := ev.EntityType + "/" + strconv.FormatInt(ev.EntityID, 10)
-	if size := len(value) + len(key) + 256; size > maxBytes {
-		return nil, fmt.Errorf("%w: table %s id %d at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
-			ErrRecordTooLarge, t.qualified(), ev.EntityID, ev.Position, size, maxBytes)
-	}
-	return &sarama.ProducerMessage{
+	msg := &sarama.ProducerMessage{
 		Topic:     topic,
 		Key:       sarama.StringEncoder(key),
 		Value:     sarama.ByteEncoder(value),
@@ -646,5 +678,12 @@ func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sara
 			{Key: []byte(HeaderCommitTime), Value: []byte(ev.CommitTime.Format(time.RFC3339Nano))},
 			{Key: []byte(HeaderCaptureTime), Value: []byte(ev.CaptureTime.Format(time.RFC3339Nano))},
 		},
-	}, nil
+	}
+	// Measured the way sarama will (record batch format), so nothing it
+	// would reject gets past this check.
+	if size := msg.ByteSize(2); size > maxBytes {
+		return nil, fmt.Errorf("%w: table %s id %d at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
+			ErrRecordTooLarge, t.qualified(), ev.EntityID, ev.Position, size, maxBytes)
+	}
+	return msg, nil
 }

@@ -26,3 +26,11 @@ var ErrRecordTooLarge = errors.New("change exceeds the maximum record size")
 // operator who accepts the gap runs the capture once with WithRecreateSlot
 // (changes capture --recreate-slot).
 var ErrSlotMissing = errors.New("replication slot is missing")
+
+// ErrHistoryGap is returned by Run when a change PostgreSQL resends is missing
+// from the history although later changes are in it: a Kafka write failed
+// after later writes succeeded (sarama goes on with later batches). Writing
+// the change now would break the history's order, skipping it would lose it,
+// so the capture stops. The history must be rebuilt: stop the platform, drop
+// the slot, delete the topics, and start again (a new snapshot is taken).
+var ErrHistoryGap = errors.New("the history has a gap")

@@ -67,13 +67,15 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t table) error {
 		return fmt.Errorf("look up table %s: %w", t.qualified(), err)
 	}
 	var typ string
-	var inKey bool
+	var inKey, unique bool
 	err = conn.QueryRow(ctx, `
 		select format_type(a.atttypid, a.atttypmod),
 		       exists (select 1 from pg_index i where i.indrelid = a.attrelid and a.attnum = any(i.indkey)
-		               and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident)))
+		               and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident))),
+		       a.attnotnull and exists (select 1 from pg_index i where i.indrelid = a.attrelid and i.indisunique
+		               and i.indpred is null and i.indnkeyatts = 1 and i.indkey[0] = a.attnum)
 		from pg_attribute a join pg_class c on c.oid = a.attrelid
-		where a.attrelid = $1 and a.attname = $2 and a.attnum > 0 and not a.attisdropped`, relID, t.idColumn).Scan(&typ, &inKey)
+		where a.attrelid = $1 and a.attname = $2 and a.attnum > 0 and not a.attisdropped`, relID, t.idColumn).Scan(&typ, &inKey, &unique)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return setupErr("table %s has no id column %q (entities[].id_column)", t.qualified(), t.idColumn)
 	}
@@ -84,6 +86,9 @@ func checkTable(ctx context.Context, conn *pgx.Conn, t table) error {
 	case "smallint", "integer", "bigint":
 	default:
 		return setupErr("id column %s.%s is %s: it must be smallint, integer or bigint", t.qualified(), t.idColumn, typ)
+	}
+	if !unique {
+		return setupErr("id column %s.%s is not NOT NULL with a unique index of its own: an entity id must identify one row (make it the primary key)", t.qualified(), t.idColumn)
 	}
 	switch identity {
 	case "f":

@@ -34,20 +34,32 @@ type snapshotFrom struct {
 	resuming bool
 }
 
-// resumeFrom works out where an interrupted snapshot goes on: after the last
-// snapshot row in the history, if it belongs to this slot's snapshot, else
-// from the start.
-func (c *Capture) resumeFrom(last *codecs.Event, base codecs.LSN) snapshotFrom {
-	from := snapshotFrom{base: base}
-	if last == nil || last.Op != codecs.OpSnapshot || last.CommitLSN != base {
-		return from
+// resumeFrom works out where an interrupted snapshot goes on, from the
+// snapshot rows of this slot (commit LSN base) at the end of the history,
+// oldest first. It resumes after the last row before the first gap in their
+// indices (a write that failed while later ones succeeded), so no row is
+// left out; rows after the gap are copied again, with new indices after the
+// last one written, so positions keep increasing.
+func (c *Capture) resumeFrom(rows []*codecs.Event, base codecs.LSN) snapshotFrom {
+	if len(rows) == 0 {
+		return snapshotFrom{base: base}
 	}
-	for i, t := range c.tables {
-		if t.entityType == last.EntityType {
-			return snapshotFrom{base: base, index: last.Position.Index + 1, table: i, after: last.EntityID, resuming: true}
+	after := rows[len(rows)-1]
+	for i := 1; i < len(rows); i++ {
+		if rows[i].Position.Index != rows[i-1].Position.Index+1 {
+			after = rows[i-1]
+			c.log.Warn("snapshot: a gap in the copied rows; copying again from before it",
+				"after_index", rows[i-1].Position.Index, "next_index_written", rows[i].Position.Index)
+			break
 		}
 	}
-	return from
+	next := rows[len(rows)-1].Position.Index + 1
+	for i, t := range c.tables {
+		if t.entityType == after.EntityType {
+			return snapshotFrom{base: base, index: next, table: i, after: after.EntityID, resuming: true}
+		}
+	}
+	return snapshotFrom{base: base, index: next}
 }
 
 // copySnapshot copies every row of the captured tables, as tx sees them, to
@@ -108,6 +120,9 @@ func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Async
 				args = append(args, after)
 			}
 			sql := fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, pgx.Identifier{t.idColumn}.Sanitize(), snapshotBatch)
+			if err := c.checkLock(ctx); err != nil {
+				return err
+			}
 			n, last, err := c.copyBatch(ctx, tx, producer, failed, t, topic, sql, args, from.base, &index, taken)
 			if err != nil {
 				return err
@@ -160,6 +175,9 @@ func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 		if last, err = strconv.ParseInt(string(raw[idIndex]), 10, 64); err != nil {
 			return 0, 0, fmt.Errorf("snapshot of %s: id %q: %w", t.qualified(), raw[idIndex], err)
 		}
+		if *index == math.MaxUint32 {
+			return 0, 0, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
+		}
 		ev := &codecs.Event{
 			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot, After: row,
 			CommitLSN: base, Position: codecs.Position{CommitLSN: base, Index: *index},
@@ -172,12 +190,9 @@ func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 		select {
 		case producer.Input() <- msg:
 		case <-failed:
-			return 0, 0, nil // copySnapshot reports the producer's error
+			return 0, 0, errSnapshotWriteFailed // copySnapshot reports the producer's error
 		case <-ctx.Done():
 			return 0, 0, ctx.Err()
-		}
-		if *index == math.MaxUint32 {
-			return 0, 0, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
 		}
 		*index++
 		n++
@@ -193,10 +208,10 @@ func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 // stream meet exactly: a row committed during the copy is in the stream, not
 // in the copy. The state topic says "running" before the slot exists and
 // "done" after Kafka has every row, so a crash in between resumes.
-func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn, client sarama.Client) error {
+func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn, client sarama.Client, written codecs.Position) error {
 	cfg := c.topo.Config()
 	stateTopic := string(c.topo.CaptureState())
-	if err := writeState(client, stateTopic, cfg.Postgres.Slot, snapshotRunning); err != nil {
+	if err := writeState(client, stateTopic, cfg.Postgres.Slot, snapshotRunning, c.entityTypes()); err != nil {
 		return err
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, replConn, cfg.Postgres.Slot, "pgoutput",
@@ -211,10 +226,14 @@ func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn
 	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", cp.String(), "snapshot", res.SnapshotName)
 	// The exported snapshot lives until replConn runs its next command
 	// (START_REPLICATION, after the copy).
+	if cp <= written.CommitLSN {
+		return fmt.Errorf("%w: the new slot starts at %s, not after the history's last change at %s (another server?): its changes would sort before what the history holds",
+			ErrSetup, cp, written)
+	}
 	if err := c.snapshot(ctx, client, res.SnapshotName, snapshotFrom{base: cp - 1}); err != nil {
 		return err
 	}
-	return writeState(client, stateTopic, cfg.Postgres.Slot, snapshotDone)
+	return writeState(client, stateTopic, cfg.Postgres.Slot, snapshotDone, c.entityTypes())
 }
 
 // resumeSnapshot goes on with a snapshot a crash interrupted. The exported
@@ -223,19 +242,26 @@ func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn
 // committed since is streamed after the copy. Nothing is lost; a row changed
 // between the two snapshots shows its newer state first, then its changes
 // again in commit order, ending at the same latest state.
-func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client, last *codecs.Event) error {
+func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client) error {
 	cfg := c.topo.Config()
 	start, err := c.slotPosition(ctx)
 	if err != nil {
 		return err
 	}
-	from := c.resumeFrom(last, start-1)
+	base := start - 1
+	rows, err := readBack(ctx, client, string(c.topo.History()), func(ev *codecs.Event) bool {
+		return ev.Op == codecs.OpSnapshot && ev.CommitLSN == base
+	})
+	if err != nil {
+		return err
+	}
+	from := c.resumeFrom(rows, base)
 	c.log.Warn("resuming an interrupted initial snapshot from a new database snapshot",
 		"slot", cfg.Postgres.Slot, "table_index", from.table, "after_id", from.after, "index", from.index)
 	if err := c.snapshot(ctx, client, "", from); err != nil {
 		return err
 	}
-	return writeState(client, string(c.topo.CaptureState()), cfg.Postgres.Slot, snapshotDone)
+	return writeState(client, string(c.topo.CaptureState()), cfg.Postgres.Slot, snapshotDone, c.entityTypes())
 }
 
 // snapshot copies the tables in a repeatable-read, read-only transaction,
@@ -270,13 +296,36 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
+// checkLock fails when the connection holding the slot's advisory lock is
+// gone: another capture could then take the slot while this one works.
+func (c *Capture) checkLock(ctx context.Context) error {
+	if c.lock == nil {
+		return nil
+	}
+	if err := c.lock.Ping(ctx); err != nil {
+		return fmt.Errorf("lost the connection that holds the slot's lock, so another capture may take over: %w", err)
+	}
+	return nil
+}
+
+// errSnapshotWriteFailed stops the copy after a failed Kafka write; the
+// producer's own error is what copySnapshot returns.
+var errSnapshotWriteFailed = errors.New("a snapshot row was not written")
+
 // errSlotBusy is returned by lockSlot when another capture holds the slot.
 var errSlotBusy = errors.New("another capture holds the slot")
 
 // lockSlot takes a session advisory lock named after the slot on a
 // connection of its own; closing the connection releases it.
 func lockSlot(ctx context.Context, url, slot string) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, url)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres url: %w", err)
+	}
+	// The connection idles while it holds the lock: no server timeout may end it.
+	cfg.RuntimeParams["idle_session_timeout"] = "0"
+	cfg.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres: %w", err)
 	}
@@ -290,4 +339,13 @@ func lockSlot(ctx context.Context, url, slot string) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("%w %s", errSlotBusy, slot)
 	}
 	return conn, nil
+}
+
+// entityTypes lists the captured entity types, in config order.
+func (c *Capture) entityTypes() []string {
+	out := make([]string, len(c.tables))
+	for i, t := range c.tables {
+		out[i] = t.entityType
+	}
+	return out
 }

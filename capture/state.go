@@ -17,9 +17,11 @@ const (
 
 // captureState is the capture's record per slot in the capture-state topic.
 type captureState struct {
-	Slot     string    `json:"slot"`
-	Snapshot string    `json:"snapshot"`
-	Updated  time.Time `json:"updated"`
+	Slot     string `json:"slot"`
+	Snapshot string `json:"snapshot"`
+	// Types are the entity types the snapshot copies or copied.
+	Types   []string  `json:"types"`
+	Updated time.Time `json:"updated"`
 }
 
 // readState returns the latest state of slot, or the zero state when there
@@ -76,13 +78,13 @@ func readState(ctx context.Context, client sarama.Client, topic, slot string) (c
 }
 
 // writeState records the snapshot state of slot; it returns once Kafka has it.
-func writeState(client sarama.Client, topic, slot, snapshot string) error {
+func writeState(client sarama.Client, topic, slot, snapshot string, types []string) error {
 	producer, err := sarama.NewSyncProducerFromClient(client)
 	if err != nil {
 		return fmt.Errorf("capture state producer: %w", err)
 	}
 	defer producer.Close()
-	value, err := json.Marshal(captureState{Slot: slot, Snapshot: snapshot, Updated: time.Now().UTC()})
+	value, err := json.Marshal(captureState{Slot: slot, Snapshot: snapshot, Types: types, Updated: time.Now().UTC()})
 	if err != nil {
 		return err
 	}

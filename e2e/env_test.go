@@ -48,7 +48,7 @@ func stack(t testing.TB) env {
 		// A run killed by -timeout skips its cleanup; its slot would hold WAL
 		// and a slot of the stack's limited number forever.
 		_, err = conn.Exec(ctx, `select pg_drop_replication_slot(slot_name) from pg_replication_slots
-			where not active and slot_name ~ '^(slice|sigterm|demo)_[0-9a-f]{8}$'`)
+			where not active and slot_name ~ '^e2e_[a-z_]+_[0-9a-f]{8}$'`)
 		if err != nil {
 			t.Logf("dropping stale test slots: %v", err)
 		}
@@ -62,7 +62,7 @@ var dropStaleSlots sync.Once
 func uniqueName(prefix string) string {
 	b := make([]byte, 4)
 	rand.Read(b)
-	return prefix + "_" + hex.EncodeToString(b)
+	return "e2e_" + prefix + "_" + hex.EncodeToString(b)
 }
 
 // testConfig builds a validated config for the stack with its own topic

@@ -166,6 +166,8 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 			break
 		}
 		if ctx.Err() != nil {
+			first.Process.Kill()
+			first.Wait()
 			t.Fatalf("the snapshot did not start:\n%s", stderr)
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -1,0 +1,61 @@
+package capture
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+func pos(lsn codecs.LSN, i uint32) codecs.Position { return codecs.Position{CommitLSN: lsn, Index: i} }
+
+func TestResentWritten(t *testing.T) {
+	r := &resent{positions: map[codecs.Position]bool{pos(100, 0): true, pos(100, 2): true, pos(200, 0): true}, last: pos(200, 0)}
+	for _, c := range []struct {
+		p       codecs.Position
+		written bool
+		gap     bool
+	}{
+		{pos(100, 0), true, false},
+		{pos(100, 1), false, true}, // missing although later changes are there
+		{pos(100, 2), true, false},
+		{pos(200, 0), true, false},
+		{pos(200, 1), false, false}, // after the history's end: write it
+		{pos(300, 0), false, false},
+	} {
+		got, err := r.written(c.p)
+		if got != c.written || errors.Is(err, ErrHistoryGap) != c.gap {
+			t.Errorf("written(%s) = %v, %v; want %v, gap %v", c.p, got, err, c.written, c.gap)
+		}
+	}
+	empty := &resent{positions: map[codecs.Position]bool{}}
+	if got, err := empty.written(pos(1, 0)); got || err != nil {
+		t.Errorf("empty history: written = %v, %v", got, err)
+	}
+}
+
+func TestResumeFrom(t *testing.T) {
+	c := &Capture{tables: []table{{entityType: "a", idColumn: "id"}, {entityType: "b", idColumn: "id"}}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	row := func(typ string, id int64, idx uint32) *codecs.Event {
+		return &codecs.Event{EntityType: typ, EntityID: id, Op: codecs.OpSnapshot, CommitLSN: 99, Position: pos(99, idx)}
+	}
+	for _, tc := range []struct {
+		name string
+		rows []*codecs.Event
+		want snapshotFrom
+	}{
+		{"nothing copied", nil, snapshotFrom{base: 99}},
+		{"contiguous: after the last row", []*codecs.Event{row("a", 7, 5), row("a", 9, 6), row("b", 1, 7)},
+			snapshotFrom{base: 99, index: 8, table: 1, after: 1, resuming: true}},
+		{"a gap: after the row before it, new indices after the last", []*codecs.Event{row("a", 7, 5), row("a", 9, 6), row("a", 12, 9), row("b", 1, 10)},
+			snapshotFrom{base: 99, index: 11, table: 0, after: 9, resuming: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := c.resumeFrom(tc.rows, 99); got != tc.want {
+				t.Errorf("resumeFrom = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
