@@ -186,15 +186,9 @@ func (c *Capture) runOnce(ctx context.Context) error {
 			return err
 		}
 	}
-	// 0/0: from the slot's confirmed position, whatever it is by now.
-	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
-	})
-	if err != nil {
-		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
-	}
-	// The slot is ours now: no other capture can move it or write to the
-	// history, so its position and the history's end are stable.
+	// The advisory lock keeps every other capture off the slot, so its
+	// position and the history's end are stable from here on; reading them
+	// before START_REPLICATION makes an active slot mean a streaming capture.
 	start, err := c.slotPosition(ctx)
 	if err != nil {
 		return err
@@ -206,6 +200,13 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	producer, err := sarama.NewAsyncProducerFromClient(client)
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
+	}
+	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
+	})
+	if err != nil {
+		producer.Close()
+		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
 	}
 	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
 		"history_position", resent.last.String(), "resent_in_history", len(resent.positions))

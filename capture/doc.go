@@ -14,10 +14,12 @@
 //
 // # One writer
 //
-// The slot admits one stream at a time. A second capture on the same slot
-// waits as a standby (changes_capture_standby = 1) and takes over when the
-// first one stops; only after it holds the slot does it read the slot's
-// position and the end of the history.
+// A capture holds a session advisory lock named after its slot for as long
+// as it runs, and the slot admits one stream at a time. A second capture on
+// the same slot waits as a standby (changes_capture_standby = 1) and takes
+// over when the first one stops; only once it holds the lock does it read the
+// slot's position and the end of the history, and it starts streaming only
+// when it is ready to write, so an active slot means a streaming capture.
 //
 // # No duplicates
 //
