@@ -6,20 +6,26 @@ import (
 )
 
 // State is the latest known state of one entity: the value of its key in the
-// snapshot table of its type. A deleted entity has no State (its key is
-// deleted from the table).
+// snapshot table of its type. A deleted entity keeps a State with Deleted set
+// and no row for a grace period, so a redelivered older change cannot bring
+// it back; then the processor replaces it with a Kafka tombstone. Readers
+// treat a deleted State as no entity (views do).
 type State struct {
 	// EntityType and EntityID identify the entity.
 	EntityType string `json:"type"`
 	EntityID   int64  `json:"id,string"`
-	// Row is the entity's row as of Position.
+	// Row is the entity's row as of Position; nil when Deleted.
 	Row Row `json:"row"`
+	// Deleted marks an entity whose last change was a delete.
+	Deleted bool `json:"deleted,omitempty"`
 	// Position is the position of the last change applied. The snapshot
 	// processor ignores any change at or before it, which makes applying a
 	// redelivered change a no-op.
 	Position Position `json:"position"`
 	// CommitTime is the commit time of the last change applied.
 	CommitTime time.Time `json:"commit_time"`
+	// AppliedTime is when the snapshot processor applied it.
+	AppliedTime time.Time `json:"applied_time"`
 }
 
 // Validate checks the fields every reader relies on.
@@ -27,8 +33,10 @@ func (s *State) Validate() error {
 	switch {
 	case s.EntityType == "":
 		return errors.New("type is empty")
-	case s.Row == nil:
+	case s.Row == nil && !s.Deleted:
 		return errors.New("row is missing")
+	case s.Row != nil && s.Deleted:
+		return errors.New("a deleted state has a row")
 	case s.Position.IsZero():
 		return errors.New("position is zero")
 	}

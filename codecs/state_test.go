@@ -6,17 +6,19 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/changes-dev/changes/codecs"
 )
 
 func state() *codecs.State {
 	return &codecs.State{
-		EntityType: "account",
-		EntityID:   1<<53 + 1,
-		Row:        codecs.Row{"id": json.RawMessage(`9007199254740993`), "name": json.RawMessage(`"acme"`), "n": json.RawMessage(`null`)},
-		Position:   codecs.Position{CommitLSN: commitLSN, Index: 2},
-		CommitTime: commitTime,
+		EntityType:  "account",
+		EntityID:    1<<53 + 1,
+		Row:         codecs.Row{"id": json.RawMessage(`9007199254740993`), "name": json.RawMessage(`"acme"`), "n": json.RawMessage(`null`)},
+		Position:    codecs.Position{CommitLSN: commitLSN, Index: 2},
+		CommitTime:  commitTime,
+		AppliedTime: commitTime.Add(3 * time.Millisecond),
 	}
 }
 
@@ -51,13 +53,31 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 }
 
+func TestDeletedState(t *testing.T) {
+	del := state()
+	del.Row, del.Deleted = nil, true
+	b, err := codecs.StateCodec{}.Encode(del)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := codecs.StateCodec{}.Decode(b)
+	if err != nil || !reflect.DeepEqual(got, del) {
+		t.Fatalf("Decode(Encode(deleted)) = %+v, %v", got, err)
+	}
+	withRow := state()
+	withRow.Deleted = true
+	if _, err := (codecs.StateCodec{}).Encode(withRow); err == nil {
+		t.Error("a deleted state with a row was encoded")
+	}
+}
+
 func TestStateJSON(t *testing.T) {
 	b, err := codecs.StateCodec{}.Encode(state())
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := `{"type":"account","id":"9007199254740993","row":{"id":9007199254740993,"n":null,"name":"acme"},` +
-		`"position":"00000016B374D848:00000002","commit_time":"2026-11-25T20:00:00.123456Z"}`
+		`"position":"00000016B374D848:00000002","commit_time":"2026-11-25T20:00:00.123456Z","applied_time":"2026-11-25T20:00:00.126456Z"}`
 	if string(b) != want {
 		t.Errorf("Encode\n got %s\nwant %s", b, want)
 	}

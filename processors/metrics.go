@@ -13,6 +13,7 @@ type metrics struct {
 	applied     *prometheus.CounterVec
 	skipped     *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
+	tombstones  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -29,6 +30,10 @@ func newMetrics() *metrics {
 			Name: "changes_snapshot_skipped_total",
 			Help: "Changes not applied because the table already holds a state at or after their position (redelivery).",
 		}, []string{"entity_type"}),
+		tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_snapshot_tombstones_total",
+			Help: "Deleted entities whose grace period ended, replaced by a Kafka tombstone.",
+		}, []string{"entity_type"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_processor_deadletters_total",
 			Help: "Records sent to the dead-letter topic because they could not be decoded or applied, by consumer group.",
@@ -39,7 +44,7 @@ func newMetrics() *metrics {
 // register registers the metrics with r, reusing the series that processors
 // built before with the same registerer registered.
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters} {
+	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters, &m.tombstones} {
 		var err error
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return err

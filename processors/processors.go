@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/lovoo/goka"
@@ -180,14 +181,25 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 	return p, nil
 }
 
+// sweepVisitor is the visitor of a snapshot processor that replaces deleted
+// states older than topics.delete_grace by Kafka tombstones; Sweep runs it.
+const sweepVisitor = "sweep-deleted"
+
+// Sweep writes a Kafka tombstone for every deleted entity of a snapshot
+// processor's partitions whose grace period is over, so compaction removes
+// it. Run calls it every sweepInterval; it blocks until the visit is done.
+func Sweep(ctx context.Context, p *goka.Processor) error {
+	return p.VisitAll(ctx, sweepVisitor, nil)
+}
+
 // NewSnapshot builds the processor that keeps the latest State of every entity
 // of entityType in its group table (topo.Snapshot(entityType)).
 //
 // A change is applied only if its position is after the stored state's, so a
-// redelivered change is a no-op. An insert or update stores the row after;
-// columns PostgreSQL did not send (unchanged TOASTed values) keep their stored
-// value. A delete deletes the key, which writes a tombstone to the compacted
-// changelog.
+// redelivered change is a no-op. A snapshot row, insert or update stores the
+// row after; columns PostgreSQL did not send (unchanged TOASTed values) keep
+// their stored value. A delete stores a deleted state that keeps the position
+// for topics.delete_grace; Sweep then replaces it by a Kafka tombstone.
 func NewSnapshot(topo *topology.Topology, entityType string, opts ...Option) (*goka.Processor, error) {
 	o, err := newOptions(topo, opts)
 	if err != nil {
@@ -217,15 +229,21 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		}
 		switch ev.Op {
 		case codecs.OpDelete:
-			if cur == nil {
-				o.metrics.skipped.WithLabelValues(entityType).Inc()
-				return
-			}
-			gctx.Delete()
+			// The entity keeps its position for the grace period, so an older
+			// change delivered again cannot bring it back; the sweep then
+			// writes the Kafka tombstone.
+			gctx.SetValue(&codecs.State{
+				EntityType:  ev.EntityType,
+				EntityID:    ev.EntityID,
+				Deleted:     true,
+				Position:    ev.Position,
+				CommitTime:  ev.CommitTime,
+				AppliedTime: time.Now().UTC(),
+			})
 		case codecs.OpSnapshot, codecs.OpInsert, codecs.OpUpdate:
 			row := ev.After
 			for _, col := range ev.Unchanged {
-				if cur != nil {
+				if cur != nil && !cur.Deleted {
 					if v, ok := cur.Row[col]; ok {
 						row[col] = v
 						continue
@@ -234,11 +252,12 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 				log.Warn("unchanged TOASTed column has no stored value", "entity_id", ev.EntityID, "column", col)
 			}
 			gctx.SetValue(&codecs.State{
-				EntityType: ev.EntityType,
-				EntityID:   ev.EntityID,
-				Row:        row,
-				Position:   ev.Position,
-				CommitTime: ev.CommitTime,
+				EntityType:  ev.EntityType,
+				EntityID:    ev.EntityID,
+				Row:         row,
+				Position:    ev.Position,
+				CommitTime:  ev.CommitTime,
+				AppliedTime: time.Now().UTC(),
 			})
 		default:
 			deadLetter(gctx, o, topo, raw, fmt.Sprintf("operation %s cannot be applied to one entity", ev.Op))
@@ -246,8 +265,16 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		}
 		o.metrics.applied.WithLabelValues(entityType, string(ev.Op)).Inc()
 	}
+	grace := topo.Config().Topics.DeleteGrace
+	sweep := func(gctx goka.Context, _ any) {
+		if cur, _ := gctx.Value().(*codecs.State); cur != nil && cur.Deleted && time.Since(cur.AppliedTime) >= grace {
+			gctx.Delete()
+			o.metrics.tombstones.WithLabelValues(entityType).Inc()
+		}
+	}
 	g := goka.DefineGroup(topo.SnapshotGroup(entityType),
 		goka.Input(topo.Events(entityType), new(codec.Bytes), apply),
+		goka.Visitor(sweepVisitor, sweep),
 		goka.Persist(codecs.GokaCodec[*codecs.State](codecs.StateCodec{})),
 		goka.Output(topo.DeadLetter(), new(codec.Bytes)),
 	)
@@ -287,6 +314,35 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 			}
 			return nil
 		})
+		if name != string(topo.RouterGroup()) {
+			g.Go(func() error { sweepEvery(gctx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log); return nil })
+		}
 	}
 	return g.Wait()
+}
+
+// sweepInterval runs the tombstone sweep four times per grace period, at
+// least every hour and at most every second.
+func sweepInterval(grace time.Duration) time.Duration {
+	return min(max(grace/4, time.Second), time.Hour)
+}
+
+// sweepEvery runs Sweep on p every interval until ctx is done. A failed
+// sweep is logged and tried again: the deleted states stay correct meanwhile.
+func sweepEvery(ctx context.Context, p *goka.Processor, interval time.Duration, log *slog.Logger) {
+	if err := p.WaitForReadyContext(ctx); err != nil {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := Sweep(ctx, p); err != nil && ctx.Err() == nil {
+			log.Warn("tombstone sweep failed", "err", err)
+		}
+	}
 }

@@ -31,6 +31,7 @@ func testTopology(t *testing.T) *topology.Topology {
 		t.Fatal(err)
 	}
 	cfg.Storage = t.TempDir()
+	cfg.Topics.DeleteGrace = time.Nanosecond // the sweep test needs it over at once
 	return topology.New(cfg)
 }
 
@@ -183,8 +184,23 @@ func TestSnapshot(t *testing.T) {
 	}
 
 	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpDelete, 300, 0, "")))
+	if st := state("1"); st == nil || !st.Deleted || st.Row != nil || st.Position.CommitLSN != 300 {
+		t.Fatalf("after delete: %+v, want a deleted state at 300", st)
+	}
+	// An older change delivered again does not bring the entity back.
+	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpInsert, 250, 0, `{"id": 1, "name": "ghost"}`)))
+	if st := state("1"); st == nil || !st.Deleted {
+		t.Fatalf("an older insert after the delete was applied: %+v", st)
+	}
+	// Once the grace period is over, the sweep writes the Kafka tombstone.
+	if err := processors.Sweep(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
 	if st := state("1"); st != nil {
-		t.Fatalf("after delete: %+v, want no state", st)
+		t.Fatalf("after the sweep: %+v, want a tombstone", st)
+	}
+	if got := counter(t, reg, "changes_snapshot_tombstones_total"); got != 1 {
+		t.Errorf("tombstones counted %v, want 1", got)
 	}
 
 	bad := []struct {

@@ -91,6 +91,11 @@ type TopicsConfig struct {
 	// EventsRetention is how long the per-type event topics keep changes;
 	// they are rebuilt from the history. Default: 168h (7 days).
 	EventsRetention time.Duration `yaml:"events_retention"`
+	// DeleteGrace is how long a deleted entity keeps its position in the
+	// snapshot table before a Kafka tombstone replaces it; a change older
+	// than the delete that is delivered again within it is ignored.
+	// Default: 24h.
+	DeleteGrace time.Duration `yaml:"delete_grace"`
 }
 
 // EntityConfig declares one captured table as one entity type.
@@ -118,6 +123,7 @@ const (
 	DefaultPrefix            = "changes"
 	DefaultHistoryRetention  = 30 * 24 * time.Hour
 	DefaultEventsRetention   = 7 * 24 * time.Hour
+	DefaultDeleteGrace       = 24 * time.Hour
 	DefaultStorage           = "data"
 	DefaultMetrics           = "127.0.0.1:9464"
 	DefaultIDColumn          = "id"
@@ -216,6 +222,9 @@ func (c *Config) applyDefaults() {
 	if c.Topics.EventsRetention == 0 {
 		c.Topics.EventsRetention = DefaultEventsRetention
 	}
+	if c.Topics.DeleteGrace == 0 {
+		c.Topics.DeleteGrace = DefaultDeleteGrace
+	}
 	setDefault(&c.Storage, DefaultStorage)
 	for i := range c.Entities {
 		e := &c.Entities[i]
@@ -287,6 +296,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Topics.EventsRetention < time.Hour {
 		return fieldErr("topics.events_retention", "must be at least 1h, got %s", c.Topics.EventsRetention)
+	}
+	if c.Topics.DeleteGrace < 0 {
+		return fieldErr("topics.delete_grace", "must not be negative, got %s", c.Topics.DeleteGrace)
 	}
 	if len(c.Entities) == 0 {
 		return fieldErr("entities", "declare at least one entity type")

@@ -58,6 +58,7 @@ topics:
   prefix: acme.prod
   history_retention: 48h
   events_retention: 2h
+  delete_grace: 30m
 storage: /var/lib/x
 metrics: 0.0.0.0:9000
 entities:
@@ -107,6 +108,7 @@ func TestParseFull(t *testing.T) {
 			Prefix:           "acme.prod",
 			HistoryRetention: 48 * time.Hour,
 			EventsRetention:  2 * time.Hour,
+			DeleteGrace:      30 * time.Minute,
 		},
 		Storage: "/var/lib/x",
 		Metrics: "0.0.0.0:9000",
@@ -146,6 +148,7 @@ func TestParseDefaults(t *testing.T) {
 		{"topics.prefix", cfg.Topics.Prefix, topology.DefaultPrefix, "changes"},
 		{"topics.history_retention", cfg.Topics.HistoryRetention, topology.DefaultHistoryRetention, 720 * time.Hour},
 		{"topics.events_retention", cfg.Topics.EventsRetention, topology.DefaultEventsRetention, 168 * time.Hour},
+		{"topics.delete_grace", cfg.Topics.DeleteGrace, topology.DefaultDeleteGrace, 24 * time.Hour},
 		{"storage", cfg.Storage, topology.DefaultStorage, "data"},
 		{"metrics", cfg.Metrics, topology.DefaultMetrics, "127.0.0.1:9464"},
 		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
@@ -446,6 +449,7 @@ func TestParseInvalid(t *testing.T) {
 		{"prefix too long", func(c *topology.Config) { c.Topics.Prefix = strings.Repeat("p", 151) }, "topics.prefix"},
 		{"history retention", func(c *topology.Config) { c.Topics.HistoryRetention = 59 * time.Minute }, "topics.history_retention"},
 		{"events retention", func(c *topology.Config) { c.Topics.EventsRetention = time.Second }, "topics.events_retention"},
+		{"negative delete grace", func(c *topology.Config) { c.Topics.DeleteGrace = -time.Second }, "topics.delete_grace"},
 		{"no entities", func(c *topology.Config) { c.Entities = nil }, "entities"},
 		{"type uppercase", func(c *topology.Config) { c.Entities[1].Type = "Campaign" }, "entities[1].type"},
 		{"type starts with digit", func(c *topology.Config) { c.Entities[1].Type = "1campaign" }, "entities[1].type"},

@@ -21,7 +21,8 @@ import (
 type Update struct {
 	// EntityID is the id of the changed entity.
 	EntityID int64
-	// State is the entity's new state; nil when it was deleted.
+	// State is the entity's new state; nil when it was deleted (a deleted
+	// state or the tombstone that follows it).
 	State *codecs.State
 	// Partition and Offset locate the change in the table topic.
 	Partition int32
@@ -116,6 +117,9 @@ func (v *View) update(uctx goka.UpdateContext, s storage.Storage, key string, va
 			v.log.Warn("table record does not decode", "entity_id", id, "partition", uctx.Partition(), "offset", uctx.Offset(), "err", err)
 			return nil
 		}
+		if u.State.Deleted {
+			u.State = nil
+		}
 	}
 	v.hook(u)
 	return nil
@@ -159,6 +163,9 @@ func (v *View) Get(id int64) (*codecs.State, error) {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
 	}
 	st, _ := val.(*codecs.State)
+	if st != nil && st.Deleted {
+		return nil, nil
+	}
 	return st, nil
 }
 
@@ -175,7 +182,7 @@ func (v *View) Each(fn func(*codecs.State) error) error {
 		if err != nil {
 			return fmt.Errorf("view %s key %s: %w", v.entityType, it.Key(), err)
 		}
-		if st, ok := val.(*codecs.State); ok {
+		if st, ok := val.(*codecs.State); ok && !st.Deleted {
 			if err := fn(st); err != nil {
 				return err
 			}
