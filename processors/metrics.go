@@ -14,6 +14,7 @@ type metrics struct {
 	skipped     *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
 	tombstones  *prometheus.CounterVec
+	restarts    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -34,6 +35,10 @@ func newMetrics() *metrics {
 			Name: "changes_snapshot_tombstones_total",
 			Help: "Deleted entities whose grace period ended, replaced by a Kafka tombstone.",
 		}, []string{"entity_type"}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_processor_restarts_total",
+			Help: "Times a processor failed and was restarted, by consumer group.",
+		}, []string{"group"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_processor_deadletters_total",
 			Help: "Records sent to the dead-letter topic because they could not be decoded or applied, by consumer group.",
@@ -44,7 +49,7 @@ func newMetrics() *metrics {
 // register registers the metrics with r, reusing the series that processors
 // built before with the same registerer registered.
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters, &m.tombstones} {
+	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters, &m.tombstones, &m.restarts} {
 		var err error
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return err

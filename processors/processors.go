@@ -2,7 +2,6 @@ package processors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -285,38 +284,61 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	return p, nil
 }
 
-// Run builds the router and one snapshot processor per entity type and runs
-// them until ctx is cancelled (then it returns nil) or one of them fails (then
-// it stops the others and returns that error; the caller restarts).
+// Run runs the router and one snapshot processor per entity type until ctx
+// is cancelled (then it returns nil). goka stops a processor on any error by
+// design: Run rebuilds and restarts it with backoff (1 s doubling to 30 s),
+// counts it in changes_processor_restarts_total, and returns the error once
+// one processor failed MaxFailuresInARow times in a row (a run of a minute
+// or more resets the count), stopping the others.
 func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 	o, err := newOptions(topo, opts)
 	if err != nil {
 		return err
 	}
-	procs := map[string]*goka.Processor{}
-	router, err := newRouter(topo, o)
-	if err != nil {
-		return err
+	type member struct {
+		group string
+		build func() (*goka.Processor, error)
+		sweep bool
+		first *goka.Processor // built up front, so a configuration error fails at once
 	}
-	procs[string(topo.RouterGroup())] = router
+	members := []member{{group: string(topo.RouterGroup()), build: func() (*goka.Processor, error) { return newRouter(topo, o) }}}
 	for _, typ := range topo.EntityTypes() {
-		p, err := newSnapshot(topo, typ, o)
-		if err != nil {
+		members = append(members, member{
+			group: string(topo.SnapshotGroup(typ)),
+			build: func() (*goka.Processor, error) { return newSnapshot(topo, typ, o) },
+			sweep: true,
+		})
+	}
+	for i := range members {
+		if members[i].first, err = members[i].build(); err != nil {
 			return err
 		}
-		procs[string(topo.SnapshotGroup(typ))] = p
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	for name, p := range procs {
-		g.Go(func() error {
-			if err := p.Run(gctx); err != nil && !errors.Is(err, context.Canceled) {
-				return fmt.Errorf("processor %s: %w", name, err)
-			}
-			return nil
-		})
-		if name != string(topo.RouterGroup()) {
-			g.Go(func() error { sweepEvery(gctx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log); return nil })
+	for _, m := range members {
+		sup := supervisor{
+			name: m.group, log: o.log, maxFailures: MaxFailuresInARow,
+			first: firstBackoff, max: maxBackoff, stable: stableAfter,
+			restarts: func() { o.metrics.restarts.WithLabelValues(m.group).Inc() },
 		}
+		g.Go(func() error {
+			return sup.run(gctx, func(ctx context.Context) error {
+				p := m.first
+				if p == nil {
+					var err error
+					if p, err = m.build(); err != nil {
+						return err
+					}
+				}
+				m.first = nil // a goka processor runs once
+				runCtx, stop := context.WithCancel(ctx)
+				defer stop()
+				if m.sweep {
+					go sweepEvery(runCtx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log)
+				}
+				return p.Run(runCtx)
+			})
+		})
 	}
 	return g.Wait()
 }
