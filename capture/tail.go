@@ -11,49 +11,22 @@ import (
 	"github.com/changes-dev/changes/codecs"
 )
 
-// lastEvent reads the last record of the single-partition history topic:
+// lastEvent returns the last event of the single-partition history topic:
 // the capture is its only writer and writes in position order, so it tells
-// how far the history goes. It is nil when the topic holds no record.
+// how far the history goes. It is nil when the topic holds no event.
+// Records that are not events (written by something else; the router
+// dead-letters them) carry no position and are passed over.
 func lastEvent(ctx context.Context, client sarama.Client, topic string) (*codecs.Event, error) {
-	newest, err := client.GetOffset(topic, 0, sarama.OffsetNewest)
-	if err != nil {
-		return nil, fmt.Errorf("history end offset: %w", err)
-	}
-	oldest, err := client.GetOffset(topic, 0, sarama.OffsetOldest)
-	if err != nil {
-		return nil, fmt.Errorf("history start offset: %w", err)
-	}
-	if newest <= oldest {
-		return nil, nil
-	}
-	consumer, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
+	first := true
+	events, err := readBack(ctx, client, topic, func(*codecs.Event) bool {
+		keep := first
+		first = false
+		return keep
+	})
+	if err != nil || len(events) == 0 {
 		return nil, err
 	}
-	defer consumer.Close()
-	pc, err := consumer.ConsumePartition(topic, 0, newest-1)
-	if err != nil {
-		return nil, fmt.Errorf("read history at offset %d: %w", newest-1, err)
-	}
-	defer pc.Close()
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	select {
-	case m := <-pc.Messages():
-		ev, err := codecs.EventCodec{}.Decode(m.Value)
-		if err != nil {
-			// Only the capture writes the history: a record it cannot read
-			// means another writer, and skipping by it could lose changes.
-			return nil, fmt.Errorf("the last history record (offset %d) is not an event, so the capture cannot tell what it already wrote: %w", m.Offset, err)
-		}
-		return ev, nil
-	case err := <-pc.Errors():
-		return nil, fmt.Errorf("read history at offset %d: %w", newest-1, err)
-	case <-timeout.C:
-		return nil, fmt.Errorf("read history at offset %d: no record within 30 s", newest-1)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return events[0], nil
 }
 
 // tailWindow is how many records the capture reads back from the end of the
@@ -107,14 +80,13 @@ func readRange(ctx context.Context, consumer sarama.Consumer, topic string, star
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
 	out := make([]*codecs.Event, 0, end-start)
-	for int64(len(out)) < end-start {
+	for {
 		select {
 		case m := <-pc.Messages():
-			ev, err := codecs.EventCodec{}.Decode(m.Value)
-			if err != nil {
-				return nil, fmt.Errorf("history record at offset %d is not an event, so the capture cannot tell what it already wrote: %w", m.Offset, err)
+			// A record that is not an event has no position: pass it over.
+			if ev, err := (codecs.EventCodec{}).Decode(m.Value); err == nil {
+				out = append(out, ev)
 			}
-			out = append(out, ev)
 			if m.Offset >= end-1 {
 				return out, nil
 			}
@@ -126,7 +98,6 @@ func readRange(ctx context.Context, consumer sarama.Consumer, topic string, star
 			return nil, ctx.Err()
 		}
 	}
-	return out, nil
 }
 
 // resent is what the history already holds of the changes PostgreSQL resends

@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+// platformRun is the whole platform and the views of every type, in process.
+type platformRun struct {
+	stop  func()
+	views map[string]*views.View
+}
+
+func startPlatform(t *testing.T, ctx context.Context, topo *topology.Topology) *platformRun {
+	t.Helper()
+	log := testLogger(t)
+	runCtx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return platform.Run(gctx, topo, platform.All, log, nil, nil) })
+	vs := map[string]*views.View{}
+	for _, typ := range topo.EntityTypes() {
+		v, err := views.New(topo, typ, views.WithLogger(log), views.WithStorageDir(t.TempDir()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs[typ] = v
+		g.Go(func() error { return v.Run(gctx) })
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("platform stopped with %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return &platformRun{stop: stop, views: vs}
+}
+
+// TestProcessorsUnderLoad drives 10,000+ random changes over three entity
+// types through the platform, then checks that every type's table, read
+// back from its topic by a view, equals the database; that a garbage record
+// on the history goes to the dead-letter topic and changes nothing; and that
+// redelivering the whole history (the router's offsets reset to the start)
+// leaves every table as it was, without a single write.
+func TestProcessorsUnderLoad(t *testing.T) {
+	e := stack(t)
+	if testing.Short() {
+		t.Skip("10,000 changes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	name := uniqueName("load")
+	types := []string{"alpha", "beta", "gamma"}
+	var entities []topology.EntityConfig
+	var tables []string
+	for i, typ := range types {
+		table := name + "_" + typ
+		tables = append(tables, table)
+		entities = append(entities, topology.EntityConfig{Type: typ, Table: "public." + table, IDColumn: "id", Partitions: 2 + i})
+	}
+	cfg := testConfig(t, e, name, entities)
+	topo := topology.New(cfg)
+	cleanupStack(t, e, cfg, tables...)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	for _, table := range tables {
+		execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, n integer not null, note text)")
+	}
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+	run := startPlatform(t, ctx, topo)
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
+
+	changes := 0
+	rnd := rand.New(rand.NewPCG(7, 8))
+	next := int64(0)
+	for changes < 10000 {
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			for range 1 + rnd.IntN(5) {
+				table := tables[rnd.IntN(len(tables))]
+				var sql string
+				switch k := rnd.IntN(10); {
+				case k < 4 || next < 50:
+					next += 5
+					sql = fmt.Sprintf("insert into %s select g, 0, 'new' from generate_series(%d, %d) g", table, next-4, next)
+				case k < 8:
+					lo := 1 + rnd.Int64N(next)
+					sql = fmt.Sprintf("update %s set n = n + 1, note = 'upd' where id between %d and %d", table, lo, lo+3)
+				default:
+					lo := 1 + rnd.Int64N(next)
+					sql = fmt.Sprintf("delete from %s where id between %d and %d", table, lo, lo+1)
+				}
+				tag, err := tx.Exec(ctx, sql)
+				if err != nil {
+					return err
+				}
+				changes += int(tag.RowsAffected())
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d changes committed over %d tables", changes, len(tables))
+	waitViewsEqual(t, ctx, db, topo, run.views)
+
+	// A record that is not an event, straight onto the history.
+	producer, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	garbage := []byte("\x00not an event\xff")
+	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: string(topo.History()), Key: sarama.StringEncoder("junk"), Value: sarama.ByteEncoder(garbage)}); err != nil {
+		t.Fatal(err)
+	}
+	dead := readHistory(t, ctx, cfg, string(topo.DeadLetter()), 1)
+	headers := map[string]string{}
+	for _, h := range dead[0].Headers {
+		headers[string(h.Key)] = string(h.Value)
+	}
+	if string(dead[0].Value) != string(garbage) || headers[processors.HeaderSourceTopic] != string(topo.History()) ||
+		!strings.Contains(headers[processors.HeaderDeadLetterReason], "decode event") {
+		t.Fatalf("dead letter %q with headers %v; want the garbage bytes, its source and the decode error", dead[0].Value, headers)
+	}
+	waitViewsEqual(t, ctx, db, topo, run.views)
+
+	// Full redelivery: stop, reset the router to the start of the history, start.
+	run.stop()
+	before := tableEnds(t, cfg, topo)
+	resetGroup(t, cfg, string(topo.RouterGroup()), string(topo.History()))
+	started := time.Now()
+	run = startPlatform(t, ctx, topo)
+	waitGroupAtEnd(t, ctx, cfg, string(topo.RouterGroup()), string(topo.History()))
+	for _, typ := range types {
+		waitGroupAtEnd(t, ctx, cfg, string(topo.SnapshotGroup(typ)), string(topo.Events(typ)))
+	}
+	t.Logf("redelivered the whole history in %s", time.Since(started).Round(time.Millisecond))
+	if after := tableEnds(t, cfg, topo); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("redelivery wrote to the tables: end offsets %v before, %v after", before, after)
+	}
+	waitViewsEqual(t, ctx, db, topo, run.views)
+}
+
+// tableEnds returns the end offsets of every partition of every snapshot table.
+func tableEnds(t *testing.T, cfg *topology.Config, topo *topology.Topology) map[string][]int64 {
+	t.Helper()
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	out := map[string][]int64{}
+	for _, typ := range topo.EntityTypes() {
+		topic := string(topo.Snapshot(typ))
+		parts, err := client.Partitions(topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range parts {
+			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[topic] = append(out[topic], end)
+		}
+	}
+	return out
+}
+
+// resetGroup commits the oldest offset of topic's partition 0 for group,
+// which has no members.
+func resetGroup(t *testing.T, cfg *topology.Config, group, topic string) {
+	t.Helper()
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	oldest, err := client.GetOffset(topic, 0, sarama.OffsetOldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	om, err := sarama.NewOffsetManagerFromClient(group, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pom, err := om.ManagePartition(topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pom.ResetOffset(oldest, "")
+	pom.Close()
+	om.Commit()
+	if err := om.Close(); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := res.GetBlock(topic, 0); b == nil || b.Offset != oldest {
+		t.Fatalf("group %s not reset to %d: %+v", group, oldest, b)
+	}
+}
+
+// waitGroupAtEnd waits until group has committed the end offset of every
+// partition of topic.
+func waitGroupAtEnd(t *testing.T, ctx context.Context, cfg *topology.Config, group, topic string) {
+	t.Helper()
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		res, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := true
+		for _, p := range parts {
+			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := res.GetBlock(topic, p); b == nil || b.Offset < end {
+				done = false
+			}
+		}
+		if done {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("group %s did not reach the end of %s", group, topic)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
