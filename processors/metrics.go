@@ -15,6 +15,8 @@ type metrics struct {
 	deadLetters *prometheus.CounterVec
 	tombstones  *prometheus.CounterVec
 	restarts    *prometheus.CounterVec
+	in          *prometheus.CounterVec
+	lag         *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -35,6 +37,14 @@ func newMetrics() *metrics {
 			Name: "changes_snapshot_tombstones_total",
 			Help: "Deleted entities whose grace period ended, replaced by a Kafka tombstone.",
 		}, []string{"entity_type"}),
+		in: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_processor_events_in_total",
+			Help: "Records a processor consumed from its input topic, by consumer group.",
+		}, []string{"group"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_processor_lag_records",
+			Help: "Records of an input partition not yet processed by this instance, by consumer group, topic and partition (read every 5 s).",
+		}, []string{"group", "topic", "partition"}),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_processor_restarts_total",
 			Help: "Times a processor failed and was restarted, by consumer group.",
@@ -49,11 +59,13 @@ func newMetrics() *metrics {
 // register registers the metrics with r, reusing the series that processors
 // built before with the same registerer registered.
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters, &m.tombstones, &m.restarts} {
+	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters, &m.tombstones, &m.restarts, &m.in} {
 		var err error
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return err
 		}
 	}
-	return nil
+	var err error
+	m.lag, err = promreg.Register(r, m.lag)
+	return err
 }

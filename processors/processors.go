@@ -123,6 +123,7 @@ func deadLetter(gctx goka.Context, o *options, topo *topology.Topology, raw []by
 
 // decodeEvent decodes the record being processed, or dead-letters it.
 func decodeEvent(gctx goka.Context, o *options, topo *topology.Topology, msg any) ([]byte, *codecs.Event, bool) {
+	o.metrics.in.WithLabelValues(string(gctx.Group())).Inc()
 	raw, _ := msg.([]byte)
 	ev, err := codecs.EventCodec{}.Decode(raw)
 	if err != nil {
@@ -336,11 +337,36 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 				if m.sweep {
 					go sweepEvery(runCtx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log)
 				}
+				go reportLag(runCtx, p, m.group, o.metrics.lag)
 				return p.Run(runCtx)
 			})
 		})
 	}
 	return g.Wait()
+}
+
+// reportLag sets the lag gauges of p's partitions every 5 s until ctx is done.
+func reportLag(ctx context.Context, p *goka.Processor, group string, lag *prometheus.GaugeVec) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		statsCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		stats := p.StatsWithContext(statsCtx)
+		cancel()
+		if stats == nil {
+			continue
+		}
+		for partition, ps := range stats.Group {
+			for topic, in := range ps.Input {
+				lag.WithLabelValues(group, topic, strconv.Itoa(int(partition))).Set(float64(in.OffsetLag))
+			}
+		}
+	}
 }
 
 // sweepInterval runs the tombstone sweep four times per grace period, at

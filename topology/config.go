@@ -52,6 +52,10 @@ type KafkaConfig struct {
 	// broker's default.replication.factor. The local stack uses 1.
 	// Environment: CHANGES_KAFKA_REPLICATION_FACTOR.
 	ReplicationFactor int `yaml:"replication_factor"`
+	// MinInsyncReplicas is the topics' min.insync.replicas: with acks=all, a
+	// write succeeds only when this many replicas have it. Default: 0, the
+	// broker's setting.
+	MinInsyncReplicas int `yaml:"min_insync_replicas"`
 	// Linger is how long a producer waits to fill a batch before sending it
 	// (Java: linger.ms). Default: 0, send as soon as the previous request is
 	// answered; batches still form while a request is in flight.
@@ -269,6 +273,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.ReplicationFactor == 0 || c.Kafka.ReplicationFactor < -1 {
 		return fieldErr("kafka.replication_factor", "must be -1 (broker default) or at least 1, got %d", c.Kafka.ReplicationFactor)
+	}
+	if c.Kafka.MinInsyncReplicas < 0 || (c.Kafka.ReplicationFactor > 0 && c.Kafka.MinInsyncReplicas > c.Kafka.ReplicationFactor) {
+		return fieldErr("kafka.min_insync_replicas", "must be between 0 (broker default) and the replication factor %d, got %d", c.Kafka.ReplicationFactor, c.Kafka.MinInsyncReplicas)
 	}
 	if c.Kafka.Linger < 0 {
 		return fieldErr("kafka.linger", "must not be negative, got %s", c.Kafka.Linger)

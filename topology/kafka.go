@@ -97,6 +97,11 @@ func (t *Topology) Topics() []TopicSpec {
 			}},
 		)
 	}
+	if n := t.cfg.Kafka.MinInsyncReplicas; n > 0 {
+		for _, spec := range specs {
+			spec.Configs["min.insync.replicas"] = strconv.Itoa(n)
+		}
+	}
 	return specs
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -238,5 +239,21 @@ func TestEnsureTopicsErrors(t *testing.T) {
 				t.Errorf("error %v is a mismatch, want a plain failure", err)
 			}
 		})
+	}
+}
+
+func TestMinInsyncReplicas(t *testing.T) {
+	unsetEnv(t)
+	cfg, err := topology.Parse([]byte("kafka: {brokers: [\"k:9092\"], replication_factor: 3, min_insync_replicas: 2}\npostgres: {url: x}\nentities: [{type: a, table: t}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range topology.New(cfg).Topics() {
+		if spec.Configs["min.insync.replicas"] != "2" {
+			t.Errorf("%s: min.insync.replicas = %q, want 2", spec.Name, spec.Configs["min.insync.replicas"])
+		}
+	}
+	if _, err := topology.Parse([]byte("kafka: {brokers: [\"k:9092\"], replication_factor: 1, min_insync_replicas: 2}\npostgres: {url: x}\nentities: [{type: a, table: t}]\n")); err == nil || !strings.Contains(err.Error(), "kafka.min_insync_replicas") {
+		t.Errorf("min_insync_replicas above the replication factor: %v", err)
 	}
 }
