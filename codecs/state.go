@@ -18,6 +18,10 @@ type State struct {
 	Row Row `json:"row"`
 	// Deleted marks an entity whose last change was a delete.
 	Deleted bool `json:"deleted,omitempty"`
+	// Truncated marks a truncate marker, not an entity: it is stored under
+	// its partition's truncate key (topology.TruncateKey), and every entity
+	// of that partition with an earlier Position is gone. Its EntityID is 0.
+	Truncated bool `json:"truncated,omitempty"`
 	// Position is the position of the last change applied. The snapshot
 	// processor ignores any change at or before it, which makes applying a
 	// redelivered change a no-op.
@@ -33,10 +37,12 @@ func (s *State) Validate() error {
 	switch {
 	case s.EntityType == "":
 		return errors.New("type is empty")
-	case s.Row == nil && !s.Deleted:
+	case s.Row == nil && !s.Deleted && !s.Truncated:
 		return errors.New("row is missing")
 	case s.Row != nil && s.Deleted:
 		return errors.New("a deleted state has a row")
+	case s.Truncated && (s.Row != nil || s.Deleted || s.EntityID != 0):
+		return errors.New("a truncate marker has a row, an id or a delete")
 	case s.Position.IsZero():
 		return errors.New("position is zero")
 	}

@@ -125,6 +125,10 @@ func TestSlice(t *testing.T) {
 	txn(t, ctx, db, []string{fmt.Sprintf(`update %s set order_id = 12 where order_id = 10`, orders)},
 		&want, change{"order", 10, codecs.OpDelete}, change{"order", 12, codecs.OpInsert})
 
+	// TRUNCATE empties the type's table in every partition; what follows stays.
+	txn(t, ctx, db, []string{fmt.Sprintf(`truncate %s`, orders), fmt.Sprintf(`insert into %s values (20, 6, 1.5, 'after')`, orders)},
+		&want, change{"order", 0, codecs.OpTruncate}, change{"order", 20, codecs.OpInsert})
+
 	waitViewsEqual(t, ctx, db, topo, vs)
 
 	for _, id := range []int64{1, 3} {

@@ -164,9 +164,13 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 			return
 		}
 		if ev.Op == codecs.OpTruncate {
-			// A truncate has no entity id to route by; until snapshots can
-			// apply it, keep it where an operator sees it.
-			deadLetter(gctx, o, topo, raw, "truncate of "+ev.EntityType+" is not applied to snapshots yet")
+			// A truncate concerns every entity: one copy to each partition,
+			// under the key of that partition's truncate marker.
+			ent, _ := topo.Config().Entity(ev.EntityType)
+			for p := range int32(ent.Partitions) {
+				gctx.Emit(stream, topology.TruncateKey(p, ent.Partitions), raw, goka.WithCtxEmitHeaders(gctx.Headers()))
+			}
+			o.metrics.routed.WithLabelValues(ev.EntityType).Inc()
 			return
 		}
 		gctx.Emit(stream, strconv.FormatInt(ev.EntityID, 10), raw, goka.WithCtxEmitHeaders(gctx.Headers()))
@@ -213,9 +217,30 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		return nil, fmt.Errorf("snapshot: entity type %q is not declared", entityType)
 	}
 	log := o.log.With("component", "snapshot", "entity_type", entityType)
+	// The processor reads its partitions' truncate markers from its own
+	// table; it exists only once NewProcessor returns.
+	var proc *goka.Processor
+	truncated := newTruncations(func(key string) (*codecs.State, error) {
+		v, err := proc.Get(key)
+		st, _ := v.(*codecs.State)
+		return st, err
+	}, entityType, topo.Config())
 	apply := func(gctx goka.Context, msg any) {
 		raw, ev, ok := decodeEvent(gctx, o, topo, msg)
 		if !ok {
+			return
+		}
+		if ev.Op == codecs.OpTruncate && ev.EntityType == entityType && topology.IsTruncateKey(gctx.Key()) {
+			if at, err := truncated.at(gctx.Partition()); err == nil && ev.Position.Compare(at) <= 0 {
+				o.metrics.skipped.WithLabelValues(entityType).Inc()
+				return
+			}
+			gctx.SetValue(&codecs.State{
+				EntityType: ev.EntityType, Truncated: true, Position: ev.Position,
+				CommitTime: ev.CommitTime, AppliedTime: time.Now().UTC(),
+			})
+			truncated.set(gctx.Partition(), ev.Position)
+			o.metrics.applied.WithLabelValues(entityType, string(ev.Op)).Inc()
 			return
 		}
 		if ev.EntityType != entityType || strconv.FormatInt(ev.EntityID, 10) != gctx.Key() {
@@ -223,9 +248,19 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 			return
 		}
 		cur, _ := gctx.Value().(*codecs.State)
-		if cur != nil && ev.Position.Compare(cur.Position) <= 0 {
+		stale := cur != nil && ev.Position.Compare(cur.Position) <= 0
+		if at, err := truncated.at(gctx.Partition()); err != nil {
+			log.Error("cannot read the partition's truncate marker", "partition", gctx.Partition(), "err", err)
+			gctx.Fail(err) // goka stops; the supervisor restarts
+		} else if ev.Position.Compare(at) <= 0 {
+			stale = true // an older change delivered again after a TRUNCATE
+		}
+		if stale {
 			o.metrics.skipped.WithLabelValues(entityType).Inc()
 			return
+		}
+		if cur != nil && cur.Position.Compare(truncatedAt(truncated, gctx.Partition())) <= 0 {
+			cur = nil // the stored state predates a TRUNCATE: it is gone
 		}
 		switch ev.Op {
 		case codecs.OpDelete:
@@ -267,7 +302,12 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	}
 	grace := topo.Config().Topics.DeleteGrace
 	sweep := func(gctx goka.Context, _ any) {
-		if cur, _ := gctx.Value().(*codecs.State); cur != nil && cur.Deleted && time.Since(cur.AppliedTime) >= grace {
+		cur, _ := gctx.Value().(*codecs.State)
+		if cur == nil || cur.Truncated {
+			return
+		}
+		gone := cur.Position.Compare(truncatedAt(truncated, gctx.Partition())) <= 0
+		if gone || (cur.Deleted && time.Since(cur.AppliedTime) >= grace) {
 			gctx.Delete()
 			o.metrics.tombstones.WithLabelValues(entityType).Inc()
 		}
@@ -278,10 +318,13 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		goka.Persist(codecs.GokaCodec[*codecs.State](codecs.StateCodec{})),
 		goka.Output(topo.DeadLetter(), new(codec.Bytes)),
 	)
-	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, o.gokaOptions(topo, log)...)
+	// Partitions may come back from another instance with a newer marker.
+	reset := goka.WithRebalanceCallback(func(goka.Assignment) { truncated.reset() })
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, append([]goka.ProcessorOption{reset}, o.gokaOptions(topo, log)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", entityType, err)
 	}
+	proc = p
 	return p, nil
 }
 

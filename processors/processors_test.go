@@ -107,7 +107,6 @@ func TestRouter(t *testing.T) {
 	}{
 		{"not an event", "decode event", []byte("{not json")},
 		{"undeclared type", `entity type "user" is not declared`, encode(t, event("user", 1, codecs.OpInsert, 100, 2, `{"id": 1}`))},
-		{"truncate", "truncate of account", encode(t, event("account", 0, codecs.OpTruncate, 100, 3, ""))},
 	}
 	for i, c := range bad {
 		t.Run(c.name, func(t *testing.T) {
@@ -135,6 +134,20 @@ func TestRouter(t *testing.T) {
 	}
 	if _, _, ok := campaigns.NextRaw(); ok {
 		t.Error("a bad record reached the campaign topic")
+	}
+
+	// A TRUNCATE goes to every partition of its type, under the partitions'
+	// truncate keys.
+	trunc := encode(t, event("account", 0, codecs.OpTruncate, 100, 3, ""))
+	tt.Consume(string(topo.History()), "account/0", trunc)
+	for p := range int32(4) {
+		key, value, ok := accounts.NextRaw()
+		if !ok || key != topology.TruncateKey(p, 4) || string(value) != string(trunc) {
+			t.Fatalf("truncate copy %d: %q=%q (%v), want key %q", p, key, value, ok, topology.TruncateKey(p, 4))
+		}
+	}
+	if _, _, ok := accounts.NextRaw(); ok {
+		t.Error("more than one truncate copy per partition")
 	}
 }
 
@@ -201,6 +214,36 @@ func TestSnapshot(t *testing.T) {
 	}
 	if got := counter(t, reg, "changes_snapshot_tombstones_total"); got != 1 {
 		t.Errorf("tombstones counted %v, want 1", got)
+	}
+
+	// TRUNCATE: the marker hides every earlier state of its partition; an
+	// older change delivered again stays out; a later insert is back.
+	// (The tester has one partition per topic.)
+	tt.Consume(events, "5", encode(t, event("account", 5, codecs.OpInsert, 400, 0, `{"id": 5, "blob": "kept?"}`)))
+	tt.Consume(events, topology.TruncateKey(0, 4), encode(t, event("account", 0, codecs.OpTruncate, 500, 0, "")))
+	if m := state(topology.TruncateKey(0, 4)); m == nil || !m.Truncated || m.Position.CommitLSN != 500 {
+		t.Fatalf("truncate marker: %+v", m)
+	}
+	tt.Consume(events, "6", encode(t, event("account", 6, codecs.OpInsert, 450, 0, `{"id": 6}`)))
+	if st := state("6"); st != nil {
+		t.Fatalf("an insert older than the truncate was applied: %+v", st)
+	}
+	after := event("account", 5, codecs.OpUpdate, 600, 0, `{"id": 5}`)
+	after.Unchanged = []string{"blob"}
+	tt.Consume(events, "5", encode(t, after))
+	if st := state("5"); st == nil || st.Position.CommitLSN != 600 || st.Row["blob"] != nil {
+		t.Fatalf("after the truncate, entity 5 = %+v; want the new row without the pre-truncate blob", st)
+	}
+	tt.Consume(events, "7", encode(t, event("account", 7, codecs.OpInsert, 450, 1, `{"id": 7}`)))
+	tt.SetTableValue(table, "8", &codecs.State{EntityType: "account", EntityID: 8, Row: codecs.Row{"id": json.RawMessage("8")}, Position: codecs.Position{CommitLSN: 420}})
+	if err := processors.Sweep(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if st := state("8"); st != nil {
+		t.Errorf("the sweep kept a state from before the truncate: %+v", st)
+	}
+	if st := state("5"); st == nil {
+		t.Error("the sweep removed a state from after the truncate")
 	}
 
 	bad := []struct {

@@ -57,6 +57,7 @@ func WithGokaOptions(opts ...goka.ViewOption) Option {
 // concurrent use with each other and with Run.
 type View struct {
 	entityType string
+	partitions int
 	view       *goka.View
 	log        *slog.Logger
 	storageDir string
@@ -69,8 +70,10 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	if _, ok := topo.Config().Entity(entityType); !ok {
 		return nil, fmt.Errorf("view: entity type %q is not declared", entityType)
 	}
+	ent, _ := topo.Config().Entity(entityType)
 	v := &View{
 		entityType: entityType,
+		partitions: ent.Partitions,
 		log:        slog.Default(),
 		storageDir: filepath.Join(topo.Config().Storage, "views"),
 	}
@@ -105,6 +108,9 @@ func (v *View) update(uctx goka.UpdateContext, s storage.Storage, key string, va
 	}
 	if v.hook == nil {
 		return nil
+	}
+	if topology.IsTruncateKey(key) {
+		return nil // a TRUNCATE marker: Get and Each apply it
 	}
 	id, err := strconv.ParseInt(key, 10, 64)
 	if err != nil {
@@ -163,26 +169,57 @@ func (v *View) Get(id int64) (*codecs.State, error) {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
 	}
 	st, _ := val.(*codecs.State)
-	if st != nil && st.Deleted {
+	if st == nil || st.Deleted {
 		return nil, nil
 	}
+	at, err := v.truncatedAt(topology.PartitionOf(strconv.FormatInt(id, 10), v.partitions))
+	if err != nil {
+		return nil, err
+	}
+	if st.Position.Compare(at) <= 0 {
+		return nil, nil // the table was truncated after this state
+	}
 	return st, nil
+}
+
+// truncatedAt is the position of partition p's last TRUNCATE, or zero.
+func (v *View) truncatedAt(p int32) (codecs.Position, error) {
+	val, err := v.view.Get(topology.TruncateKey(p, v.partitions))
+	if err != nil {
+		return codecs.Position{}, fmt.Errorf("view %s truncate marker of partition %d: %w", v.entityType, p, err)
+	}
+	if st, _ := val.(*codecs.State); st != nil && st.Truncated {
+		return st.Position, nil
+	}
+	return codecs.Position{}, nil
 }
 
 // Each calls fn for every entity in the view, in key order within each
 // partition, until fn returns an error, which Each returns.
 func (v *View) Each(fn func(*codecs.State) error) error {
+	truncated := make([]codecs.Position, v.partitions)
+	for p := range truncated {
+		at, err := v.truncatedAt(int32(p))
+		if err != nil {
+			return err
+		}
+		truncated[p] = at
+	}
 	it, err := v.view.Iterator()
 	if err != nil {
 		return fmt.Errorf("view %s: %w", v.entityType, err)
 	}
 	defer it.Release()
 	for it.Next() {
+		if topology.IsTruncateKey(it.Key()) {
+			continue
+		}
 		val, err := it.Value()
 		if err != nil {
 			return fmt.Errorf("view %s key %s: %w", v.entityType, it.Key(), err)
 		}
-		if st, ok := val.(*codecs.State); ok && !st.Deleted {
+		st, ok := val.(*codecs.State)
+		if ok && !st.Deleted && st.Position.Compare(truncated[topology.PartitionOf(it.Key(), v.partitions)]) > 0 {
 			if err := fn(st); err != nil {
 				return err
 			}

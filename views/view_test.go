@@ -88,6 +88,17 @@ func TestView(t *testing.T) {
 		t.Errorf("Len = %d, %v; want 1", n, err)
 	}
 
+	// A TRUNCATE marker in entity 1's partition hides every earlier state
+	// there; the marker itself is no entity.
+	tt.Consume(table, topology.TruncateKey(topology.PartitionOf("1", 3), 3),
+		&codecs.State{EntityType: "account", Truncated: true, Position: codecs.Position{CommitLSN: 20}})
+	if st, err := v.Get(1); err != nil || st != nil {
+		t.Errorf("Get(1) after a later truncate = %+v, %v; want nil", st, err)
+	}
+	if n, err := v.Len(); err != nil || n != 0 {
+		t.Errorf("Len after the truncate = %d, %v; want 0", n, err)
+	}
+
 	mu.Lock()
 	defer mu.Unlock()
 	if len(updates) != 4 {

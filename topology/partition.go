@@ -1,0 +1,40 @@
+package topology
+
+import (
+	"hash/fnv"
+	"strconv"
+	"strings"
+)
+
+// PartitionOf is the partition of key in a topic of n partitions, as goka
+// (and sarama's hash partitioner with goka's FNV-1a hasher) computes it. Any
+// producer writing to the events or snapshot topics must agree with it.
+func PartitionOf(key string, n int) int32 {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	hash := int32(h.Sum32())
+	if hash < 0 {
+		hash = -hash
+	}
+	return hash % int32(n)
+}
+
+// truncatePrefix starts the keys of truncate markers; entity keys are
+// decimal ids, so they never collide.
+const truncatePrefix = "~truncate/"
+
+// TruncateKey is the key of partition p's truncate marker in a snapshot
+// table of n partitions: the first key "~truncate/<i>" that hashes to p.
+// The router sends a TRUNCATE to every partition under these keys, and the
+// snapshot processor keeps the marker there.
+func TruncateKey(p int32, n int) string {
+	for i := 0; ; i++ {
+		k := truncatePrefix + strconv.Itoa(i)
+		if PartitionOf(k, n) == p {
+			return k
+		}
+	}
+}
+
+// IsTruncateKey reports whether key is a truncate marker's key.
+func IsTruncateKey(key string) bool { return strings.HasPrefix(key, truncatePrefix) }

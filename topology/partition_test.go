@@ -1,0 +1,41 @@
+package topology_test
+
+import (
+	"hash/fnv"
+	"testing"
+
+	"github.com/IBM/sarama"
+
+	"github.com/changes-dev/changes/topology"
+)
+
+func TestPartitionOfMatchesSaramaWithGokaHasher(t *testing.T) {
+	p := sarama.NewCustomHashPartitioner(fnv.New32a)("t")
+	for _, n := range []int{1, 2, 3, 7, 12} {
+		for _, key := range []string{"0", "1", "42", "9007199254740993", "-5", "~truncate/3", "abc"} {
+			want, err := p.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, int32(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := topology.PartitionOf(key, n); got != want {
+				t.Errorf("PartitionOf(%q, %d) = %d, sarama says %d", key, n, got, want)
+			}
+		}
+	}
+}
+
+func TestTruncateKey(t *testing.T) {
+	for _, n := range []int{1, 4, 9} {
+		seen := map[string]bool{}
+		for p := range int32(n) {
+			k := topology.TruncateKey(p, n)
+			if topology.PartitionOf(k, n) != p || !topology.IsTruncateKey(k) || seen[k] {
+				t.Errorf("TruncateKey(%d, %d) = %q", p, n, k)
+			}
+			seen[k] = true
+		}
+	}
+	if topology.IsTruncateKey("42") {
+		t.Error("an entity id is not a truncate key")
+	}
+}
