@@ -48,8 +48,9 @@ stack-reset:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./codecs/
 
-# The capture on the local stack: catch-up throughput, latency at a fixed
-# rate, initial snapshot rows/s. Not part of `make test`.
+# The capture and the processors on the local stack: catch-up throughput,
+# latency at a fixed rate, initial snapshot rows/s, events/s through router
+# and snapshot groups, table restore rate. Not part of `make test`.
 bench-e2e: stack-up
 	$(STACK_ENV) && $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./e2e/
 

@@ -25,7 +25,7 @@ type platformRun struct {
 	views map[string]*views.View
 }
 
-func startPlatform(t *testing.T, ctx context.Context, topo *topology.Topology) *platformRun {
+func startPlatform(t testing.TB, ctx context.Context, topo *topology.Topology) *platformRun {
 	t.Helper()
 	log := testLogger(t)
 	runCtx, cancel := context.WithCancel(ctx)
@@ -167,7 +167,7 @@ func TestProcessorsUnderLoad(t *testing.T) {
 }
 
 // tableEnds returns the end offsets of every partition of every snapshot table.
-func tableEnds(t *testing.T, cfg *topology.Config, topo *topology.Topology) map[string][]int64 {
+func tableEnds(t testing.TB, cfg *topology.Config, topo *topology.Topology) map[string][]int64 {
 	t.Helper()
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {
@@ -194,7 +194,7 @@ func tableEnds(t *testing.T, cfg *topology.Config, topo *topology.Topology) map[
 
 // resetGroup commits the oldest offset of topic's partition 0 for group,
 // which has no members.
-func resetGroup(t *testing.T, cfg *topology.Config, group, topic string) {
+func resetGroup(t testing.TB, cfg *topology.Config, group, topic string) {
 	t.Helper()
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {
@@ -234,7 +234,7 @@ func resetGroup(t *testing.T, cfg *topology.Config, group, topic string) {
 
 // waitGroupAtEnd waits until group has committed the end offset of every
 // partition of topic.
-func waitGroupAtEnd(t *testing.T, ctx context.Context, cfg *topology.Config, group, topic string) {
+func waitGroupAtEnd(t testing.TB, ctx context.Context, cfg *topology.Config, group, topic string) {
 	t.Helper()
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {

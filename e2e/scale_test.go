@@ -112,7 +112,7 @@ func TestThreeInstancesOneKilled(t *testing.T) {
 }
 
 // waitMembers waits until group is Stable with n members and returns when.
-func waitMembers(t *testing.T, ctx context.Context, cfg *topology.Config, group string, n int) time.Time {
+func waitMembers(t testing.TB, ctx context.Context, cfg *topology.Config, group string, n int) time.Time {
 	t.Helper()
 	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {
@@ -136,7 +136,7 @@ func waitMembers(t *testing.T, ctx context.Context, cfg *topology.Config, group 
 }
 
 // waitTopicsGone waits until the deleted topics of cfg are gone.
-func waitTopicsGone(t *testing.T, ctx context.Context, cfg *topology.Config) {
+func waitTopicsGone(t testing.TB, ctx context.Context, cfg *topology.Config) {
 	t.Helper()
 	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
 	if err != nil {

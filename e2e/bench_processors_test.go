@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+// BenchmarkProcessors measures the processors on the real broker (make
+// bench-e2e), without PostgreSQL in the way: a history of 200000 events over
+// two entity types (100000 entities, each inserted then updated) is written
+// first; then
+//
+//   - route+apply: the router and both snapshot groups in one process drain
+//     it; events/s is history events over the time until both groups have
+//     committed the end of their events topics.
+//   - restore: a new view reads one type's table from its topic until
+//     recovered; records/s is table records over that time.
+//
+// Each variant runs once whatever b.N is: the work is sized, not repeated.
+func BenchmarkProcessors(b *testing.B) {
+	e := stack(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	name := uniqueName("bench_proc")
+	cfg := testConfig(b, e, name, []topology.EntityConfig{
+		{Type: "a", Table: "public.a", IDColumn: "id", Partitions: 4},
+		{Type: "b", Table: "public.b", IDColumn: "id", Partitions: 4},
+	})
+	topo := topology.New(cfg)
+	b.Cleanup(func() { deleteTopics(b, cfg) })
+	if err := platform.EnsureTopics(topo); err != nil {
+		b.Fatal(err)
+	}
+	const entities = 100000
+	writeHistory(b, cfg, topo, entities)
+	events := 2 * entities
+
+	b.Run("route+apply", func(b *testing.B) {
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- processors.Run(runCtx, topo, processors.WithLogger(testLogger(b))) }()
+		// The router first: until it is done, the events topics are not complete.
+		waitGroupAtEnd(b, ctx, cfg, string(topo.RouterGroup()), string(topo.History()))
+		for _, typ := range topo.EntityTypes() {
+			waitGroupAtEnd(b, ctx, cfg, string(topo.SnapshotGroup(typ)), string(topo.Events(typ)))
+		}
+		elapsed := time.Since(start)
+		stop()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(events)/elapsed.Seconds(), "events/s")
+		b.ReportMetric(0, "ns/op")
+	})
+
+	b.Run("restore", func(b *testing.B) {
+		v, err := views.New(topo, "a", views.WithLogger(testLogger(b)), views.WithStorageDir(b.TempDir()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- v.Run(runCtx) }()
+		if err := v.WaitRecovered(ctx); err != nil {
+			b.Fatal(err)
+		}
+		elapsed := time.Since(start)
+		n, err := v.Len()
+		stop()
+		<-done
+		if err != nil || n != entities/2 {
+			b.Fatalf("restored %d entities (%v), want %d", n, err, entities/2)
+		}
+		// Each entity's insert and update are in the changelog until compaction.
+		records := 0
+		for p := range int32(4) {
+			client, _ := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+			end, _ := client.GetOffset(string(topo.Snapshot("a")), p, sarama.OffsetNewest)
+			client.Close()
+			records += int(end)
+		}
+		b.ReportMetric(float64(records)/elapsed.Seconds(), "records/s")
+		b.ReportMetric(0, "ns/op")
+	})
+}
+
+// writeHistory writes an insert and an update for each of n entities,
+// alternating between types a and b, straight to the history topic.
+func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n int) {
+	b.Helper()
+	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for range producer.Successes() {
+		}
+	}()
+	go func() {
+		for err := range producer.Errors() {
+			b.Error(err)
+		}
+	}()
+	now := time.Now().UTC()
+	var index uint32
+	emit := func(typ string, id int64, op codecs.Op, v int) {
+		lsn := codecs.LSN(1000 + uint64(index/4))
+		row := codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10)), "v": json.RawMessage(strconv.Itoa(v)), "name": json.RawMessage(`"entity ` + strconv.FormatInt(id, 10) + `"`)}
+		ev := &codecs.Event{EntityType: typ, EntityID: id, Op: op, After: row, CommitLSN: lsn,
+			Position: codecs.Position{CommitLSN: lsn, Index: index % 4}, CommitTime: now, CaptureTime: now}
+		index++
+		value, err := codecs.EventCodec{}.Encode(ev)
+		if err != nil {
+			b.Fatal(err)
+		}
+		producer.Input() <- &sarama.ProducerMessage{Topic: string(topo.History()), Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", typ, id)), Value: sarama.ByteEncoder(value)}
+	}
+	for id := int64(1); id <= int64(n); id++ {
+		typ := []string{"a", "b"}[id%2]
+		emit(typ, id, codecs.OpInsert, 0)
+		emit(typ, id, codecs.OpUpdate, 1)
+	}
+	producer.Close()
+}
