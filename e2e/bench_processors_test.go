@@ -110,11 +110,6 @@ func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n
 		for range producer.Successes() {
 		}
 	}()
-	go func() {
-		for err := range producer.Errors() {
-			b.Error(err)
-		}
-	}()
 	now := time.Now().UTC()
 	var index uint32
 	emit := func(typ string, id int64, op codecs.Op, v int) {
@@ -134,5 +129,9 @@ func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n
 		emit(typ, id, codecs.OpInsert, 0)
 		emit(typ, id, codecs.OpUpdate, 1)
 	}
-	producer.Close()
+	// Close returns every error the producer had: a lost record fails here,
+	// not later as a wrong count.
+	if err := producer.Close(); err != nil {
+		b.Fatal(err)
+	}
 }

@@ -149,7 +149,8 @@ func TestProcessorsUnderLoad(t *testing.T) {
 	}
 	waitViewsEqual(t, ctx, db, topo, run.views)
 
-	// Full redelivery: stop, reset the router to the start of the history, start.
+	// Full redelivery: stop, reset the router to the start of the history,
+	// start. "No write" holds while no deleted state's grace (24h) ends.
 	run.stop()
 	before := tableEnds(t, cfg, topo)
 	resetGroup(t, cfg, string(topo.RouterGroup()), string(topo.History()))

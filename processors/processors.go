@@ -2,6 +2,7 @@ package processors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -392,6 +393,8 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 func reportLag(ctx context.Context, p *goka.Processor, group string, lag *prometheus.GaugeVec) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	// Partitions this instance no longer owns must not keep their last value.
+	defer lag.DeletePartialMatch(prometheus.Labels{"group": group})
 	for {
 		select {
 		case <-ctx.Done():
@@ -404,6 +407,7 @@ func reportLag(ctx context.Context, p *goka.Processor, group string, lag *promet
 		if stats == nil {
 			continue
 		}
+		lag.DeletePartialMatch(prometheus.Labels{"group": group})
 		for partition, ps := range stats.Group {
 			for topic, in := range ps.Input {
 				lag.WithLabelValues(group, topic, strconv.Itoa(int(partition))).Set(float64(in.OffsetLag))
@@ -432,7 +436,11 @@ func sweepEvery(ctx context.Context, p *goka.Processor, interval time.Duration, 
 			return
 		case <-t.C:
 		}
-		if err := Sweep(ctx, p); err != nil && ctx.Err() == nil {
+		switch err := Sweep(ctx, p); {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, goka.ErrVisitAborted):
+			log.Debug("tombstone sweep interrupted by a rebalance; it runs again next time")
+		default:
 			log.Warn("tombstone sweep failed", "err", err)
 		}
 	}

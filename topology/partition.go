@@ -6,17 +6,18 @@ import (
 	"strings"
 )
 
-// PartitionOf is the partition of key in a topic of n partitions, as goka
-// (and sarama's hash partitioner with goka's FNV-1a hasher) computes it. Any
-// producer writing to the events or snapshot topics must agree with it.
+// PartitionOf is the partition of key in a topic of n partitions, as the
+// producers compute it: sarama's hash partitioner with goka's FNV-1a hasher
+// (remainder first, then the sign). goka's own lookup takes the sign first;
+// the two differ only for a key whose hash is exactly 0x80000000.
 func PartitionOf(key string, n int) int32 {
 	h := fnv.New32a()
 	h.Write([]byte(key))
-	hash := int32(h.Sum32())
-	if hash < 0 {
-		hash = -hash
+	p := int32(h.Sum32()) % int32(n)
+	if p < 0 {
+		p = -p
 	}
-	return hash % int32(n)
+	return p
 }
 
 // truncatePrefix starts the keys of truncate markers; entity keys are

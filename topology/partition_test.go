@@ -12,7 +12,7 @@ import (
 func TestPartitionOfMatchesSaramaWithGokaHasher(t *testing.T) {
 	p := sarama.NewCustomHashPartitioner(fnv.New32a)("t")
 	for _, n := range []int{1, 2, 3, 7, 12} {
-		for _, key := range []string{"0", "1", "42", "9007199254740993", "-5", "~truncate/3", "abc"} {
+		for _, key := range []string{"0", "1", "42", "9007199254740993", "-5", "~truncate/3", "abc", "2304669687"} {
 			want, err := p.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, int32(n))
 			if err != nil {
 				t.Fatal(err)

@@ -125,6 +125,11 @@ func (v *View) update(uctx goka.UpdateContext, s storage.Storage, key string, va
 		}
 		if u.State.Deleted {
 			u.State = nil
+		} else if marker, err := s.Get(topology.TruncateKey(topology.PartitionOf(key, v.partitions), v.partitions)); err == nil && marker != nil {
+			// s is this partition's storage: a later TRUNCATE hides the state.
+			if m, err := (codecs.StateCodec{}).Decode(marker); err == nil && m.Truncated && u.State.Position.Compare(m.Position) <= 0 {
+				u.State = nil
+			}
 		}
 	}
 	v.hook(u)
@@ -163,12 +168,19 @@ func (v *View) WaitRecovered(ctx context.Context) error {
 
 // Get returns the latest state of the entity with id, or nil if the view has
 // none (never written, or deleted).
-func (v *View) Get(id int64) (*codecs.State, error) {
+func (v *View) Get(id int64) (st *codecs.State, err error) {
+	// goka's key lookup overflows for the rare key whose hash is 0x80000000
+	// and indexes out of range: an error, not a crash of the service.
+	defer func() {
+		if r := recover(); r != nil {
+			st, err = nil, fmt.Errorf("view %s get %d: goka cannot look this key up: %v", v.entityType, id, r)
+		}
+	}()
 	val, err := v.view.Get(strconv.FormatInt(id, 10))
 	if err != nil {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
 	}
-	st, _ := val.(*codecs.State)
+	st, _ = val.(*codecs.State)
 	if st == nil || st.Deleted {
 		return nil, nil
 	}

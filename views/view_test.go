@@ -98,6 +98,14 @@ func TestView(t *testing.T) {
 	if n, err := v.Len(); err != nil || n != 0 {
 		t.Errorf("Len after the truncate = %d, %v; want 0", n, err)
 	}
+	// A state from before the truncate reaches the hook as gone.
+	tt.Consume(table, "1", state(1, 15, "old"))
+	mu.Lock()
+	if u := updates[len(updates)-1]; u.EntityID != 1 || u.State != nil {
+		t.Errorf("a pre-truncate state reached the hook as %+v, want nil", u)
+	}
+	updates = updates[:len(updates)-1]
+	mu.Unlock()
 
 	mu.Lock()
 	defer mu.Unlock()
