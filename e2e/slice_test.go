@@ -242,6 +242,12 @@ func waitSlotActive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string
 // waitViewsEqual waits until every view equals its table, value by value.
 func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) {
 	t.Helper()
+	// A view answers only once it runs; it may still be starting.
+	for _, v := range vs {
+		if err := v.WaitRecovered(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var last []string
 	for {
 		last = last[:0]
