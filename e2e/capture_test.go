@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/changes-dev/changes/capture"
@@ -229,14 +230,7 @@ func TestInterleavedTransactionsAcrossRestart(t *testing.T) {
 	}
 	stop = f.start(t, ctx)
 	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 4)
-	var ids []int64
-	for _, m := range got {
-		ev, err := codecs.EventCodec{}.Decode(m.Value)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, ev.EntityID)
-	}
+	ids := entityIDs(t, got)
 	if fmt.Sprint(ids) != "[10 1 2 3]" {
 		t.Fatalf("history ids %v, want [10 1 2 3]: B, then A whole", ids)
 	}
@@ -316,18 +310,25 @@ func TestStandbyTakesOver(t *testing.T) {
 	}
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (2)")
 	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 2)
-	var ids []int64
-	for _, m := range got {
-		ev, err := codecs.EventCodec{}.Decode(m.Value)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, ev.EntityID)
-	}
+	ids := entityIDs(t, got)
 	if fmt.Sprint(ids) != "[1 2]" {
 		t.Fatalf("history ids %v, want [1 2]", ids)
 	}
 	if err := stopSecond(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// entityIDs decodes history records and returns their entity ids in order.
+func entityIDs(t testing.TB, msgs []*sarama.ConsumerMessage) []int64 {
+	t.Helper()
+	ids := make([]int64, len(msgs))
+	for i, m := range msgs {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatalf("history offset %d: %v", m.Offset, err)
+		}
+		ids[i] = ev.EntityID
+	}
+	return ids
 }
