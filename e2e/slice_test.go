@@ -132,14 +132,14 @@ func TestSlice(t *testing.T) {
 	waitViewsEqual(t, ctx, db, topo, vs)
 
 	for _, id := range []int64{1, 3} {
-		if st, err := vs["user"].Get(id); err != nil || st != nil {
+		if st, err := vs["user"].Get(ctx, id); err != nil || st != nil {
 			t.Errorf("user %d is gone from the table: Get = %v, %v; want nil", id, st != nil, err)
 		}
 	}
-	if st, err := vs["user"].Get(bigID); err != nil || st == nil || st.EntityID != bigID {
+	if st, err := vs["user"].Get(ctx, bigID); err != nil || st == nil || st.EntityID != bigID {
 		t.Errorf("user %d: Get = %v, %v; want its state", bigID, st != nil, err)
 	}
-	if st, _ := vs["user"].Get(2); st == nil || len(st.Row["blob"]) < 64000 {
+	if st, _ := vs["user"].Get(ctx, 2); st == nil || len(st.Row["blob"]) < 64000 {
 		t.Errorf("user 2 lost its unchanged TOASTed blob")
 	}
 

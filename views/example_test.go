@@ -32,7 +32,7 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	st, err := accounts.Get(42)
+	st, err := accounts.Get(ctx, 42)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -4,29 +4,44 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/lovoo/goka"
-	"github.com/lovoo/goka/storage"
+	"github.com/lovoo/goka/codec"
+	gokastorage "github.com/lovoo/goka/storage"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/slogadapter"
 	"github.com/changes-dev/changes/topology"
 )
 
-// Update is one change of a view's table, as seen by an UpdateHook.
+// ErrNotRunning is returned by reads of a view whose Run has not started
+// (or has returned).
+var ErrNotRunning = errors.New("view is not running")
+
+// Update is one change of a view's table, as seen by an UpdateHook or a
+// Subscription.
 type Update struct {
 	// EntityID is the id of the changed entity.
 	EntityID int64
 	// State is the entity's new state; nil when it was deleted (a deleted
-	// state or the tombstone that follows it).
+	// state, the tombstone that follows it, or a TRUNCATE that hides it).
 	State *codecs.State
 	// Partition and Offset locate the change in the table topic.
 	Partition int32
 	Offset    int64
+	// Recovering is true for records applied while the view catches up
+	// with its table after Run starts.
+	Recovering bool
 }
 
 // UpdateHook is called for every record the view applies, recovery
@@ -40,113 +55,263 @@ type Option func(*View)
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(v *View) { v.log = l } }
 
-// WithStorageDir sets where the view keeps its goleveldb copy. Default:
-// <config storage>/views.
+// WithStorageDir sets where the view keeps its goleveldb copy, one database
+// per partition. A view restarted on the same directory reopens its data
+// and only reads what the table gained since. Default: <config storage>/views.
 func WithStorageDir(dir string) Option { return func(v *View) { v.storageDir = dir } }
+
+// WithInMemory keeps the view's copy in memory (goleveldb on a memory
+// storage): nothing is written to disk and every Run starts from the
+// table's beginning. Meant for tests and small tables.
+func WithInMemory() Option { return func(v *View) { v.inMemory = true } }
 
 // WithUpdateHook calls hook for every update the view applies.
 func WithUpdateHook(hook UpdateHook) Option { return func(v *View) { v.hook = hook } }
 
+// WithRegisterer registers the changes_view_* metrics with r. Default: not
+// registered.
+func WithRegisterer(r prometheus.Registerer) Option { return func(v *View) { v.reg = r } }
+
 // WithGokaOptions appends raw goka view options, applied after the
-// platform's own.
+// platform's own (except the storage builder, which stays the view's).
 func WithGokaOptions(opts ...goka.ViewOption) Option {
 	return func(v *View) { v.gokaOpts = append(v.gokaOpts, opts...) }
 }
 
-// View is the snapshot of one entity type. Get, Each and Len are safe for
-// concurrent use with each other and with Run.
+// View is the snapshot of one entity type, replicated into local storage.
+// Its reads are safe for concurrent use with each other and with Run.
 type View struct {
 	entityType string
+	topic      string
 	partitions int
 	view       *goka.View
+	kcfg       topology.KafkaConfig
 	log        *slog.Logger
 	storageDir string
+	inMemory   bool
 	hook       UpdateHook
+	reg        prometheus.Registerer
 	gokaOpts   []goka.ViewOption
+	metrics    *metrics
+
+	stores []atomic.Pointer[store] // by partition; set when goka opens the partition
+	alive  []atomic.Int64          // entities per partition
+
+	clientMu sync.Mutex
+	client   sarama.Client // for Lag; opened by the first Lag, closed by Run's end
+	running  atomic.Bool
+
+	subsMu sync.Mutex
+	subs   map[*Subscription]struct{}
 }
 
 // New returns the view of entityType's snapshot table. Call Run to start it.
 func New(topo *topology.Topology, entityType string, opts ...Option) (*View, error) {
-	if _, ok := topo.Config().Entity(entityType); !ok {
+	ent, ok := topo.Config().Entity(entityType)
+	if !ok {
 		return nil, fmt.Errorf("view: entity type %q is not declared", entityType)
 	}
-	ent, _ := topo.Config().Entity(entityType)
 	v := &View{
 		entityType: entityType,
+		topic:      string(topo.Snapshot(entityType)),
 		partitions: ent.Partitions,
+		kcfg:       topo.Config().Kafka,
 		log:        slog.Default(),
 		storageDir: filepath.Join(topo.Config().Storage, "views"),
+		stores:     make([]atomic.Pointer[store], ent.Partitions),
+		alive:      make([]atomic.Int64, ent.Partitions),
+		subs:       map[*Subscription]struct{}{},
 	}
 	for _, o := range opts {
 		o(v)
 	}
 	v.log = v.log.With("component", "view", "entity_type", entityType)
-	kcfg := topo.Config().Kafka
+	m, err := newMetrics(v.reg, entityType)
+	if err != nil {
+		return nil, fmt.Errorf("view %s metrics: %w", entityType, err)
+	}
+	v.metrics = m
 	// Views only read partition counts through the topic manager; they never create topics.
 	tmc := goka.NewTopicManagerConfig()
 	gokaOpts := []goka.ViewOption{
-		goka.WithViewClientID(kcfg.ClientID),
+		goka.WithViewClientID(v.kcfg.ClientID),
 		goka.WithViewLogger(slogadapter.New(v.log, slog.LevelDebug)),
-		goka.WithViewStorageBuilder(storage.DefaultBuilder(v.storageDir)),
-		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(topology.SaramaConfig(kcfg))),
-		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topology.SaramaConfig(kcfg), tmc)),
+		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(topology.SaramaConfig(v.kcfg))),
+		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topology.SaramaConfig(v.kcfg), tmc)),
 		goka.WithViewCallback(v.update),
 	}
-	gv, err := goka.NewView(kcfg.Brokers, topo.Snapshot(entityType),
-		codecs.GokaCodec[*codecs.State](codecs.StateCodec{}), append(gokaOpts, v.gokaOpts...)...)
+	// The storage is the view's own whatever the options say: its layout is
+	// what Get and Range read.
+	gokaOpts = append(append(gokaOpts, v.gokaOpts...), goka.WithViewStorageBuilder(v.openStore))
+	gv, err := goka.NewView(v.kcfg.Brokers, topo.Snapshot(entityType), new(codec.Bytes), gokaOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("view %s: %w", entityType, err)
+	}
+	if gv.Topic() != v.topic {
+		return nil, fmt.Errorf("view %s: goka reads topic %s, expected %s", entityType, gv.Topic(), v.topic)
 	}
 	v.view = gv
 	return v, nil
 }
 
-// update stores a table record, then tells the hook.
-func (v *View) update(uctx goka.UpdateContext, s storage.Storage, key string, value []byte) error {
-	if err := goka.DefaultUpdate(uctx, s, key, value); err != nil {
-		return err
+// openStore is the view's goka storage builder.
+func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, error) {
+	if int(partition) >= v.partitions {
+		return nil, fmt.Errorf("view %s: table %s has partition %d, the config declares %d partitions", v.entityType, topic, partition, v.partitions)
 	}
-	if v.hook == nil {
-		return nil
+	s, err := openStore(v.storageDir, topic, partition, v.inMemory)
+	if err != nil {
+		return nil, err
 	}
+	n, err := s.countAlive()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	v.alive[partition].Store(n)
+	v.stores[partition].Store(s)
+	return s, nil
+}
+
+// update stores a table record under its local key, then tells the hook and
+// the subscribers.
+func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string, value []byte) error {
+	p := uctx.Partition()
+	st := v.stores[p].Load()
+	if st == nil {
+		return fmt.Errorf("view %s: partition %d has no storage", v.entityType, p)
+	}
+	recovering := v.view.CurrentState() != goka.ViewStateRunning
+	v.metrics.updated(recovering)
 	if topology.IsTruncateKey(key) {
-		return nil // a TRUNCATE marker: Get and Each apply it
+		if err := setOrDelete(s, markerKey, value); err != nil {
+			return err
+		}
+		// Entities before the marker are hidden now: count again.
+		n, err := st.countAlive()
+		if err != nil {
+			return err
+		}
+		v.alive[p].Store(n)
+		return nil
 	}
 	id, err := strconv.ParseInt(key, 10, 64)
 	if err != nil {
-		v.log.Warn("table key is not an entity id", "key", key, "partition", uctx.Partition(), "offset", uctx.Offset())
+		v.metrics.badRecords.Inc()
+		v.log.Error("table key is not an entity id: record not applied", "key", key, "partition", p, "offset", uctx.Offset())
 		return nil
 	}
-	u := Update{EntityID: id, Partition: uctx.Partition(), Offset: uctx.Offset()}
-	if value != nil {
+	lk := string(entityKey(id))
+	old, err := s.Get(lk)
+	if err != nil {
+		return err
+	}
+	if err := setOrDelete(s, lk, value); err != nil {
+		return err
+	}
+	v.alive[p].Add(int64(b2i(st.alive(value)) - b2i(st.alive(old))))
+	if v.hook == nil && !v.hasSubscribers() {
+		return nil
+	}
+	u := Update{EntityID: id, Partition: p, Offset: uctx.Offset(), Recovering: recovering}
+	if st.alive(value) {
 		if u.State, err = (codecs.StateCodec{}).Decode(value); err != nil {
-			v.log.Warn("table record does not decode", "entity_id", id, "partition", uctx.Partition(), "offset", uctx.Offset(), "err", err)
+			v.metrics.badRecords.Inc()
+			v.log.Error("table record does not decode", "entity_id", id, "partition", p, "offset", uctx.Offset(), "err", err)
 			return nil
 		}
-		if u.State.Deleted {
-			u.State = nil
-		} else if marker, err := s.Get(topology.TruncateKey(topology.PartitionOf(key, v.partitions), v.partitions)); err == nil && marker != nil {
-			// s is this partition's storage: a later TRUNCATE hides the state.
-			if m, err := (codecs.StateCodec{}).Decode(marker); err == nil && m.Truncated && u.State.Position.Compare(m.Position) <= 0 {
-				u.State = nil
-			}
-		}
 	}
-	v.hook(u)
+	if v.hook != nil {
+		v.hook(u)
+	}
+	v.publish(u)
 	return nil
+}
+
+func setOrDelete(s gokastorage.Storage, key string, value []byte) error {
+	if value == nil {
+		return s.Delete(key)
+	}
+	return s.Set(key, value)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // EntityType is the entity type this view holds.
 func (v *View) EntityType() string { return v.entityType }
 
 // Run keeps the view current until ctx is cancelled (then it returns nil) or
-// it fails.
+// it fails. A View runs once: it closes its storage when Run returns.
 func (v *View) Run(ctx context.Context) error {
-	err := v.view.Run(ctx)
+	v.running.Store(true)
+	defer func() {
+		v.running.Store(false)
+		v.clientMu.Lock()
+		if v.client != nil {
+			v.client.Close()
+			v.client = nil
+		}
+		v.clientMu.Unlock()
+	}()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v.watch(rctx)
+	}()
+	err := v.view.Run(rctx)
+	cancel()
+	<-done
+	v.closeSubscriptions()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("view %s: %w", v.entityType, err)
 	}
 	return nil
+}
+
+// watch updates the gauges and logs recovery progress until ctx is done.
+func (v *View) watch(ctx context.Context) {
+	const every = 5 * time.Second
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	start := time.Now()
+	var lastLog time.Time
+	var lastRecords float64
+	logged := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		recovered := v.Recovered()
+		v.metrics.setRecovered(recovered)
+		n, _ := v.Len()
+		v.metrics.entities.Set(float64(n))
+		lag, err := v.Lag(ctx)
+		if err == nil {
+			v.metrics.lag.Set(float64(lag))
+		}
+		records := v.metrics.recoveryRecords()
+		switch {
+		case !recovered && time.Since(lastLog) >= every:
+			rate := (records - lastRecords) / time.Since(lastLog).Seconds()
+			if lastLog.IsZero() {
+				rate = records / time.Since(start).Seconds()
+			}
+			v.log.Info("view recovering", "records", int64(records), "remaining", lag, "records_per_second", int64(rate))
+			lastLog, lastRecords, logged = time.Now(), records, true
+		case recovered && logged:
+			v.log.Info("view recovered", "records", int64(records), "entities", n, "seconds", time.Since(start).Seconds())
+			logged = false
+		}
+	}
 }
 
 // Recovered reports whether every partition has caught up with its table.
@@ -154,7 +319,7 @@ func (v *View) Recovered() bool { return v.view.Recovered() }
 
 // WaitRecovered blocks until Recovered or ctx is done.
 func (v *View) WaitRecovered(ctx context.Context) error {
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for !v.view.Recovered() {
 		select {
@@ -166,83 +331,223 @@ func (v *View) WaitRecovered(ctx context.Context) error {
 	return nil
 }
 
-// Get returns the latest state of the entity with id, or nil if the view has
-// none (never written, or deleted).
-func (v *View) Get(id int64) (st *codecs.State, err error) {
-	// goka's key lookup overflows for the rare key whose hash is 0x80000000
-	// and indexes out of range: an error, not a crash of the service.
-	defer func() {
-		if r := recover(); r != nil {
-			st, err = nil, fmt.Errorf("view %s get %d: goka cannot look this key up: %v", v.entityType, id, r)
+// Status is a view's lifecycle state.
+type Status int
+
+// The statuses of a view, in the order a view goes through them.
+const (
+	// StatusIdle: Run has not started or has returned.
+	StatusIdle Status = iota
+	// StatusConnecting: opening storage and connecting to Kafka.
+	StatusConnecting
+	// StatusCatchingUp: reading the table up to where it ended at the start.
+	StatusCatchingUp
+	// StatusRunning: recovered, applying the table's new records as they come.
+	StatusRunning
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusIdle:
+		return "idle"
+	case StatusConnecting:
+		return "connecting"
+	case StatusCatchingUp:
+		return "catching-up"
+	case StatusRunning:
+		return "running"
+	}
+	return "status(" + strconv.Itoa(int(s)) + ")"
+}
+
+func statusOf(s goka.ViewState) Status {
+	switch s {
+	case goka.ViewStateInitializing, goka.ViewStateConnecting:
+		return StatusConnecting
+	case goka.ViewStateCatchUp:
+		return StatusCatchingUp
+	case goka.ViewStateRunning:
+		return StatusRunning
+	}
+	return StatusIdle
+}
+
+// Status is the view's current status.
+func (v *View) Status() Status { return statusOf(v.view.CurrentState()) }
+
+// StatusChanges sends the view's status, then every change of it, until ctx
+// is done; then it closes the channel. A slow reader sees the latest status
+// (intermediate ones can be skipped) and never blocks the view.
+func (v *View) StatusChanges(ctx context.Context) <-chan Status {
+	obs := v.view.ObserveStateChanges()
+	out := make(chan Status, 1)
+	go func() {
+		defer close(out)
+		defer obs.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s, ok := <-obs.C():
+				if !ok {
+					return
+				}
+				select {
+				case <-out: // drop the unread older status
+				default:
+				}
+				out <- statusOf(goka.ViewState(s))
+			}
 		}
 	}()
-	val, err := v.view.Get(strconv.FormatInt(id, 10))
+	return out
+}
+
+// Lag is how many records of its table the view has not applied yet, over
+// all partitions: the view's staleness. It asks Kafka for the partitions'
+// ends, so it costs a round trip.
+func (v *View) Lag(ctx context.Context) (int64, error) {
+	client, err := v.lagClient()
+	if err != nil {
+		return 0, err
+	}
+	var lag int64
+	for p := range v.partitions {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		hwm, err := client.GetOffset(v.topic, int32(p), sarama.OffsetNewest)
+		if err != nil {
+			return 0, fmt.Errorf("view %s lag: end of partition %d: %w", v.entityType, p, err)
+		}
+		next := int64(0)
+		if st := v.stores[p].Load(); st != nil {
+			next = st.lastOffset() + 1
+		}
+		if next == 0 {
+			if next, err = client.GetOffset(v.topic, int32(p), sarama.OffsetOldest); err != nil {
+				return 0, fmt.Errorf("view %s lag: start of partition %d: %w", v.entityType, p, err)
+			}
+		}
+		lag += max(hwm-next, 0)
+	}
+	return lag, nil
+}
+
+func (v *View) lagClient() (sarama.Client, error) {
+	v.clientMu.Lock()
+	defer v.clientMu.Unlock()
+	if !v.running.Load() {
+		return nil, ErrNotRunning
+	}
+	if v.client == nil {
+		c, err := sarama.NewClient(v.kcfg.Brokers, topology.SaramaConfig(v.kcfg))
+		if err != nil {
+			return nil, fmt.Errorf("view %s: kafka client: %w", v.entityType, err)
+		}
+		v.client = c
+	}
+	return v.client, nil
+}
+
+// Get returns the latest state of the entity with id, or nil if the view has
+// none (never written, deleted or truncated).
+func (v *View) Get(ctx context.Context, id int64) (*codecs.State, error) {
+	start := time.Now()
+	defer v.metrics.observeGet(start)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st := v.stores[topology.PartitionOf(strconv.FormatInt(id, 10), v.partitions)].Load()
+	if st == nil {
+		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, ErrNotRunning)
+	}
+	raw, err := st.Get(string(entityKey(id)))
 	if err != nil {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
 	}
-	st, _ = val.(*codecs.State)
-	if st == nil || st.Deleted {
+	if raw == nil || isDeletedState(raw) {
 		return nil, nil
 	}
-	at, err := v.truncatedAt(topology.PartitionOf(strconv.FormatInt(id, 10), v.partitions))
+	state, err := (codecs.StateCodec{}).Decode(raw)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
 	}
-	if st.Position.Compare(at) <= 0 {
-		return nil, nil // the table was truncated after this state
+	if state.Deleted || state.Position.Compare(st.truncatedAt()) <= 0 {
+		return nil, nil
 	}
-	return st, nil
+	return state, nil
 }
 
-// truncatedAt is the position of partition p's last TRUNCATE, or zero.
-func (v *View) truncatedAt(p int32) (codecs.Position, error) {
-	val, err := v.view.Get(topology.TruncateKey(p, v.partitions))
-	if err != nil {
-		return codecs.Position{}, fmt.Errorf("view %s truncate marker of partition %d: %w", v.entityType, p, err)
-	}
-	if st, _ := val.(*codecs.State); st != nil && st.Truncated {
-		return st.Position, nil
-	}
-	return codecs.Position{}, nil
+// All iterates every entity of the view in id order.
+func (v *View) All(ctx context.Context) iter.Seq2[*codecs.State, error] {
+	return v.Range(ctx, math.MinInt64, math.MaxInt64)
 }
 
-// Each calls fn for every entity in the view, in key order within each
-// partition, until fn returns an error, which Each returns.
+// Range iterates the entities with ids from first to last (both included) in
+// id order. It reads a consistent snapshot of each partition taken when the
+// iteration starts; records the view applies meanwhile are not seen. An
+// error ends the iteration.
+func (v *View) Range(ctx context.Context, first, last int64) iter.Seq2[*codecs.State, error] {
+	return func(yield func(*codecs.State, error) bool) {
+		if first > last {
+			return
+		}
+		m, err := v.merge(first, last)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		defer m.release()
+		for m.next() {
+			if err := ctx.Err(); err != nil {
+				yield(nil, err)
+				return
+			}
+			raw := m.value()
+			if isDeletedState(raw) {
+				continue
+			}
+			state, err := (codecs.StateCodec{}).Decode(raw)
+			if err != nil {
+				yield(nil, fmt.Errorf("view %s: entity %d: %w", v.entityType, m.id(), err))
+				return
+			}
+			if state.Deleted || state.Position.Compare(m.truncatedAt()) <= 0 {
+				continue
+			}
+			if !yield(state, nil) {
+				return
+			}
+		}
+		if err := m.err(); err != nil {
+			yield(nil, fmt.Errorf("view %s: %w", v.entityType, err))
+		}
+	}
+}
+
+// Each calls fn for every entity in id order until fn returns an error,
+// which Each returns.
 func (v *View) Each(fn func(*codecs.State) error) error {
-	truncated := make([]codecs.Position, v.partitions)
-	for p := range truncated {
-		at, err := v.truncatedAt(int32(p))
+	for st, err := range v.All(context.Background()) {
 		if err != nil {
 			return err
 		}
-		truncated[p] = at
-	}
-	it, err := v.view.Iterator()
-	if err != nil {
-		return fmt.Errorf("view %s: %w", v.entityType, err)
-	}
-	defer it.Release()
-	for it.Next() {
-		if topology.IsTruncateKey(it.Key()) {
-			continue
-		}
-		val, err := it.Value()
-		if err != nil {
-			return fmt.Errorf("view %s key %s: %w", v.entityType, it.Key(), err)
-		}
-		st, ok := val.(*codecs.State)
-		if ok && !st.Deleted && st.Position.Compare(truncated[topology.PartitionOf(it.Key(), v.partitions)]) > 0 {
-			if err := fn(st); err != nil {
-				return err
-			}
+		if err := fn(st); err != nil {
+			return err
 		}
 	}
-	return it.Err()
+	return nil
 }
 
-// Len counts the entities in the view.
+// Len is the number of entities in the view, kept as records are applied.
 func (v *View) Len() (int, error) {
-	n := 0
-	err := v.Each(func(*codecs.State) error { n++; return nil })
-	return n, err
+	var n int64
+	for p := range v.stores {
+		if v.stores[p].Load() == nil {
+			return 0, fmt.Errorf("view %s: %w", v.entityType, ErrNotRunning)
+		}
+		n += v.alive[p].Load()
+	}
+	return int(n), nil
 }

@@ -3,6 +3,9 @@ package views_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +24,7 @@ func testTopology(t *testing.T) *topology.Topology {
 	cfg, err := topology.Parse([]byte(`
 kafka: {brokers: ["127.0.0.1:1"]}
 postgres: {url: "postgres://unused"}
-entities: [{type: account, table: accounts, partitions: 3}]
+entities: [{type: account, table: accounts, partitions: 1}] # goka's tester has one partition per topic
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +40,41 @@ func state(id int64, lsn codecs.LSN, name string) *codecs.State {
 		Position:   codecs.Position{CommitLSN: lsn},
 		CommitTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
 	}
+}
+
+// enc encodes a table value the way the snapshot processor writes it.
+func enc(t *testing.T, st *codecs.State) []byte {
+	t.Helper()
+	if st == nil {
+		return nil
+	}
+	b, err := (codecs.StateCodec{}).Encode(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// runView runs a view on a goka tester until the test ends.
+func runView(t *testing.T, topo *topology.Topology, tt *tester.Tester, opts ...views.Option) *views.View {
+	t.Helper()
+	v, err := views.New(topo, "account", append(opts, views.WithGokaOptions(goka.WithViewTester(tt)))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("view stopped with %v", err)
+		}
+	})
+	if err := v.WaitRecovered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 func TestView(t *testing.T) {
@@ -64,12 +102,12 @@ func TestView(t *testing.T) {
 	}
 
 	table := string(topo.Snapshot("account"))
-	tt.Consume(table, "1", state(1, 10, "a"))
-	tt.Consume(table, "2", state(2, 11, "b"))
-	tt.Consume(table, "1", state(1, 12, "a2"))
-	tt.Consume(table, "2", nil) // tombstone: entity 2 deleted
+	tt.Consume(table, "1", enc(t, state(1, 10, "a")))
+	tt.Consume(table, "2", enc(t, state(2, 11, "b")))
+	tt.Consume(table, "1", enc(t, state(1, 12, "a2")))
+	tt.Consume(table, "2", []byte(nil)) // tombstone: entity 2 deleted
 
-	st, err := v.Get(1)
+	st, err := v.Get(context.Background(), 1)
 	if err != nil || st == nil || string(st.Row["name"]) != `"a2"` || st.Position.CommitLSN != 12 {
 		t.Fatalf("Get(1) = %+v, %v; want the latest state", st, err)
 	}
@@ -80,7 +118,7 @@ func TestView(t *testing.T) {
 		t.Errorf("Row.Decode = %+v, %v", decoded, err)
 	}
 	for _, id := range []int64{2, 3} {
-		if st, err := v.Get(id); err != nil || st != nil {
+		if st, err := v.Get(context.Background(), id); err != nil || st != nil {
 			t.Errorf("Get(%d) = %+v, %v; want nil", id, st, err)
 		}
 	}
@@ -90,16 +128,16 @@ func TestView(t *testing.T) {
 
 	// A TRUNCATE marker in entity 1's partition hides every earlier state
 	// there; the marker itself is no entity.
-	tt.Consume(table, topology.TruncateKey(topology.PartitionOf("1", 3), 3),
-		&codecs.State{EntityType: "account", Truncated: true, Position: codecs.Position{CommitLSN: 20}})
-	if st, err := v.Get(1); err != nil || st != nil {
+	tt.Consume(table, topology.TruncateKey(0, 1),
+		enc(t, &codecs.State{EntityType: "account", Truncated: true, Position: codecs.Position{CommitLSN: 20}}))
+	if st, err := v.Get(context.Background(), 1); err != nil || st != nil {
 		t.Errorf("Get(1) after a later truncate = %+v, %v; want nil", st, err)
 	}
 	if n, err := v.Len(); err != nil || n != 0 {
 		t.Errorf("Len after the truncate = %d, %v; want 0", n, err)
 	}
 	// A state from before the truncate reaches the hook as gone.
-	tt.Consume(table, "1", state(1, 15, "old"))
+	tt.Consume(table, "1", enc(t, state(1, 15, "old")))
 	mu.Lock()
 	if u := updates[len(updates)-1]; u.EntityID != 1 || u.State != nil {
 		t.Errorf("a pre-truncate state reached the hook as %+v, want nil", u)
@@ -124,5 +162,84 @@ func TestNewUndeclaredType(t *testing.T) {
 	_, err := views.New(testTopology(t), "user")
 	if err == nil || !strings.Contains(err.Error(), `"user"`) {
 		t.Fatalf("got %v, want an error naming the type", err)
+	}
+}
+
+func TestViewRangeTypedSubscribe(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	v := runView(t, topo, tt, views.WithInMemory())
+	if got := v.Status(); got != views.StatusRunning {
+		t.Errorf("Status = %v, want running", got)
+	}
+	sub := v.Subscribe(16)
+	slow := v.Subscribe(1)
+	table := string(topo.Snapshot("account"))
+	ids := []int64{100, -5, 1 << 40, 3, -1 << 50, 10}
+	for i, id := range ids {
+		tt.Consume(table, strconv.FormatInt(id, 10), enc(t, state(id, codecs.LSN(10+i), "n"+strconv.FormatInt(id, 10))))
+	}
+	tt.Consume(table, "3", enc(t, &codecs.State{EntityType: "account", EntityID: 3, Deleted: true, Position: codecs.Position{CommitLSN: 30}}))
+
+	var got []int64
+	for st, err := range v.All(context.Background()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, st.EntityID)
+	}
+	want := []int64{-1 << 50, -5, 10, 100, 1 << 40} // id order; 3 is deleted
+	if !slices.Equal(got, want) {
+		t.Errorf("All = %v, want %v", got, want)
+	}
+	got = got[:0]
+	for st, err := range v.Range(context.Background(), -5, 100) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, st.EntityID)
+		if st.EntityID == 10 {
+			break
+		}
+	}
+	if want := []int64{-5, 10}; !slices.Equal(got, want) {
+		t.Errorf("Range(-5, 100) stopped at 10 = %v, want %v", got, want)
+	}
+	if n, err := v.Len(); err != nil || n != 5 {
+		t.Errorf("Len = %d, %v; want 5", n, err)
+	}
+
+	typed := &views.Typed[struct {
+		Name string `json:"name"`
+	}]{View: v}
+	e, ok, err := typed.Get(context.Background(), 1<<40)
+	if err != nil || !ok || e.Value.Name != "n1099511627776" || e.ID != 1<<40 {
+		t.Errorf("Typed.Get = %+v, %v, %v", e, ok, err)
+	}
+	if _, ok, err := typed.Get(context.Background(), 3); ok || err != nil {
+		t.Errorf("Typed.Get(deleted) = %v, %v; want not found", ok, err)
+	}
+	bad := &views.Typed[struct {
+		Name int `json:"name"`
+	}]{View: v}
+	if _, _, err := bad.Get(context.Background(), 10); err == nil || !strings.Contains(err.Error(), "entity 10 does not decode") {
+		t.Errorf("Typed.Get into a wrong type: %v", err)
+	}
+
+	for i, id := range append(ids, 3) {
+		u := <-sub.C()
+		if u.EntityID != id || (id == 3) != (u.State == nil) && i == len(ids) {
+			t.Errorf("update %d = %+v, want entity %d", i, u, id)
+		}
+	}
+	if _, ok := <-slow.C(); !ok {
+		t.Fatal("the slow subscriber got nothing")
+	}
+	if _, ok := <-slow.C(); ok || !errors.Is(slow.Err(), views.ErrSlowSubscriber) {
+		t.Errorf("slow subscriber: open=%v err=%v; want closed with ErrSlowSubscriber", ok, slow.Err())
+	}
+	sub.Close()
+	if _, ok := <-sub.C(); ok || sub.Err() != nil {
+		t.Errorf("closed subscription: open=%v err=%v", ok, sub.Err())
 	}
 }

@@ -1,0 +1,373 @@
+package views
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	gokastorage "github.com/lovoo/goka/storage"
+	"github.com/syndtr/goleveldb/leveldb"
+	"github.com/syndtr/goleveldb/leveldb/iterator"
+	"github.com/syndtr/goleveldb/leveldb/opt"
+	lvlstorage "github.com/syndtr/goleveldb/leveldb/storage"
+	"github.com/syndtr/goleveldb/leveldb/util"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+// Local storage layout, one goleveldb database per table partition:
+//
+//	'e' + 8 bytes big-endian (id XOR 1<<63)   an entity's state, as the table holds it
+//	't'                                       the partition's TRUNCATE marker
+//	"__offset"                                goka's offset key: the next record to read
+//	"__format"                                storageFormat
+//
+// Entity keys sort like their ids, so ranges and pages are ordered by id, and
+// a merge over the partitions is ordered too.
+const (
+	storageFormat = "changes.view.v1"
+	formatKey     = "__format"
+	offsetKey     = "__offset" // goka's storage.offsetKey
+	entityPrefix  = 'e'
+	markerKey     = "t"
+)
+
+// entityKey is the local key of entity id.
+func entityKey(id int64) []byte {
+	k := make([]byte, 9)
+	k[0] = entityPrefix
+	binary.BigEndian.PutUint64(k[1:], uint64(id)^(1<<63))
+	return k
+}
+
+// entityID decodes an entityKey.
+func entityID(k []byte) (int64, bool) {
+	if len(k) != 9 || k[0] != entityPrefix {
+		return 0, false
+	}
+	return int64(binary.BigEndian.Uint64(k[1:]) ^ (1 << 63)), true
+}
+
+// Flush thresholds of the write batch. While a partition recovers, records
+// are written in batches of this size (goleveldb's cost is per write, not per
+// record); once it runs, every record is written with its offset at once.
+const (
+	recoveryBatchRecords = 4096
+	recoveryBatchBytes   = 4 << 20
+)
+
+// storeOptions are the goleveldb options of a view's storage: a write buffer
+// large enough to absorb a recovery, bounded memory otherwise.
+func storeOptions() *opt.Options {
+	return &opt.Options{
+		WriteBuffer:            16 << 20,
+		BlockCacheCapacity:     8 << 20,
+		CompactionTableSize:    8 << 20,
+		OpenFilesCacheCapacity: 64,
+	}
+}
+
+// store is the goka storage of one table partition. goka writes it from one
+// goroutine (the partition's); Get, Has and iterators may run concurrently.
+//
+// Writes go to a batch that is committed together with the offset: a crash
+// never leaves an offset that is ahead of the records stored.
+type store struct {
+	db        *leveldb.DB
+	recovered atomic.Bool
+
+	mu      sync.RWMutex
+	batch   leveldb.Batch
+	pending map[string][]byte // keys in batch; nil value = deleted
+	offset  int64             // the offset the batch brings the storage to; -1 if none
+	stored  atomic.Int64      // the last offset committed to the database; -1 if none
+
+	marker atomic.Pointer[codecs.Position] // the TRUNCATE marker's position; nil if none
+}
+
+func openStore(dir, topic string, partition int32, inMemory bool) (*store, error) {
+	var (
+		db  *leveldb.DB
+		err error
+	)
+	path := filepath.Join(dir, fmt.Sprintf("%s.%d", topic, partition))
+	if inMemory {
+		db, err = leveldb.Open(lvlstorage.NewMemStorage(), storeOptions())
+	} else {
+		db, err = leveldb.OpenFile(path, storeOptions())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open view storage %s: %w", path, err)
+	}
+	format, err := db.Get([]byte(formatKey), nil)
+	switch {
+	case errors.Is(err, leveldb.ErrNotFound):
+		if has, _ := db.Has([]byte(offsetKey), nil); has {
+			db.Close()
+			return nil, fmt.Errorf("view storage %s was written by another version (no format key): remove the directory, the view rebuilds it from Kafka", path)
+		}
+		if err := db.Put([]byte(formatKey), []byte(storageFormat), &opt.WriteOptions{Sync: true}); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("view storage %s: %w", path, err)
+		}
+	case err != nil:
+		db.Close()
+		return nil, fmt.Errorf("view storage %s: %w", path, err)
+	case string(format) != storageFormat:
+		db.Close()
+		return nil, fmt.Errorf("view storage %s has format %q, this version reads %q: remove the directory, the view rebuilds it from Kafka", path, format, storageFormat)
+	}
+	s := &store{db: db, pending: map[string][]byte{}, offset: -1}
+	s.stored.Store(-1)
+	if v, err := db.Get([]byte(offsetKey), nil); err == nil {
+		off, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("view storage %s: offset %q: %w", path, v, err)
+		}
+		s.stored.Store(off)
+	}
+	if raw, err := db.Get([]byte(markerKey), nil); err == nil {
+		if err := s.setMarker(raw); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("view storage %s: %w", path, err)
+		}
+	}
+	return s, nil
+}
+
+var _ gokastorage.Storage = (*store)(nil)
+
+// Open implements goka's storage.Storage.
+func (s *store) Open() error { return nil }
+
+// Close commits what is pending and closes the database.
+func (s *store) Close() error {
+	ferr := s.flush()
+	return errors.Join(ferr, s.db.Close())
+}
+
+// Has implements goka's storage.Storage.
+func (s *store) Has(key string) (bool, error) {
+	v, err := s.Get(key)
+	return v != nil, err
+}
+
+// Get returns the value of key, pending writes included, or nil.
+func (s *store) Get(key string) ([]byte, error) {
+	s.mu.RLock()
+	v, ok := s.pending[key]
+	s.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := s.db.Get([]byte(key), nil)
+	if errors.Is(err, leveldb.ErrNotFound) {
+		return nil, nil
+	}
+	return v, err
+}
+
+// Set implements goka's storage.Storage.
+func (s *store) Set(key string, value []byte) error {
+	if value == nil {
+		value = []byte{}
+	}
+	if key == markerKey {
+		if err := s.setMarker(value); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.batch.Put([]byte(key), value)
+	s.pending[key] = value
+	s.mu.Unlock()
+	return nil
+}
+
+// Delete implements goka's storage.Storage.
+func (s *store) Delete(key string) error {
+	if key == markerKey {
+		s.marker.Store(nil)
+	}
+	s.mu.Lock()
+	s.batch.Delete([]byte(key))
+	s.pending[key] = nil
+	s.mu.Unlock()
+	return nil
+}
+
+// GetOffset returns the next offset to read's predecessor as goka stores it:
+// the last offset applied, or def.
+func (s *store) GetOffset(def int64) (int64, error) {
+	s.mu.RLock()
+	off := s.offset
+	s.mu.RUnlock()
+	if off >= 0 {
+		return off, nil
+	}
+	if off := s.stored.Load(); off >= 0 {
+		return off, nil
+	}
+	return def, nil
+}
+
+// SetOffset records that every record up to offset is applied and commits
+// the batch when it is due.
+func (s *store) SetOffset(offset int64) error {
+	s.mu.Lock()
+	s.offset = offset
+	due := s.recovered.Load() || s.batch.Len() >= recoveryBatchRecords || len(s.batch.Dump()) >= recoveryBatchBytes
+	s.mu.Unlock()
+	if due {
+		return s.flush()
+	}
+	return nil
+}
+
+// flush commits the batch and the offset in one write.
+func (s *store) flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.offset < 0 && s.batch.Len() == 0 {
+		return nil
+	}
+	if s.offset >= 0 {
+		s.batch.Put([]byte(offsetKey), []byte(strconv.FormatInt(s.offset, 10)))
+	}
+	if err := s.db.Write(&s.batch, nil); err != nil {
+		return fmt.Errorf("view storage write: %w", err)
+	}
+	if s.offset >= 0 {
+		s.stored.Store(s.offset)
+	}
+	s.batch.Reset()
+	clear(s.pending)
+	s.offset = -1
+	return nil
+}
+
+// MarkRecovered commits the recovery's last batch; from now on every record
+// is committed as it comes.
+func (s *store) MarkRecovered() error {
+	s.recovered.Store(true)
+	return s.flush()
+}
+
+// lastOffset is the last offset committed or pending, or -1.
+func (s *store) lastOffset() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.offset >= 0 {
+		return s.offset
+	}
+	return s.stored.Load()
+}
+
+// Iterator implements goka's storage.Storage: committed entries only.
+func (s *store) Iterator() (gokastorage.Iterator, error) {
+	return &storeIterator{s.db.NewIterator(nil, &opt.ReadOptions{DontFillCache: true})}, nil
+}
+
+// IteratorWithRange implements goka's storage.Storage.
+func (s *store) IteratorWithRange(start, limit []byte) (gokastorage.Iterator, error) {
+	r := &util.Range{Start: start, Limit: limit}
+	if len(limit) == 0 {
+		r = util.BytesPrefix(start)
+	}
+	return &storeIterator{s.db.NewIterator(r, &opt.ReadOptions{DontFillCache: true})}, nil
+}
+
+// entities iterates the entity keys with ids in [from, to].
+func (s *store) entities(from, to int64) iterator.Iterator {
+	limit := append(entityKey(to), 0) // the smallest key after to's
+	return s.db.NewIterator(&util.Range{Start: entityKey(from), Limit: limit}, &opt.ReadOptions{DontFillCache: true})
+}
+
+type storeIterator struct{ it iterator.Iterator }
+
+func (i *storeIterator) Next() bool             { return i.it.Next() }
+func (i *storeIterator) Err() error             { return i.it.Error() }
+func (i *storeIterator) Key() []byte            { return i.it.Key() }
+func (i *storeIterator) Value() ([]byte, error) { return i.it.Value(), nil }
+func (i *storeIterator) Release()               { i.it.Release() }
+func (i *storeIterator) Seek(key []byte) bool   { return i.it.Seek(key) }
+
+// isDeletedState reports whether raw, a table value, is a deleted state,
+// without decoding it: StateCodec writes the row right after the id, and a
+// deleted state has none. Type names cannot hold `,"row":`.
+func isDeletedState(raw []byte) bool {
+	i := bytes.Index(raw, []byte(`,"row":`))
+	if i < 0 {
+		st, err := (codecs.StateCodec{}).Decode(raw)
+		return err == nil && st.Deleted
+	}
+	return bytes.HasPrefix(raw[i+len(`,"row":`):], []byte("null"))
+}
+
+// countAlive counts the entities stored that are neither deleted nor hidden
+// by the partition's TRUNCATE marker. It commits the pending batch first.
+func (s *store) countAlive() (int64, error) {
+	if err := s.flush(); err != nil {
+		return 0, err
+	}
+	at := s.truncatedAt()
+	it := s.entities(math.MinInt64, math.MaxInt64)
+	defer it.Release()
+	var n int64
+	for it.Next() {
+		if isDeletedState(it.Value()) {
+			continue
+		}
+		if !at.IsZero() {
+			st, err := (codecs.StateCodec{}).Decode(it.Value())
+			if err != nil || st.Position.Compare(at) <= 0 {
+				continue
+			}
+		}
+		n++
+	}
+	return n, it.Error()
+}
+
+// setMarker caches the position of a TRUNCATE marker.
+func (s *store) setMarker(raw []byte) error {
+	m, err := (codecs.StateCodec{}).Decode(raw)
+	if err != nil {
+		return fmt.Errorf("truncate marker: %w", err)
+	}
+	if !m.Truncated {
+		return fmt.Errorf("truncate marker: the record is not one (entity %d)", m.EntityID)
+	}
+	s.marker.Store(&m.Position)
+	return nil
+}
+
+// truncatedAt is the position of the partition's last TRUNCATE, or zero:
+// states at or before it are gone.
+func (s *store) truncatedAt() codecs.Position {
+	if p := s.marker.Load(); p != nil {
+		return *p
+	}
+	return codecs.Position{}
+}
+
+// alive reports whether raw, an entity's stored value, is an entity a reader
+// sees: not deleted, not hidden by a TRUNCATE.
+func (s *store) alive(raw []byte) bool {
+	if raw == nil || isDeletedState(raw) {
+		return false
+	}
+	at := s.truncatedAt()
+	if at.IsZero() {
+		return true
+	}
+	st, err := (codecs.StateCodec{}).Decode(raw)
+	return err == nil && !st.Deleted && st.Position.Compare(at) > 0
+}

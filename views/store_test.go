@@ -1,0 +1,83 @@
+package views
+
+import (
+	"bytes"
+	"math"
+	"testing"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+func TestEntityKeysSortLikeIDs(t *testing.T) {
+	ids := []int64{math.MinInt64, -1 << 40, -2, -1, 0, 1, 2, 255, 256, 1 << 53, math.MaxInt64}
+	for i := 1; i < len(ids); i++ {
+		if bytes.Compare(entityKey(ids[i-1]), entityKey(ids[i])) >= 0 {
+			t.Errorf("key(%d) does not sort before key(%d)", ids[i-1], ids[i])
+		}
+	}
+	for _, id := range ids {
+		if got, ok := entityID(entityKey(id)); !ok || got != id {
+			t.Errorf("entityID(entityKey(%d)) = %d, %v", id, got, ok)
+		}
+	}
+	if _, ok := entityID([]byte(offsetKey)); ok {
+		t.Error("goka's offset key decodes as an entity")
+	}
+}
+
+func TestIsDeletedStateFollowsTheCodec(t *testing.T) {
+	for _, st := range []*codecs.State{
+		{EntityType: "a", EntityID: 1, Deleted: true, Position: codecs.Position{CommitLSN: 1}},
+		{EntityType: "a", EntityID: 1, Row: codecs.Row{"deleted": []byte(`true`), "x": []byte(`",\"row\":null"`)}, Position: codecs.Position{CommitLSN: 1}},
+	} {
+		raw, err := (codecs.StateCodec{}).Encode(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := isDeletedState(raw); got != st.Deleted {
+			t.Errorf("isDeletedState(%s) = %v, want %v", raw, got, st.Deleted)
+		}
+	}
+}
+
+// The offset is committed with the records it covers, never ahead of them.
+func TestStoreCommitsOffsetWithRecords(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(dir, "t", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range int64(10) {
+		if err := s.Set(string(entityKey(i)), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetOffset(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, _ := s.Get(string(entityKey(9))); string(v) != "v" {
+		t.Errorf("a pending write is not readable: %q", v)
+	}
+	if got := s.stored.Load(); got != -1 {
+		t.Errorf("recovery committed offset %d before its batch was due", got)
+	}
+	if err := s.MarkRecovered(); err != nil {
+		t.Fatal(err)
+	}
+	s.Set(string(entityKey(10)), []byte("v"))
+	s.SetOffset(10)
+	if got := s.stored.Load(); got != 10 {
+		t.Errorf("after recovery, stored offset = %d, want 10 (committed per record)", got)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = openStore(dir, "t", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if off, _ := s.GetOffset(-2); off != 10 {
+		t.Errorf("reopened offset = %d, want 10", off)
+	}
+}
