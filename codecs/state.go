@@ -57,3 +57,34 @@ func (StateCodec) Encode(s *State) ([]byte, error) { return encodeValid("state",
 
 // Decode implements Codec.
 func (StateCodec) Decode(b []byte) (*State, error) { return decodeValid[State]("state", b) }
+
+// Apply returns the state of ev's entity after ev, given cur, its state
+// before (nil if none): a delete gives a deleted state; a snapshot, insert
+// or update gives ev's row, where each unchanged TOASTed column takes cur's
+// value. missing lists the unchanged columns cur had no value for (they are
+// left out of the row). Apply does not check positions, and a truncate is
+// not an entity's change: it returns nil for one. AppliedTime is left zero.
+func Apply(cur *State, ev *Event) (next *State, missing []string) {
+	switch ev.Op {
+	case OpDelete:
+		return &State{EntityType: ev.EntityType, EntityID: ev.EntityID, Deleted: true,
+			Position: ev.Position, CommitTime: ev.CommitTime}, nil
+	case OpSnapshot, OpInsert, OpUpdate:
+		row := make(Row, len(ev.After)+len(ev.Unchanged))
+		for k, v := range ev.After {
+			row[k] = v
+		}
+		for _, col := range ev.Unchanged {
+			if cur != nil && !cur.Deleted {
+				if v, ok := cur.Row[col]; ok {
+					row[col] = v
+					continue
+				}
+			}
+			missing = append(missing, col)
+		}
+		return &State{EntityType: ev.EntityType, EntityID: ev.EntityID, Row: row,
+			Position: ev.Position, CommitTime: ev.CommitTime}, missing
+	}
+	return nil, nil
+}

@@ -263,42 +263,19 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		if cur != nil && cur.Position.Compare(truncatedAt(truncated, gctx.Partition())) <= 0 {
 			cur = nil // the stored state predates a TRUNCATE: it is gone
 		}
-		switch ev.Op {
-		case codecs.OpDelete:
-			// The entity keeps its position for the grace period, so an older
-			// change delivered again cannot bring it back; the sweep then
-			// writes the Kafka tombstone.
-			gctx.SetValue(&codecs.State{
-				EntityType:  ev.EntityType,
-				EntityID:    ev.EntityID,
-				Deleted:     true,
-				Position:    ev.Position,
-				CommitTime:  ev.CommitTime,
-				AppliedTime: time.Now().UTC(),
-			})
-		case codecs.OpSnapshot, codecs.OpInsert, codecs.OpUpdate:
-			row := ev.After
-			for _, col := range ev.Unchanged {
-				if cur != nil && !cur.Deleted {
-					if v, ok := cur.Row[col]; ok {
-						row[col] = v
-						continue
-					}
-				}
-				log.Warn("unchanged TOASTed column has no stored value", "entity_id", ev.EntityID, "column", col)
-			}
-			gctx.SetValue(&codecs.State{
-				EntityType:  ev.EntityType,
-				EntityID:    ev.EntityID,
-				Row:         row,
-				Position:    ev.Position,
-				CommitTime:  ev.CommitTime,
-				AppliedTime: time.Now().UTC(),
-			})
-		default:
+		// A delete keeps the entity's position for the grace period, so an
+		// older change delivered again cannot bring it back; the sweep then
+		// writes the Kafka tombstone.
+		next, missing := codecs.Apply(cur, ev)
+		if next == nil {
 			deadLetter(gctx, o, topo, raw, fmt.Sprintf("operation %s cannot be applied to one entity", ev.Op))
 			return
 		}
+		for _, col := range missing {
+			log.Warn("unchanged TOASTed column has no stored value", "entity_id", ev.EntityID, "column", col)
+		}
+		next.AppliedTime = time.Now().UTC()
+		gctx.SetValue(next)
 		o.metrics.applied.WithLabelValues(entityType, string(ev.Op)).Inc()
 	}
 	grace := topo.Config().Topics.DeleteGrace

@@ -32,9 +32,26 @@ type Config struct {
 	// empty disables it. Default: 127.0.0.1:9464.
 	// Environment: CHANGES_METRICS_LISTEN.
 	Metrics string `yaml:"metrics"`
+	// Serve configures the query server, `changes serve`.
+	Serve ServeConfig `yaml:"serve"`
 	// Entities declares the captured tables, one entity type each. At least
 	// one is required.
 	Entities []EntityConfig `yaml:"entities"`
+}
+
+// ServeConfig configures the query server (`changes serve`): views of the
+// snapshot tables and point-in-time reads of the history over HTTP.
+type ServeConfig struct {
+	// Listen is the server's address. Default: 127.0.0.1:8080, loopback only;
+	// set ":8080" (or an interface's address) to serve other hosts.
+	// Environment: CHANGES_SERVE_LISTEN.
+	Listen string `yaml:"listen"`
+	// Token, when set, is the bearer token every /v1 request must carry
+	// ("Authorization: Bearer <token>"); /healthz, /readyz and /metrics stay
+	// open. Prefer the environment: CHANGES_SERVE_TOKEN.
+	Token string `yaml:"token"`
+	// Types are the entity types served. Default: every declared type.
+	Types []string `yaml:"types"`
 }
 
 // KafkaConfig says how to reach Kafka and how to write to it.
@@ -130,6 +147,7 @@ const (
 	DefaultDeleteGrace       = 24 * time.Hour
 	DefaultStorage           = "data"
 	DefaultMetrics           = "127.0.0.1:9464"
+	DefaultServeListen       = "127.0.0.1:8080"
 	DefaultIDColumn          = "id"
 	DefaultPartitions        = 8
 	defaultReplicationFactor = -1
@@ -192,6 +210,8 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("CHANGES_POSTGRES_PUBLICATION", &c.Postgres.Publication)
 	str("CHANGES_TOPIC_PREFIX", &c.Topics.Prefix)
 	str("CHANGES_STORAGE_DIR", &c.Storage)
+	str("CHANGES_SERVE_LISTEN", &c.Serve.Listen)
+	str("CHANGES_SERVE_TOKEN", &c.Serve.Token)
 	if v, ok := lookup("CHANGES_METRICS_LISTEN"); ok {
 		c.Metrics = v // empty disables
 	}
@@ -230,6 +250,7 @@ func (c *Config) applyDefaults() {
 		c.Topics.DeleteGrace = DefaultDeleteGrace
 	}
 	setDefault(&c.Storage, DefaultStorage)
+	setDefault(&c.Serve.Listen, DefaultServeListen)
 	for i := range c.Entities {
 		e := &c.Entities[i]
 		setDefault(&e.IDColumn, DefaultIDColumn)
@@ -336,7 +357,31 @@ func (c *Config) Validate() error {
 			return fieldErr(at("partitions"), "must be between 1 and 10000, got %d", e.Partitions)
 		}
 	}
+	if _, port, ok := strings.Cut(c.Serve.Listen, ":"); !ok || port == "" {
+		return fieldErr("serve.listen", "must be host:port or :port, got %q", c.Serve.Listen)
+	}
+	if strings.TrimSpace(c.Serve.Token) != c.Serve.Token {
+		return fieldErr("serve.token", "has leading or trailing white space")
+	}
+	for i, typ := range c.Serve.Types {
+		if _, ok := types[typ]; !ok {
+			return fieldErr(fmt.Sprintf("serve.types[%d]", i), "%q is not a declared entity type", typ)
+		}
+	}
 	return nil
+}
+
+// ServedTypes are the entity types the query server serves: Serve.Types,
+// or every declared type.
+func (c *Config) ServedTypes() []string {
+	if len(c.Serve.Types) > 0 {
+		return c.Serve.Types
+	}
+	var out []string
+	for _, e := range c.Entities {
+		out = append(out, e.Type)
+	}
+	return out
 }
 
 // FieldError is returned by Validate and Load; Field is the YAML path of the

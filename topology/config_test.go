@@ -22,6 +22,8 @@ var envVars = []string{
 	"CHANGES_POSTGRES_SLOT",
 	"CHANGES_POSTGRES_PUBLICATION",
 	"CHANGES_TOPIC_PREFIX",
+	"CHANGES_SERVE_LISTEN",
+	"CHANGES_SERVE_TOKEN",
 	"CHANGES_STORAGE_DIR",
 	"CHANGES_METRICS_LISTEN",
 }
@@ -61,6 +63,7 @@ topics:
   delete_grace: 30m
 storage: /var/lib/x
 metrics: 0.0.0.0:9000
+serve: {listen: ":8081", token: s3cret, types: [campaign]}
 entities:
   - type: account
     table: billing.accounts
@@ -112,6 +115,7 @@ func TestParseFull(t *testing.T) {
 		},
 		Storage: "/var/lib/x",
 		Metrics: "0.0.0.0:9000",
+		Serve:   topology.ServeConfig{Listen: ":8081", Token: "s3cret", Types: []string{"campaign"}},
 		Entities: []topology.EntityConfig{
 			{Type: "account", Table: "billing.accounts", IDColumn: "account_id", Partitions: 12},
 			// A table without a schema is in public.
@@ -466,6 +470,9 @@ func TestParseInvalid(t *testing.T) {
 		{"id column", func(c *topology.Config) { c.Entities[1].IDColumn = "bad col" }, "entities[1].id_column"},
 		{"partitions negative", func(c *topology.Config) { c.Entities[1].Partitions = -1 }, "entities[1].partitions"},
 		{"partitions too many", func(c *topology.Config) { c.Entities[0].Partitions = 10001 }, "entities[0].partitions"},
+		{"serve listen without port", func(c *topology.Config) { c.Serve.Listen = "localhost" }, "serve.listen"},
+		{"serve token with a newline", func(c *topology.Config) { c.Serve.Token = "abc\n" }, "serve.token"},
+		{"serve undeclared type", func(c *topology.Config) { c.Serve.Types = []string{"account", "user"} }, "serve.types[1]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

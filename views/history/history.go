@@ -1,0 +1,353 @@
+// Package history answers point-in-time questions from the history topic:
+// what an entity (or every entity of a type) was at a past moment, and
+// which changes an entity went through.
+//
+// The history is one partition holding every committed change in commit
+// order, with the commit time as the record timestamp, for the history
+// retention (30 days by default). The state at time T is the state after
+// every change in the history before the first change committed after T:
+// Reader.OffsetAt finds that offset with Kafka's time index, then refines it
+// with the events' microsecond commit times. Rebuilding replays the history
+// from its start up to that offset, decoding only the records of the asked
+// entity (the record key is "type/id").
+//
+// What the history cannot tell is said, never guessed: a time before the
+// first record the history still holds is ErrBeforeHistory; an entity whose
+// state at T was set by a change that retention already deleted is
+// ErrOlderThanHistory, unless the caller can vouch for its current state
+// (EntityAt's current argument, which the query server takes from its view).
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
+)
+
+// ErrBeforeHistory: the asked time is before the first change the history
+// holds (older than its retention, or before the capture started).
+var ErrBeforeHistory = errors.New("the asked time is older than the history")
+
+// ErrOlderThanHistory: the entity's state at the asked time was set by a
+// change the history no longer holds.
+var ErrOlderThanHistory = errors.New("the entity's state at that time is older than the history")
+
+// Reader reads the history topic. It is safe for concurrent use.
+type Reader struct {
+	topo      *topology.Topology
+	topic     string
+	client    sarama.Client
+	log       *slog.Logger
+	retention time.Duration
+}
+
+// Open connects a Reader to the history topic of topo.
+func Open(topo *topology.Topology, log *slog.Logger) (*Reader, error) {
+	kcfg := topo.Config().Kafka
+	cfg := topology.SaramaConfig(kcfg)
+	cfg.Consumer.Fetch.Default = 8 << 20 // replays read far; fewer, larger fetches
+	client, err := sarama.NewClient(kcfg.Brokers, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("history: kafka client: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Reader{
+		topo:      topo,
+		topic:     string(topo.History()),
+		client:    client,
+		log:       log.With("component", "history"),
+		retention: topo.Config().Topics.HistoryRetention,
+	}, nil
+}
+
+// Close closes the Reader's Kafka client.
+func (r *Reader) Close() error { return r.client.Close() }
+
+// Bounds is the part of the history Kafka still holds.
+type Bounds struct {
+	// Start is the first offset held; End the offset the next change gets.
+	Start, End int64
+	// StartTime is the commit time of the change at Start (zero if empty).
+	StartTime time.Time
+	// Retention is the history topic's configured retention.
+	Retention time.Duration
+}
+
+// Bounds reads the history's current bounds.
+func (r *Reader) Bounds(ctx context.Context) (Bounds, error) {
+	b := Bounds{Retention: r.retention}
+	var err error
+	if b.Start, err = r.client.GetOffset(r.topic, 0, sarama.OffsetOldest); err != nil {
+		return b, fmt.Errorf("history start: %w", err)
+	}
+	if b.End, err = r.client.GetOffset(r.topic, 0, sarama.OffsetNewest); err != nil {
+		return b, fmt.Errorf("history end: %w", err)
+	}
+	if b.Start < b.End {
+		var first *codecs.Event
+		err := r.scan(ctx, b.Start, b.Start+1, func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error) {
+			ev, err := value()
+			first = ev
+			return false, err
+		})
+		if err != nil {
+			return b, err
+		}
+		if first != nil {
+			b.StartTime = first.CommitTime
+		}
+	}
+	return b, nil
+}
+
+// beforeHistory is ErrBeforeHistory, explained.
+func beforeHistory(at time.Time, b Bounds) error {
+	return fmt.Errorf("%w: %s is before the first change the history holds (offset %d, committed %s; retention %s)",
+		ErrBeforeHistory, at.UTC().Format(time.RFC3339Nano), b.Start, b.StartTime.UTC().Format(time.RFC3339Nano), b.Retention)
+}
+
+// OffsetAt returns the end of the history as of time at: the offset of the
+// first change committed after at, or the history's end if there is none
+// yet. Replaying up to it (exclusive) gives the state at at.
+func (r *Reader) OffsetAt(ctx context.Context, at time.Time) (int64, error) {
+	b, err := r.Bounds(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if b.Start == b.End || at.Before(b.StartTime) {
+		if b.Start == b.End && b.Start == 0 {
+			return 0, fmt.Errorf("%w: the history is empty", ErrBeforeHistory)
+		}
+		return 0, beforeHistory(at, b)
+	}
+	// The first record whose millisecond timestamp is at at's millisecond or
+	// later; every earlier record was committed before at.
+	from, err := r.client.GetOffset(r.topic, 0, at.Truncate(time.Millisecond).UnixMilli())
+	if err != nil {
+		return 0, fmt.Errorf("history offset for %s: %w", at.Format(time.RFC3339Nano), err)
+	}
+	if from < 0 || from >= b.End {
+		return b.End, nil
+	}
+	end := b.End
+	err = r.scan(ctx, max(from, b.Start), b.End, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
+		ev, err := value()
+		if err != nil {
+			return false, err
+		}
+		if ev.CommitTime.After(at) {
+			end = off
+			return false, nil
+		}
+		return true, nil
+	})
+	return end, err
+}
+
+// Change is one change of an entity, where the history holds it.
+type Change struct {
+	Offset int64         `json:"offset"`
+	Event  *codecs.Event `json:"event"`
+}
+
+// Changes lists the changes of one entity in [from, to) in history order,
+// truncates of its type included (their entity id is 0).
+func (r *Reader) Changes(ctx context.Context, entityType string, id int64, from, to int64) ([]Change, error) {
+	key := entityType + "/" + strconv.FormatInt(id, 10)
+	truncKey := entityType + "/0"
+	var out []Change
+	err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+		if string(k) != key && string(k) != truncKey {
+			return true, nil
+		}
+		ev, err := value()
+		if err != nil {
+			return false, err
+		}
+		if ev.EntityType == entityType && (ev.EntityID == id || ev.Op == codecs.OpTruncate) {
+			out = append(out, Change{Offset: off, Event: ev})
+		}
+		return true, nil
+	})
+	return out, err
+}
+
+// CurrentFunc returns an entity's current state (nil if it has none) from a
+// source the caller trusts to be caught up with the history, such as a
+// recovered view.
+type CurrentFunc func(ctx context.Context, id int64) (*codecs.State, error)
+
+// EntityAt returns the state of one entity after the history's changes
+// before offset end (see OffsetAt), or nil if it did not exist then.
+//
+// When retention has deleted the start of the history and the entity has no
+// change before end, its state then is unknown to the history: if its first
+// change after end is an insert or a snapshot it did not exist; if it has
+// none at all, current (when not nil) gives it; otherwise the answer is
+// ErrOlderThanHistory.
+func (r *Reader) EntityAt(ctx context.Context, entityType string, id int64, end int64, current CurrentFunc) (*codecs.State, error) {
+	b, err := r.Bounds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	end = min(end, b.End)
+	changes, err := r.Changes(ctx, entityType, id, b.Start, b.End)
+	if err != nil {
+		return nil, err
+	}
+	var st *codecs.State
+	seen := false
+	for _, c := range changes {
+		if c.Offset >= end {
+			break
+		}
+		seen = true
+		if c.Event.Op == codecs.OpTruncate {
+			st = nil
+			continue
+		}
+		next, missing := codecs.Apply(st, c.Event)
+		if len(missing) > 0 && b.Start > 0 && st == nil {
+			return nil, fmt.Errorf("%w: columns %v of %s %d kept their value from before offset %d, where the history starts",
+				ErrOlderThanHistory, missing, entityType, id, b.Start)
+		}
+		st = next
+	}
+	if seen || b.Start == 0 {
+		if st != nil && st.Deleted {
+			return nil, nil
+		}
+		return st, nil
+	}
+	// Nothing before end, and the history has lost its beginning.
+	for _, c := range changes {
+		if c.Offset < end {
+			continue
+		}
+		if c.Event.Op == codecs.OpInsert || c.Event.Op == codecs.OpSnapshot {
+			return nil, nil // it came into being after end
+		}
+		return nil, fmt.Errorf("%w: %s %d was last changed before offset %d, where the history starts (retention %s)",
+			ErrOlderThanHistory, entityType, id, b.Start, b.Retention)
+	}
+	if current == nil {
+		return nil, fmt.Errorf("%w: %s %d has no change since offset %d, where the history starts (retention %s); its current state in the snapshot is its state then",
+			ErrOlderThanHistory, entityType, id, b.Start, b.Retention)
+	}
+	return current(ctx, id)
+}
+
+// TypeAt returns every entity of entityType that existed after the
+// history's changes before offset end, in id order. If retention has
+// deleted the start of the history, entities not changed since cannot be
+// known and TypeAt returns ErrOlderThanHistory.
+func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progress func(done, total int64)) ([]*codecs.State, error) {
+	b, err := r.Bounds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if b.Start > 0 {
+		return nil, fmt.Errorf("%w: the history starts at offset %d (retention %s); entities not changed since are not in it", ErrOlderThanHistory, b.Start, b.Retention)
+	}
+	end = min(end, b.End)
+	prefix := entityType + "/"
+	states := map[int64]*codecs.State{}
+	last := time.Now()
+	err = r.scan(ctx, b.Start, end, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+		if progress != nil && time.Since(last) >= time.Second {
+			progress(off-b.Start, end-b.Start)
+			last = time.Now()
+		}
+		if len(k) <= len(prefix) || string(k[:len(prefix)]) != prefix {
+			return true, nil
+		}
+		ev, err := value()
+		if err != nil {
+			return false, err
+		}
+		if ev.EntityType != entityType {
+			return true, nil
+		}
+		if ev.Op == codecs.OpTruncate {
+			clear(states)
+			return true, nil
+		}
+		next, _ := codecs.Apply(states[ev.EntityID], ev)
+		if next == nil || next.Deleted {
+			delete(states, ev.EntityID)
+		} else {
+			states[ev.EntityID] = next
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if progress != nil {
+		progress(end-b.Start, end-b.Start)
+	}
+	out := make([]*codecs.State, 0, len(states))
+	for _, id := range slices.Sorted(maps.Keys(states)) {
+		out = append(out, states[id])
+	}
+	return out, nil
+}
+
+// scan reads the history's records in [from, to) and calls fn with each
+// record's offset, key and a decoder for its value, until fn returns false
+// or an error. A record that does not decode is an error naming its offset.
+func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
+	if from >= to {
+		return nil
+	}
+	consumer, err := sarama.NewConsumerFromClient(r.client)
+	if err != nil {
+		return fmt.Errorf("history consumer: %w", err)
+	}
+	defer consumer.Close()
+	pc, err := consumer.ConsumePartition(r.topic, 0, from)
+	if err != nil {
+		return fmt.Errorf("history: read from offset %d: %w", from, err)
+	}
+	defer pc.AsyncClose()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-pc.Errors():
+			if err != nil {
+				return fmt.Errorf("history: %w", err)
+			}
+		case msg, ok := <-pc.Messages():
+			if !ok {
+				return fmt.Errorf("history: consumer closed at offset %d", from)
+			}
+			if msg.Offset >= to {
+				return nil
+			}
+			value := func() (*codecs.Event, error) {
+				ev, err := (codecs.EventCodec{}).Decode(msg.Value)
+				if err != nil {
+					return nil, fmt.Errorf("history offset %d: %w", msg.Offset, err)
+				}
+				return ev, nil
+			}
+			more, err := fn(msg.Offset, msg.Key, value)
+			if err != nil || !more || msg.Offset == to-1 {
+				return err
+			}
+		}
+	}
+}
