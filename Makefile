@@ -27,7 +27,7 @@ unit:
 check:
 	@test -z "$$(gofmt -l $$($(GO) list -f '{{.Dir}}' ./...))" || { echo "gofmt needed on:"; gofmt -l $$($(GO) list -f '{{.Dir}}' ./...); exit 1; }
 	$(GO) vet ./...
-	@! $(GO) list -deps ./views | grep -E 'pglogrepl|changes/(capture|processors)$$' || { echo "views must not depend on capture, processors or pglogrepl"; exit 1; }
+	@! $(GO) list -deps ./views/... | grep -E 'pglogrepl|changes/(capture|processors)$$' || { echo "views must not depend on capture, processors or pglogrepl"; exit 1; }
 
 build:
 	$(GO) build -buildvcs=false -o $(BIN) ./cmd/changes

@@ -4,6 +4,9 @@
 //	changes capture --config FILE   only the capture (PostgreSQL -> history topic)
 //	changes process --config FILE   only the processors (history -> snapshot tables)
 //	changes topics  --config FILE   create or check the topics, then exit
+//	changes serve   --config FILE   views of the snapshot tables and the history over HTTP
+//	changes asof    --config FILE --at TIME|OFFSET --type T [--id N]
+//	                                state at a past moment, rebuilt from the history
 //	changes demo    --config FILE   run everything with a demo workload and print a summary
 //
 // The config file is YAML (see configs/local.yaml); CHANGES_* environment
@@ -23,6 +26,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +60,8 @@ commands:
   capture  only the capture: PostgreSQL logical replication -> history topic
   process  only the processors: history -> per-type snapshot tables
   topics   create or check every topic, then exit
+  serve    query server: views of the snapshot tables and the history over HTTP
+  asof     print the state of an entity (or a whole type) at a past time, from the history
   demo     run everything on the configured stack with a demo workload, print a summary
 
 Run 'changes <command> -h' for the flags of a command.`
@@ -89,8 +95,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.BoolVar(&recreateSlot, "recreate-slot", false,
 			"create the replication slot although the history shows it was dropped, accepting the gap (default: refuse)")
 	}
+	var asof asofFlags
+	if cmd == "asof" {
+		fs.StringVar(&asof.at, "at", "", "the moment: an RFC 3339 time (2026-11-25T10:05:00Z) or a history offset (required)")
+		fs.StringVar(&asof.typ, "type", "", "entity type (required)")
+		fs.Func("id", "entity id; without it, every entity of the type", func(s string) error {
+			id, err := strconv.ParseInt(s, 10, 64)
+			asof.id, asof.hasID = id, err == nil
+			if err != nil {
+				return fmt.Errorf("%q is not a 64-bit integer", s)
+			}
+			return nil
+		})
+	}
 	switch cmd {
-	case "run", "capture", "process", "topics", "demo":
+	case "run", "capture", "process", "topics", "demo", "serve", "asof":
 	default:
 		fmt.Fprintln(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -127,6 +146,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "demo":
 		return runDemo(ctx, topo, demo, log, stdout, reg, capOpts, procOpts)
+	case "serve":
+		return runServe(ctx, topo, log, reg)
+	case "asof":
+		return runAsOf(ctx, topo, asof, log, stdout)
 	}
 	parts := map[string]platform.Parts{
 		"run":     platform.All,

@@ -26,6 +26,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -49,6 +50,10 @@ type Reader struct {
 	client    sarama.Client
 	log       *slog.Logger
 	retention time.Duration
+
+	mu        sync.Mutex
+	startAt   int64     // the offset startTime belongs to; -1 if none
+	startTime time.Time // commit time of the record at startAt
 }
 
 // Open connects a Reader to the history topic of topo.
@@ -69,6 +74,7 @@ func Open(topo *topology.Topology, log *slog.Logger) (*Reader, error) {
 		client:    client,
 		log:       log.With("component", "history"),
 		retention: topo.Config().Topics.HistoryRetention,
+		startAt:   -1,
 	}, nil
 }
 
@@ -95,7 +101,12 @@ func (r *Reader) Bounds(ctx context.Context) (Bounds, error) {
 	if b.End, err = r.client.GetOffset(r.topic, 0, sarama.OffsetNewest); err != nil {
 		return b, fmt.Errorf("history end: %w", err)
 	}
-	if b.Start < b.End {
+	r.mu.Lock()
+	if r.startAt == b.Start {
+		b.StartTime = r.startTime
+	}
+	r.mu.Unlock()
+	if b.Start < b.End && b.StartTime.IsZero() {
 		var first *codecs.Event
 		err := r.scan(ctx, b.Start, b.Start+1, func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error) {
 			ev, err := value()
@@ -107,6 +118,9 @@ func (r *Reader) Bounds(ctx context.Context) (Bounds, error) {
 		}
 		if first != nil {
 			b.StartTime = first.CommitTime
+			r.mu.Lock()
+			r.startAt, r.startTime = b.Start, b.StartTime
+			r.mu.Unlock()
 		}
 	}
 	return b, nil

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+	"github.com/changes-dev/changes/views/history"
+	"github.com/changes-dev/changes/views/server"
+)
+
+// runServe runs a view per served type and the query server until ctx is
+// cancelled.
+func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, reg *prometheus.Registry) error {
+	cfg := topo.Config()
+	vs := map[string]*views.View{}
+	for _, typ := range cfg.ServedTypes() {
+		v, err := views.New(topo, typ, views.WithLogger(log), views.WithRegisterer(reg),
+			views.WithStorageDir(filepath.Join(cfg.Storage, "serve")))
+		if err != nil {
+			return err
+		}
+		vs[typ] = v
+	}
+	h, err := history.Open(topo, log)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	ln, err := net.Listen("tcp", cfg.Serve.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", cfg.Serve.Listen, err)
+	}
+	srv := &http.Server{
+		Handler: server.Handler(server.Config{
+			Views: vs, History: h, Token: cfg.Serve.Token, Log: log,
+			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, v := range vs {
+		g.Go(func() error { return v.Run(gctx) })
+	}
+	g.Go(func() error {
+		log.Info("serving", "addr", "http://"+ln.Addr().String(), "types", cfg.ServedTypes(), "auth", cfg.Serve.Token != "")
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+// asofFlags are the flags of `changes asof`.
+type asofFlags struct {
+	at, typ string
+	id      int64
+	hasID   bool
+}
+
+// runAsOf prints the state of one entity, or of every entity of a type, at
+// a past time or history offset, rebuilt from the history: one JSON object
+// per line on stdout, progress on the log.
+func runAsOf(ctx context.Context, topo *topology.Topology, f asofFlags, log *slog.Logger, stdout io.Writer) error {
+	if f.at == "" || f.typ == "" {
+		return errors.New("asof: --at and --type are required")
+	}
+	if _, ok := topo.Config().Entity(f.typ); !ok {
+		return fmt.Errorf("asof: entity type %q is not declared", f.typ)
+	}
+	h, err := history.Open(topo, log)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	end, err := server.EndOffset(ctx, h, f.at)
+	if err != nil {
+		return fmt.Errorf("asof: %w", err)
+	}
+	enc := json.NewEncoder(stdout)
+	if f.hasID {
+		st, err := h.EntityAt(ctx, f.typ, f.id, end, nil)
+		if err != nil {
+			return fmt.Errorf("asof: %w", err)
+		}
+		out := server.StateAt{Type: f.typ, ID: f.id, At: f.at, HistoryOffset: end}
+		if st != nil {
+			e := server.Entity{Type: st.EntityType, ID: st.EntityID, Row: st.Row, Position: st.Position, CommitTime: st.CommitTime}
+			out.Entity = &e
+		}
+		return enc.Encode(out)
+	}
+	start := time.Now()
+	states, err := h.TypeAt(ctx, f.typ, end, func(done, total int64) {
+		log.Info("replaying the history", "records", done, "of", total, "records_per_second", int64(float64(done)/time.Since(start).Seconds()))
+	})
+	if err != nil {
+		return fmt.Errorf("asof: %w", err)
+	}
+	for _, st := range states {
+		e := server.Entity{Type: st.EntityType, ID: st.EntityID, Row: st.Row, Position: st.Position, CommitTime: st.CommitTime}
+		if err := enc.Encode(e); err != nil {
+			return err
+		}
+	}
+	log.Info("rebuilt", "type", f.typ, "entities", len(states), "history_offset", end, "seconds", time.Since(start).Seconds())
+	return nil
+}
