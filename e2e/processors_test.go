@@ -30,7 +30,13 @@ func startPlatform(t testing.TB, ctx context.Context, topo *topology.Topology) *
 	log := testLogger(t)
 	runCtx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error { return platform.Run(gctx, topo, platform.All, log, nil, nil) })
+	g.Go(func() error {
+		err := platform.Run(gctx, topo, platform.All, log, nil, nil)
+		if err != nil && runCtx.Err() == nil {
+			t.Errorf("platform failed while the test runs: %v", err) // now, not at the end of a long wait
+		}
+		return err
+	})
 	vs := map[string]*views.View{}
 	for _, typ := range topo.EntityTypes() {
 		v, err := views.New(topo, typ, views.WithLogger(log), views.WithStorageDir(t.TempDir()))
