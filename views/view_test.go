@@ -13,6 +13,8 @@ import (
 
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/tester"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/topology"
@@ -241,5 +243,40 @@ func TestViewRangeTypedSubscribe(t *testing.T) {
 	sub.Close()
 	if _, ok := <-sub.C(); ok || sub.Err() != nil {
 		t.Errorf("closed subscription: open=%v err=%v", ok, sub.Err())
+	}
+}
+
+func TestViewMetrics(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	v := runView(t, topo, tt, views.WithInMemory(), views.WithRegisterer(reg))
+	table := string(topo.Snapshot("account"))
+	tt.Consume(table, "1", enc(t, state(1, 10, "a")))
+	tt.Consume(table, "2", enc(t, state(2, 11, "b")))
+	tt.Consume(table, "not-an-id", enc(t, state(3, 12, "c")))
+	for range 3 {
+		if _, err := v.Get(context.Background(), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := `
+# HELP changes_view_bad_records_total Table records a view could not apply (a key that is no entity id) or decode for its subscribers.
+# TYPE changes_view_bad_records_total counter
+changes_view_bad_records_total{entity_type="account"} 1
+# HELP changes_view_updates_total Table records a view applied, by entity type and phase (recovery: catching up after the start; live).
+# TYPE changes_view_updates_total counter
+changes_view_updates_total{entity_type="account",phase="live"} 3
+changes_view_updates_total{entity_type="account",phase="recovery"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "changes_view_updates_total", "changes_view_bad_records_total"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(reg, "changes_view_get_seconds"); n != 1 {
+		t.Errorf("changes_view_get_seconds has %d series, want 1", n)
+	}
+	if got, err := testutil.GatherAndCount(reg,
+		"changes_view_entities", "changes_view_lag_records", "changes_view_recovered", "changes_view_slow_subscribers_total"); err != nil || got != 4 {
+		t.Errorf("gauges and counters: %d series (%v), want 4 (one per metric, labelled by type)", got, err)
 	}
 }
