@@ -21,6 +21,7 @@ import (
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
+	"github.com/changes-dev/changes/views/history"
 )
 
 // BenchmarkView measures what a service sees of a large view: a snapshot
@@ -248,4 +249,59 @@ func writeTable(b *testing.B, cfg *topology.Config, topo *topology.Topology, n i
 	if err := producer.Close(); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkHistory measures point-in-time reads on a history of 400,000
+// changes (200,000 entities of two types, an insert and an update each):
+// the full replay of one type (changes asof --type) in history records/s,
+// and one entity's state at the end (changes asof --id, the query server's
+// ?at=), which reads the whole history too.
+func BenchmarkHistory(b *testing.B) {
+	e := stack(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	name := uniqueName("benchhist")
+	cfg := testConfig(b, e, name, []topology.EntityConfig{
+		{Type: "a", Table: "public." + name + "_a", IDColumn: "id", Partitions: 4},
+		{Type: "b", Table: "public." + name + "_b", IDColumn: "id", Partitions: 4},
+	})
+	topo := topology.New(cfg)
+	cleanupStack(b, e, cfg)
+	if err := platform.EnsureTopics(topo); err != nil {
+		b.Fatal(err)
+	}
+	const entities = 200_000
+	writeHistory(b, cfg, topo, entities)
+	h, err := history.Open(topo, testLogger(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	bounds, err := h.Bounds(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("type-at", func(b *testing.B) {
+		for range b.N {
+			start := time.Now()
+			states, err := h.TypeAt(ctx, "a", bounds.End, nil)
+			if err != nil || len(states) != entities/2 {
+				b.Fatalf("TypeAt: %d states, %v; want %d", len(states), err, entities/2)
+			}
+			b.ReportMetric(float64(bounds.End)/time.Since(start).Seconds(), "records/s")
+			b.ReportMetric(0, "ns/op")
+		}
+	})
+	b.Run("entity-at", func(b *testing.B) {
+		for range b.N {
+			start := time.Now()
+			st, err := h.EntityAt(ctx, "a", 2, bounds.End, nil)
+			if err != nil || st == nil {
+				b.Fatalf("EntityAt: %v, %v", st, err)
+			}
+			b.ReportMetric(time.Since(start).Seconds()*1000, "ms")
+			b.ReportMetric(float64(bounds.End)/time.Since(start).Seconds(), "records/s")
+			b.ReportMetric(0, "ns/op")
+		}
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -115,9 +116,11 @@ func openStore(dir, topic string, partition int32, inMemory bool) (*store, error
 	format, err := db.Get([]byte(formatKey), nil)
 	switch {
 	case errors.Is(err, leveldb.ErrNotFound):
-		if has, _ := db.Has([]byte(offsetKey), nil); has {
+		// Empty, or goka's own layout from before this format (an offset
+		// but no format key): a cache of the table, rebuilt from Kafka.
+		if err := wipe(db); err != nil {
 			db.Close()
-			return nil, fmt.Errorf("view storage %s was written by another version (no format key): remove the directory, the view rebuilds it from Kafka", path)
+			return nil, fmt.Errorf("view storage %s: clear the old layout: %w", path, err)
 		}
 		if err := db.Put([]byte(formatKey), []byte(storageFormat), &opt.WriteOptions{Sync: true}); err != nil {
 			db.Close()
@@ -147,6 +150,26 @@ func openStore(dir, topic string, partition int32, inMemory bool) (*store, error
 		}
 	}
 	return s, nil
+}
+
+// wipe deletes every key of db.
+func wipe(db *leveldb.DB) error {
+	it := db.NewIterator(nil, nil)
+	defer it.Release()
+	var b leveldb.Batch
+	for it.Next() {
+		b.Delete(slices.Clone(it.Key()))
+		if b.Len() >= 10000 {
+			if err := db.Write(&b, nil); err != nil {
+				return err
+			}
+			b.Reset()
+		}
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	return db.Write(&b, nil)
 }
 
 var _ gokastorage.Storage = (*store)(nil)

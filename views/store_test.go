@@ -3,7 +3,11 @@ package views
 import (
 	"bytes"
 	"math"
+	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/syndtr/goleveldb/leveldb"
 
 	"github.com/changes-dev/changes/codecs"
 )
@@ -79,5 +83,37 @@ func TestStoreCommitsOffsetWithRecords(t *testing.T) {
 	defer s.Close()
 	if off, _ := s.GetOffset(-2); off != 10 {
 		t.Errorf("reopened offset = %d, want 10", off)
+	}
+}
+
+// A directory in goka's own layout (decimal keys, no format key) is a cache
+// of the table: it is cleared and rebuilt, not read as if it were ours. A
+// format this version does not know is an error.
+func TestStoreFormat(t *testing.T) {
+	dir := t.TempDir()
+	db, err := leveldb.OpenFile(filepath.Join(dir, "t.0"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Put([]byte("42"), []byte(`{"type":"a"}`), nil)
+	db.Put([]byte(offsetKey), []byte("7"), nil)
+	db.Close()
+	s, err := openStore(dir, "t", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off, _ := s.GetOffset(-2); off != -2 {
+		t.Errorf("offset after clearing goka's layout = %d, want none (-2)", off)
+	}
+	if v, _ := s.Get("42"); v != nil {
+		t.Errorf("old key survived: %q", v)
+	}
+	s.Close()
+
+	db, _ = leveldb.OpenFile(filepath.Join(dir, "t.0"), nil)
+	db.Put([]byte(formatKey), []byte("changes.view.v9"), nil)
+	db.Close()
+	if _, err := openStore(dir, "t", 0, false); err == nil || !strings.Contains(err.Error(), `format "changes.view.v9"`) {
+		t.Errorf("unknown format: %v", err)
 	}
 }
