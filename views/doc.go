@@ -3,11 +3,41 @@
 // table, stored in goleveldb and kept current from the table's compacted
 // changelog.
 //
-// A View answers Get(id) from local storage, without a network round trip.
-// While it recovers (right after Run starts) it may return stale states;
-// WaitRecovered blocks until every partition has caught up with the end of
-// its changelog as of the start.
+// # Reading
 //
-// This package pulls in neither the capture nor the processors: a service that
-// embeds views depends on goka, sarama and goleveldb only.
+// View.Get answers from local storage, without a network round trip (about
+// 10 µs); View.All and View.Range iterate in id order over a consistent
+// snapshot of every partition. Typed[T] decodes rows into the service's own
+// type. Deleted entities, and entities a TRUNCATE removed, are not there.
+//
+// # Lifecycle and staleness
+//
+// Run opens the storage and catches up with the table (Status goes
+// connecting, catching-up, running); WaitRecovered blocks until every
+// partition has reached the end the table had at the start. Until then reads
+// may be stale. Lag counts the table records not yet applied; the
+// changes_view_* metrics (WithRegisterer) export it with the update rate,
+// the entity count and Get latency.
+//
+// # Storage
+//
+// WithStorageDir names the directory, one goleveldb database per partition.
+// Entities are stored under keys that sort like their ids, and each record is
+// committed together with the table offset it brings the copy to, so a crash
+// never leaves an offset ahead of its data: a restarted view reopens the
+// directory and reads only what the table gained since. While it recovers, a
+// view writes in batches (about 500,000 records/s on two cores); memory stays
+// near 20 MiB per partition whatever the table's size. WithInMemory keeps
+// everything in memory, for tests.
+//
+// # Changes as they happen
+//
+// Subscribe delivers every applied update on a channel; the view never waits
+// for a subscriber (one that falls behind its buffer is ended with
+// ErrSlowSubscriber). WithUpdateHook is the synchronous alternative.
+//
+// This package and its sub-packages (history: point-in-time reads of the
+// history topic; server: the HTTP API of `changes serve`) pull in neither the
+// capture nor the processors: a service that embeds views depends on goka,
+// sarama and goleveldb only.
 package views

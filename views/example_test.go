@@ -9,6 +9,14 @@ import (
 	"github.com/changes-dev/changes/views"
 )
 
+// Account is a service's own type for the accounts table: the json tags name
+// its columns.
+type Account struct {
+	Name   string `json:"name"`
+	Budget string `json:"budget"` // numeric travels as a string: no precision lost
+	Active bool   `json:"active"`
+}
+
 // A service embeds the snapshot of one entity type and reads it locally. The
 // view needs a running Kafka cluster with the platform's topics, so this
 // example is compiled but not run.
@@ -17,7 +25,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	accounts, err := views.New(topology.New(cfg), "account", views.WithStorageDir("/var/lib/my-service/views"))
+	accounts, err := views.NewTyped[Account](topology.New(cfg), "account", views.WithStorageDir("/var/lib/my-service/views"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -32,20 +40,49 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	st, err := accounts.Get(ctx, 42)
+	acc, ok, err := accounts.Get(ctx, 42)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if st == nil {
+	if !ok {
 		fmt.Println("no account 42")
 		return
 	}
-	var acc struct {
-		Name   string `json:"name"`
-		Budget string `json:"budget"` // numeric travels as a string: no precision lost
+	fmt.Printf("account 42 is %s with budget %s, as of %s\n", acc.Value.Name, acc.Value.Budget, acc.CommitTime)
+}
+
+// Iterate a range of ids in order, and stop early.
+func ExampleTyped_Range() {
+	var accounts *views.Typed[Account] // running, as in the package example
+	ctx := context.Background()
+	inactive := 0
+	for acc, err := range accounts.Range(ctx, 1000, 1999) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		if !acc.Value.Active {
+			inactive++
+		}
+		if inactive == 10 {
+			break
+		}
 	}
-	if err := st.Row.Decode(&acc); err != nil {
-		log.Fatal(err)
+	fmt.Println(inactive, "inactive accounts among ids 1000-1999")
+}
+
+// React to changes as the view applies them, without ever blocking it.
+func ExampleView_Subscribe() {
+	var accounts *views.View // running, as in the package example
+	for {
+		sub := accounts.Subscribe(1024)
+		for u := range sub.C() {
+			if u.State == nil {
+				fmt.Println("account", u.EntityID, "is gone")
+			}
+		}
+		if sub.Err() != views.ErrSlowSubscriber {
+			return // the view stopped
+		}
+		// Fell behind: re-read what matters with Get or Range, then subscribe again.
 	}
-	fmt.Printf("account 42 is %s with budget %s, as of %s\n", acc.Name, acc.Budget, st.CommitTime)
 }
