@@ -280,3 +280,38 @@ changes_view_updates_total{entity_type="account",phase="recovery"} 0
 		t.Errorf("gauges and counters: %d series (%v), want 4 (one per metric, labelled by type)", got, err)
 	}
 }
+
+func TestViewStatusChanges(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	v, err := views.New(topo, "account", views.WithInMemory(), views.WithGokaOptions(goka.WithViewTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Status(); got != views.StatusIdle {
+		t.Errorf("Status before Run = %v, want idle", got)
+	}
+	if _, err := v.Get(context.Background(), 1); !errors.Is(err, views.ErrNotRunning) {
+		t.Errorf("Get before Run: %v, want ErrNotRunning", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := v.StatusChanges(ctx)
+	done := make(chan error, 1)
+	go func() { done <- v.Run(ctx) }()
+	deadline := time.After(5 * time.Second)
+	for seen := views.StatusIdle; seen != views.StatusRunning; {
+		select {
+		case seen = <-changes:
+		case <-deadline:
+			t.Fatalf("no running status; last %v", seen)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Status(); got != views.StatusIdle {
+		t.Errorf("Status after Run = %v, want idle", got)
+	}
+}

@@ -19,6 +19,7 @@ func TestRunErrors(t *testing.T) {
 		return p
 	}
 	badPartitions := write("bad.yaml", "kafka: {brokers: [\"k:9092\"]}\npostgres: {url: x}\nentities: [{type: a, table: t, partitions: -1}]\n")
+	valid := write("valid.yaml", "kafka: {brokers: [\"127.0.0.1:1\"]}\npostgres: {url: x}\nentities: [{type: a, table: t}]\n")
 	typo := write("typo.yaml", "kafka: {brokerz: [\"k:9092\"]}\n")
 	for _, c := range []struct {
 		name string
@@ -26,7 +27,10 @@ func TestRunErrors(t *testing.T) {
 		want string
 	}{
 		{"no command", nil, "no command"},
-		{"unknown command", []string{"serve"}, `unknown command "serve"`},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"asof without --at", []string{"asof", "--config", valid, "--type", "a"}, "--at and --type are required"},
+		{"asof unknown type", []string{"asof", "--config", valid, "--type", "zz", "--at", "5"}, `entity type "zz" is not declared`},
+		{"asof bad id", []string{"asof", "--config", valid, "--type", "a", "--at", "5", "--id", "x"}, `"x" is not a 64-bit integer`},
 		{"missing config", []string{"run", "--config", filepath.Join(dir, "absent.yaml")}, "absent.yaml"},
 		{"invalid field", []string{"run", "--config", badPartitions}, "entities[0].partitions"},
 		{"unknown field", []string{"run", "--config", typo}, "brokerz"},
@@ -50,7 +54,7 @@ func TestHelp(t *testing.T) {
 	if err := run(context.Background(), []string{"help"}, &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"run", "capture", "process", "topics", "demo"} {
+	for _, cmd := range []string{"run", "capture", "process", "topics", "serve", "asof", "demo"} {
 		if !strings.Contains(stderr.String(), "\n  "+cmd+" ") {
 			t.Errorf("usage does not list %s:\n%s", cmd, stderr.String())
 		}
