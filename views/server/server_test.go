@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -18,60 +17,41 @@ import (
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 	"github.com/changes-dev/changes/views/server"
+	"github.com/changes-dev/changes/views/viewstest"
 )
 
-// testServer serves a view of type account, fed by a goka tester, with
-// entities 1..n and token "tok". The history is not configured.
+// testServer serves a view of type account with entities 1..n and token
+// "tok". The history is not configured.
 func testServer(t *testing.T, n int) *httptest.Server {
 	t.Helper()
-	cfg, err := topology.Parse([]byte(`
-kafka: {brokers: ["127.0.0.1:1"]}
-postgres: {url: "postgres://unused"}
-entities: [{type: account, table: accounts, partitions: 1}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	topo := topology.New(cfg)
-	tt := tester.New(t)
-	v, err := views.New(topo, "account", views.WithInMemory(), views.WithGokaOptions(goka.WithViewTester(tt)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"account": v}, Token: "tok"}))
+	tbl := viewstest.New(t, "account")
+	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"account": tbl.View}, Token: "tok"}))
 	t.Cleanup(srv.Close)
-	get := func() int {
-		resp, err := http.Get(srv.URL + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	if code := get(); code != http.StatusServiceUnavailable {
-		t.Errorf("/readyz before the view runs: %d, want 503", code)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- v.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := v.WaitRecovered(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if code := get(); code != http.StatusOK {
-		t.Errorf("/readyz once recovered: %d, want 200", code)
-	}
 	for id := int64(1); id <= int64(n); id++ {
-		st := &codecs.State{EntityType: "account", EntityID: id,
+		tbl.Put(&codecs.State{EntityType: "account", EntityID: id,
 			Row:      codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10)), "name": json.RawMessage(`"a` + strconv.FormatInt(id, 10) + `"`)},
-			Position: codecs.Position{CommitLSN: codecs.LSN(id)}, CommitTime: time.Unix(1700000000, 0).UTC()}
-		b, err := (codecs.StateCodec{}).Encode(st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tt.Consume(string(topo.Snapshot("account")), strconv.FormatInt(id, 10), b)
+			Position: codecs.Position{CommitLSN: codecs.LSN(id)}, CommitTime: time.Unix(1700000000, 0).UTC()})
 	}
 	return srv
+}
+
+func TestNotReady(t *testing.T) {
+	cfg, err := topology.Parse([]byte("kafka: {brokers: [\"127.0.0.1:1\"]}\npostgres: {url: x}\nentities: [{type: account, table: accounts}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := views.New(topology.New(cfg), "account", views.WithInMemory(), views.WithGokaOptions(goka.WithViewTester(tester.New(t))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"account": v}}))
+	defer srv.Close()
+	if code, body := do(t, srv, "/readyz", ""); code != 503 || strings.TrimSpace(body) != `{"ready":false,"views":{"account":"idle"}}` {
+		t.Errorf("/readyz of a view that does not run: %d %s", code, body)
+	}
+	if code, body := do(t, srv, "/v1/entities/account/1", ""); code != 503 || !strings.Contains(body, "not running") {
+		t.Errorf("GET of a view that does not run: %d %s", code, body)
+	}
 }
 
 func do(t *testing.T, srv *httptest.Server, path, token string) (int, string) {
