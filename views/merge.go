@@ -24,6 +24,7 @@ type merged struct {
 type partIter struct {
 	it iterator.Iterator
 	at codecs.Position // the partition's TRUNCATE position
+	st *store          // acquired; released with the iterator
 }
 
 type partHeap []*partIter
@@ -44,11 +45,11 @@ func (v *View) merge(first, last int64) (*merged, error) {
 	m := &merged{}
 	for p := range v.stores {
 		st := v.stores[p].Load()
-		if st == nil {
+		if st == nil || !st.acquire() {
 			m.release()
 			return nil, fmt.Errorf("view %s: partition %d: %w", v.entityType, p, ErrNotRunning)
 		}
-		m.all = append(m.all, &partIter{it: st.entities(first, last), at: st.truncatedAt()})
+		m.all = append(m.all, &partIter{it: st.entities(first, last), at: st.truncatedAt(), st: st})
 	}
 	return m, nil
 }
@@ -90,5 +91,6 @@ func (m *merged) err() error { return errors.Join(m.errs...) }
 func (m *merged) release() {
 	for _, pi := range m.all {
 		pi.it.Release()
+		pi.st.release()
 	}
 }

@@ -97,6 +97,18 @@ type store struct {
 	stored  atomic.Int64      // the last offset committed to the database; -1 if none
 
 	marker atomic.Pointer[codecs.Position] // the TRUNCATE marker's position; nil if none
+
+	// onCommit, if set, runs after every commit of the batch, outside mu.
+	onCommit func()
+
+	// Readers outside goka (View.Get, Range) hold the store open: Close
+	// waits for them, and refuses new ones (goleveldb must not be closed
+	// under an iterator). A plain counter, not an RWMutex: a reader that
+	// acquires again while Close waits gets false instead of a deadlock.
+	guard      sync.Mutex
+	closing    bool
+	readers    int
+	readersOut *sync.Cond
 }
 
 func openStore(dir, topic string, partition int32, inMemory bool) (*store, error) {
@@ -134,6 +146,7 @@ func openStore(dir, topic string, partition int32, inMemory bool) (*store, error
 		return nil, fmt.Errorf("view storage %s has format %q, this version reads %q: remove the directory, the view rebuilds it from Kafka", path, format, storageFormat)
 	}
 	s := &store{db: db, pending: map[string][]byte{}, offset: -1}
+	s.readersOut = sync.NewCond(&s.guard)
 	s.stored.Store(-1)
 	if v, err := db.Get([]byte(offsetKey), nil); err == nil {
 		off, err := strconv.ParseInt(string(v), 10, 64)
@@ -177,10 +190,38 @@ var _ gokastorage.Storage = (*store)(nil)
 // Open implements goka's storage.Storage.
 func (s *store) Open() error { return nil }
 
-// Close commits what is pending and closes the database.
+// Close waits for the readers, commits what is pending and closes the
+// database.
 func (s *store) Close() error {
+	s.guard.Lock()
+	s.closing = true
+	for s.readers > 0 {
+		s.readersOut.Wait()
+	}
+	s.guard.Unlock()
 	ferr := s.flush()
 	return errors.Join(ferr, s.db.Close())
+}
+
+// acquire registers a reader; false once the store closes.
+func (s *store) acquire() bool {
+	s.guard.Lock()
+	defer s.guard.Unlock()
+	if s.closing {
+		return false
+	}
+	s.readers++
+	return true
+}
+
+// release ends a reader's acquire.
+func (s *store) release() {
+	s.guard.Lock()
+	s.readers--
+	if s.readers == 0 {
+		s.readersOut.Broadcast()
+	}
+	s.guard.Unlock()
 }
 
 // Has implements goka's storage.Storage.
@@ -261,8 +302,18 @@ func (s *store) SetOffset(offset int64) error {
 	return nil
 }
 
-// flush commits the batch and the offset in one write.
+// flush commits the batch and the offset in one write, then runs onCommit.
 func (s *store) flush() error {
+	if err := s.commit(); err != nil {
+		return err
+	}
+	if s.onCommit != nil {
+		s.onCommit()
+	}
+	return nil
+}
+
+func (s *store) commit() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.offset < 0 && s.batch.Len() == 0 {
@@ -400,4 +451,27 @@ func (s *store) alive(raw []byte) bool {
 	}
 	st, err := (codecs.StateCodec{}).Decode(raw)
 	return err == nil && !st.Deleted && st.Position.Compare(at) > 0
+}
+
+// hidden calls fn with the id of every entity a TRUNCATE at position at
+// hides that was visible under the marker before, at position before.
+func (s *store) hidden(before, at codecs.Position, fn func(id int64)) error {
+	if err := s.commit(); err != nil {
+		return err
+	}
+	it := s.entities(math.MinInt64, math.MaxInt64)
+	defer it.Release()
+	for it.Next() {
+		if isDeletedState(it.Value()) {
+			continue
+		}
+		st, err := (codecs.StateCodec{}).Decode(it.Value())
+		if err != nil || st.Deleted {
+			continue
+		}
+		if st.Position.Compare(before) > 0 && st.Position.Compare(at) <= 0 {
+			fn(st.EntityID)
+		}
+	}
+	return it.Error()
 }

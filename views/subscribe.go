@@ -23,12 +23,17 @@ type Subscription struct {
 // WaitRecovered to see live changes only). buffer is the channel's capacity;
 // if the reader falls further behind, the channel is closed and Err returns
 // ErrSlowSubscriber: re-read the view (Get, Range) and subscribe again.
-// The channel is also closed when Run returns or Close is called.
+// The channel is also closed when Run returns (or has returned: a View
+// runs once) or Close is called. An update is delivered once it is
+// committed: Get and Range see it.
 func (v *View) Subscribe(buffer int) *Subscription {
 	s := &Subscription{v: v, c: make(chan Update, max(buffer, 1))}
 	v.subsMu.Lock()
+	defer v.subsMu.Unlock()
 	v.subs[s] = struct{}{}
-	v.subsMu.Unlock()
+	if v.stopped {
+		s.end(ErrNotRunning)
+	}
 	return s
 }
 

@@ -39,14 +39,19 @@ type Update struct {
 	// Partition and Offset locate the change in the table topic.
 	Partition int32
 	Offset    int64
-	// Recovering is true for records applied while the view catches up
-	// with its table after Run starts.
+	// Recovering is true for records applied while the record's partition
+	// catches up with its table after Run starts.
 	Recovering bool
+	// Tombstone is true for the Kafka tombstone that finally removes an
+	// entity the view already reported gone (deleted, or hidden by a
+	// TRUNCATE); State is nil. Code that tracks deletions can skip it.
+	Tombstone bool
 }
 
 // UpdateHook is called for every record the view applies, recovery
-// included, after it is stored. It runs on the view's partition goroutine:
-// keep it short and do not block.
+// included, once it is committed to the view's storage (Get and Range see
+// it). It runs on the view's partition goroutine: keep it short and do not
+// block.
 type UpdateHook func(Update)
 
 // Option configures a View.
@@ -94,15 +99,23 @@ type View struct {
 	gokaOpts   []goka.ViewOption
 	metrics    *metrics
 
-	stores []atomic.Pointer[store] // by partition; set when goka opens the partition
+	stores []atomic.Pointer[store] // by partition; set while goka has the partition open
 	alive  []atomic.Int64          // entities per partition
+	queued []updateQueue           // by partition: updates to publish once committed
 
 	clientMu sync.Mutex
 	client   sarama.Client // for Lag; opened by the first Lag, closed by Run's end
 	running  atomic.Bool
 
-	subsMu sync.Mutex
-	subs   map[*Subscription]struct{}
+	subsMu  sync.Mutex
+	subs    map[*Subscription]struct{}
+	stopped bool // Run returned; guarded by subsMu
+}
+
+// updateQueue holds a partition's updates until their batch is committed.
+type updateQueue struct {
+	mu      sync.Mutex
+	updates []Update
 }
 
 // New returns the view of entityType's snapshot table. Call Run to start it.
@@ -120,6 +133,7 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 		storageDir: filepath.Join(topo.Config().Storage, "views"),
 		stores:     make([]atomic.Pointer[store], ent.Partitions),
 		alive:      make([]atomic.Int64, ent.Partitions),
+		queued:     make([]updateQueue, ent.Partitions),
 		subs:       map[*Subscription]struct{}{},
 	}
 	for _, o := range opts {
@@ -169,30 +183,76 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 		return nil, err
 	}
 	v.alive[partition].Store(n)
+	s.onCommit = func() { v.publishCommitted(partition) }
 	v.stores[partition].Store(s)
-	return s, nil
+	return &partitionStore{store: s, v: v, partition: partition}, nil
 }
 
-// update stores a table record under its local key, then tells the hook and
-// the subscribers.
+// partitionStore is the storage goka holds for one partition: closing it
+// takes it out of the view's reach first.
+type partitionStore struct {
+	*store
+	v         *View
+	partition int32
+}
+
+func (ps *partitionStore) Close() error {
+	ps.v.stores[ps.partition].CompareAndSwap(ps.store, nil)
+	return ps.store.Close()
+}
+
+// queue holds u until the partition's batch is committed.
+func (v *View) queue(p int32, u Update) {
+	q := &v.queued[p]
+	q.mu.Lock()
+	q.updates = append(q.updates, u)
+	q.mu.Unlock()
+}
+
+// publishCommitted tells the hook and the subscribers about the partition's
+// committed updates.
+func (v *View) publishCommitted(p int32) {
+	q := &v.queued[p]
+	q.mu.Lock()
+	updates := q.updates
+	q.updates = nil
+	q.mu.Unlock()
+	for _, u := range updates {
+		if v.hook != nil {
+			v.hook(u)
+		}
+		v.publish(u)
+	}
+}
+
+// update stores a table record under its local key and queues it for the
+// hook and the subscribers.
 func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string, value []byte) error {
 	p := uctx.Partition()
 	st := v.stores[p].Load()
 	if st == nil {
 		return fmt.Errorf("view %s: partition %d has no storage", v.entityType, p)
 	}
-	recovering := v.view.CurrentState() != goka.ViewStateRunning
+	recovering := !st.recovered.Load()
 	v.metrics.updated(recovering)
+	notify := v.hook != nil || v.hasSubscribers()
 	if topology.IsTruncateKey(key) {
+		before := st.truncatedAt()
 		if err := setOrDelete(s, markerKey, value); err != nil {
 			return err
 		}
-		// Entities before the marker are hidden now: count again.
+		// Entities before the marker are hidden now: count again, and tell
+		// who is gone.
 		n, err := st.countAlive()
 		if err != nil {
 			return err
 		}
 		v.alive[p].Store(n)
+		if notify {
+			return st.hidden(before, st.truncatedAt(), func(id int64) {
+				v.queue(p, Update{EntityID: id, Partition: p, Offset: uctx.Offset(), Recovering: recovering})
+			})
+		}
 		return nil
 	}
 	id, err := strconv.ParseInt(key, 10, 64)
@@ -210,10 +270,10 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 		return err
 	}
 	v.alive[p].Add(int64(b2i(st.alive(value)) - b2i(st.alive(old))))
-	if v.hook == nil && !v.hasSubscribers() {
+	if !notify {
 		return nil
 	}
-	u := Update{EntityID: id, Partition: p, Offset: uctx.Offset(), Recovering: recovering}
+	u := Update{EntityID: id, Partition: p, Offset: uctx.Offset(), Recovering: recovering, Tombstone: value == nil}
 	if st.alive(value) {
 		if u.State, err = (codecs.StateCodec{}).Decode(value); err != nil {
 			v.metrics.badRecords.Inc()
@@ -221,10 +281,7 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 			return nil
 		}
 	}
-	if v.hook != nil {
-		v.hook(u)
-	}
-	v.publish(u)
+	v.queue(p, u)
 	return nil
 }
 
@@ -251,6 +308,9 @@ func (v *View) Run(ctx context.Context) error {
 	v.running.Store(true)
 	defer func() {
 		v.running.Store(false)
+		v.subsMu.Lock()
+		v.stopped = true
+		v.subsMu.Unlock()
 		v.clientMu.Lock()
 		if v.client != nil {
 			v.client.Close()
@@ -314,14 +374,26 @@ func (v *View) watch(ctx context.Context) {
 	}
 }
 
-// Recovered reports whether every partition has caught up with its table.
-func (v *View) Recovered() bool { return v.view.Recovered() }
+// Recovered reports whether Run runs and every partition has caught up with
+// its table.
+func (v *View) Recovered() bool {
+	if !v.running.Load() {
+		return false
+	}
+	for p := range v.stores {
+		st := v.stores[p].Load()
+		if st == nil || !st.recovered.Load() {
+			return false
+		}
+	}
+	return true
+}
 
 // WaitRecovered blocks until Recovered or ctx is done.
 func (v *View) WaitRecovered(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for !v.view.Recovered() {
+	for !v.Recovered() {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("view %s not recovered: %w", v.entityType, ctx.Err())
@@ -459,9 +531,10 @@ func (v *View) Get(ctx context.Context, id int64) (*codecs.State, error) {
 		return nil, err
 	}
 	st := v.stores[topology.PartitionOf(strconv.FormatInt(id, 10), v.partitions)].Load()
-	if st == nil {
+	if st == nil || !st.acquire() {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, ErrNotRunning)
 	}
+	defer st.release()
 	raw, err := st.Get(string(entityKey(id)))
 	if err != nil {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
@@ -485,9 +558,12 @@ func (v *View) All(ctx context.Context) iter.Seq2[*codecs.State, error] {
 }
 
 // Range iterates the entities with ids from first to last (both included) in
-// id order. It reads a consistent snapshot of each partition taken when the
-// iteration starts; records the view applies meanwhile are not seen. An
-// error ends the iteration.
+// id order. It reads a snapshot of each partition's committed records taken
+// when the iteration starts (every record the hook and the subscribers were
+// told about; while a partition recovers, Get may already see up to a batch
+// more); records the view applies meanwhile are not seen. An error ends the
+// iteration. The view's storage stays open until the iteration ends: do not
+// keep an iteration open for long.
 func (v *View) Range(ctx context.Context, first, last int64) iter.Seq2[*codecs.State, error] {
 	return func(yield func(*codecs.State, error) bool) {
 		if first > last {

@@ -149,14 +149,17 @@ func TestView(t *testing.T) {
 
 	mu.Lock()
 	defer mu.Unlock()
-	if len(updates) != 4 {
-		t.Fatalf("hook saw %d updates, want 4", len(updates))
-	}
-	if u := updates[3]; u.EntityID != 2 || u.State != nil {
-		t.Errorf("delete reached the hook as %+v", u)
+	if len(updates) != 5 {
+		t.Fatalf("hook saw %d updates, want 5: %+v", len(updates), updates)
 	}
 	if u := updates[2]; u.EntityID != 1 || u.State == nil || u.State.Position.CommitLSN != 12 {
 		t.Errorf("update reached the hook as %+v", u)
+	}
+	if u := updates[3]; u.EntityID != 2 || u.State != nil || !u.Tombstone {
+		t.Errorf("tombstone reached the hook as %+v", u)
+	}
+	if u := updates[4]; u.EntityID != 1 || u.State != nil || u.Tombstone {
+		t.Errorf("the TRUNCATE reached the hook as %+v, want entity 1 gone", u)
 	}
 }
 
@@ -313,5 +316,24 @@ func TestViewStatusChanges(t *testing.T) {
 	}
 	if got := v.Status(); got != views.StatusIdle {
 		t.Errorf("Status after Run = %v, want idle", got)
+	}
+	// A view that stopped answers ErrNotRunning, never a closed database.
+	if _, err := v.Get(context.Background(), 1); !errors.Is(err, views.ErrNotRunning) {
+		t.Errorf("Get after Run: %v, want ErrNotRunning", err)
+	}
+	for _, err := range v.All(context.Background()) {
+		if !errors.Is(err, views.ErrNotRunning) {
+			t.Errorf("All after Run: %v, want ErrNotRunning", err)
+		}
+	}
+	if _, err := v.Len(); !errors.Is(err, views.ErrNotRunning) {
+		t.Errorf("Len after Run: %v, want ErrNotRunning", err)
+	}
+	if v.Recovered() {
+		t.Error("Recovered after Run")
+	}
+	sub := v.Subscribe(1)
+	if _, ok := <-sub.C(); ok || !errors.Is(sub.Err(), views.ErrNotRunning) {
+		t.Errorf("Subscribe after Run: open=%v err=%v; want closed with ErrNotRunning", ok, sub.Err())
 	}
 }
