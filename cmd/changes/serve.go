@@ -44,14 +44,23 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", cfg.Serve.Listen, err)
 	}
+	// Requests get a context of their own, cancelled when a graceful
+	// shutdown runs out of time (a history read can take long).
+	reqCtx, cancelRequests := context.WithCancel(context.Background())
+	defer cancelRequests()
 	srv := &http.Server{
 		Handler: server.Handler(server.Config{
 			Views: vs, History: h, Token: cfg.Serve.Token, Log: log,
 			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	// The views stop only after the server: a request never reads a view
+	// whose storage is closing.
+	viewCtx, stopViews := context.WithCancel(context.Background())
+	defer stopViews()
+	g, gctx := errgroup.WithContext(viewCtx)
 	for _, v := range vs {
 		g.Go(func() error { return v.Run(gctx) })
 	}
@@ -63,10 +72,19 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 		return nil
 	})
 	g.Go(func() error {
-		<-gctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-gctx.Done(): // a view failed
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("requests still running after 5 s were cancelled", "err", err)
+			cancelRequests()
+			srv.Close()
+		}
+		stopViews()
+		return nil
 	})
 	return g.Wait()
 }

@@ -58,13 +58,22 @@ func run(ctx context.Context, configPath, listen, storage string, log *slog.Logg
 		return err
 	}
 	errc := make(chan error, 2)
-	go func() { errc <- accounts.Run(ctx) }()
+	runCtx, ran := context.WithCancel(ctx) // done when Run returns
+	go func() {
+		errc <- accounts.Run(ctx)
+		ran()
+	}()
 
 	// Ready once the local copy caught up; a restart reopens it and only
-	// reads what changed since.
+	// reads what changed since. A view that fails to start ends the wait.
 	start := time.Now()
-	if err := accounts.WaitRecovered(ctx); err != nil {
-		return err
+	if err := accounts.WaitRecovered(runCtx); err != nil {
+		select {
+		case rerr := <-errc:
+			return errors.Join(err, rerr)
+		default:
+			return err
+		}
 	}
 	n, _ := accounts.Len()
 	log.Info("accounts view ready", "accounts", n, "seconds", time.Since(start).Seconds())
@@ -88,27 +97,73 @@ func run(ctx context.Context, configPath, listen, storage string, log *slog.Logg
 	return srv.Shutdown(sctx)
 }
 
-// watchDeactivations logs every account whose active flag goes false. A
-// subscription never blocks the view: if this loop falls more than the
-// buffer behind, the channel closes and we subscribe again.
+// watchDeactivations logs every account that goes from active to inactive,
+// and every account deleted. It remembers the inactive ones (usually few) to
+// tell a deactivation from another change of an inactive account.
+//
+// A subscription never blocks the view: if this loop falls more than the
+// buffer behind, the channel closes and it starts over from the view.
 func watchDeactivations(ctx context.Context, accounts *views.Typed[Account], log *slog.Logger) {
 	for ctx.Err() == nil {
 		sub := accounts.Subscribe(1024)
-		for u := range sub.C() {
-			if u.State == nil {
-				log.Info("account deleted", "id", u.EntityID)
-				continue
+		// Subscribed first, then read: nothing falls between the two.
+		inactive := map[int64]bool{}
+		for e, err := range accounts.All(ctx) {
+			if err != nil {
+				log.Error("read the accounts", "err", err)
+				sub.Close()
+				return
 			}
-			var a Account
-			if err := u.State.Row.Decode(&a); err == nil && !a.Active {
-				log.Info("account inactive", "id", a.ID, "name", a.Name, "committed", u.State.CommitTime)
+			if !e.Value.Active {
+				inactive[e.ID] = true
 			}
 		}
+		if !follow(ctx, sub, inactive, log) {
+			sub.Close()
+			return // ctx is done
+		}
 		if errors.Is(sub.Err(), views.ErrSlowSubscriber) {
-			log.Warn("fell behind the view; subscribing again")
+			log.Warn("fell behind the view; starting over")
 			continue
 		}
 		return // the view stopped
+	}
+}
+
+// follow applies the subscription's updates until its channel closes (true)
+// or ctx is done (false).
+func follow(ctx context.Context, sub *views.Subscription, inactive map[int64]bool, log *slog.Logger) bool {
+	for {
+		var u views.Update
+		select {
+		case <-ctx.Done():
+			return false
+		case next, ok := <-sub.C():
+			if !ok {
+				return true
+			}
+			u = next
+		}
+		switch {
+		case u.Tombstone: // the deletion was reported before
+		case u.State == nil:
+			log.Info("account deleted", "id", u.EntityID)
+			delete(inactive, u.EntityID)
+		default:
+			var a Account
+			if err := u.State.Row.Decode(&a); err != nil {
+				log.Error("account does not decode", "id", u.EntityID, "err", err)
+				continue
+			}
+			if !a.Active && !inactive[a.ID] {
+				log.Info("account deactivated", "id", a.ID, "name", a.Name, "committed", u.State.CommitTime)
+			}
+			if a.Active {
+				delete(inactive, a.ID)
+			} else {
+				inactive[a.ID] = true
+			}
+		}
 	}
 }
 

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/views"
@@ -53,4 +57,51 @@ func TestHandler(t *testing.T) {
 	if code, body := get("/readyz"); code != 200 {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
+}
+
+func TestWatchDeactivations(t *testing.T) {
+	tbl := viewstest.New(t, "account")
+	accounts := &views.Typed[Account]{View: tbl.View}
+	row := func(active bool, name string) codecs.Row {
+		return codecs.Row{"name": json.RawMessage(`"` + name + `"`), "budget": json.RawMessage(`"1.00"`), "active": json.RawMessage(strconv.FormatBool(active))}
+	}
+	tbl.PutRow(1, row(true, "one"))
+	tbl.PutRow(2, row(false, "two")) // inactive before the watch starts
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchDeactivations(ctx, accounts, slog.New(slog.NewTextHandler(&logs, nil)))
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(100 * time.Millisecond)       // subscribed and read
+	tbl.PutRow(2, row(false, "two renamed")) // still inactive: not a deactivation
+	tbl.PutRow(1, row(false, "one"))         // deactivated
+	tbl.Delete(1)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "account deleted") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := logs.String()
+	if strings.Count(out, "account deactivated") != 1 || !strings.Contains(out, `deactivated" id=1 `) || !strings.Contains(out, `deleted" id=1`) {
+		t.Errorf("logs:\n%s\nwant exactly one deactivation (id=1) and the deletion of 1", out)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -208,26 +208,21 @@ type CurrentFunc func(ctx context.Context, id int64) (*codecs.State, error)
 //
 // When retention has deleted the start of the history and the entity has no
 // change before end, its state then is unknown to the history: if its first
-// change after end is an insert or a snapshot it did not exist; if it has
-// none at all, current (when not nil) gives it; otherwise the answer is
-// ErrOlderThanHistory.
+// change after end is an insert it did not exist; if it has no change at
+// all, current (when not nil) gives it, checked against the history's
+// changes made meanwhile; otherwise the answer is ErrOlderThanHistory.
 func (r *Reader) EntityAt(ctx context.Context, entityType string, id int64, end int64, current CurrentFunc) (*codecs.State, error) {
 	b, err := r.Bounds(ctx)
 	if err != nil {
 		return nil, err
 	}
 	end = min(end, b.End)
-	changes, err := r.Changes(ctx, entityType, id, b.Start, b.End)
+	changes, err := r.Changes(ctx, entityType, id, b.Start, end)
 	if err != nil {
 		return nil, err
 	}
 	var st *codecs.State
-	seen := false
 	for _, c := range changes {
-		if c.Offset >= end {
-			break
-		}
-		seen = true
 		if c.Event.Op == codecs.OpTruncate {
 			st = nil
 			continue
@@ -239,28 +234,51 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id int64, end 
 		}
 		st = next
 	}
-	if seen || b.Start == 0 {
+	if len(changes) > 0 || b.Start == 0 {
 		if st != nil && st.Deleted {
 			return nil, nil
 		}
 		return st, nil
 	}
-	// Nothing before end, and the history has lost its beginning.
-	for _, c := range changes {
-		if c.Offset < end {
-			continue
+	// Nothing before end, and the history has lost its beginning: what
+	// follows end decides.
+	later := func(from, to int64) (decided bool, err error) {
+		after, err := r.Changes(ctx, entityType, id, from, to)
+		if err != nil || len(after) == 0 {
+			return false, err
 		}
-		if c.Event.Op == codecs.OpInsert || c.Event.Op == codecs.OpSnapshot {
-			return nil, nil // it came into being after end
+		if after[0].Event.Op == codecs.OpInsert {
+			return true, nil // it came into being after end
 		}
-		return nil, fmt.Errorf("%w: %s %d was last changed before offset %d, where the history starts (retention %s)",
+		// An update or delete needs the state from before the history's
+		// start; a snapshot (a re-created slot) does not say whether the
+		// entity existed at end.
+		return true, fmt.Errorf("%w: %s %d was last changed before offset %d, where the history starts (retention %s)",
 			ErrOlderThanHistory, entityType, id, b.Start, b.Retention)
+	}
+	if decided, err := later(end, b.End); decided || err != nil {
+		return nil, err
 	}
 	if current == nil {
 		return nil, fmt.Errorf("%w: %s %d has no change since offset %d, where the history starts (retention %s); its current state in the snapshot is its state then",
 			ErrOlderThanHistory, entityType, id, b.Start, b.Retention)
 	}
-	return current(ctx, id)
+	// The entity has not changed in the history held up to b.End. Take the
+	// current state, then make sure no change reached the history since:
+	// what current saw comes from the history, so a change it reflects is
+	// in the history before the end read afterwards.
+	cur, err := current(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	now, err := r.Bounds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if decided, err := later(b.End, now.End); decided || err != nil {
+		return nil, err
+	}
+	return cur, nil
 }
 
 // TypeAt returns every entity of entityType that existed after the
@@ -332,10 +350,13 @@ func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, ke
 	}
 	defer consumer.Close()
 	pc, err := consumer.ConsumePartition(r.topic, 0, from)
+	if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+		return fmt.Errorf("%w: retention removed offset %d while it was being read; ask again", ErrBeforeHistory, from)
+	}
 	if err != nil {
 		return fmt.Errorf("history: read from offset %d: %w", from, err)
 	}
-	defer pc.AsyncClose()
+	defer pc.Close() // drains the channels
 	for {
 		select {
 		case <-ctx.Done():

@@ -10,7 +10,8 @@
 //
 // Errors are JSON {"error": "..."} with 400 (bad id, time or limit), 401
 // (token missing or wrong), 404 (unknown type, no such entity), 410 (older
-// than the history), 503 (not ready). Ids travel as strings, like in the
+// than the history), 503 (not ready, or too many history reads at once).
+// Ids travel as strings, like in the
 // events: a 64-bit id stays exact in every JSON reader.
 package server
 
@@ -51,6 +52,10 @@ type Config struct {
 	Log *slog.Logger
 	// Metrics, when not nil, is served at /metrics.
 	Metrics http.Handler
+	// HistoryScans bounds the /v1/history requests served at once: each
+	// reads the history topic from its start. More wait up to 10 s, then
+	// get 503. Default: 2.
+	HistoryScans int
 }
 
 // Handler returns the HTTP handler of cfg.
@@ -58,7 +63,10 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &server{cfg: cfg, log: cfg.Log.With("component", "server")}
+	if cfg.HistoryScans < 1 {
+		cfg.HistoryScans = 2
+	}
+	s := &server{cfg: cfg, log: cfg.Log.With("component", "server"), scans: make(chan struct{}, cfg.HistoryScans)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -77,8 +85,9 @@ func Handler(cfg Config) http.Handler {
 }
 
 type server struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	scans chan struct{} // a token per history request in flight
 }
 
 // Entity is the JSON of one entity's state.
@@ -243,6 +252,18 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	typ := v.EntityType()
+	wait := time.NewTimer(10 * time.Second)
+	defer wait.Stop()
+	select {
+	case s.scans <- struct{}{}:
+		defer func() { <-s.scans }()
+	case <-wait.C:
+		s.fail(w, r, http.StatusServiceUnavailable, fmt.Errorf("%d history reads are running; try again later", cap(s.scans)))
+		return
+	case <-r.Context().Done():
+		s.fail(w, r, http.StatusServiceUnavailable, r.Context().Err())
+		return
+	}
 	at := r.URL.Query().Get("at")
 	if at == "" {
 		b, err := s.cfg.History.Bounds(r.Context())
