@@ -34,9 +34,29 @@ type Config struct {
 	Metrics string `yaml:"metrics"`
 	// Serve configures the query server, `changes serve`.
 	Serve ServeConfig `yaml:"serve"`
+	// Monitor configures the consistency and latency monitor, `changes monitor`.
+	Monitor MonitorConfig `yaml:"monitor"`
 	// Entities declares the captured tables, one entity type each. At least
 	// one is required.
 	Entities []EntityConfig `yaml:"entities"`
+}
+
+// MonitorConfig configures `changes monitor`, which checks the history and
+// the snapshot tables continuously and exports changes_monitor_* metrics.
+type MonitorConfig struct {
+	// Listen is the address of the monitor's /metrics. Default:
+	// 127.0.0.1:9465. Environment: CHANGES_MONITOR_LISTEN.
+	Listen string `yaml:"listen"`
+	// StaleAfter is how long a snapshot table may take to reach the
+	// position of an entity's latest history event before the entity counts
+	// as stale. Default: 30s.
+	StaleAfter time.Duration `yaml:"stale_after"`
+	// Remember is how long the monitor keeps a history event to check the
+	// table records that apply it. Default: 1h.
+	Remember time.Duration `yaml:"remember"`
+	// AuditRate is how many entities per second the monitor compares with
+	// PostgreSQL; 0 disables the database audit. Default: 1.
+	AuditRate float64 `yaml:"audit_rate"`
 }
 
 // ServeConfig configures the query server (`changes serve`): views of the
@@ -148,6 +168,10 @@ const (
 	DefaultStorage           = "data"
 	DefaultMetrics           = "127.0.0.1:9464"
 	DefaultServeListen       = "127.0.0.1:8080"
+	DefaultMonitorListen     = "127.0.0.1:9465"
+	DefaultStaleAfter        = 30 * time.Second
+	DefaultRemember          = time.Hour
+	DefaultAuditRate         = 1.0
 	DefaultIDColumn          = "id"
 	DefaultPartitions        = 8
 	defaultReplicationFactor = -1
@@ -172,7 +196,7 @@ func Load(path string) (*Config, error) {
 func Parse(data []byte) (*Config, error) {
 	// Defaults whose zero value is meaningful are set before decoding, so only
 	// an absent key keeps them: an explicit "metrics: \"\"" disables the endpoint.
-	cfg := &Config{Kafka: KafkaConfig{ReplicationFactor: defaultReplicationFactor}, Metrics: DefaultMetrics}
+	cfg := &Config{Kafka: KafkaConfig{ReplicationFactor: defaultReplicationFactor}, Metrics: DefaultMetrics, Monitor: MonitorConfig{AuditRate: DefaultAuditRate}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	// An empty file is fine: every required field may come from the environment.
@@ -212,6 +236,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("CHANGES_STORAGE_DIR", &c.Storage)
 	str("CHANGES_SERVE_LISTEN", &c.Serve.Listen)
 	str("CHANGES_SERVE_TOKEN", &c.Serve.Token)
+	str("CHANGES_MONITOR_LISTEN", &c.Monitor.Listen)
 	if v, ok := lookup("CHANGES_METRICS_LISTEN"); ok {
 		c.Metrics = v // empty disables
 	}
@@ -251,6 +276,13 @@ func (c *Config) applyDefaults() {
 	}
 	setDefault(&c.Storage, DefaultStorage)
 	setDefault(&c.Serve.Listen, DefaultServeListen)
+	setDefault(&c.Monitor.Listen, DefaultMonitorListen)
+	if c.Monitor.StaleAfter == 0 {
+		c.Monitor.StaleAfter = DefaultStaleAfter
+	}
+	if c.Monitor.Remember == 0 {
+		c.Monitor.Remember = DefaultRemember
+	}
 	for i := range c.Entities {
 		e := &c.Entities[i]
 		setDefault(&e.IDColumn, DefaultIDColumn)
@@ -362,6 +394,18 @@ func (c *Config) Validate() error {
 	}
 	if strings.TrimSpace(c.Serve.Token) != c.Serve.Token {
 		return fieldErr("serve.token", "has leading or trailing white space")
+	}
+	if _, port, ok := strings.Cut(c.Monitor.Listen, ":"); !ok || port == "" {
+		return fieldErr("monitor.listen", "must be host:port or :port, got %q", c.Monitor.Listen)
+	}
+	if c.Monitor.StaleAfter < time.Second {
+		return fieldErr("monitor.stale_after", "must be at least 1s, got %s", c.Monitor.StaleAfter)
+	}
+	if c.Monitor.Remember < c.Monitor.StaleAfter {
+		return fieldErr("monitor.remember", "must be at least monitor.stale_after (%s), got %s", c.Monitor.StaleAfter, c.Monitor.Remember)
+	}
+	if c.Monitor.AuditRate < 0 || c.Monitor.AuditRate > 1000 {
+		return fieldErr("monitor.audit_rate", "must be between 0 (off) and 1000 per second, got %g", c.Monitor.AuditRate)
 	}
 	for i, typ := range c.Serve.Types {
 		if _, ok := types[typ]; !ok {

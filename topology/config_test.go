@@ -24,6 +24,7 @@ var envVars = []string{
 	"CHANGES_TOPIC_PREFIX",
 	"CHANGES_SERVE_LISTEN",
 	"CHANGES_SERVE_TOKEN",
+	"CHANGES_MONITOR_LISTEN",
 	"CHANGES_STORAGE_DIR",
 	"CHANGES_METRICS_LISTEN",
 }
@@ -64,6 +65,7 @@ topics:
 storage: /var/lib/x
 metrics: 0.0.0.0:9000
 serve: {listen: ":8081", token: s3cret, types: [campaign]}
+monitor: {listen: ":9999", stale_after: 5s, remember: 10m, audit_rate: 0}
 entities:
   - type: account
     table: billing.accounts
@@ -116,6 +118,7 @@ func TestParseFull(t *testing.T) {
 		Storage: "/var/lib/x",
 		Metrics: "0.0.0.0:9000",
 		Serve:   topology.ServeConfig{Listen: ":8081", Token: "s3cret", Types: []string{"campaign"}},
+		Monitor: topology.MonitorConfig{Listen: ":9999", StaleAfter: 5 * time.Second, Remember: 10 * time.Minute, AuditRate: 0},
 		Entities: []topology.EntityConfig{
 			{Type: "account", Table: "billing.accounts", IDColumn: "account_id", Partitions: 12},
 			// A table without a schema is in public.
@@ -472,6 +475,9 @@ func TestParseInvalid(t *testing.T) {
 		{"partitions too many", func(c *topology.Config) { c.Entities[0].Partitions = 10001 }, "entities[0].partitions"},
 		{"serve listen without port", func(c *topology.Config) { c.Serve.Listen = "localhost" }, "serve.listen"},
 		{"serve token with a newline", func(c *topology.Config) { c.Serve.Token = "abc\n" }, "serve.token"},
+		{"monitor stale_after", func(c *topology.Config) { c.Monitor.StaleAfter = time.Millisecond }, "monitor.stale_after"},
+		{"monitor remember", func(c *topology.Config) { c.Monitor.StaleAfter = time.Hour; c.Monitor.Remember = time.Minute }, "monitor.remember"},
+		{"monitor audit rate", func(c *topology.Config) { c.Monitor.AuditRate = -1 }, "monitor.audit_rate"},
 		{"serve undeclared type", func(c *topology.Config) { c.Serve.Types = []string{"account", "user"} }, "serve.types[1]"},
 	}
 	for _, tt := range tests {

@@ -7,6 +7,9 @@
 //	changes serve   --config FILE   views of the snapshot tables and the history over HTTP
 //	changes asof    --config FILE --at TIME|OFFSET --type T [--id N]
 //	                                state at a past moment, rebuilt from the history
+//	changes monitor --config FILE   consistency and latency checks as changes_monitor_* metrics
+//	changes slo     --config FILE [--window 1h]   share of changes within 1 s, 5 s, 1 min, 1 h
+//	changes audit   --config FILE [--window 1h]   list stale and inconsistent entities, once
 //	changes demo    --config FILE   run everything with a demo workload and print a summary
 //
 // The config file is YAML (see configs/local.yaml); CHANGES_* environment
@@ -62,6 +65,9 @@ commands:
   topics   create or check every topic, then exit
   serve    query server: views of the snapshot tables and the history over HTTP
   asof     print the state of an entity (or a whole type) at a past time, from the history
+  monitor  check history and snapshots continuously; changes_monitor_* metrics
+  slo      latency report of a past window: share within 1 s, 5 s, 1 min, 1 h; p50, p99, p99.9
+  audit    check a past window once; list stale and inconsistent entities (exit 1 if any)
   demo     run everything on the configured stack with a demo workload, print a summary
 
 Run 'changes <command> -h' for the flags of a command.`
@@ -108,8 +114,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	}
+	var window time.Duration
+	if cmd == "slo" || cmd == "audit" {
+		fs.DurationVar(&window, "window", time.Hour, "how far back to look")
+	}
 	switch cmd {
-	case "run", "capture", "process", "topics", "demo", "serve", "asof":
+	case "run", "capture", "process", "topics", "demo", "serve", "asof", "monitor", "slo", "audit":
 	default:
 		fmt.Fprintln(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -150,6 +160,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runServe(ctx, topo, log, reg)
 	case "asof":
 		return runAsOf(ctx, topo, asof, log, stdout)
+	case "monitor":
+		return runMonitor(ctx, topo, log, reg)
+	case "slo":
+		return runSLO(ctx, topo, window, stdout)
+	case "audit":
+		return runAudit(ctx, topo, window, stdout)
 	}
 	parts := map[string]platform.Parts{
 		"run":     platform.All,

@@ -54,7 +54,7 @@ func TestHelp(t *testing.T) {
 	if err := run(context.Background(), []string{"help"}, &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"run", "capture", "process", "topics", "serve", "asof", "demo"} {
+	for _, cmd := range []string{"run", "capture", "process", "topics", "serve", "asof", "monitor", "slo", "audit", "demo"} {
 		if !strings.Contains(stderr.String(), "\n  "+cmd+" ") {
 			t.Errorf("usage does not list %s:\n%s", cmd, stderr.String())
 		}

@@ -1,5 +1,6 @@
 // Package dbcheck compares a table in PostgreSQL with the view of its entity
-// type, value by value, for the demo and the end-to-end tests.
+// type, value by value, for the demo, the monitor's audit and the
+// end-to-end tests.
 package dbcheck
 
 import (
@@ -19,7 +20,25 @@ import (
 // id column. Values are read in text format, the form pgoutput sends, and
 // mapped with codecs.ColumnValue.
 func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[int64]codecs.Row, error) {
-	rows, err := conn.Query(ctx, "select * from "+table, pgx.QueryResultFormats{pgx.TextFormatCode})
+	return query(ctx, conn, table, idColumn, "select * from "+table)
+}
+
+// Row reads the row of table whose id column is id, as Rows does; nil if
+// there is none.
+func Row(ctx context.Context, conn *pgx.Conn, table, idColumn string, id int64) (codecs.Row, error) {
+	rows, err := query(ctx, conn, table, idColumn, "select * from "+table+" where "+pgx.Identifier{idColumn}.Sanitize()+" = $1", id)
+	if err != nil {
+		return nil, err
+	}
+	return rows[id], nil
+}
+
+// DiffRow describes the first difference between a row of the database and
+// the row of a state; empty means equal.
+func DiffRow(db, view codecs.Row) string { return diffRow(db, view) }
+
+func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, args ...any) (map[int64]codecs.Row, error) {
+	rows, err := conn.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", table, err)
 	}

@@ -1,0 +1,150 @@
+package monitor
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/views"
+)
+
+// audit compares sampled entities with PostgreSQL at monitor.audit_rate per
+// second, round robin over the entity types.
+//
+// For each sample it reads L = pg_current_wal_insert_lsn(), then the row:
+// every change the row does not show commits after L. The view of the
+// table must then reach the row within monitor.stale_after; a view state
+// committed after L that differs is a change in flight (not conclusive),
+// anything else that still differs is a mismatch.
+func (m *Monitor) audit(ctx context.Context) error {
+	vs := map[string]*views.View{}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, typ := range m.topo.EntityTypes() {
+		v, err := views.New(m.topo, typ, views.WithStorageDir(m.storageDir), views.WithLogger(m.log))
+		if err != nil {
+			return err
+		}
+		vs[typ] = v
+		g.Go(func() error { return v.Run(gctx) })
+	}
+	g.Go(func() error {
+		for _, v := range vs {
+			if err := v.WaitRecovered(gctx); err != nil {
+				return err
+			}
+		}
+		db, err := pgx.Connect(gctx, m.cfg.Postgres.URL)
+		if err != nil {
+			return fmt.Errorf("monitor audit: %w", err)
+		}
+		defer db.Close(context.Background())
+		every := time.Duration(float64(time.Second) / m.cfg.Monitor.AuditRate)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		types := m.topo.EntityTypes()
+		for i := 0; ; i++ {
+			select {
+			case <-gctx.Done():
+				return gctx.Err()
+			case <-t.C:
+			}
+			typ := types[i%len(types)]
+			result, err := m.auditOne(gctx, db, vs[typ], typ, rnd)
+			if err != nil {
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				m.log.Warn("audit", "entity_type", typ, "err", err)
+				if db.IsClosed() {
+					if db, err = pgx.Connect(gctx, m.cfg.Postgres.URL); err != nil {
+						return fmt.Errorf("monitor audit: %w", err)
+					}
+				}
+				continue
+			}
+			if result != "" {
+				m.metrics.audits.WithLabelValues(typ, result).Inc()
+			}
+		}
+	})
+	return g.Wait()
+}
+
+// auditOne samples one entity of typ and compares it; "" when the table is
+// empty.
+func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ string, rnd *rand.Rand) (string, error) {
+	ent, _ := m.cfg.Entity(typ)
+	idCol := pgx.Identifier{ent.IDColumn}.Sanitize()
+	var lo, hi *int64
+	if err := db.QueryRow(ctx, "select min("+idCol+")::bigint, max("+idCol+")::bigint from "+ent.Table).Scan(&lo, &hi); err != nil {
+		return "", err
+	}
+	if lo == nil {
+		return "", nil
+	}
+	pick := *lo + rnd.Int64N(*hi-*lo+1)
+	var id int64
+	err := db.QueryRow(ctx, "select "+idCol+"::bigint from "+ent.Table+" where "+idCol+" >= $1 order by "+idCol+" limit 1", pick).Scan(&id)
+	if err != nil {
+		return "", err
+	}
+	var lsnText string
+	if err := db.QueryRow(ctx, "select pg_current_wal_insert_lsn()::text").Scan(&lsnText); err != nil {
+		return "", err
+	}
+	var lsn codecs.LSN
+	if err := lsn.UnmarshalText([]byte(lsnText)); err != nil {
+		return "", err
+	}
+	row, err := dbcheck.Row(ctx, db, ent.Table, ent.IDColumn, id)
+	if err != nil {
+		return "", err
+	}
+	deadline := time.Now().Add(m.cfg.Monitor.StaleAfter)
+	for {
+		st, err := v.Get(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		var diff string
+		switch {
+		case row == nil && st == nil:
+		case row == nil:
+			diff = "deleted in the database, present in the snapshot"
+		case st == nil:
+			diff = "in the database, not in the snapshot"
+		default:
+			diff = dbcheck.DiffRow(row, st.Row)
+		}
+		if diff == "" {
+			return "match", nil
+		}
+		if st != nil && st.Position.CommitLSN > lsn {
+			return "in_flight", nil
+		}
+		if time.Now().After(deadline) {
+			m.log.Error("audit mismatch: the snapshot differs from PostgreSQL", "entity_type", typ, "entity_id", id, "diff", diff,
+				"database_lsn", lsnText, "snapshot_position", positionOf(st))
+			return "mismatch", nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func positionOf(st *codecs.State) string {
+	if st == nil {
+		return "none"
+	}
+	return st.Position.String()
+}

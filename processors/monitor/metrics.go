@@ -1,0 +1,123 @@
+package monitor
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/changes-dev/changes/internal/promreg"
+	"github.com/changes-dev/changes/topology"
+)
+
+// LatencyBuckets are the bounds of the latency histograms, in seconds: fine
+// below a second, and the reference report's 1 s, 5 s, 60 s and 3600 s.
+var LatencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
+
+// metrics are the changes_monitor_* series.
+type metrics struct {
+	toHistory        *prometheus.HistogramVec
+	toSnapshot       *prometheus.HistogramVec
+	historyAnomalies *prometheus.CounterVec
+	inconsistent     *prometheus.CounterVec
+	stale            *prometheus.GaugeVec
+	tracked          prometheus.Gauge
+	audits           *prometheus.CounterVec
+	groupLag         *prometheus.GaugeVec
+	slotLag          *prometheus.GaugeVec
+	slotRetained     *prometheus.GaugeVec
+	slotActive       *prometheus.GaugeVec
+	slotPresent      *prometheus.GaugeVec
+	badRecords       *prometheus.CounterVec
+}
+
+func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, error) {
+	m := &metrics{
+		toHistory: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "changes_monitor_commit_to_history_seconds",
+			Help:    "Time from a change's commit in PostgreSQL to its capture into the history topic, by entity type.",
+			Buckets: LatencyBuckets,
+		}, []string{"entity_type"}),
+		toSnapshot: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "changes_monitor_commit_to_snapshot_seconds",
+			Help:    "Time from a change's commit in PostgreSQL to its application to the snapshot table, by entity type.",
+			Buckets: LatencyBuckets,
+		}, []string{"entity_type"}),
+		historyAnomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_monitor_history_anomalies_total",
+			Help: "History records out of order: kind is duplicate (a position already held), reorder (an earlier position) or gap (an index skipped inside a transaction).",
+		}, []string{"kind"}),
+		inconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_monitor_inconsistent_total",
+			Help: "Snapshot table records that no history event explains: kind is wrong_value or unknown_position.",
+		}, []string{"entity_type", "kind"}),
+		stale: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_monitor_stale_entities",
+			Help: "Entities whose snapshot table has not reached their latest history event within monitor.stale_after.",
+		}, []string{"entity_type"}),
+		tracked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "changes_monitor_tracked_entities",
+			Help: "Entities the monitor holds history events of (changed within monitor.remember).",
+		}),
+		audits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_monitor_audit_checks_total",
+			Help: "Entities compared with PostgreSQL: result is match, mismatch, or in_flight (changed again meanwhile, not conclusive).",
+		}, []string{"entity_type", "result"}),
+		groupLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_monitor_consumer_lag_records",
+			Help: "Records of an input partition a processor group has not committed yet (read every 5 s).",
+		}, []string{"group", "topic", "partition"}),
+		slotLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_monitor_slot_lag_bytes",
+			Help: "WAL between the server's current position and what the capture confirmed (read every 5 s).",
+		}, []string{"slot"}),
+		slotRetained: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_monitor_slot_retained_wal_bytes",
+			Help: "WAL the replication slot keeps on the server's disk (current position - restart_lsn).",
+		}, []string{"slot"}),
+		slotActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_monitor_slot_active",
+			Help: "1 while a capture streams from the replication slot.",
+		}, []string{"slot"}),
+		slotPresent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_monitor_slot_present",
+			Help: "1 while the replication slot exists.",
+		}, []string{"slot"}),
+		badRecords: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_monitor_bad_records_total",
+			Help: "Records the monitor could not decode, by topic.",
+		}, []string{"topic"}),
+	}
+	// Series that should read 0 rather than be absent.
+	for _, kind := range []string{Duplicate, Reorder, Gap} {
+		m.historyAnomalies.WithLabelValues(kind)
+	}
+	for _, typ := range topo.EntityTypes() {
+		for _, kind := range []string{WrongValue, UnknownPosition} {
+			m.inconsistent.WithLabelValues(typ, kind)
+		}
+		for _, res := range []string{"match", "mismatch", "in_flight"} {
+			m.audits.WithLabelValues(typ, res)
+		}
+		m.stale.WithLabelValues(typ)
+		m.toHistory.WithLabelValues(typ)
+		m.toSnapshot.WithLabelValues(typ)
+	}
+	var err error
+	for _, h := range []**prometheus.HistogramVec{&m.toHistory, &m.toSnapshot} {
+		if *h, err = promreg.Register(r, *h); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range []**prometheus.CounterVec{&m.historyAnomalies, &m.inconsistent, &m.audits, &m.badRecords} {
+		if *c, err = promreg.Register(r, *c); err != nil {
+			return nil, err
+		}
+	}
+	for _, g := range []**prometheus.GaugeVec{&m.stale, &m.groupLag, &m.slotLag, &m.slotRetained, &m.slotActive, &m.slotPresent} {
+		if *g, err = promreg.Register(r, *g); err != nil {
+			return nil, err
+		}
+	}
+	if m.tracked, err = promreg.Register(r, m.tracked); err != nil {
+		return nil, err
+	}
+	return m, nil
+}

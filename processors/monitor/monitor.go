@@ -1,0 +1,354 @@
+// Package monitor watches the platform from the outside, as the reference
+// system's separate daemon did, and exports what it finds as changes_monitor_*
+// Prometheus metrics that deploy/prometheus/alerts.yml alerts on:
+//
+//   - latency: commit to history (the capture's capture time) and commit to
+//     snapshot (the snapshot processor's apply time), per entity type, as
+//     histograms with buckets at 1 s, 5 s, 60 s and 3600 s among others;
+//   - history integrity: positions strictly increase and consecutive inside a
+//     transaction; duplicates, reorders and gaps are counted and logged with
+//     their offsets;
+//   - snapshot consistency: every table record must be the state a history
+//     event says (else wrong_value or unknown_position), and every entity's
+//     table must reach its latest history event within monitor.stale_after
+//     (else it is stale, a gauge);
+//   - database audit: sampled entities compared with PostgreSQL at a
+//     consistent point, changes in flight allowed for;
+//   - lag: every processor group's lag per partition, and the replication
+//     slot's lag and retained WAL in bytes.
+//
+// The Checker holds the consistency logic without I/O; the Monitor feeds it
+// from Kafka. A Monitor starts at the end of every topic: it checks what
+// happens from its start on.
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
+)
+
+// Option configures a Monitor.
+type Option func(*Monitor)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(m *Monitor) { m.log = l } }
+
+// WithRegisterer registers the changes_monitor_* metrics with r. Default:
+// not registered.
+func WithRegisterer(r prometheus.Registerer) Option { return func(m *Monitor) { m.reg = r } }
+
+// WithStorageDir sets where the database audit keeps its views of the
+// tables. Default: <config storage>/monitor.
+func WithStorageDir(dir string) Option { return func(m *Monitor) { m.storageDir = dir } }
+
+// Monitor checks the history and the snapshot tables of a deployment.
+type Monitor struct {
+	topo       *topology.Topology
+	cfg        *topology.Config
+	log        *slog.Logger
+	reg        prometheus.Registerer
+	storageDir string
+	metrics    *metrics
+	checker    *Checker
+	stale      map[entityKey]bool // reported stale, to log each once
+	ready      chan struct{}      // closed once every consumer reads
+}
+
+// New returns a Monitor of topo's deployment.
+func New(topo *topology.Topology, opts ...Option) (*Monitor, error) {
+	cfg := topo.Config()
+	m := &Monitor{
+		topo:       topo,
+		cfg:        cfg,
+		log:        slog.Default(),
+		storageDir: filepath.Join(cfg.Storage, "monitor"),
+		stale:      map[entityKey]bool{},
+		ready:      make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	m.log = m.log.With("component", "monitor")
+	var err error
+	if m.metrics, err = newMetrics(m.reg, topo); err != nil {
+		return nil, fmt.Errorf("monitor metrics: %w", err)
+	}
+	m.checker = NewChecker(topo, cfg.Monitor.StaleAfter, cfg.Monitor.Remember)
+	return m, nil
+}
+
+// Ready is closed once the monitor reads every topic: what is written from
+// then on is checked.
+func (m *Monitor) Ready() <-chan struct{} { return m.ready }
+
+// record is a message of the history or of a table, for the check loop.
+type record struct {
+	table string // entity type; empty for the history
+	msg   *sarama.ConsumerMessage
+}
+
+// Run monitors until ctx is cancelled (nil) or Kafka or PostgreSQL fail.
+func (m *Monitor) Run(ctx context.Context) error {
+	client, err := sarama.NewClient(m.cfg.Kafka.Brokers, topology.SaramaConfig(m.cfg.Kafka))
+	if err != nil {
+		return fmt.Errorf("monitor: kafka client: %w", err)
+	}
+	defer client.Close()
+	consumer, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		return fmt.Errorf("monitor: consumer: %w", err)
+	}
+	defer consumer.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	in := make(chan record, 1024)
+	// Tables first, then the history: a table record of a history event
+	// the monitor sees is always read too.
+	for _, typ := range m.topo.EntityTypes() {
+		topic := string(m.topo.Snapshot(typ))
+		ent, _ := m.cfg.Entity(typ)
+		for p := range int32(ent.Partitions) {
+			if err := m.consume(gctx, g, consumer, topic, p, typ, in); err != nil {
+				return err
+			}
+		}
+	}
+	if err := m.consume(gctx, g, consumer, string(m.topo.History()), 0, "", in); err != nil {
+		return err
+	}
+	close(m.ready)
+	m.log.Info("monitoring", "history", m.topo.History(), "types", m.topo.EntityTypes(),
+		"stale_after", m.cfg.Monitor.StaleAfter, "audit_rate", m.cfg.Monitor.AuditRate)
+	g.Go(func() error { return m.check(gctx, in) })
+	g.Go(func() error { return m.watchLag(gctx, client) })
+	if m.cfg.Monitor.AuditRate > 0 {
+		g.Go(func() error { return m.audit(gctx) })
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// consume reads one partition from its end into in.
+func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer sarama.Consumer, topic string, partition int32, table string, in chan<- record) error {
+	pc, err := consumer.ConsumePartition(topic, partition, sarama.OffsetNewest)
+	if err != nil {
+		return fmt.Errorf("monitor: read %s/%d: %w", topic, partition, err)
+	}
+	g.Go(func() error {
+		defer pc.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case err := <-pc.Errors():
+				return fmt.Errorf("monitor: %s/%d: %w", topic, partition, err)
+			case msg := <-pc.Messages():
+				select {
+				case in <- record{table: table, msg: msg}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// check runs the Checker on every record and the staleness check every
+// second.
+func (m *Monitor) check(ctx context.Context, in <-chan record) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			m.checkStale(time.Now())
+		case r := <-in:
+			m.apply(r, time.Now())
+		}
+	}
+}
+
+func (m *Monitor) apply(r record, now time.Time) {
+	msg := r.msg
+	var found []Anomaly
+	if r.table == "" {
+		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
+		if err != nil {
+			m.metrics.badRecords.WithLabelValues(msg.Topic).Inc()
+			m.log.Warn("history record does not decode", "offset", msg.Offset, "err", err)
+			return
+		}
+		if ev.Op != codecs.OpTruncate && !ev.CaptureTime.IsZero() {
+			m.metrics.toHistory.WithLabelValues(ev.EntityType).Observe(max(ev.CaptureTime.Sub(ev.CommitTime).Seconds(), 0))
+		}
+		found = m.checker.History(msg.Offset, ev, now)
+	} else {
+		var st *codecs.State
+		if msg.Value != nil {
+			var err error
+			if st, err = (codecs.StateCodec{}).Decode(msg.Value); err != nil {
+				m.metrics.badRecords.WithLabelValues(msg.Topic).Inc()
+				m.log.Warn("table record does not decode", "topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "err", err)
+				return
+			}
+			if !st.Truncated && !st.AppliedTime.IsZero() {
+				m.metrics.toSnapshot.WithLabelValues(r.table).Observe(max(st.AppliedTime.Sub(st.CommitTime).Seconds(), 0))
+			}
+		}
+		found = m.checker.Table(r.table, msg.Topic, msg.Partition, msg.Offset, string(msg.Key), st, now)
+	}
+	for _, a := range found {
+		switch a.Kind {
+		case Duplicate, Reorder, Gap:
+			m.metrics.historyAnomalies.WithLabelValues(a.Kind).Inc()
+		default:
+			m.metrics.inconsistent.WithLabelValues(a.EntityType, a.Kind).Inc()
+		}
+		m.log.Error("inconsistency", "kind", a.Kind, "entity_type", a.EntityType, "entity_id", a.EntityID,
+			"position", a.Position.String(), "topic", a.Topic, "partition", a.Partition, "offset", a.Offset, "detail", a.Detail)
+	}
+}
+
+func (m *Monitor) checkStale(now time.Time) {
+	stale := m.checker.Stale(now)
+	counts := map[string]int{}
+	current := map[entityKey]bool{}
+	for _, s := range stale {
+		k := entityKey{s.EntityType, s.EntityID}
+		counts[s.EntityType]++
+		current[k] = true
+		if !m.stale[k] {
+			m.log.Error("stale entity: its snapshot has not reached its latest history event",
+				"entity_type", s.EntityType, "entity_id", s.EntityID, "position", s.Position.String(),
+				"history_offset", s.Offset, "for", now.Sub(s.Since).Round(time.Second), "table_position", s.TablePosition.String())
+		}
+	}
+	m.stale = current
+	for _, typ := range m.topo.EntityTypes() {
+		m.metrics.stale.WithLabelValues(typ).Set(float64(counts[typ]))
+	}
+	m.metrics.tracked.Set(float64(m.checker.Tracked()))
+}
+
+// watchLag reads every processor group's lag and the slot's every 5 s.
+func (m *Monitor) watchLag(ctx context.Context, client sarama.Client) error {
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		return fmt.Errorf("monitor: admin: %w", err)
+	}
+	// Not closed: closing the admin would close the shared client.
+	var db *pgx.Conn
+	defer func() {
+		if db != nil {
+			db.Close(context.Background())
+		}
+	}()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if err := m.groupLag(admin, client); err != nil {
+			m.log.Warn("consumer lag", "err", err)
+		}
+		if db == nil || db.IsClosed() {
+			db, err = pgx.Connect(ctx, m.cfg.Postgres.URL)
+			if err != nil {
+				m.log.Warn("slot lag: connect to PostgreSQL", "err", err)
+				db = nil
+			}
+		}
+		if db != nil {
+			if err := m.slotLag(ctx, db); err != nil {
+				m.log.Warn("slot lag", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// groupLag sets the lag of the router and of every snapshot group.
+func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) error {
+	inputs := map[string]string{string(m.topo.RouterGroup()): string(m.topo.History())}
+	for _, typ := range m.topo.EntityTypes() {
+		inputs[string(m.topo.SnapshotGroup(typ))] = string(m.topo.Events(typ))
+	}
+	var errs []error
+	for group, topic := range inputs {
+		parts, err := client.Partitions(topic)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		offsets, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("group %s: %w", group, err))
+			continue
+		}
+		for _, p := range parts {
+			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			committed := int64(0)
+			if b := offsets.GetBlock(topic, p); b != nil && b.Offset >= 0 {
+				committed = b.Offset
+			}
+			m.metrics.groupLag.WithLabelValues(group, topic, strconv.Itoa(int(p))).Set(float64(max(end-committed, 0)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// slotLag sets the replication slot's lag and retained WAL.
+func (m *Monitor) slotLag(ctx context.Context, db *pgx.Conn) error {
+	slot := m.cfg.Postgres.Slot
+	var lag, retained *int64
+	var active bool
+	err := db.QueryRow(ctx, `select (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint, active
+		from pg_replication_slots where slot_name = $1`, slot).Scan(&lag, &retained, &active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		m.metrics.slotPresent.WithLabelValues(slot).Set(0)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m.metrics.slotPresent.WithLabelValues(slot).Set(1)
+	m.metrics.slotActive.WithLabelValues(slot).Set(float64(b2i(active)))
+	if lag != nil {
+		m.metrics.slotLag.WithLabelValues(slot).Set(float64(*lag))
+	}
+	if retained != nil {
+		m.metrics.slotRetained.WithLabelValues(slot).Set(float64(*retained))
+	}
+	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
