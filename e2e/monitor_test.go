@@ -1,0 +1,351 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/processors/monitor"
+	"github.com/changes-dev/changes/topology"
+)
+
+// runPart runs one part of the platform until the returned stop is called.
+func runPart(t testing.TB, ctx context.Context, topo *topology.Topology, parts platform.Parts) (stop func()) {
+	t.Helper()
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- platform.Run(pctx, topo, parts, testLogger(t), nil, nil) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("platform %+v: %v", parts, err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// runMonitor runs a monitor with its own registry until the test ends.
+func runMonitor(t testing.TB, ctx context.Context, topo *topology.Topology) *prometheus.Registry {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m, err := monitor.New(topo, monitor.WithLogger(testLogger(t)), monitor.WithRegisterer(reg), monitor.WithStorageDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(mctx)
+	g.Go(func() error { return m.Run(gctx) })
+	t.Cleanup(func() {
+		cancel()
+		if err := g.Wait(); err != nil {
+			t.Errorf("monitor: %v", err)
+		}
+	})
+	select {
+	case <-m.Ready():
+	case <-ctx.Done():
+		t.Fatal("monitor never ready")
+	}
+	return reg
+}
+
+// metricValue sums the series of a metric whose labels include want.
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+// waitMetric waits until the metric reaches want (at least) and says how long
+// that took.
+func waitMetric(t testing.TB, ctx context.Context, reg *prometheus.Registry, name string, labels map[string]string, want float64, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(within)
+	for {
+		got := metricValue(t, reg, name, labels)
+		if got >= want {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s%v = %v after %s, want %v", name, labels, got, within, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMonitorDetects runs the platform and the monitor under a workload, then
+// breaks the pipeline three ways and checks that the monitor notices each
+// within a bound, with the metric its alert rule reads (the rules themselves
+// are tested by promtool in deploy/): a duplicated history event, a record
+// written by hand onto a snapshot table with a wrong value, and a history
+// event that never reaches its type topic (the router's offset moved past
+// it). `changes audit` (monitor.Audit) then lists all three.
+func TestMonitorDetects(t *testing.T) {
+	e := stack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	name := uniqueName("monitor")
+	table := name + "_item"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: 2}})
+	cfg.Monitor.StaleAfter = 3 * time.Second
+	cfg.Monitor.AuditRate = 20
+	topo := topology.New(cfg)
+	cleanupStack(t, e, cfg, table)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, n integer not null, note text)")
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+	runPart(t, ctx, topo, platform.Parts{Capture: true})
+	stopProcessors := runPart(t, ctx, topo, platform.Parts{Processors: true})
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
+	if err := platform.WaitGroupsStable(ctx, topo); err != nil {
+		t.Fatal(err)
+	}
+	reg := runMonitor(t, ctx, topo)
+
+	// A clean workload: 40 inserts, then 40 updates.
+	for i := range 40 {
+		execSQL(t, ctx, db, fmt.Sprintf("insert into %s values (%d, 0, 'new')", table, i+1))
+	}
+	execSQL(t, ctx, db, "update "+table+" set n = n + 1")
+	waitMetric(t, ctx, reg, "changes_monitor_commit_to_snapshot_seconds", map[string]string{"entity_type": "item"}, 80, 30*time.Second)
+	waitMetric(t, ctx, reg, "changes_monitor_audit_checks_total", map[string]string{"result": "match"}, 5, 30*time.Second)
+	clean := func(what string) {
+		t.Helper()
+		for _, m := range []string{"changes_monitor_history_anomalies_total", "changes_monitor_inconsistent_total", "changes_monitor_stale_entities"} {
+			if v := metricValue(t, reg, m, nil); v != 0 {
+				t.Fatalf("%s: %s = %v, want 0", what, m, v)
+			}
+		}
+		if v := metricValue(t, reg, "changes_monitor_audit_checks_total", map[string]string{"result": "mismatch"}); v != 0 {
+			t.Fatalf("%s: audit mismatches = %v, want 0", what, v)
+		}
+	}
+	clean("a clean workload")
+	if v := metricValue(t, reg, "changes_monitor_commit_to_history_seconds", map[string]string{"entity_type": "item"}); v != 80 {
+		t.Errorf("commit -> history observations = %v, want 80", v)
+	}
+
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	producer, err := sarama.NewSyncProducerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+
+	// 1. A duplicated history event: the last record, appended again.
+	hist := string(topo.History())
+	end, err := client.GetOffset(hist, 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := readAt(t, ctx, client, hist, 0, end-1)
+	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: hist, Key: sarama.ByteEncoder(last.Key), Value: sarama.ByteEncoder(last.Value), Timestamp: last.Timestamp}); err != nil {
+		t.Fatal(err)
+	}
+	took := waitMetric(t, ctx, reg, "changes_monitor_history_anomalies_total", map[string]string{"kind": "duplicate"}, 1, 10*time.Second)
+	t.Logf("duplicate history event detected after %s", took)
+
+	// 2. A wrong value written by hand onto the snapshot table, at the
+	// entity's current position.
+	tbl := string(topo.Snapshot("item"))
+	p := topology.PartitionOf("7", 2)
+	tend, err := client.GetOffset(tbl, p, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *codecs.State
+	for off := tend - 1; off >= 0 && st == nil; off-- {
+		if m := readAt(t, ctx, client, tbl, p, off); string(m.Key) == "7" {
+			if st, err = (codecs.StateCodec{}).Decode(m.Value); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	st.Row["note"] = []byte(`"tampered"`)
+	bad, err := (codecs.StateCodec{}).Encode(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: tbl, Partition: p, Key: sarama.StringEncoder("7"), Value: sarama.ByteEncoder(bad)}); err != nil {
+		t.Fatal(err)
+	}
+	took = waitMetric(t, ctx, reg, "changes_monitor_inconsistent_total", map[string]string{"entity_type": "item", "kind": "wrong_value"}, 1, 10*time.Second)
+	t.Logf("wrong value on the snapshot table detected after %s", took)
+	// The database audit finds it too, once it samples entity 7 (20 samples
+	// a second over 40 ids).
+	took = waitMetric(t, ctx, reg, "changes_monitor_audit_checks_total", map[string]string{"entity_type": "item", "result": "mismatch"}, 1, 60*time.Second)
+	t.Logf("the database audit found the wrong value after %s", took)
+
+	// 3. A history event that never reaches the type topic: with the
+	// processors stopped, entity 9 changes, and the router's offset is moved
+	// past its event before the processors start again.
+	stopProcessors()
+	end, err = client.GetOffset(hist, 0, sarama.OffsetNewest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, ctx, db, "update "+table+" set note = 'lost' where id = 9")
+	for {
+		now, err := client.GetOffset(hist, 0, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now > end {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	skipRouterTo(t, ctx, cfg, client, string(topo.RouterGroup()), hist, end+1)
+	runPart(t, ctx, topo, platform.Parts{Processors: true})
+	took = waitMetric(t, ctx, reg, "changes_monitor_stale_entities", map[string]string{"entity_type": "item"}, 1, 20*time.Second)
+	t.Logf("history event missing from the type topic: entity stale after %s (bound %s)", took, cfg.Monitor.StaleAfter)
+	// The rest still flows: a later change of another entity is applied.
+	execSQL(t, ctx, db, "update "+table+" set note = 'after' where id = 3")
+
+	// `changes audit` lists the three, once.
+	res, err := monitor.Audit(ctx, topo, time.Hour, cfg.Monitor.StaleAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, a := range res.Anomalies {
+		found = append(found, fmt.Sprintf("%s %d", a.Kind, a.EntityID))
+	}
+	for _, s := range res.Stale {
+		found = append(found, fmt.Sprintf("stale %d", s.EntityID))
+	}
+	got := strings.Join(found, ", ")
+	for _, want := range []string{"duplicate", "wrong_value 7", "stale 9"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("audit found %q, want it to include %q", got, want)
+		}
+	}
+	if len(found) != 3 {
+		t.Errorf("audit found %d problems (%s), want exactly 3", len(found), got)
+	}
+}
+
+// readAt reads the record at offset of topic/partition.
+func readAt(t testing.TB, ctx context.Context, client sarama.Client, topic string, partition int32, offset int64) *sarama.ConsumerMessage {
+	t.Helper()
+	consumer, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer consumer.Close()
+	pc, err := consumer.ConsumePartition(topic, partition, offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	select {
+	case m := <-pc.Messages():
+		return m
+	case err := <-pc.Errors():
+		t.Fatal(err)
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	return nil
+}
+
+// skipRouterTo commits offset for the router group once it has no member.
+func skipRouterTo(t testing.TB, ctx context.Context, cfg *topology.Config, client sarama.Client, group, topic string, offset int64) {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for {
+		descs, err := admin.DescribeConsumerGroups([]string{group})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(descs) == 1 && len(descs[0].Members) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("group %s keeps members: %+v", group, descs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	om, err := sarama.NewOffsetManagerFromClient(group, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pom, err := om.ManagePartition(topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pom.MarkOffset(offset, "") // forward only: skips what lies between
+	om.Commit()
+	pom.Close()
+	if err := om.Close(); err != nil {
+		t.Fatal(err)
+	}
+	offs, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := offs.GetBlock(topic, 0); b == nil || b.Offset != offset {
+		t.Fatalf("router offset is %+v, want %d", b, offset)
+	}
+}
+
