@@ -2,9 +2,13 @@
 // system's separate daemon did, and exports what it finds as changes_monitor_*
 // Prometheus metrics that deploy/prometheus/alerts.yml alerts on:
 //
-//   - latency: commit to history (the capture's capture time) and commit to
-//     snapshot (the snapshot processor's apply time), per entity type, as
-//     histograms with buckets at 1 s, 5 s, 60 s and 3600 s among others;
+//   - latency: commit to history (when the history's first consumer, the
+//     router, had the change: the timestamp of its copy in the type's events
+//     topic) and commit to snapshot (when the snapshot processor applied it),
+//     per entity type, as histograms with buckets at 1 s, 5 s, 60 s and
+//     3600 s among others. Both come from times the records carry, so a
+//     monitor that lags or restarts does not distort them, and `changes slo`
+//     measures any past window the same way;
 //   - history integrity: positions strictly increase and consecutive inside a
 //     transaction; duplicates, reorders and gaps are counted and logged with
 //     their offsets;
@@ -94,11 +98,19 @@ func New(topo *topology.Topology, opts ...Option) (*Monitor, error) {
 // then on is checked.
 func (m *Monitor) Ready() <-chan struct{} { return m.ready }
 
-// record is a message of the history or of a table, for the check loop.
+// record is a message of the history, an events topic or a table, for the
+// check loop.
 type record struct {
-	table string // entity type; empty for the history
-	msg   *sarama.ConsumerMessage
+	source int    // fromHistory, fromEvents or fromTable
+	typ    string // entity type of an events topic or a table
+	msg    *sarama.ConsumerMessage
 }
+
+const (
+	fromHistory = iota
+	fromEvents
+	fromTable
+)
 
 // Run monitors until ctx is cancelled (nil) or Kafka or PostgreSQL fail.
 func (m *Monitor) Run(ctx context.Context) error {
@@ -117,15 +129,17 @@ func (m *Monitor) Run(ctx context.Context) error {
 	// Tables first, then the history: a table record of a history event
 	// the monitor sees is always read too.
 	for _, typ := range m.topo.EntityTypes() {
-		topic := string(m.topo.Snapshot(typ))
 		ent, _ := m.cfg.Entity(typ)
 		for p := range int32(ent.Partitions) {
-			if err := m.consume(gctx, g, consumer, topic, p, typ, in); err != nil {
+			if err := m.consume(gctx, g, consumer, string(m.topo.Snapshot(typ)), p, fromTable, typ, in); err != nil {
+				return err
+			}
+			if err := m.consume(gctx, g, consumer, string(m.topo.Events(typ)), p, fromEvents, typ, in); err != nil {
 				return err
 			}
 		}
 	}
-	if err := m.consume(gctx, g, consumer, string(m.topo.History()), 0, "", in); err != nil {
+	if err := m.consume(gctx, g, consumer, string(m.topo.History()), 0, fromHistory, "", in); err != nil {
 		return err
 	}
 	close(m.ready)
@@ -144,7 +158,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 }
 
 // consume reads one partition from its end into in.
-func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer sarama.Consumer, topic string, partition int32, table string, in chan<- record) error {
+func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer sarama.Consumer, topic string, partition int32, source int, typ string, in chan<- record) error {
 	pc, err := consumer.ConsumePartition(topic, partition, sarama.OffsetNewest)
 	if err != nil {
 		return fmt.Errorf("monitor: read %s/%d: %w", topic, partition, err)
@@ -159,7 +173,7 @@ func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer saram
 				return fmt.Errorf("monitor: %s/%d: %w", topic, partition, err)
 			case msg := <-pc.Messages():
 				select {
-				case in <- record{table: table, msg: msg}:
+				case in <- record{source: source, typ: typ, msg: msg}:
 				case <-ctx.Done():
 					return ctx.Err()
 				}
@@ -189,18 +203,21 @@ func (m *Monitor) check(ctx context.Context, in <-chan record) error {
 func (m *Monitor) apply(r record, now time.Time) {
 	msg := r.msg
 	var found []Anomaly
-	if r.table == "" {
+	switch r.source {
+	case fromHistory:
 		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
 		if err != nil {
 			m.metrics.badRecords.WithLabelValues(msg.Topic).Inc()
 			m.log.Warn("history record does not decode", "offset", msg.Offset, "err", err)
 			return
 		}
-		if ev.Op != codecs.OpTruncate && !ev.CaptureTime.IsZero() {
-			m.metrics.toHistory.WithLabelValues(ev.EntityType).Observe(max(ev.CaptureTime.Sub(ev.CommitTime).Seconds(), 0))
-		}
 		found = m.checker.History(msg.Offset, ev, now)
-	} else {
+	case fromEvents:
+		if d, _, ok := routedLatency(msg); ok {
+			m.metrics.toHistory.WithLabelValues(r.typ).Observe(d)
+		}
+		return
+	case fromTable:
 		var st *codecs.State
 		if msg.Value != nil {
 			var err error
@@ -209,11 +226,11 @@ func (m *Monitor) apply(r record, now time.Time) {
 				m.log.Warn("table record does not decode", "topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "err", err)
 				return
 			}
-			if !st.Truncated && !st.AppliedTime.IsZero() {
-				m.metrics.toSnapshot.WithLabelValues(r.table).Observe(max(st.AppliedTime.Sub(st.CommitTime).Seconds(), 0))
+			if d, ok := appliedLatency(st); ok {
+				m.metrics.toSnapshot.WithLabelValues(r.typ).Observe(d)
 			}
 		}
-		found = m.checker.Table(r.table, msg.Topic, msg.Partition, msg.Offset, string(msg.Key), st, now)
+		found = m.checker.Table(r.typ, msg.Topic, msg.Partition, msg.Offset, string(msg.Key), st, now)
 	}
 	for _, a := range found {
 		switch a.Kind {
@@ -351,4 +368,23 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// routedLatency is commit to history of an events topic record: from the
+// change's commit to the router's copy (its timestamp, in milliseconds).
+// Truncates and undecodable records have none.
+func routedLatency(msg *sarama.ConsumerMessage) (seconds float64, committed time.Time, ok bool) {
+	ev, err := (codecs.EventCodec{}).Decode(msg.Value)
+	if err != nil || ev.Op == codecs.OpTruncate || msg.Timestamp.IsZero() {
+		return 0, time.Time{}, false
+	}
+	return max(msg.Timestamp.Sub(ev.CommitTime).Seconds(), 0), ev.CommitTime, true
+}
+
+// appliedLatency is commit to snapshot of a table state.
+func appliedLatency(st *codecs.State) (float64, bool) {
+	if st.Truncated || st.AppliedTime.IsZero() {
+		return 0, false
+	}
+	return max(st.AppliedTime.Sub(st.CommitTime).Seconds(), 0), true
 }

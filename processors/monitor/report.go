@@ -49,9 +49,9 @@ func (l *Latencies) Quantile(q float64) float64 {
 }
 
 // Report is what `changes slo` prints: the latencies of the changes of a
-// window, from the times the records carry (commit time, capture time, apply
-// time), so any window of the history's retention can be reported after
-// the fact.
+// window, from the times the records carry (commit time, the router's copy
+// time, apply time), so any window the topics still hold can be reported
+// after the fact.
 type Report struct {
 	From, To  time.Time
 	Latencies []*Latencies // by entity type, history then snapshot
@@ -128,9 +128,10 @@ func (r *reader) read(ctx context.Context, topic string, partition int32, from t
 }
 
 // SLO reads the changes committed in the last window and measures their
-// latencies: commit to history from the history's events, commit to snapshot
-// from the snapshot tables' states (a state compacted away since is not
-// counted).
+// latencies as the monitor does: commit to history from the router's copies
+// in the events topics (their timestamps: when the history's consumer had
+// the change), commit to snapshot from the snapshot tables' apply times (a
+// state compacted away since is not counted).
 func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*Report, error) {
 	cfg := topo.Config()
 	r, err := newReader(cfg)
@@ -148,17 +149,18 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 		snap[typ] = &Latencies{EntityType: typ, Stage: "snapshot"}
 		rep.Latencies = append(rep.Latencies, hist[typ], snap[typ])
 	}
-	err = r.read(ctx, string(topo.History()), 0, from, func(msg *sarama.ConsumerMessage) {
-		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
-		if err != nil || ev.Op == codecs.OpTruncate || ev.CommitTime.Before(from) || ev.CaptureTime.IsZero() {
-			return
+	for _, typ := range topo.EntityTypes() {
+		ent, _ := cfg.Entity(typ)
+		for p := range int32(ent.Partitions) {
+			err := r.read(ctx, string(topo.Events(typ)), p, from, func(msg *sarama.ConsumerMessage) {
+				if d, committed, ok := routedLatency(msg); ok && !committed.Before(from) {
+					hist[typ].samples = append(hist[typ].samples, d)
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
 		}
-		if l := hist[ev.EntityType]; l != nil {
-			l.samples = append(l.samples, max(ev.CaptureTime.Sub(ev.CommitTime).Seconds(), 0))
-		}
-	})
-	if err != nil {
-		return nil, err
 	}
 	for _, typ := range topo.EntityTypes() {
 		ent, _ := cfg.Entity(typ)
@@ -169,14 +171,16 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 					return
 				}
 				st, err := (codecs.StateCodec{}).Decode(msg.Value)
-				if err != nil || st.Truncated || st.CommitTime.Before(from) || st.AppliedTime.IsZero() {
+				if err != nil || st.CommitTime.Before(from) {
 					return
 				}
 				if _, dup := seen[st.Position]; dup {
 					return
 				}
 				seen[st.Position] = struct{}{}
-				snap[typ].samples = append(snap[typ].samples, max(st.AppliedTime.Sub(st.CommitTime).Seconds(), 0))
+				if d, ok := appliedLatency(st); ok {
+					snap[typ].samples = append(snap[typ].samples, d)
+				}
 			})
 			if err != nil {
 				return nil, err
