@@ -351,7 +351,6 @@ func skipRouterTo(t testing.TB, ctx context.Context, cfg *topology.Config, clien
 	}
 }
 
-
 // TestMonitorLatencyAgreesWithWorkload runs a steady workload (100
 // single-row transactions a second for 6 s) that measures its own latencies:
 // from the moment COMMIT returns to the moment its consumer reads the change
