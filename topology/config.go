@@ -51,8 +51,9 @@ type MonitorConfig struct {
 	// position of an entity's latest history event before the entity counts
 	// as stale. Default: 30s.
 	StaleAfter time.Duration `yaml:"stale_after"`
-	// Remember is how long the monitor keeps a history event to check the
-	// table records that apply it. Default: 1h.
+	// Remember is how long the monitor keeps a history event (about 150
+	// bytes) to check the table records that apply it; an event the table
+	// has not reached by then counts as never applied. Default: 15m.
 	Remember time.Duration `yaml:"remember"`
 	// AuditRate is how many entities per second the monitor compares with
 	// PostgreSQL; 0 disables the database audit. Default: 1.
@@ -170,7 +171,7 @@ const (
 	DefaultServeListen       = "127.0.0.1:8080"
 	DefaultMonitorListen     = "127.0.0.1:9465"
 	DefaultStaleAfter        = 30 * time.Second
-	DefaultRemember          = time.Hour
+	DefaultRemember          = 15 * time.Minute
 	DefaultAuditRate         = 1.0
 	DefaultIDColumn          = "id"
 	DefaultPartitions        = 8

@@ -3,6 +3,7 @@ package monitor
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -18,10 +19,13 @@ import (
 // second, round robin over the entity types.
 //
 // For each sample it reads L = pg_current_wal_insert_lsn(), then the row:
-// every change the row does not show commits after L. The view of the
-// table must then reach the row within monitor.stale_after; a view state
+// a change the row does not show has its commit record after L (or was not
+// visible yet although its commit record was written: waiting for a
+// synchronous standby). It compares the row with the view, and reads both
+// again until they agree or monitor.stale_after has passed: a view state
 // committed after L that differs is a change in flight (not conclusive),
-// anything else that still differs is a mismatch.
+// anything else that still differs at the end is a mismatch. Re-reading
+// the row also settles deletes and truncates that happened meanwhile.
 func (m *Monitor) audit(ctx context.Context) error {
 	vs := map[string]*views.View{}
 	g, gctx := errgroup.WithContext(ctx)
@@ -89,26 +93,30 @@ func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ
 	if lo == nil {
 		return "", nil
 	}
-	pick := *lo + rnd.Int64N(*hi-*lo+1)
+	span := uint64(*hi) - uint64(*lo) // no overflow in uint64
+	pick := *lo + int64(rnd.Uint64())
+	if span < math.MaxUint64 {
+		pick = *lo + int64(rnd.Uint64N(span+1))
+	}
 	var id int64
 	err := db.QueryRow(ctx, "select "+idCol+"::bigint from "+ent.Table+" where "+idCol+" >= $1 order by "+idCol+" limit 1", pick).Scan(&id)
 	if err != nil {
 		return "", err
 	}
-	var lsnText string
-	if err := db.QueryRow(ctx, "select pg_current_wal_insert_lsn()::text").Scan(&lsnText); err != nil {
-		return "", err
-	}
-	var lsn codecs.LSN
-	if err := lsn.UnmarshalText([]byte(lsnText)); err != nil {
-		return "", err
-	}
-	row, err := dbcheck.Row(ctx, db, ent.Table, ent.IDColumn, id)
-	if err != nil {
-		return "", err
-	}
 	deadline := time.Now().Add(m.cfg.Monitor.StaleAfter)
 	for {
+		var lsnText string
+		if err := db.QueryRow(ctx, "select pg_current_wal_insert_lsn()::text").Scan(&lsnText); err != nil {
+			return "", err
+		}
+		var lsn codecs.LSN
+		if err := lsn.UnmarshalText([]byte(lsnText)); err != nil {
+			return "", err
+		}
+		row, err := dbcheck.Row(ctx, db, ent.Table, ent.IDColumn, id)
+		if err != nil {
+			return "", err
+		}
 		st, err := v.Get(ctx, id)
 		if err != nil {
 			return "", err
@@ -126,10 +134,11 @@ func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ
 		if diff == "" {
 			return "match", nil
 		}
-		if st != nil && st.Position.CommitLSN > lsn {
-			return "in_flight", nil
-		}
+		inFlight := st != nil && st.Position.CommitLSN > lsn
 		if time.Now().After(deadline) {
+			if inFlight {
+				return "in_flight", nil
+			}
 			m.log.Error("audit mismatch: the snapshot differs from PostgreSQL", "entity_type", typ, "entity_id", id, "diff", diff,
 				"database_lsn", lsnText, "snapshot_position", positionOf(st))
 			return "mismatch", nil

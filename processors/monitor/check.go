@@ -32,11 +32,17 @@ const (
 	// UnknownPosition: the table holds a state at a position where the
 	// history has no change of that entity.
 	UnknownPosition = "unknown_position"
+	// NeverApplied: a history event the table did not reach within
+	// monitor.remember; the entity was reported stale before.
+	NeverApplied = "never_applied"
+	// Undecodable: a record that does not decode (changes audit).
+	Undecodable = "undecodable"
 )
 
 // Anomaly is a finding of the Checker.
 type Anomaly struct {
-	// Kind is Duplicate, Reorder, Gap, WrongValue or UnknownPosition.
+	// Kind is Duplicate, Reorder, Gap, WrongValue, UnknownPosition,
+	// NeverApplied or Undecodable.
 	Kind       string
 	EntityType string
 	EntityID   int64
@@ -73,18 +79,19 @@ type entityKey struct {
 	id  int64
 }
 
-// expect is a history event of an entity, as the table should apply it.
-type expect struct {
+// event is a history event the checker remembers.
+type event struct {
+	key       entityKey
 	pos       codecs.Position
 	offset    int64
-	hash      uint64
+	op        codecs.Op
+	hash      uint64   // of the state the event leads to
 	unchanged []string // columns the table keeps from the previous state
 	seen      time.Time
 }
 
 type entity struct {
-	pending  []expect // not reached by the table yet, in position order
-	applied  []expect // the last few the table reached, to check rewrites
+	pending  []*event // not reached by the table yet, in position order
 	tablePos codecs.Position
 	touched  time.Time
 }
@@ -97,31 +104,35 @@ type unverified struct {
 	where Anomaly // topic, partition, offset
 }
 
+// maxWaiting bounds the table records waiting for the history.
+const maxWaiting = 100_000
+
 // Checker compares the history with the snapshot tables. It is fed the
 // records of both, in each topic partition's order, and is not safe for
-// concurrent use. It knows only what it was fed: history events from before
-// its first one are not checked against the tables.
+// concurrent use. It remembers the history events of the last
+// monitor.remember (about 150 bytes each): a table record is checked against
+// the event at its position, and a record at a position after the first
+// event fed, that no remembered event explains, is an UnknownPosition.
 type Checker struct {
 	bound    time.Duration
 	remember time.Duration
 	history  string
 
 	started    bool
-	first      codecs.Position // the first history position fed
+	first      codecs.Position // table records from here on must be explained
 	last       codecs.Position // the last history position fed
-	recent     map[codecs.Position]struct{}
-	recentLog  []codecs.Position // FIFO of recent, to bound it
+	forgotten  codecs.Position // the last position dropped from byPos
+	byPos      map[codecs.Position]*event
+	log        []*event // byPos in the order fed, to forget the oldest
 	entities   map[entityKey]*entity
 	waiting    []unverified
+	dropped    int            // waiting records dropped at maxWaiting
 	partitions map[string]int // table partitions by entity type
 }
 
-// recentPositions is how many history positions the checker remembers to
-// tell a duplicate from a reorder.
-const recentPositions = 200_000
-
-// NewChecker returns a Checker for topo; an entity is stale once its table
-// is staleAfter behind a history event, and events are kept for remember.
+// NewChecker returns a Checker for topo: an entity is stale once its table
+// is staleAfter behind one of its history events; events are remembered for
+// remember, then an event the table has not reached is NeverApplied.
 func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration) *Checker {
 	partitions := map[string]int{}
 	for _, e := range topo.Config().Entities {
@@ -132,9 +143,17 @@ func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration) *Ch
 		bound:      staleAfter,
 		remember:   remember,
 		history:    string(topo.History()),
-		recent:     map[codecs.Position]struct{}{},
+		byPos:      map[codecs.Position]*event{},
 		entities:   map[entityKey]*entity{},
 	}
+}
+
+// Begin tells the checker the history position it starts after (the last
+// record when it starts reading): table records up to it are not checked.
+func (c *Checker) Begin(after codecs.Position) {
+	c.started = true
+	c.last = after
+	c.first = codecs.Position{CommitLSN: after.CommitLSN, Index: after.Index + 1}
 }
 
 // History feeds the history record at offset, decoded as ev, seen at now.
@@ -143,41 +162,43 @@ func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration) *Ch
 func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anomaly {
 	var out []Anomaly
 	where := Anomaly{EntityType: ev.EntityType, EntityID: ev.EntityID, Position: ev.Position, Topic: c.history, Offset: offset}
+	reordered := false
 	if c.started {
 		switch cmp := ev.Position.Compare(c.last); {
-		case cmp <= 0:
-			kind, detail := Reorder, "before the last position "+c.last.String()
-			if _, dup := c.recent[ev.Position]; dup {
-				kind, detail = Duplicate, "the history already holds this position"
-			}
-			where.Kind, where.Detail = kind, detail
+		case cmp == 0 || (cmp < 0 && c.byPos[ev.Position] != nil):
+			where.Kind, where.Detail = Duplicate, "the history already holds this position"
 			return append(out, where)
+		case cmp < 0:
+			// Remembered, so the table record that applies it is explained.
+			where.Kind, where.Detail, reordered = Reorder, "before the last position "+c.last.String(), true
+			out = append(out, where)
 		case ev.Position.CommitLSN == c.last.CommitLSN && ev.Position.Index != c.last.Index+1:
 			where.Kind, where.Detail = Gap, fmt.Sprintf("index %d follows %d in one transaction", ev.Position.Index, c.last.Index)
 			out = append(out, where)
-		case ev.Position.CommitLSN != c.last.CommitLSN && ev.Position.Index != 0:
+		case ev.Position.CommitLSN != c.last.CommitLSN && ev.Position.Index != 0 && ev.Op != codecs.OpSnapshot:
+			// (A resumed initial snapshot goes on with the indices it had.)
 			where.Kind, where.Detail = Gap, fmt.Sprintf("a transaction starts at index %d", ev.Position.Index)
 			out = append(out, where)
 		}
 	} else {
 		c.started, c.first = true, ev.Position
 	}
-	c.last = ev.Position
-	c.recent[ev.Position] = struct{}{}
-	c.recentLog = append(c.recentLog, ev.Position)
-	if len(c.recentLog) > recentPositions {
-		delete(c.recent, c.recentLog[0])
-		c.recentLog = c.recentLog[1:]
+	if !reordered {
+		c.last = ev.Position
 	}
+	e := &event{key: entityKey{ev.EntityType, ev.EntityID}, pos: ev.Position, offset: offset, op: ev.Op,
+		hash: eventHash(ev), unchanged: ev.Unchanged, seen: now}
+	c.byPos[ev.Position] = e
+	c.log = append(c.log, e)
 	if ev.Op != codecs.OpTruncate {
-		k := entityKey{ev.EntityType, ev.EntityID}
-		e := c.entities[k]
-		if e == nil {
-			e = &entity{}
-			c.entities[k] = e
+		ent := c.entities[e.key]
+		if ent == nil {
+			ent = &entity{}
+			c.entities[e.key] = ent
 		}
-		e.pending = append(e.pending, expect{pos: ev.Position, offset: offset, hash: eventHash(ev), unchanged: ev.Unchanged, seen: now})
-		e.touched = now
+		i, _ := slices.BinarySearchFunc(ent.pending, e.pos, func(p *event, pos codecs.Position) int { return p.pos.Compare(pos) })
+		ent.pending = slices.Insert(ent.pending, i, e)
+		ent.touched = now
 	}
 	// Table records that were ahead of the history can be checked now.
 	keep := c.waiting[:0]
@@ -194,25 +215,48 @@ func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anoma
 	return out
 }
 
+// IsSnapshot reports whether pos is a remembered event of the initial
+// snapshot: its commit time is when the copy started, not a commit.
+func (c *Checker) IsSnapshot(pos codecs.Position) bool {
+	e := c.byPos[pos]
+	return e != nil && e.op == codecs.OpSnapshot
+}
+
 // Table feeds the record at partition/offset of entityType's snapshot table:
 // key and st, its decoded value (nil for a tombstone).
 func (c *Checker) Table(entityType string, topic string, partition int32, offset int64, key string, st *codecs.State, now time.Time) []Anomaly {
+	id, idErr := strconv.ParseInt(key, 10, 64)
 	if st == nil {
-		return nil // a tombstone ends an entity that was reported deleted
+		// A tombstone follows a deleted state: pending events up to the
+		// entity's last delete are reached (its deleted state may have been
+		// compacted away).
+		if e := c.entities[entityKey{entityType, id}]; idErr == nil && e != nil {
+			last := -1
+			for i, p := range e.pending {
+				if p.op == codecs.OpDelete {
+					last = i
+				}
+			}
+			e.pending = slices.Delete(e.pending, 0, last+1)
+		}
+		return nil
 	}
 	where := Anomaly{EntityType: entityType, EntityID: st.EntityID, Position: st.Position, Topic: topic, Partition: partition, Offset: offset}
 	if st.Truncated {
 		c.truncated(entityType, partition, st.Position)
 		return nil
 	}
-	id, err := strconv.ParseInt(key, 10, 64)
-	if err != nil || id != st.EntityID {
+	if idErr != nil || id != st.EntityID {
 		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("key %q holds the state of entity %d", key, st.EntityID)
 		return []Anomaly{where}
 	}
 	k := entityKey{entityType, id}
 	if !c.started || st.Position.Compare(c.last) > 0 {
-		// The history has not reached this position yet (or nothing was fed).
+		// The history has not reached this position yet.
+		if len(c.waiting) >= maxWaiting {
+			c.waiting = slices.Delete(c.waiting, 0, 1)
+			c.dropped++
+		}
 		c.waiting = append(c.waiting, unverified{key: k, st: st, where: where})
 		return nil
 	}
@@ -224,51 +268,29 @@ func (c *Checker) Table(entityType string, topic string, partition int32, offset
 
 // table checks a table record the history has reached.
 func (c *Checker) table(k entityKey, st *codecs.State, where Anomaly, now time.Time) (Anomaly, bool) {
-	e := c.entities[k]
-	if e == nil {
-		if st.Position.Compare(c.first) >= 0 {
-			where.Kind, where.Detail = UnknownPosition, "the history has no change of this entity since the monitor started"
-			return where, true
+	if e := c.entities[k]; e != nil {
+		e.touched = now
+		if st.Position.Compare(e.tablePos) > 0 {
+			e.tablePos = st.Position
 		}
-		return Anomaly{}, false // from before what the checker saw
-	}
-	e.touched = now
-	if st.Position.Compare(e.tablePos) > 0 {
-		e.tablePos = st.Position
-	}
-	var ex *expect
-	for i := range e.pending {
-		if e.pending[i].pos == st.Position {
-			ex = &e.pending[i]
+		n := 0
+		for n < len(e.pending) && e.pending[n].pos.Compare(st.Position) <= 0 {
+			n++
 		}
+		e.pending = slices.Delete(e.pending, 0, n)
 	}
-	for i := range e.applied {
-		if e.applied[i].pos == st.Position {
-			ex = &e.applied[i]
-		}
-	}
-	var found expect
-	if ex != nil {
-		found = *ex
-	}
-	// Every pending event up to this position is applied now.
-	n := 0
-	for n < len(e.pending) && e.pending[n].pos.Compare(st.Position) <= 0 {
-		n++
-	}
-	e.applied = append(e.applied, e.pending[:n]...)
-	e.pending = slices.Delete(e.pending, 0, n)
-	if len(e.applied) > 4 {
-		e.applied = slices.Delete(e.applied, 0, len(e.applied)-4)
-	}
+	ev := c.byPos[st.Position]
 	switch {
-	case ex == nil && st.Position.Compare(c.first) >= 0:
+	case ev == nil && st.Position.Compare(c.first) >= 0 && st.Position.Compare(c.forgotten) > 0:
 		where.Kind, where.Detail = UnknownPosition, "the history has no change of this entity at this position"
 		return where, true
-	case ex == nil:
-		return Anomaly{}, false
-	case stateHash(st, found.unchanged) != found.hash:
-		where.Kind, where.Detail = WrongValue, fmt.Sprintf("the state differs from the history event at offset %d", found.offset)
+	case ev == nil:
+		return Anomaly{}, false // older than what the checker remembers
+	case ev.key != k:
+		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("the history event at this position (offset %d) is of %s %d", ev.offset, ev.key.typ, ev.key.id)
+		return where, true
+	case stateHash(st, ev.unchanged) != ev.hash:
+		where.Kind, where.Detail = WrongValue, fmt.Sprintf("the state differs from the history event at offset %d", ev.offset)
 		return where, true
 	}
 	return Anomaly{}, false
@@ -293,24 +315,49 @@ func (c *Checker) truncated(entityType string, partition int32, at codecs.Positi
 }
 
 // Stale lists the entities whose table is behind a history event seen more
-// than the bound before now, and forgets what is older than remember.
-func (c *Checker) Stale(now time.Time) []Stale {
-	var out []Stale
+// than the bound before now. It forgets what is older than remember: a
+// pending event then comes back as a NeverApplied anomaly.
+func (c *Checker) Stale(now time.Time) ([]Stale, []Anomaly) {
+	n := 0
+	for n < len(c.log) && now.Sub(c.log[n].seen) > c.remember {
+		e := c.log[n]
+		if c.byPos[e.pos] == e {
+			delete(c.byPos, e.pos)
+		}
+		if e.pos.Compare(c.forgotten) > 0 {
+			c.forgotten = e.pos
+		}
+		n++
+	}
+	c.log = slices.Delete(c.log, 0, n)
+	var stale []Stale
+	var never []Anomaly
 	for k, e := range c.entities {
+		for len(e.pending) > 0 && now.Sub(e.pending[0].seen) > c.remember {
+			p := e.pending[0]
+			never = append(never, Anomaly{Kind: NeverApplied, EntityType: k.typ, EntityID: k.id, Position: p.pos, Topic: c.history, Offset: p.offset,
+				Detail: fmt.Sprintf("the table did not reach this history event within %s", c.remember)})
+			e.pending = e.pending[1:]
+		}
 		if len(e.pending) > 0 && now.Sub(e.pending[0].seen) > c.bound {
-			out = append(out, Stale{EntityType: k.typ, EntityID: k.id, Position: e.pending[0].pos, Offset: e.pending[0].offset,
+			stale = append(stale, Stale{EntityType: k.typ, EntityID: k.id, Position: e.pending[0].pos, Offset: e.pending[0].offset,
 				Since: e.pending[0].seen, TablePosition: e.tablePos})
 		}
 		if len(e.pending) == 0 && now.Sub(e.touched) > c.remember {
 			delete(c.entities, k)
 		}
 	}
-	slices.SortFunc(out, func(a, b Stale) int { return a.Position.Compare(b.Position) })
-	return out
+	slices.SortFunc(stale, func(a, b Stale) int { return a.Position.Compare(b.Position) })
+	slices.SortFunc(never, func(a, b Anomaly) int { return a.Position.Compare(b.Position) })
+	return stale, never
 }
 
-// Tracked is how many entities the checker holds.
-func (c *Checker) Tracked() int { return len(c.entities) }
+// Tracked is how many history events the checker remembers.
+func (c *Checker) Tracked() int { return len(c.byPos) }
+
+// Dropped is how many table records were dropped unchecked because too many
+// waited for the history.
+func (c *Checker) Dropped() int { return c.dropped }
 
 // eventHash is the hash of the state ev leads to, over the columns ev
 // carries (a delete: the deleted marker).

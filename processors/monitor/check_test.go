@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -98,10 +99,10 @@ func TestCheckerTables(t *testing.T) {
 		t.Errorf("unknown position: %v", got)
 	}
 	// Entity 2's table state never comes: stale after the bound.
-	if s := c.Stale(t0.Add(500 * time.Millisecond)); len(s) != 0 {
+	if s, _ := c.Stale(t0.Add(500 * time.Millisecond)); len(s) != 0 {
 		t.Errorf("stale before the bound: %v", s)
 	}
-	s := c.Stale(t0.Add(2 * time.Second))
+	s, _ := c.Stale(t0.Add(2 * time.Second))
 	if len(s) != 1 || s[0].EntityID != 2 || s[0].Offset != 2 {
 		t.Fatalf("stale = %+v, want entity 2 at offset 2", s)
 	}
@@ -113,7 +114,7 @@ func TestCheckerTables(t *testing.T) {
 	if got := kinds(c.History(3, e4, t0)); got != nil {
 		t.Errorf("history reaching the waiting record: %v", got)
 	}
-	if s := c.Stale(t0.Add(2 * time.Second)); len(s) != 0 {
+	if s, _ := c.Stale(t0.Add(2 * time.Second)); len(s) != 0 {
 		t.Errorf("stale after the table caught up: %+v", s)
 	}
 	// Ahead of the history with a value the history never had.
@@ -144,7 +145,59 @@ func TestCheckerUnchangedColumnsAndTruncate(t *testing.T) {
 	c.History(2, e3, t0)
 	p := topology.PartitionOf("5", 2)
 	c.Table("a", "tbl", p, 0, topology.TruncateKey(p, 2), &codecs.State{EntityType: "a", Truncated: true, Position: codecs.Position{CommitLSN: 13}}, t0)
-	if s := c.Stale(t0.Add(time.Hour)); len(s) != 0 {
+	if s, _ := c.Stale(t0.Add(time.Hour)); len(s) != 0 {
 		t.Errorf("stale after a truncate: %+v", s)
+	}
+}
+
+func TestCheckerRebuildTombstoneNeverApplied(t *testing.T) {
+	c := NewChecker(testTopo(t), time.Second, time.Minute)
+	t0 := time.Now()
+	c.Begin(codecs.Position{CommitLSN: 5})
+	// A table record at or before where the checker began is not checked.
+	old := stateOf(ev(9, 5, 0, codecs.OpInsert, `1`))
+	if got := kinds(c.Table("a", "tbl", 0, 0, "9", old, t0)); got != nil {
+		t.Errorf("record from before the start: %v", got)
+	}
+	var evs []*codecs.Event
+	for i := range 6 {
+		e := ev(1, codecs.LSN(10+i), 0, codecs.OpUpdate, strconv.Itoa(i))
+		evs = append(evs, e)
+		c.History(int64(i), e, t0)
+		c.Table("a", "tbl", 0, int64(i), "1", stateOf(e), t0)
+	}
+	// A rebuild writes every state again: all explained, none flagged.
+	for i, e := range evs {
+		if got := kinds(c.Table("a", "tbl", 0, int64(10+i), "1", stateOf(e), t0)); got != nil {
+			t.Errorf("rewritten state %d: %v", i, got)
+		}
+	}
+	// A delete, then (deleted state compacted away) only its tombstone.
+	del := ev(2, 20, 0, codecs.OpDelete, ``)
+	c.History(10, ev(2, 19, 0, codecs.OpInsert, `1`), t0)
+	c.History(11, del, t0)
+	c.Table("a", "tbl", 0, 20, "2", nil, t0)
+	if s, _ := c.Stale(t0.Add(2 * time.Second)); len(s) != 0 {
+		t.Errorf("stale after a tombstone: %+v", s)
+	}
+	// An event the table never reaches: stale, then never_applied after
+	// remember, reported once.
+	c.History(12, ev(3, 21, 0, codecs.OpInsert, `1`), t0)
+	if s, never := c.Stale(t0.Add(2 * time.Second)); len(s) != 1 || len(never) != 0 {
+		t.Errorf("after the bound: stale %+v, never %+v", s, never)
+	}
+	s, never := c.Stale(t0.Add(2 * time.Minute))
+	if len(s) != 0 || len(never) != 1 || never[0].Kind != NeverApplied || never[0].EntityID != 3 {
+		t.Errorf("after remember: stale %+v, never %+v", s, never)
+	}
+	if _, never := c.Stale(t0.Add(3 * time.Minute)); len(never) != 0 {
+		t.Errorf("never_applied reported again: %+v", never)
+	}
+	if n := c.Tracked(); n != 0 {
+		t.Errorf("remembers %d events after remember, want 0", n)
+	}
+	// Forgotten positions are not unknown.
+	if got := kinds(c.Table("a", "tbl", 0, 30, "1", stateOf(evs[5]), t0.Add(3*time.Minute))); got != nil {
+		t.Errorf("state at a forgotten position: %v", got)
 	}
 }

@@ -19,6 +19,8 @@ type metrics struct {
 	inconsistent     *prometheus.CounterVec
 	stale            *prometheus.GaugeVec
 	tracked          prometheus.Gauge
+	dropped          prometheus.Gauge
+	consumerErrors   *prometheus.CounterVec
 	audits           *prometheus.CounterVec
 	groupLag         *prometheus.GaugeVec
 	slotLag          *prometheus.GaugeVec
@@ -32,7 +34,7 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 	m := &metrics{
 		toHistory: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "changes_monitor_commit_to_history_seconds",
-			Help:    "Time from a change's commit in PostgreSQL to its capture into the history topic, by entity type.",
+			Help:    "Time from a change's commit in PostgreSQL to the moment the history's consumer (the router) had it, by entity type.",
 			Buckets: LatencyBuckets,
 		}, []string{"entity_type"}),
 		toSnapshot: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -46,16 +48,24 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		}, []string{"kind"}),
 		inconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_monitor_inconsistent_total",
-			Help: "Snapshot table records that no history event explains: kind is wrong_value or unknown_position.",
+			Help: "Snapshot table records that no history event explains (kind wrong_value or unknown_position), and history events the table never reached within monitor.remember (never_applied).",
 		}, []string{"entity_type", "kind"}),
 		stale: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "changes_monitor_stale_entities",
 			Help: "Entities whose snapshot table has not reached their latest history event within monitor.stale_after.",
 		}, []string{"entity_type"}),
 		tracked: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "changes_monitor_tracked_entities",
-			Help: "Entities the monitor holds history events of (changed within monitor.remember).",
+			Name: "changes_monitor_remembered_events",
+			Help: "History events the monitor remembers to check table records against (those of the last monitor.remember).",
 		}),
+		dropped: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "changes_monitor_unchecked_table_records",
+			Help: "Table records dropped unchecked because too many waited for the history to reach their position.",
+		}),
+		consumerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_monitor_consumer_errors_total",
+			Help: "Errors the monitor's Kafka consumers reported (sarama retries by itself), by topic.",
+		}, []string{"topic"}),
 		audits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_monitor_audit_checks_total",
 			Help: "Entities compared with PostgreSQL: result is match, mismatch, or in_flight (changed again meanwhile, not conclusive).",
@@ -90,7 +100,7 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		m.historyAnomalies.WithLabelValues(kind)
 	}
 	for _, typ := range topo.EntityTypes() {
-		for _, kind := range []string{WrongValue, UnknownPosition} {
+		for _, kind := range []string{WrongValue, UnknownPosition, NeverApplied} {
 			m.inconsistent.WithLabelValues(typ, kind)
 		}
 		for _, res := range []string{"match", "mismatch", "in_flight"} {
@@ -106,7 +116,7 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 			return nil, err
 		}
 	}
-	for _, c := range []**prometheus.CounterVec{&m.historyAnomalies, &m.inconsistent, &m.audits, &m.badRecords} {
+	for _, c := range []**prometheus.CounterVec{&m.historyAnomalies, &m.inconsistent, &m.audits, &m.badRecords, &m.consumerErrors} {
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return nil, err
 		}
@@ -117,6 +127,9 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		}
 	}
 	if m.tracked, err = promreg.Register(r, m.tracked); err != nil {
+		return nil, err
+	}
+	if m.dropped, err = promreg.Register(r, m.dropped); err != nil {
 		return nil, err
 	}
 	return m, nil

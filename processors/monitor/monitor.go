@@ -2,7 +2,7 @@
 // system's separate daemon did, and exports what it finds as changes_monitor_*
 // Prometheus metrics that deploy/prometheus/alerts.yml alerts on:
 //
-//   - latency: commit to history (when the history's first consumer, the
+//   - latency (rows of the initial snapshot left out): commit to history (when the history's first consumer, the
 //     router, had the change: the timestamp of its copy in the type's events
 //     topic) and commit to snapshot (when the snapshot processor applied it),
 //     per entity type, as histograms with buckets at 1 s, 5 s, 60 s and
@@ -139,7 +139,22 @@ func (m *Monitor) Run(ctx context.Context) error {
 			}
 		}
 	}
-	if err := m.consume(gctx, g, consumer, string(m.topo.History()), 0, fromHistory, "", in); err != nil {
+	// The checker starts after the history's last record.
+	hist := string(m.topo.History())
+	end, err := client.GetOffset(hist, 0, sarama.OffsetNewest)
+	if err != nil {
+		return fmt.Errorf("monitor: end of %s: %w", hist, err)
+	}
+	if end > 0 {
+		last, err := readOne(ctx, consumer, hist, end-1)
+		if err != nil {
+			return fmt.Errorf("monitor: last record of %s: %w", hist, err)
+		}
+		if ev, err := (codecs.EventCodec{}).Decode(last.Value); err == nil {
+			m.checker.Begin(ev.Position)
+		}
+	}
+	if err := m.consume(gctx, g, consumer, hist, 0, fromHistory, "", in); err != nil {
 		return err
 	}
 	close(m.ready)
@@ -170,7 +185,10 @@ func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer saram
 			case <-ctx.Done():
 				return ctx.Err()
 			case err := <-pc.Errors():
-				return fmt.Errorf("monitor: %s/%d: %w", topic, partition, err)
+				// sarama retries by itself; a monitor that stopped would
+				// silence every alert.
+				m.metrics.consumerErrors.WithLabelValues(topic).Inc()
+				m.log.Warn("consumer error", "topic", topic, "partition", partition, "err", err)
 			case msg := <-pc.Messages():
 				select {
 				case in <- record{source: source, typ: typ, msg: msg}:
@@ -226,7 +244,7 @@ func (m *Monitor) apply(r record, now time.Time) {
 				m.log.Warn("table record does not decode", "topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "err", err)
 				return
 			}
-			if d, ok := appliedLatency(st); ok {
+			if d, ok := appliedLatency(st); ok && !m.checker.IsSnapshot(st.Position) {
 				m.metrics.toSnapshot.WithLabelValues(r.typ).Observe(d)
 			}
 		}
@@ -245,7 +263,12 @@ func (m *Monitor) apply(r record, now time.Time) {
 }
 
 func (m *Monitor) checkStale(now time.Time) {
-	stale := m.checker.Stale(now)
+	stale, never := m.checker.Stale(now)
+	for _, a := range never {
+		m.metrics.inconsistent.WithLabelValues(a.EntityType, a.Kind).Inc()
+		m.log.Error("inconsistency", "kind", a.Kind, "entity_type", a.EntityType, "entity_id", a.EntityID,
+			"position", a.Position.String(), "topic", a.Topic, "offset", a.Offset, "detail", a.Detail)
+	}
 	counts := map[string]int{}
 	current := map[entityKey]bool{}
 	for _, s := range stale {
@@ -263,6 +286,7 @@ func (m *Monitor) checkStale(now time.Time) {
 		m.metrics.stale.WithLabelValues(typ).Set(float64(counts[typ]))
 	}
 	m.metrics.tracked.Set(float64(m.checker.Tracked()))
+	m.metrics.dropped.Set(float64(m.checker.Dropped()))
 }
 
 // watchLag reads every processor group's lag and the slot's every 5 s.
@@ -294,7 +318,10 @@ func (m *Monitor) watchLag(ctx context.Context, client sarama.Client) error {
 		if db != nil {
 			if err := m.slotLag(ctx, db); err != nil {
 				m.log.Warn("slot lag", "err", err)
+				m.forgetSlot()
 			}
+		} else {
+			m.forgetSlot()
 		}
 		select {
 		case <-ctx.Done():
@@ -318,6 +345,9 @@ func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) erro
 			continue
 		}
 		offsets, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+		if err == nil && offsets.Err != sarama.ErrNoError {
+			err = offsets.Err
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("group %s: %w", group, err))
 			continue
@@ -328,9 +358,16 @@ func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) erro
 				errs = append(errs, err)
 				continue
 			}
-			committed := int64(0)
-			if b := offsets.GetBlock(topic, p); b != nil && b.Offset >= 0 {
-				committed = b.Offset
+			b := offsets.GetBlock(topic, p)
+			if b == nil || b.Err != sarama.ErrNoError {
+				continue // not known now; keep the last value
+			}
+			committed := b.Offset
+			if committed < 0 { // no commit yet: the group starts at the oldest record
+				if committed, err = client.GetOffset(topic, p, sarama.OffsetOldest); err != nil {
+					errs = append(errs, err)
+					continue
+				}
 			}
 			m.metrics.groupLag.WithLabelValues(group, topic, strconv.Itoa(int(p))).Set(float64(max(end-committed, 0)))
 		}
@@ -346,6 +383,7 @@ func (m *Monitor) slotLag(ctx context.Context, db *pgx.Conn) error {
 	err := db.QueryRow(ctx, `select (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint, active
 		from pg_replication_slots where slot_name = $1`, slot).Scan(&lag, &retained, &active)
 	if errors.Is(err, pgx.ErrNoRows) {
+		m.forgetSlot()
 		m.metrics.slotPresent.WithLabelValues(slot).Set(0)
 		return nil
 	}
@@ -363,6 +401,34 @@ func (m *Monitor) slotLag(ctx context.Context, db *pgx.Conn) error {
 	return nil
 }
 
+// forgetSlot removes the slot's gauges: an old value must not keep an
+// alert firing when the slot cannot be read.
+func (m *Monitor) forgetSlot() {
+	slot := m.cfg.Postgres.Slot
+	for _, g := range []*prometheus.GaugeVec{m.metrics.slotLag, m.metrics.slotRetained, m.metrics.slotActive, m.metrics.slotPresent} {
+		g.DeleteLabelValues(slot)
+	}
+}
+
+// readOne reads the record at offset.
+func readOne(ctx context.Context, consumer sarama.Consumer, topic string, offset int64) (*sarama.ConsumerMessage, error) {
+	pc, err := consumer.ConsumePartition(topic, 0, offset)
+	if err != nil {
+		return nil, err
+	}
+	defer pc.Close()
+	select {
+	case m := <-pc.Messages():
+		return m, nil
+	case err := <-pc.Errors():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(10 * time.Second):
+		return nil, fmt.Errorf("no record at offset %d", offset)
+	}
+}
+
 func b2i(b bool) int {
 	if b {
 		return 1
@@ -375,8 +441,8 @@ func b2i(b bool) int {
 // Truncates and undecodable records have none.
 func routedLatency(msg *sarama.ConsumerMessage) (seconds float64, committed time.Time, ok bool) {
 	ev, err := (codecs.EventCodec{}).Decode(msg.Value)
-	if err != nil || ev.Op == codecs.OpTruncate || msg.Timestamp.IsZero() {
-		return 0, time.Time{}, false
+	if err != nil || ev.Op == codecs.OpTruncate || ev.Op == codecs.OpSnapshot || msg.Timestamp.IsZero() {
+		return 0, time.Time{}, false // a snapshot row's commit time is when the copy started
 	}
 	return max(msg.Timestamp.Sub(ev.CommitTime).Seconds(), 0), ev.CommitTime, true
 }

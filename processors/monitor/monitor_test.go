@@ -56,8 +56,9 @@ func TestMonitorMetrics(t *testing.T) {
 changes_monitor_history_anomalies_total{kind="duplicate"} 1
 changes_monitor_history_anomalies_total{kind="gap"} 0
 changes_monitor_history_anomalies_total{kind="reorder"} 0
-# HELP changes_monitor_inconsistent_total Snapshot table records that no history event explains: kind is wrong_value or unknown_position.
+# HELP changes_monitor_inconsistent_total Snapshot table records that no history event explains (kind wrong_value or unknown_position), and history events the table never reached within monitor.remember (never_applied).
 # TYPE changes_monitor_inconsistent_total counter
+changes_monitor_inconsistent_total{entity_type="a",kind="never_applied"} 0
 changes_monitor_inconsistent_total{entity_type="a",kind="unknown_position"} 0
 changes_monitor_inconsistent_total{entity_type="a",kind="wrong_value"} 1
 # HELP changes_monitor_stale_entities Entities whose snapshot table has not reached their latest history event within monitor.stale_after.

@@ -25,7 +25,14 @@ type Latencies struct {
 	// Stage is "history" or "snapshot".
 	Stage   string
 	samples []float64 // seconds, sorted
+	// committed is how many changes the history holds for the window.
+	committed int
 }
+
+// Committed is how many changes of the type the history holds for the
+// window; Count falls short of it by the changes not routed or applied yet
+// (and, for the snapshot, by states compaction has removed since).
+func (l *Latencies) Committed() int { return l.committed }
 
 // Count is the number of changes measured.
 func (l *Latencies) Count() int { return len(l.samples) }
@@ -109,13 +116,20 @@ func (r *reader) read(ctx context.Context, topic string, partition int32, from t
 		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
 	}
 	defer pc.Close()
+	// The last offsets of a compacted topic may be gone: a partition quiet
+	// for a while is read to its end.
+	idle := time.NewTimer(3 * time.Second)
+	defer idle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-idle.C:
+			return nil
 		case err := <-pc.Errors():
 			return fmt.Errorf("read %s/%d: %w", topic, partition, err)
 		case msg := <-pc.Messages():
+			idle.Reset(3 * time.Second)
 			if msg.Offset >= end {
 				return nil
 			}
@@ -128,7 +142,7 @@ func (r *reader) read(ctx context.Context, topic string, partition int32, from t
 }
 
 // SLO reads the changes committed in the last window and measures their
-// latencies as the monitor does: commit to history from the router's copies
+// latencies as the monitor does (rows of an initial snapshot left out): commit to history from the router's copies
 // in the events topics (their timestamps: when the history's consumer had
 // the change), commit to snapshot from the snapshot tables' apply times (a
 // state compacted away since is not counted).
@@ -149,10 +163,36 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 		snap[typ] = &Latencies{EntityType: typ, Stage: "snapshot"}
 		rep.Latencies = append(rep.Latencies, hist[typ], snap[typ])
 	}
+	// The history says how many changes were committed in the window, and
+	// which positions are rows of an initial snapshot (no commit time).
+	snapshotRows := map[codecs.Position]struct{}{}
+	err = r.read(ctx, string(topo.History()), 0, from, func(msg *sarama.ConsumerMessage) {
+		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
+		switch {
+		case err != nil || ev.CommitTime.Before(from) || ev.Op == codecs.OpTruncate:
+		case ev.Op == codecs.OpSnapshot:
+			snapshotRows[ev.Position] = struct{}{}
+		case hist[ev.EntityType] != nil:
+			hist[ev.EntityType].committed++
+			snap[ev.EntityType].committed++
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
 	for _, typ := range topo.EntityTypes() {
 		ent, _ := cfg.Entity(typ)
+		seen := map[codecs.Position]struct{}{} // the router may deliver twice
 		for p := range int32(ent.Partitions) {
 			err := r.read(ctx, string(topo.Events(typ)), p, from, func(msg *sarama.ConsumerMessage) {
+				ev, err := (codecs.EventCodec{}).Decode(msg.Value)
+				if err != nil {
+					return
+				}
+				if _, dup := seen[ev.Position]; dup {
+					return
+				}
+				seen[ev.Position] = struct{}{}
 				if d, committed, ok := routedLatency(msg); ok && !committed.Before(from) {
 					hist[typ].samples = append(hist[typ].samples, d)
 				}
@@ -178,6 +218,9 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 					return
 				}
 				seen[st.Position] = struct{}{}
+				if _, copied := snapshotRows[st.Position]; copied {
+					return
+				}
 				if d, ok := appliedLatency(st); ok {
 					snap[typ].samples = append(snap[typ].samples, d)
 				}
@@ -196,20 +239,20 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 // Print writes the report as the reference system's: the share of changes
 // within each of SLOBounds, and p50, p99, p99.9 and max.
 func (rep *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "changes slo: changes committed %s .. %s (%s)\n\n", rep.From.UTC().Format(time.RFC3339), rep.To.UTC().Format(time.RFC3339), rep.To.Sub(rep.From).Round(time.Second))
-	fmt.Fprintf(w, "  %-30s %9s", "latency", "changes")
+	fmt.Fprintf(w, "changes slo: changes committed %s .. %s (%s) that reached the stage; committed counts the history's\n\n", rep.From.UTC().Format(time.RFC3339), rep.To.UTC().Format(time.RFC3339), rep.To.Sub(rep.From).Round(time.Second))
+	fmt.Fprintf(w, "  %-30s %9s %9s", "latency", "committed", "changes")
 	for _, b := range SLOBounds {
 		fmt.Fprintf(w, " %8s", "<= "+shortDuration(b))
 	}
 	fmt.Fprintf(w, " %9s %9s %9s %9s\n", "p50", "p99", "p99.9", "max")
 	for _, l := range rep.Latencies {
-		fmt.Fprintf(w, "  %-30s %9d", "commit -> "+l.Stage+" "+l.EntityType, l.Count())
+		fmt.Fprintf(w, "  %-30s %9d %9d", "commit -> "+l.Stage+" "+l.EntityType, l.Committed(), l.Count())
 		for _, b := range SLOBounds {
 			fmt.Fprintf(w, " %8s", percent(l.Within(b)))
 		}
 		fmt.Fprintf(w, " %9s %9s %9s %9s\n", seconds(l.Quantile(0.5)), seconds(l.Quantile(0.99)), seconds(l.Quantile(0.999)), seconds(l.Quantile(1)))
 	}
-	fmt.Fprintf(w, "  %-30s %9s %8s %8s %8s %8s\n", "reference system", "", "", "81.8%", "89.0%", "100.0%")
+	fmt.Fprintf(w, "  %-30s %9s %9s %8s %8s %8s %8s\n", "reference system", "", "", "", "81.8%", "89.0%", "100.0%")
 }
 
 func shortDuration(d time.Duration) string {
@@ -265,7 +308,7 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 		res.HistoryRecords++
 		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
 		if err != nil {
-			res.Anomalies = append(res.Anomalies, Anomaly{Kind: "undecodable", Topic: msg.Topic, Offset: msg.Offset, Detail: err.Error()})
+			res.Anomalies = append(res.Anomalies, Anomaly{Kind: Undecodable, Topic: msg.Topic, Offset: msg.Offset, Detail: err.Error()})
 			return
 		}
 		res.Anomalies = append(res.Anomalies, c.History(msg.Offset, ev, ev.CommitTime)...)
@@ -284,7 +327,7 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 				if msg.Value != nil {
 					var err error
 					if st, err = (codecs.StateCodec{}).Decode(msg.Value); err != nil {
-						res.Anomalies = append(res.Anomalies, Anomaly{Kind: "undecodable", EntityType: typ, Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Detail: err.Error()})
+						res.Anomalies = append(res.Anomalies, Anomaly{Kind: Undecodable, EntityType: typ, Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Detail: err.Error()})
 						return
 					}
 				}
@@ -295,6 +338,8 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 			}
 		}
 	}
-	res.Stale = c.Stale(now)
+	var never []Anomaly
+	res.Stale, never = c.Stale(now)
+	res.Anomalies = append(res.Anomalies, never...)
 	return res, nil
 }
