@@ -239,7 +239,7 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 // Print writes the report as the reference system's: the share of changes
 // within each of SLOBounds, and p50, p99, p99.9 and max.
 func (rep *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "changes slo: changes committed %s .. %s (%s) that reached the stage; committed counts the history's\n\n", rep.From.UTC().Format(time.RFC3339), rep.To.UTC().Format(time.RFC3339), rep.To.Sub(rep.From).Round(time.Second))
+	fmt.Fprintf(w, "changes slo: changes committed %s .. %s (%s)\n\n", rep.From.UTC().Format(time.RFC3339), rep.To.UTC().Format(time.RFC3339), rep.To.Sub(rep.From).Round(time.Second))
 	fmt.Fprintf(w, "  %-30s %9s %9s", "latency", "committed", "changes")
 	for _, b := range SLOBounds {
 		fmt.Fprintf(w, " %8s", "<= "+shortDuration(b))
@@ -253,6 +253,7 @@ func (rep *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, " %9s %9s %9s %9s\n", seconds(l.Quantile(0.5)), seconds(l.Quantile(0.99)), seconds(l.Quantile(0.999)), seconds(l.Quantile(1)))
 	}
 	fmt.Fprintf(w, "  %-30s %9s %9s %8s %8s %8s %8s\n", "reference system", "", "", "", "81.8%", "89.0%", "100.0%")
+	fmt.Fprintf(w, "\n  committed: the history's changes of the window; changes: those that reached the stage, measured\n")
 }
 
 func shortDuration(d time.Duration) string {
