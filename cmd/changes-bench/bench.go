@@ -1,0 +1,536 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+// bench is one run: its names, config, workload and the processes it runs.
+type bench struct {
+	o        options
+	log      *slog.Logger
+	pgURL    string
+	brokers  string
+	id       string // run id, in every name
+	config   string // the changes config file
+	topo     *topology.Topology
+	client   sarama.Client
+	w        *workload
+	dbz      *debezium
+	children []*child
+	views    map[string]*views.View
+	stopView context.CancelFunc
+	res      *result
+
+	viewArrivals *arrivals // set while live rates run
+}
+
+func newBench(ctx context.Context, o options, pgURL, brokers string, log *slog.Logger) (*bench, error) {
+	id := strconv.FormatInt(time.Now().Unix()%1_000_000, 10)
+	b := &bench{o: o, log: log, pgURL: pgURL, brokers: brokers, id: id, res: &result{}}
+	prefix := "bench_" + id
+	var ents strings.Builder
+	for _, typ := range benchTypes {
+		fmt.Fprintf(&ents, "  - {type: %s, table: public.%s_%s, partitions: 4}\n", typ, prefix, typ)
+	}
+	cfgText := fmt.Sprintf(`kafka: {brokers: [%q], replication_factor: 1}
+postgres: {url: %q, slot: %s, publication: %s}
+topics: {prefix: "bench.%s"}
+storage: %q
+metrics: ""
+entities:
+%s`, strings.Split(brokers, ",")[0], pgURL, prefix, prefix, id, filepath.Join(o.workDir, "storage"), ents.String())
+	b.config = filepath.Join(o.workDir, "changes.yaml")
+	if err := os.WriteFile(b.config, []byte(cfgText), 0o600); err != nil {
+		return nil, err
+	}
+	cfg, err := topology.Parse([]byte(cfgText))
+	if err != nil {
+		return nil, err
+	}
+	b.topo = topology.New(cfg)
+	if b.client, err = sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka)); err != nil {
+		return nil, err
+	}
+	if b.w, err = newWorkload(ctx, pgURL, prefix, o.conns); err != nil {
+		return nil, err
+	}
+	if o.debezium {
+		var tables []string
+		for _, typ := range benchTypes {
+			tables = append(tables, "public."+b.w.tables[typ])
+		}
+		b.dbz = newDebezium("bench_"+id, "dbz_"+prefix, "dbzbench"+id, tables, o.workDir)
+	}
+	b.res.Machine = machine()
+	b.res.Backlog = o.backlog
+	return b, nil
+}
+
+func (b *bench) say(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[bench %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// run runs every phase; the result holds what was measured even when a
+// later phase fails.
+func (b *bench) run(ctx context.Context) (*result, error) {
+	start := time.Now()
+	if out, err := exec.CommandContext(ctx, b.o.changes, "topics", "--config", b.config).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("changes topics: %v\n%s", err, out)
+	}
+	b.say("seeding 10000 rows per table")
+	if err := b.w.seed(ctx, 10000); err != nil {
+		return nil, err
+	}
+	if err := b.ceiling(ctx); err != nil {
+		return b.res, err
+	}
+	if err := b.slots(ctx); err != nil {
+		return b.res, err
+	}
+	if err := b.catchUp(ctx); err != nil {
+		return b.res, err
+	}
+	if err := b.liveRates(ctx); err != nil {
+		return b.res, err
+	}
+	b.res.Seconds = time.Since(start).Seconds()
+	return b.res, nil
+}
+
+// ceiling runs the workload flat out with nothing capturing.
+func (b *bench) ceiling(ctx context.Context) error {
+	b.say("PostgreSQL ceiling: the workload flat out for %s, nothing capturing", b.o.ceiling)
+	pg := component{name: "postgresql", pids: func() []int { return pidsNamed("postgres") }}
+	c0, t0 := b.w.changes.Load(), b.w.txns.Load()
+	u0, start := pg.usage(), time.Now()
+	rctx, cancel := context.WithTimeout(ctx, b.o.ceiling)
+	err := b.w.run(rctx, 0, 0, b.o.conns)
+	cancel()
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	u1 := pg.usage()
+	b.res.Ceiling = rateResult{
+		ChangesPerSec: float64(b.w.changes.Load()-c0) / secs,
+		TxnsPerSec:    float64(b.w.txns.Load()-t0) / secs,
+		PostgresCores: (u1.cpu - u0.cpu).Seconds() / secs,
+	}
+	b.say("  %.0f changes/s, %.0f transactions/s, PostgreSQL %.2f cores", b.res.Ceiling.ChangesPerSec, b.res.Ceiling.TxnsPerSec, b.res.Ceiling.PostgresCores)
+	return nil
+}
+
+// slots creates both replication slots, so the backlog waits in the WAL for
+// each system.
+func (b *bench) slots(ctx context.Context) error {
+	b.say("creating the replication slots: changes (initial snapshot of the seed rows), then Debezium")
+	capture, err := startChild(b.o.changes, b.o.workDir, "capture-init", "capture", "--config", b.config)
+	if err != nil {
+		return err
+	}
+	if err := b.waitSlot(ctx, b.topo.Config().Postgres.Slot, true); err != nil {
+		capture.stop()
+		return err
+	}
+	if err := capture.stop(); err != nil {
+		return err
+	}
+	if b.dbz != nil {
+		if err := b.dbz.start(ctx); err != nil {
+			return err
+		}
+		if err := b.waitSlot(ctx, b.dbz.slot, true); err != nil {
+			return err
+		}
+		if err := b.dbz.stop(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitSlot waits until the slot exists and its activity is active.
+func (b *bench) waitSlot(ctx context.Context, slot string, active bool) error {
+	db, err := pgx.Connect(ctx, b.pgURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close(context.Background())
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var got bool
+		err := db.QueryRow(ctx, "select coalesce((select active from pg_replication_slots where slot_name = $1), false)", slot).Scan(&got)
+		if err != nil {
+			return err
+		}
+		if got == active {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("slot %s never became active", slot)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// catchUp commits the backlog with nothing capturing, then drains it with
+// changes (capture, processors, a view), then with Debezium.
+func (b *bench) catchUp(ctx context.Context) error {
+	b.say("catch-up: committing %d changes with nothing capturing", b.o.backlog)
+	c0, d0 := b.w.changes.Load(), b.w.deletes.Load()
+	start := time.Now()
+	progress := b.progress(ctx, "backlog", func() int64 { return b.w.changes.Load() - c0 }, b.o.backlog)
+	err := b.w.run(ctx, 0, c0+b.o.backlog, b.o.conns)
+	progress()
+	if err != nil {
+		return err
+	}
+	n, deletes := b.w.changes.Load()-c0, b.w.deletes.Load()-d0
+	b.say("  %d changes (%d deletes) in %.1fs", n, deletes, time.Since(start).Seconds())
+	b.res.CatchUp.Changes = n
+
+	// changes: capture, processors and a view, started together.
+	hist := string(b.topo.History())
+	h0, err := endOffsets(b.client, hist)
+	if err != nil {
+		return err
+	}
+	comps := b.components()
+	before := sample(comps)
+	start = time.Now()
+	capture, err := startChild(b.o.changes, b.o.workDir, "capture", "capture", "--config", b.config)
+	if err != nil {
+		return err
+	}
+	b.children = append(b.children, capture)
+	process, err := startChild(b.o.changes, b.o.workDir, "process", "process", "--config", b.config)
+	if err != nil {
+		return err
+	}
+	b.children = append(b.children, process)
+	if err := b.startViews(ctx); err != nil {
+		return err
+	}
+	comps = b.components()
+	stopProgress := b.progress(ctx, "changes: history", func() int64 { e, _ := endOffsets(b.client, hist); return e - h0 }, n)
+	err = waitFor(ctx, 10*time.Minute, func() (bool, error) {
+		e, err := endOffsets(b.client, hist)
+		return e-h0 >= n, err
+	})
+	stopProgress()
+	if err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	tHist := time.Since(start)
+	if err := waitFor(ctx, 10*time.Minute, func() (bool, error) { return b.groupsCaughtUp() }); err != nil {
+		return fmt.Errorf("tables: %w", err)
+	}
+	tTables := time.Since(start)
+	if err := waitFor(ctx, 10*time.Minute, func() (bool, error) { return b.viewsCaughtUp(ctx) }); err != nil {
+		return fmt.Errorf("view: %w", err)
+	}
+	tView := time.Since(start)
+	b.res.CatchUp.Stages = []catchUpResult{
+		{System: "changes", Stage: "history", Seconds: tHist.Seconds(), ChangesPerSec: float64(n) / tHist.Seconds()},
+		{System: "changes", Stage: "snapshot tables", Seconds: tTables.Seconds(), ChangesPerSec: float64(n) / tTables.Seconds()},
+		{System: "changes", Stage: "view", Seconds: tView.Seconds(), ChangesPerSec: float64(n) / tView.Seconds()},
+	}
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween(before, sample(comps), tView)...)
+	b.say("  changes: history %.1fs (%.0f/s), tables %.1fs, view %.1fs", tHist.Seconds(), float64(n)/tHist.Seconds(), tTables.Seconds(), tView.Seconds())
+
+	if b.dbz == nil {
+		return nil
+	}
+	// Debezium drains the same backlog from its own slot; a delete gives a
+	// tombstone too (its default).
+	topics := b.dbz.topics()
+	d0Off, _ := endOffsets(b.client, topics...)
+	want := n + deletes
+	dcomps := []component{b.dbz.component()}
+	before = sample(append(dcomps, b.kafkaPG()...))
+	start = time.Now()
+	if err := b.dbz.start(ctx); err != nil {
+		return err
+	}
+	stopProgress = b.progress(ctx, "debezium", func() int64 { e, _ := endOffsets(b.client, topics...); return e - d0Off }, want)
+	err = waitFor(ctx, 15*time.Minute, func() (bool, error) {
+		e, err := endOffsets(b.client, topics...)
+		if err != nil {
+			return false, nil // the topics appear with the first events
+		}
+		return e-d0Off >= want, nil
+	})
+	stopProgress()
+	if err != nil {
+		return fmt.Errorf("debezium: %w", err)
+	}
+	tDbz := time.Since(start)
+	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages, catchUpResult{System: "debezium", Stage: "topics", Seconds: tDbz.Seconds(), ChangesPerSec: float64(n) / tDbz.Seconds()})
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween(before, sample(append(dcomps, b.kafkaPG()...)), tDbz)...)
+	b.say("  debezium: topics %.1fs (%.0f/s)", tDbz.Seconds(), float64(n)/tDbz.Seconds())
+	return nil
+}
+
+// liveRates runs the workload at each rate with both systems running.
+func (b *bench) liveRates(ctx context.Context) error {
+	histArr, viewArr, dbzArr := newArrivals(), newArrivals(), newArrivals()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := consume(cctx, b.client, []string{string(b.topo.History())}, seqOfEvent, histArr); err != nil {
+		return err
+	}
+	b.viewArrivals = viewArr
+	if b.dbz != nil {
+		if err := consume(cctx, b.client, b.dbz.topics(), seqOfDebezium, dbzArr); err != nil {
+			return err
+		}
+	}
+	comps := append(b.components(), b.kafkaPG()...)
+	if b.dbz != nil {
+		comps = append(comps, b.dbz.component())
+	}
+	for _, rate := range b.o.rates {
+		name := "max"
+		if rate > 0 {
+			name = strconv.FormatFloat(rate, 'f', 0, 64) + "/s"
+		}
+		b.say("live at %s for %s", name, b.o.live)
+		histArr.reset()
+		viewArr.reset()
+		dbzArr.reset()
+		b.w.takeCommits()
+		b.w.record.Store(true)
+		c0 := b.w.changes.Load()
+		before := sample(comps)
+		start := time.Now()
+		rctx, rcancel := context.WithTimeout(ctx, b.o.live)
+		err := b.w.run(rctx, rate, 0, b.o.conns)
+		rcancel()
+		elapsed := time.Since(start)
+		b.w.record.Store(false)
+		if err != nil {
+			return err
+		}
+		after := sample(comps)
+		committed := b.w.changes.Load() - c0
+		commits := b.w.takeCommits()
+		// Stragglers: wait until everything arrived, up to 30 s.
+		waitFor(ctx, 30*time.Second, func() (bool, error) {
+			_, m1 := histArr.latencies(commits)
+			_, m2 := viewArr.latencies(commits)
+			m3 := 0
+			if b.dbz != nil {
+				_, m3 = dbzArr.latencies(commits)
+			}
+			return m1+m2+m3 == 0, nil
+		})
+		lr := liveResult{Rate: name, ChangesPerSec: float64(committed) / elapsed.Seconds()}
+		lat, miss := histArr.latencies(commits)
+		lr.ChangesHistory = statsOf(lat, miss)
+		lat, miss = viewArr.latencies(commits)
+		lr.ChangesView = statsOf(lat, miss)
+		if b.dbz != nil {
+			lat, miss = dbzArr.latencies(commits)
+			lr.Debezium = statsOf(lat, miss)
+		}
+		lr.Usage = usageBetween(before, after, elapsed)
+		b.res.Live = append(b.res.Live, lr)
+		b.say("  %.0f changes/s: changes history p50 %.1f ms p99 %.1f ms; view p99 %.1f ms; debezium p50 %.1f ms p99 %.1f ms",
+			lr.ChangesPerSec, lr.ChangesHistory.P50ms, lr.ChangesHistory.P99ms, lr.ChangesView.P99ms, lr.Debezium.P50ms, lr.Debezium.P99ms)
+	}
+	return nil
+}
+
+// progress logs done() of total every 5 s until the returned stop is called.
+func (b *bench) progress(ctx context.Context, what string, done func() int64, total int64) (stop func()) {
+	pctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+				b.say("  %s: %d of %d", what, done(), total)
+			}
+		}
+	}()
+	return cancel
+}
+
+func waitFor(ctx context.Context, limit time.Duration, cond func() (bool, error)) error {
+	deadline := time.Now().Add(limit)
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not done after %s", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// groupsCaughtUp reports whether the router and every snapshot group have
+// committed the end of their inputs.
+func (b *bench) groupsCaughtUp() (bool, error) {
+	admin, err := sarama.NewClusterAdminFromClient(b.client)
+	if err != nil {
+		return false, err
+	}
+	inputs := map[string]string{string(b.topo.RouterGroup()): string(b.topo.History())}
+	for _, typ := range b.topo.EntityTypes() {
+		inputs[string(b.topo.SnapshotGroup(typ))] = string(b.topo.Events(typ))
+	}
+	for group, topic := range inputs {
+		parts, err := b.client.Partitions(topic)
+		if err != nil {
+			return false, err
+		}
+		offs, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range parts {
+			end, err := b.client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				return false, err
+			}
+			if blk := offs.GetBlock(topic, p); end > 0 && (blk == nil || blk.Offset < end) {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+func (b *bench) cleanup() {
+	if b.stopView != nil {
+		b.stopView()
+	}
+	for _, c := range b.children {
+		if err := c.stop(); err != nil {
+			b.log.Warn("stop", "err", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if b.dbz != nil {
+		b.dbz.stop(ctx)
+		b.dbz.deleteTopics(b.client)
+	}
+	if db, err := pgx.Connect(ctx, b.pgURL); err == nil {
+		slots := []string{b.topo.Config().Postgres.Slot}
+		if b.dbz != nil {
+			slots = append(slots, b.dbz.slot)
+		}
+		for _, s := range slots {
+			db.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active", s)
+		}
+		db.Exec(ctx, "drop publication if exists "+b.topo.Config().Postgres.Publication)
+		if b.dbz != nil {
+			db.Exec(ctx, "drop publication if exists "+b.dbz.publication)
+		}
+		for _, t := range b.w.tables {
+			db.Exec(ctx, "drop table if exists "+t)
+		}
+		db.Close(ctx)
+	}
+	if admin, err := sarama.NewClusterAdminFromClient(b.client); err == nil {
+		for _, t := range b.topo.Topics() {
+			admin.DeleteTopic(t.Name)
+		}
+	}
+	b.w.Close()
+	b.client.Close()
+	if err := os.RemoveAll(filepath.Join(b.o.workDir, "storage")); err != nil {
+		b.log.Warn("cleanup", "err", err)
+	}
+	b.say("cleaned up; logs in %s", b.o.workDir)
+}
+
+// startViews runs a view of every type in this process; its update hook
+// stamps the arrival of each change for the live phase.
+func (b *bench) startViews(ctx context.Context) error {
+	vctx, cancel := context.WithCancel(ctx)
+	b.stopView = cancel
+	b.views = map[string]*views.View{}
+	for _, typ := range b.topo.EntityTypes() {
+		v, err := views.New(b.topo, typ, views.WithLogger(b.log), views.WithStorageDir(filepath.Join(b.o.workDir, "storage", "views")),
+			views.WithUpdateHook(func(u views.Update) {
+				if a := b.viewArrivals; a != nil && u.State != nil {
+					seq, _ := strconv.ParseInt(string(u.State.Row["seq"]), 10, 64)
+					a.add(seq, time.Now().UnixNano())
+				}
+			}))
+		if err != nil {
+			return err
+		}
+		b.views[typ] = v
+		go func() {
+			if err := v.Run(vctx); err != nil {
+				b.log.Error("view", "type", typ, "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+func (b *bench) viewsCaughtUp(ctx context.Context) (bool, error) {
+	for _, v := range b.views {
+		if !v.Recovered() {
+			return false, nil
+		}
+		lag, err := v.Lag(ctx)
+		if err != nil || lag > 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// components are the processes of changes: the capture, the processors and
+// this process (which holds the views).
+func (b *bench) components() []component {
+	var out []component
+	for _, c := range b.children {
+		out = append(out, c.component())
+	}
+	self := os.Getpid()
+	return append(out, component{name: "view (3 types, in the bench process)", pids: func() []int { return []int{self} }})
+}
+
+// kafkaPG are the broker and PostgreSQL, shared by both systems.
+func (b *bench) kafkaPG() []component {
+	stackDir := os.Getenv("CHANGES_STACK_DIR")
+	if stackDir == "" {
+		stackDir = ".stack"
+	}
+	return []component{
+		{name: "kafka broker", pids: pidFile(filepath.Join(stackDir, "kafka", "kafka.pid"))},
+		{name: "postgresql", pids: func() []int { return pidsNamed("postgres") }},
+	}
+}

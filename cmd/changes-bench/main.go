@@ -1,0 +1,111 @@
+// Command changes-bench measures the whole platform on the machine it runs
+// on, side by side with Debezium (Kafka Connect + the PostgreSQL connector)
+// on the same database, broker and workload:
+//
+//   - the PostgreSQL side's own ceiling (the workload flat out, no capture);
+//   - catch-up: a backlog of --backlog changes committed while nothing
+//     captures, then drained: into the history, the snapshot tables and a
+//     view for changes; into its topics for Debezium (each from its own slot);
+//   - live: both running while the workload runs at each of --rates, latency
+//     from the moment COMMIT returned to the moment a consumer read the change
+//     (p50, p99, p99.9, max), and the CPU and resident memory of every
+//     component.
+//
+// It prints a table and writes the figures as JSON. `make bench-platform`
+// runs it on the local stack; BENCHMARKS.md has the latest table.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	changes  string
+	backlog  int64
+	rates    []float64 // 0: flat out
+	live     time.Duration
+	ceiling  time.Duration
+	conns    int
+	debezium bool
+	out      string
+	workDir  string
+}
+
+func main() {
+	var o options
+	var rates string
+	flag.StringVar(&o.changes, "changes", "bin/changes", "the changes binary")
+	flag.Int64Var(&o.backlog, "backlog", 1_000_000, "changes committed while nothing captures, then drained (catch-up)")
+	flag.StringVar(&rates, "rates", "1000,5000,10000,max", "live rates in changes per second; max = flat out")
+	flag.DurationVar(&o.live, "live", 20*time.Second, "how long each live rate runs (a longer soak: e.g. 10m)")
+	flag.DurationVar(&o.ceiling, "ceiling", 15*time.Second, "how long the PostgreSQL ceiling runs")
+	flag.IntVar(&o.conns, "conns", 16, "workload connections")
+	flag.BoolVar(&o.debezium, "debezium", true, "run Debezium side by side (stack/debezium/debezium.sh)")
+	flag.StringVar(&o.out, "out", "bench-result.json", "where the figures go as JSON")
+	flag.StringVar(&o.workDir, "dir", "", "work directory for configs, logs and storage (default: a temporary one)")
+	flag.Parse()
+	for _, r := range strings.Split(rates, ",") {
+		if r == "max" {
+			o.rates = append(o.rates, 0)
+			continue
+		}
+		v, err := strconv.ParseFloat(r, 64)
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "changes-bench: --rates: %q is not a rate\n", r)
+			os.Exit(2)
+		}
+		o.rates = append(o.rates, v)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		fmt.Fprintln(os.Stderr, "changes-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	pgURL, brokers := os.Getenv("CHANGES_POSTGRES_URL"), os.Getenv("CHANGES_KAFKA_BROKERS")
+	if pgURL == "" || brokers == "" {
+		return errors.New("CHANGES_POSTGRES_URL and CHANGES_KAFKA_BROKERS must name the stack (eval \"$(stack/stack.sh env)\")")
+	}
+	if o.workDir == "" {
+		dir, err := os.MkdirTemp("", "changes-bench-")
+		if err != nil {
+			return err
+		}
+		o.workDir = dir
+	}
+	bin, err := filepath.Abs(o.changes)
+	if err != nil {
+		return err
+	}
+	o.changes = bin
+	b, err := newBench(ctx, o, pgURL, brokers, log)
+	if err != nil {
+		return err
+	}
+	defer b.cleanup()
+	res, err := b.run(ctx)
+	if res != nil {
+		res.print(os.Stdout)
+		if werr := res.write(o.out); werr != nil {
+			err = errors.Join(err, werr)
+		} else {
+			log.Info("figures written", "file", o.out)
+		}
+	}
+	return err
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc/pid/stat times.
+const clockTicks = 100
+
+// component is a process (or, for PostgreSQL, every process of a command
+// name) whose CPU and memory the benchmark reports.
+type component struct {
+	name string
+	pids func() []int
+}
+
+// usage is CPU time and memory of a component at one moment.
+type usage struct {
+	cpu     time.Duration
+	rssMiB  float64
+	peakMiB float64
+}
+
+func (c component) usage() usage {
+	var u usage
+	for _, pid := range c.pids() {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses.
+		f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+		if len(f) > 13 {
+			ut, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			u.cpu += time.Duration(ut+st) * time.Second / clockTicks
+		}
+		u.rssMiB += procStatusMiB(pid, "VmRSS")
+		u.peakMiB += procStatusMiB(pid, "VmHWM")
+	}
+	return u
+}
+
+func procStatusMiB(pid int, field string) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// pidsNamed lists the processes whose command name is name.
+func pidsNamed(name string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err == nil && strings.TrimSpace(string(comm)) == name {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// pidFile reads a pid file.
+func pidFile(path string) func() []int {
+	return func() []int {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err != nil {
+			return nil
+		}
+		return []int{pid}
+	}
+}
+
+// child is a `changes` subcommand the benchmark runs as its own process.
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	log  *os.File
+}
+
+func startChild(bin, dir, name string, args ...string) (*child, error) {
+	log, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = os.Environ()
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return &child{name: name, cmd: cmd, log: log}, nil
+}
+
+func (c *child) component() component {
+	return component{name: c.name, pids: func() []int { return []int{c.cmd.Process.Pid} }}
+}
+
+// stop ends the child with SIGTERM and waits for it.
+func (c *child) stop() error {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- c.cmd.Wait() }()
+	select {
+	case err := <-done:
+		c.log.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w (log: %s)", c.name, err, c.log.Name())
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+		c.log.Close()
+		return fmt.Errorf("%s did not stop within 30 s", c.name)
+	}
+}

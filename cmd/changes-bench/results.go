@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// result is everything a run measured, as written to JSON.
+type result struct {
+	Machine string       `json:"machine"`
+	Seconds float64      `json:"seconds"`
+	Backlog int64        `json:"backlog"`
+	Ceiling rateResult   `json:"postgres_ceiling"`
+	CatchUp catchUp      `json:"catch_up"`
+	Live    []liveResult `json:"live"`
+}
+
+type rateResult struct {
+	ChangesPerSec float64 `json:"changes_per_sec"`
+	TxnsPerSec    float64 `json:"transactions_per_sec"`
+	PostgresCores float64 `json:"postgres_cores"`
+}
+
+type catchUp struct {
+	Changes int64           `json:"changes"`
+	Stages  []catchUpResult `json:"stages"`
+	Usage   []usageResult   `json:"usage"`
+}
+
+type catchUpResult struct {
+	System        string  `json:"system"`
+	Stage         string  `json:"stage"`
+	Seconds       float64 `json:"seconds"`
+	ChangesPerSec float64 `json:"changes_per_sec"`
+}
+
+type liveResult struct {
+	Rate           string        `json:"rate"`
+	ChangesPerSec  float64       `json:"changes_per_sec"`
+	ChangesHistory stats         `json:"changes_history"`
+	ChangesView    stats         `json:"changes_view"`
+	Debezium       stats         `json:"debezium"`
+	Usage          []usageResult `json:"usage"`
+}
+
+type usageResult struct {
+	Component string  `json:"component"`
+	Cores     float64 `json:"cores"`
+	RSSMiB    float64 `json:"rss_mib"`
+	PeakMiB   float64 `json:"peak_rss_mib"`
+}
+
+// sample reads every component's usage now.
+func sample(comps []component) map[string]usage {
+	out := map[string]usage{}
+	for _, c := range comps {
+		out[c.name] = c.usage()
+	}
+	return out
+}
+
+func usageBetween(before, after map[string]usage, elapsed time.Duration) []usageResult {
+	var out []usageResult
+	for name, a := range after {
+		out = append(out, usageResult{Component: name, Cores: (a.cpu - before[name].cpu).Seconds() / elapsed.Seconds(), RSSMiB: a.rssMiB, PeakMiB: a.peakMiB})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Component < out[j].Component })
+	return out
+}
+
+func machine() string {
+	cpu := "?"
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := ""
+	if raw, err := os.ReadFile("/proc/meminfo"); err == nil {
+		f := strings.Fields(strings.SplitN(string(raw), "\n", 2)[0])
+		if len(f) >= 2 {
+			mem = f[1] + " kB"
+		}
+	}
+	pg, _ := exec.Command("postgres", "--version").Output()
+	return fmt.Sprintf("%d cores (%s), %s memory, %s, %s", runtime.NumCPU(), cpu, mem, runtime.Version(), strings.TrimSpace(string(pg)))
+}
+
+func (r *result) write(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// print writes the table.
+func (r *result) print(w io.Writer) {
+	fmt.Fprintf(w, "\nchanges-bench: %s\n\n", r.Machine)
+	fmt.Fprintf(w, "PostgreSQL alone (workload flat out, nothing capturing): %.0f changes/s, %.0f transactions/s, %.2f cores\n\n",
+		r.Ceiling.ChangesPerSec, r.Ceiling.TxnsPerSec, r.Ceiling.PostgresCores)
+	if len(r.CatchUp.Stages) > 0 {
+		fmt.Fprintf(w, "catch-up: a backlog of %d changes in the WAL, drained by each system from its own slot\n", r.CatchUp.Changes)
+		fmt.Fprintf(w, "  %-10s %-16s %10s %14s\n", "system", "into", "seconds", "changes/s")
+		var ours, dbz float64
+		for _, s := range r.CatchUp.Stages {
+			fmt.Fprintf(w, "  %-10s %-16s %10.1f %14.0f\n", s.System, s.Stage, s.Seconds, s.ChangesPerSec)
+			if s.Stage == "history" {
+				ours = s.ChangesPerSec
+			}
+			if s.System == "debezium" {
+				dbz = s.ChangesPerSec
+			}
+		}
+		if ours > 0 && dbz > 0 {
+			fmt.Fprintf(w, "  commit -> Kafka, changes / debezium: %.2fx\n", ours/dbz)
+		}
+		printUsage(w, r.CatchUp.Usage)
+		fmt.Fprintln(w)
+	}
+	if len(r.Live) > 0 {
+		fmt.Fprintf(w, "live: both running while the workload runs; latency from COMMIT returned to a consumer reading the change (ms)\n")
+		fmt.Fprintf(w, "  %-8s %10s | %-29s | %-29s | %-29s | %s\n", "rate", "achieved/s", "changes: history", "changes: view", "debezium: topic", "p99 ratio")
+		fmt.Fprintf(w, "  %-8s %10s | %6s %7s %7s %7s | %6s %7s %7s %7s | %6s %7s %7s %7s |\n", "", "", "p50", "p99", "p99.9", "max", "p50", "p99", "p99.9", "max", "p50", "p99", "p99.9", "max")
+		for _, l := range r.Live {
+			ratio := "-"
+			if l.Debezium.Samples > 0 && l.ChangesHistory.P99ms > 0 {
+				ratio = fmt.Sprintf("%.1fx", l.Debezium.P99ms/l.ChangesHistory.P99ms)
+			}
+			fmt.Fprintf(w, "  %-8s %10.0f | %s | %s | %s | %s\n", l.Rate, l.ChangesPerSec, cells(l.ChangesHistory), cells(l.ChangesView), cells(l.Debezium), ratio)
+		}
+		for _, l := range r.Live {
+			fmt.Fprintf(w, "  at %s:", l.Rate)
+			printUsage(w, l.Usage)
+		}
+	}
+}
+
+func cells(s stats) string {
+	if s.Samples == 0 {
+		return fmt.Sprintf("%6s %7s %7s %7s", "-", "-", "-", "-")
+	}
+	return fmt.Sprintf("%6.1f %7.1f %7.1f %7.1f", s.P50ms, s.P99ms, s.P999ms, s.MaxMs)
+}
+
+func printUsage(w io.Writer, us []usageResult) {
+	var parts []string
+	for _, u := range us {
+		parts = append(parts, fmt.Sprintf("%s %.2f cores %.0f MiB", u.Component, u.Cores, u.RSSMiB))
+	}
+	fmt.Fprintf(w, "  CPU and resident memory: %s\n", strings.Join(parts, "; "))
+}
