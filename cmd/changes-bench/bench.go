@@ -209,15 +209,14 @@ func (b *bench) catchUp(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	comps := b.components()
-	before := sample(comps)
+	before := sample(b.kafkaPG())
 	start = time.Now()
-	capture, err := startChild(b.o.changes, b.o.workDir, "capture", "capture", "--config", b.config)
+	capture, err := startChild(b.o.changes, b.o.workDir, "capture", b.args("capture")...)
 	if err != nil {
 		return err
 	}
 	b.children = append(b.children, capture)
-	process, err := startChild(b.o.changes, b.o.workDir, "process", "process", "--config", b.config)
+	process, err := startChild(b.o.changes, b.o.workDir, "process", b.args("process")...)
 	if err != nil {
 		return err
 	}
@@ -225,7 +224,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	if err := b.startViews(ctx); err != nil {
 		return err
 	}
-	comps = b.components()
+	comps := append(b.components(), b.kafkaPG()...)
 	stopProgress := b.progress(ctx, "changes: history", func() int64 { e, _ := endOffsets(b.client, hist); return e - h0 }, n)
 	err = waitFor(ctx, 10*time.Minute, func() (bool, error) {
 		e, err := endOffsets(b.client, hist)
@@ -353,6 +352,15 @@ func (b *bench) liveRates(ctx context.Context) error {
 			lr.ChangesPerSec, lr.ChangesHistory.P50ms, lr.ChangesHistory.P99ms, lr.ChangesView.P99ms, lr.Debezium.P50ms, lr.Debezium.P99ms)
 	}
 	return nil
+}
+
+// args are the arguments of a `changes` child.
+func (b *bench) args(cmd string) []string {
+	args := []string{cmd, "--config", b.config}
+	if b.o.profile {
+		args = append(args, "--cpuprofile", filepath.Join(b.o.workDir, cmd+".pprof"))
+	}
+	return args
 }
 
 // progress logs done() of total every 5 s until the returned stop is called.

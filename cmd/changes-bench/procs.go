@@ -37,10 +37,16 @@ func (c component) usage() usage {
 		}
 		// Fields after the command name, which is in parentheses.
 		f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-		if len(f) > 13 {
-			ut, _ := strconv.ParseInt(f[11], 10, 64)
-			st, _ := strconv.ParseInt(f[12], 10, 64)
-			u.cpu += time.Duration(ut+st) * time.Second / clockTicks
+		if len(f) > 14 {
+			// utime, stime, and cutime, cstime: the CPU of children that
+			// ended and were waited for (PostgreSQL's backends, counted by
+			// the postmaster once they exit).
+			var ticks int64
+			for _, i := range []int{11, 12, 13, 14} {
+				v, _ := strconv.ParseInt(f[i], 10, 64)
+				ticks += v
+			}
+			u.cpu += time.Duration(ticks) * time.Second / clockTicks
 		}
 		u.rssMiB += procStatusMiB(pid, "VmRSS")
 		u.peakMiB += procStatusMiB(pid, "VmHWM")

@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -92,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logLevel := fs.String("log-level", envOr("CHANGES_LOG_LEVEL", defaultLevel), "debug, info, warn or error (env CHANGES_LOG_LEVEL)")
 	logFormat := fs.String("log-format", envOr("CHANGES_LOG_FORMAT", "text"), "text or json (env CHANGES_LOG_FORMAT)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the command ends")
 	var demo demoFlags
 	if cmd == "demo" {
 		demo.register(fs)
@@ -130,6 +132,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	cfg, err := topology.Load(*configPath)
 	if err != nil {
