@@ -209,7 +209,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	before := sample(b.kafkaPG())
+	before := sample(append(b.components(), b.kafkaPG()...)) // no children yet: this process, broker, PostgreSQL
 	start = time.Now()
 	capture, err := startChild(b.o.changes, b.o.workDir, "capture", b.args("capture")...)
 	if err != nil {
