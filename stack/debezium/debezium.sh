@@ -179,8 +179,8 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 worker_pid() {
 	local pid
-	[ -f "$state/connect.pid" ] || return 1
-	pid=$(cat "$state/connect.pid")
+	[ -f "$state/pid" ] || return 1
+	pid=$(cat "$state/pid")
 	kill -0 "$pid" 2>/dev/null || return 1
 	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q ConnectStandalone || return 1
 	echo "$pid"
@@ -257,7 +257,7 @@ EOF
 		-cp "$libs/*" org.apache.kafka.connect.cli.ConnectStandalone \
 		"$state/worker.properties" "$state/connector.properties" \
 		>"$state/connect.out" 2>&1 </dev/null &
-	echo $! >"$state/connect.pid"
+	echo $! >"$state/pid"
 	log "$name: started (pid $!, REST http://127.0.0.1:$port, slot $slot, publication $publication, topics $prefix.*, log $state/connect.log)"
 }
 
@@ -293,12 +293,12 @@ stop() {
 	log "$name: stopping (pid $pid)"
 	kill -TERM "$pid"
 	for i in $(seq 1 200); do
-		kill -0 "$pid" 2>/dev/null || { rm -f "$state/connect.pid"; return 0; }
+		kill -0 "$pid" 2>/dev/null || { rm -f "$state/pid"; return 0; }
 		sleep 0.15
 	done
 	log "$name: did not stop within 30 s, killing"
 	kill -KILL "$pid" 2>/dev/null || true
-	rm -f "$state/connect.pid"
+	rm -f "$state/pid"
 }
 
 topics() {
