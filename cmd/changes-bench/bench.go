@@ -74,6 +74,11 @@ entities:
 			tables = append(tables, "public."+b.w.tables[typ])
 		}
 		b.dbz = newDebezium("bench_"+id, "dbz_"+prefix, "dbzbench"+id, tables, o.workDir)
+		b.dbz.extra = strings.ReplaceAll(o.dbzExtra, ",", "\n")
+		b.res.DebeziumConfig = "Debezium 3.6.1.Final on Kafka Connect 4.1.1 standalone (stack/debezium/debezium.sh): defaults, plus pgoutput, filtered publication, snapshot.mode=no_data, JSON without schemas, offset.flush.interval.ms=1000, plugin.discovery=service_load"
+		if o.dbzExtra != "" {
+			b.res.DebeziumConfig += "; tuned: " + o.dbzExtra
+		}
 	}
 	b.res.Machine = machine()
 	b.res.Backlog = o.backlog
@@ -248,7 +253,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 		{System: "changes", Stage: "snapshot tables", Seconds: tTables.Seconds(), ChangesPerSec: float64(n) / tTables.Seconds()},
 		{System: "changes", Stage: "view", Seconds: tView.Seconds(), ChangesPerSec: float64(n) / tView.Seconds()},
 	}
-	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween(before, sample(comps), tView)...)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("changes", before, sample(comps), tView)...)
 	b.say("  changes: history %.1fs (%.0f/s), tables %.1fs, view %.1fs", tHist.Seconds(), float64(n)/tHist.Seconds(), tTables.Seconds(), tView.Seconds())
 
 	if b.dbz == nil {
@@ -279,7 +284,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	}
 	tDbz := time.Since(start)
 	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages, catchUpResult{System: "debezium", Stage: "topics", Seconds: tDbz.Seconds(), ChangesPerSec: float64(n) / tDbz.Seconds()})
-	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween(before, sample(append(dcomps, b.kafkaPG()...)), tDbz)...)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("debezium", before, sample(append(dcomps, b.kafkaPG()...)), tDbz)...)
 	b.say("  debezium: topics %.1fs (%.0f/s)", tDbz.Seconds(), float64(n)/tDbz.Seconds())
 	return nil
 }
@@ -346,7 +351,7 @@ func (b *bench) liveRates(ctx context.Context) error {
 			lat, miss = dbzArr.latencies(commits)
 			lr.Debezium = statsOf(lat, miss)
 		}
-		lr.Usage = usageBetween(before, after, elapsed)
+		lr.Usage = usageBetween("both", before, after, elapsed)
 		b.res.Live = append(b.res.Live, lr)
 		b.say("  %.0f changes/s: changes history p50 %.1f ms p99 %.1f ms; view p99 %.1f ms; debezium p50 %.1f ms p99 %.1f ms",
 			lr.ChangesPerSec, lr.ChangesHistory.P50ms, lr.ChangesHistory.P99ms, lr.ChangesView.P99ms, lr.Debezium.P50ms, lr.Debezium.P99ms)

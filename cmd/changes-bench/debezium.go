@@ -17,6 +17,7 @@ type debezium struct {
 	name, slot, publication, prefix string
 	tables                          []string
 	dir                             string
+	extra                           string // connector properties, key=value lines
 }
 
 func newDebezium(name, slot, prefix string, tables []string, dir string) *debezium {
@@ -30,6 +31,7 @@ func (d *debezium) env() []string {
 		"DBZ_PUBLICATION="+d.publication,
 		"DBZ_TOPIC_PREFIX="+d.prefix,
 		"CHANGES_STACK_DIR="+d.dir,
+		"DBZ_CONNECTOR_EXTRA="+d.extra,
 	)
 }
 

@@ -41,6 +41,7 @@ type options struct {
 	out      string
 	workDir  string
 	profile  bool
+	dbzExtra string
 }
 
 func main() {
@@ -55,6 +56,7 @@ func main() {
 	flag.BoolVar(&o.debezium, "debezium", true, "run Debezium side by side (stack/debezium/debezium.sh)")
 	flag.StringVar(&o.out, "out", "bench-result.json", "where the figures go as JSON")
 	flag.StringVar(&o.workDir, "dir", "", "work directory for configs, logs and storage (default: a temporary one)")
+	flag.StringVar(&o.dbzExtra, "debezium-extra", "", "extra Debezium connector properties, key=value separated by commas (tuning; printed with the results)")
 	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {

@@ -14,12 +14,13 @@ import (
 
 // result is everything a run measured, as written to JSON.
 type result struct {
-	Machine string       `json:"machine"`
-	Seconds float64      `json:"seconds"`
-	Backlog int64        `json:"backlog"`
-	Ceiling rateResult   `json:"postgres_ceiling"`
-	CatchUp catchUp      `json:"catch_up"`
-	Live    []liveResult `json:"live"`
+	Machine        string       `json:"machine"`
+	DebeziumConfig string       `json:"debezium_config,omitempty"`
+	Seconds        float64      `json:"seconds"`
+	Backlog        int64        `json:"backlog"`
+	Ceiling        rateResult   `json:"postgres_ceiling"`
+	CatchUp        catchUp      `json:"catch_up"`
+	Live           []liveResult `json:"live"`
 }
 
 type rateResult struct {
@@ -51,6 +52,9 @@ type liveResult struct {
 }
 
 type usageResult struct {
+	// Window is whose run the usage was measured in: changes, debezium or
+	// both.
+	Window    string  `json:"window"`
 	Component string  `json:"component"`
 	Cores     float64 `json:"cores"`
 	RSSMiB    float64 `json:"rss_mib"`
@@ -66,10 +70,10 @@ func sample(comps []component) map[string]usage {
 	return out
 }
 
-func usageBetween(before, after map[string]usage, elapsed time.Duration) []usageResult {
+func usageBetween(window string, before, after map[string]usage, elapsed time.Duration) []usageResult {
 	var out []usageResult
 	for name, a := range after {
-		out = append(out, usageResult{Component: name, Cores: (a.cpu - before[name].cpu).Seconds() / elapsed.Seconds(), RSSMiB: a.rssMiB, PeakMiB: a.peakMiB})
+		out = append(out, usageResult{Window: window, Component: name, Cores: (a.cpu - before[name].cpu).Seconds() / elapsed.Seconds(), RSSMiB: a.rssMiB, PeakMiB: a.peakMiB})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Component < out[j].Component })
 	return out
@@ -106,7 +110,11 @@ func (r *result) write(path string) error {
 
 // print writes the table.
 func (r *result) print(w io.Writer) {
-	fmt.Fprintf(w, "\nchanges-bench: %s\n\n", r.Machine)
+	fmt.Fprintf(w, "\nchanges-bench: %s\n", r.Machine)
+	if r.DebeziumConfig != "" {
+		fmt.Fprintf(w, "%s\n", r.DebeziumConfig)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "PostgreSQL alone (workload flat out, nothing capturing): %.0f changes/s, %.0f transactions/s, %.2f cores\n\n",
 		r.Ceiling.ChangesPerSec, r.Ceiling.TxnsPerSec, r.Ceiling.PostgresCores)
 	if len(r.CatchUp.Stages) > 0 {
@@ -125,7 +133,18 @@ func (r *result) print(w io.Writer) {
 		if ours > 0 && dbz > 0 {
 			fmt.Fprintf(w, "  commit -> Kafka, changes / debezium: %.2fx\n", ours/dbz)
 		}
-		printUsage(w, r.CatchUp.Usage)
+		for _, win := range []string{"changes", "debezium"} {
+			var us []usageResult
+			for _, u := range r.CatchUp.Usage {
+				if u.Window == win {
+					us = append(us, u)
+				}
+			}
+			if len(us) > 0 {
+				fmt.Fprintf(w, "  while %s drained it:", win)
+				printUsage(w, us)
+			}
+		}
 		fmt.Fprintln(w)
 	}
 	if len(r.Live) > 0 {
@@ -158,5 +177,5 @@ func printUsage(w io.Writer, us []usageResult) {
 	for _, u := range us {
 		parts = append(parts, fmt.Sprintf("%s %.2f cores %.0f MiB", u.Component, u.Cores, u.RSSMiB))
 	}
-	fmt.Fprintf(w, "  CPU and resident memory: %s\n", strings.Join(parts, "; "))
+	fmt.Fprintf(w, " %s\n", strings.Join(parts, "; "))
 }
