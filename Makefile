@@ -12,7 +12,7 @@ BIN      := bin/changes
 # Exported to every recipe: the addresses of the stack the tests and the demo use.
 STACK_ENV = eval "$$(bash $(STACK) env)"
 
-.PHONY: demo test unit check build bench bench-e2e stack-up stack-down stack-status stack-reset fuzz clean
+.PHONY: demo test unit check build bench bench-e2e bench-platform stack-up stack-down stack-status stack-reset fuzz clean
 
 demo: stack-up build
 	@$(STACK_ENV) && ./$(BIN) demo --config configs/local.yaml
@@ -53,6 +53,14 @@ bench:
 # and snapshot groups, table restore rate. Not part of `make test`.
 bench-e2e: stack-up
 	$(STACK_ENV) && $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./e2e/
+
+# The whole platform side by side with Debezium on this machine (BENCHMARKS.md):
+# PostgreSQL's ceiling, catch-up of a 1,000,000-change backlog, live latency at
+# fixed rates, CPU and memory per component. BENCH_FLAGS="--live 10m" soaks.
+bench-platform: stack-up build
+	bash stack/debezium/debezium.sh fetch
+	$(GO) build -buildvcs=false -o bin/changes-bench ./cmd/changes-bench
+	$(STACK_ENV) && ./bin/changes-bench --out bench-result.json $(BENCH_FLAGS)
 
 # Each fuzz target for a short while; FUZZTIME=5m for longer.
 FUZZTIME ?= 20s

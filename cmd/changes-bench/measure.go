@@ -158,8 +158,7 @@ type stats struct {
 func statsOf(lat []time.Duration, missing int) stats {
 	s := stats{Samples: len(lat), Missing: missing}
 	if len(lat) == 0 {
-		s.P50ms, s.P99ms, s.P999ms, s.MaxMs = math.NaN(), math.NaN(), math.NaN(), math.NaN()
-		return s
+		return s // printed as "-"
 	}
 	q := func(f float64) float64 {
 		i := int(math.Ceil(f*float64(len(lat)))) - 1
