@@ -294,12 +294,14 @@ func (b *bench) liveRates(ctx context.Context) error {
 	histArr, viewArr, dbzArr := newArrivals(), newArrivals(), newArrivals()
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := consume(cctx, b.client, []string{string(b.topo.History())}, seqOfEvent, histArr); err != nil {
+	kcfg := b.topo.Config().Kafka
+	scfg := topology.SaramaConfig(kcfg)
+	if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-history", []string{string(b.topo.History())}, seqOfEvent, histArr); err != nil {
 		return err
 	}
 	b.viewArrivals = viewArr
 	if b.dbz != nil {
-		if err := consume(cctx, b.client, b.dbz.topics(), seqOfDebezium, dbzArr); err != nil {
+		if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-debezium", b.dbz.topics(), seqOfDebezium, dbzArr); err != nil {
 			return err
 		}
 	}
