@@ -46,7 +46,7 @@ func newBench(ctx context.Context, o options, pgURL, brokers string, log *slog.L
 	for _, typ := range benchTypes {
 		fmt.Fprintf(&ents, "  - {type: %s, table: public.%s_%s, partitions: 4}\n", typ, prefix, typ)
 	}
-	cfgText := fmt.Sprintf(`kafka: {brokers: [%q], replication_factor: 1}
+	cfgText := fmt.Sprintf(`kafka: {brokers: [%q], replication_factor: 1, linger: `+o.linger.String()+`}
 postgres: {url: %q, slot: %s, publication: %s}
 topics: {prefix: "bench.%s"}
 storage: %q
@@ -365,7 +365,7 @@ func (b *bench) liveRates(ctx context.Context) error {
 func (b *bench) args(cmd string) []string {
 	args := []string{cmd, "--config", b.config}
 	if b.o.profile {
-		args = append(args, "--cpuprofile", filepath.Join(b.o.workDir, cmd+".pprof"))
+		args = append(args, "--cpuprofile", filepath.Join(b.o.workDir, cmd+".pprof"), "--blockprofile", filepath.Join(b.o.workDir, cmd+".block.pprof"))
 	}
 	return args
 }

@@ -42,6 +42,7 @@ type options struct {
 	workDir  string
 	profile  bool
 	dbzExtra string
+	linger   time.Duration
 }
 
 func main() {
@@ -57,6 +58,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench-result.json", "where the figures go as JSON")
 	flag.StringVar(&o.workDir, "dir", "", "work directory for configs, logs and storage (default: a temporary one)")
 	flag.StringVar(&o.dbzExtra, "debezium-extra", "", "extra Debezium connector properties, key=value separated by commas (tuning; printed with the results)")
+	flag.DurationVar(&o.linger, "linger", 0, "kafka.linger of the changes config (the capture's batching delay)")
 	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {

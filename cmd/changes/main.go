@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -94,6 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logLevel := fs.String("log-level", envOr("CHANGES_LOG_LEVEL", defaultLevel), "debug, info, warn or error (env CHANGES_LOG_LEVEL)")
 	logFormat := fs.String("log-format", envOr("CHANGES_LOG_FORMAT", "text"), "text or json (env CHANGES_LOG_FORMAT)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the command ends")
+	blockProfile := fs.String("blockprofile", "", "write a profile of where goroutines waited (go tool pprof) to this file when the command ends")
 	var demo demoFlags
 	if cmd == "demo" {
 		demo.register(fs)
@@ -144,6 +146,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer func() {
 			pprof.StopCPUProfile()
 			f.Close()
+		}()
+	}
+	if *blockProfile != "" {
+		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+		defer func() {
+			f, err := os.Create(*blockProfile)
+			if err == nil {
+				pprof.Lookup("block").WriteTo(f, 0)
+				f.Close()
+			}
 		}()
 	}
 	cfg, err := topology.Load(*configPath)
