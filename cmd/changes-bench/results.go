@@ -118,7 +118,8 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "PostgreSQL alone (workload flat out, nothing capturing): %.0f changes/s, %.0f transactions/s, %.2f cores\n\n",
 		r.Ceiling.ChangesPerSec, r.Ceiling.TxnsPerSec, r.Ceiling.PostgresCores)
 	if len(r.CatchUp.Stages) > 0 {
-		fmt.Fprintf(w, "catch-up: a backlog of %d changes in the WAL, drained by each system from its own slot\n", r.CatchUp.Changes)
+		fmt.Fprintf(w, "catch-up: a backlog of %d changes in the WAL, drained by each system from its own slot, one at a time;\n", r.CatchUp.Changes)
+		fmt.Fprintf(w, "changes stage by stage (the capture into the history, then the processors and a view from it)\n")
 		fmt.Fprintf(w, "  %-10s %-16s %10s %14s\n", "system", "into", "seconds", "changes/s")
 		var ours, dbz float64
 		for _, s := range r.CatchUp.Stages {
@@ -131,9 +132,9 @@ func (r *result) print(w io.Writer) {
 			}
 		}
 		if ours > 0 && dbz > 0 {
-			fmt.Fprintf(w, "  commit -> Kafka, changes / debezium: %.2fx\n", ours/dbz)
+			fmt.Fprintf(w, "  WAL -> Kafka, changes / debezium: %.2fx\n", ours/dbz)
 		}
-		for _, win := range []string{"changes", "debezium"} {
+		for _, win := range []string{"changes: capture", "changes: processors and view", "debezium"} {
 			var us []usageResult
 			for _, u := range r.CatchUp.Usage {
 				if u.Window == win {
