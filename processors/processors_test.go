@@ -11,6 +11,7 @@ import (
 	"github.com/lovoo/goka/tester"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
@@ -136,9 +137,29 @@ func TestRouter(t *testing.T) {
 		t.Error("a bad record reached the campaign topic")
 	}
 
+	// A record the capture wrote (key "type/id" and the op header) is routed
+	// without being decoded: a value that does not decode goes on, and the
+	// snapshot processor dead-letters it (TestSnapshot's bad records).
+	tt.Consume(string(topo.History()), "campaign/7", []byte("{not json"), tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("update")}))
+	if key, value, ok := campaigns.NextRaw(); !ok || key != "7" || string(value) != "{not json" {
+		t.Fatalf("routed by key and header: got %q=%q (%v)", key, value, ok)
+	}
+	// An undeclared type in the key is a dead letter there too.
+	tt.Consume(string(topo.History()), "user/7", acc, tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("update")}))
+	if _, _, value, ok := dead.NextRawWithHeaders(); !ok || string(value) != string(acc) {
+		t.Fatalf("undeclared type by key: dead letter %q (%v)", value, ok)
+	}
+
 	// A TRUNCATE goes to every partition of its type, under the partitions'
-	// truncate keys.
+	// truncate keys; by its header, or decoded.
 	trunc := encode(t, event("account", 0, codecs.OpTruncate, 100, 3, ""))
+	tt.Consume(string(topo.History()), "account/0", trunc, tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("truncate")}))
+	for p := range int32(4) {
+		key, value, ok := accounts.NextRaw()
+		if !ok || key != topology.TruncateKey(p, 4) || string(value) != string(trunc) {
+			t.Fatalf("truncate copy %d (by header): %q=%q (%v), want key %q", p, key, value, ok, topology.TruncateKey(p, 4))
+		}
+	}
 	tt.Consume(string(topo.History()), "account/0", trunc)
 	for p := range int32(4) {
 		key, value, ok := accounts.NextRaw()
