@@ -36,6 +36,7 @@ type bench struct {
 	res      *result
 
 	viewArrivals *arrivals // set while live rates run
+	viewTable    string
 }
 
 func newBench(ctx context.Context, o options, pgURL, brokers string, log *slog.Logger) (*bench, error) {
@@ -46,6 +47,9 @@ func newBench(ctx context.Context, o options, pgURL, brokers string, log *slog.L
 	for _, typ := range benchTypes {
 		fmt.Fprintf(&ents, "  - {type: %s, table: public.%s_%s, partitions: 4}\n", typ, prefix, typ)
 	}
+	// The view bootstrap's type: its table stays empty, its snapshot table
+	// is written directly.
+	fmt.Fprintf(&ents, "  - {type: %s, table: public.%s_%s, partitions: 8}\n", viewBenchType, prefix, viewBenchType)
 	cfgText := fmt.Sprintf(`kafka: {brokers: [%q], replication_factor: 1, linger: `+o.linger.String()+`}
 postgres: {url: %q, slot: %s, publication: %s}
 topics: {prefix: "bench.%s"}
@@ -66,6 +70,10 @@ entities:
 		return nil, err
 	}
 	if b.w, err = newWorkload(ctx, pgURL, prefix, o.conns); err != nil {
+		return nil, err
+	}
+	b.viewTable = prefix + "_" + viewBenchType
+	if _, err := b.w.pool.Exec(ctx, fmt.Sprintf(schema, b.viewTable)); err != nil {
 		return nil, err
 	}
 	if o.debezium {
@@ -110,6 +118,9 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 		return b.res, err
 	}
 	if err := b.liveRates(ctx); err != nil {
+		return b.res, err
+	}
+	if err := b.viewBootstrap(ctx); err != nil {
 		return b.res, err
 	}
 	b.res.Seconds = time.Since(start).Seconds()
@@ -481,6 +492,7 @@ func (b *bench) cleanup() {
 		for _, t := range b.w.tables {
 			db.Exec(ctx, "drop table if exists "+t)
 		}
+		db.Exec(ctx, "drop table if exists "+b.viewTable)
 		db.Close(ctx)
 	}
 	if admin, err := sarama.NewClusterAdminFromClient(b.client); err == nil {

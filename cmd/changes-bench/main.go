@@ -43,6 +43,7 @@ type options struct {
 	profile  bool
 	dbzExtra string
 	linger   time.Duration
+	viewN    int
 }
 
 func main() {
@@ -59,6 +60,7 @@ func main() {
 	flag.StringVar(&o.workDir, "dir", "", "work directory for configs, logs and storage (default: a temporary one)")
 	flag.StringVar(&o.dbzExtra, "debezium-extra", "", "extra Debezium connector properties, key=value separated by commas (tuning; printed with the results)")
 	flag.DurationVar(&o.linger, "linger", 0, "kafka.linger of the changes config (the capture's batching delay)")
+	flag.IntVar(&o.viewN, "view-entities", 1_000_000, "entities of the view bootstrap (changes serve from an empty directory, then restarted); 0 skips it")
 	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {

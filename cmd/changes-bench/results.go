@@ -21,6 +21,7 @@ type result struct {
 	Ceiling        rateResult   `json:"postgres_ceiling"`
 	CatchUp        catchUp      `json:"catch_up"`
 	Live           []liveResult `json:"live"`
+	View           *viewResult  `json:"view_bootstrap,omitempty"`
 }
 
 type rateResult struct {
@@ -163,6 +164,11 @@ func (r *result) print(w io.Writer) {
 			fmt.Fprintf(w, "  at %s:", l.Rate)
 			printUsage(w, l.Usage)
 		}
+	}
+	if v := r.View; v != nil {
+		fmt.Fprintf(w, "\nview bootstrap (changes serve, %d entities of ~330 bytes, 8 partitions, from an empty directory):\n", v.Entities)
+		fmt.Fprintf(w, "  ready after %.1f s: %.0f records/s; resident %.0f MiB, peak %.0f MiB\n", v.Seconds, v.RecordsPerSec, v.RSSMiB, v.PeakMiB)
+		fmt.Fprintf(w, "  restarted on its directory: ready after %.2f s, resident %.0f MiB\n", v.RestartSeconds, v.RestartRSSMiB)
 	}
 }
 
