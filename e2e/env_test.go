@@ -15,6 +15,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -171,4 +172,30 @@ func (w *tWriter) Write(p []byte) (int, error) {
 		w.t.Log(string(p[:len(p)-1]))
 	}
 	return len(p), nil
+}
+
+// itemTable sets up a test of one entity type "item" (2 partitions) on its
+// own table, created with columns: the config (tune may change it before
+// the topics are created), a connection closed at the test's end, and the
+// cleanup of everything it made.
+func itemTable(t testing.TB, ctx context.Context, e env, prefix, columns string, partitions int, tune func(*topology.Config)) (*topology.Config, *topology.Topology, *pgx.Conn, string) {
+	t.Helper()
+	name := uniqueName(prefix)
+	table := name + "_item"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: partitions}})
+	if tune != nil {
+		tune(cfg)
+	}
+	topo := topology.New(cfg)
+	cleanupStack(t, e, cfg, table)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	execSQL(t, ctx, db, "create table "+table+" ("+columns+")")
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, topo, db, table
 }

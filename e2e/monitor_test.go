@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -132,22 +131,10 @@ func TestMonitorDetects(t *testing.T) {
 	e := stack(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	name := uniqueName("monitor")
-	table := name + "_item"
-	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: 2}})
-	cfg.Monitor.StaleAfter = 3 * time.Second
-	cfg.Monitor.AuditRate = 20
-	topo := topology.New(cfg)
-	cleanupStack(t, e, cfg, table)
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(context.Background())
-	execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, n integer not null, note text)")
-	if err := platform.EnsureTopics(topo); err != nil {
-		t.Fatal(err)
-	}
+	cfg, topo, db, table := itemTable(t, ctx, e, "monitor", "id bigint primary key, n integer not null, note text", 2, func(c *topology.Config) {
+		c.Monitor.StaleAfter = 3 * time.Second
+		c.Monitor.AuditRate = 20
+	})
 	runPart(t, ctx, topo, platform.Parts{Capture: true})
 	stopProcessors := runPart(t, ctx, topo, platform.Parts{Processors: true})
 	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
@@ -373,21 +360,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 	e := stack(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	name := uniqueName("latency")
-	table := name + "_item"
-	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: 2}})
-	cfg.Monitor.AuditRate = 0
-	topo := topology.New(cfg)
-	cleanupStack(t, e, cfg, table)
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(context.Background())
-	execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, n integer not null)")
-	if err := platform.EnsureTopics(topo); err != nil {
-		t.Fatal(err)
-	}
+	cfg, topo, db, table := itemTable(t, ctx, e, "latency", "id bigint primary key, n integer not null", 2, func(c *topology.Config) { c.Monitor.AuditRate = 0 })
 	run := startPlatform(t, ctx, topo)
 	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
 	if err := platform.WaitGroupsStable(ctx, topo); err != nil {

@@ -25,7 +25,6 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
-	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 	"github.com/changes-dev/changes/views/history"
@@ -130,22 +129,9 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	e := stack(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	name := uniqueName("views")
-	table := name + "_item"
-	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: 4}})
-	topo := topology.New(cfg)
-	cleanupStack(t, e, cfg, table)
-	db, err := pgx.Connect(ctx, e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(context.Background())
-	execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, n integer not null, note text)")
+	cfg, topo, db, table := itemTable(t, ctx, e, "views", "id bigint primary key, n integer not null, note text", 4, nil)
 	execSQL(t, ctx, db, "insert into "+table+" select g, g, 'seed' from generate_series(1, 100) g")
 	execSQL(t, ctx, db, "insert into "+table+" select g, g, 'untouched' from generate_series(1001, 1010) g")
-	if err := platform.EnsureTopics(topo); err != nil {
-		t.Fatal(err)
-	}
 	run := startPlatform(t, ctx, topo)
 	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
 
@@ -195,14 +181,14 @@ func TestViewsServeAndAsOf(t *testing.T) {
 		}
 	}
 	v, reg, stop := runView()
-	firstRecovery := counterValue(t, reg, "changes_view_updates_total", "recovery")
+	firstRecovery := metricValue(t, reg, "changes_view_updates_total", map[string]string{"phase": "recovery"})
 	if firstRecovery == 0 {
 		t.Fatal("a fresh view applied no record while recovering")
 	}
 	stop()
 	v, reg, stop = runView()
 	defer stop()
-	if n := counterValue(t, reg, "changes_view_updates_total", "recovery"); n != 0 {
+	if n := metricValue(t, reg, "changes_view_updates_total", map[string]string{"phase": "recovery"}); n != 0 {
 		t.Errorf("a restarted view applied %v records while recovering, want 0 (a fresh one applied %v)", n, firstRecovery)
 	}
 	states, err := dbcheck.Collect(v.Each)
@@ -472,26 +458,4 @@ func mapsKeys[V any](m map[int64]V) func(func(int64) bool) {
 			}
 		}
 	}
-}
-
-// counterValue reads one series of a counter vector by its phase label.
-func counterValue(t testing.TB, reg *prometheus.Registry, name, phase string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "phase" && l.GetValue() == phase {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }
