@@ -10,6 +10,12 @@
 #   stack/stack.sh env     print the export lines that point the tests and the demo at the stack
 #   stack/stack.sh reset   stop, then delete all data (the cached Kafka jars stay)
 #
+# Faults, for the fault suite (e2e/faults_test.go, make faults):
+#   stack/stack.sh kafka-kill [N]    SIGKILL broker node N (default 1) and wait until it is gone
+#   stack/stack.sh kafka-pause [N]   SIGSTOP broker node N; kafka-resume [N] sends SIGCONT
+#   stack/stack.sh kafka-start       start the broker nodes that do not run (after kafka-kill)
+#   stack/stack.sh pg-crash          stop PostgreSQL with -m immediate (a crash), then start it
+#
 # Environment (all optional):
 #   CHANGES_POSTGRES_URL   use this existing database; no local PostgreSQL is started
 #   CHANGES_KAFKA_BROKERS  use this existing Kafka cluster (comma-separated host:port); no local broker
@@ -17,7 +23,9 @@
 #   CHANGES_CACHE_DIR      cached Kafka jars (default: ${XDG_CACHE_HOME:-$HOME/.cache}/changes)
 #   CHANGES_PG_PORT        local PostgreSQL port (default 55432)
 #   CHANGES_KAFKA_PORT     local Kafka client port (default 59092; the controller uses the next one)
-#   CHANGES_KAFKA_HEAP     broker heap (default 512m)
+#   CHANGES_KAFKA_NODES    KRaft nodes (default 1); 3 makes a cluster with replication factor 3
+#                          and min.insync.replicas=2, node n on port CHANGES_KAFKA_PORT+2(n-1)
+#   CHANGES_KAFKA_HEAP     heap per broker (default 512m, 384m with several nodes)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +34,8 @@ cache_dir=${CHANGES_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/changes}
 pg_port=${CHANGES_PG_PORT:-55432}
 kafka_port=${CHANGES_KAFKA_PORT:-59092}
 ctrl_port=$((kafka_port + 1))
-kafka_heap=${CHANGES_KAFKA_HEAP:-512m}
+kafka_nodes=${CHANGES_KAFKA_NODES:-1}
+kafka_heap=${CHANGES_KAFKA_HEAP:-$([ "$kafka_nodes" -gt 1 ] && echo 384m || echo 512m)}
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/stack/kafka/pom.xml")
 
 pg_dir=$stack_dir/postgres
@@ -59,7 +68,6 @@ pg_bin() {
 }
 
 local_pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/changes?sslmode=disable"; }
-local_brokers() { echo "127.0.0.1:$kafka_port"; }
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -147,7 +155,7 @@ kafka_java_args() {
 	kafka_cmd_args=(java -Xmx"$kafka_heap" -Xms"$kafka_heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
 		-Djava.awt.headless=true
 		-Dlog4j2.configurationFile="$repo/stack/kafka/log4j2.properties"
-		-Dkafka.logs.dir="$logs_dir/kafka"
+		-Dkafka.logs.dir="${node_logs:-$logs_dir/kafka}"
 		-cp "$kafka_libs/*" "$@")
 }
 
@@ -157,12 +165,128 @@ kafka_java() {
 	"${kafka_cmd_args[@]}"
 }
 
-kafka_pid() {
+# node_vars sets the variables of broker node $1: its folder, ports, logs and
+# pid file. One node keeps the historical layout (kafka/data, kafka/kafka.pid,
+# logs/kafka/); with CHANGES_KAFKA_NODES=N each node n has kafka/node<n>/ and
+# logs/kafka<n>/, client port kafka_port+2(n-1) and the controller the next one.
+node_vars() {
+	node=$1
+	if [ "$kafka_nodes" -eq 1 ]; then
+		node_dir=$kafka_dir
+		node_logs=$logs_dir/kafka
+		node_out=$logs_dir/kafka.out
+		node_port=$kafka_port
+	else
+		node_dir=$kafka_dir/node$node
+		node_logs=$logs_dir/kafka$node
+		node_out=$logs_dir/kafka$node.out
+		node_port=$((kafka_port + 2 * (node - 1)))
+	fi
+	node_ctrl=$((node_port + 1))
+}
+
+kafka_voters() {
+	local n v=""
+	for n in $(seq 1 "$kafka_nodes"); do
+		node_vars "$n"
+		v="$v${v:+,}$n@127.0.0.1:$node_ctrl"
+	done
+	echo "$v"
+}
+
+# node_pid prints the pid of broker node $1 (default 1) if it runs.
+node_pid() {
 	local pid
-	[ -f "$kafka_dir/kafka.pid" ] || return 1
-	pid=$(cat "$kafka_dir/kafka.pid")
+	node_vars "${1:-1}"
+	[ -f "$node_dir/kafka.pid" ] || return 1
+	pid=$(cat "$node_dir/kafka.pid")
 	kill -0 "$pid" 2>/dev/null || return 1
 	echo "$pid"
+}
+
+kafka_pid() { node_pid 1; }
+
+# node_properties writes the server.properties of the current node. A
+# cluster of three or more replicates everything three times and needs two
+# in-sync replicas for a write.
+node_properties() {
+	local rf=1 isr=1
+	if [ "$kafka_nodes" -gt 1 ]; then
+		rf=$((kafka_nodes < 3 ? kafka_nodes : 3))
+		isr=2
+	fi
+	mkdir -p "$node_dir/data" "$node_logs"
+	cat >"$node_dir/server.properties" <<EOF
+# Written by stack/stack.sh: KRaft node $node of $kafka_nodes (broker and controller).
+process.roles=broker,controller
+node.id=$node
+controller.quorum.voters=$(kafka_voters)
+listeners=PLAINTEXT://127.0.0.1:$node_port,CONTROLLER://127.0.0.1:$node_ctrl
+advertised.listeners=PLAINTEXT://127.0.0.1:$node_port
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$node_dir/data
+num.partitions=1
+auto.create.topics.enable=false
+default.replication.factor=$rf
+min.insync.replicas=$isr
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+log.cleaner.backoff.ms=1000
+delete.topic.enable=true
+EOF
+}
+
+# node_start formats (once) and starts the current node without waiting.
+node_start() {
+	port_open "$node_port" && die "port $node_port is taken by another program: set CHANGES_KAFKA_PORT"
+	port_open "$node_ctrl" && die "port $node_ctrl (controller) is taken by another program: set CHANGES_KAFKA_PORT"
+	node_properties
+	if [ ! -f "$node_dir/data/meta.properties" ]; then
+		# Every node of a cluster is formatted with the same cluster id.
+		if [ ! -f "$kafka_dir/cluster.id" ]; then
+			local cluster_id
+			cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>"$logs_dir/kafka-format.log" | tail -n 1)
+			[ -n "$cluster_id" ] || die "could not make a cluster id, see $logs_dir/kafka-format.log"
+			echo "$cluster_id" >"$kafka_dir/cluster.id"
+		fi
+		log "kafka: formatting storage of node $node (cluster $(cat "$kafka_dir/cluster.id"))"
+		kafka_java kafka.tools.StorageTool format -t "$(cat "$kafka_dir/cluster.id")" -c "$node_dir/server.properties" --ignore-formatted \
+			>>"$logs_dir/kafka-format.log" 2>&1 || die "kafka storage format failed, see $logs_dir/kafka-format.log"
+	fi
+	log "kafka: starting $kafka_version node $node on 127.0.0.1:$node_port (log: $node_logs/server.log)"
+	# Readiness is read from the log: start it afresh, or an earlier run's
+	# "started" line would pass for this one's.
+	[ -f "$node_logs/server.log" ] && mv "$node_logs/server.log" "$node_logs/server.log.previous"
+	# setsid: the broker outlives this script and does not get the terminal's signals.
+	local kafka_cmd_args
+	kafka_java_args kafka.Kafka "$node_dir/server.properties"
+	setsid "${kafka_cmd_args[@]}" >"$node_out" 2>&1 </dev/null &
+	echo $! >"$node_dir/kafka.pid"
+}
+
+# node_wait waits until the current node logged that it started.
+node_wait() {
+	local i
+	for i in $(seq 1 240); do
+		if ! node_pid "$node" >/dev/null; then
+			tail -n 20 "$node_out" >&2 || true
+			die "kafka node $node exited during start, see $node_out and $node_logs/server.log"
+		fi
+		if port_open "$node_port" && grep -q "Kafka Server started" "$node_logs/server.log" 2>/dev/null; then
+			log "kafka: node $node ready after $((i / 4)) s (127.0.0.1:$node_port)"
+			return
+		fi
+		sleep 0.25
+	done
+	die "kafka node $node was not ready within 60 s, see $node_logs/server.log"
 }
 
 kafka_up() {
@@ -171,81 +295,82 @@ kafka_up() {
 		return
 	fi
 	command -v java >/dev/null || die "java not found: install Java 17 (apt-get install openjdk-17-jre-headless)"
-	if kafka_pid >/dev/null; then
-		log "kafka: already running on $(local_brokers)"
-		return
-	fi
-	port_open "$kafka_port" && die "port $kafka_port is taken by another program: set CHANGES_KAFKA_PORT"
-	port_open "$ctrl_port" && die "port $ctrl_port (controller) is taken by another program: set CHANGES_KAFKA_PORT"
 	kafka_fetch
-	mkdir -p "$kafka_dir/data" "$logs_dir/kafka"
-	cat >"$kafka_dir/server.properties" <<EOF
-# Written by stack/stack.sh: a one-node KRaft broker for local use.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$ctrl_port
-listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$ctrl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port
-inter.broker.listener.name=PLAINTEXT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$kafka_dir/data
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-log.cleaner.backoff.ms=1000
-delete.topic.enable=true
-EOF
-	if [ ! -f "$kafka_dir/data/meta.properties" ]; then
-		local cluster_id
-		cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>"$logs_dir/kafka-format.log" | tail -n 1)
-		[ -n "$cluster_id" ] || die "could not make a cluster id, see $logs_dir/kafka-format.log"
-		log "kafka: formatting storage (cluster $cluster_id)"
-		kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$kafka_dir/server.properties" --ignore-formatted \
-			>>"$logs_dir/kafka-format.log" 2>&1 || die "kafka storage format failed, see $logs_dir/kafka-format.log"
-	fi
-	log "kafka: starting $kafka_version on $(local_brokers) (log: $logs_dir/kafka/server.log)"
-	# Readiness is read from the log: start it afresh, or an earlier run's
-	# "started" line would pass for this one's.
-	[ -f "$logs_dir/kafka/server.log" ] && mv "$logs_dir/kafka/server.log" "$logs_dir/kafka/server.log.previous"
-	# setsid: the broker outlives this script and does not get the terminal's signals.
-	local kafka_cmd_args
-	kafka_java_args kafka.Kafka "$kafka_dir/server.properties"
-	setsid "${kafka_cmd_args[@]}" >"$logs_dir/kafka.out" 2>&1 </dev/null &
-	echo $! >"$kafka_dir/kafka.pid"
-	local i
-	for i in $(seq 1 240); do
-		if ! kafka_pid >/dev/null; then
-			tail -n 20 "$logs_dir/kafka.out" >&2 || true
-			die "kafka exited during start, see $logs_dir/kafka.out and $logs_dir/kafka/server.log"
+	mkdir -p "$kafka_dir" "$logs_dir"
+	# Every node starts before any is waited for: a KRaft quorum needs a majority.
+	local n started=()
+	for n in $(seq 1 "$kafka_nodes"); do
+		if node_pid "$n" >/dev/null; then
+			log "kafka: node $n already running on 127.0.0.1:$node_port"
+			continue
 		fi
-		if port_open "$kafka_port" && grep -q "Kafka Server started" "$logs_dir/kafka/server.log" 2>/dev/null; then
-			log "kafka: ready after $((i / 4)) s ($(local_brokers))"
-			return
-		fi
-		sleep 0.25
+		node_start
+		started+=("$n")
 	done
-	die "kafka was not ready within 60 s, see $logs_dir/kafka/server.log"
+	for n in "${started[@]}"; do
+		node_vars "$n"
+		node_wait
+	done
+}
+
+# node_signal sends signal $2 (KILL, STOP, CONT) to broker node $1; KILL
+# waits until the process is gone.
+node_signal() {
+	local pid i
+	pid=$(node_pid "$1") || die "kafka node $1 is not running"
+	node_vars "$1"
+	log "kafka: SIG$2 to node $1 (pid $pid)"
+	kill -"$2" "$pid"
+	if [ "$2" = KILL ]; then
+		for i in $(seq 1 100); do
+			kill -0 "$pid" 2>/dev/null || { rm -f "$node_dir/kafka.pid"; return 0; }
+			sleep 0.1
+		done
+		die "kafka node $1 (pid $pid) survived SIGKILL"
+	fi
 }
 
 kafka_down() {
-	local pid i
-	pid=$(kafka_pid) || return 0
-	log "kafka: stopping (pid $pid)"
-	kill -TERM "$pid"
-	for i in $(seq 1 120); do
-		kill -0 "$pid" 2>/dev/null || { rm -f "$kafka_dir/kafka.pid"; return 0; }
-		sleep 0.25
+	local n pid i
+	for n in $(seq 1 "$kafka_nodes"); do
+		pid=$(node_pid "$n") || continue
+		log "kafka: stopping node $n (pid $pid)"
+		# A paused broker handles TERM only once continued.
+		kill -CONT "$pid" 2>/dev/null || true
+		kill -TERM "$pid"
 	done
-	log "kafka: did not stop within 30 s, killing"
-	kill -KILL "$pid" 2>/dev/null || true
-	rm -f "$kafka_dir/kafka.pid"
+	for n in $(seq 1 "$kafka_nodes"); do
+		pid=$(node_pid "$n") || continue
+		node_vars "$n"
+		for i in $(seq 1 120); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.25
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			log "kafka: node $n did not stop within 30 s, killing"
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+		rm -f "$node_dir/kafka.pid"
+	done
+}
+
+# pg_crash stops PostgreSQL as a crash would (-m immediate: no shutdown
+# checkpoint, crash recovery at the next start) and starts it again.
+pg_crash() {
+	[ -n "${CHANGES_POSTGRES_URL:-}" ] && die "pg-crash needs the local PostgreSQL, not CHANGES_POSTGRES_URL"
+	local bin; bin=$(pg_bin)
+	log "postgres: immediate stop (as a crash), then start"
+	as_postgres "$bin/pg_ctl" -D "$pg_dir/data" -m immediate -w -t 60 stop >/dev/null
+	pg_up
+}
+
+local_brokers() {
+	local n b=""
+	for n in $(seq 1 "$kafka_nodes"); do
+		node_vars "$n"
+		b="$b${b:+,}127.0.0.1:$node_port"
+	done
+	echo "$b"
 }
 
 # ---------------------------------------------------------------- commands
@@ -271,11 +396,31 @@ status)
 	elif port_open "$pg_port"; then echo "postgres: running ($(local_pg_url))"
 	else echo "postgres: stopped"; fi
 	if [ -n "${CHANGES_KAFKA_BROKERS:-}" ]; then echo "kafka: external ($CHANGES_KAFKA_BROKERS)"
-	elif pid=$(kafka_pid); then echo "kafka: running, pid $pid ($(local_brokers))"
-	else echo "kafka: stopped"; fi
+	else
+		for n in $(seq 1 "$kafka_nodes"); do
+			node_vars "$n"
+			if pid=$(node_pid "$n"); then echo "kafka: node $n running, pid $pid (127.0.0.1:$node_port)"
+			else echo "kafka: node $n stopped"; fi
+		done
+	fi
 	;;
 env)
 	print_env
+	;;
+kafka-start)
+	kafka_up
+	;;
+kafka-kill)
+	node_signal "${2:-1}" KILL
+	;;
+kafka-pause)
+	node_signal "${2:-1}" STOP
+	;;
+kafka-resume)
+	node_signal "${2:-1}" CONT
+	;;
+pg-crash)
+	pg_crash
 	;;
 reset)
 	kafka_down
@@ -284,7 +429,7 @@ reset)
 	rm -rf "$stack_dir"
 	;;
 *)
-	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

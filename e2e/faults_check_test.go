@@ -1,0 +1,296 @@
+package e2e
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/dbcheck"
+)
+
+// This file is the fault suite's judge: pure functions, no I/O, so that unit
+// tests (faults_check_unit_test.go) can show that every check fails on a
+// history with a hole, a duplicate, a reorder, a phantom or a wrong value.
+
+// entityKey names one entity.
+type entityKey struct {
+	typ string
+	id  int64
+}
+
+func (k entityKey) String() string { return fmt.Sprintf("%s %d", k.typ, k.id) }
+
+// step is one committed change of one entity, as the workload made it: every
+// insert makes version 1, every update increments the version, a delete ends
+// the entity (ids are never reused).
+type step struct {
+	op      codecs.Op // insert, update or delete
+	version int64     // the version the change made; for a delete, the version deleted
+	at      time.Time // when the workload saw the commit succeed
+}
+
+// ledger is what the workload committed, per entity in commit order. Every
+// step was committed after the replication slot's consistent point, so every
+// step must be streamed. base holds the entities that existed before the slot
+// (the initial snapshot must carry them, at version 1).
+type ledger struct {
+	base  map[entityKey]bool
+	steps map[entityKey][]step
+}
+
+// histEvent is one history record as the checker sees it.
+type histEvent struct {
+	offset int64
+	ev     *codecs.Event
+}
+
+// historyVerdict counts what the history got wrong. Every count is of
+// changes (steps or history records), never of entities.
+type historyVerdict struct {
+	events     int // history records read
+	lost       int // committed steps missing from the stream (or a base entity without a snapshot)
+	duplicated int // records of a change the history already held
+	reordered  int // records of a change that comes before one the history already held
+	rewound    int // streamed changes older than the entity's snapshot event (a resumed snapshot)
+	phantom    int // records of a change the workload never committed
+	wrongFinal int // entities whose state at the history's end is not the database's
+	// problems describes the first anomalies, with offsets, and faultAt
+	// attributes each counted anomaly to a moment (the commit of the change).
+	problems []string
+	at       []anomaly
+}
+
+// anomaly is one counted problem at a moment, for attributing it to a fault.
+type anomaly struct {
+	kind string // lost, duplicated, reordered, rewound, phantom, wrong
+	at   time.Time
+}
+
+func (v *historyVerdict) ok() bool {
+	return v.lost == 0 && v.duplicated == 0 && v.reordered == 0 && v.rewound == 0 && v.phantom == 0 && v.wrongFinal == 0
+}
+
+const maxProblems = 30
+
+func (v *historyVerdict) add(kind string, at time.Time, format string, args ...any) {
+	switch kind {
+	case "lost":
+		v.lost++
+	case "duplicated":
+		v.duplicated++
+	case "reordered":
+		v.reordered++
+	case "rewound":
+		v.rewound++
+	case "phantom":
+		v.phantom++
+	case "wrong":
+		v.wrongFinal++
+	}
+	v.at = append(v.at, anomaly{kind, at})
+	if len(v.problems) < maxProblems {
+		v.problems = append(v.problems, kind+": "+fmt.Sprintf(format, args...))
+	}
+}
+
+// versionOf reads the version column of a row; -1 if there is none.
+func versionOf(r codecs.Row) int64 {
+	raw, ok := r["version"]
+	if !ok {
+		return -1
+	}
+	v, err := strconv.ParseInt(strings.Trim(string(raw), `"`), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// checkFaultHistory compares the history, read from its start, with the ledger
+// and with the database's final rows (by type, then id):
+//   - along the topic, positions strictly increase;
+//   - per entity, at most one snapshot event, before every streamed change;
+//   - per entity, the streamed changes are exactly the committed steps, in
+//     commit order: none missing (lost), none twice (duplicated), none after
+//     a later one (reordered), none that was never committed (phantom);
+//     a streamed change at or before the snapshot's version is rewound (the
+//     entity's state goes back in time);
+//   - per entity, the state the history ends with (unchanged TOASTed columns
+//     carried over) equals the database row, value by value, or both are absent.
+func checkFaultHistory(l ledger, events []histEvent, db map[string]map[int64]codecs.Row) historyVerdict {
+	v := historyVerdict{events: len(events)}
+	byEntity := map[entityKey][]histEvent{}
+	var last codecs.Position
+	var lastOffset int64 = -1
+	flagged := map[int64]bool{} // offsets already counted by the per-entity check
+	for _, h := range events {
+		k := entityKey{h.ev.EntityType, h.ev.EntityID}
+		byEntity[k] = append(byEntity[k], h)
+	}
+	keys := map[entityKey]bool{}
+	for k := range byEntity {
+		keys[k] = true
+	}
+	for k := range l.steps {
+		keys[k] = true
+	}
+	for k := range l.base {
+		keys[k] = true
+	}
+	for typ, rows := range db {
+		for id := range rows {
+			keys[entityKey{typ, id}] = true
+		}
+	}
+	sorted := make([]entityKey, 0, len(keys))
+	for k := range keys {
+		sorted = append(sorted, k)
+	}
+	sort.Slice(sorted, func(i, j int) bool {
+		if sorted[i].typ != sorted[j].typ {
+			return sorted[i].typ < sorted[j].typ
+		}
+		return sorted[i].id < sorted[j].id
+	})
+	for _, k := range sorted {
+		checkEntity(&v, k, l, byEntity[k], db, flagged)
+	}
+	for _, h := range events {
+		if lastOffset >= 0 && h.ev.Position.Compare(last) <= 0 && !flagged[h.offset] {
+			v.add("reordered", h.ev.CommitTime, "history offset %d: position %s does not follow %s at offset %d", h.offset, h.ev.Position, last, lastOffset)
+		}
+		if h.ev.Position.Compare(last) > 0 {
+			last, lastOffset = h.ev.Position, h.offset
+		}
+	}
+	return v
+}
+
+func checkEntity(v *historyVerdict, k entityKey, l ledger, hs []histEvent, db map[string]map[int64]codecs.Row, flagged map[int64]bool) {
+	steps := l.steps[k]
+	// Each streamed change is found by its op and version: versions of an
+	// entity are unique (ids are never reused), and it is deleted at most once.
+	index := func(op codecs.Op, version int64) int {
+		for i, s := range steps {
+			if s.op == op && (op == codecs.OpDelete || s.version == version) {
+				return i
+			}
+		}
+		return -1
+	}
+	stepAt := func(i int) time.Time { return steps[i].at }
+	firstAt := time.Time{}
+	if len(steps) > 0 {
+		firstAt = steps[0].at
+	}
+	matched := make([]bool, len(steps))
+	lastIdx := -1        // the latest step streamed so far
+	snapSeen := false
+	snapIdx := -2 // the step the snapshot's state is (-1: the base state, -2: none)
+	var state codecs.Row // the entity's state by the history
+	exists := false
+	for _, h := range hs {
+		ev := h.ev
+		switch ev.Op {
+		case codecs.OpSnapshot:
+			ver := versionOf(ev.After)
+			seen := snapSeen
+			snapSeen = true
+			switch {
+			case seen:
+				v.add("duplicated", ev.CommitTime, "%s: second snapshot event at offset %d", k, h.offset)
+				flagged[h.offset] = true
+				continue
+			case lastIdx >= 0:
+				v.add("reordered", ev.CommitTime, "%s: snapshot event at offset %d after its streamed changes", k, h.offset)
+				flagged[h.offset] = true
+				continue
+			case l.base[k] && ver == 1:
+				snapIdx = -1
+			default:
+				snapIdx = index(codecs.OpUpdate, ver)
+				if ver == 1 {
+					snapIdx = index(codecs.OpInsert, 1)
+				}
+				if snapIdx < 0 {
+					v.add("phantom", ev.CommitTime, "%s: snapshot event at offset %d has version %d, never committed", k, h.offset, ver)
+					flagged[h.offset] = true
+					continue
+				}
+			}
+		case codecs.OpInsert, codecs.OpUpdate, codecs.OpDelete:
+			ver := versionOf(ev.After)
+			i := index(ev.Op, ver)
+			switch {
+			case i < 0:
+				v.add("phantom", ev.CommitTime, "%s: %s of version %d at offset %d was never committed", k, ev.Op, ver, h.offset)
+				flagged[h.offset] = true
+				continue
+			case matched[i]:
+				v.add("duplicated", stepAt(i), "%s: %s of version %d at offset %d is in the history already", k, ev.Op, ver, h.offset)
+				flagged[h.offset] = true
+				continue
+			case i < lastIdx:
+				v.add("reordered", stepAt(i), "%s: %s of version %d at offset %d comes after a later change", k, ev.Op, ver, h.offset)
+				flagged[h.offset] = true
+				matched[i] = true
+				continue
+			case i <= snapIdx:
+				v.add("rewound", stepAt(i), "%s: %s of version %d at offset %d follows a snapshot of version %d", k, ev.Op, ver, h.offset, steps[snapIdx].version)
+			}
+			matched[i] = true
+			lastIdx = i
+		default:
+			continue // a truncate is not part of this workload
+		}
+		// The state by the history: the row after the change, with the
+		// unchanged TOASTed columns of the previous state.
+		if ev.Op == codecs.OpDelete {
+			state, exists = nil, false
+			continue
+		}
+		next := codecs.Row{}
+		for c, val := range ev.After {
+			next[c] = val
+		}
+		for _, c := range ev.Unchanged {
+			next[c] = state[c]
+		}
+		state, exists = next, true
+	}
+	if l.base[k] && !snapSeen && !hasDelete(steps) {
+		v.add("lost", firstAt, "%s: existed before the slot, no snapshot event", k)
+	}
+	for i, m := range matched {
+		if !m {
+			v.add("lost", stepAt(i), "%s: %s of version %d committed at %s is not in the history", k, steps[i].op, steps[i].version, steps[i].at.Format("15:04:05.000"))
+		}
+	}
+	row, inDB := db[k.typ][k.id]
+	at := firstAt
+	if len(steps) > 0 {
+		at = steps[len(steps)-1].at
+	}
+	switch {
+	case inDB && !exists:
+		v.add("wrong", at, "%s: in the database (version %d), absent at the history's end", k, versionOf(row))
+	case !inDB && exists:
+		v.add("wrong", at, "%s: absent from the database, version %d at the history's end", k, versionOf(state))
+	case inDB:
+		if d := dbcheck.DiffRow(row, state); d != "" {
+			v.add("wrong", at, "%s: at the history's end %s", k, d)
+		}
+	}
+}
+
+func hasDelete(steps []step) bool {
+	for _, s := range steps {
+		if s.op == codecs.OpDelete {
+			return true
+		}
+	}
+	return false
+}

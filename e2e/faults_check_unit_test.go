@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+// The fault suite's checks must be able to fail: each case breaks a correct
+// history the way a faulty capture would and expects exactly that count.
+// These run without a stack.
+
+// synthHistory returns the history a correct capture writes for l: one
+// snapshot event per base entity at version 1, then every step in commit
+// order, and the database rows that history ends with.
+func synthHistory(l ledger) ([]histEvent, map[string]map[int64]codecs.Row) {
+	var out []histEvent
+	base := codecs.LSN(0x1000)
+	db := map[string]map[int64]codecs.Row{}
+	row := func(k entityKey, version int64) codecs.Row {
+		return codecs.Row{"id": json.RawMessage(jsonInt(k.id)), "version": json.RawMessage(jsonInt(version)), "body": json.RawMessage(`"big"`)}
+	}
+	put := func(k entityKey, r codecs.Row) {
+		if db[k.typ] == nil {
+			db[k.typ] = map[int64]codecs.Row{}
+		}
+		if r == nil {
+			delete(db[k.typ], k.id)
+			return
+		}
+		db[k.typ][k.id] = r
+	}
+	var keys []entityKey
+	for k := range l.base {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b entityKey) int { return int(a.id - b.id) })
+	for i, k := range keys {
+		r := row(k, 1)
+		out = append(out, histEvent{int64(len(out)), &codecs.Event{EntityType: k.typ, EntityID: k.id, Op: codecs.OpSnapshot, After: r,
+			CommitLSN: base, Position: codecs.Position{CommitLSN: base, Index: uint32(i)}}})
+		put(k, r)
+	}
+	type timed struct {
+		k entityKey
+		s step
+	}
+	var all []timed
+	for k, steps := range l.steps {
+		for _, s := range steps {
+			all = append(all, timed{k, s})
+		}
+	}
+	slices.SortFunc(all, func(a, b timed) int { return a.s.at.Compare(b.s.at) })
+	for i, t := range all {
+		lsn := base + codecs.LSN(0x100*(i+1))
+		ev := &codecs.Event{EntityType: t.k.typ, EntityID: t.k.id, Op: t.s.op, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn}, CommitTime: t.s.at}
+		if t.s.op == codecs.OpDelete {
+			ev.Before = codecs.Row{"id": json.RawMessage(jsonInt(t.k.id))}
+			put(t.k, nil)
+		} else {
+			ev.After = row(t.k, t.s.version)
+			if t.s.op == codecs.OpUpdate {
+				// The TOASTed body did not change: not sent.
+				delete(ev.After, "body")
+				ev.Unchanged = []string{"body"}
+			}
+			put(t.k, row(t.k, t.s.version))
+		}
+		out = append(out, histEvent{int64(len(out)), ev})
+	}
+	return out, db
+}
+
+func jsonInt(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// synthLedger: two base rows of "big" updated twice, one "acct" inserted,
+// updated, deleted, one "acct" inserted and updated three times.
+func synthLedger() ledger {
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	return ledger{
+		base: map[entityKey]bool{{"big", 1}: true, {"big", 2}: true},
+		steps: map[entityKey][]step{
+			{"big", 1}:  {{codecs.OpUpdate, 2, at(1)}, {codecs.OpUpdate, 3, at(5)}},
+			{"big", 2}:  {{codecs.OpUpdate, 2, at(2)}},
+			{"acct", 7}: {{codecs.OpInsert, 1, at(3)}, {codecs.OpUpdate, 2, at(4)}, {codecs.OpDelete, 2, at(6)}},
+			{"acct", 9}: {{codecs.OpInsert, 1, at(7)}, {codecs.OpUpdate, 2, at(8)}, {codecs.OpUpdate, 3, at(9)}, {codecs.OpUpdate, 4, at(10)}},
+		},
+	}
+}
+
+func TestFaultCheckerCatches(t *testing.T) {
+	find := func(h []histEvent, typ string, id int64, op codecs.Op, version int64) int {
+		for i, e := range h {
+			if e.ev.EntityType == typ && e.ev.EntityID == id && e.ev.Op == op && (op == codecs.OpDelete || versionOf(e.ev.After) == version) {
+				return i
+			}
+		}
+		t.Fatalf("no %s %d %s %d in the synthetic history", typ, id, op, version)
+		return -1
+	}
+	renumber := func(h []histEvent) []histEvent {
+		for i := range h {
+			h[i].offset = int64(i)
+		}
+		return h
+	}
+	cases := []struct {
+		name  string
+		break_ func(h []histEvent, db map[string]map[int64]codecs.Row) []histEvent
+		want  historyVerdict // only the counts are compared
+	}{
+		{"correct history", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent { return h }, historyVerdict{}},
+		{"hole in the middle", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "acct", 9, codecs.OpUpdate, 3)
+			return renumber(slices.Delete(h, i, i+1))
+		}, historyVerdict{lost: 1}},
+		{"last change lost", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "acct", 9, codecs.OpUpdate, 4)
+			return renumber(slices.Delete(h, i, i+1))
+		}, historyVerdict{lost: 1, wrongFinal: 1}},
+		{"insert lost", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "acct", 7, codecs.OpInsert, 1)
+			return renumber(slices.Delete(h, i, i+1))
+		}, historyVerdict{lost: 1}},
+		{"snapshot row lost", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "big", 2, codecs.OpSnapshot, 1)
+			return renumber(slices.Delete(h, i, i+1))
+		}, historyVerdict{lost: 1, wrongFinal: 1}}, // the unchanged body is unknown
+		{"duplicated transaction", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "big", 1, codecs.OpUpdate, 2)
+			return renumber(slices.Insert(h, i+2, h[i]))
+		}, historyVerdict{duplicated: 1}},
+		{"redelivered at the end", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "acct", 9, codecs.OpUpdate, 4)
+			return renumber(append(h, h[i]))
+		}, historyVerdict{duplicated: 1}},
+		{"two changes swapped", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i, j := find(h, "acct", 9, codecs.OpUpdate, 2), find(h, "acct", 9, codecs.OpUpdate, 3)
+			h[i], h[j] = h[j], h[i]
+			return renumber(h)
+		}, historyVerdict{reordered: 1}},
+		{"transactions of two entities swapped", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i, j := find(h, "big", 2, codecs.OpUpdate, 2), find(h, "acct", 7, codecs.OpInsert, 1)
+			h[i], h[j] = h[j], h[i]
+			return renumber(h)
+		}, historyVerdict{reordered: 1}},
+		{"snapshot after a streamed change", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "big", 1, codecs.OpSnapshot, 1)
+			s := h[i]
+			h = slices.Delete(h, i, i+1)
+			j := find(h, "big", 1, codecs.OpUpdate, 2)
+			return renumber(slices.Insert(h, j+1, s))
+		}, historyVerdict{reordered: 1, wrongFinal: 1}}, // the unchanged body is unknown
+		{"rolled-back change in the history", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			e := *h[len(h)-1].ev
+			e.Op, e.After, e.Position = codecs.OpUpdate, codecs.Row{"version": json.RawMessage("99")}, codecs.Position{CommitLSN: e.CommitLSN + 1}
+			e.CommitLSN++
+			return renumber(append(h, histEvent{ev: &e}))
+		}, historyVerdict{phantom: 1}},
+		{"wrong value", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "acct", 9, codecs.OpInsert, 1)
+			e := *h[i].ev
+			e.After = codecs.Row{"id": e.After["id"], "version": e.After["version"], "body": json.RawMessage(`"truncated"`)}
+			h[i].ev = &e
+			return h
+		}, historyVerdict{wrongFinal: 1}}, // carried through the unchanged body
+		{"deleted entity still there", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			i := find(h, "acct", 7, codecs.OpDelete, 0)
+			return renumber(slices.Delete(h, i, i+1))
+		}, historyVerdict{lost: 1, wrongFinal: 1}},
+		{"resumed snapshot rewinds", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+			// The copy after a crash took big 1 at version 3; its updates to 2
+			// and 3 are streamed after it.
+			i := find(h, "big", 1, codecs.OpSnapshot, 1)
+			e := *h[i].ev
+			e.After = codecs.Row{"id": e.After["id"], "version": json.RawMessage("3"), "body": e.After["body"]}
+			h[i].ev = &e
+			return h
+		}, historyVerdict{rewound: 2}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := synthLedger()
+			h, db := synthHistory(l)
+			h = c.break_(h, db)
+			got := checkFaultHistory(l, h, db)
+			got.events, got.problems, got.at = 0, nil, nil
+			c.want.problems = nil
+			if got.lost != c.want.lost || got.duplicated != c.want.duplicated || got.reordered != c.want.reordered ||
+				got.rewound != c.want.rewound || got.phantom != c.want.phantom || got.wrongFinal != c.want.wrongFinal {
+				v := checkFaultHistory(l, h, db)
+				t.Errorf("got lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d, want lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d\n  %s",
+					got.lost, got.duplicated, got.reordered, got.rewound, got.phantom, got.wrongFinal,
+					c.want.lost, c.want.duplicated, c.want.reordered, c.want.rewound, c.want.phantom, c.want.wrongFinal,
+					strings.Join(v.problems, "\n  "))
+			}
+		})
+	}
+}
