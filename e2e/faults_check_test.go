@@ -187,9 +187,9 @@ func checkEntity(v *historyVerdict, k entityKey, l ledger, hs []histEvent, db ma
 		firstAt = steps[0].at
 	}
 	matched := make([]bool, len(steps))
-	lastIdx := -1        // the latest step streamed so far
+	lastIdx := -1 // the latest step streamed so far
 	snapSeen := false
-	snapIdx := -2 // the step the snapshot's state is (-1: the base state, -2: none)
+	snapIdx := -2        // the step the snapshot's state is (-1: the base state, -2: none)
 	var state codecs.Row // the entity's state by the history
 	exists := false
 	for _, h := range hs {

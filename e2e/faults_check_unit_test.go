@@ -114,9 +114,9 @@ func TestFaultCheckerCatches(t *testing.T) {
 		return h
 	}
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(h []histEvent, db map[string]map[int64]codecs.Row) []histEvent
-		want  historyVerdict // only the counts are compared
+		want   historyVerdict // only the counts are compared
 	}{
 		{"correct history", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent { return h }, historyVerdict{}},
 		{"hole in the middle", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
