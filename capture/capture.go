@@ -42,6 +42,7 @@ type Capture struct {
 	sarama  *sarama.Config
 	reg     prometheus.Registerer
 	lock    *pgx.Conn // holds the slot's advisory lock during a session
+	down    string    // the dependency whose error ended the last session, until one streams
 
 	recreateSlot bool
 }
@@ -87,38 +88,109 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 	return c, nil
 }
 
+// transactionalID names the capture's Kafka transactions: one per history
+// topic and slot, so a capture fences only older captures of its own slot.
+func (c *Capture) transactionalID() string {
+	return "changes-capture." + string(c.topo.History()) + "." + c.topo.Config().Postgres.Slot
+}
+
 // Run prepares the database (see the package doc), then streams changes until
-// ctx is cancelled or an error stops it. While another capture streams from
-// the slot, Run waits as a standby and takes over when the slot is free. On
-// cancellation it waits for Kafka to acknowledge what is in flight, reports
-// the final position to PostgreSQL and returns nil. Any error of Kafka or
-// PostgreSQL ends Run with that error and without acknowledging anything
-// Kafka does not have; the caller restarts it.
+// ctx is cancelled. While another capture streams from the slot, Run waits as
+// a standby and takes over when the slot is free. On cancellation it commits
+// what Kafka has been given, reports the final position to PostgreSQL and
+// returns nil.
+//
+// Outages of Kafka or PostgreSQL do not end Run: the session ends without
+// acknowledging anything Kafka has not committed, and Run starts a new one
+// after a backoff (1 s doubling to 30 s), logging once when a dependency is
+// lost and once when streaming resumes, with changes_capture_connected
+// telling which. Run returns only errors that retrying cannot fix (see
+// Retryable): a lost or missing slot, a setup or configuration error, a
+// change too large to write.
 func (c *Capture) Run(ctx context.Context) error {
 	standby := false
+	backoff := retryFirst
+	c.down = ""
+	c.setConnected("")
 	for {
+		started := time.Now()
 		err := c.runOnce(ctx)
+		if ctx.Err() != nil {
+			c.metrics.standby.Set(0)
+			return nil // stopped, maybe during setup or the snapshot: a clean stop too
+		}
 		var pgErr *pgconn.PgError
 		busy := errors.Is(err, errSlotBusy) || (errors.As(err, &pgErr) && pgErr.Code == pgObjectInUse)
-		if !busy {
-			c.metrics.standby.Set(0)
-			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
-				return nil // stopped during setup or the snapshot: a clean stop too
+		wait := standbyPoll
+		switch {
+		case busy:
+			if !standby {
+				c.log.Info("standby: another capture holds the slot; taking over when it is free",
+					"slot", c.topo.Config().Postgres.Slot, "detail", err.Error())
+				standby = true
+				c.metrics.standby.Set(1)
 			}
+		case err == nil:
+			return nil
+		case !Retryable(err):
+			c.metrics.standby.Set(0)
 			return err
-		}
-		if !standby {
-			c.log.Info("standby: another capture holds the slot; taking over when it is free",
-				"slot", c.topo.Config().Postgres.Slot, "detail", err.Error())
-			standby = true
-			c.metrics.standby.Set(1)
+		default:
+			c.metrics.standby.Set(0)
+			standby = false
+			if time.Since(started) >= retryStableAfter {
+				backoff = retryFirst // it streamed for a while: a new outage
+			}
+			dep := dependencyOf(err)
+			if dep != c.down {
+				c.log.Warn("capture interrupted; retrying until it streams again", "dependency", dep, "err", err.Error(), "retry_in", backoff.String())
+				c.down = dep
+			} else {
+				c.log.Debug("capture retry failed", "dependency", dep, "err", err.Error())
+			}
+			c.setConnected(dep)
+			c.metrics.retries.Inc()
+			wait = backoff
+			backoff = min(2*backoff, retryMax)
 		}
 		select {
 		case <-ctx.Done():
 			c.metrics.standby.Set(0)
 			return nil
-		case <-time.After(standbyPoll):
+		case <-time.After(wait):
 		}
+	}
+}
+
+// Backoff of Run between sessions that failed with a retryable error.
+const (
+	retryFirst       = time.Second
+	retryMax         = 30 * time.Second
+	retryStableAfter = time.Minute
+)
+
+// setConnected sets changes_capture_connected: 0 for the dependency that
+// failed (if any), 1 for the other.
+func (c *Capture) setConnected(failed string) {
+	for _, dep := range []string{"kafka", "postgres"} {
+		c.metrics.connected.WithLabelValues(dep).Set(b2f(dep != failed))
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// streaming is called when a session starts streaming: every dependency is
+// reachable again.
+func (c *Capture) streaming() {
+	c.setConnected("")
+	if c.down != "" {
+		c.log.Info("capture resumed: streaming again", "was_down", c.down)
+		c.down = ""
 	}
 }
 
@@ -146,6 +218,15 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer client.Close()
+	// The transactional producer first: its start fences every older
+	// capture of this slot (a zombie can no longer commit) and aborts what
+	// one left open, so the history's end read next cannot move.
+	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, topology.TransactionalConfig(cfg.Kafka, c.transactionalID()))
+	if err != nil {
+		return fmt.Errorf("kafka transactional producer %s: %w", c.transactionalID(), err)
+	}
+	closeProducer := sync.OnceFunc(func() { producer.Close() })
+	defer closeProducer()
 	last, err := lastEvent(ctx, client, string(c.topo.History()))
 	if err != nil {
 		return err
@@ -197,17 +278,13 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	producer, err := sarama.NewAsyncProducerFromClient(client)
-	if err != nil {
-		return fmt.Errorf("kafka producer: %w", err)
-	}
 	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
 	})
 	if err != nil {
-		producer.Close()
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
 	}
+	c.streaming()
 	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
 		"history_position", resent.last.String(), "resent_in_history", len(resent.positions))
 
@@ -222,9 +299,9 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		resent:   resent,
 		failed:   make(chan struct{}),
 	}
-	var acks sync.WaitGroup
-	acks.Add(1)
-	go func() { defer acks.Done(); s.collectAcks() }()
+	var errs sync.WaitGroup
+	errs.Add(1)
+	go func() { defer errs.Done(); s.collectErrors() }()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var watch sync.WaitGroup
 	watch.Add(1)
@@ -235,9 +312,16 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	watch.Wait()
 	s.domains.close()
 
-	// Drain: Close waits for every in-flight record to be acknowledged or fail.
-	producer.AsyncClose()
-	acks.Wait()
+	// Drain: a clean stop commits what is written; after a failure the
+	// open transaction is aborted, so none of it is ever visible.
+	if runErr == nil || (errors.Is(runErr, context.Canceled) && s.failure() == nil) {
+		if err := s.commit(); err != nil {
+			runErr = err
+		}
+	}
+	s.abort()
+	closeProducer() // nothing is in flight after a commit or an abort
+	errs.Wait()
 	// A Kafka error wins over a cancellation: it must not vanish at shutdown.
 	if ferr := s.failure(); ferr != nil && (runErr == nil || errors.Is(runErr, context.Canceled)) {
 		runErr = ferr
@@ -360,10 +444,41 @@ type stream struct {
 	lastStatus time.Time
 	lastSent   codecs.LSN
 
+	// The open Kafka transaction of the history.
+	ktx kafkaTxn
+
 	failOnce sync.Once
 	failErr  error
 	failed   chan struct{}
 }
+
+// kafkaTxn is the open Kafka transaction: what it holds of which PostgreSQL
+// transactions, acknowledged to the tracker only once it commits.
+type kafkaTxn struct {
+	open    bool
+	started time.Time
+	records int
+	held    []heldRecords
+}
+
+// heldRecords are n records of one PostgreSQL transaction in the open Kafka
+// transaction.
+type heldRecords struct {
+	txn        *txn
+	n          int
+	commitTime time.Time
+}
+
+// Kafka transactions of the history: one commits at the first PostgreSQL
+// transaction boundary after commitInterval, so a reader never sees part of
+// a PostgreSQL transaction unless it is larger than maxTxnRecords or takes
+// longer than maxTxnAge to stream (then it is split, and a reader may see
+// its first part before the rest).
+const (
+	commitInterval = 10 * time.Millisecond
+	maxTxnRecords  = 100_000
+	maxTxnAge      = 10 * time.Second
+)
 
 func (s *stream) fail(err error) {
 	s.failOnce.Do(func() { s.failErr = err; close(s.failed) })
@@ -378,33 +493,94 @@ func (s *stream) failure() error {
 	}
 }
 
-// collectAcks counts Kafka's acknowledgements until the producer is closed.
-func (s *stream) collectAcks() {
-	successes, errs := s.producer.Successes(), s.producer.Errors()
-	for successes != nil || errs != nil {
-		select {
-		case m, ok := <-successes:
-			if !ok {
-				successes = nil
-				continue
-			}
-			meta := m.Metadata.(*recordMeta)
-			s.metrics.commitToHistory.Observe(time.Since(meta.commitTime).Seconds())
-			s.tracker.ack(meta.txn)
-		case e, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			s.fail(fmt.Errorf("kafka did not take the change at %s: %w", e.Msg.Metadata.(*recordMeta).position, e.Err))
-		}
+// collectErrors turns the producer's first error into the stream's failure,
+// until the producer is closed. A failed record fails its Kafka transaction:
+// sarama refuses every later record of it, and it can only be aborted.
+func (s *stream) collectErrors() {
+	for e := range s.producer.Errors() {
+		s.fail(fmt.Errorf("kafka did not take the change at %s (its transaction is aborted; the capture resumes from the slot): %w",
+			e.Msg.Metadata.(*recordMeta).position, e.Err))
 	}
 }
 
+// beginTxn opens a Kafka transaction if none is open.
+func (s *stream) beginTxn() error {
+	if s.ktx.open {
+		return nil
+	}
+	if err := s.producer.BeginTxn(); err != nil {
+		return fmt.Errorf("kafka: begin a history transaction: %w", err)
+	}
+	s.ktx = kafkaTxn{open: true, started: time.Now()}
+	return nil
+}
+
+// hold counts a record of the current PostgreSQL transaction in the open
+// Kafka transaction.
+func (s *stream) hold(commitTime time.Time) {
+	s.tracker.produced(s.cur)
+	if n := len(s.ktx.held); n > 0 && s.ktx.held[n-1].txn == s.cur {
+		s.ktx.held[n-1].n++
+	} else {
+		s.ktx.held = append(s.ktx.held, heldRecords{txn: s.cur, n: 1, commitTime: commitTime})
+	}
+	s.ktx.records++
+}
+
+// commit commits the open Kafka transaction, if any, and only then
+// acknowledges its records to the tracker: before that, none is durable.
+func (s *stream) commit() error {
+	if !s.ktx.open {
+		return nil
+	}
+	if err := s.failure(); err != nil {
+		return err
+	}
+	if err := s.producer.CommitTxn(); err != nil {
+		s.fail(fmt.Errorf("kafka did not commit a history transaction of %d changes (none of it is visible; the capture resumes from the slot): %w", s.ktx.records, err))
+		return s.failErr
+	}
+	now := time.Now()
+	for _, h := range s.ktx.held {
+		latency := now.Sub(h.commitTime).Seconds()
+		for range h.n {
+			s.metrics.commitToHistory.Observe(latency)
+			s.tracker.ack(h.txn)
+		}
+	}
+	s.metrics.kafkaTxns.Inc()
+	s.metrics.kafkaTxnRecords.Observe(float64(s.ktx.records))
+	s.ktx = kafkaTxn{}
+	return nil
+}
+
+// abort aborts the open Kafka transaction, if any: after a failure, or
+// when the session ends without committing. A transaction left open is
+// aborted by the next capture's start anyway.
+func (s *stream) abort() {
+	if !s.ktx.open {
+		return
+	}
+	if err := s.producer.AbortTxn(); err != nil {
+		s.log.Warn("could not abort the history transaction; the next start aborts it", "err", err)
+	}
+	s.ktx = kafkaTxn{}
+}
+
+// commitDue reports whether the open Kafka transaction should commit now.
+func (s *stream) commitDue() bool {
+	if !s.ktx.open {
+		return false
+	}
+	age := time.Since(s.ktx.started)
+	if s.cur == nil && age >= commitInterval {
+		return true
+	}
+	return s.ktx.records >= maxTxnRecords || age >= maxTxnAge
+}
+
 type recordMeta struct {
-	txn        *txn
-	position   codecs.Position
-	commitTime time.Time
+	position codecs.Position
 }
 
 func (s *stream) loop(ctx context.Context) error {
@@ -415,6 +591,11 @@ func (s *stream) loop(ctx context.Context) error {
 		}
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if s.commitDue() {
+			if err := s.commit(); err != nil {
+				return err
+			}
 		}
 		acked := s.tracker.acknowledged()
 		s.metrics.ackedLSN.Set(float64(acked))
@@ -432,7 +613,11 @@ func (s *stream) loop(ctx context.Context) error {
 			}
 		}
 
-		recvCtx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		wait := 500 * time.Millisecond
+		if s.ktx.open {
+			wait = max(commitInterval-time.Since(s.ktx.started), time.Millisecond)
+		}
+		recvCtx, cancel := context.WithTimeout(ctx, wait)
 		raw, err := s.conn.ReceiveMessage(recvCtx)
 		cancel()
 		if err != nil {
@@ -632,20 +817,25 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 	if err := s.failure(); err != nil {
 		return err // nothing more after a failed write: it would land after the hole
 	}
-	done, err := s.resent.written(ev.Position)
-	if err != nil {
-		return fmt.Errorf("%w (table %s id %d)", err, rel.table.qualified(), ev.EntityID)
-	}
+	done, hole := s.resent.written(ev.Position)
 	if done {
 		s.metrics.skipped.Inc()
 		return nil
+	}
+	if hole {
+		// Only a history written before transactions can have one.
+		s.metrics.repaired.Inc()
+		s.log.Warn("repairing a hole in the history: the change is missing although later ones are there; writing it now, after them",
+			"position", ev.Position.String(), "history_position", s.resent.last.String(), "table", rel.table.qualified(), "entity_id", ev.EntityID)
 	}
 	msg, err := historyRecord(s.topic, rel.table, ev, s.topo.Config().Kafka.MaxRecordBytes)
 	if err != nil {
 		return err
 	}
-	s.tracker.produced(s.cur)
-	msg.Metadata = &recordMeta{txn: s.cur, position: ev.Position, commitTime: ev.CommitTime}
+	if err := s.beginTxn(); err != nil {
+		return err
+	}
+	msg.Metadata = &recordMeta{position: ev.Position}
 	select {
 	case s.producer.Input() <- msg:
 	case <-s.failed:
@@ -653,6 +843,7 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	s.hold(ev.CommitTime)
 	s.metrics.changes.WithLabelValues(ev.EntityType, string(ev.Op)).Inc()
 	s.metrics.bytes.Add(float64(msg.Value.Length()))
 	return nil

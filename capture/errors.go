@@ -1,6 +1,12 @@
 package capture
 
-import "errors"
+import (
+	"errors"
+	"strings"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5/pgconn"
+)
 
 // ErrSlotLost is returned by Run when the replication slot exists but
 // PostgreSQL has removed WAL it still needed (pg_replication_slots.wal_status
@@ -27,10 +33,51 @@ var ErrRecordTooLarge = errors.New("change exceeds the maximum record size")
 // (changes capture --recreate-slot).
 var ErrSlotMissing = errors.New("replication slot is missing")
 
-// ErrHistoryGap is returned by Run when a change PostgreSQL resends is missing
-// from the history although later changes are in it: a Kafka write failed
-// after later writes succeeded (sarama goes on with later batches). Writing
-// the change now would break the history's order, skipping it would lose it,
-// so the capture stops. The history must be rebuilt: stop the platform, drop
-// the slot, delete the topics, and start again (a new snapshot is taken).
-var ErrHistoryGap = errors.New("the history has a gap")
+
+// Retryable reports whether a session that ended with err can succeed when
+// started again: true for outages of Kafka or PostgreSQL (refused or lost
+// connections, timeouts, a broker without a leader, a failed write), false
+// for what needs someone to act: a lost or missing slot, a setup error, a
+// change too large to write, a configuration Kafka or PostgreSQL refuses
+// (authentication, authorization, an unknown database).
+func Retryable(err error) bool {
+	if err == nil || errors.Is(err, ErrSlotLost) || errors.Is(err, ErrSetup) ||
+		errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrSlotMissing) {
+		return false
+	}
+	var cfgErr sarama.ConfigurationError
+	if errors.As(err, &cfgErr) {
+		return false
+	}
+	for _, k := range []sarama.KError{sarama.ErrMessageSizeTooLarge, sarama.ErrTopicAuthorizationFailed,
+		sarama.ErrClusterAuthorizationFailed, sarama.ErrTransactionalIDAuthorizationFailed,
+		sarama.ErrSASLAuthenticationFailed, sarama.ErrInvalidConfig} {
+		if errors.Is(err, k) {
+			return false
+		}
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "28", "3D", "42": // authorization, unknown database, syntax or access rule
+			return false
+		}
+	}
+	var parseErr *pgconn.ParseConfigError
+	return !errors.As(err, &parseErr)
+}
+
+// dependencyOf names the dependency an error of a session comes from, for
+// logs and changes_capture_connected.
+func dependencyOf(err error) string {
+	var kErr sarama.KError
+	msg := err.Error()
+	if errors.As(err, &kErr) || strings.Contains(msg, "kafka") {
+		return "kafka"
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) || strings.Contains(msg, "postgres") || strings.Contains(msg, "replication") {
+		return "postgres"
+	}
+	return "kafka"
+}

@@ -18,6 +18,11 @@ type metrics struct {
 	snapshotRunning prometheus.Gauge
 	snapshotRows    *prometheus.CounterVec
 	commitToHistory prometheus.Histogram
+	kafkaTxns       prometheus.Counter
+	kafkaTxnRecords prometheus.Histogram
+	repaired        prometheus.Counter
+	connected       *prometheus.GaugeVec
+	retries         prometheus.Counter
 }
 
 // LatencyBuckets are the histogram buckets, in seconds, of the platform's
@@ -68,6 +73,27 @@ func newMetrics() *metrics {
 			Help:    "Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its change in the history topic.",
 			Buckets: LatencyBuckets,
 		}),
+		kafkaTxns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_kafka_transactions_total",
+			Help: "Kafka transactions of the history topic committed.",
+		}),
+		kafkaTxnRecords: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "changes_capture_kafka_transaction_records",
+			Help:    "Records per committed Kafka transaction of the history topic.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+		}),
+		repaired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_history_repairs_total",
+			Help: "Changes missing from the history although later ones were there (a hole left by a version without Kafka transactions), written late by the capture.",
+		}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_capture_connected",
+			Help: "1 while the capture streams (both services reachable), 0 while it waits to retry after an error of the named dependency (kafka or postgres).",
+		}, []string{"dependency"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_retries_total",
+			Help: "Capture sessions that ended with a retryable error and were started again.",
+		}),
 	}
 }
 
@@ -102,6 +128,21 @@ func (m *metrics) register(r prometheus.Registerer) error {
 	if m.snapshotRows, err = promreg.Register(r, m.snapshotRows); err != nil {
 		return err
 	}
-	m.commitToHistory, err = promreg.Register(r, m.commitToHistory)
+	if m.commitToHistory, err = promreg.Register(r, m.commitToHistory); err != nil {
+		return err
+	}
+	if m.kafkaTxns, err = promreg.Register(r, m.kafkaTxns); err != nil {
+		return err
+	}
+	if m.kafkaTxnRecords, err = promreg.Register(r, m.kafkaTxnRecords); err != nil {
+		return err
+	}
+	if m.repaired, err = promreg.Register(r, m.repaired); err != nil {
+		return err
+	}
+	if m.connected, err = promreg.Register(r, m.connected); err != nil {
+		return err
+	}
+	m.retries, err = promreg.Register(r, m.retries)
 	return err
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 )
 
 // lastEvent returns the last event of the single-partition history topic:
@@ -34,27 +35,24 @@ func lastEvent(ctx context.Context, client sarama.Client, topic string) (*codecs
 // producer never has more than a few thousand records in flight.
 const tailWindow = 2000
 
-// readBack returns the history's records from its end backwards, oldest
-// first, while keep accepts them: it stops at the first record keep
-// rejects (which is not returned) or at the start of the topic.
+// readBack returns the history's committed records from its end backwards,
+// oldest first, while keep accepts them: it stops at the first record keep
+// rejects (which is not returned) or at the start of the topic. It reads at
+// read_committed up to the last stable offset: records of a transaction a
+// crashed capture left open or that was aborted are not history.
 func readBack(ctx context.Context, client sarama.Client, topic string, keep func(*codecs.Event) bool) ([]*codecs.Event, error) {
-	newest, err := client.GetOffset(topic, 0, sarama.OffsetNewest)
+	newest, err := kread.End(client, topic, 0)
 	if err != nil {
 		return nil, fmt.Errorf("history end offset: %w", err)
 	}
-	oldest, err := client.GetOffset(topic, 0, sarama.OffsetOldest)
+	oldest, err := kread.Start(client, topic, 0)
 	if err != nil {
 		return nil, fmt.Errorf("history start offset: %w", err)
 	}
-	consumer, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
-		return nil, err
-	}
-	defer consumer.Close()
 	var kept []*codecs.Event // newest first
 	for end := newest; end > oldest; end -= tailWindow {
 		start := max(oldest, end-tailWindow)
-		window, err := readRange(ctx, consumer, topic, start, end)
+		window, err := readRange(ctx, client, topic, start, end)
 		if err != nil {
 			return nil, err
 		}
@@ -70,42 +68,34 @@ func readBack(ctx context.Context, client sarama.Client, topic string, keep func
 	return kept, nil
 }
 
-// readRange decodes the history's records at offsets [start, end).
-func readRange(ctx context.Context, consumer sarama.Consumer, topic string, start, end int64) ([]*codecs.Event, error) {
-	pc, err := consumer.ConsumePartition(topic, 0, start)
-	if err != nil {
-		return nil, fmt.Errorf("read history at offset %d: %w", start, err)
-	}
-	defer pc.Close()
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	out := make([]*codecs.Event, 0, end-start)
-	for {
-		select {
-		case m := <-pc.Messages():
-			// A record that is not an event has no position: pass it over.
-			if ev, err := (codecs.EventCodec{}).Decode(m.Value); err == nil {
-				out = append(out, ev)
-			}
-			if m.Offset >= end-1 {
-				return out, nil
-			}
-		case err := <-pc.Errors():
-			return nil, fmt.Errorf("read history at offset %d: %w", start, err)
-		case <-timeout.C:
-			return nil, fmt.Errorf("read history [%d, %d): not read within 30 s", start, end)
-		case <-ctx.Done():
-			return nil, ctx.Err()
+// readRange decodes the history's committed records at offsets [start, end).
+func readRange(ctx context.Context, client sarama.Client, topic string, start, end int64) ([]*codecs.Event, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var out []*codecs.Event
+	err := kread.Range(ctx, client, topic, 0, start, end, func(r *kread.Record) (bool, error) {
+		// A record that is not an event has no position: pass it over.
+		if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil {
+			out = append(out, ev)
 		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read history [%d, %d): %w", start, end, err)
 	}
+	return out, nil
 }
 
 // resent is what the history already holds of the changes PostgreSQL resends
 // after a restart: every change of a transaction that ended after the slot's
 // confirmed position. A resent change is skipped if the history has it; one
-// it lacks although it holds later ones is a hole (a Kafka write failed after
-// later ones succeeded), which the capture reports instead of writing out of
-// order or skipping.
+// it lacks although it holds later ones is a hole. The capture writes the
+// history in Kafka transactions, so it makes none; a history written by an
+// older version may hold one (a failed write while later ones succeeded).
+// The capture repairs it: it writes the missing change now, after the later
+// ones, rather than lose it. Every reader applies a change to an entity only
+// if its position is after the entity's, so the tables end right; a replay
+// of the history sees that change late.
 type resent struct {
 	positions map[codecs.Position]bool
 	last      codecs.Position
@@ -126,14 +116,14 @@ func readResent(ctx context.Context, client sarama.Client, topic string, confirm
 	return r, nil
 }
 
-// written reports whether the history holds the change at p. It fails with
-// ErrHistoryGap when it does not but holds later changes.
-func (r *resent) written(p codecs.Position) (bool, error) {
+// written reports whether the history holds the change at p, and whether p
+// is a hole: missing although the history holds later changes.
+func (r *resent) written(p codecs.Position) (done, hole bool) {
 	if p.Compare(r.last) > 0 {
-		return false, nil
+		return false, false
 	}
 	if r.positions[p] {
-		return true, nil
+		return true, false
 	}
-	return false, fmt.Errorf("%w: the change at %s is not in the history, which already holds later changes up to %s", ErrHistoryGap, p, r.last)
+	return false, true
 }

@@ -179,11 +179,7 @@ func TestMonitorDetects(t *testing.T) {
 
 	// 1. A duplicated history event: the last record, appended again.
 	hist := string(topo.History())
-	end, err := client.GetOffset(hist, 0, sarama.OffsetNewest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	last := readAt(t, ctx, client, hist, 0, end-1)
+	last := lastRecord(t, ctx, client, hist)
 	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: hist, Key: sarama.ByteEncoder(last.Key), Value: sarama.ByteEncoder(last.Value), Timestamp: last.Timestamp}); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +221,7 @@ func TestMonitorDetects(t *testing.T) {
 	// processors stopped, entity 9 changes, and the router's offset is moved
 	// past its event before the processors start again.
 	stopProcessors()
-	end, err = client.GetOffset(hist, 0, sarama.OffsetNewest)
+	end, err := client.GetOffset(hist, 0, sarama.OffsetNewest)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,10 @@ import (
 //   - Producer: acks=all, idempotent, one request in flight (no reordering on
 //     retry), retries with backoff, no compression, flushing as soon as the
 //     previous request is answered unless k.Linger is set.
-//   - Consumer: a new group starts at the oldest offset; a committed offset
-//     that is out of range is an error, never a silent reset; errors are returned.
+//   - Consumer: read_committed (the capture writes the history in Kafka
+//     transactions: records of an aborted one are never seen); a new group
+//     starts at the oldest offset; a committed offset that is out of range is
+//     an error, never a silent reset; errors are returned.
 //
 // Each call returns a new config, which the caller may change further.
 func SaramaConfig(k KafkaConfig) *sarama.Config {
@@ -42,12 +44,30 @@ func SaramaConfig(k KafkaConfig) *sarama.Config {
 	c.Producer.Partitioner = sarama.NewHashPartitioner
 
 	c.Consumer.Return.Errors = true
+	c.Consumer.IsolationLevel = sarama.ReadCommitted
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
 	// A committed offset that retention has overtaken means changes were
 	// skipped: fail loudly instead of silently restarting at the oldest.
 	c.Consumer.Group.ResetInvalidOffsets = false
 	c.Consumer.MaxProcessingTime = time.Second
 	c.Consumer.MaxWaitTime = 100 * time.Millisecond
+	return c
+}
+
+// TransactionalConfig returns SaramaConfig with the producer writing in Kafka
+// transactions under transactionalID. A new producer with the same id fences
+// every older one (a zombie can no longer commit) and aborts the transaction
+// it left open. Only records whose transaction committed are visible to
+// read_committed readers, so a write that fails makes the whole transaction
+// invisible: nothing written after it can be seen without it.
+func TransactionalConfig(k KafkaConfig, transactionalID string) *sarama.Config {
+	c := SaramaConfig(k)
+	c.Producer.Transaction.ID = transactionalID
+	// Commits flush the producer themselves; successes are not needed.
+	c.Producer.Return.Successes = false
+	c.Producer.Transaction.Timeout = time.Minute
+	c.Producer.Transaction.Retry.Max = 50
+	c.Producer.Transaction.Retry.Backoff = 100 * time.Millisecond
 	return c
 }
 
