@@ -33,7 +33,6 @@ var ErrRecordTooLarge = errors.New("change exceeds the maximum record size")
 // (changes capture --recreate-slot).
 var ErrSlotMissing = errors.New("replication slot is missing")
 
-
 // Retryable reports whether a session that ended with err can succeed when
 // started again: true for outages of Kafka or PostgreSQL (refused or lost
 // connections, timeouts, a broker without a leader, a failed write), false
