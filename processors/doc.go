@@ -10,11 +10,32 @@
 // by the record's key and changes-op header, decoding only records without
 // them; the Snapshot decodes and checks every event. A Snapshot
 // keeps each entity's latest State in its group table; it applies a change
-// only if its position is after the stored one, so redelivered changes are
-// no-ops. Records that cannot be decoded or routed go to the dead-letter
+// only if its position is after the stored one. Records that cannot be decoded or routed go to the dead-letter
 // topic with the reason in a header and are counted in
 // changes_processor_deadletters_total; they never stop a processor.
 //
 // Offsets are committed by goka only after the table write and every emit of
 // a record are acknowledged: delivery is at least once.
+//
+// # After a crash or a broker outage
+//
+// Every event of an events topic ends in its table topic, which is all the
+// views read:
+//
+//   - goka writes a state to its local goleveldb copy before the changelog
+//     record is acknowledged, so after a SIGKILL the local copy can be ahead
+//     of the table topic. The change is delivered again (its offset was not
+//     committed), and a change redelivered at exactly the stored state's
+//     position writes that state again (changes_processor_rewrites_total); a
+//     truncate marker likewise. Only strictly older changes are skipped.
+//   - goka marks each message's offset once that message's own writes are
+//     acknowledged, in any order, so a later message could be committed past
+//     an earlier one still waiting for a broker that then fails it. A
+//     processor's acknowledgements therefore pass through one queue in the
+//     order they were made, and once one write failed every later write and
+//     commit fails too (order.go): no offset moves past a failed write.
+//   - Left: the sweep deletes a state locally before its tombstone is
+//     acknowledged. A crash in between leaves the deleted (or truncated-away)
+//     state in the table topic, where views already treat it as absent; it
+//     is only never compacted away.
 package processors

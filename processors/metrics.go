@@ -12,6 +12,7 @@ type metrics struct {
 	routed      *prometheus.CounterVec
 	applied     *prometheus.CounterVec
 	skipped     *prometheus.CounterVec
+	rewrites    *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
 	tombstones  *prometheus.CounterVec
 	restarts    *prometheus.CounterVec
@@ -32,6 +33,10 @@ func newMetrics() *metrics {
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_snapshot_skipped_total",
 			Help: "Changes not applied because the table already holds a state at or after their position (redelivery).",
+		}, []string{"entity_type"}),
+		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_processor_rewrites_total",
+			Help: "Changes delivered again at exactly the stored state's position, whose state was written to the table again (the local copy may have been ahead of the changelog after a crash), by entity type.",
 		}, []string{"entity_type"}),
 		tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_snapshot_tombstones_total",
@@ -59,7 +64,7 @@ func newMetrics() *metrics {
 // register registers the metrics with r, reusing the series that processors
 // built before with the same registerer registered.
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.deadLetters, &m.tombstones, &m.restarts, &m.in} {
+	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.rewrites, &m.deadLetters, &m.tombstones, &m.restarts, &m.in} {
 		var err error
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return err

@@ -77,7 +77,7 @@ func newOptions(topo *topology.Topology, opts []Option) (*options, error) {
 
 // gokaOptions are the safe client settings (see topology.SaramaConfig) wired
 // into every goka builder, plus local storage and logging.
-func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger) []goka.ProcessorOption {
+func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *inOrder) []goka.ProcessorOption {
 	kcfg := topo.Config().Kafka
 	saramaCfg := func() *sarama.Config {
 		c := topology.SaramaConfig(kcfg)
@@ -99,7 +99,7 @@ func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger) []goka.
 		goka.WithClientID(kcfg.ClientID),
 		goka.WithLogger(slogadapter.New(log, slog.LevelDebug)),
 		goka.WithStorageBuilder(storage.DefaultBuilder(o.storageDir)),
-		goka.WithProducerBuilder(goka.ProducerBuilderWithConfig(saramaCfg())),
+		goka.WithProducerBuilder(order.producerBuilder(goka.ProducerBuilderWithConfig(saramaCfg()))),
 		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(saramaCfg())),
 		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(saramaCfg())),
 		goka.WithTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(saramaCfg(), tmc)),
@@ -186,7 +186,9 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 		streams[typ] = topo.Events(typ)
 		edges = append(edges, goka.Output(topo.Events(typ), new(codec.Bytes)))
 	}
+	order := new(inOrder)
 	route := func(gctx goka.Context, msg any) {
+		order.commitAfterEarlier(gctx)
 		typ, id, op, raw, ok := routeOf(gctx, o, topo, msg)
 		if !ok {
 			return
@@ -211,7 +213,7 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 	}
 	edges = append([]goka.Edge{goka.Input(topo.History(), new(codec.Bytes), route)}, edges...)
 	g := goka.DefineGroup(topo.RouterGroup(), edges...)
-	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, o.gokaOptions(topo, log)...)
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, o.gokaOptions(topo, log, order)...)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
@@ -229,11 +231,26 @@ func Sweep(ctx context.Context, p *goka.Processor) error {
 	return p.VisitAll(ctx, sweepVisitor, nil)
 }
 
+// rewrite writes the stored state cur again, for a change redelivered at
+// exactly cur's position. goka writes a state to the local storage before
+// the changelog record is acknowledged, so after a crash the local copy can
+// hold a state the table topic never got; the change is delivered again
+// (its offset was not committed), and writing the state again is the only
+// way it reaches the changelog, which is all views read. When the state did
+// reach it, the record is a harmless duplicate that compaction removes.
+func rewrite(gctx goka.Context, o *options, entityType string, cur *codecs.State) {
+	gctx.SetValue(cur)
+	o.metrics.rewrites.WithLabelValues(entityType).Inc()
+}
+
 // NewSnapshot builds the processor that keeps the latest State of every entity
 // of entityType in its group table (topo.Snapshot(entityType)).
 //
-// A change is applied only if its position is after the stored state's, so a
-// redelivered change is a no-op. A snapshot row, insert or update stores the
+// A change is applied only if its position is after the stored state's. A
+// change redelivered at exactly the stored state's position writes that
+// state again (changes_processor_rewrites_total): the local copy may be
+// ahead of the changelog after a crash, and only the changelog reaches the
+// views. An older change is skipped. A snapshot row, insert or update stores the
 // row after; columns PostgreSQL did not send (unchanged TOASTed values) keep
 // their stored value. A delete stores a deleted state that keeps the position
 // for topics.delete_grace; Sweep then replaces it by a Kafka tombstone.
@@ -258,13 +275,19 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		st, _ := v.(*codecs.State)
 		return st, err
 	}, entityType, topo.Config())
+	order := new(inOrder)
 	apply := func(gctx goka.Context, msg any) {
+		order.commitAfterEarlier(gctx)
 		raw, ev, ok := decodeEvent(gctx, o, topo, msg)
 		if !ok {
 			return
 		}
 		if ev.Op == codecs.OpTruncate && ev.EntityType == entityType && topology.IsTruncateKey(gctx.Key()) {
 			if at, err := truncated.at(gctx.Partition()); err == nil && ev.Position.Compare(at) <= 0 {
+				if m, _ := gctx.Value().(*codecs.State); m != nil && m.Truncated && ev.Position.Compare(m.Position) == 0 {
+					rewrite(gctx, o, entityType, m)
+					return
+				}
 				o.metrics.skipped.WithLabelValues(entityType).Inc()
 				return
 			}
@@ -286,7 +309,15 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 			log.Error("cannot read the partition's truncate marker", "partition", gctx.Partition(), "err", err)
 			gctx.Fail(err) // goka stops; the supervisor restarts
 		} else if ev.Position.Compare(at) <= 0 {
-			stale = true // an older change delivered again after a TRUNCATE
+			// An older change delivered again after a TRUNCATE: the
+			// marker, not this entity's state, is what must be in the
+			// changelog, and its own redelivery rewrites it.
+			o.metrics.skipped.WithLabelValues(entityType).Inc()
+			return
+		}
+		if stale && ev.Position.Compare(cur.Position) == 0 {
+			rewrite(gctx, o, entityType, cur)
+			return
 		}
 		if stale {
 			o.metrics.skipped.WithLabelValues(entityType).Inc()
@@ -330,7 +361,7 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	)
 	// Partitions may come back from another instance with a newer marker.
 	reset := goka.WithRebalanceCallback(func(goka.Assignment) { truncated.reset() })
-	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, append([]goka.ProcessorOption{reset}, o.gokaOptions(topo, log)...)...)
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, append([]goka.ProcessorOption{reset}, o.gokaOptions(topo, log, order)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", entityType, err)
 	}

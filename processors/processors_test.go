@@ -3,6 +3,7 @@ package processors_test
 import (
 	"context"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -207,14 +208,18 @@ func TestSnapshot(t *testing.T) {
 		t.Fatalf("after update: row %v, want name b and blob kept", st.Row)
 	}
 
-	// Redelivered and older changes are no-ops.
+	// Redelivered and older changes change nothing (the redelivered one
+	// writes the stored state again: TestSnapshotRewritesRedelivered).
 	tt.Consume(events, "1", encode(t, upd))
 	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpUpdate, 150, 3, `{"id": 1, "name": "old"}`)))
 	if st = state("1"); string(st.Row["name"]) != `"b"` || st.Position.CommitLSN != 200 {
 		t.Fatalf("an old change was applied: %+v", st)
 	}
-	if got := counter(t, reg, "changes_snapshot_skipped_total"); got != 2 {
-		t.Errorf("skipped %v, want 2", got)
+	if got := counter(t, reg, "changes_snapshot_skipped_total"); got != 1 {
+		t.Errorf("skipped %v, want 1", got)
+	}
+	if got := counter(t, reg, "changes_processor_rewrites_total"); got != 1 {
+		t.Errorf("rewrites %v, want 1", got)
 	}
 
 	tt.Consume(events, "1", encode(t, event("account", 1, codecs.OpDelete, 300, 0, "")))
@@ -289,6 +294,82 @@ func TestSnapshot(t *testing.T) {
 				t.Errorf("a bad record was applied to key %s", c.key)
 			}
 		})
+	}
+}
+
+// TestSnapshotRewritesRedelivered puts the processor's local copy ahead of
+// its changelog, as a crash between goka's local write and the changelog's
+// acknowledgement leaves it, and checks that the redelivered change (and a
+// redelivered truncate marker) writes the stored state to the changelog
+// again, while a strictly older change writes nothing.
+func TestSnapshotRewritesRedelivered(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	p, err := processors.NewSnapshot(topo, "account", processors.WithRegisterer(reg), processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := topo.Snapshot("account")
+	changelog := tt.NewQueueTracker(string(table))
+	start(t, p)
+	events := string(topo.Events("account"))
+
+	// The local copy holds entity 1 at 200 and a truncate marker at 100;
+	// the changelog got neither (the tester's SetTableValue writes only the
+	// local storage).
+	ahead := &codecs.State{EntityType: "account", EntityID: 1, Row: codecs.Row{"id": json.RawMessage("1"), "name": json.RawMessage(`"ahead"`)},
+		Position: codecs.Position{CommitLSN: 200, Index: 2}, AppliedTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	tt.SetTableValue(table, "1", ahead)
+	marker := &codecs.State{EntityType: "account", Truncated: true, Position: codecs.Position{CommitLSN: 100},
+		AppliedTime: time.Date(2026, 11, 25, 11, 0, 0, 0, time.UTC)}
+	mkey := topology.TruncateKey(0, 4)
+	tt.SetTableValue(table, mkey, marker)
+
+	next := func() (string, *codecs.State, bool) {
+		t.Helper()
+		key, v, ok := changelog.Next()
+		if !ok {
+			return "", nil, false
+		}
+		return key, v.(*codecs.State), true
+	}
+	cases := []struct {
+		name    string
+		key     string
+		ev      *codecs.Event
+		want    *codecs.State // nil: nothing written
+		rewrite float64
+		skipped float64
+	}{
+		{"strictly older change", "1", event("account", 1, codecs.OpUpdate, 200, 1, `{"id": 1, "name": "older"}`), nil, 0, 1},
+		{"change at the stored position", "1", event("account", 1, codecs.OpUpdate, 200, 2, `{"id": 1, "name": "redelivered"}`), ahead, 1, 1},
+		{"strictly older truncate", mkey, event("account", 0, codecs.OpTruncate, 90, 0, ""), nil, 1, 2},
+		{"truncate at the marker's position", mkey, event("account", 0, codecs.OpTruncate, 100, 0, ""), marker, 2, 2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tt.Consume(events, c.key, encode(t, c.ev))
+			key, got, ok := next()
+			switch {
+			case c.want == nil && ok:
+				t.Errorf("wrote %s=%+v to the changelog, want nothing", key, got)
+			case c.want != nil && !ok:
+				t.Errorf("nothing written to the changelog, want %s=%+v", c.key, c.want)
+			case c.want != nil && (key != c.key || !reflect.DeepEqual(got, c.want)):
+				t.Errorf("changelog got %s=%+v, want the stored state %s=%+v", key, got, c.key, c.want)
+			}
+			if n := counter(t, reg, "changes_processor_rewrites_total"); n != c.rewrite {
+				t.Errorf("changes_processor_rewrites_total = %v, want %v", n, c.rewrite)
+			}
+			if n := counter(t, reg, "changes_snapshot_skipped_total"); n != c.skipped {
+				t.Errorf("changes_snapshot_skipped_total = %v, want %v", n, c.skipped)
+			}
+		})
+	}
+	// The stored state is unchanged: a rewrite is not an apply.
+	if got := tt.TableValue(table, "1").(*codecs.State); !reflect.DeepEqual(got, ahead) {
+		t.Errorf("stored state changed to %+v", got)
 	}
 }
 
