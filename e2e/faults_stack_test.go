@@ -1,0 +1,292 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// faultStack is a stack instance of the fault suite's own (stack/stack.sh
+// with its own folder and ports), so it can kill, pause and crash the broker
+// and PostgreSQL without disturbing the shared stack other tests use.
+type faultStack struct {
+	t         testing.TB
+	dir       string
+	pgPort    int
+	kafkaPort int
+	nodes     int
+	pgURL     string
+	brokers   []string
+}
+
+// newFaultStack starts PostgreSQL and nodes Kafka brokers on free ports in
+// a new folder; the cleanup stops them and deletes the folder, keeping the
+// logs of a failed run.
+func newFaultStack(t testing.TB, nodes int) *faultStack {
+	t.Helper()
+	// Under /tmp: the postgres user must reach the folder.
+	dir, err := os.MkdirTemp("/tmp", "changes-faults-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := &faultStack{t: t, dir: dir, nodes: nodes}
+	s.pgPort, s.kafkaPort = freePorts(t, 1+2*nodes)
+	s.pgURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/changes?sslmode=disable", s.pgPort)
+	for n := range nodes {
+		s.brokers = append(s.brokers, fmt.Sprintf("127.0.0.1:%d", s.kafkaPort+2*n))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			keep := dir + "-logs"
+			if err := os.Rename(filepath.Join(dir, "logs"), keep); err == nil {
+				t.Logf("the fault stack's logs are in %s", keep)
+			}
+		}
+		if out, err := s.sh("reset"); err != nil {
+			t.Errorf("fault stack reset: %v\n%s", err, out)
+		}
+		os.RemoveAll(dir)
+	})
+	if out, err := s.sh("up"); err != nil {
+		t.Fatalf("fault stack up: %v\n%s", err, out)
+	}
+	return s
+}
+
+// freePorts finds a PostgreSQL port and, after it, n-1 consecutive free
+// ports for the brokers and their controllers.
+func freePorts(t testing.TB, n int) (pg, kafka int) {
+	t.Helper()
+	free := func(p int) bool {
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			return false
+		}
+		l.Close()
+		return true
+	}
+	for base := 41000 + int(time.Now().UnixNano()%500)*10; base < 65000; base += 10 {
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			ok = free(p)
+		}
+		if ok {
+			return base, base + 1
+		}
+	}
+	t.Fatal("no free ports for the fault stack")
+	return 0, 0
+}
+
+// sh runs stack/stack.sh with this instance's settings and none of the
+// shared stack's (CHANGES_POSTGRES_URL or CHANGES_KAFKA_BROKERS would make
+// it use the shared services).
+func (s *faultStack) sh(args ...string) (string, error) {
+	cmd := exec.Command("bash", append([]string{"../stack/stack.sh"}, args...)...)
+	cmd.Env = cleanEnv(
+		"CHANGES_STACK_DIR="+s.dir,
+		"CHANGES_PG_PORT="+strconv.Itoa(s.pgPort),
+		"CHANGES_KAFKA_PORT="+strconv.Itoa(s.kafkaPort),
+		"CHANGES_KAFKA_NODES="+strconv.Itoa(s.nodes),
+	)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// must runs sh and fails the test on an error.
+func (s *faultStack) must(args ...string) {
+	s.t.Helper()
+	if out, err := s.sh(args...); err != nil {
+		s.t.Fatalf("stack.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// cleanEnv is the environment without any CHANGES_ variable, plus extra.
+func cleanEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CHANGES_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// proc is one process of the platform under test (`changes run`, `changes
+// serve`), supervised as systemd's Restart=always would: a process that
+// exits by itself is restarted after restartDelay and the exit is recorded,
+// because the platform must never need that.
+type proc struct {
+	t       testing.TB
+	name    string
+	args    []string
+	env     []string
+	logPath string
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	stopped bool
+	exits   []procExit
+	started int
+}
+
+// procExit is an exit the suite did not cause.
+type procExit struct {
+	at   time.Time
+	name string
+	err  string
+	tail string // the log's last lines
+}
+
+const restartDelay = 2 * time.Second
+
+func newProc(t testing.TB, dir, name string, env []string, args ...string) *proc {
+	p := &proc{t: t, name: name, args: args, env: cleanEnv(env...), logPath: filepath.Join(dir, name+".log")}
+	t.Cleanup(p.stop)
+	return p
+}
+
+// start starts the process; it must not be running.
+func (p *proc) start() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.startLocked(); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *proc) startLocked() error {
+	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	p.started++
+	fmt.Fprintf(f, "==== %s start %d at %s\n", p.name, p.started, time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(binary(p.t), p.args...)
+	cmd.Env = p.env
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start %s: %w", p.name, err)
+	}
+	done := make(chan struct{})
+	p.cmd, p.done = cmd, done
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		close(done)
+		if p.cmd != cmd || p.stopped {
+			return // killed or stopped by the suite
+		}
+		p.exits = append(p.exits, procExit{at: time.Now(), name: p.name, err: fmt.Sprint(err), tail: tailFile(p.logPath, 6)})
+		p.cmd = nil
+		go func() {
+			time.Sleep(restartDelay)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.cmd == nil && !p.stopped {
+				if err := p.startLocked(); err != nil {
+					p.exits = append(p.exits, procExit{at: time.Now(), name: p.name, err: err.Error()})
+				}
+			}
+		}()
+	}()
+	return nil
+}
+
+// kill sends SIGKILL and waits until the process is gone. A process the
+// supervisor is about to restart is left alone.
+func (p *proc) kill() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// restart kills the process (if it runs) and starts it again.
+func (p *proc) restart() {
+	p.t.Helper()
+	p.kill()
+	p.start()
+}
+
+// stop ends the process with SIGTERM (SIGKILL after 20 s) for good.
+func (p *proc) stop() {
+	p.mu.Lock()
+	p.stopped = true
+	cmd, done := p.cmd, p.done
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+	}
+}
+
+func (p *proc) unexpectedExits() []procExit {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]procExit(nil), p.exits...)
+}
+
+// tailFile returns the last n lines of a file.
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// grepFile counts the lines of a file that contain s.
+func grepFile(path, s string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return bytes.Count(b, []byte(s))
+}
+
+// waitFor polls cond every 100 ms until it is true or ctx ends.
+func waitFor(ctx context.Context, cond func() bool) bool {
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return true
+}

@@ -1,0 +1,603 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views/server"
+)
+
+// The fault suite (issue 11): the real binary (`changes run`, `changes
+// serve`) on a stack of the suite's own, a mixed workload, and faults
+// injected repeatedly while it runs; then the history is compared with what
+// was committed and every table served with the database. `make test` runs
+// the short plan; `make faults` (CHANGES_FAULTS=full) the full plans.
+
+// Fault kinds, as the table names them.
+const (
+	faultSnapshotKill = "run SIGKILL in initial snapshot"
+	faultRunKill      = "run SIGKILL"
+	faultCatchupKill  = "run SIGKILL in catch-up"
+	faultServeKill    = "serve SIGKILL"
+	faultBrokerKill   = "broker SIGKILL+restart"
+	faultBrokerPause  = "broker SIGSTOP+SIGCONT"
+	faultPGCrash      = "postgres -m immediate"
+	faultLeaderKill   = "history leader SIGKILL"
+)
+
+// faultPlan is one run of the suite.
+type faultPlan struct {
+	name          string
+	nodes         int           // Kafka brokers: 1, or 3 (replication factor 3, min.insync.replicas 2)
+	bigRows       int           // rows of big before the platform starts (the initial snapshot)
+	snapshotKills int           // kills of `changes run` while it copies big
+	faults        []string      // then these, in this order
+	pause         time.Duration // how long a broker stays SIGSTOPped
+	burst         int           // changes committed while `changes run` is down, before a catch-up kill
+	rate          float64       // transactions per second per worker (two workers)
+	timeout       time.Duration
+}
+
+var shortFaults = faultPlan{
+	name: "short", nodes: 1, bigRows: 100_000, snapshotKills: 1,
+	faults: []string{faultServeKill, faultBrokerKill, faultPGCrash, faultBrokerPause, faultCatchupKill},
+	// Above sarama's 30 s network timeouts.
+	pause: 35 * time.Second, burst: 20_000, rate: 40, timeout: 6 * time.Minute,
+}
+
+var fullFaults = []faultPlan{{
+	name: "one-broker", nodes: 1, bigRows: 300_000, snapshotKills: 3,
+	faults: []string{
+		faultRunKill, faultServeKill, faultBrokerKill, faultPGCrash, faultRunKill, faultBrokerPause,
+		faultCatchupKill, faultBrokerKill, faultRunKill, faultServeKill, faultPGCrash, faultRunKill,
+		faultBrokerPause, faultCatchupKill, faultBrokerKill, faultRunKill, faultPGCrash, faultRunKill,
+	},
+	pause: 60 * time.Second, burst: 60_000, rate: 60, timeout: 25 * time.Minute,
+}, {
+	name: "three-brokers", nodes: 3, bigRows: 100_000, snapshotKills: 1,
+	faults: []string{faultLeaderKill, faultRunKill, faultLeaderKill, faultBrokerPause, faultLeaderKill, faultCatchupKill},
+	pause:  40 * time.Second, burst: 30_000, rate: 60, timeout: 15 * time.Minute,
+}}
+
+func TestFaults(t *testing.T) {
+	stack(t) // the end-to-end gate: skip without a stack, fail under CI
+	if testing.Short() {
+		t.Skip("starts a stack of its own and injects faults for minutes")
+	}
+	plans := []faultPlan{shortFaults}
+	if os.Getenv("CHANGES_FAULTS") == "full" {
+		plans = fullFaults
+	}
+	for _, p := range plans {
+		t.Run(p.name, func(t *testing.T) { runFaults(t, p) })
+	}
+}
+
+// scenario is one plan running.
+type scenario struct {
+	t        *testing.T
+	plan     faultPlan
+	st       *faultStack
+	cfg      *topology.Config
+	run      *proc
+	serve    *proc
+	w        *workload
+	serveURL string
+	faults   []faultRecord
+	http     *http.Client
+}
+
+// faultRecord is one injected fault.
+type faultRecord struct {
+	kind      string
+	start     time.Time
+	recovery  time.Duration // from the fault's end until a change committed after it was served
+	recovered bool
+	note      string
+}
+
+func runFaults(t *testing.T, p faultPlan) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	began := time.Now()
+	st := newFaultStack(t, p.nodes)
+	t.Logf("%s: stack of %d broker(s) up in %s", p.name, p.nodes, time.Since(began).Round(time.Second))
+	db, err := pgx.Connect(ctx, st.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	execSQL(t, ctx, db, faultTables)
+	w := newWorkload(st.pgURL, 2, p.rate)
+	if err := w.populate(ctx, db, p.bigRows); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	serveAddr := freeAddr(t)
+	cfgPath, cfg := writeFaultConfig(t, dir, st, serveAddr)
+	s := &scenario{t: t, plan: p, st: st, cfg: cfg, w: w, serveURL: "http://" + serveAddr, http: &http.Client{Timeout: 3 * time.Second}}
+	s.run = newProc(t, dir, "run", []string{"CHANGES_STORAGE_DIR=" + filepath.Join(dir, "run")}, "run", "--config", cfgPath)
+	s.serve = newProc(t, dir, "serve", []string{"CHANGES_STORAGE_DIR=" + filepath.Join(dir, "serve")}, "serve", "--config", cfgPath)
+	defer func() {
+		if t.Failed() {
+			t.Logf("logs of `changes run`: %s\n%s", s.run.logPath, tailFile(s.run.logPath, 15))
+			t.Logf("logs of `changes serve`: %s\n%s", s.serve.logPath, tailFile(s.serve.logPath, 8))
+			keep := filepath.Join(os.TempDir(), "changes-faults-"+p.name+"-"+time.Now().Format("150405"))
+			if os.MkdirAll(keep, 0o755) == nil {
+				for _, f := range []string{s.run.logPath, s.serve.logPath} {
+					if b, err := os.ReadFile(f); err == nil {
+						os.WriteFile(filepath.Join(keep, filepath.Base(f)), b, 0o644)
+					}
+				}
+				t.Logf("process logs kept in %s", keep)
+			}
+		}
+	}()
+
+	// The workload starts once the slot has its consistent point: every
+	// change it commits must then be streamed, and big's rows copied.
+	s.run.start()
+	if !waitFor(ctx, func() bool {
+		var ok bool
+		db.QueryRow(ctx, "select confirmed_flush_lsn is not null from pg_replication_slots where slot_name = 'faults'").Scan(&ok)
+		return ok
+	}) {
+		t.Fatalf("the capture never created its slot:\n%s", tailFile(s.run.logPath, 20))
+	}
+	w.start(ctx, p.bigRows)
+	defer w.finish()
+	s.serve.start()
+
+	for i := range p.snapshotKills {
+		s.snapshotKill(ctx, i)
+	}
+	rnd := rand.New(rand.NewPCG(11, 12))
+	for _, kind := range p.faults {
+		if ctx.Err() != nil {
+			break
+		}
+		// Some load between faults, at a random moment.
+		time.Sleep(time.Duration(1000+rnd.IntN(2000)) * time.Millisecond)
+		s.inject(ctx, kind)
+	}
+	time.Sleep(2 * time.Second)
+	w.finish()
+	txns, changes := w.counts()
+	t.Logf("%s: workload stopped after %d transactions, %d changes (%d commits in doubt, resolved)", p.name, txns, changes, w.inDoubt)
+
+	// Converge: every table served equals the database.
+	tables := s.waitTablesEqual(ctx, db)
+	// The history, from its start, against the ledger and the database.
+	hist := s.readHistory(ctx)
+	dbRows := map[string]map[int64]codecs.Row{}
+	for _, ft := range faultTypes {
+		rows, err := dbcheck.Rows(ctx, db, ft.typ, "id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dbRows[ft.typ] = rows
+	}
+	verdict := checkFaultHistory(w.ledger, hist, dbRows)
+	var exits []procExit
+	exits = append(exits, s.run.unexpectedExits()...)
+	exits = append(exits, s.serve.unexpectedExits()...)
+	t.Logf("\n%s", s.table(verdict, hist, tables, exits))
+
+	if len(w.errs) > 0 {
+		t.Errorf("the workload failed (a bug of the suite):\n  %s", strings.Join(w.errs, "\n  "))
+	}
+	if !verdict.ok() {
+		t.Errorf("the history is wrong (first %d problems):\n  %s", len(verdict.problems), strings.Join(verdict.problems, "\n  "))
+	}
+	for typ, diffs := range tables {
+		if len(diffs) > 0 {
+			t.Errorf("table %s served by `changes serve` differs from the database:\n  %s", typ, strings.Join(diffs, "\n  "))
+		}
+	}
+	for _, f := range s.faults {
+		if !f.recovered {
+			t.Errorf("%s at %s: no change committed after it was served within the deadline %s", f.kind, f.start.Format("15:04:05"), f.note)
+		}
+	}
+	for _, e := range exits {
+		t.Errorf("`changes %s` exited by itself at %s (%s), the suite restarted it:\n%s", e.name, e.at.Format("15:04:05.000"), e.err, e.tail)
+	}
+}
+
+// writeFaultConfig writes the platform's config file and returns it parsed.
+func writeFaultConfig(t *testing.T, dir string, st *faultStack, serveAddr string) (string, *topology.Config) {
+	rf, isr := 1, 1
+	if st.nodes > 1 {
+		rf, isr = 3, 2
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "kafka: {brokers: [%s], replication_factor: %d, min_insync_replicas: %d}\n", strings.Join(st.brokers, ", "), rf, isr)
+	fmt.Fprintf(&b, "postgres: {url: %q, slot: faults, publication: faults}\ntopics: {prefix: faults}\nstorage: %q\nmetrics: \"\"\nserve: {listen: %q}\nentities:\n", st.pgURL, dir, serveAddr)
+	for _, ft := range faultTypes {
+		fmt.Fprintf(&b, "  - {type: %s, table: public.%s, id_column: id, partitions: %d}\n", ft.typ, ft.typ, ft.partitions)
+	}
+	path := filepath.Join(dir, "changes.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := topology.Parse([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The shared stack's variables may have overridden the file in Parse;
+	// the subprocesses read the file alone.
+	cfg.Kafka.Brokers, cfg.Postgres.URL = st.brokers, st.pgURL
+	cfg.Postgres.Slot, cfg.Postgres.Publication, cfg.Topics.Prefix = "faults", "faults", "faults"
+	cfg.Kafka.ReplicationFactor = rf
+	return path, cfg
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// historyEnd is the history's end offset; -1 while Kafka does not answer.
+func (s *scenario) historyEnd() int64 {
+	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+	if err != nil {
+		return -1
+	}
+	defer client.Close()
+	end, err := client.GetOffset(string(topology.New(s.cfg).History()), 0, sarama.OffsetNewest)
+	if err != nil {
+		return -1
+	}
+	return end
+}
+
+// snapshotKill kills `changes run` while it copies big, and restarts it.
+func (s *scenario) snapshotKill(ctx context.Context, i int) {
+	// The first kill a third of the way through; later ones soon after the restart.
+	target := int64(s.plan.bigRows / 3)
+	if i > 0 {
+		time.Sleep(1500 * time.Millisecond)
+		target = 0
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	var end int64
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if end = s.historyEnd(); end >= target {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	note := fmt.Sprintf("history end %d of %d rows", end, s.plan.bigRows)
+	if end >= int64(s.plan.bigRows) {
+		note += " (the copy may have ended)"
+	}
+	start := time.Now()
+	s.run.kill()
+	s.run.start()
+	s.recovered(ctx, faultSnapshotKill, start, time.Now(), note)
+}
+
+// inject injects one fault and waits until data flows again.
+func (s *scenario) inject(ctx context.Context, kind string) {
+	t := s.t
+	start := time.Now()
+	note := ""
+	switch kind {
+	case faultRunKill:
+		s.run.restart()
+	case faultServeKill:
+		s.serve.restart()
+	case faultBrokerKill:
+		s.st.must("kafka-kill", "1")
+		time.Sleep(3 * time.Second)
+		s.st.must("kafka-start")
+	case faultBrokerPause:
+		node := s.historyLeader()
+		s.st.must("kafka-pause", strconv.Itoa(node))
+		time.Sleep(s.plan.pause)
+		s.st.must("kafka-resume", strconv.Itoa(node))
+		note = fmt.Sprintf("node %d, %s", node, s.plan.pause)
+	case faultPGCrash:
+		s.st.must("pg-crash")
+	case faultCatchupKill:
+		// A backlog while the capture is down, then a kill while it drains.
+		s.run.kill()
+		if err := s.w.burst(ctx, s.plan.burst); err != nil {
+			t.Errorf("burst: %v", err)
+		}
+		before := s.historyEnd()
+		s.run.start()
+		time.Sleep(2 * time.Second)
+		at := s.historyEnd()
+		s.run.restart()
+		note = fmt.Sprintf("killed %d records into a %d-change backlog", at-before, s.plan.burst)
+	case faultLeaderKill:
+		// The cluster goes on without the node: recovery counts from the kill.
+		node := s.historyLeader()
+		s.st.must("kafka-kill", strconv.Itoa(node))
+		end := time.Now()
+		s.recovered(ctx, kind, start, end, fmt.Sprintf("node %d", node))
+		time.Sleep(5 * time.Second)
+		s.st.must("kafka-start")
+		return
+	default:
+		t.Fatalf("unknown fault %q", kind)
+	}
+	s.recovered(ctx, kind, start, time.Now(), note)
+}
+
+// historyLeader is the broker node that leads the history's partition.
+func (s *scenario) historyLeader() int {
+	if s.st.nodes == 1 {
+		return 1
+	}
+	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer client.Close()
+	b, err := client.Leader(string(topology.New(s.cfg).History()), 0)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return int(b.ID())
+}
+
+// recovered measures how long after end a heartbeat committed after end
+// is served by `changes serve`, and records the fault.
+func (s *scenario) recovered(ctx context.Context, kind string, start, end time.Time, note string) {
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	f := faultRecord{kind: kind, start: start, note: note}
+	if v, ok := s.w.beatSince(rctx, end); ok {
+		f.recovered = waitFor(rctx, func() bool { return s.servedBeat() >= v })
+	}
+	f.recovery = time.Since(end)
+	s.faults = append(s.faults, f)
+	s.t.Logf("%s %s: recovered %v after %s %s", time.Now().Format("15:04:05"), kind, f.recovered, f.recovery.Round(10*time.Millisecond), note)
+}
+
+// servedBeat is the heartbeat's version `changes serve` answers; -1 if none.
+func (s *scenario) servedBeat() int64 {
+	resp, err := s.http.Get(s.serveURL + "/v1/entities/beat/1")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var e server.Entity
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&e) != nil {
+		return -1
+	}
+	return versionOf(e.Row)
+}
+
+// served pages through one type's entities over HTTP.
+func (s *scenario) served(typ string) (map[int64]*codecs.State, error) {
+	out := map[int64]*codecs.State{}
+	after := ""
+	for {
+		u := s.serveURL + "/v1/entities/" + typ + "?limit=1000"
+		if after != "" {
+			u += "&after=" + after
+		}
+		resp, err := s.http.Get(u)
+		if err != nil {
+			return nil, err
+		}
+		var page server.Page
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range page.Entities {
+			out[e.ID] = &codecs.State{EntityType: e.Type, EntityID: e.ID, Row: e.Row, Position: e.Position}
+		}
+		if page.NextAfter == "" {
+			return out, nil
+		}
+		after = page.NextAfter
+	}
+}
+
+// waitTablesEqual waits until every type served equals its table, and
+// returns the differences left (none when equal).
+func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn) map[string][]string {
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	diffs := map[string][]string{}
+	waitFor(wctx, func() bool {
+		equal := true
+		for _, ft := range faultTypes {
+			rows, err := dbcheck.Rows(ctx, db, ft.typ, "id")
+			if err != nil {
+				s.t.Fatal(err)
+			}
+			states, err := s.served(ft.typ)
+			if err != nil {
+				diffs[ft.typ] = []string{err.Error()}
+				equal = false
+				continue
+			}
+			diffs[ft.typ] = dbcheck.Diff(rows, states, 10)
+			if len(diffs[ft.typ]) > 0 {
+				equal = false
+			}
+		}
+		if !equal {
+			time.Sleep(time.Second)
+		}
+		return equal
+	})
+	s.t.Logf("tables compared with the database after %s", time.Since(start).Round(time.Second))
+	return diffs
+}
+
+// readHistory reads the history from its start at read_committed until
+// nothing new comes for a while (the platform has converged by now). It
+// never assumes contiguous offsets: transaction markers take some.
+func (s *scenario) readHistory(ctx context.Context) []histEvent {
+	cfg := topology.SaramaConfig(s.cfg.Kafka)
+	cfg.Consumer.IsolationLevel = sarama.ReadCommitted
+	consumer, err := sarama.NewConsumer(s.cfg.Kafka.Brokers, cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer consumer.Close()
+	pc, err := consumer.ConsumePartition(string(topology.New(s.cfg).History()), 0, sarama.OffsetOldest)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer pc.Close()
+	var out []histEvent
+	for {
+		select {
+		case m := <-pc.Messages():
+			ev, err := codecs.EventCodec{}.Decode(m.Value)
+			if err != nil {
+				s.t.Errorf("history offset %d does not decode: %v", m.Offset, err)
+				continue
+			}
+			out = append(out, histEvent{offset: m.Offset, ev: ev})
+		case err := <-pc.Errors():
+			s.t.Fatalf("reading the history: %v", err)
+		case <-time.After(5 * time.Second):
+			return out
+		case <-ctx.Done():
+			s.t.Fatalf("reading the history: %v", ctx.Err())
+		}
+	}
+}
+
+// table prints the faults with what the checks found in the history during
+// each kind's phases (from a fault's injection to the next fault).
+func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][]string, exits []procExit) string {
+	type row struct {
+		injected                                                  int
+		events, lost, dup, reord, rewound, phantom, wrong, exited int
+		recoveries                                                []time.Duration
+		failed                                                    int
+	}
+	rows := map[string]*row{}
+	order := []string{"(before any fault)"}
+	rows[order[0]] = &row{}
+	faults := slices.Clone(s.faults)
+	sort.Slice(faults, func(i, j int) bool { return faults[i].start.Before(faults[j].start) })
+	for _, f := range faults {
+		r := rows[f.kind]
+		if r == nil {
+			r = &row{}
+			rows[f.kind] = r
+			order = append(order, f.kind)
+		}
+		r.injected++
+		if f.recovered {
+			r.recoveries = append(r.recoveries, f.recovery)
+		} else {
+			r.failed++
+		}
+	}
+	phase := func(at time.Time) *row {
+		kind := order[0]
+		for _, f := range faults {
+			if !f.start.After(at) {
+				kind = f.kind
+			}
+		}
+		return rows[kind]
+	}
+	for _, h := range hist {
+		phase(h.ev.CommitTime).events++
+	}
+	for _, a := range v.at {
+		r := phase(a.at)
+		switch a.kind {
+		case "lost":
+			r.lost++
+		case "duplicated":
+			r.dup++
+		case "reordered":
+			r.reord++
+		case "rewound":
+			r.rewound++
+		case "phantom":
+			r.phantom++
+		case "wrong":
+			r.wrong++
+		}
+	}
+	for _, e := range exits {
+		phase(e.at).exited++
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "changes fault suite, plan %s (%d broker(s), %d rows copied by the initial snapshot)\n\n", s.plan.name, s.plan.nodes, s.plan.bigRows)
+	fmt.Fprintf(&b, "  %-32s %8s %8s %6s %6s %6s %7s %7s %6s %6s  %s\n", "fault", "injected", "events", "lost", "dup", "reord", "rewound", "phantom", "wrong", "exits", "recovery p50 / max")
+	total := row{}
+	for _, k := range order {
+		r := rows[k]
+		rec := "-"
+		if len(r.recoveries) > 0 {
+			d := slices.Clone(r.recoveries)
+			slices.Sort(d)
+			rec = fmt.Sprintf("%s / %s", d[len(d)/2].Round(100*time.Millisecond), d[len(d)-1].Round(100*time.Millisecond))
+		}
+		if r.failed > 0 {
+			rec += fmt.Sprintf(" (%d never)", r.failed)
+		}
+		injected := strconv.Itoa(r.injected)
+		if k == order[0] {
+			injected = "-"
+		}
+		fmt.Fprintf(&b, "  %-32s %8s %8d %6d %6d %6d %7d %7d %6d %6d  %s\n", k, injected, r.events, r.lost, r.dup, r.reord, r.rewound, r.phantom, r.wrong, r.exited, rec)
+		total.injected += r.injected
+		total.events += r.events
+		total.lost += r.lost
+		total.dup += r.dup
+		total.reord += r.reord
+		total.rewound += r.rewound
+		total.phantom += r.phantom
+		total.wrong += r.wrong
+		total.exited += r.exited
+	}
+	fmt.Fprintf(&b, "  %-32s %8d %8d %6d %6d %6d %7d %7d %6d %6d\n\n", "total", total.injected, total.events, total.lost, total.dup, total.reord, total.rewound, total.phantom, total.wrong, total.exited)
+	txns, changes := s.w.counts()
+	fmt.Fprintf(&b, "  workload: %d transactions, %d changes committed (%d commits in doubt, resolved by txlog)\n", txns, changes, s.w.inDoubt)
+	for _, ft := range faultTypes {
+		verdict := "equal, value by value"
+		if d := tables[ft.typ]; len(d) > 0 {
+			verdict = fmt.Sprintf("NOT EQUAL (%s)", d[0])
+		}
+		fmt.Fprintf(&b, "  table %-5s served by `changes serve` vs PostgreSQL: %s\n", ft.typ, verdict)
+	}
+	b.WriteString("\n  lost/dup/reord/rewound/phantom: history records checked per entity against the committed versions;\n" +
+		"  wrong: entities whose state at the history's end differs from the database; exits: processes that\n" +
+		"  exited by themselves; recovery: from the fault's end until a change committed after it is served.\n")
+	return b.String()
+}
