@@ -47,6 +47,10 @@ type Reader struct {
 	partition int32
 	next      int64
 	version   int16
+	// From the last fetch: the last stable offset, and whether it held no
+	// batch at all (nothing at or after next below it).
+	stable int64
+	empty  bool
 }
 
 // New returns a Reader of topic/partition positioned at offset from.
@@ -106,6 +110,11 @@ func (r *Reader) Fetch(ctx context.Context, wait time.Duration) ([]*Record, erro
 		return nil, fmt.Errorf("kread: fetch %s/%d: %w", r.topic, r.partition, block.Err)
 	}
 	records, next := committed(block, r.next)
+	r.empty = len(block.RecordsSet) == 0
+	r.stable = block.LastStableOffset
+	if r.version < 4 || r.stable < 0 {
+		r.stable = block.HighWaterMarkOffset
+	}
 	r.next = next
 	return records, nil
 }
@@ -181,14 +190,19 @@ func controlType(key []byte) int {
 
 // Range calls fn with every committed record at offsets [from, to), in
 // order, until fn returns false or an error; it returns once the reader's
-// position reaches to. Use End for a to that exists: an offset beyond the
-// last stable offset waits for transactions to be decided.
+// position reaches to, or once nothing is left before to (compaction may
+// have removed a compacted topic's last records). Use End for a to that
+// exists: an offset beyond the last stable offset waits for transactions
+// to be decided, or for new records.
 func Range(ctx context.Context, client sarama.Client, topic string, partition int32, from, to int64, fn func(*Record) (bool, error)) error {
 	r := New(client, topic, partition, from)
 	for r.Offset() < to {
 		recs, err := r.Fetch(ctx, 500*time.Millisecond)
 		if err != nil {
 			return err
+		}
+		if r.empty && r.stable >= to {
+			return nil // nothing left in [position, to)
 		}
 		for _, rec := range recs {
 			if rec.Offset >= to {

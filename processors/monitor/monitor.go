@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -139,22 +140,21 @@ func (m *Monitor) Run(ctx context.Context) error {
 			}
 		}
 	}
-	// The checker starts after the history's last record.
+	// The checker starts after the history's last committed record: the
+	// last stable offset, as the capture writes in Kafka transactions.
 	hist := string(m.topo.History())
-	end, err := client.GetOffset(hist, 0, sarama.OffsetNewest)
+	end, err := kread.End(client, hist, 0)
 	if err != nil {
 		return fmt.Errorf("monitor: end of %s: %w", hist, err)
 	}
-	if end > 0 {
-		last, err := readOne(ctx, consumer, hist, end-1)
-		if err != nil {
-			return fmt.Errorf("monitor: last record of %s: %w", hist, err)
-		}
-		if ev, err := (codecs.EventCodec{}).Decode(last.Value); err == nil {
-			m.checker.Begin(ev.Position)
-		}
+	last, err := lastEvent(ctx, client, hist, end)
+	if err != nil {
+		return fmt.Errorf("monitor: last record of %s: %w", hist, err)
 	}
-	if err := m.consume(gctx, g, consumer, hist, 0, fromHistory, "", in); err != nil {
+	if last != nil {
+		m.checker.Begin(last.Position)
+	}
+	if err := m.consumeFrom(gctx, g, consumer, hist, 0, end, fromHistory, "", in); err != nil {
 		return err
 	}
 	close(m.ready)
@@ -174,7 +174,14 @@ func (m *Monitor) Run(ctx context.Context) error {
 
 // consume reads one partition from its end into in.
 func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer sarama.Consumer, topic string, partition int32, source int, typ string, in chan<- record) error {
-	pc, err := consumer.ConsumePartition(topic, partition, sarama.OffsetNewest)
+	return m.consumeFrom(ctx, g, consumer, topic, partition, sarama.OffsetNewest, source, typ, in)
+}
+
+// consumeFrom reads one partition from offset from into in. A consumer
+// that closes ends the monitor with an error (the caller restarts it),
+// never a loop on a closed channel.
+func (m *Monitor) consumeFrom(ctx context.Context, g *errgroup.Group, consumer sarama.Consumer, topic string, partition int32, from int64, source int, typ string, in chan<- record) error {
+	pc, err := consumer.ConsumePartition(topic, partition, from)
 	if err != nil {
 		return fmt.Errorf("monitor: read %s/%d: %w", topic, partition, err)
 	}
@@ -184,12 +191,18 @@ func (m *Monitor) consume(ctx context.Context, g *errgroup.Group, consumer saram
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case err := <-pc.Errors():
+			case err, ok := <-pc.Errors():
+				if !ok {
+					return fmt.Errorf("monitor: the consumer of %s/%d closed", topic, partition)
+				}
 				// sarama retries by itself; a monitor that stopped would
 				// silence every alert.
 				m.metrics.consumerErrors.WithLabelValues(topic).Inc()
 				m.log.Warn("consumer error", "topic", topic, "partition", partition, "err", err)
-			case msg := <-pc.Messages():
+			case msg, ok := <-pc.Messages():
+				if !ok {
+					return fmt.Errorf("monitor: the consumer of %s/%d closed", topic, partition)
+				}
 				select {
 				case in <- record{source: source, typ: typ, msg: msg}:
 				case <-ctx.Done():
@@ -410,23 +423,27 @@ func (m *Monitor) forgetSlot() {
 	}
 }
 
-// readOne reads the record at offset.
-func readOne(ctx context.Context, consumer sarama.Consumer, topic string, offset int64) (*sarama.ConsumerMessage, error) {
-	pc, err := consumer.ConsumePartition(topic, 0, offset)
+// lastEvent returns the last event of the history before offset end, or nil
+// if there is none; records that are not events are passed over.
+func lastEvent(ctx context.Context, client sarama.Client, topic string, end int64) (*codecs.Event, error) {
+	start, err := kread.Start(client, topic, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer pc.Close()
-	select {
-	case m := <-pc.Messages():
-		return m, nil
-	case err := <-pc.Errors():
-		return nil, err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-time.After(10 * time.Second):
-		return nil, fmt.Errorf("no record at offset %d", offset)
+	const window = 256
+	for to := end; to > start; to -= window {
+		var last *codecs.Event
+		err := kread.Range(ctx, client, topic, 0, max(start, to-window), to, func(r *kread.Record) (bool, error) {
+			if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil {
+				last = ev
+			}
+			return true, nil
+		})
+		if err != nil || last != nil {
+			return last, err
+		}
 	}
+	return nil, nil
 }
 
 func b2i(b bool) int {

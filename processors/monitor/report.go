@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -85,60 +86,35 @@ func newReader(cfg *topology.Config) (*reader, error) {
 
 func (r *reader) Close() { r.consumer.Close(); r.client.Close() }
 
-// read calls fn with every record of topic/partition from the first one at
-// or after from up to the partition's end when read starts.
+// read calls fn with every committed record of topic/partition from the
+// first one at or after from up to the partition's end when read starts.
 func (r *reader) read(ctx context.Context, topic string, partition int32, from time.Time, fn func(*sarama.ConsumerMessage)) error {
-	end, err := r.client.GetOffset(topic, partition, sarama.OffsetNewest)
+	end, err := kread.End(r.client, topic, partition)
 	if err != nil {
 		return err
 	}
-	start := sarama.OffsetOldest
+	start, err := kread.Start(r.client, topic, partition)
+	if err != nil {
+		return err
+	}
 	if !from.IsZero() {
-		if start, err = r.client.GetOffset(topic, partition, from.UnixMilli()); err != nil {
+		at, err := r.client.GetOffset(topic, partition, from.UnixMilli())
+		if err != nil {
 			return err
 		}
-		if start < 0 {
+		if at < 0 {
 			return nil // nothing at or after from
 		}
+		start = max(start, at)
 	}
-	oldest, err := r.client.GetOffset(topic, partition, sarama.OffsetOldest)
-	if err != nil {
-		return err
-	}
-	if start == sarama.OffsetOldest {
-		start = oldest
-	}
-	if start >= end {
-		return nil
-	}
-	pc, err := r.consumer.ConsumePartition(topic, partition, start)
+	err = kread.Range(ctx, r.client, topic, partition, start, end, func(rec *kread.Record) (bool, error) {
+		fn(&sarama.ConsumerMessage{Topic: topic, Partition: partition, Offset: rec.Offset, Key: rec.Key, Value: rec.Value, Headers: rec.Headers, Timestamp: rec.Timestamp})
+		return true, nil
+	})
 	if err != nil {
 		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
 	}
-	defer pc.Close()
-	// The last offsets of a compacted topic may be gone: a partition quiet
-	// for a while is read to its end.
-	idle := time.NewTimer(3 * time.Second)
-	defer idle.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-idle.C:
-			return nil
-		case err := <-pc.Errors():
-			return fmt.Errorf("read %s/%d: %w", topic, partition, err)
-		case msg := <-pc.Messages():
-			idle.Reset(3 * time.Second)
-			if msg.Offset >= end {
-				return nil
-			}
-			fn(msg)
-			if msg.Offset >= end-1 {
-				return nil
-			}
-		}
-	}
+	return nil
 }
 
 // SLO reads the changes committed in the last window and measures their

@@ -32,6 +32,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -98,7 +99,9 @@ func (r *Reader) Bounds(ctx context.Context) (Bounds, error) {
 	if b.Start, err = r.client.GetOffset(r.topic, 0, sarama.OffsetOldest); err != nil {
 		return b, fmt.Errorf("history start: %w", err)
 	}
-	if b.End, err = r.client.GetOffset(r.topic, 0, sarama.OffsetNewest); err != nil {
+	// The last stable offset: the capture writes in Kafka transactions, and
+	// what is past it is not decided yet.
+	if b.End, err = kread.End(r.client, r.topic, 0); err != nil {
 		return b, fmt.Errorf("history end: %w", err)
 	}
 	r.mu.Lock()
@@ -108,7 +111,8 @@ func (r *Reader) Bounds(ctx context.Context) (Bounds, error) {
 	r.mu.Unlock()
 	if b.Start < b.End && b.StartTime.IsZero() {
 		var first *codecs.Event
-		err := r.scan(ctx, b.Start, b.Start+1, func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error) {
+		// The first committed event (aborted records and markers hold offsets too).
+		err := r.scan(ctx, b.Start, b.End, func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error) {
 			ev, err := value()
 			first = ev
 			return false, err
@@ -337,52 +341,38 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 	return out, nil
 }
 
-// scan reads the history's records in [from, to) and calls fn with each
-// record's offset, key and a decoder for its value, until fn returns false
-// or an error. A record that does not decode is an error naming its offset.
+// scan reads the history's committed records in [from, to) and calls fn
+// with each record's offset, key and a decoder for its value, until fn
+// returns false or an error. A record that does not decode (written by
+// something other than the capture) is passed over with a warning: it must
+// not make the entity or type it concerns unreadable for the retention.
 func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
 	if from >= to {
 		return nil
 	}
-	consumer, err := sarama.NewConsumerFromClient(r.client)
-	if err != nil {
-		return fmt.Errorf("history consumer: %w", err)
-	}
-	defer consumer.Close()
-	pc, err := consumer.ConsumePartition(r.topic, 0, from)
-	if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+	err := kread.Range(ctx, r.client, r.topic, 0, from, to, func(rec *kread.Record) (bool, error) {
+		value := func() (*codecs.Event, error) {
+			ev, err := (codecs.EventCodec{}).Decode(rec.Value)
+			if err != nil {
+				return nil, fmt.Errorf("%w: history offset %d: %w", errUndecodable, rec.Offset, err)
+			}
+			return ev, nil
+		}
+		more, err := fn(rec.Offset, rec.Key, value)
+		if errors.Is(err, errUndecodable) {
+			r.log.Warn("passed over a history record that is not an event", "offset", rec.Offset, "err", err)
+			return true, nil
+		}
+		return more, err
+	})
+	if errors.Is(err, kread.ErrOffsetOutOfRange) {
 		return fmt.Errorf("%w: retention removed offset %d while it was being read; ask again", ErrBeforeHistory, from)
 	}
 	if err != nil {
-		return fmt.Errorf("history: read from offset %d: %w", from, err)
+		return fmt.Errorf("history: %w", err)
 	}
-	defer pc.Close() // drains the channels
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-pc.Errors():
-			if err != nil {
-				return fmt.Errorf("history: %w", err)
-			}
-		case msg, ok := <-pc.Messages():
-			if !ok {
-				return fmt.Errorf("history: consumer closed at offset %d", from)
-			}
-			if msg.Offset >= to {
-				return nil
-			}
-			value := func() (*codecs.Event, error) {
-				ev, err := (codecs.EventCodec{}).Decode(msg.Value)
-				if err != nil {
-					return nil, fmt.Errorf("history offset %d: %w", msg.Offset, err)
-				}
-				return ev, nil
-			}
-			more, err := fn(msg.Offset, msg.Key, value)
-			if err != nil || !more || msg.Offset == to-1 {
-				return err
-			}
-		}
-	}
+	return nil
 }
+
+// errUndecodable marks a record scan passes over.
+var errUndecodable = errors.New("not an event")
