@@ -18,6 +18,7 @@ type metrics struct {
 	restarts    *prometheus.CounterVec
 	in          *prometheus.CounterVec
 	lag         *prometheus.GaugeVec
+	connected   *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -50,6 +51,10 @@ func newMetrics() *metrics {
 			Name: "changes_processor_lag_records",
 			Help: "Records of an input partition not yet processed by this instance, by consumer group, topic and partition (read every 5 s).",
 		}, []string{"group", "topic", "partition"}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "changes_processor_connected",
+			Help: "1 while a processor runs and Kafka answers (probed every 2 s), 0 while it is being restarted or Kafka is unreachable, by consumer group.",
+		}, []string{"group"}),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_processor_restarts_total",
 			Help: "Times a processor failed and was restarted, by consumer group.",
@@ -70,7 +75,11 @@ func (m *metrics) register(r prometheus.Registerer) error {
 			return err
 		}
 	}
-	var err error
-	m.lag, err = promreg.Register(r, m.lag)
-	return err
+	for _, g := range []**prometheus.GaugeVec{&m.lag, &m.connected} {
+		var err error
+		if *g, err = promreg.Register(r, *g); err != nil {
+			return err
+		}
+	}
+	return nil
 }

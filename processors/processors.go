@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/internal/slogadapter"
 	"github.com/changes-dev/changes/topology"
 )
@@ -371,62 +373,118 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 
 // Run runs the router and one snapshot processor per entity type until ctx
 // is cancelled (then it returns nil). goka stops a processor on any error by
-// design: Run rebuilds and restarts it with backoff (1 s doubling to 30 s),
-// counts it in changes_processor_restarts_total, and returns the error once
-// one processor failed MaxFailuresInARow times in a row (a run of a minute
-// or more resets the count), stopping the others.
+// design, and on Kafka being away for longer than its clients' timeouts:
+// Run rebuilds and restarts it with backoff (1 s doubling to 30 s), forever
+// while the error is one retrying can fix (see outage.Retryable), counting
+// restarts in changes_processor_restarts_total. It logs the first failure of
+// a series and the return to running, not every retry. It returns, stopping
+// the others, when one processor fails with an error retrying cannot fix (a
+// topic of the wrong shape, a refused configuration).
+//
+// changes_processor_connected{group} is 1 while the group's processor runs
+// and Kafka answers a probe (every 2 s, with 5 s timeouts), 0 otherwise.
 func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 	o, err := newOptions(topo, opts)
 	if err != nil {
 		return err
 	}
 	type member struct {
-		group string
-		build func() (*goka.Processor, error)
-		sweep bool
-		first *goka.Processor // built up front, so a configuration error fails at once
+		group   string
+		build   func() (*goka.Processor, error)
+		sweep   bool
+		first   *goka.Processor // built up front, so a configuration error fails at once
+		running atomic.Bool
 	}
-	members := []member{{group: string(topo.RouterGroup()), build: func() (*goka.Processor, error) { return newRouter(topo, o) }}}
+	members := []*member{{group: string(topo.RouterGroup()), build: func() (*goka.Processor, error) { return newRouter(topo, o) }}}
 	for _, typ := range topo.EntityTypes() {
-		members = append(members, member{
+		members = append(members, &member{
 			group: string(topo.SnapshotGroup(typ)),
 			build: func() (*goka.Processor, error) { return newSnapshot(topo, typ, o) },
 			sweep: true,
 		})
 	}
-	for i := range members {
-		if members[i].first, err = members[i].build(); err != nil {
+	for _, m := range members {
+		o.metrics.connected.WithLabelValues(m.group).Set(0)
+		// Kafka away at the start: the supervisor builds it when it is back.
+		if m.first, err = m.build(); err != nil && !outage.Retryable(err) {
 			return err
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	kafka := outage.NewState(o.log.With("component", "processors"), nil, "kafka")
+	g.Go(func() error {
+		probe := outage.NewProbe(topo.Config().Kafka, string(topo.History()))
+		defer probe.Close()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			if err := probe.Check(); err != nil {
+				kafka.Down(err)
+			} else {
+				kafka.Up()
+			}
+			for _, m := range members {
+				o.metrics.connected.WithLabelValues(m.group).Set(b2f(m.running.Load() && kafka.Connected()))
+			}
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
 	for _, m := range members {
 		sup := supervisor{
-			name: m.group, log: o.log, maxFailures: MaxFailuresInARow,
+			name: m.group, log: o.log,
 			first: firstBackoff, max: maxBackoff, stable: stableAfter,
 			restarts: func() { o.metrics.restarts.WithLabelValues(m.group).Inc() },
 		}
+		restarted := false
 		g.Go(func() error {
 			return sup.run(gctx, func(ctx context.Context) error {
+				defer func() {
+					m.running.Store(false)
+					o.metrics.connected.WithLabelValues(m.group).Set(0)
+				}()
 				p := m.first
+				m.first = nil // a goka processor runs once
 				if p == nil {
 					var err error
 					if p, err = m.build(); err != nil {
+						restarted = true
 						return err
 					}
 				}
-				m.first = nil // a goka processor runs once
 				runCtx, stop := context.WithCancel(ctx)
 				defer stop()
 				if m.sweep {
 					go sweepEvery(runCtx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log)
 				}
 				go reportLag(runCtx, p, m.group, o.metrics.lag)
+				again := restarted
+				restarted = true
+				go func() {
+					if p.WaitForReadyContext(runCtx) != nil {
+						return
+					}
+					m.running.Store(true)
+					o.metrics.connected.WithLabelValues(m.group).Set(b2f(kafka.Connected()))
+					if again {
+						o.log.Info("processor running again", "group", m.group)
+					}
+				}()
 				return p.Run(runCtx)
 			})
 		})
 	}
 	return g.Wait()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // reportLag sets the lag gauges of p's partitions every 5 s until ctx is done.

@@ -6,37 +6,38 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/changes-dev/changes/internal/outage"
 )
 
-// Supervision defaults: goka stops a processor on any processing error by
-// design, so Run restarts it, with backoff, and gives up (returns the error,
-// so the process exits non-zero) after too many failures in a row.
+// Supervision: goka stops a processor on any error by design (a processing
+// error, or Kafka gone for longer than the clients' timeouts), so Run
+// restarts it, with backoff, for as long as the error is one that retrying
+// can fix (see outage.Retryable): a broker outage of any length does not
+// stop the processors.
 const (
-	// MaxFailuresInARow is how many consecutive failed runs of one processor
-	// Run accepts before it returns the last error.
-	MaxFailuresInARow = 5
-	// stableAfter is how long a run must last to reset the failure count.
-	stableAfter  = time.Minute
-	firstBackoff = time.Second
-	maxBackoff   = 30 * time.Second
+	// stableAfter is how long a run must last to reset the backoff.
+	stableAfter  = outage.StableAfter
+	firstBackoff = outage.First
+	maxBackoff   = outage.Max
 )
 
 // supervisor restarts one processor.
 type supervisor struct {
-	name        string
-	log         *slog.Logger
-	restarts    func() // counts a restart
-	maxFailures int
-	first, max  time.Duration
-	stable      time.Duration
+	name       string
+	log        *slog.Logger
+	restarts   func() // counts a restart
+	first, max time.Duration
+	stable     time.Duration
 }
 
-// run calls once until ctx is done (then it returns nil) or once has failed
-// maxFailures times in a row (then it returns the last error). A run that
-// lasted at least stable resets the count; the wait between runs doubles
-// from first up to max.
+// run calls once until ctx is done (then it returns nil) or once fails with
+// an error that retrying cannot fix (returned). It logs the first failure of
+// a series, not every retry; a run that lasted at least stable ends the
+// series and resets the wait between runs, which doubles from first up to
+// max.
 func (s supervisor) run(ctx context.Context, once func(context.Context) error) error {
-	failures, backoff := 0, s.first
+	backoff, failing := s.first, false
 	for {
 		started := time.Now()
 		err := once(ctx)
@@ -46,14 +47,18 @@ func (s supervisor) run(ctx context.Context, once func(context.Context) error) e
 		if err == nil || errors.Is(err, context.Canceled) {
 			err = errors.New("stopped without an error")
 		}
+		if !outage.Retryable(err) {
+			return fmt.Errorf("processor %s: %w", s.name, err)
+		}
 		if time.Since(started) >= s.stable {
-			failures, backoff = 0, s.first
+			backoff, failing = s.first, false
 		}
-		failures++
-		if failures >= s.maxFailures {
-			return fmt.Errorf("processor %s failed %d times in a row, last: %w", s.name, failures, err)
+		if !failing {
+			s.log.Warn("processor stopped; restarting it until it runs again", "group", s.name, "err", err.Error(), "retry_in", backoff.String())
+			failing = true
+		} else {
+			s.log.Debug("processor failed again", "group", s.name, "err", err.Error(), "retry_in", backoff.String())
 		}
-		s.log.Error("processor failed; restarting", "group", s.name, "err", err, "failures_in_a_row", failures, "backoff", backoff)
 		s.restarts()
 		select {
 		case <-ctx.Done():

@@ -3,57 +3,91 @@ package processors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/changes-dev/changes/topology"
 )
 
 func testSupervisor(restarts *int) supervisor {
 	return supervisor{
-		name: "g", log: slog.New(slog.NewTextHandler(io.Discard, nil)), maxFailures: 3,
+		name: "g", log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		first: time.Millisecond, max: 4 * time.Millisecond, stable: time.Hour,
 		restarts: func() { *restarts++ },
 	}
 }
 
-func TestSupervisorGivesUpAfterFailuresInARow(t *testing.T) {
+// TestSupervisorRetriesOutagesForever: a broker outage of any length is a
+// series of retryable failures; the supervisor never gives up on them.
+func TestSupervisorRetriesOutagesForever(t *testing.T) {
 	var restarts, runs int
-	err := testSupervisor(&restarts).run(context.Background(), func(context.Context) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err := testSupervisor(&restarts).run(ctx, func(context.Context) error {
 		runs++
-		return errors.New("boom")
+		if runs == 50 {
+			cancel()
+			return nil
+		}
+		return errors.New("kafka: client has run out of available brokers to talk to: connection refused")
 	})
-	if err == nil || !strings.Contains(err.Error(), "failed 3 times in a row") || !strings.Contains(err.Error(), "boom") {
-		t.Fatalf("got %v, want the last error after 3 failures", err)
+	if err != nil {
+		t.Fatalf("got %v after %d runs, want a clean stop: outages are retried forever", err, runs)
 	}
-	if runs != 3 || restarts != 2 {
-		t.Errorf("runs %d, restarts %d; want 3 and 2", runs, restarts)
+	if restarts != 49 {
+		t.Errorf("restarts %d, want 49", restarts)
 	}
 }
 
-func TestSupervisorResetsAfterAStableRun(t *testing.T) {
+func TestSupervisorStopsOnWhatRetryingCannotFix(t *testing.T) {
+	var restarts, runs int
+	err := testSupervisor(&restarts).run(context.Background(), func(context.Context) error {
+		runs++
+		return fmt.Errorf("%w: events has 3 partitions, the config asks for 4", topology.ErrTopicMismatch)
+	})
+	if !errors.Is(err, topology.ErrTopicMismatch) || !strings.Contains(err.Error(), "processor g") {
+		t.Fatalf("got %v, want the mismatch, naming the processor", err)
+	}
+	if runs != 1 || restarts != 0 {
+		t.Errorf("runs %d, restarts %d; want 1 and 0", runs, restarts)
+	}
+}
+
+func TestSupervisorBackoffDoublesAndResetsAfterAStableRun(t *testing.T) {
 	var restarts, runs int
 	s := testSupervisor(&restarts)
-	s.stable = 20 * time.Millisecond
+	s.first, s.max, s.stable = 10*time.Millisecond, 40*time.Millisecond, 100*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var gaps []time.Duration
+	last := time.Now()
 	err := s.run(ctx, func(ctx context.Context) error {
 		runs++
-		if runs%2 == 0 {
-			time.Sleep(25 * time.Millisecond) // a stable run, then a failure
+		gaps = append(gaps, time.Since(last))
+		if runs == 5 {
+			time.Sleep(110 * time.Millisecond) // a stable run, then a failure
 		}
 		if runs == 7 {
 			cancel()
 			return nil
 		}
+		last = time.Now()
 		return errors.New("boom")
 	})
 	if err != nil {
-		t.Fatalf("got %v; stable runs between failures should reset the count", err)
+		t.Fatal(err)
 	}
-	if restarts != 6 {
-		t.Errorf("restarts %d, want 6", restarts)
+	// Waits before runs 2..7: 10, 20, 40, 40 ms; after the stable run 10, 20 ms.
+	want := []time.Duration{10, 20, 40, 40, 10, 20}
+	for i, w := range want {
+		got := gaps[i+1]
+		if w *= time.Millisecond; got < w || got > w+30*time.Millisecond {
+			t.Errorf("wait before run %d: %v, want about %v", i+2, got, w)
+		}
 	}
 }
 
