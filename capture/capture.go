@@ -286,7 +286,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	}
 	c.streaming()
 	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
-		"history_position", resent.last.String(), "resent_in_history", len(resent.positions))
+		"history_position", resent.last.String(), "resent_in_history", resent.n)
 
 	s := &stream{
 		Capture:  c,

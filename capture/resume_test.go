@@ -11,7 +11,10 @@ import (
 func pos(lsn codecs.LSN, i uint32) codecs.Position { return codecs.Position{CommitLSN: lsn, Index: i} }
 
 func TestResentWritten(t *testing.T) {
-	r := &resent{positions: map[codecs.Position]bool{pos(100, 0): true, pos(100, 2): true, pos(200, 0): true}, last: pos(200, 0)}
+	r := &resent{held: map[codecs.LSN][]span{}}
+	for _, p := range []codecs.Position{pos(200, 0), pos(100, 2), pos(100, 0)} { // newest first, as readBack visits
+		r.add(p)
+	}
 	for _, c := range []struct {
 		p       codecs.Position
 		written bool
@@ -29,7 +32,7 @@ func TestResentWritten(t *testing.T) {
 			t.Errorf("written(%s) = %v, hole %v; want %v, hole %v", c.p, got, hole, c.written, c.gap)
 		}
 	}
-	empty := &resent{positions: map[codecs.Position]bool{}}
+	empty := &resent{held: map[codecs.LSN][]span{}}
 	if got, hole := empty.written(pos(1, 0)); got || hole {
 		t.Errorf("empty history: written = %v, hole %v", got, hole)
 	}
@@ -52,9 +55,34 @@ func TestResumeFrom(t *testing.T) {
 			snapshotFrom{base: 99, index: 11, table: 0, after: 9, resuming: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := c.resumeFrom(tc.rows, 99); got != tc.want {
+			var rows copiedRows
+			for i := len(tc.rows) - 1; i >= 0; i-- {
+				rows.see(tc.rows[i])
+			}
+			if got := c.resumeFrom(rows, 99); got != tc.want {
 				t.Errorf("resumeFrom = %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestResentHoldsSpans: a resent transaction of a million changes costs one
+// span, not a million entries.
+func TestResentHoldsSpans(t *testing.T) {
+	r := &resent{held: map[codecs.LSN][]span{}}
+	const n = 1_000_000
+	for i := n - 1; i >= 0; i-- {
+		r.add(pos(500, uint32(i)))
+	}
+	if got := len(r.held[500]); got != 1 {
+		t.Fatalf("%d spans for one contiguous transaction, want 1", got)
+	}
+	for _, i := range []uint32{0, 1, n / 2, n - 1} {
+		if done, hole := r.written(pos(500, i)); !done || hole {
+			t.Errorf("written(500/%d) = %v, hole %v", i, done, hole)
+		}
+	}
+	if done, hole := r.written(pos(500, n)); done || hole {
+		t.Errorf("after the end: written = %v, hole %v", done, hole)
 	}
 }

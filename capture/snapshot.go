@@ -34,29 +34,45 @@ type snapshotFrom struct {
 	resuming bool
 }
 
+// copiedRows is what resuming needs to know of the snapshot rows at the end
+// of the history, seen newest first: the newest row, and the row before the
+// oldest gap in their indices (a write that failed while later ones
+// succeeded), or the newest row if there is none. It holds three rows, not
+// every copied row.
+type copiedRows struct {
+	newest, prev, after *codecs.Event
+	gaps                int
+}
+
+// see takes the next older row.
+func (r *copiedRows) see(ev *codecs.Event) {
+	switch {
+	case r.newest == nil:
+		r.newest, r.after = ev, ev
+	case r.prev.Position.Index != ev.Position.Index+1:
+		r.after = ev
+		r.gaps++
+	}
+	r.prev = ev
+}
+
 // resumeFrom works out where an interrupted snapshot goes on, from the
-// snapshot rows of this slot (commit LSN base) at the end of the history,
-// oldest first. It resumes after the last row before the first gap in their
-// indices (a write that failed while later ones succeeded), so no row is
-// left out; rows after the gap are copied again, with new indices after the
-// last one written, so positions keep increasing.
-func (c *Capture) resumeFrom(rows []*codecs.Event, base codecs.LSN) snapshotFrom {
-	if len(rows) == 0 {
+// snapshot rows of this slot (commit LSN base) at the end of the history.
+// It resumes after the last row before the first gap in their indices, so
+// no row is left out; rows after the gap are copied again, with new
+// indices after the last one written, so positions keep increasing.
+func (c *Capture) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
+	if rows.newest == nil {
 		return snapshotFrom{base: base}
 	}
-	after := rows[len(rows)-1]
-	for i := 1; i < len(rows); i++ {
-		if rows[i].Position.Index != rows[i-1].Position.Index+1 {
-			after = rows[i-1]
-			c.log.Warn("snapshot: a gap in the copied rows; copying again from before it",
-				"after_index", rows[i-1].Position.Index, "next_index_written", rows[i].Position.Index)
-			break
-		}
+	if rows.gaps > 0 {
+		c.log.Warn("snapshot: a gap in the copied rows; copying again from before it",
+			"after_index", rows.after.Position.Index, "gaps", rows.gaps)
 	}
-	next := rows[len(rows)-1].Position.Index + 1
+	next := rows.newest.Position.Index + 1
 	for i, t := range c.tables {
-		if t.entityType == after.EntityType {
-			return snapshotFrom{base: base, index: next, table: i, after: after.EntityID, resuming: true}
+		if t.entityType == rows.after.EntityType {
+			return snapshotFrom{base: base, index: next, table: i, after: rows.after.EntityID, resuming: true}
 		}
 	}
 	return snapshotFrom{base: base, index: next}
@@ -249,8 +265,13 @@ func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client) erro
 		return err
 	}
 	base := start - 1
-	rows, err := readBack(ctx, client, string(c.topo.History()), func(ev *codecs.Event) bool {
-		return ev.Op == codecs.OpSnapshot && ev.CommitLSN == base
+	var rows copiedRows
+	err = readBack(ctx, client, string(c.topo.History()), func(ev *codecs.Event) bool {
+		if ev.Op != codecs.OpSnapshot || ev.CommitLSN != base {
+			return false
+		}
+		rows.see(ev)
+		return true
 	})
 	if err != nil {
 		return err

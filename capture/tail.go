@@ -3,7 +3,6 @@ package capture
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -18,54 +17,46 @@ import (
 // Records that are not events (written by something else; the router
 // dead-letters them) carry no position and are passed over.
 func lastEvent(ctx context.Context, client sarama.Client, topic string) (*codecs.Event, error) {
-	first := true
-	events, err := readBack(ctx, client, topic, func(*codecs.Event) bool {
-		keep := first
-		first = false
-		return keep
+	var last *codecs.Event
+	err := readBack(ctx, client, topic, func(ev *codecs.Event) bool {
+		last = ev
+		return false
 	})
-	if err != nil || len(events) == 0 {
-		return nil, err
-	}
-	return events[0], nil
+	return last, err
 }
 
 // tailWindow is how many records the capture reads back from the end of the
-// history at a time when it checks what a crashed capture left behind; the
-// producer never has more than a few thousand records in flight.
+// history at a time when it checks what a crashed capture left behind.
 const tailWindow = 2000
 
-// readBack returns the history's committed records from its end backwards,
-// oldest first, while keep accepts them: it stops at the first record keep
-// rejects (which is not returned) or at the start of the topic. It reads at
+// readBack calls visit with the history's committed events from its end
+// backwards, newest first, until visit returns false or the topic's start.
+// It holds one window of events at a time, however far it goes back (a
+// transaction of millions of rows, a long snapshot). It reads at
 // read_committed up to the last stable offset: records of a transaction a
 // crashed capture left open or that was aborted are not history.
-func readBack(ctx context.Context, client sarama.Client, topic string, keep func(*codecs.Event) bool) ([]*codecs.Event, error) {
+func readBack(ctx context.Context, client sarama.Client, topic string, visit func(*codecs.Event) bool) error {
 	newest, err := kread.End(client, topic, 0)
 	if err != nil {
-		return nil, fmt.Errorf("history end offset: %w", err)
+		return fmt.Errorf("history end offset: %w", err)
 	}
 	oldest, err := kread.Start(client, topic, 0)
 	if err != nil {
-		return nil, fmt.Errorf("history start offset: %w", err)
+		return fmt.Errorf("history start offset: %w", err)
 	}
-	var kept []*codecs.Event // newest first
 	for end := newest; end > oldest; end -= tailWindow {
 		start := max(oldest, end-tailWindow)
 		window, err := readRange(ctx, client, topic, start, end)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for i := len(window) - 1; i >= 0; i-- {
-			if !keep(window[i]) {
-				slices.Reverse(kept)
-				return kept, nil
+			if !visit(window[i]) {
+				return nil
 			}
-			kept = append(kept, window[i])
 		}
 	}
-	slices.Reverse(kept)
-	return kept, nil
+	return nil
 }
 
 // readRange decodes the history's committed records at offsets [start, end).
@@ -97,21 +88,54 @@ func readRange(ctx context.Context, client sarama.Client, topic string, start, e
 // if its position is after the entity's, so the tables end right; a replay
 // of the history sees that change late.
 type resent struct {
-	positions map[codecs.Position]bool
-	last      codecs.Position
+	// held are the indices the history holds per commit LSN, as spans:
+	// a transaction's changes are contiguous, so one span each unless
+	// something is missing.
+	held map[codecs.LSN][]span
+	last codecs.Position
+	n    int
+}
+
+// span is the indices lo..hi, inclusive.
+type span struct{ lo, hi uint32 }
+
+// add records that the history holds p; adding in descending position
+// order (as readBack visits) extends spans downwards.
+func (r *resent) add(p codecs.Position) {
+	if r.n == 0 || p.Compare(r.last) > 0 {
+		r.last = p
+	}
+	r.n++
+	s := r.held[p.CommitLSN]
+	if k := len(s); k > 0 && s[k-1].lo == p.Index+1 {
+		s[k-1].lo = p.Index
+		return
+	}
+	r.held[p.CommitLSN] = append(s, span{lo: p.Index, hi: p.Index})
+}
+
+func (r *resent) has(p codecs.Position) bool {
+	for _, sp := range r.held[p.CommitLSN] {
+		if p.Index >= sp.lo && p.Index <= sp.hi {
+			return true
+		}
+	}
+	return false
 }
 
 // readResent reads back from the history's end to the first change that
 // committed before confirmed.
 func readResent(ctx context.Context, client sarama.Client, topic string, confirmed codecs.LSN) (*resent, error) {
-	events, err := readBack(ctx, client, topic, func(ev *codecs.Event) bool { return ev.CommitLSN >= confirmed })
+	r := &resent{held: map[codecs.LSN][]span{}}
+	err := readBack(ctx, client, topic, func(ev *codecs.Event) bool {
+		if ev.CommitLSN < confirmed {
+			return false
+		}
+		r.add(ev.Position)
+		return true
+	})
 	if err != nil {
 		return nil, err
-	}
-	r := &resent{positions: make(map[codecs.Position]bool, len(events))}
-	for _, ev := range events {
-		r.positions[ev.Position] = true
-		r.last = ev.Position
 	}
 	return r, nil
 }
@@ -119,10 +143,10 @@ func readResent(ctx context.Context, client sarama.Client, topic string, confirm
 // written reports whether the history holds the change at p, and whether p
 // is a hole: missing although the history holds later changes.
 func (r *resent) written(p codecs.Position) (done, hole bool) {
-	if p.Compare(r.last) > 0 {
+	if r.n == 0 || p.Compare(r.last) > 0 {
 		return false, false
 	}
-	if r.positions[p] {
+	if r.has(p) {
 		return true, false
 	}
 	return false, true
