@@ -2,21 +2,35 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/processors/monitor"
 	"github.com/changes-dev/changes/topology"
 )
 
 // runMonitor runs the monitor with its /metrics until ctx is cancelled.
+// A monitor that stops on an outage of Kafka or PostgreSQL is started again
+// with backoff (1 s doubling to 30 s), forever while the error is
+// retryable; changes_monitor_connected is 1 while it monitors and Kafka
+// answers a probe (every 2 s).
 func runMonitor(ctx context.Context, topo *topology.Topology, log *slog.Logger, reg *prometheus.Registry) error {
-	m, err := monitor.New(topo, monitor.WithLogger(log), monitor.WithRegisterer(reg))
-	if err != nil {
+	opts := []monitor.Option{monitor.WithLogger(log), monitor.WithRegisterer(reg)}
+	if _, err := monitor.New(topo, opts...); err != nil {
+		return err
+	}
+	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "changes_monitor_connected",
+		Help: "1 while the monitor reads every topic and Kafka answers (probed every 2 s), 0 while it waits to start again after an outage.",
+	})
+	if err := reg.Register(gauge); err != nil {
 		return err
 	}
 	stop, err := serveMetrics(topo.Config().Monitor.Listen, reg, log)
@@ -24,7 +38,71 @@ func runMonitor(ctx context.Context, topo *topology.Topology, log *slog.Logger, 
 		return err
 	}
 	defer stop()
-	return m.Run(ctx)
+	state := outage.NewState(log.With("component", "monitor"), nil, "kafka or postgres")
+	var running atomic.Bool
+	go func() {
+		probe := outage.NewProbe(topo.Config().Kafka, string(topo.History()))
+		defer probe.Close()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			err := probe.Check()
+			if err != nil && running.Load() {
+				state.Down(err)
+			}
+			gauge.Set(b2f(err == nil && running.Load()))
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var b outage.Backoff
+	for {
+		started := time.Now()
+		m, err := monitor.New(topo, opts...)
+		if err != nil {
+			return err
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-m.Ready():
+				running.Store(true)
+				state.Up()
+			case <-runCtx.Done():
+			}
+		}()
+		err = m.Run(runCtx)
+		cancel()
+		running.Store(false)
+		gauge.Set(0)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			err = errors.New("monitor stopped without an error")
+		case !outage.Retryable(err):
+			return err
+		}
+		if time.Since(started) >= outage.StableAfter {
+			b.Reset()
+		}
+		state.Down(err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(b.Duration()):
+		}
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // runSLO prints the latency report of the last window.

@@ -4,6 +4,7 @@ package platform
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
 )
@@ -38,18 +40,29 @@ func EnsureTopics(topo *topology.Topology) error {
 }
 
 // Run ensures the topics, then runs the selected parts until ctx is cancelled
-// (nil) or one fails (its error, after stopping the others).
+// (nil) or one fails with an error retrying cannot fix (its error, after
+// stopping the others).
+//
+// Outages do not end Run: while Kafka is unreachable at the start it tries
+// the topics again with backoff (1 s doubling to 30 s), logging once when
+// it starts waiting and once when Kafka is back; the capture and the
+// processors retry by themselves, and a capture that still returns a
+// retryable error (see capture.Retryable) is started again the same way.
 func Run(ctx context.Context, topo *topology.Topology, parts Parts, log *slog.Logger, capOpts []capture.Option, procOpts []processors.Option) error {
-	if err := EnsureTopics(topo); err != nil {
+	setup := outage.NewState(log.With("component", "topics"), nil, "kafka")
+	if err := outage.Retry(ctx, setup, func(context.Context) error { return EnsureTopics(topo) }); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	if parts.Capture {
-		c, err := capture.New(topo, append([]capture.Option{capture.WithLogger(log)}, capOpts...)...)
-		if err != nil {
+		capOpts := append([]capture.Option{capture.WithLogger(log)}, capOpts...)
+		if _, err := capture.New(topo, capOpts...); err != nil {
 			return err
 		}
-		g.Go(func() error { return c.Run(gctx) })
+		g.Go(func() error { return runCapture(gctx, topo, log, capOpts) })
 	}
 	if parts.Processors {
 		g.Go(func() error {
@@ -57,6 +70,37 @@ func Run(ctx context.Context, topo *topology.Topology, parts Parts, log *slog.Lo
 		})
 	}
 	return g.Wait()
+}
+
+// runCapture runs a capture until ctx is cancelled (nil) or it fails with an
+// error retrying cannot fix, starting a new one after a retryable error.
+func runCapture(ctx context.Context, topo *topology.Topology, log *slog.Logger, opts []capture.Option) error {
+	var b outage.Backoff
+	for {
+		started := time.Now()
+		c, err := capture.New(topo, opts...)
+		if err == nil {
+			err = c.Run(ctx)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			err = errors.New("capture stopped without an error")
+		case !capture.Retryable(err):
+			return err
+		}
+		if time.Since(started) >= outage.StableAfter {
+			b.Reset()
+		}
+		wait := b.Duration()
+		log.Warn("capture stopped; starting it again", "component", "capture", "err", err.Error(), "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Groups lists the consumer groups of the processors: the router and one
