@@ -12,7 +12,7 @@ BIN      := bin/changes
 # Exported to every recipe: the addresses of the stack the tests and the demo use.
 STACK_ENV = eval "$$(bash $(STACK) env)"
 
-.PHONY: demo test unit check build bench bench-e2e bench-platform stack-up stack-down stack-status stack-reset fuzz clean
+.PHONY: demo test unit check build faults bench bench-e2e bench-platform stack-up stack-down stack-status stack-reset fuzz clean
 
 demo: stack-up build
 	@$(STACK_ENV) && ./$(BIN) demo --config configs/local.yaml
@@ -31,6 +31,15 @@ check:
 
 build:
 	$(GO) build -buildvcs=false -o $(BIN) ./cmd/changes
+
+# The fault suite (e2e/faults_test.go, README "Faults"): on a stack of its own,
+# `changes run` and `changes serve` under a mixed workload while they, the
+# broker (SIGKILL, SIGSTOP) and PostgreSQL (-m immediate) fail again and again,
+# on one broker and on three; then the history against what was committed and
+# every served table against the database, as a table. About 25 minutes.
+# `make test` runs its short plan (about 3 minutes).
+faults: stack-up
+	$(STACK_ENV) && CHANGES_FAULTS=full $(GO) test -count=1 -run '^TestFaults$$' -v -timeout 50m ./e2e/
 
 stack-up:
 	@bash $(STACK) up

@@ -34,6 +34,7 @@ type faultStack struct {
 // logs of a failed run.
 func newFaultStack(t testing.TB, nodes int) *faultStack {
 	t.Helper()
+	reapFaultStacks(t)
 	// Under /tmp: the postgres user must reach the folder.
 	dir, err := os.MkdirTemp("/tmp", "changes-faults-")
 	if err != nil {
@@ -44,6 +45,11 @@ func newFaultStack(t testing.TB, nodes int) *faultStack {
 	}
 	s := &faultStack{t: t, dir: dir, nodes: nodes}
 	s.pgPort, s.kafkaPort = freePorts(t, 1+2*nodes)
+	// Whoever finds this folder with its test process gone stops the stack.
+	owner := fmt.Sprintf("%d %d %d %d\n", os.Getpid(), s.pgPort, s.kafkaPort, nodes)
+	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(owner), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s.pgURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/changes?sslmode=disable", s.pgPort)
 	for n := range nodes {
 		s.brokers = append(s.brokers, fmt.Sprintf("127.0.0.1:%d", s.kafkaPort+2*n))
@@ -64,6 +70,29 @@ func newFaultStack(t testing.TB, nodes int) *faultStack {
 		t.Fatalf("fault stack up: %v\n%s", err, out)
 	}
 	return s
+}
+
+// reapFaultStacks stops and deletes the stacks of fault suite runs that died
+// without their cleanup (a panic, a -timeout).
+func reapFaultStacks(t testing.TB) {
+	dirs, _ := filepath.Glob("/tmp/changes-faults-*")
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, "owner"))
+		if err != nil {
+			continue
+		}
+		var pid int
+		s := &faultStack{t: t, dir: dir}
+		if _, err := fmt.Sscan(string(b), &pid, &s.pgPort, &s.kafkaPort, &s.nodes); err != nil {
+			continue
+		}
+		if syscall.Kill(pid, 0) == nil {
+			continue // its run goes on
+		}
+		t.Logf("stopping the stack a dead fault suite run left in %s", dir)
+		s.sh("reset")
+		os.RemoveAll(dir)
+	}
 }
 
 // freePorts finds a PostgreSQL port and, after it, n-1 consecutive free
@@ -179,6 +208,8 @@ func (p *proc) startLocked() error {
 	fmt.Fprintf(f, "==== %s start %d at %s\n", p.name, p.started, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(binary(p.t), p.args...)
 	cmd.Env = p.env
+	// A test binary that dies (panic, -timeout) takes the platform with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()

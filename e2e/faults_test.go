@@ -60,7 +60,7 @@ var shortFaults = faultPlan{
 	name: "short", nodes: 1, bigRows: 100_000, snapshotKills: 1,
 	faults: []string{faultServeKill, faultBrokerKill, faultPGCrash, faultBrokerPause, faultCatchupKill},
 	// Above sarama's 30 s network timeouts.
-	pause: 35 * time.Second, burst: 20_000, rate: 40, timeout: 6 * time.Minute,
+	pause: 35 * time.Second, burst: 10_000, rate: 40, timeout: 6 * time.Minute,
 }
 
 var fullFaults = []faultPlan{{
@@ -176,7 +176,7 @@ func runFaults(t *testing.T, p faultPlan) {
 			break
 		}
 		// Some load between faults, at a random moment.
-		time.Sleep(time.Duration(1000+rnd.IntN(2000)) * time.Millisecond)
+		time.Sleep(time.Duration(500+rnd.IntN(1500)) * time.Millisecond)
 		s.inject(ctx, kind)
 	}
 	time.Sleep(2 * time.Second)
@@ -184,7 +184,12 @@ func runFaults(t *testing.T, p faultPlan) {
 	txns, changes := w.counts()
 	t.Logf("%s: workload stopped after %d transactions, %d changes (%d commits in doubt, resolved)", p.name, txns, changes, w.inDoubt)
 
-	// Converge: every table served equals the database.
+	// Converge: every table served equals the database. A new connection:
+	// PostgreSQL may have crashed under the first one.
+	db.Close(ctx)
+	if db, err = pgx.Connect(ctx, st.pgURL); err != nil {
+		t.Fatal(err)
+	}
 	tables := s.waitTablesEqual(ctx, db)
 	// The history, from its start, against the ledger and the database.
 	hist := s.readHistory(ctx)

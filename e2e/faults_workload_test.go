@@ -226,9 +226,9 @@ func (k *worker) txn(ctx context.Context) {
 		k.broken(ctx, err)
 		return
 	}
-	n := 1 + k.rnd.IntN(5)
-	if k.beat {
-		n = 1
+	n := 1
+	if !k.beat {
+		n += k.rnd.IntN(5)
 	}
 	for range n {
 		sql, args, typ, op := k.statement(live, &next)
