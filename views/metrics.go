@@ -20,6 +20,8 @@ type metrics struct {
 	get             prometheus.Observer
 	badRecords      prometheus.Counter
 	slowSubscribers prometheus.Counter
+	connected       prometheus.Gauge
+	synced          prometheus.Gauge
 	recovering      atomic.Int64
 }
 
@@ -53,7 +55,21 @@ func newMetrics(r prometheus.Registerer, entityType string) (*metrics, error) {
 		Name: "changes_view_slow_subscribers_total",
 		Help: "Subscriptions ended because their reader fell behind its buffer.",
 	}, []string{"entity_type"})
+	connected := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "changes_view_connected",
+		Help: "1 while Kafka answers a view (checked every second), 0 while it is unreachable and the view answers from its local copy.",
+	}, []string{"entity_type"})
+	synced := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "changes_view_synced_timestamp_seconds",
+		Help: "Unix time when a view last held every record of its table (checked every second): its reads are at most this old.",
+	}, []string{"entity_type"})
 	var err error
+	if connected, err = promreg.Register(r, connected); err != nil {
+		return nil, err
+	}
+	if synced, err = promreg.Register(r, synced); err != nil {
+		return nil, err
+	}
 	if updates, err = promreg.Register(r, updates); err != nil {
 		return nil, err
 	}
@@ -85,6 +101,8 @@ func newMetrics(r prometheus.Registerer, entityType string) (*metrics, error) {
 		get:             get.WithLabelValues(entityType),
 		badRecords:      bad.WithLabelValues(entityType),
 		slowSubscribers: slow.WithLabelValues(entityType),
+		connected:       connected.WithLabelValues(entityType),
+		synced:          synced.WithLabelValues(entityType),
 	}, nil
 }
 

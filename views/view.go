@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/internal/slogadapter"
 	"github.com/changes-dev/changes/topology"
 )
@@ -89,7 +90,9 @@ type View struct {
 	entityType string
 	topic      string
 	partitions int
-	view       *goka.View
+	view       atomic.Pointer[goka.View] // nil until goka's view could be built (Kafka reachable)
+	built      chan struct{}             // closed once view is set
+	build      func() (*goka.View, error)
 	kcfg       topology.KafkaConfig
 	log        *slog.Logger
 	storageDir string
@@ -106,6 +109,9 @@ type View struct {
 	clientMu sync.Mutex
 	client   sarama.Client // for Lag; opened by the first Lag, closed by Run's end
 	running  atomic.Bool
+
+	kafka    *outage.State // whether Kafka answers the view's Lag
+	syncedAt atomic.Int64  // unix nanoseconds when the view last held its whole table
 
 	subsMu  sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -135,6 +141,7 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 		alive:      make([]atomic.Int64, ent.Partitions),
 		queued:     make([]updateQueue, ent.Partitions),
 		subs:       map[*Subscription]struct{}{},
+		built:      make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(v)
@@ -145,6 +152,7 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 		return nil, fmt.Errorf("view %s metrics: %w", entityType, err)
 	}
 	v.metrics = m
+	v.kafka = outage.NewState(v.log, m.connected, "kafka")
 	// Views only read partition counts through the topic manager; they never create topics.
 	tmc := goka.NewTopicManagerConfig()
 	gokaOpts := []goka.ViewOption{
@@ -153,19 +161,38 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(topology.SaramaConfig(v.kcfg))),
 		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topology.SaramaConfig(v.kcfg), tmc)),
 		goka.WithViewCallback(v.update),
+		// Kafka away does not end Run: goka keeps the storage open (reads
+		// go on from the local copy) and reconnects with our backoff.
+		goka.WithViewAutoReconnect(),
+		goka.WithViewBackoffBuilder(func() (goka.Backoff, error) { return new(outage.Backoff), nil }),
 	}
 	// The storage is the view's own whatever the options say: its layout is
 	// what Get and Range read.
 	gokaOpts = append(append(gokaOpts, v.gokaOpts...), goka.WithViewStorageBuilder(v.openStore))
-	gv, err := goka.NewView(v.kcfg.Brokers, topo.Snapshot(entityType), new(codec.Bytes), gokaOpts...)
-	if err != nil {
-		return nil, fmt.Errorf("view %s: %w", entityType, err)
+	v.build = func() (*goka.View, error) {
+		gv, err := goka.NewView(v.kcfg.Brokers, topo.Snapshot(entityType), new(codec.Bytes), gokaOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("view %s: %w", entityType, err)
+		}
+		if gv.Topic() != v.topic {
+			return nil, fmt.Errorf("view %s: goka reads topic %s, expected %s", entityType, gv.Topic(), v.topic)
+		}
+		return gv, nil
 	}
-	if gv.Topic() != v.topic {
-		return nil, fmt.Errorf("view %s: goka reads topic %s, expected %s", entityType, gv.Topic(), v.topic)
+	// goka asks Kafka for the partitions: with Kafka away, Run builds it
+	// once Kafka is back.
+	if gv, err := v.build(); err == nil {
+		v.setView(gv)
+	} else if !outage.Retryable(err) {
+		return nil, err
 	}
-	v.view = gv
 	return v, nil
+}
+
+func (v *View) setView(gv *goka.View) {
+	v.kafka.Up() // goka just read the partitions from Kafka
+	v.view.Store(gv)
+	close(v.built)
 }
 
 // openStore is the view's goka storage builder.
@@ -304,6 +331,12 @@ func (v *View) EntityType() string { return v.entityType }
 
 // Run keeps the view current until ctx is cancelled (then it returns nil) or
 // it fails. A View runs once: it closes its storage when Run returns.
+//
+// An outage of Kafka, at the start or later, does not end Run: it waits
+// for Kafka (1 s doubling to 30 s between tries), logging once when Kafka
+// is lost and once when it is back; meanwhile a recovered view answers
+// reads from its local copy, Status says StatusDisconnected and SyncedAt
+// says how old its data may be.
 func (v *View) Run(ctx context.Context) error {
 	v.running.Store(true)
 	defer func() {
@@ -318,6 +351,22 @@ func (v *View) Run(ctx context.Context) error {
 		}
 		v.clientMu.Unlock()
 	}()
+	if v.view.Load() == nil {
+		var gv *goka.View
+		err := outage.Retry(ctx, v.kafka, func(context.Context) (err error) {
+			gv, err = v.build()
+			return err
+		})
+		if ctx.Err() != nil {
+			v.closeSubscriptions()
+			return nil
+		}
+		if err != nil {
+			v.closeSubscriptions()
+			return err
+		}
+		v.setView(gv)
+	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})
@@ -325,7 +374,7 @@ func (v *View) Run(ctx context.Context) error {
 		defer close(done)
 		v.watch(rctx)
 	}()
-	err := v.view.Run(rctx)
+	err := v.view.Load().Run(rctx)
 	cancel()
 	<-done
 	v.closeSubscriptions()
@@ -343,7 +392,7 @@ func (v *View) watch(ctx context.Context) {
 	start := time.Now()
 	var lastLog time.Time
 	var lastRecords float64
-	logged := false
+	logged, lagAnswered := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -355,8 +404,21 @@ func (v *View) watch(ctx context.Context) {
 		n, _ := v.Len()
 		v.metrics.entities.Set(float64(n))
 		lag, err := v.Lag(ctx)
-		if err == nil {
+		switch {
+		case err == nil:
+			lagAnswered = true
+			v.kafka.Up()
 			v.metrics.lag.Set(float64(lag))
+			if lag == 0 && recovered {
+				now := time.Now()
+				v.syncedAt.Store(now.UnixNano())
+				v.metrics.synced.Set(float64(now.UnixNano()) / 1e9)
+			}
+		case ctx.Err() == nil && lagAnswered:
+			// Only once Kafka answered the lag: goka's tester has no
+			// Kafka, and a view not yet recovered is not ready anyway.
+			v.kafka.Down(err)
+			v.resetLagClient() // a new one reconnects from scratch
 		}
 		records := v.metrics.recoveryRecords()
 		switch {
@@ -416,6 +478,9 @@ const (
 	StatusCatchingUp
 	// StatusRunning: recovered, applying the table's new records as they come.
 	StatusRunning
+	// StatusDisconnected: recovered, but Kafka does not answer: reads are
+	// answered from the local copy, as of SyncedAt.
+	StatusDisconnected
 )
 
 func (s Status) String() string {
@@ -428,6 +493,8 @@ func (s Status) String() string {
 		return "catching-up"
 	case StatusRunning:
 		return "running"
+	case StatusDisconnected:
+		return "disconnected"
 	}
 	return "status(" + strconv.Itoa(int(s)) + ")"
 }
@@ -445,16 +512,53 @@ func statusOf(s goka.ViewState) Status {
 }
 
 // Status is the view's current status.
-func (v *View) Status() Status { return statusOf(v.view.CurrentState()) }
+func (v *View) Status() Status {
+	gv := v.view.Load()
+	switch {
+	case gv == nil && v.running.Load():
+		return StatusConnecting
+	case gv == nil:
+		return StatusIdle
+	}
+	s := statusOf(gv.CurrentState())
+	if s != StatusIdle && v.running.Load() && !v.kafka.Connected() && v.Recovered() {
+		return StatusDisconnected
+	}
+	return s
+}
+
+// Connected reports whether Kafka answered the view's last check (every
+// second while Run runs).
+func (v *View) Connected() bool { return v.kafka.Connected() }
+
+// SyncedAt is when the view last held every record of its table, checked
+// every second while Run runs (the zero time before the first time): its
+// reads reflect the table at least as of then. While Kafka is away it
+// stays put, so time.Since(SyncedAt()) is how stale the reads may be.
+func (v *View) SyncedAt() time.Time {
+	n := v.syncedAt.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
 
 // StatusChanges sends the view's status, then every change of it, until ctx
 // is done; then it closes the channel. A slow reader sees the latest status
 // (intermediate ones can be skipped) and never blocks the view.
+//
+// It follows goka's lifecycle of the view: StatusDisconnected is seen by
+// Status, not here.
 func (v *View) StatusChanges(ctx context.Context) <-chan Status {
-	obs := v.view.ObserveStateChanges()
 	out := make(chan Status, 1)
 	go func() {
 		defer close(out)
+		select {
+		case <-v.built: // Kafka may be away when New runs
+		case <-ctx.Done():
+			return
+		}
+		obs := v.view.Load().ObserveStateChanges()
 		defer obs.Stop()
 		for {
 			select {
@@ -506,6 +610,15 @@ func (v *View) Lag(ctx context.Context) (int64, error) {
 	return lag, nil
 }
 
+func (v *View) resetLagClient() {
+	v.clientMu.Lock()
+	defer v.clientMu.Unlock()
+	if v.client != nil {
+		v.client.Close()
+		v.client = nil
+	}
+}
+
 func (v *View) lagClient() (sarama.Client, error) {
 	v.clientMu.Lock()
 	defer v.clientMu.Unlock()
@@ -513,7 +626,9 @@ func (v *View) lagClient() (sarama.Client, error) {
 		return nil, ErrNotRunning
 	}
 	if v.client == nil {
-		c, err := sarama.NewClient(v.kcfg.Brokers, topology.SaramaConfig(v.kcfg))
+		// Short timeouts: a broker that stopped answering shows as
+		// disconnected within seconds.
+		c, err := sarama.NewClient(v.kcfg.Brokers, outage.ProbeConfig(v.kcfg))
 		if err != nil {
 			return nil, fmt.Errorf("view %s: kafka client: %w", v.entityType, err)
 		}

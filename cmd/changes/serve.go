@@ -10,12 +10,14 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 	"github.com/changes-dev/changes/views/history"
@@ -23,7 +25,9 @@ import (
 )
 
 // runServe runs a view per served type and the query server until ctx is
-// cancelled.
+// cancelled. Kafka away, at the start or later, stops none of it: the views
+// wait for it and answer from their local copies meanwhile, and the history
+// reader is opened once Kafka answers (/v1/history answers 503 until then).
 func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, reg *prometheus.Registry) error {
 	cfg := topo.Config()
 	vs := map[string]*views.View{}
@@ -35,11 +39,12 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 		}
 		vs[typ] = v
 	}
-	h, err := history.Open(topo, log)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
+	var hist atomic.Pointer[history.Reader]
+	defer func() {
+		if h := hist.Load(); h != nil {
+			h.Close()
+		}
+	}()
 	ln, err := net.Listen("tcp", cfg.Serve.Listen)
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", cfg.Serve.Listen, err)
@@ -50,7 +55,7 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 	defer cancelRequests()
 	srv := &http.Server{
 		Handler: server.Handler(server.Config{
-			Views: vs, History: h, Token: cfg.Serve.Token, Log: log,
+			Views: vs, HistoryLater: hist.Load, Token: cfg.Serve.Token, Log: log,
 			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -64,6 +69,20 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 	for _, v := range vs {
 		g.Go(func() error { return v.Run(gctx) })
 	}
+	g.Go(func() error {
+		state := outage.NewState(log.With("component", "history"), nil, "kafka")
+		err := outage.Retry(gctx, state, func(context.Context) error {
+			h, err := history.Open(topo, log)
+			if err == nil {
+				hist.Store(h)
+			}
+			return err
+		})
+		if gctx.Err() != nil {
+			return nil
+		}
+		return err
+	})
 	g.Go(func() error {
 		log.Info("serving", "addr", "http://"+ln.Addr().String(), "types", cfg.ServedTypes(), "auth", cfg.Serve.Token != "")
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -6,7 +6,10 @@
 //	GET /v1/history/{type}/{id}               the entity's changes in the history
 //	GET /v1/history/{type}/{id}?at=T          its state at T (RFC 3339 time, or a history offset)
 //	GET /healthz                              the process serves
-//	GET /readyz                               every view has caught up (503 before)
+//	GET /readyz                               every view has caught up and reaches Kafka (503 else)
+//
+// Answers that read a view carry X-Changes-Synced-At and X-Changes-Stale:
+// how current its local copy is (reads go on from it while Kafka is away).
 //
 // Errors are JSON {"error": "..."} with 400 (bad id, time or limit), 401
 // (token missing or wrong), 404 (unknown type, no such entity), 410 (older
@@ -43,8 +46,14 @@ const (
 type Config struct {
 	// Views are the views served, by entity type. They must be running.
 	Views map[string]*views.View
-	// History answers /v1/history; nil disables it (404).
+	// History answers /v1/history; nil disables it (404) unless
+	// HistoryLater is set.
 	History *history.Reader
+	// HistoryLater, when History is nil, is asked for the history reader on
+	// each /v1/history request: for a server started while Kafka is away,
+	// which opens the reader once Kafka is back. While it returns nil the
+	// requests get 503.
+	HistoryLater func() *history.Reader
 	// Token, when not empty, is required as "Authorization: Bearer <token>"
 	// on every /v1 request.
 	Token string
@@ -158,9 +167,28 @@ func (s *server) view(w http.ResponseWriter, r *http.Request) (*views.View, bool
 	v, ok := s.cfg.Views[typ]
 	if !ok {
 		s.fail(w, r, http.StatusNotFound, fmt.Errorf("unknown entity type %q", typ))
+		return nil, false
+	}
+	if at := v.SyncedAt(); !at.IsZero() {
+		w.Header().Set(HeaderSyncedAt, at.UTC().Format(time.RFC3339Nano))
+		w.Header().Set(HeaderStale, strconv.FormatFloat(staleSeconds(at), 'f', 3, 64))
 	}
 	return v, ok
 }
+
+// Headers of every /v1 answer that reads a view: how current the view's
+// local copy is. A view checks every second that it holds its whole table;
+// while Kafka is away it answers from its local copy and the age grows.
+const (
+	// HeaderSyncedAt is when the view last held every record of its table
+	// (RFC 3339); absent before the first time.
+	HeaderSyncedAt = "X-Changes-Synced-At"
+	// HeaderStale is how many seconds ago that was: about 1 or less while
+	// Kafka answers and the view keeps up.
+	HeaderStale = "X-Changes-Stale"
+)
+
+func staleSeconds(at time.Time) float64 { return max(time.Since(at).Seconds(), 0) }
 
 func (s *server) id(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	raw := r.PathValue("id")
@@ -239,9 +267,16 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) history(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.History == nil {
+	h := s.cfg.History
+	switch {
+	case h == nil && s.cfg.HistoryLater == nil:
 		s.fail(w, r, http.StatusNotFound, errors.New("this server does not read the history"))
 		return
+	case h == nil:
+		if h = s.cfg.HistoryLater(); h == nil {
+			s.fail(w, r, http.StatusServiceUnavailable, errors.New("the history is not reachable yet (kafka); try again later"))
+			return
+		}
 	}
 	v, ok := s.view(w, r)
 	if !ok {
@@ -266,12 +301,12 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 	}
 	at := r.URL.Query().Get("at")
 	if at == "" {
-		b, err := s.cfg.History.Bounds(r.Context())
+		b, err := h.Bounds(r.Context())
 		if err != nil {
 			s.fail(w, r, statusOf(err), err)
 			return
 		}
-		changes, err := s.cfg.History.Changes(r.Context(), typ, id, b.Start, b.End)
+		changes, err := h.Changes(r.Context(), typ, id, b.Start, b.End)
 		if err != nil {
 			s.fail(w, r, statusOf(err), err)
 			return
@@ -282,7 +317,7 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, Changes{Type: typ, ID: id, Changes: changes})
 		return
 	}
-	end, err := EndOffset(r.Context(), s.cfg.History, at)
+	end, err := EndOffset(r.Context(), h, at)
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
@@ -295,7 +330,7 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		}
 		return v.Get(ctx, id)
 	}
-	st, err := s.cfg.History.EntityAt(r.Context(), typ, id, end, current)
+	st, err := h.EntityAt(r.Context(), typ, id, end, current)
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
@@ -356,20 +391,29 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
+// ready answers 200 when every view has caught up and reaches Kafka, else
+// 503 (a view whose Kafka is away still answers reads, from its local copy:
+// see the stale_seconds field and HeaderStale).
 func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	status := map[string]string{}
+	stale := map[string]*float64{}
 	ready := true
 	for typ, v := range s.cfg.Views {
 		status[typ] = v.Status().String()
-		if !v.Recovered() {
+		if !v.Recovered() || !v.Connected() {
 			ready = false
+		}
+		stale[typ] = nil
+		if at := v.SyncedAt(); !at.IsZero() {
+			sec := math.Round(staleSeconds(at)*1000) / 1000
+			stale[typ] = &sec
 		}
 	}
 	code := http.StatusOK
 	if !ready {
 		code = http.StatusServiceUnavailable
 	}
-	writeJSON(w, code, map[string]any{"ready": ready, "views": status})
+	writeJSON(w, code, map[string]any{"ready": ready, "views": status, "stale_seconds": stale})
 }
 
 func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, err error) {

@@ -46,7 +46,7 @@ func TestNotReady(t *testing.T) {
 	}
 	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"account": v}}))
 	defer srv.Close()
-	if code, body := do(t, srv, "/readyz", ""); code != 503 || strings.TrimSpace(body) != `{"ready":false,"views":{"account":"idle"}}` {
+	if code, body := do(t, srv, "/readyz", ""); code != 503 || strings.TrimSpace(body) != `{"ready":false,"stale_seconds":{"account":null},"views":{"account":"idle"}}` {
 		t.Errorf("/readyz of a view that does not run: %d %s", code, body)
 	}
 	if code, body := do(t, srv, "/v1/entities/account/1", ""); code != 503 || !strings.Contains(body, "not running") {
@@ -86,7 +86,7 @@ func TestServer(t *testing.T) {
 		{"/v1/entities/account?limit=1001", "tok", 400, `{"error":"limit \"1001\" must be an integer from 1 to 1000"}`},
 		{"/v1/history/account/7", "tok", 404, `{"error":"this server does not read the history"}`},
 		{"/healthz", "", 200, `{"status":"ok"}`},
-		{"/readyz", "", 200, `{"ready":true,"views":{"account":"running"}}`},
+		{"/readyz", "", 200, `{"ready":true,"stale_seconds":{"account":null},"views":{"account":"running"}}`},
 	} {
 		code, body := do(t, srv, c.path, c.token)
 		if code != c.code || strings.TrimSpace(body) != c.body {
