@@ -444,8 +444,10 @@ type stream struct {
 	lastStatus time.Time
 	lastSent   codecs.LSN
 
-	// The open Kafka transaction of the history.
-	ktx kafkaTxn
+	// The open Kafka transaction of the history, and how long the last
+	// commit took.
+	ktx            kafkaTxn
+	lastCommitTook time.Duration
 
 	failOnce sync.Once
 	failErr  error
@@ -469,13 +471,18 @@ type heldRecords struct {
 	commitTime time.Time
 }
 
-// Kafka transactions of the history: one commits at the first PostgreSQL
-// transaction boundary after commitInterval, so a reader never sees part of
-// a PostgreSQL transaction unless it is larger than maxTxnRecords or takes
-// longer than maxTxnAge to stream (then it is split, and a reader may see
-// its first part before the rest).
+// Kafka transactions of the history commit at PostgreSQL transaction
+// boundaries, so a reader never sees part of a PostgreSQL transaction
+// unless it is larger than maxTxnRecords or takes longer than maxTxnAge to
+// stream (then it is split, and a reader may see its first part first).
+// One commits as soon as the stream pauses (nothing arrives within
+// idleCommitWait): low latency when the stream is light. While changes keep
+// coming it stays open for commitInterval, or four times as long as the
+// last commit took, so a catch-up spends most of its time producing, not
+// committing.
 const (
-	commitInterval = 10 * time.Millisecond
+	idleCommitWait = time.Millisecond
+	commitInterval = 20 * time.Millisecond
 	maxTxnRecords  = 100_000
 	maxTxnAge      = 10 * time.Second
 )
@@ -536,11 +543,13 @@ func (s *stream) commit() error {
 	if err := s.failure(); err != nil {
 		return err
 	}
+	began := time.Now()
 	if err := s.producer.CommitTxn(); err != nil {
 		s.fail(fmt.Errorf("kafka did not commit a history transaction of %d changes (none of it is visible; the capture resumes from the slot): %w", s.ktx.records, err))
 		return s.failErr
 	}
 	now := time.Now()
+	s.lastCommitTook = now.Sub(began)
 	for _, h := range s.ktx.held {
 		latency := now.Sub(h.commitTime).Seconds()
 		for range h.n {
@@ -573,7 +582,7 @@ func (s *stream) commitDue() bool {
 		return false
 	}
 	age := time.Since(s.ktx.started)
-	if s.cur == nil && age >= commitInterval {
+	if s.cur == nil && age >= max(commitInterval, 4*s.lastCommitTook) {
 		return true
 	}
 	return s.ktx.records >= maxTxnRecords || age >= maxTxnAge
@@ -615,13 +624,18 @@ func (s *stream) loop(ctx context.Context) error {
 
 		wait := 500 * time.Millisecond
 		if s.ktx.open {
-			wait = max(commitInterval-time.Since(s.ktx.started), time.Millisecond)
+			wait = idleCommitWait
 		}
 		recvCtx, cancel := context.WithTimeout(ctx, wait)
 		raw, err := s.conn.ReceiveMessage(recvCtx)
 		cancel()
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
+				if s.ktx.open && s.cur == nil { // the stream pauses: commit now
+					if err := s.commit(); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			if ctx.Err() != nil {
