@@ -5,12 +5,29 @@
 // # Delivery
 //
 // Changes are produced to Kafka as they are decoded (acks=all, idempotent, one
-// request in flight), so a large transaction is never held in memory. The
-// flush position reported to PostgreSQL is the end LSN of the last
-// transaction whose every change Kafka has acknowledged, never the position of
-// a change inside a transaction; a keepalive's WAL end is echoed only while
-// nothing is in flight. A crash therefore loses nothing: PostgreSQL resends
-// every transaction after the flush position.
+// request in flight), so a large transaction is never held in memory, inside
+// Kafka transactions (transactional id changes-capture.<history>.<slot>). A
+// Kafka transaction commits at a PostgreSQL transaction boundary as soon as
+// the stream pauses, else every 20 ms or four times the last commit's
+// duration; one over 100,000 changes or 10 s is split. A failed write aborts
+// its Kafka transaction, so no later change is visible without it: the
+// history never has a hole (sarama's plain producer goes on with later
+// records after one failed). Readers of the history read at read_committed.
+//
+// The flush position reported to PostgreSQL is the end LSN of the last
+// transaction whose every change is in a committed Kafka transaction, never
+// the position of a change inside a transaction; a keepalive's WAL end is
+// echoed only while nothing is in flight. A crash therefore loses nothing:
+// PostgreSQL resends every transaction after the flush position.
+//
+// # Outages
+//
+// Run survives outages of Kafka and PostgreSQL: a session that fails with a
+// Retryable error is started again after a backoff (1 s doubling to 30 s),
+// with a log line when a dependency is lost and one when streaming resumes,
+// and changes_capture_connected{dependency}. Errors that need someone to act
+// (a lost or missing slot, ErrSetup, ErrRecordTooLarge, refused credentials)
+// end Run.
 //
 // # One writer
 //
@@ -24,8 +41,9 @@
 // # No duplicates
 //
 // The capture is the history's only writer (the slot admits one stream at a
-// time) and writes in position order. At start it reads the position of the
-// last record in the history and skips every resent change at or before it,
+// time) and writes in position order. Starting its transactional producer
+// fences any older capture of the slot and aborts what it left open; then it
+// reads back the committed changes of the resent transactions and skips them,
 // so a crash between Kafka's acknowledgement and the report to PostgreSQL,
 // or a PostgreSQL restart that forgot the last reported position, writes
 // nothing twice (changes_capture_skipped_total counts what was skipped).
