@@ -13,6 +13,7 @@ type metrics struct {
 	applied     *prometheus.CounterVec
 	skipped     *prometheus.CounterVec
 	rewrites    *prometheus.CounterVec
+	badStates   *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
 	tombstones  *prometheus.CounterVec
 	restarts    *prometheus.CounterVec
@@ -59,6 +60,10 @@ func newMetrics() *metrics {
 			Name: "changes_processor_restarts_total",
 			Help: "Times a processor failed and was restarted, by consumer group.",
 		}, []string{"group"}),
+		badStates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_snapshot_bad_states_total",
+			Help: "Stored snapshot-table records that did not decode as a state, read as absent, by entity type.",
+		}, []string{"entity_type"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_processor_deadletters_total",
 			Help: "Records sent to the dead-letter topic because they could not be decoded or applied, by consumer group.",
@@ -69,7 +74,7 @@ func newMetrics() *metrics {
 // register registers the metrics with r, reusing the series that processors
 // built before with the same registerer registered.
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.rewrites, &m.deadLetters, &m.tombstones, &m.restarts, &m.in} {
+	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.rewrites, &m.badStates, &m.deadLetters, &m.tombstones, &m.restarts, &m.in} {
 		var err error
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return err

@@ -340,6 +340,13 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 			log.Warn("unchanged TOASTed column has no stored value", "entity_id", ev.EntityID, "column", col)
 		}
 		next.AppliedTime = time.Now().UTC()
+		if size, over := tooLarge(next, topo.Config().Kafka.MaxRecordBytes); over {
+			// Kafka would refuse it, and a processor that fails on it would
+			// restart into the same change forever.
+			deadLetter(gctx, o, topo, raw, fmt.Sprintf("the entity's new state is %d bytes, above kafka.max_record_bytes %d (an unchanged TOASTed column carried over?): the table keeps the previous state",
+				size, topo.Config().Kafka.MaxRecordBytes))
+			return
+		}
 		gctx.SetValue(next)
 		o.metrics.applied.WithLabelValues(entityType, string(ev.Op)).Inc()
 	}
@@ -358,7 +365,7 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	g := goka.DefineGroup(topo.SnapshotGroup(entityType),
 		goka.Input(topo.Events(entityType), new(codec.Bytes), apply),
 		goka.Visitor(sweepVisitor, sweep),
-		goka.Persist(codecs.GokaCodec[*codecs.State](codecs.StateCodec{})),
+		goka.Persist(tableCodec{entityType: entityType, o: o}),
 		goka.Output(topo.DeadLetter(), new(codec.Bytes)),
 	)
 	// Partitions may come back from another instance with a newer marker.

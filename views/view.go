@@ -264,6 +264,15 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	v.metrics.updated(recovering)
 	notify := v.hook != nil || v.hasSubscribers()
 	if topology.IsTruncateKey(key) {
+		if value != nil {
+			// A marker that does not decode would stop Run on every start:
+			// pass it over, loudly.
+			if m, err := (codecs.StateCodec{}).Decode(value); err != nil || !m.Truncated {
+				v.metrics.badRecords.Inc()
+				v.log.Error("truncate marker does not decode as one: record not applied", "key", key, "partition", p, "offset", uctx.Offset(), "err", err)
+				return nil
+			}
+		}
 		before := st.truncatedAt()
 		if err := setOrDelete(s, markerKey, value); err != nil {
 			return err

@@ -337,3 +337,31 @@ func TestViewStatusChanges(t *testing.T) {
 		t.Errorf("Subscribe after Run: open=%v err=%v; want closed with ErrNotRunning", ok, sub.Err())
 	}
 }
+
+// TestViewPassesOverBadTruncateMarker: a truncate-key record that is not a
+// marker must not stop Run (it would on every restart); it is counted and
+// the view goes on.
+func TestViewPassesOverBadTruncateMarker(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	v := runView(t, topo, tt, views.WithInMemory(), views.WithRegisterer(reg))
+	table := string(topo.Snapshot("account"))
+	tt.Consume(table, "1", enc(t, state(1, 10, "a")))
+	tt.Consume(table, topology.TruncateKey(0, 1), []byte("not a state"))
+	tt.Consume(table, topology.TruncateKey(0, 1), enc(t, state(7, 11, "an entity, not a marker")))
+	tt.Consume(table, "2", enc(t, state(2, 12, "b")))
+	for _, id := range []int64{1, 2} {
+		if st, err := v.Get(context.Background(), id); err != nil || st == nil {
+			t.Errorf("Get(%d) = %+v, %v; want the state (no truncate applied)", id, st, err)
+		}
+	}
+	want := `
+# HELP changes_view_bad_records_total Table records a view could not apply (a key that is no entity id) or decode for its subscribers.
+# TYPE changes_view_bad_records_total counter
+changes_view_bad_records_total{entity_type="account"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "changes_view_bad_records_total"); err != nil {
+		t.Error(err)
+	}
+}

@@ -2,7 +2,6 @@ package monitor
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"time"
@@ -43,21 +42,49 @@ func (m *Monitor) audit(ctx context.Context) error {
 				return err
 			}
 		}
-		db, err := pgx.Connect(gctx, m.cfg.Postgres.URL)
-		if err != nil {
-			return fmt.Errorf("monitor audit: %w", err)
-		}
-		defer db.Close(context.Background())
+		// The connection is replaced when PostgreSQL drops it; the one
+		// open at the end is closed (a deferred db.Close would close only
+		// the first). While PostgreSQL is away the audit pauses and retries
+		// on each tick: a database restart must not stop the monitor.
+		var db *pgx.Conn
+		defer func() {
+			if db != nil {
+				db.Close(context.Background())
+			}
+		}()
 		every := time.Duration(float64(time.Second) / m.cfg.Monitor.AuditRate)
 		t := time.NewTicker(every)
 		defer t.Stop()
 		rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 		types := m.topo.EntityTypes()
+		down := false
 		for i := 0; ; i++ {
 			select {
 			case <-gctx.Done():
 				return gctx.Err()
 			case <-t.C:
+			}
+			if db == nil || db.IsClosed() {
+				if db != nil {
+					db.Close(context.Background())
+					db = nil
+				}
+				conn, err := pgx.Connect(gctx, m.cfg.Postgres.URL)
+				if err != nil {
+					if gctx.Err() != nil {
+						return gctx.Err()
+					}
+					if !down {
+						m.log.Warn("audit paused: cannot connect to postgres; retrying", "err", err)
+						down = true
+					}
+					continue
+				}
+				if down {
+					m.log.Info("audit resumed: connected to postgres")
+					down = false
+				}
+				db = conn
 			}
 			typ := types[i%len(types)]
 			result, err := m.auditOne(gctx, db, vs[typ], typ, rnd)
@@ -66,11 +93,6 @@ func (m *Monitor) audit(ctx context.Context) error {
 					return gctx.Err()
 				}
 				m.log.Warn("audit", "entity_type", typ, "err", err)
-				if db.IsClosed() {
-					if db, err = pgx.Connect(gctx, m.cfg.Postgres.URL); err != nil {
-						return fmt.Errorf("monitor audit: %w", err)
-					}
-				}
 				continue
 			}
 			if result != "" {
