@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
@@ -156,7 +158,10 @@ func TestProcessorsUnderLoad(t *testing.T) {
 	waitViewsEqual(t, ctx, db, topo, run.views)
 
 	// Full redelivery: stop, reset the router to the start of the history,
-	// start. "No write" holds while no deleted state's grace (24h) ends.
+	// start. Nothing changes: an entity's latest change, delivered again at
+	// its stored position, writes that same state again (the local copy may
+	// be ahead of the changelog after a crash); every other change is
+	// skipped. So the tables gain only repeats of the states they hold.
 	run.stop()
 	before := tableEnds(t, cfg, topo)
 	resetGroup(t, cfg, string(topo.RouterGroup()), string(topo.History()))
@@ -167,10 +172,51 @@ func TestProcessorsUnderLoad(t *testing.T) {
 		waitGroupAtEnd(t, ctx, cfg, string(topo.SnapshotGroup(typ)), string(topo.Events(typ)))
 	}
 	t.Logf("redelivered the whole history in %s", time.Since(started).Round(time.Millisecond))
-	if after := tableEnds(t, cfg, topo); fmt.Sprint(after) != fmt.Sprint(before) {
-		t.Errorf("redelivery wrote to the tables: end offsets %v before, %v after", before, after)
-	}
+	after := tableEnds(t, cfg, topo)
+	rewrites := onlyRepeats(t, ctx, cfg, before, after)
+	t.Logf("redelivery rewrote %d states, each at the position the table already held", rewrites)
 	waitViewsEqual(t, ctx, db, topo, run.views)
+}
+
+// onlyRepeats checks that every table record written between before and
+// after repeats the position of the key's previous record, and returns
+// how many there are.
+func onlyRepeats(t testing.TB, ctx context.Context, cfg *topology.Config, before, after map[string][]int64) int {
+	t.Helper()
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	n := 0
+	for topic, ends := range after {
+		for p, end := range ends {
+			last := map[string]codecs.Position{}
+			err := kread.Range(ctx, client, topic, int32(p), 0, end, func(r *kread.Record) (bool, error) {
+				if r.Value == nil {
+					delete(last, string(r.Key))
+					return true, nil
+				}
+				st, err := (codecs.StateCodec{}).Decode(r.Value)
+				if err != nil {
+					return false, err
+				}
+				prev, seen := last[string(r.Key)]
+				if r.Offset >= before[topic][p] {
+					n++
+					if !seen || prev != st.Position {
+						t.Errorf("%s/%d offset %d: redelivery wrote key %s at %s, the table held %s (seen %v)", topic, p, r.Offset, r.Key, st.Position, prev, seen)
+					}
+				}
+				last[string(r.Key)] = st.Position
+				return true, nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return n
 }
 
 // tableEnds returns the end offsets of every partition of every snapshot table.
