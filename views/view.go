@@ -402,6 +402,8 @@ func (v *View) watch(ctx context.Context) {
 	var lastLog time.Time
 	var lastRecords float64
 	logged, lagAnswered := false, false
+	var lagWithin outage.Bounded[int64]
+	defer lagWithin.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -412,7 +414,9 @@ func (v *View) watch(ctx context.Context) {
 		v.metrics.setRecovered(recovered)
 		n, _ := v.Len()
 		v.metrics.entities.Set(float64(n))
-		lag, err := v.Lag(ctx)
+		// Bounded: sarama tries every broker and retries, so a paused
+		// broker can hold one Lag for many times its network timeouts.
+		lag, err := lagWithin.Run(outage.ProbeTimeout, func() (int64, error) { return v.Lag(ctx) })
 		switch {
 		case err == nil:
 			lagAnswered = true
@@ -427,7 +431,6 @@ func (v *View) watch(ctx context.Context) {
 			// Only once Kafka answered the lag: goka's tester has no
 			// Kafka, and a view not yet recovered is not ready anyway.
 			v.kafka.Down(err)
-			v.resetLagClient() // a new one reconnects from scratch
 		}
 		records := v.metrics.recoveryRecords()
 		switch {
@@ -617,15 +620,6 @@ func (v *View) Lag(ctx context.Context) (int64, error) {
 		lag += max(hwm-next, 0)
 	}
 	return lag, nil
-}
-
-func (v *View) resetLagClient() {
-	v.clientMu.Lock()
-	defer v.clientMu.Unlock()
-	if v.client != nil {
-		v.client.Close()
-		v.client = nil
-	}
 }
 
 func (v *View) lagClient() (sarama.Client, error) {

@@ -199,13 +199,21 @@ type Probe struct {
 	k      topology.KafkaConfig
 	topic  string
 	client sarama.Client
+	within Bounded[struct{}]
 }
 
 // NewProbe returns a probe of topic; it connects on the first Check.
 func NewProbe(k topology.KafkaConfig, topic string) *Probe { return &Probe{k: k, topic: topic} }
 
-// Check asks Kafka once; nil means it answered.
+// Check asks Kafka once; nil means it answered within ProbeTimeout (sarama
+// tries every known broker and retries, so one question can take many times
+// its network timeouts).
 func (p *Probe) Check() error {
+	_, err := p.within.Run(ProbeTimeout, func() (struct{}, error) { return struct{}{}, p.check() })
+	return err
+}
+
+func (p *Probe) check() error {
 	if p.client == nil {
 		c, err := sarama.NewClient(p.k.Brokers, ProbeConfig(p.k))
 		if err != nil {
@@ -224,8 +232,51 @@ func (p *Probe) Check() error {
 
 // Close closes the probe's client.
 func (p *Probe) Close() {
+	p.within.Wait()
 	if p.client != nil {
 		p.client.Close()
 		p.client = nil
+	}
+}
+
+// Bounded runs a call in the background and waits for it at most a given
+// time; a call still running when the next Run comes is waited for again
+// instead of starting another. Run is for one goroutine at a time.
+type Bounded[T any] struct {
+	pending chan result[T]
+}
+
+type result[T any] struct {
+	v   T
+	err error
+}
+
+// Run returns fn's result, or an error if it takes longer than d.
+func (b *Bounded[T]) Run(d time.Duration, fn func() (T, error)) (T, error) {
+	if b.pending == nil {
+		ch := make(chan result[T], 1)
+		b.pending = ch
+		go func() {
+			v, err := fn()
+			ch <- result[T]{v, err}
+		}()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-b.pending:
+		b.pending = nil
+		return r.v, r.err
+	case <-t.C:
+		var zero T
+		return zero, fmt.Errorf("no answer within %s", d)
+	}
+}
+
+// Wait waits for a call still running.
+func (b *Bounded[T]) Wait() {
+	if b.pending != nil {
+		<-b.pending
+		b.pending = nil
 	}
 }
