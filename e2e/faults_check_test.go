@@ -61,6 +61,7 @@ type historyVerdict struct {
 	// attributes each counted anomaly to a moment (the commit of the change).
 	problems []string
 	at       []anomaly
+	shown    map[string]int // problems listed per kind
 }
 
 // anomaly is one counted problem at a moment, for attributing it to a fault.
@@ -73,7 +74,7 @@ func (v *historyVerdict) ok() bool {
 	return v.lost == 0 && v.duplicated == 0 && v.reordered == 0 && v.rewound == 0 && v.phantom == 0 && v.wrongFinal == 0
 }
 
-const maxProblems = 30
+const maxProblems = 8
 
 func (v *historyVerdict) add(kind string, at time.Time, format string, args ...any) {
 	switch kind {
@@ -91,7 +92,12 @@ func (v *historyVerdict) add(kind string, at time.Time, format string, args ...a
 		v.wrongFinal++
 	}
 	v.at = append(v.at, anomaly{kind, at})
-	if len(v.problems) < maxProblems {
+	// The first few of each kind: one kind must not hide the others.
+	if v.shown == nil {
+		v.shown = map[string]int{}
+	}
+	if v.shown[kind] < maxProblems {
+		v.shown[kind]++
 		v.problems = append(v.problems, kind+": "+fmt.Sprintf(format, args...))
 	}
 }

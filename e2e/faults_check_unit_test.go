@@ -193,7 +193,7 @@ func TestFaultCheckerCatches(t *testing.T) {
 			h, db := synthHistory(l)
 			h = c.break_(h, db)
 			got := checkFaultHistory(l, h, db)
-			got.events, got.problems, got.at = 0, nil, nil
+			got.events, got.problems, got.at, got.shown = 0, nil, nil, nil
 			c.want.problems = nil
 			if got.lost != c.want.lost || got.duplicated != c.want.duplicated || got.reordered != c.want.reordered ||
 				got.rewound != c.want.rewound || got.phantom != c.want.phantom || got.wrongFinal != c.want.wrongFinal {

@@ -57,10 +57,10 @@ type faultPlan struct {
 }
 
 var shortFaults = faultPlan{
-	name: "short", nodes: 1, bigRows: 100_000, snapshotKills: 1,
+	name: "short", nodes: 1, bigRows: 60_000, snapshotKills: 1,
 	faults: []string{faultServeKill, faultBrokerKill, faultPGCrash, faultBrokerPause, faultCatchupKill},
 	// Above sarama's 30 s network timeouts.
-	pause: 35 * time.Second, burst: 10_000, rate: 40, timeout: 6 * time.Minute,
+	pause: 35 * time.Second, burst: 5_000, rate: 40, timeout: 6 * time.Minute,
 }
 
 var fullFaults = []faultPlan{{
@@ -176,10 +176,14 @@ func runFaults(t *testing.T, p faultPlan) {
 			break
 		}
 		// Some load between faults, at a random moment.
-		time.Sleep(time.Duration(500+rnd.IntN(1500)) * time.Millisecond)
+		time.Sleep(time.Duration(500+rnd.IntN(1000)) * time.Millisecond)
 		s.inject(ctx, kind)
 	}
-	time.Sleep(2 * time.Second)
+	sabotage := os.Getenv("CHANGES_FAULTS_SABOTAGE") == "1"
+	if sabotage {
+		s.sabotageHole(ctx)
+	}
+	time.Sleep(time.Second)
 	w.finish()
 	txns, changes := w.counts()
 	t.Logf("%s: workload stopped after %d transactions, %d changes (%d commits in doubt, resolved)", p.name, txns, changes, w.inDoubt)
@@ -190,7 +194,14 @@ func runFaults(t *testing.T, p faultPlan) {
 	if db, err = pgx.Connect(ctx, st.pgURL); err != nil {
 		t.Fatal(err)
 	}
-	tables := s.waitTablesEqual(ctx, db)
+	converge := 3 * time.Minute
+	if sabotage {
+		converge = 30 * time.Second // the lost change never comes
+	}
+	tables := s.waitTablesEqual(ctx, db, converge)
+	if sabotage {
+		s.sabotageDuplicate()
+	}
 	// The history, from its start, against the ledger and the database.
 	hist := s.readHistory(ctx)
 	dbRows := map[string]map[int64]codecs.Row{}
@@ -211,7 +222,7 @@ func runFaults(t *testing.T, p faultPlan) {
 		t.Errorf("the workload failed (a bug of the suite):\n  %s", strings.Join(w.errs, "\n  "))
 	}
 	if !verdict.ok() {
-		t.Errorf("the history is wrong (first %d problems):\n  %s", len(verdict.problems), strings.Join(verdict.problems, "\n  "))
+		t.Errorf("the history is wrong (the first %d of each kind):\n  %s", maxProblems, strings.Join(verdict.problems, "\n  "))
 	}
 	for typ, diffs := range tables {
 		if len(diffs) > 0 {
@@ -335,8 +346,12 @@ func (s *scenario) inject(ctx context.Context, kind string) {
 		}
 		before := s.historyEnd()
 		s.run.start()
-		time.Sleep(2 * time.Second)
-		at := s.historyEnd()
+		// Killed once it has drained a tenth of the backlog.
+		at := before
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && at-before < int64(s.plan.burst/10); {
+			time.Sleep(20 * time.Millisecond)
+			at = s.historyEnd()
+		}
 		s.run.restart()
 		note = fmt.Sprintf("killed %d records into a %d-change backlog", at-before, s.plan.burst)
 	case faultLeaderKill:
@@ -433,9 +448,9 @@ func (s *scenario) served(typ string) (map[int64]*codecs.State, error) {
 
 // waitTablesEqual waits until every type served equals its table, and
 // returns the differences left (none when equal).
-func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn) map[string][]string {
+func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn, within time.Duration) map[string][]string {
 	start := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	wctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	diffs := map[string][]string{}
 	waitFor(wctx, func() bool {
@@ -463,6 +478,54 @@ func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn) map[string
 	})
 	s.t.Logf("tables compared with the database after %s", time.Since(start).Round(time.Second))
 	return diffs
+}
+
+// sabotageHole (CHANGES_FAULTS_SABOTAGE=1) commits an update the capture
+// cannot see: acct leaves the publication for one transaction. The history
+// then lacks a committed change, as it would after a capture bug, and the
+// suite must report it lost, the history's final state wrong and the served
+// table unequal.
+func (s *scenario) sabotageHole(ctx context.Context) {
+	s.w.pause()
+	defer s.w.resume()
+	conn, err := pgx.Connect(ctx, s.st.pgURL)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var id, version int64
+	execSQL(s.t, ctx, conn, "alter publication faults drop table acct")
+	err = conn.QueryRow(ctx, "update acct set version = version + 1 where id = (select min(id) from acct) returning id, version").Scan(&id, &version)
+	execSQL(s.t, ctx, conn, "alter publication faults add table acct")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.w.record([]stepRec{{"acct", id, codecs.OpUpdate, version}})
+	s.t.Logf("sabotage: acct %d version %d committed outside the publication (a hole)", id, version)
+}
+
+// sabotageDuplicate (CHANGES_FAULTS_SABOTAGE=1) appends a copy of an update
+// the history holds, as a capture that wrote a change twice would.
+func (s *scenario) sabotageDuplicate() {
+	hist := s.readHistory(context.Background())
+	for _, h := range hist {
+		if h.ev.Op != codecs.OpUpdate || h.ev.EntityType != "doc" {
+			continue
+		}
+		p, err := sarama.NewSyncProducer(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		defer p.Close()
+		value, _ := codecs.EventCodec{}.Encode(h.ev)
+		_, off, err := p.SendMessage(&sarama.ProducerMessage{Topic: string(topology.New(s.cfg).History()), Partition: 0,
+			Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", h.ev.EntityType, h.ev.EntityID)), Value: sarama.ByteEncoder(value)})
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		s.t.Logf("sabotage: history offset %d copied to offset %d (a duplicate)", h.offset, off)
+		return
+	}
 }
 
 // readHistory reads the history from its start at read_committed until
