@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -22,6 +24,7 @@ import (
 type faultStack struct {
 	t         testing.TB
 	dir       string
+	host      string // the address PostgreSQL and Kafka listen on
 	pgPort    int
 	kafkaPort int
 	nodes     int
@@ -32,7 +35,7 @@ type faultStack struct {
 // newFaultStack starts PostgreSQL and nodes Kafka brokers on free ports in
 // a new folder; the cleanup stops them and deletes the folder, keeping the
 // logs of a failed run.
-func newFaultStack(t testing.TB, nodes int) *faultStack {
+func newFaultStack(t testing.TB, nodes int, host string) *faultStack {
 	t.Helper()
 	reapFaultStacks(t)
 	// Under /tmp: the postgres user must reach the folder.
@@ -43,16 +46,16 @@ func newFaultStack(t testing.TB, nodes int) *faultStack {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s := &faultStack{t: t, dir: dir, nodes: nodes}
-	s.pgPort, s.kafkaPort = freePorts(t, 1+2*nodes)
+	s := &faultStack{t: t, dir: dir, nodes: nodes, host: host}
+	s.pgPort, s.kafkaPort = freePorts(t, host, 1+2*nodes)
 	// Whoever finds this folder with its test process gone stops the stack.
-	owner := fmt.Sprintf("%d %d %d %d\n", os.Getpid(), s.pgPort, s.kafkaPort, nodes)
+	owner := fmt.Sprintf("%d %d %d %d %s\n", os.Getpid(), s.pgPort, s.kafkaPort, nodes, host)
 	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(owner), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.pgURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/changes?sslmode=disable", s.pgPort)
+	s.pgURL = fmt.Sprintf("postgres://postgres@%s:%d/changes?sslmode=disable", host, s.pgPort)
 	for n := range nodes {
-		s.brokers = append(s.brokers, fmt.Sprintf("127.0.0.1:%d", s.kafkaPort+2*n))
+		s.brokers = append(s.brokers, fmt.Sprintf("%s:%d", host, s.kafkaPort+2*n))
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -83,7 +86,7 @@ func reapFaultStacks(t testing.TB) {
 		}
 		var pid int
 		s := &faultStack{t: t, dir: dir}
-		if _, err := fmt.Sscan(string(b), &pid, &s.pgPort, &s.kafkaPort, &s.nodes); err != nil {
+		if _, err := fmt.Sscan(string(b), &pid, &s.pgPort, &s.kafkaPort, &s.nodes, &s.host); err != nil {
 			continue
 		}
 		if syscall.Kill(pid, 0) == nil {
@@ -97,10 +100,10 @@ func reapFaultStacks(t testing.TB) {
 
 // freePorts finds a PostgreSQL port and, after it, n-1 consecutive free
 // ports for the brokers and their controllers.
-func freePorts(t testing.TB, n int) (pg, kafka int) {
+func freePorts(t testing.TB, host string, n int) (pg, kafka int) {
 	t.Helper()
 	free := func(p int) bool {
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
 		if err != nil {
 			return false
 		}
@@ -130,6 +133,7 @@ func (s *faultStack) sh(args ...string) (string, error) {
 		"CHANGES_PG_PORT="+strconv.Itoa(s.pgPort),
 		"CHANGES_KAFKA_PORT="+strconv.Itoa(s.kafkaPort),
 		"CHANGES_KAFKA_NODES="+strconv.Itoa(s.nodes),
+		"CHANGES_STACK_HOST="+s.host,
 	)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -164,6 +168,7 @@ type proc struct {
 	args    []string
 	env     []string
 	logPath string
+	netns   string // run inside this network namespace, if set
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -207,6 +212,9 @@ func (p *proc) startLocked() error {
 	p.started++
 	fmt.Fprintf(f, "==== %s start %d at %s\n", p.name, p.started, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(binary(p.t), p.args...)
+	if p.netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", p.netns, binary(p.t)}, p.args...)...)
+	}
 	cmd.Env = p.env
 	// A test binary that dies (panic, -timeout) takes the platform with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -286,6 +294,69 @@ func (p *proc) unexpectedExits() []procExit {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]procExit(nil), p.exits...)
+}
+
+// netns is a network namespace joined to the host by a veth pair, for a
+// process whose network the suite cuts: the stack listens on the host end's
+// address, the process runs inside.
+type netns struct {
+	name, hostDev, nsDev string
+	hostIP, nsIP         string
+}
+
+func newNetns(t testing.TB) *netns {
+	t.Helper()
+	b := make([]byte, 2)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	n := &netns{name: "chgf" + id, hostDev: "chgf" + id + "h", nsDev: "chgf" + id + "n",
+		hostIP: fmt.Sprintf("10.213.%d.1", b[0]), nsIP: fmt.Sprintf("10.213.%d.2", b[0])}
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", n.hostDev).Run()
+		exec.Command("ip", "netns", "del", n.name).Run()
+	})
+	for _, args := range [][]string{
+		{"netns", "add", n.name},
+		{"link", "add", n.hostDev, "type", "veth", "peer", "name", n.nsDev},
+		{"link", "set", n.nsDev, "netns", n.name},
+		{"addr", "add", n.hostIP + "/30", "dev", n.hostDev},
+		{"link", "set", n.hostDev, "up"},
+		{"netns", "exec", n.name, "ip", "addr", "add", n.nsIP + "/30", "dev", n.nsDev},
+		{"netns", "exec", n.name, "ip", "link", "set", n.nsDev, "up"},
+		{"netns", "exec", n.name, "ip", "link", "set", "lo", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s (the network cut needs root and ip netns)", strings.Join(args, " "), err, out)
+		}
+	}
+	return n
+}
+
+// cut drops every packet both ways on the veth pair, silently (a queue of
+// length 0), as a partition does: no reset, no unreachable, just silence.
+func (n *netns) cut(t testing.TB) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"tc", "qdisc", "add", "dev", n.hostDev, "root", "pfifo", "limit", "0"},
+		{"ip", "netns", "exec", n.name, "tc", "qdisc", "add", "dev", n.nsDev, "root", "pfifo", "limit", "0"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// heal ends the cut.
+func (n *netns) heal(t testing.TB) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"tc", "qdisc", "del", "dev", n.hostDev, "root"},
+		{"ip", "netns", "exec", n.name, "tc", "qdisc", "del", "dev", n.nsDev, "root"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
 }
 
 // tailFile returns the last n lines of a file.

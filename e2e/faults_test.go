@@ -21,6 +21,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views/server"
 )
@@ -41,6 +42,7 @@ const (
 	faultBrokerPause  = "broker SIGSTOP+SIGCONT"
 	faultPGCrash      = "postgres -m immediate"
 	faultLeaderKill   = "history leader SIGKILL"
+	faultNetCut       = "network cut run <-> pg, kafka"
 )
 
 // faultPlan is one run of the suite.
@@ -52,6 +54,7 @@ type faultPlan struct {
 	faults        []string      // then these, in this order
 	pause         time.Duration // how long a broker stays SIGSTOPped
 	burst         int           // changes committed while `changes run` is down, before a catch-up kill
+	netns         bool          // `changes run` in a network namespace, the stack on its veth (for faultNetCut)
 	rate          float64       // transactions per second per worker (two workers)
 	timeout       time.Duration
 }
@@ -75,6 +78,10 @@ var fullFaults = []faultPlan{{
 	name: "three-brokers", nodes: 3, bigRows: 100_000, snapshotKills: 1,
 	faults: []string{faultLeaderKill, faultRunKill, faultLeaderKill, faultBrokerPause, faultLeaderKill, faultCatchupKill},
 	pause:  40 * time.Second, burst: 30_000, rate: 60, timeout: 15 * time.Minute,
+}, {
+	name: "network-cut", nodes: 1, bigRows: 20_000, netns: true,
+	faults: []string{faultNetCut, faultRunKill, faultNetCut},
+	pause:  40 * time.Second, rate: 60, timeout: 10 * time.Minute,
 }}
 
 func TestFaults(t *testing.T) {
@@ -96,6 +103,7 @@ type scenario struct {
 	t        *testing.T
 	plan     faultPlan
 	st       *faultStack
+	ns       *netns // where `changes run` runs, if in a namespace
 	cfg      *topology.Config
 	run      *proc
 	serve    *proc
@@ -118,7 +126,13 @@ func runFaults(t *testing.T, p faultPlan) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	began := time.Now()
-	st := newFaultStack(t, p.nodes)
+	host := "127.0.0.1"
+	var ns *netns
+	if p.netns {
+		ns = newNetns(t)
+		host = ns.hostIP
+	}
+	st := newFaultStack(t, p.nodes, host)
 	t.Logf("%s: stack of %d broker(s) up in %s", p.name, p.nodes, time.Since(began).Round(time.Second))
 	db, err := pgx.Connect(ctx, st.pgURL)
 	if err != nil {
@@ -134,8 +148,11 @@ func runFaults(t *testing.T, p faultPlan) {
 	dir := t.TempDir()
 	serveAddr := freeAddr(t)
 	cfgPath, cfg := writeFaultConfig(t, dir, st, serveAddr)
-	s := &scenario{t: t, plan: p, st: st, cfg: cfg, w: w, serveURL: "http://" + serveAddr, http: &http.Client{Timeout: 3 * time.Second}}
+	s := &scenario{t: t, plan: p, st: st, ns: ns, cfg: cfg, w: w, serveURL: "http://" + serveAddr, http: &http.Client{Timeout: 3 * time.Second}}
 	s.run = newProc(t, dir, "run", []string{"CHANGES_STORAGE_DIR=" + filepath.Join(dir, "run")}, "run", "--config", cfgPath)
+	if ns != nil {
+		s.run.netns = ns.name
+	}
 	s.serve = newProc(t, dir, "serve", []string{"CHANGES_STORAGE_DIR=" + filepath.Join(dir, "serve")}, "serve", "--config", cfgPath)
 	defer func() {
 		if t.Failed() {
@@ -338,6 +355,11 @@ func (s *scenario) inject(ctx context.Context, kind string) {
 		note = fmt.Sprintf("node %d, %s", node, s.plan.pause)
 	case faultPGCrash:
 		s.st.must("pg-crash")
+	case faultNetCut:
+		s.ns.cut(t)
+		time.Sleep(s.plan.pause)
+		s.ns.heal(t)
+		note = s.plan.pause.String()
 	case faultCatchupKill:
 		// A backlog while the capture is down, then a kill while it drains.
 		s.run.kill()
@@ -528,40 +550,83 @@ func (s *scenario) sabotageDuplicate() {
 	}
 }
 
-// readHistory reads the history from its start at read_committed until
-// nothing new comes for a while (the platform has converged by now). It
-// never assumes contiguous offsets: transaction markers take some.
+// readHistory reads the history from its start to its last stable offset
+// with internal/kread (read_committed, past transaction markers and aborted
+// records), and again with sarama's own read_committed consumer: the two
+// readers must agree record by record, so a bug in one does not hide a
+// problem of the history.
 func (s *scenario) readHistory(ctx context.Context) []histEvent {
 	cfg := topology.SaramaConfig(s.cfg.Kafka)
 	cfg.Consumer.IsolationLevel = sarama.ReadCommitted
-	consumer, err := sarama.NewConsumer(s.cfg.Kafka.Brokers, cfg)
+	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer client.Close()
+	topic := string(topology.New(s.cfg).History())
+	from, err := kread.Start(client, topic, 0)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	to, err := kread.End(client, topic, 0)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var out []histEvent
+	err = kread.Range(ctx, client, topic, 0, from, to, func(r *kread.Record) (bool, error) {
+		ev, err := codecs.EventCodec{}.Decode(r.Value)
+		if err != nil {
+			s.t.Errorf("history offset %d does not decode: %v", r.Offset, err)
+			return true, nil
+		}
+		out = append(out, histEvent{offset: r.Offset, ev: ev})
+		return true, nil
+	})
+	if err != nil {
+		s.t.Fatalf("reading the history with kread: %v", err)
+	}
+	// The same range with sarama's consumer, which hides markers and
+	// aborted records itself; the record before the end may be a marker,
+	// so it stops at the end or after a quiet while.
+	consumer, err := sarama.NewConsumerFromClient(client)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	defer consumer.Close()
-	pc, err := consumer.ConsumePartition(string(topology.New(s.cfg).History()), 0, sarama.OffsetOldest)
+	pc, err := consumer.ConsumePartition(topic, 0, from)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	defer pc.Close()
-	var out []histEvent
+	var offsets []int64
+read:
 	for {
 		select {
 		case m := <-pc.Messages():
-			ev, err := codecs.EventCodec{}.Decode(m.Value)
-			if err != nil {
-				s.t.Errorf("history offset %d does not decode: %v", m.Offset, err)
-				continue
+			if m.Offset >= to {
+				break read
 			}
-			out = append(out, histEvent{offset: m.Offset, ev: ev})
+			offsets = append(offsets, m.Offset)
+			if m.Offset == to-1 {
+				break read
+			}
 		case err := <-pc.Errors():
-			s.t.Fatalf("reading the history: %v", err)
+			s.t.Fatalf("reading the history with sarama: %v", err)
 		case <-time.After(5 * time.Second):
-			return out
-		case <-ctx.Done():
-			s.t.Fatalf("reading the history: %v", ctx.Err())
+			break read
 		}
 	}
+	if len(offsets) != len(out) {
+		s.t.Errorf("the history readers disagree: kread read %d records in [%d, %d), sarama's read_committed consumer %d", len(out), from, to, len(offsets))
+	} else {
+		for i := range offsets {
+			if offsets[i] != out[i].offset {
+				s.t.Errorf("the history readers disagree at record %d: kread offset %d, sarama offset %d", i, out[i].offset, offsets[i])
+				break
+			}
+		}
+	}
+	return out
 }
 
 // table prints the faults with what the checks found in the history during

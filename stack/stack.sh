@@ -23,6 +23,8 @@
 #   CHANGES_CACHE_DIR      cached Kafka jars (default: ${XDG_CACHE_HOME:-$HOME/.cache}/changes)
 #   CHANGES_PG_PORT        local PostgreSQL port (default 55432)
 #   CHANGES_KAFKA_PORT     local Kafka client port (default 59092; the controller uses the next one)
+#   CHANGES_STACK_HOST     the address PostgreSQL and Kafka listen on (default 127.0.0.1; the
+#                          fault suite uses a veth address that a network namespace reaches)
 #   CHANGES_KAFKA_NODES    KRaft nodes (default 1); 3 makes a cluster with replication factor 3
 #                          and min.insync.replicas=2, node n on port CHANGES_KAFKA_PORT+2(n-1)
 #   CHANGES_KAFKA_HEAP     heap per broker (default 512m, 384m with several nodes)
@@ -31,6 +33,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 stack_dir=${CHANGES_STACK_DIR:-$repo/.stack}
 cache_dir=${CHANGES_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/changes}
+host=${CHANGES_STACK_HOST:-127.0.0.1}
 pg_port=${CHANGES_PG_PORT:-55432}
 kafka_port=${CHANGES_KAFKA_PORT:-59092}
 ctrl_port=$((kafka_port + 1))
@@ -47,7 +50,7 @@ kafka_libs=$cache_dir/kafka-$kafka_version/libs
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null; }
 
 # as_postgres runs a command as the postgres user when we are root: the server refuses root.
 as_postgres() {
@@ -67,7 +70,7 @@ pg_bin() {
 	dirname "$(command -v pg_ctl)"
 }
 
-local_pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/changes?sslmode=disable"; }
+local_pg_url() { echo "postgres://postgres@$host:$pg_port/changes?sslmode=disable"; }
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -92,7 +95,7 @@ pg_up() {
 		cat >>"$pg_dir/data/postgresql.conf" <<EOF
 
 # --- changes local stack ---
-listen_addresses = '127.0.0.1'
+listen_addresses = '$host'
 port = $pg_port
 # A short path: a socket path must stay under 108 bytes, however deep the checkout.
 unix_socket_directories = '$pg_socket_dir'
@@ -104,23 +107,27 @@ max_slot_wal_keep_size = 4GB
 wal_sender_timeout = 30s
 log_min_messages = warning
 EOF
+		if [ "$host" != 127.0.0.1 ]; then
+			# Clients on the same subnet (the fault suite's network namespace).
+			printf 'host all all samenet trust\nhost replication all samenet trust\n' >>"$pg_dir/data/pg_hba.conf"
+		fi
 	fi
 	if as_postgres "$bin/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; then
-		log "postgres: already running on 127.0.0.1:$pg_port"
+		log "postgres: already running on $host:$pg_port"
 	else
 		port_open "$pg_port" && die "port $pg_port is taken by another program: set CHANGES_PG_PORT"
-		log "postgres: starting on 127.0.0.1:$pg_port (log: $logs_dir/postgres.log)"
+		log "postgres: starting on $host:$pg_port (log: $logs_dir/postgres.log)"
 		as_postgres "$bin/pg_ctl" -D "$pg_dir/data" -l "$logs_dir/postgres.log" -w -t 60 start >/dev/null ||
 			die "postgres did not start, see $logs_dir/postgres.log"
 	fi
 	local i
 	for i in $(seq 1 60); do
-		"$bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break
+		"$bin/pg_isready" -q -h "$host" -p "$pg_port" && break
 		sleep 0.5
 	done
-	"$bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" || die "postgres is not ready, see $logs_dir/postgres.log"
-	if ! "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc "select 1 from pg_database where datname='changes'" | grep -q 1; then
-		"$bin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c "create database changes" >/dev/null
+	"$bin/pg_isready" -q -h "$host" -p "$pg_port" || die "postgres is not ready, see $logs_dir/postgres.log"
+	if ! "$bin/psql" -h "$host" -p "$pg_port" -U postgres -d postgres -tAc "select 1 from pg_database where datname='changes'" | grep -q 1; then
+		"$bin/psql" -q -h "$host" -p "$pg_port" -U postgres -d postgres -c "create database changes" >/dev/null
 	fi
 	log "postgres: ready ($(local_pg_url))"
 }
@@ -189,7 +196,7 @@ kafka_voters() {
 	local n v=""
 	for n in $(seq 1 "$kafka_nodes"); do
 		node_vars "$n"
-		v="$v${v:+,}$n@127.0.0.1:$node_ctrl"
+		v="$v${v:+,}$n@$host:$node_ctrl"
 	done
 	echo "$v"
 }
@@ -221,8 +228,8 @@ node_properties() {
 process.roles=broker,controller
 node.id=$node
 controller.quorum.voters=$(kafka_voters)
-listeners=PLAINTEXT://127.0.0.1:$node_port,CONTROLLER://127.0.0.1:$node_ctrl
-advertised.listeners=PLAINTEXT://127.0.0.1:$node_port
+listeners=PLAINTEXT://$host:$node_port,CONTROLLER://$host:$node_ctrl
+advertised.listeners=PLAINTEXT://$host:$node_port
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -261,7 +268,7 @@ node_start() {
 		kafka_java kafka.tools.StorageTool format -t "$(cat "$kafka_dir/cluster.id")" -c "$node_dir/server.properties" --ignore-formatted \
 			>>"$logs_dir/kafka-format.log" 2>&1 || die "kafka storage format failed, see $logs_dir/kafka-format.log"
 	fi
-	log "kafka: starting $kafka_version node $node on 127.0.0.1:$node_port (log: $node_logs/server.log)"
+	log "kafka: starting $kafka_version node $node on $host:$node_port (log: $node_logs/server.log)"
 	# Readiness is read from the log: start it afresh, or an earlier run's
 	# "started" line would pass for this one's.
 	[ -f "$node_logs/server.log" ] && mv "$node_logs/server.log" "$node_logs/server.log.previous"
@@ -281,7 +288,7 @@ node_wait() {
 			die "kafka node $node exited during start, see $node_out and $node_logs/server.log"
 		fi
 		if port_open "$node_port" && grep -q "Kafka Server started" "$node_logs/server.log" 2>/dev/null; then
-			log "kafka: node $node ready after $((i / 4)) s (127.0.0.1:$node_port)"
+			log "kafka: node $node ready after $((i / 4)) s ($host:$node_port)"
 			return
 		fi
 		sleep 0.25
@@ -301,7 +308,7 @@ kafka_up() {
 	local n started=()
 	for n in $(seq 1 "$kafka_nodes"); do
 		if node_pid "$n" >/dev/null; then
-			log "kafka: node $n already running on 127.0.0.1:$node_port"
+			log "kafka: node $n already running on $host:$node_port"
 			continue
 		fi
 		node_start
@@ -368,7 +375,7 @@ local_brokers() {
 	local n b=""
 	for n in $(seq 1 "$kafka_nodes"); do
 		node_vars "$n"
-		b="$b${b:+,}127.0.0.1:$node_port"
+		b="$b${b:+,}$host:$node_port"
 	done
 	echo "$b"
 }
@@ -399,7 +406,7 @@ status)
 	else
 		for n in $(seq 1 "$kafka_nodes"); do
 			node_vars "$n"
-			if pid=$(node_pid "$n"); then echo "kafka: node $n running, pid $pid (127.0.0.1:$node_port)"
+			if pid=$(node_pid "$n"); then echo "kafka: node $n running, pid $pid ($host:$node_port)"
 			else echo "kafka: node $n stopped"; fi
 		done
 	fi
