@@ -22,6 +22,7 @@ import (
 	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
@@ -255,7 +256,9 @@ func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topolog
 	if err != nil {
 		return 0, fmt.Errorf("kafka client: %w", err)
 	}
-	start, err := client.GetOffset(string(topo.History()), 0, sarama.OffsetNewest)
+	// The last stable offset: records of a Kafka transaction still open
+	// are after it, and read once it commits.
+	start, err := kread.End(client, string(topo.History()), 0)
 	if err != nil {
 		client.Close()
 		return 0, fmt.Errorf("history end offset: %w", err)
@@ -278,9 +281,15 @@ func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topolog
 			select {
 			case <-ctx.Done():
 				return nil
-			case m := <-pc.Messages():
+			case m, ok := <-pc.Messages():
+				if !ok {
+					return errors.New("read history: the consumer closed")
+				}
 				fn(m)
-			case err := <-pc.Errors():
+			case err, ok := <-pc.Errors():
+				if !ok {
+					return errors.New("read history: the consumer closed")
+				}
 				return fmt.Errorf("read history: %w", err)
 			}
 		}
