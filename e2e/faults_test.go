@@ -89,9 +89,22 @@ func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a stack of its own and injects faults for minutes")
 	}
+	// CHANGES_FAULTS=full runs every full plan, =<plan name> one of them.
 	plans := []faultPlan{shortFaults}
-	if os.Getenv("CHANGES_FAULTS") == "full" {
+	switch v := os.Getenv("CHANGES_FAULTS"); v {
+	case "", "short":
+	case "full":
 		plans = fullFaults
+	default:
+		plans = nil
+		for _, p := range fullFaults {
+			if p.name == v {
+				plans = append(plans, p)
+			}
+		}
+		if plans == nil {
+			t.Fatalf("CHANGES_FAULTS=%s: want short, full or the name of a full plan", v)
+		}
 	}
 	for _, p := range plans {
 		t.Run(p.name, func(t *testing.T) { runFaults(t, p) })
