@@ -312,10 +312,13 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	watch.Wait()
 	s.domains.close()
 
-	// Drain: a clean stop commits what is written; after a failure the
-	// open transaction is aborted, so none of it is ever visible.
-	if runErr == nil || (errors.Is(runErr, context.Canceled) && s.failure() == nil) {
-		if err := s.commit(); err != nil {
+	// Drain: unless a Kafka write failed, what was written is committed,
+	// whatever stopped the loop (a cancellation, a change too large to
+	// write, PostgreSQL gone): every record handed to the producer is in
+	// stream order and the commit fails if any of them did. After a Kafka
+	// failure the open transaction is aborted, so none of it is visible.
+	if s.failure() == nil {
+		if err := s.commit(); err != nil && (runErr == nil || errors.Is(runErr, context.Canceled)) {
 			runErr = err
 		}
 	}
