@@ -368,16 +368,16 @@ func (s *scenario) inject(ctx context.Context, kind string) {
 	case faultBrokerPause:
 		node := s.historyLeader()
 		s.st.must("kafka-pause", strconv.Itoa(node))
-		time.Sleep(s.plan.pause)
+		flow := s.watchFlow(ctx, s.plan.pause)
 		s.st.must("kafka-resume", strconv.Itoa(node))
-		note = fmt.Sprintf("node %d, %s", node, s.plan.pause)
+		note = fmt.Sprintf("node %d, %s; %s", node, s.plan.pause, flow)
 	case faultPGCrash:
 		s.st.must("pg-crash")
 	case faultNetCut:
 		s.ns.cut(t)
-		time.Sleep(s.plan.pause)
+		flow := s.watchFlow(ctx, s.plan.pause)
 		s.ns.heal(t)
-		note = s.plan.pause.String()
+		note = fmt.Sprintf("%s; %s", s.plan.pause, flow)
 	case faultCatchupKill:
 		// A backlog while the capture is down, then a kill while it drains.
 		s.run.kill()
@@ -407,6 +407,23 @@ func (s *scenario) inject(ctx context.Context, kind string) {
 		t.Fatalf("unknown fault %q", kind)
 	}
 	s.recovered(ctx, kind, start, time.Now(), note)
+}
+
+// watchFlow waits for d while a fault lasts and says whether, and how soon,
+// a heartbeat committed after the fault began was served meanwhile (data
+// flowing around the fault, as three brokers should when one is paused).
+func (s *scenario) watchFlow(ctx context.Context, d time.Duration) string {
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	v, ok := s.w.beatSince(wctx, start)
+	if ok && waitFor(wctx, func() bool { return s.servedBeat() >= v }) {
+		flowed := time.Since(start)
+		<-wctx.Done()
+		return fmt.Sprintf("data flowed again %s into the fault", flowed.Round(100*time.Millisecond))
+	}
+	<-wctx.Done()
+	return "no data flowed during the fault"
 }
 
 // historyLeader is the broker node that leads the history's partition.
