@@ -263,9 +263,13 @@ func (c *Capture) runOnce(ctx context.Context) error {
 				"To add them: stop the platform, drop the slot, and start once with --recreate-slot (a new snapshot of every table)", ErrSetup, missing)
 		}
 	case state.Snapshot == snapshotRunning:
-		if err := c.resumeSnapshot(ctx, client); err != nil {
+		if state, err = c.resumeSnapshot(ctx, client, state); err != nil {
 			return err
 		}
+	}
+	folded, err := c.resolveCuts(state.Cuts)
+	if err != nil {
+		return err
 	}
 	// The advisory lock keeps every other capture off the slot, so its
 	// position and the history's end are stable from here on; reading them
@@ -297,7 +301,12 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		domains:  newDomains(cfg.Postgres.URL),
 		topic:    string(c.topo.History()),
 		resent:   resent,
+		cuts:     folded,
+		tableIdx: map[string]int{},
 		failed:   make(chan struct{}),
+	}
+	for i, t := range c.tables {
+		s.tableIdx[t.entityType] = i
 	}
 	var errs sync.WaitGroup
 	errs.Add(1)
@@ -439,6 +448,9 @@ type stream struct {
 	topic    string
 	// resent is what the history holds of the changes PostgreSQL resends.
 	resent *resent
+	// cuts says which changes a resumed snapshot's copy already holds.
+	cuts     *cuts
+	tableIdx map[string]int
 
 	// The transaction being decoded.
 	cur        *txn
@@ -833,6 +845,10 @@ func (s *stream) event(rel *relation, op codecs.Op) *codecs.Event {
 func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) error {
 	if err := s.failure(); err != nil {
 		return err // nothing more after a failed write: it would land after the hole
+	}
+	if ev.Op != codecs.OpTruncate && s.cuts.covers(s.tableIdx[ev.EntityType], ev.EntityID, ev.CommitLSN) {
+		s.metrics.folded.Inc() // its row's copy already holds it: never in the history
+		return nil
 	}
 	done, hole := s.resent.written(ev.Position)
 	if done {

@@ -61,9 +61,16 @@
 // The <prefix>.capture-state topic records "running" before the slot is
 // created and "done" when Kafka has every row. A capture that finds a running
 // snapshot (it crashed) resumes after the last row in the history, from a new
-// database snapshot: nothing is lost or copied twice, but a row changed
-// between the two snapshots shows its newer state first and then its changes
-// again, ending at the same latest state. --recreate-slot takes a new snapshot.
+// database snapshot exported by a temporary slot, so its consistent point is
+// an exact LSN. The state records that cut before any row is copied; the
+// stream, which still starts at the first snapshot's point, leaves out every
+// change committed before the cut to a row copied after it
+// (changes_capture_folded_total): the copy already holds it, and writing it
+// after the copy would take the entity back in time. Nothing is lost or
+// copied twice, and no entity's history ever goes backwards. (A TRUNCATE
+// between the first snapshot and a resumed copy is streamed and hides the
+// resumed copy's rows of that table too: truncate a table only after its
+// snapshot is done.) --recreate-slot takes a new snapshot.
 // A session advisory lock keeps a second capture off the slot meanwhile.
 //
 // # Idle tables

@@ -21,6 +21,7 @@ type metrics struct {
 	kafkaTxns       prometheus.Counter
 	kafkaTxnRecords prometheus.Histogram
 	repaired        prometheus.Counter
+	folded          prometheus.Counter
 	connected       *prometheus.GaugeVec
 	retries         prometheus.Counter
 }
@@ -86,6 +87,10 @@ func newMetrics() *metrics {
 			Name: "changes_capture_history_repairs_total",
 			Help: "Changes missing from the history although later ones were there (a hole left by a version without Kafka transactions), written late by the capture.",
 		}),
+		folded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "changes_capture_folded_total",
+			Help: "Streamed changes left out because a resumed initial snapshot copied their row after them (the copy holds them).",
+		}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "changes_capture_connected",
 			Help: "1 while the capture streams (both services reachable), 0 while it waits to retry after an error of the named dependency (kafka or postgres).",
@@ -138,6 +143,9 @@ func (m *metrics) register(r prometheus.Registerer) error {
 		return err
 	}
 	if m.repaired, err = promreg.Register(r, m.repaired); err != nil {
+		return err
+	}
+	if m.folded, err = promreg.Register(r, m.folded); err != nil {
 		return err
 	}
 	if m.connected, err = promreg.Register(r, m.connected); err != nil {

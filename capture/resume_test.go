@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"testing"
@@ -84,5 +85,51 @@ func TestResentHoldsSpans(t *testing.T) {
 	}
 	if done, hole := r.written(pos(500, n)); done || hole {
 		t.Errorf("after the end: written = %v, hole %v", done, hole)
+	}
+}
+
+// TestCutsCover: a change is left out when the latest cut its row comes
+// after copied the row at a later LSN.
+func TestCutsCover(t *testing.T) {
+	c := &Capture{tables: []table{{entityType: "a"}, {entityType: "b"}, {entityType: "c"}}}
+	cs, err := c.resolveCuts([]snapshotCut{
+		{Type: "a", After: 100, LSN: 1000}, // first resume: a after 100 onwards, as of 1000
+		{Type: "b", After: 50, LSN: 2000},  // second: b after 50 onwards, as of 2000
+		{Type: "a", After: 300, LSN: 3000}, // a gap took the third back into a
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		table int
+		id    int64
+		lsn   codecs.LSN
+		want  bool
+	}{
+		{0, 100, 10, false},  // copied by the first copy, streamed from the start
+		{0, 101, 999, true},  // copied as of 1000 by the first resume
+		{0, 101, 1000, false},
+		{0, 301, 2999, true}, // copied again as of 3000
+		{0, 301, 3000, false},
+		{1, 10, 2500, true}, // b is after a's cut at 300: copied as of 3000
+		{2, 1, 2999, true},
+		{2, 1, 4000, false}, // after every cut
+	} {
+		if got := cs.covers(tc.table, tc.id, tc.lsn); got != tc.want {
+			t.Errorf("covers(%d, %d, %s) = %v, want %v", tc.table, tc.id, tc.lsn, got, tc.want)
+		}
+	}
+	from, err := c.resolveCuts([]snapshotCut{{Type: "a", FromStart: true, LSN: 500}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !from.covers(0, 1, 499) || from.covers(0, 1, 500) {
+		t.Error("a copy from the start of the first table covers every row before its LSN")
+	}
+	if (*cuts)(nil).covers(0, 1, 1) {
+		t.Error("no cuts cover nothing")
+	}
+	if _, err := c.resolveCuts([]snapshotCut{{Type: "gone", LSN: 1}}); !errors.Is(err, ErrSetup) {
+		t.Errorf("a cut in an undeclared type: %v, want ErrSetup", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -227,7 +228,8 @@ func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn, client sarama.Client, written codecs.Position) error {
 	cfg := c.topo.Config()
 	stateTopic := string(c.topo.CaptureState())
-	if err := writeState(client, stateTopic, cfg.Postgres.Slot, snapshotRunning, c.entityTypes()); err != nil {
+	state := captureState{Slot: cfg.Postgres.Slot, Snapshot: snapshotRunning, Types: c.entityTypes()}
+	if err := writeState(client, stateTopic, state); err != nil {
 		return err
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, replConn, cfg.Postgres.Slot, "pgoutput",
@@ -249,20 +251,23 @@ func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn
 	if err := c.snapshot(ctx, client, res.SnapshotName, snapshotFrom{base: cp - 1}); err != nil {
 		return err
 	}
-	return writeState(client, stateTopic, cfg.Postgres.Slot, snapshotDone, c.entityTypes())
+	state.Snapshot = snapshotDone
+	return writeState(client, stateTopic, state)
 }
 
-// resumeSnapshot goes on with a snapshot a crash interrupted. The exported
-// snapshot died with the crash, so the rest is copied from a new one, taken
-// now; the slot still starts where the first one did, so every change
-// committed since is streamed after the copy. Nothing is lost; a row changed
-// between the two snapshots shows its newer state first, then its changes
-// again in commit order, ending at the same latest state.
-func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client) error {
+// resumeSnapshot goes on with a snapshot a crash interrupted, and returns
+// the state with the cut it made. The exported snapshot died with the
+// crash, so the rest is copied from a new one: a temporary slot's, exported
+// at its consistent point, so the copy is exactly the database as of that
+// LSN (see snapshotCut). The cut is recorded before any row is copied; the
+// stream, which starts where the first snapshot did, then leaves out the
+// changes those rows already hold, so no entity's history goes backwards:
+// its copied state, then every change committed after it, in commit order.
+func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client, state captureState) (captureState, error) {
 	cfg := c.topo.Config()
 	start, err := c.slotPosition(ctx)
 	if err != nil {
-		return err
+		return state, err
 	}
 	base := start - 1
 	var rows copiedRows
@@ -274,15 +279,85 @@ func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client) erro
 		return true
 	})
 	if err != nil {
-		return err
+		return state, err
 	}
 	from := c.resumeFrom(rows, base)
-	c.log.Warn("resuming an interrupted initial snapshot from a new database snapshot",
-		"slot", cfg.Postgres.Slot, "table_index", from.table, "after_id", from.after, "index", from.index)
-	if err := c.snapshot(ctx, client, "", from); err != nil {
-		return err
+
+	// The exported snapshot lives while this connection stays idle: until
+	// the copy is done.
+	tmpConn, err := connectReplication(ctx, cfg.Postgres.URL)
+	if err != nil {
+		return state, err
 	}
-	return writeState(client, string(c.topo.CaptureState()), cfg.Postgres.Slot, snapshotDone, c.entityTypes())
+	defer tmpConn.Close(context.Background())
+	tmpSlot := fmt.Sprintf("%s_resume_%d", cfg.Postgres.Slot, time.Now().UnixNano()%1_000_000_000)
+	if len(tmpSlot) > 63 {
+		tmpSlot = tmpSlot[len(tmpSlot)-63:]
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, tmpConn, tmpSlot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		return state, fmt.Errorf("create the temporary replication slot %s for the resumed snapshot: %w", tmpSlot, err)
+	}
+	lsn, err := codecs.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return state, fmt.Errorf("temporary replication slot %s: %w", tmpSlot, err)
+	}
+	cut := snapshotCut{Type: c.tables[from.table].entityType, After: from.after, FromStart: !from.resuming, LSN: lsn}
+	state.Cuts = append(state.Cuts, cut)
+	if err := writeState(client, string(c.topo.CaptureState()), state); err != nil {
+		return state, err
+	}
+	c.log.Warn("resuming an interrupted initial snapshot from a new database snapshot; changes the rest of the copy already holds are left out of the stream",
+		"slot", cfg.Postgres.Slot, "entity_type", cut.Type, "after_id", from.after, "index", from.index, "snapshot_lsn", lsn.String())
+	if err := c.snapshot(ctx, client, res.SnapshotName, from); err != nil {
+		return state, err
+	}
+	state.Snapshot = snapshotDone
+	return state, writeState(client, string(c.topo.CaptureState()), state)
+}
+
+// cuts is the snapshot cuts of a slot, resolved against the tables: the
+// stream asks it whether a change is already in a resumed copy's row.
+type cuts struct {
+	list []resolvedCut
+	max  codecs.LSN // no change at or after it is left out
+}
+
+type resolvedCut struct {
+	table     int
+	after     int64
+	fromStart bool
+	lsn       codecs.LSN
+}
+
+func (c *Capture) resolveCuts(list []snapshotCut) (*cuts, error) {
+	out := &cuts{}
+	for _, sc := range list {
+		ti := slices.IndexFunc(c.tables, func(t table) bool { return t.entityType == sc.Type })
+		if ti < 0 {
+			return nil, fmt.Errorf("%w: the interrupted snapshot resumed in entity type %q, which the config no longer declares", ErrSetup, sc.Type)
+		}
+		out.list = append(out.list, resolvedCut{table: ti, after: sc.After, fromStart: sc.FromStart, lsn: sc.LSN})
+		out.max = max(out.max, sc.LSN)
+	}
+	return out, nil
+}
+
+// covers reports whether the change of entity id of table ti committed at
+// lsn is already in the state a resumed copy took of its row: the latest
+// cut the row comes after copied it, as of that cut's LSN.
+func (cs *cuts) covers(ti int, id int64, lsn codecs.LSN) bool {
+	if cs == nil || lsn >= cs.max {
+		return false
+	}
+	for i := len(cs.list) - 1; i >= 0; i-- {
+		c := cs.list[i]
+		if ti > c.table || (ti == c.table && (c.fromStart || id > c.after)) {
+			return lsn < c.lsn
+		}
+	}
+	return false
 }
 
 // snapshot copies the tables in a repeatable-read, read-only transaction,

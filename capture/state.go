@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 )
 
 // Snapshot states kept in the capture-state topic.
@@ -20,8 +23,29 @@ type captureState struct {
 	Slot     string `json:"slot"`
 	Snapshot string `json:"snapshot"`
 	// Types are the entity types the snapshot copies or copied.
-	Types   []string  `json:"types"`
-	Updated time.Time `json:"updated"`
+	Types []string `json:"types"`
+	// Cuts are where resumed copies of an interrupted snapshot started, in
+	// the order they were taken (see snapshotCut).
+	Cuts    []snapshotCut `json:"cuts,omitempty"`
+	Updated time.Time     `json:"updated"`
+}
+
+// snapshotCut is where a resumed copy of an interrupted initial snapshot
+// started and the exact point of the database it copied: every row after
+// (Type, After) in copy order (tables in config order, ids ascending) was
+// copied as of LSN, a temporary slot's consistent point, so it already
+// holds every change committed before LSN. The stream, which starts at the
+// slot's older consistent point, leaves those changes out for those rows:
+// writing them after the copy would make the entity go back in time.
+type snapshotCut struct {
+	// Type is the entity type of the table the copy resumed in.
+	Type string `json:"type"`
+	// After is the last id copied before the cut in that table; with
+	// FromStart the copy started at the table's first row.
+	After     int64 `json:"after,string"`
+	FromStart bool  `json:"from_start,omitempty"`
+	// LSN is the consistent point of the copy's snapshot.
+	LSN codecs.LSN `json:"lsn"`
 }
 
 // readState returns the latest state of slot, or the zero state when there
@@ -29,66 +53,50 @@ type captureState struct {
 // whole is cheap.
 func readState(ctx context.Context, client sarama.Client, topic, slot string) (captureState, error) {
 	var st captureState
-	newest, err := client.GetOffset(topic, 0, sarama.OffsetNewest)
+	end, err := kread.End(client, topic, 0)
 	if err != nil {
 		return st, fmt.Errorf("capture state end offset: %w", err)
 	}
-	oldest, err := client.GetOffset(topic, 0, sarama.OffsetOldest)
+	start, err := kread.Start(client, topic, 0)
 	if err != nil {
 		return st, fmt.Errorf("capture state start offset: %w", err)
 	}
-	if newest <= oldest {
-		return st, nil
-	}
-	consumer, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
-		return st, err
-	}
-	defer consumer.Close()
-	pc, err := consumer.ConsumePartition(topic, 0, oldest)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = kread.Range(ctx, client, topic, 0, start, end, func(r *kread.Record) (bool, error) {
+		if string(r.Key) != slot {
+			return true, nil
+		}
+		var next captureState
+		if r.Value == nil {
+			st = captureState{} // a tombstone forgets the slot
+			return true, nil
+		}
+		if err := json.Unmarshal(r.Value, &next); err != nil {
+			return false, fmt.Errorf("capture state at offset %d: %w", r.Offset, err)
+		}
+		st = next
+		return true, nil
+	})
 	if err != nil {
 		return st, fmt.Errorf("read capture state: %w", err)
 	}
-	defer pc.Close()
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	for {
-		select {
-		case m := <-pc.Messages():
-			if string(m.Key) == slot {
-				var next captureState
-				if m.Value == nil {
-					next = captureState{} // a tombstone forgets the slot
-				} else if err := json.Unmarshal(m.Value, &next); err != nil {
-					return st, fmt.Errorf("capture state at offset %d: %w", m.Offset, err)
-				}
-				st = next
-			}
-			if m.Offset >= newest-1 {
-				return st, nil
-			}
-		case err := <-pc.Errors():
-			return st, fmt.Errorf("read capture state: %w", err)
-		case <-timeout.C:
-			return st, fmt.Errorf("read capture state: not read to offset %d within 30 s", newest-1)
-		case <-ctx.Done():
-			return st, ctx.Err()
-		}
-	}
+	return st, nil
 }
 
-// writeState records the snapshot state of slot; it returns once Kafka has it.
-func writeState(client sarama.Client, topic, slot, snapshot string, types []string) error {
+// writeState records st; it returns once Kafka has it.
+func writeState(client sarama.Client, topic string, st captureState) error {
 	producer, err := sarama.NewSyncProducerFromClient(client)
 	if err != nil {
 		return fmt.Errorf("capture state producer: %w", err)
 	}
 	defer producer.Close()
-	value, err := json.Marshal(captureState{Slot: slot, Snapshot: snapshot, Types: types, Updated: time.Now().UTC()})
+	st.Updated = time.Now().UTC()
+	value, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	_, _, err = producer.SendMessage(&sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(slot), Value: sarama.ByteEncoder(value)})
+	_, _, err = producer.SendMessage(&sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(st.Slot), Value: sarama.ByteEncoder(value)})
 	if err != nil {
 		return fmt.Errorf("write capture state: %w", err)
 	}

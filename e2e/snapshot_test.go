@@ -266,3 +266,179 @@ func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic s
 	}
 	return last
 }
+
+// TestSnapshotResumeNeverRewinds kills `changes capture` in the middle of
+// its initial snapshot while a writer keeps changing the table, and restarts
+// it. The resumed copy reads a newer database than the first; the history
+// must still never take an entity back in time (its copied state, then only
+// changes committed after it), and must end at the database's state.
+func TestSnapshotResumeNeverRewinds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("copies 60000 rows")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "rewind", "id bigint primary key, v bigint not null, payload text")
+	const rows = 60000
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s select g, 0, repeat(md5(g::text), 4) from generate_series(1, %d) g", f.table, rows))
+	configFile := writeConfig(t, f.cfg)
+	env := map[string]string{"CHANGES_KAFKA_BROKERS": "", "CHANGES_POSTGRES_URL": ""}
+
+	wdb, err := pgx.Connect(ctx, f.e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wdb.Close(context.Background())
+	var stopWriter atomic.Bool
+	var writes sync.WaitGroup
+	var werr error
+	writes.Add(1)
+	go func() {
+		defer writes.Done()
+		rnd, next := rand.New(rand.NewPCG(7, 8)), int64(rows)
+		for !stopWriter.Load() {
+			var sql string
+			switch k := rnd.IntN(20); {
+			case k < 17: // mostly rows the first copy has yet to reach
+				sql = fmt.Sprintf("update %s set v = v + 1 where id = %d", f.table, rows/2+rnd.Int64N(next-rows/2+1))
+			case k < 19:
+				next++
+				sql = fmt.Sprintf("insert into %s values (%d, 0, 'new')", f.table, next)
+			default:
+				sql = fmt.Sprintf("delete from %s where id = %d", f.table, 1+rnd.Int64N(next))
+			}
+			if _, err := wdb.Exec(ctx, sql); err != nil {
+				werr = err
+				return
+			}
+		}
+	}()
+
+	client, err := sarama.NewClient(f.cfg.Kafka.Brokers, topology.SaramaConfig(f.cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	first, _, stderr := command(ctx, t, env, "capture", "--config", configFile)
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		end, err := client.GetOffset(string(f.topo.History()), 0, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end >= 10000 {
+			if end >= rows {
+				t.Fatalf("the snapshot finished (%d rows) before the kill: make the table larger", end)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			first.Process.Kill()
+			first.Wait()
+			t.Fatalf("the snapshot did not start:\n%s", stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first.Process.Kill()
+	first.Wait()
+	time.Sleep(time.Second) // the database moves on before the copy resumes
+
+	second, _, stderr2 := command(ctx, t, env, "capture", "--config", configFile)
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.Process.Kill(); second.Wait() })
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	time.Sleep(time.Second) // the writer goes on while streaming
+	stopWriter.Store(true)
+	writes.Wait()
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	execSQL(t, ctx, f.db, "insert into "+f.table+" values (0, 0, 'last')")
+
+	// Read until the last insert is there.
+	var history []*sarama.ConsumerMessage
+	for done := false; !done; {
+		if ctx.Err() != nil {
+			t.Fatalf("the last insert never reached the history\n%s", stderr2)
+		}
+		history = readAll(t, ctx, f.cfg, string(f.topo.History()))
+		if len(history) > 0 {
+			ev, err := codecs.EventCodec{}.Decode(history[len(history)-1].Value)
+			done = err == nil && ev.EntityID == 0
+		}
+		if !done {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	second.Process.Signal(syscall.SIGTERM)
+	second.Wait()
+	if !strings.Contains(stderr2.String(), "resuming an interrupted initial snapshot") {
+		t.Fatalf("the second capture did not resume the snapshot:\n%s", stderr2)
+	}
+
+	type last struct {
+		v       int64
+		deleted bool
+	}
+	final := map[int64]last{}
+	rewound := 0
+	for _, m := range history {
+		ev, err := codecs.EventCodec{}.Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Op == codecs.OpDelete {
+			final[ev.EntityID] = last{deleted: true}
+			continue
+		}
+		var row struct{ V int64 }
+		if err := ev.After.Decode(&row); err != nil {
+			t.Fatal(err)
+		}
+		if prev, ok := final[ev.EntityID]; ok && !prev.deleted && row.V < prev.v {
+			if rewound++; rewound <= 10 {
+				t.Errorf("entity %d: v went back from %d to %d at history offset %d (%s)", ev.EntityID, prev.v, row.V, m.Offset, ev.Op)
+			}
+		}
+		final[ev.EntityID] = last{v: row.V}
+	}
+	if rewound > 0 {
+		t.Errorf("%d changes took an entity back in time", rewound)
+	}
+	dbRows, err := f.db.Query(ctx, "select id, v from "+f.table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]int64{}
+	for dbRows.Next() {
+		var id, v int64
+		if err := dbRows.Scan(&id, &v); err != nil {
+			t.Fatal(err)
+		}
+		want[id] = v
+	}
+	if err := dbRows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	wrong := 0
+	for id, v := range want {
+		if got, ok := final[id]; !ok || got.deleted || got.v != v {
+			if wrong++; wrong <= 10 {
+				t.Errorf("entity %d: the history ends at %+v (present %v), the database holds v=%d", id, got, ok, v)
+			}
+		}
+	}
+	for id, got := range final {
+		if _, ok := want[id]; !ok && !got.deleted {
+			if wrong++; wrong <= 10 {
+				t.Errorf("entity %d: alive in the history, not in the database", id)
+			}
+		}
+	}
+	folded := strings.Count(stderr2.String(), "left out of the stream")
+	t.Logf("%d history records for %d rows; %d wrong; cut logged %d time(s)", len(history), len(want), wrong, folded)
+}
