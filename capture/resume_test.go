@@ -106,8 +106,8 @@ func TestCutsCover(t *testing.T) {
 		lsn   codecs.LSN
 		want  bool
 	}{
-		{0, 100, 10, false},  // copied by the first copy, streamed from the start
-		{0, 101, 999, true},  // copied as of 1000 by the first resume
+		{0, 100, 10, false}, // copied by the first copy, streamed from the start
+		{0, 101, 999, true}, // copied as of 1000 by the first resume
 		{0, 101, 1000, false},
 		{0, 301, 2999, true}, // copied again as of 3000
 		{0, 301, 3000, false},
