@@ -146,35 +146,7 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 	configFile := writeConfig(t, f.cfg)
 	env := map[string]string{"CHANGES_KAFKA_BROKERS": "", "CHANGES_POSTGRES_URL": ""}
 
-	client, err := sarama.NewClient(f.cfg.Kafka.Brokers, topology.SaramaConfig(f.cfg.Kafka))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	first, _, stderr := command(ctx, t, env, "capture", "--config", configFile)
-	if err := first.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		end, err := client.GetOffset(string(f.topo.History()), 0, sarama.OffsetNewest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if end >= 5000 {
-			if end >= rows {
-				t.Fatalf("the snapshot finished (%d rows) before the kill: make the table larger", end)
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			first.Process.Kill()
-			first.Wait()
-			t.Fatalf("the snapshot did not start:\n%s", stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	first.Process.Kill()
-	first.Wait()
+	killDuringSnapshot(t, ctx, f, env, configFile, 5000, rows)
 
 	second, _, stderr2 := command(ctx, t, env, "capture", "--config", configFile)
 	if err := second.Start(); err != nil {
@@ -314,35 +286,7 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 		}
 	}()
 
-	client, err := sarama.NewClient(f.cfg.Kafka.Brokers, topology.SaramaConfig(f.cfg.Kafka))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	first, _, stderr := command(ctx, t, env, "capture", "--config", configFile)
-	if err := first.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		end, err := client.GetOffset(string(f.topo.History()), 0, sarama.OffsetNewest)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if end >= 10000 {
-			if end >= rows {
-				t.Fatalf("the snapshot finished (%d rows) before the kill: make the table larger", end)
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			first.Process.Kill()
-			first.Wait()
-			t.Fatalf("the snapshot did not start:\n%s", stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	first.Process.Kill()
-	first.Wait()
+	killDuringSnapshot(t, ctx, f, env, configFile, 10000, rows)
 	time.Sleep(time.Second) // the database moves on before the copy resumes
 
 	second, _, stderr2 := command(ctx, t, env, "capture", "--config", configFile)
@@ -441,4 +385,37 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 	}
 	folded := strings.Count(stderr2.String(), "left out of the stream")
 	t.Logf("%d history records for %d rows; %d wrong; cut logged %d time(s)", len(history), len(want), wrong, folded)
+}
+
+// killDuringSnapshot starts `changes capture` and kills it with SIGKILL once
+// the history holds at least atLeast of the rows its initial snapshot copies.
+func killDuringSnapshot(t testing.TB, ctx context.Context, f *captureFixture, env map[string]string, configFile string, atLeast, rows int64) {
+	t.Helper()
+	client, err := sarama.NewClient(f.cfg.Kafka.Brokers, topology.SaramaConfig(f.cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	first, _, stderr := command(ctx, t, env, "capture", "--config", configFile)
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Wait()
+	defer first.Process.Kill()
+	for {
+		end, err := client.GetOffset(string(f.topo.History()), 0, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end >= atLeast {
+			if end >= rows {
+				t.Fatalf("the snapshot finished (%d rows) before the kill: make the table larger", end)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the snapshot did not start:\n%s", stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
