@@ -282,7 +282,9 @@ node_start() {
 # node_wait waits until the current node logged that it started.
 node_wait() {
 	local i
-	for i in $(seq 1 240); do
+	# Up to 2 minutes: a node restarted on a busy 2-core machine, beside two
+	# others, took longer than 60 s.
+	for i in $(seq 1 480); do
 		if ! node_pid "$node" >/dev/null; then
 			tail -n 20 "$node_out" >&2 || true
 			die "kafka node $node exited during start, see $node_out and $node_logs/server.log"
@@ -293,7 +295,7 @@ node_wait() {
 		fi
 		sleep 0.25
 	done
-	die "kafka node $node was not ready within 60 s, see $node_logs/server.log"
+	die "kafka node $node was not ready within 120 s, see $node_logs/server.log"
 }
 
 kafka_up() {
