@@ -736,7 +736,7 @@ func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][
 		if len(r.recoveries) > 0 {
 			d := slices.Clone(r.recoveries)
 			slices.Sort(d)
-			rec = fmt.Sprintf("%s / %s", d[len(d)/2].Round(100*time.Millisecond), d[len(d)-1].Round(100*time.Millisecond))
+			rec = fmt.Sprintf("%s / %s", d[(len(d)-1)/2].Round(100*time.Millisecond), d[len(d)-1].Round(100*time.Millisecond))
 		}
 		if r.failed > 0 {
 			rec += fmt.Sprintf(" (%d never)", r.failed)
