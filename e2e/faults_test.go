@@ -759,6 +759,7 @@ func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][
 	fmt.Fprintf(&b, "  %-32s %8d %8d %6d %6d %6d %7d %7d %6d %6d\n\n", "total", total.injected, total.events, total.lost, total.dup, total.reord, total.rewound, total.phantom, total.wrong, total.exited)
 	txns, changes := s.w.counts()
 	fmt.Fprintf(&b, "  workload: %d transactions, %d changes committed (%d commits in doubt, resolved by txlog)\n", txns, changes, s.w.inDoubt)
+	fmt.Fprintf(&b, "  folded: %d committed changes left out of the history because the entity's snapshot event holds them\n", v.folded)
 	for _, ft := range faultTypes {
 		verdict := "equal, value by value"
 		if d := tables[ft.typ]; len(d) > 0 {
@@ -766,7 +767,8 @@ func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][
 		}
 		fmt.Fprintf(&b, "  table %-5s served by `changes serve` vs PostgreSQL: %s\n", ft.typ, verdict)
 	}
-	b.WriteString("\n  lost/dup/reord/rewound/phantom: history records checked per entity against the committed versions;\n" +
+	b.WriteString("\n  lost/dup/reord/rewound/phantom: history records checked per entity against the committed versions\n" +
+		"  (folded: before the version of a snapshot that a copy resumed after a kill took later; not a failure);\n" +
 		"  wrong: entities whose state at the history's end differs from the database; exits: processes that\n" +
 		"  exited by themselves; recovery: from the fault's end until a change committed after it is served.\n")
 	return b.String()
