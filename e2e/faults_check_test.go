@@ -30,6 +30,47 @@ type step struct {
 	op      codecs.Op // insert, update or delete
 	version int64     // the version the change made; for a delete, the version deleted
 	at      time.Time // when the workload saw the commit succeed
+	// lo is the WAL insert position just before the transaction's commit:
+	// its commit LSN is at or after lo.
+	lo codecs.LSN
+}
+
+// foldCut is where a copy resumed after a kill during the initial snapshot
+// started (the capture's state records it): every row after (typ, after) in
+// copy order was copied as of lsn, and the stream leaves out the changes to
+// those rows committed before lsn (capture/doc.go).
+type foldCut struct {
+	typ       string
+	after     int64
+	fromStart bool
+	lsn       codecs.LSN
+}
+
+// folds reports whether the stream may leave step s of entity k out: the
+// last cut whose position precedes the row copied it after s committed.
+// typeOrder is the copy order of the types (the config's). A step whose
+// commit may lie on either side of the cut may be left out or not.
+func folds(cuts []foldCut, typeOrder []string, k entityKey, s step) bool {
+	pos := func(typ string) int {
+		for i, t := range typeOrder {
+			if t == typ {
+				return i
+			}
+		}
+		return -1
+	}
+	var cut *foldCut
+	for i := range cuts {
+		c := &cuts[i]
+		pk, pc := pos(k.typ), pos(c.typ)
+		if pk > pc || pk == pc && (c.fromStart || k.id > c.after) {
+			cut = c
+		}
+	}
+	if cut == nil {
+		return false
+	}
+	return s.lo < cut.lsn // committed before the cut, or possibly so
 }
 
 // ledger is what the workload committed, per entity in commit order. Every
@@ -39,6 +80,9 @@ type step struct {
 type ledger struct {
 	base  map[entityKey]bool
 	steps map[entityKey][]step
+	// cuts and typeOrder: where resumed copies of the snapshot started.
+	cuts      []foldCut
+	typeOrder []string
 }
 
 // histEvent is one history record as the checker sees it.
@@ -57,10 +101,10 @@ type historyVerdict struct {
 	rewound    int // streamed changes older than the entity's snapshot event (a resumed snapshot)
 	phantom    int // records of a change the workload never committed
 	wrongFinal int // entities whose state at the history's end is not the database's
-	// folded counts committed steps absent from the stream because the
-	// entity's snapshot event already holds them (a resumed copy is cut
-	// later than the slot's start). Not a failure: no version after the
-	// snapshot's may be missing, and the snapshot's must have been committed.
+	// folded counts committed steps absent from the stream because a copy
+	// resumed after a kill holds them: the row is after the cut's position
+	// and the step committed before the cut's LSN. Not a failure; any other
+	// missing step is lost.
 	folded int
 	// problems describes the first anomalies, with offsets, and faultAt
 	// attributes each counted anomaly to a moment (the commit of the change).
@@ -129,7 +173,8 @@ func versionOf(r codecs.Row) int64 {
 //     order: none missing (lost), none twice (duplicated), none after a later
 //     one (reordered), none that was never committed (phantom); a streamed
 //     change at or before the snapshot's version is rewound (the entity's
-//     state goes back in time), one left out is folded into the snapshot;
+//     state goes back in time); a change committed before the cut of a copy
+//     resumed after a kill, to a row that copy covers, is folded (left out);
 //   - per entity, the state the history ends with (unchanged TOASTed columns
 //     carried over) equals the database row, value by value, or both are absent.
 func checkFaultHistory(l ledger, events []histEvent, db map[string]map[int64]codecs.Row) historyVerdict {
@@ -273,14 +318,13 @@ func checkEntity(v *historyVerdict, k entityKey, l ledger, hs []histEvent, db ma
 		}
 		state, exists = next, true
 	}
-	if l.base[k] && !snapSeen && !hasDelete(steps) {
+	if l.base[k] && !snapSeen && !hasDelete(steps) && !(len(steps) > 0 && folds(l.cuts, l.typeOrder, k, steps[len(steps)-1])) {
 		v.add("lost", firstAt, "%s: existed before the slot, no snapshot event", k)
 	}
 	for i, m := range matched {
-		if !m && i <= snapIdx {
-			// The entity's snapshot already holds this change: a copy
-			// resumed after a crash is cut later than the slot's start, and
-			// the stream leaves out what the copy holds (capture/doc.go).
+		if !m && folds(l.cuts, l.typeOrder, k, steps[i]) {
+			// A copy resumed after a kill holds this change (or the row's
+			// absence): the stream leaves it out (capture/doc.go).
 			v.folded++
 			continue
 		}

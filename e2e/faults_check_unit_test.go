@@ -56,8 +56,8 @@ func synthHistory(l ledger) ([]histEvent, map[string]map[int64]codecs.Row) {
 		}
 	}
 	slices.SortFunc(all, func(a, b timed) int { return a.s.at.Compare(b.s.at) })
-	for i, t := range all {
-		lsn := base + codecs.LSN(0x100*(i+1))
+	for _, t := range all {
+		lsn := t.s.lo
 		ev := &codecs.Event{EntityType: t.k.typ, EntityID: t.k.id, Op: t.s.op, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn}, CommitTime: t.s.at}
 		if t.s.op == codecs.OpDelete {
 			ev.Before = codecs.Row{"id": json.RawMessage(jsonInt(t.k.id))}
@@ -86,16 +86,28 @@ func jsonInt(n int64) string {
 func synthLedger() ledger {
 	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	return ledger{
+	l := ledger{
 		base: map[entityKey]bool{{"big", 1}: true, {"big", 2}: true},
 		steps: map[entityKey][]step{
-			{"big", 1}:  {{codecs.OpUpdate, 2, at(1)}, {codecs.OpUpdate, 3, at(5)}},
-			{"big", 2}:  {{codecs.OpUpdate, 2, at(2)}},
-			{"acct", 7}: {{codecs.OpInsert, 1, at(3)}, {codecs.OpUpdate, 2, at(4)}, {codecs.OpDelete, 2, at(6)}},
-			{"acct", 9}: {{codecs.OpInsert, 1, at(7)}, {codecs.OpUpdate, 2, at(8)}, {codecs.OpUpdate, 3, at(9)}, {codecs.OpUpdate, 4, at(10)}},
+			{"big", 1}:  {{op: codecs.OpUpdate, version: 2, at: at(1)}, {op: codecs.OpUpdate, version: 3, at: at(5)}},
+			{"big", 2}:  {{op: codecs.OpUpdate, version: 2, at: at(2)}},
+			{"acct", 7}: {{op: codecs.OpInsert, version: 1, at: at(3)}, {op: codecs.OpUpdate, version: 2, at: at(4)}, {op: codecs.OpDelete, version: 2, at: at(6)}},
+			{"acct", 9}: {{op: codecs.OpInsert, version: 1, at: at(7)}, {op: codecs.OpUpdate, version: 2, at: at(8)}, {op: codecs.OpUpdate, version: 3, at: at(9)}, {op: codecs.OpUpdate, version: 4, at: at(10)}},
 		},
+		typeOrder: []string{"acct", "big"},
 	}
+	// Commit LSNs in commit order: the step at ms commits at synthLSN(ms).
+	for k, steps := range l.steps {
+		for i := range steps {
+			ms := int(steps[i].at.Sub(t0) / time.Millisecond)
+			steps[i].lo = synthLSN(ms)
+		}
+		l.steps[k] = steps
+	}
+	return l
 }
+
+func synthLSN(ms int) codecs.LSN { return codecs.LSN(0x1000 + 0x100*(ms+1)) }
 
 func TestFaultCheckerCatches(t *testing.T) {
 	find := func(h []histEvent, typ string, id int64, op codecs.Op, version int64) int {
@@ -115,69 +127,69 @@ func TestFaultCheckerCatches(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		break_ func(h []histEvent, db map[string]map[int64]codecs.Row) []histEvent
+		break_ func(h []histEvent, l *ledger) []histEvent
 		want   historyVerdict // only the counts are compared
 	}{
-		{"correct history", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent { return h }, historyVerdict{}},
-		{"hole in the middle", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"correct history", func(h []histEvent, _ *ledger) []histEvent { return h }, historyVerdict{}},
+		{"hole in the middle", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "acct", 9, codecs.OpUpdate, 3)
 			return renumber(slices.Delete(h, i, i+1))
 		}, historyVerdict{lost: 1}},
-		{"last change lost", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"last change lost", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "acct", 9, codecs.OpUpdate, 4)
 			return renumber(slices.Delete(h, i, i+1))
 		}, historyVerdict{lost: 1, wrongFinal: 1}},
-		{"insert lost", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"insert lost", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "acct", 7, codecs.OpInsert, 1)
 			return renumber(slices.Delete(h, i, i+1))
 		}, historyVerdict{lost: 1}},
-		{"snapshot row lost", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"snapshot row lost", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "big", 2, codecs.OpSnapshot, 1)
 			return renumber(slices.Delete(h, i, i+1))
 		}, historyVerdict{lost: 1, wrongFinal: 1}}, // the unchanged body is unknown
-		{"duplicated transaction", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"duplicated transaction", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "big", 1, codecs.OpUpdate, 2)
 			return renumber(slices.Insert(h, i+2, h[i]))
 		}, historyVerdict{duplicated: 1}},
-		{"redelivered at the end", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"redelivered at the end", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "acct", 9, codecs.OpUpdate, 4)
 			return renumber(append(h, h[i]))
 		}, historyVerdict{duplicated: 1}},
-		{"two changes swapped", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"two changes swapped", func(h []histEvent, _ *ledger) []histEvent {
 			i, j := find(h, "acct", 9, codecs.OpUpdate, 2), find(h, "acct", 9, codecs.OpUpdate, 3)
 			h[i], h[j] = h[j], h[i]
 			return renumber(h)
 		}, historyVerdict{reordered: 1}},
-		{"transactions of two entities swapped", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"transactions of two entities swapped", func(h []histEvent, _ *ledger) []histEvent {
 			i, j := find(h, "big", 2, codecs.OpUpdate, 2), find(h, "acct", 7, codecs.OpInsert, 1)
 			h[i], h[j] = h[j], h[i]
 			return renumber(h)
 		}, historyVerdict{reordered: 1}},
-		{"snapshot after a streamed change", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"snapshot after a streamed change", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "big", 1, codecs.OpSnapshot, 1)
 			s := h[i]
 			h = slices.Delete(h, i, i+1)
 			j := find(h, "big", 1, codecs.OpUpdate, 2)
 			return renumber(slices.Insert(h, j+1, s))
 		}, historyVerdict{reordered: 1, wrongFinal: 1}}, // the unchanged body is unknown
-		{"rolled-back change in the history", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"rolled-back change in the history", func(h []histEvent, _ *ledger) []histEvent {
 			e := *h[len(h)-1].ev
 			e.Op, e.After, e.Position = codecs.OpUpdate, codecs.Row{"version": json.RawMessage("99")}, codecs.Position{CommitLSN: e.CommitLSN + 1}
 			e.CommitLSN++
 			return renumber(append(h, histEvent{ev: &e}))
 		}, historyVerdict{phantom: 1}},
-		{"wrong value", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"wrong value", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "acct", 9, codecs.OpInsert, 1)
 			e := *h[i].ev
 			e.After = codecs.Row{"id": e.After["id"], "version": e.After["version"], "body": json.RawMessage(`"truncated"`)}
 			h[i].ev = &e
 			return h
 		}, historyVerdict{wrongFinal: 1}}, // carried through the unchanged body
-		{"deleted entity still there", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"deleted entity still there", func(h []histEvent, _ *ledger) []histEvent {
 			i := find(h, "acct", 7, codecs.OpDelete, 0)
 			return renumber(slices.Delete(h, i, i+1))
 		}, historyVerdict{lost: 1, wrongFinal: 1}},
-		{"resumed snapshot rewinds", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
+		{"resumed snapshot rewinds", func(h []histEvent, _ *ledger) []histEvent {
 			// The copy after a crash took big 1 at version 3; its updates to 2
 			// and 3 are streamed after it.
 			i := find(h, "big", 1, codecs.OpSnapshot, 1)
@@ -186,9 +198,11 @@ func TestFaultCheckerCatches(t *testing.T) {
 			h[i].ev = &e
 			return h
 		}, historyVerdict{rewound: 2}},
-		{"resumed snapshot folds", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
-			// The copy after a crash took big 1 at version 2 and the stream
-			// left out the update to 2: folded, not lost.
+		{"resumed copy folds", func(h []histEvent, l *ledger) []histEvent {
+			// A copy resumed from big's first row, cut after big 1's update
+			// to 2 committed: it took big 1 at version 2, the stream left
+			// that update out.
+			l.cuts = []foldCut{{typ: "big", fromStart: true, lsn: synthLSN(1) + 1}}
 			i := find(h, "big", 1, codecs.OpSnapshot, 1)
 			e := *h[i].ev
 			e.After = codecs.Row{"id": e.After["id"], "version": json.RawMessage("2"), "body": e.After["body"]}
@@ -196,8 +210,9 @@ func TestFaultCheckerCatches(t *testing.T) {
 			j := find(h, "big", 1, codecs.OpUpdate, 2)
 			return renumber(slices.Delete(h, j, j+1))
 		}, historyVerdict{folded: 1}},
-		{"resumed snapshot folds one too many", func(h []histEvent, _ map[string]map[int64]codecs.Row) []histEvent {
-			// Version 3 is after the snapshot's version 2: it must be streamed.
+		{"resumed copy folds one too many", func(h []histEvent, l *ledger) []histEvent {
+			// Version 3 committed after the cut: it must be streamed.
+			l.cuts = []foldCut{{typ: "big", fromStart: true, lsn: synthLSN(1) + 1}}
 			i := find(h, "big", 1, codecs.OpSnapshot, 1)
 			e := *h[i].ev
 			e.After = codecs.Row{"id": e.After["id"], "version": json.RawMessage("2"), "body": e.After["body"]}
@@ -208,12 +223,31 @@ func TestFaultCheckerCatches(t *testing.T) {
 			}
 			return renumber(h)
 		}, historyVerdict{folded: 1, lost: 1, wrongFinal: 1}},
+		{"a change before the cut to a row the copy does not cover", func(h []histEvent, l *ledger) []histEvent {
+			// The copy resumed after big 1: big 1's update is not its to fold.
+			l.cuts = []foldCut{{typ: "big", after: 1, lsn: synthLSN(1) + 1}}
+			j := find(h, "big", 1, codecs.OpUpdate, 2)
+			return renumber(slices.Delete(h, j, j+1))
+		}, historyVerdict{lost: 1}},
+		{"a row deleted before the cut", func(h []histEvent, l *ledger) []histEvent {
+			// acct 7 lived and died before a copy resumed from acct's first
+			// row: the history never shows it.
+			l.cuts = []foldCut{{typ: "acct", fromStart: true, lsn: synthLSN(6) + 1}}
+			for _, s := range []struct {
+				op codecs.Op
+				v  int64
+			}{{codecs.OpInsert, 1}, {codecs.OpUpdate, 2}, {codecs.OpDelete, 0}} {
+				j := find(h, "acct", 7, s.op, s.v)
+				h = slices.Delete(h, j, j+1)
+			}
+			return renumber(h)
+		}, historyVerdict{folded: 3}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			l := synthLedger()
 			h, db := synthHistory(l)
-			h = c.break_(h, db)
+			h = c.break_(h, &l)
 			got := checkFaultHistory(l, h, db)
 			got.events, got.problems, got.at, got.shown = 0, nil, nil, nil
 			c.want.problems = nil

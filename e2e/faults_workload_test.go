@@ -115,13 +115,19 @@ func (w *workload) finish() {
 func (w *workload) pause()  { w.gate.Lock() }
 func (w *workload) resume() { w.gate.Unlock() }
 
-func (w *workload) record(steps []stepRec) {
+// record adds a committed transaction's changes; lo is the WAL insert
+// position read just before its commit.
+func (w *workload) record(steps []stepRec, lo string) {
+	lsn, err := codecs.ParseLSN(lo)
+	if err != nil {
+		w.fail(fmt.Errorf("commit lsn bound %q: %w", lo, err))
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := time.Now()
 	for _, s := range steps {
 		k := entityKey{s.typ, s.id}
-		w.ledger.steps[k] = append(w.ledger.steps[k], step{op: s.op, version: s.version, at: now})
+		w.ledger.steps[k] = append(w.ledger.steps[k], step{op: s.op, version: s.version, at: now, lo: lsn})
 		if s.typ == "beat" {
 			w.beatVer, w.beatAt = s.version, now
 		}
@@ -260,7 +266,8 @@ func (k *worker) txn(ctx context.Context) {
 			return
 		}
 	}
-	if _, err := tx.Exec(ctx, "insert into txlog values ($1)", seq); err != nil {
+	var lo string
+	if err := tx.QueryRow(ctx, "insert into txlog values ($1) returning pg_current_wal_insert_lsn()::text", seq).Scan(&lo); err != nil {
 		tx.Rollback(ctx)
 		k.broken(ctx, err)
 		return
@@ -276,7 +283,7 @@ func (k *worker) txn(ctx context.Context) {
 			return
 		}
 	}
-	k.w.record(made)
+	k.w.record(made, lo)
 	k.live, k.next = live, next
 }
 
@@ -395,6 +402,7 @@ func (w *workload) burst(ctx context.Context, n int) error {
 	}
 	for from := int64(1); from <= maxID && n > 0; from += 2000 {
 		var made []stepRec
+		var lo string
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			rows, err := tx.Query(ctx, "update big set version = version + 1 where id >= $1 and id < $1 + 2000 returning id, version", from)
 			if err != nil {
@@ -407,12 +415,15 @@ func (w *workload) burst(ctx context.Context, n int) error {
 				}
 				made = append(made, stepRec{"big", id, codecs.OpUpdate, version})
 			}
-			return rows.Err()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, "select pg_current_wal_insert_lsn()::text").Scan(&lo)
 		})
 		if err != nil {
 			return fmt.Errorf("burst: %w", err)
 		}
-		w.record(made)
+		w.record(made, lo)
 		n -= len(made)
 	}
 	return nil
