@@ -565,6 +565,7 @@ func (s *stream) commit() error {
 	}
 	now := time.Now()
 	s.lastCommitTook = now.Sub(began)
+	s.metrics.kafkaCommit.Observe(s.lastCommitTook.Seconds())
 	for _, h := range s.ktx.held {
 		latency := now.Sub(h.commitTime).Seconds()
 		for range h.n {

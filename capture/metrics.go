@@ -20,6 +20,7 @@ type metrics struct {
 	commitToHistory prometheus.Histogram
 	kafkaTxns       prometheus.Counter
 	kafkaTxnRecords prometheus.Histogram
+	kafkaCommit     prometheus.Histogram
 	repaired        prometheus.Counter
 	folded          prometheus.Counter
 	connected       *prometheus.GaugeVec
@@ -83,6 +84,11 @@ func newMetrics() *metrics {
 			Help:    "Records per committed Kafka transaction of the history topic.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
 		}),
+		kafkaCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "changes_capture_kafka_commit_seconds",
+			Help:    "Time to commit a Kafka transaction of the history: the flush of its records and the coordinator's answer.",
+			Buckets: LatencyBuckets,
+		}),
 		repaired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "changes_capture_history_repairs_total",
 			Help: "Changes missing from the history although later ones were there (a hole left by a version without Kafka transactions), written late by the capture.",
@@ -140,6 +146,9 @@ func (m *metrics) register(r prometheus.Registerer) error {
 		return err
 	}
 	if m.kafkaTxnRecords, err = promreg.Register(r, m.kafkaTxnRecords); err != nil {
+		return err
+	}
+	if m.kafkaCommit, err = promreg.Register(r, m.kafkaCommit); err != nil {
 		return err
 	}
 	if m.repaired, err = promreg.Register(r, m.repaired); err != nil {
