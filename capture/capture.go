@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -109,7 +110,7 @@ func (c *Capture) transactionalID() string {
 // change too large to write.
 func (c *Capture) Run(ctx context.Context) error {
 	standby := false
-	backoff := retryFirst
+	var backoff outage.Backoff
 	c.down = ""
 	c.setConnected("")
 	for {
@@ -138,20 +139,19 @@ func (c *Capture) Run(ctx context.Context) error {
 		default:
 			c.metrics.standby.Set(0)
 			standby = false
-			if time.Since(started) >= retryStableAfter {
-				backoff = retryFirst // it streamed for a while: a new outage
+			if time.Since(started) >= outage.StableAfter {
+				backoff.Reset() // it streamed for a while: a new outage
 			}
+			wait = backoff.Duration()
 			dep := dependencyOf(err)
 			if dep != c.down {
-				c.log.Warn("capture interrupted; retrying until it streams again", "dependency", dep, "err", err.Error(), "retry_in", backoff.String())
+				c.log.Warn("capture interrupted; retrying until it streams again", "dependency", dep, "err", err.Error(), "retry_in", wait.String())
 				c.down = dep
 			} else {
-				c.log.Debug("capture retry failed", "dependency", dep, "err", err.Error())
+				c.log.Debug("capture retry failed", "dependency", dep, "err", err.Error(), "retry_in", wait.String())
 			}
 			c.setConnected(dep)
 			c.metrics.retries.Inc()
-			wait = backoff
-			backoff = min(2*backoff, retryMax)
 		}
 		select {
 		case <-ctx.Done():
@@ -161,13 +161,6 @@ func (c *Capture) Run(ctx context.Context) error {
 		}
 	}
 }
-
-// Backoff of Run between sessions that failed with a retryable error.
-const (
-	retryFirst       = time.Second
-	retryMax         = 30 * time.Second
-	retryStableAfter = time.Minute
-)
 
 // setConnected sets changes_capture_connected: 0 for the dependency that
 // failed (if any), 1 for the other.

@@ -6,6 +6,8 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/changes-dev/changes/internal/outage"
 )
 
 // ErrSlotLost is returned by Run when the replication slot exists but
@@ -37,33 +39,16 @@ var ErrSlotMissing = errors.New("replication slot is missing")
 // started again: true for outages of Kafka or PostgreSQL (refused or lost
 // connections, timeouts, a broker without a leader, a failed write), false
 // for what needs someone to act: a lost or missing slot, a setup error, a
-// change too large to write, a configuration Kafka or PostgreSQL refuses
-// (authentication, authorization, an unknown database).
+// change too large to write, and what outage.Retryable refuses (a
+// configuration Kafka or PostgreSQL rejects, refused credentials).
 func Retryable(err error) bool {
-	if err == nil || errors.Is(err, ErrSlotLost) || errors.Is(err, ErrSetup) ||
-		errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrSlotMissing) {
+	if errors.Is(err, ErrSlotLost) || errors.Is(err, ErrSetup) ||
+		errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrSlotMissing) ||
+		errors.Is(err, sarama.ErrMessageSizeTooLarge) || errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed) {
 		return false
-	}
-	var cfgErr sarama.ConfigurationError
-	if errors.As(err, &cfgErr) {
-		return false
-	}
-	for _, k := range []sarama.KError{sarama.ErrMessageSizeTooLarge, sarama.ErrTopicAuthorizationFailed,
-		sarama.ErrClusterAuthorizationFailed, sarama.ErrTransactionalIDAuthorizationFailed,
-		sarama.ErrSASLAuthenticationFailed, sarama.ErrInvalidConfig} {
-		if errors.Is(err, k) {
-			return false
-		}
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code[:2] {
-		case "28", "3D", "42": // authorization, unknown database, syntax or access rule
-			return false
-		}
 	}
 	var parseErr *pgconn.ParseConfigError
-	return !errors.As(err, &parseErr)
+	return !errors.As(err, &parseErr) && outage.Retryable(err)
 }
 
 // dependencyOf names the dependency an error of a session comes from, for
