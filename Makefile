@@ -36,7 +36,7 @@ build:
 # `changes run` and `changes serve` under a mixed workload while they, the
 # broker (SIGKILL, SIGSTOP) and PostgreSQL (-m immediate) fail again and again,
 # on one broker and on three; then the history against what was committed and
-# every served table against the database, as a table. About 25 minutes.
+# every served table against the database, as a table. About 20 minutes.
 # `make test` runs its short plan (about 3 minutes).
 faults: stack-up
 	$(STACK_ENV) && CHANGES_FAULTS=full $(GO) test -count=1 -run '^TestFaults$$' -v -timeout 50m ./e2e/
