@@ -103,7 +103,7 @@ func (c *Capture) transactionalID() string {
 //
 // Outages of Kafka or PostgreSQL do not end Run: the session ends without
 // acknowledging anything Kafka has not committed, and Run starts a new one
-// after a backoff (1 s doubling to 30 s), logging once when a dependency is
+// after a backoff (1 s doubling to 5 s), logging once when a dependency is
 // lost and once when streaming resumes, with changes_capture_connected
 // telling which. Run returns only errors that retrying cannot fix (see
 // Retryable): a lost or missing slot, a setup or configuration error, a

@@ -23,7 +23,7 @@
 // # Outages
 //
 // Run survives outages of Kafka and PostgreSQL: a session that fails with a
-// Retryable error is started again after a backoff (1 s doubling to 30 s),
+// Retryable error is started again after a backoff (1 s doubling to 5 s),
 // with a log line when a dependency is lost and one when streaming resumes,
 // and changes_capture_connected{dependency}. Errors that need someone to act
 // (a lost or missing slot, ErrSetup, ErrRecordTooLarge, refused credentials)

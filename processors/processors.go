@@ -381,7 +381,7 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 // Run runs the router and one snapshot processor per entity type until ctx
 // is cancelled (then it returns nil). goka stops a processor on any error by
 // design, and on Kafka being away for longer than its clients' timeouts:
-// Run rebuilds and restarts it with backoff (1 s doubling to 30 s), forever
+// Run rebuilds and restarts it with backoff (1 s doubling to 5 s), forever
 // while the error is one retrying can fix (see outage.Retryable), counting
 // restarts in changes_processor_restarts_total. It logs the first failure of
 // a series and the return to running, not every retry. It returns, stopping

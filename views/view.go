@@ -342,7 +342,7 @@ func (v *View) EntityType() string { return v.entityType }
 // it fails. A View runs once: it closes its storage when Run returns.
 //
 // An outage of Kafka, at the start or later, does not end Run: it waits
-// for Kafka (1 s doubling to 30 s between tries), logging once when Kafka
+// for Kafka (1 s doubling to 5 s between tries), logging once when Kafka
 // is lost and once when it is back; meanwhile a recovered view answers
 // reads from its local copy, Status says StatusDisconnected and SyncedAt
 // says how old its data may be.

@@ -18,7 +18,7 @@ import (
 
 // runMonitor runs the monitor with its /metrics until ctx is cancelled.
 // A monitor that stops on an outage of Kafka or PostgreSQL is started again
-// with backoff (1 s doubling to 30 s), forever while the error is
+// with backoff (1 s doubling to 5 s), forever while the error is
 // retryable; changes_monitor_connected is 1 while it monitors and Kafka
 // answers a probe (every 2 s).
 func runMonitor(ctx context.Context, topo *topology.Topology, log *slog.Logger, reg *prometheus.Registry) error {

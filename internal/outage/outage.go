@@ -19,11 +19,11 @@ import (
 	"github.com/changes-dev/changes/topology"
 )
 
-// Backoff defaults of every retry loop: 1 s doubling to 30 s, back to 1 s
+// Backoff defaults of every retry loop: 1 s doubling to 5 s, back to 1 s
 // after a run of StableAfter or more.
 const (
 	First       = time.Second
-	Max         = 30 * time.Second
+	Max         = 5 * time.Second
 	StableAfter = time.Minute
 )
 

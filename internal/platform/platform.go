@@ -44,7 +44,7 @@ func EnsureTopics(topo *topology.Topology) error {
 // stopping the others).
 //
 // Outages do not end Run: while Kafka is unreachable at the start it tries
-// the topics again with backoff (1 s doubling to 30 s), logging once when
+// the topics again with backoff (1 s doubling to 5 s), logging once when
 // it starts waiting and once when Kafka is back; the capture and the
 // processors retry by themselves, and a capture that still returns a
 // retryable error (see capture.Retryable) is started again the same way.
