@@ -490,7 +490,7 @@ type heldRecords struct {
 // committing.
 const (
 	idleCommitWait = time.Millisecond
-	commitInterval = 20 * time.Millisecond
+	commitInterval = 5 * time.Millisecond
 	maxTxnRecords  = 100_000
 	maxTxnAge      = 10 * time.Second
 )

@@ -8,7 +8,7 @@
 // request in flight), so a large transaction is never held in memory, inside
 // Kafka transactions (transactional id changes-capture.<history>.<slot>). A
 // Kafka transaction commits at a PostgreSQL transaction boundary as soon as
-// the stream pauses, else every 20 ms or four times the last commit's
+// the stream pauses, else every 5 ms or four times the last commit's
 // duration; one over 100,000 changes or 10 s is split. A failed write aborts
 // its Kafka transaction, so no later change is visible without it: the
 // history never has a hole (sarama's plain producer goes on with later
