@@ -427,9 +427,11 @@ func (v *View) watch(ctx context.Context) {
 				v.syncedAt.Store(now.UnixNano())
 				v.metrics.synced.Set(float64(now.UnixNano()) / 1e9)
 			}
-		case ctx.Err() == nil && lagAnswered:
-			// Only once Kafka answered the lag: goka's tester has no
-			// Kafka, and a view not yet recovered is not ready anyway.
+		case ctx.Err() == nil && (lagAnswered || errors.Is(err, outage.ErrNoAnswer)):
+			// A refused lag counts once Kafka answered one: goka's tester
+			// has no Kafka. A lag with no answer at all is an outage
+			// whenever it comes, also before the first answer (a broker
+			// paused just after the view was built).
 			v.kafka.Down(err)
 		}
 		records := v.metrics.recoveryRecords()

@@ -239,6 +239,10 @@ func (p *Probe) Close() {
 	}
 }
 
+// ErrNoAnswer is returned by Bounded.Run when the call did not return in
+// time: whatever it asked (a paused or cut-off broker) did not answer.
+var ErrNoAnswer = errors.New("no answer")
+
 // Bounded runs a call in the background and waits for it at most a given
 // time; a call still running when the next Run comes is waited for again
 // instead of starting another. Run is for one goroutine at a time.
@@ -269,7 +273,7 @@ func (b *Bounded[T]) Run(d time.Duration, fn func() (T, error)) (T, error) {
 		return r.v, r.err
 	case <-t.C:
 		var zero T
-		return zero, fmt.Errorf("no answer within %s", d)
+		return zero, fmt.Errorf("%w within %s", ErrNoAnswer, d)
 	}
 }
 
