@@ -463,24 +463,31 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		if l.Count() != n {
 			t.Errorf("slo %s counts %d changes, want %d", l.Stage, l.Count(), n)
 		}
+		// The monitor and the workload time different moments (the router's
+		// copy and the snapshot processor's apply; a consumer's and a view
+		// subscriber's arrival), a few milliseconds apart. So a share may
+		// differ by the workload's samples that lie within 20 % of the
+		// bound, and a quantile by 25 % of the workload's.
 		for _, b := range []time.Duration{100 * time.Millisecond, time.Second, 5 * time.Second, time.Minute} {
+			near := w.within(b*6/5) - w.within(b*4/5)
 			hist := histogramShare(t, reg, metric, b)
-			if d := hist - w.within(b); d > 0.02 || d < -0.02 {
-				t.Errorf("%s: share within %s: histogram %.3f, workload %.3f", l.Stage, b, hist, w.within(b))
+			if d := hist - w.within(b); d > 0.02+near || d < -0.02-near {
+				t.Errorf("%s: share within %s: histogram %.3f, workload %.3f (%.3f of it near the bound)", l.Stage, b, hist, w.within(b), near)
 			}
-			if d := l.Within(b) - w.within(b); d > 0.01 || d < -0.01 {
-				t.Errorf("%s: share within %s: slo %.3f, workload %.3f", l.Stage, b, l.Within(b), w.within(b))
+			if d := l.Within(b) - w.within(b); d > 0.01+near || d < -0.01-near {
+				t.Errorf("%s: share within %s: slo %.3f, workload %.3f (%.3f of it near the bound)", l.Stage, b, l.Within(b), w.within(b), near)
 			}
 		}
 		p50, p99 := time.Duration(l.Quantile(0.5)*1e9), time.Duration(l.Quantile(0.99)*1e9)
 		t.Logf("commit -> %s: slo p50 %s p99 %s; workload p50 %s p99 %s", l.Stage, p50, p99, w.quantile(0.5), w.quantile(0.99))
-		if d := (p50 - w.quantile(0.5)).Abs(); d > 5*time.Millisecond {
+		if d := (p50 - w.quantile(0.5)).Abs(); d > max(5*time.Millisecond, w.quantile(0.5)/4) {
 			t.Errorf("%s: slo p50 %s, workload %s", l.Stage, p50, w.quantile(0.5))
 		}
+		tol99 := max(25*time.Millisecond, w.quantile(0.99)/4)
 		switch d := p99 - w.quantile(0.99); {
-		case d > 25*time.Millisecond:
+		case d > tol99:
 			t.Errorf("%s: slo p99 %s, workload %s: the monitor reports worse than a consumer saw", l.Stage, p99, w.quantile(0.99))
-		case d < -25*time.Millisecond && l.Stage == "snapshot":
+		case d < -tol99 && l.Stage == "snapshot":
 			t.Errorf("%s: slo p99 %s, workload %s", l.Stage, p99, w.quantile(0.99))
 		}
 	}
