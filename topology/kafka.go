@@ -68,13 +68,17 @@ func TransactionalConfig(k KafkaConfig, transactionalID string) *sarama.Config {
 	c.Producer.Transaction.Timeout = time.Minute
 	// A new transaction's AddPartitionsToTxn meets CONCURRENT_TRANSACTIONS
 	// until the coordinator has written the previous one's markers, about
-	// half a millisecond after the commit returns: a fixed 100 ms backoff
-	// would put that under every transaction's latency. 250 µs first,
-	// doubling to 1 s (a coordinator moving to another broker), about 40 s
-	// in all.
-	c.Producer.Transaction.Retry.Max = 50
+	// half a millisecond after the commit returns on an idle broker and tens
+	// of milliseconds on a busy one: a fixed 100 ms backoff, or one that
+	// doubles, would put more than that under every transaction's latency.
+	// 1 ms for 200 tries, then doubling to 1 s (a coordinator moving to
+	// another broker), about 40 s in all.
+	c.Producer.Transaction.Retry.Max = 250
 	c.Producer.Transaction.Retry.BackoffFunc = func(retries, _ int) time.Duration {
-		return min(250*time.Microsecond<<min(retries, 12), time.Second)
+		if retries < 200 {
+			return time.Millisecond // the previous markers: tens of ms under load
+		}
+		return min(time.Millisecond<<min(retries-200, 10), time.Second)
 	}
 	return c
 }
