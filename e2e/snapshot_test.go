@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -35,35 +34,7 @@ func TestInitialSnapshot(t *testing.T) {
 	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s select g, 0, md5(g::text) from generate_series(1, %d) g", f.table, initial))
 
 	// The writer runs before, during and after the snapshot.
-	wdb, err := pgx.Connect(ctx, f.e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wdb.Close(context.Background())
-	var stopWriter atomic.Bool
-	var writes sync.WaitGroup
-	var werr error
-	writes.Add(1)
-	go func() {
-		defer writes.Done()
-		rnd, next := rand.New(rand.NewPCG(5, 6)), int64(initial)
-		for !stopWriter.Load() {
-			var sql string
-			switch k := rnd.IntN(10); {
-			case k < 6:
-				sql = fmt.Sprintf("update %s set v = v + 1 where id = %d", f.table, 1+rnd.Int64N(next))
-			case k < 9:
-				next++
-				sql = fmt.Sprintf("insert into %s values (%d, 0, 'new')", f.table, next)
-			default:
-				sql = fmt.Sprintf("delete from %s where id = %d", f.table, 1+rnd.Int64N(next))
-			}
-			if _, err := wdb.Exec(ctx, sql); err != nil {
-				werr = err
-				return
-			}
-		}
-	}()
+	stopWriter := startWriter(t, ctx, f, writerMix{seed: 5, rows: initial, updateFrom: 1, updates: 6, inserts: 3, of: 10})
 
 	log := testLogger(t)
 	runCtx, stop := context.WithCancel(ctx)
@@ -82,10 +53,8 @@ func TestInitialSnapshot(t *testing.T) {
 	g.Go(func() error { return v.Run(gctx) })
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	time.Sleep(time.Second) // the writer goes on while streaming
-	stopWriter.Store(true)
-	writes.Wait()
-	if werr != nil {
-		t.Fatal(werr)
+	if err := stopWriter(); err != nil {
+		t.Fatal(err)
 	}
 	waitViewsEqual(t, ctx, f.db, f.topo, map[string]*views.View{"item": v})
 
@@ -256,35 +225,8 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 	configFile := writeConfig(t, f.cfg)
 	env := map[string]string{"CHANGES_KAFKA_BROKERS": "", "CHANGES_POSTGRES_URL": ""}
 
-	wdb, err := pgx.Connect(ctx, f.e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wdb.Close(context.Background())
-	var stopWriter atomic.Bool
-	var writes sync.WaitGroup
-	var werr error
-	writes.Add(1)
-	go func() {
-		defer writes.Done()
-		rnd, next := rand.New(rand.NewPCG(7, 8)), int64(rows)
-		for !stopWriter.Load() {
-			var sql string
-			switch k := rnd.IntN(20); {
-			case k < 17: // mostly rows the first copy has yet to reach
-				sql = fmt.Sprintf("update %s set v = v + 1 where id = %d", f.table, rows/2+rnd.Int64N(next-rows/2+1))
-			case k < 19:
-				next++
-				sql = fmt.Sprintf("insert into %s values (%d, 0, 'new')", f.table, next)
-			default:
-				sql = fmt.Sprintf("delete from %s where id = %d", f.table, 1+rnd.Int64N(next))
-			}
-			if _, err := wdb.Exec(ctx, sql); err != nil {
-				werr = err
-				return
-			}
-		}
-	}()
+	// Mostly updates of rows the first copy has yet to reach.
+	stopWriter := startWriter(t, ctx, f, writerMix{seed: 7, rows: rows, updateFrom: rows / 2, updates: 17, inserts: 2, of: 20})
 
 	killDuringSnapshot(t, ctx, f, env, configFile, 10000, rows)
 	time.Sleep(time.Second) // the database moves on before the copy resumes
@@ -296,10 +238,8 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 	t.Cleanup(func() { second.Process.Kill(); second.Wait() })
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	time.Sleep(time.Second) // the writer goes on while streaming
-	stopWriter.Store(true)
-	writes.Wait()
-	if werr != nil {
-		t.Fatal(werr)
+	if err := stopWriter(); err != nil {
+		t.Fatal(err)
 	}
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (0, 0, 'last')")
 
@@ -417,5 +357,52 @@ func killDuringSnapshot(t testing.TB, ctx context.Context, f *captureFixture, en
 			t.Fatalf("the snapshot did not start:\n%s", stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// writerMix is what startWriter writes: of every `of` statements, `updates`
+// increment v of a random row with an id from updateFrom on, `inserts` add a
+// row after the last, and the rest delete a random row; the table starts
+// with rows rows.
+type writerMix struct {
+	seed                 uint64
+	rows, updateFrom     int64
+	updates, inserts, of int
+}
+
+// startWriter changes f's table (id, v, payload) on a connection of its own
+// until the returned stop is called, which returns the writer's error.
+func startWriter(t testing.TB, ctx context.Context, f *captureFixture, m writerMix) (stop func() error) {
+	t.Helper()
+	wdb, err := pgx.Connect(ctx, f.e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stopped atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		defer wdb.Close(context.Background())
+		rnd, next := rand.New(rand.NewPCG(m.seed, m.seed+1)), m.rows
+		for !stopped.Load() {
+			var sql string
+			switch k := rnd.IntN(m.of); {
+			case k < m.updates:
+				sql = fmt.Sprintf("update %s set v = v + 1 where id = %d", f.table, m.updateFrom+rnd.Int64N(next-m.updateFrom+1))
+			case k < m.updates+m.inserts:
+				next++
+				sql = fmt.Sprintf("insert into %s values (%d, 0, 'new')", f.table, next)
+			default:
+				sql = fmt.Sprintf("delete from %s where id = %d", f.table, 1+rnd.Int64N(next))
+			}
+			if _, err := wdb.Exec(ctx, sql); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	return func() error {
+		stopped.Store(true)
+		return <-done
 	}
 }
