@@ -467,7 +467,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		// copy and the snapshot processor's apply; a consumer's and a view
 		// subscriber's arrival), a few milliseconds apart. So a share may
 		// differ by the workload's samples that lie within 20 % of the
-		// bound, and a quantile by 25 % of the workload's.
+		// bound, p50 by 25 % of the workload's, p99 (a few samples) by 40 %.
 		for _, b := range []time.Duration{100 * time.Millisecond, time.Second, 5 * time.Second, time.Minute} {
 			near := w.within(b*6/5) - w.within(b*4/5)
 			hist := histogramShare(t, reg, metric, b)
@@ -483,7 +483,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		if d := (p50 - w.quantile(0.5)).Abs(); d > max(5*time.Millisecond, w.quantile(0.5)/4) {
 			t.Errorf("%s: slo p50 %s, workload %s", l.Stage, p50, w.quantile(0.5))
 		}
-		tol99 := max(25*time.Millisecond, w.quantile(0.99)/4)
+		tol99 := max(25*time.Millisecond, w.quantile(0.99)*2/5)
 		switch d := p99 - w.quantile(0.99); {
 		case d > tol99:
 			t.Errorf("%s: slo p99 %s, workload %s: the monitor reports worse than a consumer saw", l.Stage, p99, w.quantile(0.99))
