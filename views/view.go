@@ -112,6 +112,8 @@ type View struct {
 
 	kafka    *outage.State // whether Kafka answers the view's Lag
 	syncedAt atomic.Int64  // unix nanoseconds when the view last held its whole table
+	openedMu sync.Mutex
+	opened   []time.Time // per partition: when its recovered storage was opened
 
 	subsMu  sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -138,6 +140,7 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 		log:        slog.Default(),
 		storageDir: filepath.Join(topo.Config().Storage, "views"),
 		stores:     make([]atomic.Pointer[store], ent.Partitions),
+		opened:     make([]time.Time, ent.Partitions),
 		alive:      make([]atomic.Int64, ent.Partitions),
 		queued:     make([]updateQueue, ent.Partitions),
 		subs:       map[*Subscription]struct{}{},
@@ -212,7 +215,7 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 	v.alive[partition].Store(n)
 	s.onCommit = func() { v.publishCommitted(partition) }
 	v.stores[partition].Store(s)
-	return &partitionStore{store: s, v: v, partition: partition}, nil
+	return &partitionStore{store: s, v: v, partition: partition, opened: time.Now()}, nil
 }
 
 // partitionStore is the storage goka holds for one partition: closing it
@@ -221,6 +224,39 @@ type partitionStore struct {
 	*store
 	v         *View
 	partition int32
+	opened    time.Time // before goka asked Kafka for the end it recovers to
+}
+
+// MarkRecovered is called by goka once the partition holds its table up to
+// the end goka read after opening the storage. When that completes the
+// view, the view is synced as of the earliest such opening: SyncedAt is
+// set at once, not at the next lag check, which a broker lost right after
+// recovery would never answer.
+func (ps *partitionStore) MarkRecovered() error {
+	if err := ps.store.MarkRecovered(); err != nil {
+		return err
+	}
+	ps.v.openedMu.Lock()
+	ps.v.opened[ps.partition] = ps.opened
+	ps.v.openedMu.Unlock()
+	if !ps.v.Recovered() {
+		return nil
+	}
+	ps.v.openedMu.Lock()
+	at := ps.opened
+	for _, o := range ps.v.opened {
+		if !o.IsZero() && o.Before(at) {
+			at = o
+		}
+	}
+	ps.v.openedMu.Unlock()
+	for {
+		old := ps.v.syncedAt.Load()
+		if old >= at.UnixNano() || ps.v.syncedAt.CompareAndSwap(old, at.UnixNano()) {
+			break
+		}
+	}
+	return nil
 }
 
 func (ps *partitionStore) Close() error {
@@ -545,9 +581,9 @@ func (v *View) Status() Status {
 // second while Run runs).
 func (v *View) Connected() bool { return v.kafka.Connected() }
 
-// SyncedAt is when the view last held every record of its table, checked
-// every second while Run runs (the zero time before the first time): its
-// reads reflect the table at least as of then. While Kafka is away it
+// SyncedAt is when the view last held every record of its table: set when
+// the view recovers, then checked every second while Run runs (the zero
+// time before the recovery): its reads reflect the table at least as of then. While Kafka is away it
 // stays put, so time.Since(SyncedAt()) is how stale the reads may be.
 func (v *View) SyncedAt() time.Time {
 	n := v.syncedAt.Load()

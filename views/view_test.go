@@ -365,3 +365,15 @@ changes_view_bad_records_total{entity_type="account"} 2
 		t.Error(err)
 	}
 }
+
+// A view is synced as of its recovery at once, not only at its next lag
+// check: a broker lost right after the recovery would never answer that
+// check, and reads during the outage would not say how stale they are.
+func TestViewSyncedAtRecovery(t *testing.T) {
+	before := time.Now()
+	v := runView(t, testTopology(t), tester.New(t))
+	at := v.SyncedAt()
+	if at.IsZero() || at.Before(before) || at.After(time.Now()) {
+		t.Errorf("SyncedAt right after recovery = %v; want a time between the view's start (%v) and now", at, before)
+	}
+}
