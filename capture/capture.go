@@ -40,7 +40,6 @@ type Capture struct {
 	tables  []table
 	log     *slog.Logger
 	metrics *metrics
-	sarama  *sarama.Config
 	reg     prometheus.Registerer
 	lock    *pgx.Conn // holds the slot's advisory lock during a session
 	down    string    // the dependency whose error ended the last session, until one streams
@@ -77,7 +76,6 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 		tables:  tablesOf(topo.Config()),
 		log:     slog.Default(),
 		metrics: newMetrics(),
-		sarama:  topology.SaramaConfig(topo.Config().Kafka),
 	}
 	for _, o := range opts {
 		o(c)
@@ -206,7 +204,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	defer lock.Close(context.Background())
 	c.lock = lock
 	defer func() { c.lock = nil }()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, c.sarama)
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -214,9 +212,13 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	// The transactional producer first: its start fences every older
 	// capture of this slot (a zombie can no longer commit) and aborts what
 	// one left open, so the history's end read next cannot move.
-	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, topology.TransactionalConfig(cfg.Kafka, c.transactionalID()))
+	pcfg, err := topology.TransactionalConfig(cfg.Kafka, c.transactionalID())
 	if err != nil {
-		return fmt.Errorf("kafka transactional producer %s: %w", c.transactionalID(), err)
+		return err
+	}
+	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, pcfg)
+	if err != nil {
+		return fmt.Errorf("kafka transactional producer %s: %w", c.transactionalID(), topology.ExplainKafkaError(cfg.Kafka, err))
 	}
 	closeProducer := sync.OnceFunc(func() { producer.Close() })
 	defer closeProducer()

@@ -88,7 +88,7 @@ func BenchmarkProcessors(b *testing.B) {
 		// Each entity's insert and update are in the changelog until compaction.
 		records := 0
 		for p := range int32(4) {
-			client, _ := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+			client, _ := topology.NewClient(cfg.Kafka)
 			end, _ := client.GetOffset(string(topo.Snapshot("a")), p, sarama.OffsetNewest)
 			client.Close()
 			records += int(end)
@@ -102,7 +102,7 @@ func BenchmarkProcessors(b *testing.B) {
 // alternating between types a and b, straight to the history topic.
 func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n int) {
 	b.Helper()
-	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, saramaConfig(b, cfg.Kafka))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -115,7 +115,7 @@ func newBenchFixture(b testing.TB, ctx context.Context, prefix string) *captureF
 // consumeHistory reads n records from the history's current end and sends
 // each one's commit-to-consumer latency; the returned channel closes after n.
 func consumeHistory(b testing.TB, ctx context.Context, cfg *topology.Config, topic string, n int, out chan<- time.Duration) <-chan struct{} {
-	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, saramaConfig(b, cfg.Kafka))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -212,7 +212,7 @@ func procMiB(b *testing.B, pid int, field string) float64 {
 // "v", as the snapshot processor would, with progress.
 func writeTable(b *testing.B, cfg *topology.Config, topo *topology.Topology, n int) {
 	b.Helper()
-	scfg := topology.SaramaConfig(cfg.Kafka)
+	scfg := saramaConfig(b, cfg.Kafka)
 	scfg.Producer.Flush.Frequency = 5 * time.Millisecond // bulk load: batch
 	scfg.Producer.Flush.Bytes = 1 << 20
 	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, scfg)

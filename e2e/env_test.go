@@ -141,7 +141,7 @@ func dropSlot(t testing.TB, ctx context.Context, conn *pgx.Conn, slot string) {
 
 // deleteTopics deletes the topics of cfg; a topic that does not exist is fine.
 func deleteTopics(t testing.TB, cfg *topology.Config) {
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
 		return
@@ -198,4 +198,14 @@ func itemTable(t testing.TB, ctx context.Context, e env, prefix, columns string,
 		t.Fatal(err)
 	}
 	return cfg, topo, db, table
+}
+
+// saramaConfig is topology.SaramaConfig that fails the test on an error.
+func saramaConfig(t testing.TB, k topology.KafkaConfig) *sarama.Config {
+	t.Helper()
+	c, err := topology.SaramaConfig(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

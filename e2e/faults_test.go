@@ -312,7 +312,7 @@ func freeAddr(t *testing.T) string {
 
 // historyEnd is the history's end offset; -1 while Kafka does not answer.
 func (s *scenario) historyEnd() int64 {
-	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+	client, err := topology.NewClient(s.cfg.Kafka)
 	if err != nil {
 		return -1
 	}
@@ -435,7 +435,7 @@ func (s *scenario) historyLeader() int {
 	if s.st.nodes == 1 {
 		return 1
 	}
-	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+	client, err := topology.NewClient(s.cfg.Kafka)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -545,7 +545,7 @@ func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn, within tim
 // snapshot started, from the capture's state record (capture/state.go); the
 // checker lets the stream leave out what those copies hold, nothing else.
 func (s *scenario) snapshotCuts(ctx context.Context) []foldCut {
-	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+	client, err := topology.NewClient(s.cfg.Kafka)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -617,7 +617,7 @@ func (s *scenario) sabotageDuplicate() {
 		if h.ev.Op != codecs.OpUpdate || h.ev.EntityType != "doc" {
 			continue
 		}
-		p, err := sarama.NewSyncProducer(s.cfg.Kafka.Brokers, topology.SaramaConfig(s.cfg.Kafka))
+		p, err := sarama.NewSyncProducer(s.cfg.Kafka.Brokers, saramaConfig(s.t, s.cfg.Kafka))
 		if err != nil {
 			s.t.Fatal(err)
 		}
@@ -639,7 +639,7 @@ func (s *scenario) sabotageDuplicate() {
 // readers must agree record by record, so a bug in one does not hide a
 // problem of the history.
 func (s *scenario) readHistory(ctx context.Context) []histEvent {
-	cfg := topology.SaramaConfig(s.cfg.Kafka)
+	cfg := saramaConfig(s.t, s.cfg.Kafka)
 	cfg.Consumer.IsolationLevel = sarama.ReadCommitted
 	client, err := sarama.NewClient(s.cfg.Kafka.Brokers, cfg)
 	if err != nil {

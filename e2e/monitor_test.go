@@ -166,7 +166,7 @@ func TestMonitorDetects(t *testing.T) {
 		t.Errorf("commit -> history observations = %v, want 80", v)
 	}
 
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func readAt(t testing.TB, ctx context.Context, client sarama.Client, topic strin
 // skipRouterTo commits offset for the router group once it has no member.
 func skipRouterTo(t testing.TB, ctx context.Context, cfg *topology.Config, client sarama.Client, group, topic string, offset int64) {
 	t.Helper()
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 	sub := run.views["item"].Subscribe(10000)
 
 	// The workload's own consumer of the history.
-	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
 	if err != nil {
 		t.Fatal(err)
 	}

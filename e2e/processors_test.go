@@ -137,7 +137,7 @@ func TestProcessorsUnderLoad(t *testing.T) {
 	waitViewsEqual(t, ctx, db, topo, run.views)
 
 	// A record that is not an event, straight onto the history.
-	producer, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	producer, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestProcessorsUnderLoad(t *testing.T) {
 // how many there are.
 func onlyRepeats(t testing.TB, ctx context.Context, cfg *topology.Config, before, after map[string][]int64) int {
 	t.Helper()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func onlyRepeats(t testing.TB, ctx context.Context, cfg *topology.Config, before
 // tableEnds returns the end offsets of every partition of every snapshot table.
 func tableEnds(t testing.TB, cfg *topology.Config, topo *topology.Topology) map[string][]int64 {
 	t.Helper()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func tableEnds(t testing.TB, cfg *topology.Config, topo *topology.Topology) map[
 // which has no members.
 func resetGroup(t testing.TB, cfg *topology.Config, group, topic string) {
 	t.Helper()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func resetGroup(t testing.TB, cfg *topology.Config, group, topic string) {
 // partition of topic.
 func waitGroupAtEnd(t testing.TB, ctx context.Context, cfg *topology.Config, group, topic string) {
 	t.Helper()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/changes-dev/changes/internal/platform"
@@ -114,7 +113,7 @@ func TestThreeInstancesOneKilled(t *testing.T) {
 // waitMembers waits until group is Stable with n members and returns when.
 func waitMembers(t testing.TB, ctx context.Context, cfg *topology.Config, group string, n int) time.Time {
 	t.Helper()
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +137,7 @@ func waitMembers(t testing.TB, ctx context.Context, cfg *topology.Config, group 
 // waitTopicsGone waits until the deleted topics of cfg are gone.
 func waitTopicsGone(t testing.TB, ctx context.Context, cfg *topology.Config) {
 	t.Helper()
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -280,7 +280,7 @@ func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topol
 // checks for a moment that no further (duplicate) record follows.
 func readHistory(t testing.TB, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
 	t.Helper()
-	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
 	if err != nil {
 		t.Fatal(err)
 	}

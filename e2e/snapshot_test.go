@@ -159,7 +159,7 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 // current end (the last stable offset: markers take offsets too).
 func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
 	t.Helper()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +331,7 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 // the history holds at least atLeast of the rows its initial snapshot copies.
 func killDuringSnapshot(t testing.TB, ctx context.Context, f *captureFixture, env map[string]string, configFile string, atLeast, rows int64) {
 	t.Helper()
-	client, err := sarama.NewClient(f.cfg.Kafka.Brokers, topology.SaramaConfig(f.cfg.Kafka))
+	client, err := topology.NewClient(f.cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -400,7 +399,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,12 +79,16 @@ func newOptions(topo *topology.Topology, opts []Option) (*options, error) {
 
 // gokaOptions are the safe client settings (see topology.SaramaConfig) wired
 // into every goka builder, plus local storage and logging.
-func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *inOrder) []goka.ProcessorOption {
+func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *inOrder) ([]goka.ProcessorOption, error) {
 	kcfg := topo.Config().Kafka
-	saramaCfg := func() *sarama.Config {
-		c := topology.SaramaConfig(kcfg)
+	var cfgs [4]*sarama.Config // one per builder: a config holds its client's metric registry
+	for i := range cfgs {
+		c, err := topology.SaramaConfig(kcfg)
+		if err != nil {
+			return nil, err
+		}
 		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{goka.CopartitioningStrategy}
-		return c
+		cfgs[i] = c
 	}
 	tmc := goka.NewTopicManagerConfig()
 	// Topics are created with their full configuration by topology.EnsureTopics;
@@ -101,12 +105,12 @@ func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *
 		goka.WithClientID(kcfg.ClientID),
 		goka.WithLogger(slogadapter.New(log, slog.LevelDebug)),
 		goka.WithStorageBuilder(storage.DefaultBuilder(o.storageDir)),
-		goka.WithProducerBuilder(order.producerBuilder(goka.ProducerBuilderWithConfig(saramaCfg()))),
-		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(saramaCfg())),
-		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(saramaCfg())),
-		goka.WithTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(saramaCfg(), tmc)),
+		goka.WithProducerBuilder(order.producerBuilder(goka.ProducerBuilderWithConfig(cfgs[0]))),
+		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(cfgs[1])),
+		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(cfgs[2])),
+		goka.WithTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(cfgs[3], tmc)),
 	}
-	return append(out, o.gokaOpts...)
+	return append(out, o.gokaOpts...), nil
 }
 
 // deadLetter sends the record being processed to the dead-letter topic with
@@ -215,7 +219,11 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 	}
 	edges = append([]goka.Edge{goka.Input(topo.History(), new(codec.Bytes), route)}, edges...)
 	g := goka.DefineGroup(topo.RouterGroup(), edges...)
-	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, o.gokaOptions(topo, log, order)...)
+	gopts, err := o.gokaOptions(topo, log, order)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, gopts...)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
@@ -370,7 +378,11 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	)
 	// Partitions may come back from another instance with a newer marker.
 	reset := goka.WithRebalanceCallback(func(goka.Assignment) { truncated.reset() })
-	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, append([]goka.ProcessorOption{reset}, o.gokaOptions(topo, log, order)...)...)
+	gopts, err := o.gokaOptions(topo, log, order)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", entityType, err)
+	}
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, append([]goka.ProcessorOption{reset}, gopts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", entityType, err)
 	}

@@ -101,6 +101,10 @@ type KafkaConfig struct {
 	// MaxRecordBytes is the largest record a producer sends (Java:
 	// max.request.size). Default: 1000000, the broker's default limit.
 	MaxRecordBytes int `yaml:"max_record_bytes"`
+	// TLS encrypts every connection to the brokers and verifies them.
+	TLS KafkaTLSConfig `yaml:"tls"`
+	// SASL authenticates every client of the platform to the brokers.
+	SASL KafkaSASLConfig `yaml:"sasl"`
 }
 
 // PostgresConfig says which database is captured and through which
@@ -204,6 +208,9 @@ func Parse(data []byte) (*Config, error) {
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
+	if err := cfg.Kafka.refuseFileSecrets(); err != nil {
+		return nil, err
+	}
 	if err := cfg.applyEnv(os.LookupEnv); err != nil {
 		return nil, err
 	}
@@ -229,6 +236,9 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 			return fmt.Errorf("CHANGES_KAFKA_REPLICATION_FACTOR: %q is not an integer", v)
 		}
 		c.Kafka.ReplicationFactor = n
+	}
+	if err := c.Kafka.applySecurityEnv(lookup); err != nil {
+		return err
 	}
 	str("CHANGES_POSTGRES_URL", &c.Postgres.URL)
 	str("CHANGES_POSTGRES_SLOT", &c.Postgres.Slot)
@@ -336,6 +346,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.MaxRecordBytes < 1024 {
 		return fieldErr("kafka.max_record_bytes", "must be at least 1024, got %d", c.Kafka.MaxRecordBytes)
+	}
+	if err := c.Kafka.validateSecurity(); err != nil {
+		return err
 	}
 	if c.Postgres.URL == "" {
 		return fieldErr("postgres.url", "is required (or set CHANGES_POSTGRES_URL)")

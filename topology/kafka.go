@@ -1,9 +1,12 @@
 package topology
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -14,16 +17,23 @@ import (
 // groups skipping the existing history, a 100 ms flush per hop), so this sets:
 //
 //   - Version: k.Version, a ceiling; sarama negotiates request versions per broker.
+//
 //   - Producer: acks=all, idempotent, one request in flight (no reordering on
 //     retry), retries with backoff, no compression, flushing as soon as the
 //     previous request is answered unless k.Linger is set.
+//
 //   - Consumer: read_committed (the capture writes the history in Kafka
 //     transactions: records of an aborted one are never seen); a new group
 //     starts at the oldest offset; a committed offset that is out of range is
 //     an error, never a silent reset; errors are returned.
 //
+//   - Net: TLS and SASL as k.TLS and k.SASL say; the files they name (CA,
+//     client certificate, password, token) are read by each call, so a
+//     renewed one is used by the next client made. Their errors name the
+//     config field.
+//
 // Each call returns a new config, which the caller may change further.
-func SaramaConfig(k KafkaConfig) *sarama.Config {
+func SaramaConfig(k KafkaConfig) (*sarama.Config, error) {
 	c := sarama.NewConfig()
 	c.Version = k.SaramaVersion()
 	c.ClientID = k.ClientID
@@ -51,7 +61,10 @@ func SaramaConfig(k KafkaConfig) *sarama.Config {
 	c.Consumer.Group.ResetInvalidOffsets = false
 	c.Consumer.MaxProcessingTime = time.Second
 	c.Consumer.MaxWaitTime = 100 * time.Millisecond
-	return c
+	if err := k.applySecurity(c); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // TransactionalConfig returns SaramaConfig with the producer writing in Kafka
@@ -60,8 +73,11 @@ func SaramaConfig(k KafkaConfig) *sarama.Config {
 // it left open. Only records whose transaction committed are visible to
 // read_committed readers, so a write that fails makes the whole transaction
 // invisible: nothing written after it can be seen without it.
-func TransactionalConfig(k KafkaConfig, transactionalID string) *sarama.Config {
-	c := SaramaConfig(k)
+func TransactionalConfig(k KafkaConfig, transactionalID string) (*sarama.Config, error) {
+	c, err := SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
 	c.Producer.Transaction.ID = transactionalID
 	// Commits flush the producer themselves; successes are not needed.
 	c.Producer.Return.Successes = false
@@ -80,7 +96,7 @@ func TransactionalConfig(k KafkaConfig, transactionalID string) *sarama.Config {
 		}
 		return min(time.Millisecond<<min(retries-200, 10), time.Second)
 	}
-	return c
+	return c, nil
 }
 
 // TopicSpec is the shape a topic must have.
@@ -193,4 +209,80 @@ func checkTopic(admin sarama.ClusterAdmin, s TopicSpec, d sarama.TopicDetail) er
 		}
 	}
 	return nil
+}
+
+// NewClient is sarama.NewClient on k.Brokers with SaramaConfig(k); its
+// errors say which brokers, TLS and SASL mechanism it tried (see
+// ExplainKafkaError).
+func NewClient(k KafkaConfig) (sarama.Client, error) {
+	c, err := SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(k.Brokers, c)
+	if err != nil {
+		return nil, ExplainKafkaError(k, err)
+	}
+	return client, nil
+}
+
+// NewClusterAdmin is sarama.NewClusterAdmin on k.Brokers with
+// SaramaConfig(k), its errors explained like NewClient's.
+func NewClusterAdmin(k KafkaConfig) (sarama.ClusterAdmin, error) {
+	c, err := SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := sarama.NewClusterAdmin(k.Brokers, c)
+	if err != nil {
+		return nil, ExplainKafkaError(k, err)
+	}
+	return admin, nil
+}
+
+// ExplainKafkaError adds to a failed connection's error what the platform
+// tried: the brokers, TLS or not, and the SASL mechanism and user. sarama's
+// own message ("client has run out of available brokers to talk to") names
+// neither. A refused authentication or a certificate that does not verify
+// stays recognisable with errors.Is and errors.As.
+func ExplainKafkaError(k KafkaConfig, err error) error {
+	if err == nil {
+		return nil
+	}
+	how := "plaintext"
+	if k.TLS.on() {
+		how = "TLS"
+	}
+	if k.SASL.Mechanism != "" {
+		who := k.SASL.Username
+		if k.SASL.Mechanism == SASLOAuthBearer {
+			who = "a token"
+		}
+		how += fmt.Sprintf(", SASL %s as %q", k.SASL.Mechanism, who)
+	}
+	var hint string
+	switch {
+	case errors.Is(err, sarama.ErrSASLAuthenticationFailed):
+		hint = ": the brokers refused the credentials (check kafka.sasl.username and the password or token)"
+	case errors.Is(err, sarama.ErrUnsupportedSASLMechanism):
+		hint = fmt.Sprintf(": the brokers do not enable SASL mechanism %s (sasl.enabled.mechanisms)", k.SASL.Mechanism)
+	case isCertificateError(err):
+		hint = ": the broker's certificate does not verify (check kafka.tls.ca_file and kafka.tls.server_name)"
+	case isTLSRecordHeaderError(err):
+		hint = ": the broker does not speak TLS on this port (remove kafka.tls, or use its TLS listener)"
+	}
+	return fmt.Errorf("kafka brokers %s (%s)%s: %w", strings.Join(k.Brokers, ","), how, hint, err)
+}
+
+func isCertificateError(err error) bool {
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	return errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify)
+}
+
+func isTLSRecordHeaderError(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh)
 }

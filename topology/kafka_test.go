@@ -31,7 +31,10 @@ func TestSaramaConfig(t *testing.T) {
 				t.Fatalf("Parse: %v", err)
 			}
 			k := cfg.Kafka
-			c := topology.SaramaConfig(k)
+			c, err := topology.SaramaConfig(k)
+			if err != nil {
+				t.Fatal(err)
+			}
 			want, err := sarama.ParseKafkaVersion(k.Version)
 			if err != nil {
 				t.Fatal(err)
@@ -72,7 +75,14 @@ func TestSaramaConfig(t *testing.T) {
 
 func TestSaramaConfigIsNewEachCall(t *testing.T) {
 	k := topology.KafkaConfig{Version: "4.0.0", ClientID: "c", MaxRecordBytes: 1 << 20, Linger: time.Millisecond}
-	a, b := topology.SaramaConfig(k), topology.SaramaConfig(k)
+	a, err := topology.SaramaConfig(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := topology.SaramaConfig(k)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if a == b {
 		t.Fatal("SaramaConfig returned the same pointer twice")
 	}

@@ -158,11 +158,19 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	v.kafka = outage.NewState(v.log, m.connected, "kafka")
 	// Views only read partition counts through the topic manager; they never create topics.
 	tmc := goka.NewTopicManagerConfig()
+	consumerCfg, err := topology.SaramaConfig(v.kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("view %s: %w", entityType, err)
+	}
+	topicsCfg, err := topology.SaramaConfig(v.kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("view %s: %w", entityType, err)
+	}
 	gokaOpts := []goka.ViewOption{
 		goka.WithViewClientID(v.kcfg.ClientID),
 		goka.WithViewLogger(slogadapter.New(v.log, slog.LevelDebug)),
-		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(topology.SaramaConfig(v.kcfg))),
-		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topology.SaramaConfig(v.kcfg), tmc)),
+		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(consumerCfg)),
+		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topicsCfg, tmc)),
 		goka.WithViewCallback(v.update),
 		// Kafka away does not end Run: goka keeps the storage open (reads
 		// go on from the local copy) and reconnects with our backoff.
@@ -669,8 +677,13 @@ func (v *View) lagClient() (sarama.Client, error) {
 	if v.client == nil {
 		// Short timeouts: a broker that stopped answering shows as
 		// disconnected within seconds.
-		c, err := sarama.NewClient(v.kcfg.Brokers, outage.ProbeConfig(v.kcfg))
+		cfg, err := outage.ProbeConfig(v.kcfg)
 		if err != nil {
+			return nil, fmt.Errorf("view %s: %w", v.entityType, err)
+		}
+		c, err := sarama.NewClient(v.kcfg.Brokers, cfg)
+		if err != nil {
+			err = topology.ExplainKafkaError(v.kcfg, err)
 			return nil, fmt.Errorf("view %s: kafka client: %w", v.entityType, err)
 		}
 		v.client = c

@@ -66,7 +66,7 @@ entities:
 		return nil, err
 	}
 	b.topo = topology.New(cfg)
-	if b.client, err = sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka)); err != nil {
+	if b.client, err = topology.NewClient(cfg.Kafka); err != nil {
 		return nil, err
 	}
 	if b.w, err = newWorkload(ctx, pgURL, prefix, o.conns); err != nil {
@@ -315,7 +315,10 @@ func (b *bench) liveRates(ctx context.Context) error {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	kcfg := b.topo.Config().Kafka
-	scfg := topology.SaramaConfig(kcfg)
+	scfg, err := topology.SaramaConfig(kcfg)
+	if err != nil {
+		return err
+	}
 	if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-history", []string{string(b.topo.History())}, seqOfEvent, histArr); err != nil {
 		return err
 	}

@@ -97,7 +97,10 @@ func (b *bench) viewBootstrap(ctx context.Context) error {
 
 // writeStates writes n entity states to the view type's snapshot table.
 func (b *bench) writeStates(ctx context.Context, n int) error {
-	scfg := topology.SaramaConfig(b.topo.Config().Kafka)
+	scfg, err := topology.SaramaConfig(b.topo.Config().Kafka)
+	if err != nil {
+		return err
+	}
 	scfg.Producer.Flush.Frequency = 5 * time.Millisecond // bulk load: batch
 	scfg.Producer.Flush.Bytes = 1 << 20
 	producer, err := sarama.NewAsyncProducer(b.topo.Config().Kafka.Brokers, scfg)

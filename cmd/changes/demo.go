@@ -252,7 +252,7 @@ func (h *historyCount) get() (records, distinct int) {
 // every new record; it returns the first offset it will read.
 func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topology, fn func(*sarama.ConsumerMessage)) (int64, error) {
 	cfg := topo.Config()
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		return 0, fmt.Errorf("kafka client: %w", err)
 	}

@@ -34,7 +34,7 @@ func TestRangeSkipsAbortedAndMarkers(t *testing.T) {
 	bs := brokers(t)
 	kcfg := topology.KafkaConfig{Brokers: bs, Version: topology.DefaultKafkaVersion, ClientID: "kread-test", MaxRecordBytes: 1 << 20}
 	topic := fmt.Sprintf("kread-test-%d", time.Now().UnixNano())
-	admin, err := sarama.NewClusterAdmin(bs, topology.SaramaConfig(kcfg))
+	admin, err := topology.NewClusterAdmin(kcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,11 @@ func TestRangeSkipsAbortedAndMarkers(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = admin.DeleteTopic(topic) })
 
-	p, err := sarama.NewAsyncProducer(bs, topology.TransactionalConfig(kcfg, topic))
+	pcfg, err := topology.TransactionalConfig(kcfg, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := sarama.NewAsyncProducer(bs, pcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +79,7 @@ func TestRangeSkipsAbortedAndMarkers(t *testing.T) {
 	txn(true, "d", "e")
 	txn(false, "z") // the log ends with an abort marker
 
-	client, err := sarama.NewClient(bs, topology.SaramaConfig(kcfg))
+	client, err := topology.NewClient(kcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -182,14 +182,17 @@ const ProbeTimeout = 5 * time.Second
 
 // ProbeConfig is topology.SaramaConfig(k) with ProbeTimeout on dial, read
 // and write, and one metadata retry: for clients that check reachability.
-func ProbeConfig(k topology.KafkaConfig) *sarama.Config {
-	c := topology.SaramaConfig(k)
+func ProbeConfig(k topology.KafkaConfig) (*sarama.Config, error) {
+	c, err := topology.SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
 	c.Net.DialTimeout = ProbeTimeout
 	c.Net.ReadTimeout = ProbeTimeout
 	c.Net.WriteTimeout = ProbeTimeout
 	c.Metadata.Retry.Max = 1
 	c.Metadata.Retry.Backoff = 250 * time.Millisecond
-	return c
+	return c, nil
 }
 
 // Probe checks that Kafka answers for a topic: its metadata and the end
@@ -215,9 +218,13 @@ func (p *Probe) Check() error {
 
 func (p *Probe) check() error {
 	if p.client == nil {
-		c, err := sarama.NewClient(p.k.Brokers, ProbeConfig(p.k))
+		cfg, err := ProbeConfig(p.k)
 		if err != nil {
-			return fmt.Errorf("kafka: %w", err)
+			return err
+		}
+		c, err := sarama.NewClient(p.k.Brokers, cfg)
+		if err != nil {
+			return topology.ExplainKafkaError(p.k, err)
 		}
 		p.client = c
 	}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
@@ -31,7 +30,7 @@ var All = Parts{Capture: true, Processors: true}
 // EnsureTopics creates or checks every topic of topo (see topology.EnsureTopics).
 func EnsureTopics(topo *topology.Topology) error {
 	cfg := topo.Config()
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
@@ -118,7 +117,7 @@ func Groups(topo *topology.Topology) []string {
 // waiting for a rebalance (goka waits seconds before it rejoins a group).
 func WaitGroupsStable(ctx context.Context, topo *topology.Topology) error {
 	cfg := topo.Config()
-	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}

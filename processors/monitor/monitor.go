@@ -115,7 +115,7 @@ const (
 
 // Run monitors until ctx is cancelled (nil) or Kafka or PostgreSQL fail.
 func (m *Monitor) Run(ctx context.Context) error {
-	client, err := sarama.NewClient(m.cfg.Kafka.Brokers, topology.SaramaConfig(m.cfg.Kafka))
+	client, err := topology.NewClient(m.cfg.Kafka)
 	if err != nil {
 		return fmt.Errorf("monitor: kafka client: %w", err)
 	}

@@ -72,7 +72,7 @@ type reader struct {
 }
 
 func newReader(cfg *topology.Config) (*reader, error) {
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, topology.SaramaConfig(cfg.Kafka))
+	client, err := topology.NewClient(cfg.Kafka)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}

@@ -60,7 +60,10 @@ type Reader struct {
 // Open connects a Reader to the history topic of topo.
 func Open(topo *topology.Topology, log *slog.Logger) (*Reader, error) {
 	kcfg := topo.Config().Kafka
-	cfg := topology.SaramaConfig(kcfg)
+	cfg, err := topology.SaramaConfig(kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
 	cfg.Consumer.Fetch.Default = 8 << 20 // replays read far; fewer, larger fetches
 	client, err := sarama.NewClient(kcfg.Brokers, cfg)
 	if err != nil {
