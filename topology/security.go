@@ -296,21 +296,35 @@ func (s *scramClient) Done() bool                            { return s.conv.Don
 
 // SecurityWarnings lists what in c leaves the platform's connections open to
 // eavesdropping or forgery, one sentence each, for the commands to log at
-// start: Kafka without TLS while SASL sends a password, a Kafka certificate
-// not verified, a PostgreSQL URL that does not verify the server.
+// start: Kafka's (see KafkaConfig.SecurityWarnings) and a PostgreSQL URL
+// that does not verify the server.
 func (c *Config) SecurityWarnings() []string {
+	out := c.Kafka.SecurityWarnings()
+	if w := c.Postgres.SecurityWarning(); w != "" {
+		out = append(out, w)
+	}
+	return out
+}
+
+// SecurityWarning says why the URL does not verify the server's identity,
+// or "" when it does (sslmode=verify-full, or a Unix socket).
+func (p PostgresConfig) SecurityWarning() string {
+	if p.URL == "" {
+		return ""
+	}
+	return postgresTLSWarning(p.URL)
+}
+
+// SecurityWarnings lists what leaves the Kafka connections open to
+// eavesdropping or forgery: a certificate not verified, a password or
+// token sent without TLS.
+func (k KafkaConfig) SecurityWarnings() []string {
 	var out []string
-	k := c.Kafka
 	if k.TLS.InsecureSkipVerify {
 		out = append(out, "kafka.tls.insecure_skip_verify is set: the brokers' certificates are not verified, so anyone on the network path can read and forge every record")
 	}
 	if !k.TLS.on() && (k.SASL.Mechanism == SASLPlain || k.SASL.Mechanism == SASLOAuthBearer) {
 		out = append(out, fmt.Sprintf("kafka.sasl.mechanism %s without kafka.tls: the %s travels in clear", k.SASL.Mechanism, map[string]string{SASLPlain: "password", SASLOAuthBearer: "token"}[k.SASL.Mechanism]))
-	}
-	if c.Postgres.URL != "" {
-		if w := postgresTLSWarning(c.Postgres.URL); w != "" {
-			out = append(out, w)
-		}
 	}
 	return out
 }

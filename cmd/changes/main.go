@@ -164,6 +164,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	topo := topology.New(cfg)
+	warnings := cfg.Kafka.SecurityWarnings()
+	switch cmd {
+	case "run", "capture", "demo", "monitor", "audit": // they connect to PostgreSQL
+		if w := cfg.Postgres.SecurityWarning(); w != "" {
+			warnings = append(warnings, w)
+		}
+	}
+	for _, w := range warnings {
+		log.Warn("insecure connection setting", "warning", w)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
