@@ -89,9 +89,7 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 
 // transactionalID names the capture's Kafka transactions: one per history
 // topic and slot, so a capture fences only older captures of its own slot.
-func (c *Capture) transactionalID() string {
-	return "changes-capture." + string(c.topo.History()) + "." + c.topo.Config().Postgres.Slot
-}
+func (c *Capture) transactionalID() string { return c.topo.TransactionalID() }
 
 // Run prepares the database (see the package doc), then streams changes until
 // ctx is cancelled. While another capture streams from the slot, Run waits as

@@ -172,7 +172,7 @@ type outageBroker struct {
 
 // newOutageBroker picks free ports and a stack directory; the broker starts
 // with up. It is stopped and its data removed at the test's end.
-func newOutageBroker(t *testing.T, e env) *outageBroker {
+func newOutageBroker(t *testing.T, e env, extraEnv ...string) *outageBroker {
 	t.Helper()
 	port := 0
 	for range 20 {
@@ -199,6 +199,7 @@ func newOutageBroker(t *testing.T, e env) *outageBroker {
 	}
 	// PostgreSQL is the shared stack's: the script starts only the broker.
 	b.env = append(b.env, "CHANGES_STACK_DIR="+dir, "CHANGES_KAFKA_PORT="+strconv.Itoa(port), "CHANGES_POSTGRES_URL="+e.pgURL)
+	b.env = append(b.env, extraEnv...)
 	t.Cleanup(func() {
 		b.signal(t, syscall.SIGCONT)
 		if out, err := b.stack("down"); err != nil {

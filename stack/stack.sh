@@ -28,6 +28,16 @@
 #   CHANGES_KAFKA_NODES    KRaft nodes (default 1); 3 makes a cluster with replication factor 3
 #                          and min.insync.replicas=2, node n on port CHANGES_KAFKA_PORT+2(n-1)
 #   CHANGES_KAFKA_HEAP     heap per broker (default 512m, 384m with several nodes)
+#   CHANGES_KAFKA_SECURITY plaintext (default) or sasl_ssl: the broker's only client listener is
+#                          SASL_SSL (SCRAM-SHA-512, certificates from the stack's CA) with the
+#                          standard authorizer; users admin (super user), capture, processors,
+#                          serve, monitor and view get random passwords in <stack>/kafka/secrets/.
+#                          Chosen when the broker's storage is formatted; kept afterwards.
+#                          `env` then exports the admin's settings; `changes acls --apply` gives
+#                          the other users what their role needs.
+#
+# TLS: at first start the stack makes a CA and a server certificate (openssl) in <stack>/tls/.
+# PostgreSQL runs with ssl=on and `env` gives a URL with sslmode=verify-full against that CA.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +56,7 @@ pg_socket_dir=/tmp/changes-pg-$pg_port
 kafka_dir=$stack_dir/kafka
 logs_dir=$stack_dir/logs
 kafka_libs=$cache_dir/kafka-$kafka_version/libs
+tls_dir=$stack_dir/tls
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -70,7 +81,37 @@ pg_bin() {
 	dirname "$(command -v pg_ctl)"
 }
 
-local_pg_url() { echo "postgres://postgres@$host:$pg_port/changes?sslmode=disable"; }
+# A stack made before PostgreSQL had TLS keeps its plaintext URL.
+local_pg_url() {
+	if [ -f "$pg_dir/data/server.crt" ]; then
+		echo "postgres://postgres@$host:$pg_port/changes?sslmode=verify-full&sslrootcert=$tls_dir/ca.pem"
+	else
+		echo "postgres://postgres@$host:$pg_port/changes?sslmode=disable"
+	fi
+}
+
+# ---------------------------------------------------------------- TLS
+
+# tls_material makes, once per stack folder, a CA and a server certificate
+# for localhost, 127.0.0.1 and the stack's host, in PEM: ca.pem, server.crt,
+# server.key (PKCS#8) and server.pem (key then certificate, Kafka's PEM keystore).
+tls_material() {
+	[ -f "$tls_dir/server.pem" ] && return
+	command -v openssl >/dev/null || die "openssl not found: install it (apt-get install openssl)"
+	mkdir -p "$tls_dir"
+	log "tls: making a CA and a server certificate in $tls_dir"
+	(
+		cd "$tls_dir"
+		openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj "/CN=changes local stack CA" 2>/dev/null
+		openssl req -newkey rsa:2048 -nodes -keyout server.rsa -out server.csr -subj "/CN=localhost" 2>/dev/null
+		printf 'subjectAltName=DNS:localhost,IP:127.0.0.1%s\n' "$([ "$host" != 127.0.0.1 ] && echo ",IP:$host")" >san.ext
+		openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.crt -days 3650 -extfile san.ext 2>/dev/null
+		openssl pkcs8 -topk8 -nocrypt -in server.rsa -out server.key
+		cat server.key server.crt >server.pem
+		rm -f server.csr server.rsa san.ext
+		chmod 600 ca.key server.key server.pem
+	) || die "openssl could not make the certificates in $tls_dir"
+}
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -106,7 +147,13 @@ max_wal_senders = 32
 max_slot_wal_keep_size = 4GB
 wal_sender_timeout = 30s
 log_min_messages = warning
+# TLS with the stack's CA (stack/stack.sh env: sslmode=verify-full).
+ssl = on
 EOF
+		tls_material
+		cp "$tls_dir/server.crt" "$tls_dir/server.key" "$pg_dir/data/"
+		chmod 600 "$pg_dir/data/server.key"
+		[ "$(id -u)" -eq 0 ] && chown postgres: "$pg_dir/data/server.crt" "$pg_dir/data/server.key"
 		if [ "$host" != 127.0.0.1 ]; then
 			# Clients on the same subnet (the fault suite's network namespace).
 			printf 'host all all samenet trust\nhost replication all samenet trust\n' >>"$pg_dir/data/pg_hba.conf"
@@ -223,16 +270,38 @@ node_properties() {
 		isr=2
 	fi
 	mkdir -p "$node_dir/data" "$node_logs"
+	local listeners
+	if [ "$(kafka_security)" = sasl_ssl ]; then
+		tls_material
+		listeners="listeners=SASL_SSL://$host:$node_port,CONTROLLER://$host:$node_ctrl
+advertised.listeners=SASL_SSL://$host:$node_port
+inter.broker.listener.name=SASL_SSL
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$(cat "$kafka_dir/secrets/admin.password")\";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls_dir/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls_dir/ca.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+# ANONYMOUS: the controller listener inside the node; no client listener is plaintext.
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false"
+	else
+		listeners="listeners=PLAINTEXT://$host:$node_port,CONTROLLER://$host:$node_ctrl
+advertised.listeners=PLAINTEXT://$host:$node_port
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+	fi
 	cat >"$node_dir/server.properties" <<EOF
 # Written by stack/stack.sh: KRaft node $node of $kafka_nodes (broker and controller).
 process.roles=broker,controller
 node.id=$node
 controller.quorum.voters=$(kafka_voters)
-listeners=PLAINTEXT://$host:$node_port,CONTROLLER://$host:$node_ctrl
-advertised.listeners=PLAINTEXT://$host:$node_port
-inter.broker.listener.name=PLAINTEXT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$listeners
 log.dirs=$node_dir/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -251,10 +320,46 @@ delete.topic.enable=true
 EOF
 }
 
+# kafka_users are the SCRAM users of a sasl_ssl stack: the super user and
+# one per role of `changes acls`.
+kafka_users="admin capture processors serve monitor view"
+
+# kafka_security prints the broker's security: what its storage was
+# formatted with, else CHANGES_KAFKA_SECURITY (default plaintext).
+kafka_security() {
+	if [ -f "$kafka_dir/security" ]; then
+		cat "$kafka_dir/security"
+		return
+	fi
+	case "${CHANGES_KAFKA_SECURITY:-plaintext}" in
+	plaintext | sasl_ssl) echo "${CHANGES_KAFKA_SECURITY:-plaintext}" ;;
+	*) die "CHANGES_KAFKA_SECURITY must be plaintext or sasl_ssl, got ${CHANGES_KAFKA_SECURITY}" ;;
+	esac
+}
+
+# kafka_secrets makes, once, a random password per SCRAM user.
+kafka_secrets() {
+	local u
+	mkdir -p "$kafka_dir/secrets"
+	chmod 700 "$kafka_dir/secrets"
+	for u in $kafka_users; do
+		[ -f "$kafka_dir/secrets/$u.password" ] && continue
+		(umask 077 && openssl rand -hex 16 >"$kafka_dir/secrets/$u.password")
+	done
+}
+
 # node_start formats (once) and starts the current node without waiting.
 node_start() {
 	port_open "$node_port" && die "port $node_port is taken by another program: set CHANGES_KAFKA_PORT"
 	port_open "$node_ctrl" && die "port $node_ctrl (controller) is taken by another program: set CHANGES_KAFKA_PORT"
+	local security scram=() u
+	security=$(kafka_security)
+	if [ "$security" = sasl_ssl ]; then
+		kafka_secrets
+		for u in $kafka_users; do
+			scram+=(--add-scram "SCRAM-SHA-512=[name=$u,password=$(cat "$kafka_dir/secrets/$u.password")]")
+		done
+	fi
 	node_properties
 	if [ ! -f "$node_dir/data/meta.properties" ]; then
 		# Every node of a cluster is formatted with the same cluster id.
@@ -266,9 +371,10 @@ node_start() {
 		fi
 		log "kafka: formatting storage of node $node (cluster $(cat "$kafka_dir/cluster.id"))"
 		kafka_java kafka.tools.StorageTool format -t "$(cat "$kafka_dir/cluster.id")" -c "$node_dir/server.properties" --ignore-formatted \
-			>>"$logs_dir/kafka-format.log" 2>&1 || die "kafka storage format failed, see $logs_dir/kafka-format.log"
+			"${scram[@]}" >>"$logs_dir/kafka-format.log" 2>&1 || die "kafka storage format failed, see $logs_dir/kafka-format.log"
+		echo "$security" >"$kafka_dir/security"
 	fi
-	log "kafka: starting $kafka_version node $node on $host:$node_port (log: $node_logs/server.log)"
+	log "kafka: starting $kafka_version node $node on $host:$node_port, $security (log: $node_logs/server.log)"
 	# Readiness is read from the log: start it afresh, or an earlier run's
 	# "started" line would pass for this one's.
 	[ -f "$node_logs/server.log" ] && mv "$node_logs/server.log" "$node_logs/server.log.previous"
@@ -387,6 +493,12 @@ local_brokers() {
 print_env() {
 	echo "export CHANGES_POSTGRES_URL='${CHANGES_POSTGRES_URL:-$(local_pg_url)}'"
 	echo "export CHANGES_KAFKA_BROKERS='${CHANGES_KAFKA_BROKERS:-$(local_brokers)}'"
+	if [ -z "${CHANGES_KAFKA_BROKERS:-}" ] && [ "$(kafka_security)" = sasl_ssl ]; then
+		echo "export CHANGES_KAFKA_TLS_CA_FILE='$tls_dir/ca.pem'"
+		echo "export CHANGES_KAFKA_SASL_MECHANISM='SCRAM-SHA-512'"
+		echo "export CHANGES_KAFKA_SASL_USERNAME='admin'"
+		echo "export CHANGES_KAFKA_SASL_PASSWORD_FILE='$kafka_dir/secrets/admin.password'"
+	fi
 }
 
 case "${1:-}" in

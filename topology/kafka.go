@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -183,7 +184,10 @@ func EnsureTopics(admin sarama.ClusterAdmin, specs []TopicSpec, replicationFacto
 			ReplicationFactor: int16(replicationFactor),
 			ConfigEntries:     entries,
 		}, false)
-		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+		switch {
+		case errors.Is(err, sarama.ErrTopicAuthorizationFailed) || errors.Is(err, sarama.ErrClusterAuthorizationFailed):
+			return fmt.Errorf("create topic %s: this principal may not create topics (or see this one): run `changes topics` as an administrator first, or grant Describe on it: %w", s.Name, err)
+		case err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists):
 			return fmt.Errorf("create topic %s: %w", s.Name, err)
 		}
 	}
@@ -270,6 +274,8 @@ func ExplainKafkaError(k KafkaConfig, err error) error {
 		hint = ": the broker's certificate does not verify (check kafka.tls.ca_file and kafka.tls.server_name)"
 	case isTLSRecordHeaderError(err):
 		hint = ": the broker does not speak TLS on this port (remove kafka.tls, or use its TLS listener)"
+	case !k.TLS.on() && errors.Is(err, io.ErrUnexpectedEOF):
+		hint = ": the broker closed the connection at once, as a TLS listener does with a plaintext client (set kafka.tls if its listener is SSL or SASL_SSL)"
 	}
 	return fmt.Errorf("kafka brokers %s (%s)%s: %w", strings.Join(k.Brokers, ","), how, hint, err)
 }

@@ -4,6 +4,8 @@
 //	changes capture --config FILE   only the capture (PostgreSQL -> history topic)
 //	changes process --config FILE   only the processors (history -> snapshot tables)
 //	changes topics  --config FILE   create or check the topics, then exit
+//	changes acls    --config FILE [--principal ROLE=User:NAME] [--apply]
+//	                                the Kafka ACLs each role needs; --apply creates them
 //	changes serve   --config FILE   views of the snapshot tables and the history over HTTP
 //	changes asof    --config FILE --at TIME|OFFSET --type T [--id N]
 //	                                state at a past moment, rebuilt from the history
@@ -66,6 +68,7 @@ commands:
   capture  only the capture: PostgreSQL logical replication -> history topic
   process  only the processors: history -> per-type snapshot tables
   topics   create or check every topic, then exit
+  acls     print the Kafka ACLs each role needs (capture, processors, serve, monitor, view); --apply creates them
   serve    query server: views of the snapshot tables and the history over HTTP
   asof     print the state of an entity (or a whole type) at a past time, from the history
   monitor  check history and snapshots continuously; changes_monitor_* metrics
@@ -119,12 +122,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	}
+	var acls aclFlags
+	if cmd == "acls" {
+		acls.register(fs)
+	}
 	var window time.Duration
 	if cmd == "slo" || cmd == "audit" {
 		fs.DurationVar(&window, "window", time.Hour, "how far back to look")
 	}
 	switch cmd {
-	case "run", "capture", "process", "topics", "demo", "serve", "asof", "monitor", "slo", "audit":
+	case "run", "capture", "process", "topics", "acls", "demo", "serve", "asof", "monitor", "slo", "audit":
 	default:
 		fmt.Fprintln(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -192,6 +199,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "%-50s partitions=%-4d %v\n", t.Name, t.Partitions, t.Configs)
 		}
 		return nil
+	case "acls":
+		return runACLs(topo, acls, stdout)
 	case "demo":
 		return runDemo(ctx, topo, demo, log, stdout, reg, capOpts, procOpts)
 	case "serve":

@@ -29,16 +29,42 @@ var All = Parts{Capture: true, Processors: true}
 
 // EnsureTopics creates or checks every topic of topo (see topology.EnsureTopics).
 func EnsureTopics(topo *topology.Topology) error {
+	return ensureTopics(topo, topo.Topics())
+}
+
+func ensureTopics(topo *topology.Topology, specs []topology.TopicSpec) error {
 	cfg := topo.Config()
 	admin, err := topology.NewClusterAdmin(cfg.Kafka)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w", err)
 	}
 	defer admin.Close()
-	return topology.EnsureTopics(admin, topo.Topics(), cfg.Kafka.ReplicationFactor)
+	return topology.EnsureTopics(admin, specs, cfg.Kafka.ReplicationFactor)
 }
 
-// Run ensures the topics, then runs the selected parts until ctx is cancelled
+// topicsOf are the topics the parts use: a principal that may use only
+// those (see topology.ACLs) neither sees nor needs the others.
+func topicsOf(topo *topology.Topology, parts Parts) []topology.TopicSpec {
+	use := map[string]bool{}
+	if parts.Capture {
+		use[string(topo.History())], use[string(topo.CaptureState())] = true, true
+	}
+	if parts.Processors {
+		use[string(topo.History())], use[string(topo.DeadLetter())] = true, true
+		for _, typ := range topo.EntityTypes() {
+			use[string(topo.Events(typ))], use[string(topo.Snapshot(typ))] = true, true
+		}
+	}
+	var out []topology.TopicSpec
+	for _, s := range topo.Topics() {
+		if use[s.Name] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Run ensures the topics the parts use, then runs the selected parts until ctx is cancelled
 // (nil) or one fails with an error retrying cannot fix (its error, after
 // stopping the others).
 //
@@ -49,7 +75,7 @@ func EnsureTopics(topo *topology.Topology) error {
 // retryable error (see capture.Retryable) is started again the same way.
 func Run(ctx context.Context, topo *topology.Topology, parts Parts, log *slog.Logger, capOpts []capture.Option, procOpts []processors.Option) error {
 	setup := outage.NewState(log.With("component", "topics"), nil, "kafka")
-	if err := outage.Retry(ctx, setup, func(context.Context) error { return EnsureTopics(topo) }); err != nil {
+	if err := outage.Retry(ctx, setup, func(context.Context) error { return ensureTopics(topo, topicsOf(topo, parts)) }); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
