@@ -480,7 +480,14 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		}
 		p50, p99 := time.Duration(l.Quantile(0.5)*1e9), time.Duration(l.Quantile(0.99)*1e9)
 		t.Logf("commit -> %s: slo p50 %s p99 %s; workload p50 %s p99 %s", l.Stage, p50, p99, w.quantile(0.5), w.quantile(0.99))
-		if d := (p50 - w.quantile(0.5)).Abs(); d > max(5*time.Millisecond, w.quantile(0.5)/4) {
+		// A view subscriber sees a change one hop (the table topic) after
+		// the snapshot processor applied it: on a loaded machine that hop
+		// alone was 80 ms of a 300 ms p50.
+		tol50 := max(5*time.Millisecond, w.quantile(0.5)/4)
+		if l.Stage == "snapshot" {
+			tol50 = max(5*time.Millisecond, w.quantile(0.5)*2/5)
+		}
+		if d := (p50 - w.quantile(0.5)).Abs(); d > tol50 {
 			t.Errorf("%s: slo p50 %s, workload %s", l.Stage, p50, w.quantile(0.5))
 		}
 		tol99 := max(25*time.Millisecond, w.quantile(0.99)*2/5)
