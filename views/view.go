@@ -110,10 +110,11 @@ type View struct {
 	client   sarama.Client // for Lag; opened by the first Lag, closed by Run's end
 	running  atomic.Bool
 
-	kafka    *outage.State // whether Kafka answers the view's Lag
-	syncedAt atomic.Int64  // unix nanoseconds when the view last held its whole table
-	openedMu sync.Mutex
-	opened   []time.Time // per partition: when its recovered storage was opened
+	kafka          *outage.State // whether Kafka answers the view's Lag
+	syncedAt       atomic.Int64  // unix nanoseconds when the view last held its whole table
+	keepBuildError buildErrors
+	openedMu       sync.Mutex
+	opened         []time.Time // per partition: when its recovered storage was opened
 
 	subsMu  sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -169,8 +170,8 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	gokaOpts := []goka.ViewOption{
 		goka.WithViewClientID(v.kcfg.ClientID),
 		goka.WithViewLogger(slogadapter.New(v.log, slog.LevelDebug)),
-		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(consumerCfg)),
-		goka.WithViewTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(topicsCfg, tmc)),
+		goka.WithViewConsumerSaramaBuilder(v.keepBuildError.consumer(goka.SaramaConsumerBuilderWithConfig(consumerCfg))),
+		goka.WithViewTopicManagerBuilder(v.keepBuildError.topicManager(goka.TopicManagerBuilderWithConfig(topicsCfg, tmc))),
 		goka.WithViewCallback(v.update),
 		// Kafka away does not end Run: goka keeps the storage open (reads
 		// go on from the local copy) and reconnects with our backoff.
@@ -181,9 +182,10 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	// what Get and Range read.
 	gokaOpts = append(append(gokaOpts, v.gokaOpts...), goka.WithViewStorageBuilder(v.openStore))
 	v.build = func() (*goka.View, error) {
+		v.keepBuildError.reset()
 		gv, err := goka.NewView(v.kcfg.Brokers, topo.Snapshot(entityType), new(codec.Bytes), gokaOpts...)
 		if err != nil {
-			return nil, fmt.Errorf("view %s: %w", entityType, err)
+			return nil, fmt.Errorf("view %s: %w", entityType, v.keepBuildError.explain(v.kcfg, err))
 		}
 		if gv.Topic() != v.topic {
 			return nil, fmt.Errorf("view %s: goka reads topic %s, expected %s", entityType, gv.Topic(), v.topic)
@@ -795,4 +797,42 @@ func (v *View) Len() (int, error) {
 		n += v.alive[p].Load()
 	}
 	return int(n), nil
+}
+
+// buildErrors keeps the last error of the sarama clients goka builds for a
+// view: goka reports them with %v, which loses what they wrap, so a refused
+// password would look like an outage and be retried for good.
+type buildErrors struct{ last atomic.Pointer[error] }
+
+func (b *buildErrors) reset() { b.last.Store(nil) }
+
+func (b *buildErrors) keep(err error) {
+	if err != nil {
+		b.last.Store(&err)
+	}
+}
+
+func (b *buildErrors) consumer(f goka.SaramaConsumerBuilder) goka.SaramaConsumerBuilder {
+	return func(brokers []string, clientID string) (sarama.Consumer, error) {
+		c, err := f(brokers, clientID)
+		b.keep(err)
+		return c, err
+	}
+}
+
+func (b *buildErrors) topicManager(f goka.TopicManagerBuilder) goka.TopicManagerBuilder {
+	return func(brokers []string) (goka.TopicManager, error) {
+		tm, err := f(brokers)
+		b.keep(err)
+		return tm, err
+	}
+}
+
+// explain returns the kept client error, explained, in place of goka's
+// flattened err when there is one.
+func (b *buildErrors) explain(k topology.KafkaConfig, err error) error {
+	if last := b.last.Load(); last != nil {
+		return topology.ExplainKafkaError(k, *last)
+	}
+	return err
 }

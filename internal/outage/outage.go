@@ -7,6 +7,8 @@ package outage
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,8 +61,20 @@ func Retryable(err error) bool {
 	if errors.As(err, &cfgErr) {
 		return false
 	}
+	// A certificate that does not verify, or TLS spoken to a plaintext
+	// port: the configuration or the certificates need someone.
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	var recordHeader tls.RecordHeaderError
+	if errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid) ||
+		errors.As(err, &verify) || errors.As(err, &recordHeader) {
+		return false
+	}
 	for _, k := range []sarama.KError{sarama.ErrTopicAuthorizationFailed, sarama.ErrGroupAuthorizationFailed,
-		sarama.ErrClusterAuthorizationFailed, sarama.ErrSASLAuthenticationFailed, sarama.ErrInvalidConfig} {
+		sarama.ErrClusterAuthorizationFailed, sarama.ErrSASLAuthenticationFailed, sarama.ErrInvalidConfig,
+		sarama.ErrTransactionalIDAuthorizationFailed, sarama.ErrUnsupportedSASLMechanism} {
 		if errors.Is(err, k) {
 			return false
 		}

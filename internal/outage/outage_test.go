@@ -2,6 +2,8 @@ package outage
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +26,11 @@ func TestRetryable(t *testing.T) {
 		{fmt.Errorf("%w: x has 3 partitions", topology.ErrTopicMismatch), false},
 		{sarama.ConfigurationError("bad"), false},
 		{fmt.Errorf("create: %w", sarama.ErrTopicAuthorizationFailed), false},
+		{fmt.Errorf("brokers: %w", sarama.ErrSASLAuthenticationFailed), false},
+		{fmt.Errorf("init producer id: %w", sarama.ErrTransactionalIDAuthorizationFailed), false},
+		{fmt.Errorf("dial: %w", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), false},
+		{fmt.Errorf("dial: %w", x509.HostnameError{Host: "kafka"}), false},
+		{fmt.Errorf("dial: %w", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}), false},
 		{nil, false},
 	}
 	for _, c := range cases {
