@@ -53,7 +53,9 @@ func newFaultStack(t testing.TB, nodes int, host string) *faultStack {
 	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(owner), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.pgURL = fmt.Sprintf("postgres://postgres@%s:%d/changes?sslmode=disable", host, s.pgPort)
+	// TLS verified against the CA stack.sh makes: faults hit the platform
+	// as it runs in production.
+	s.pgURL = fmt.Sprintf("postgres://postgres@%s:%d/changes?sslmode=verify-full&sslrootcert=%s", host, s.pgPort, filepath.Join(dir, "tls", "ca.pem"))
 	for n := range nodes {
 		s.brokers = append(s.brokers, fmt.Sprintf("%s:%d", host, s.kafkaPort+2*n))
 	}
