@@ -55,6 +55,14 @@ type MonitorConfig struct {
 	// bytes) to check the table records that apply it; an event the table
 	// has not reached by then counts as never applied. Default: 15m.
 	Remember time.Duration `yaml:"remember"`
+	// RememberEvents bounds how many history events the monitor keeps,
+	// whatever their age: at the catch-up rate, monitor.remember alone
+	// would hold tens of millions. Past it the oldest event is forgotten
+	// early (changes_monitor_forgotten_events_total): a table record that
+	// applies it is no longer checked, and the table not reaching it is no
+	// longer reported. Between 1000 and 100000000. Default: 1000000
+	// (about 200 MB).
+	RememberEvents int `yaml:"remember_events"`
 	// AuditRate is how many entities per second the monitor compares with
 	// PostgreSQL; 0 disables the database audit. Default: 1.
 	AuditRate float64 `yaml:"audit_rate"`
@@ -176,6 +184,7 @@ const (
 	DefaultMonitorListen     = "127.0.0.1:9465"
 	DefaultStaleAfter        = 30 * time.Second
 	DefaultRemember          = 15 * time.Minute
+	DefaultRememberEvents    = 1_000_000
 	DefaultAuditRate         = 1.0
 	DefaultIDColumn          = "id"
 	DefaultPartitions        = 8
@@ -293,6 +302,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Monitor.Remember == 0 {
 		c.Monitor.Remember = DefaultRemember
+	}
+	if c.Monitor.RememberEvents == 0 {
+		c.Monitor.RememberEvents = DefaultRememberEvents
 	}
 	for i := range c.Entities {
 		e := &c.Entities[i]
@@ -417,6 +429,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Monitor.Remember < c.Monitor.StaleAfter {
 		return fieldErr("monitor.remember", "must be at least monitor.stale_after (%s), got %s", c.Monitor.StaleAfter, c.Monitor.Remember)
+	}
+	if c.Monitor.RememberEvents < 1000 || c.Monitor.RememberEvents > 100_000_000 {
+		return fieldErr("monitor.remember_events", "must be between 1000 and 100000000, got %d", c.Monitor.RememberEvents)
 	}
 	if c.Monitor.AuditRate < 0 || c.Monitor.AuditRate > 1000 {
 		return fieldErr("monitor.audit_rate", "must be between 0 (off) and 1000 per second, got %g", c.Monitor.AuditRate)

@@ -78,7 +78,7 @@ topics:
 storage: /var/lib/x
 metrics: 0.0.0.0:9000
 serve: {listen: ":8081", token: s3cret, types: [campaign]}
-monitor: {listen: ":9999", stale_after: 5s, remember: 10m, audit_rate: 0}
+monitor: {listen: ":9999", stale_after: 5s, remember: 10m, remember_events: 5000, audit_rate: 0}
 entities:
   - type: account
     table: billing.accounts
@@ -131,7 +131,7 @@ func TestParseFull(t *testing.T) {
 		Storage: "/var/lib/x",
 		Metrics: "0.0.0.0:9000",
 		Serve:   topology.ServeConfig{Listen: ":8081", Token: "s3cret", Types: []string{"campaign"}},
-		Monitor: topology.MonitorConfig{Listen: ":9999", StaleAfter: 5 * time.Second, Remember: 10 * time.Minute, AuditRate: 0},
+		Monitor: topology.MonitorConfig{Listen: ":9999", StaleAfter: 5 * time.Second, Remember: 10 * time.Minute, RememberEvents: 5000, AuditRate: 0},
 		Entities: []topology.EntityConfig{
 			{Type: "account", Table: "billing.accounts", IDColumn: "account_id", Partitions: 12},
 			// A table without a schema is in public.
@@ -171,6 +171,10 @@ func TestParseDefaults(t *testing.T) {
 		{"topics.delete_grace", cfg.Topics.DeleteGrace, topology.DefaultDeleteGrace, 24 * time.Hour},
 		{"storage", cfg.Storage, topology.DefaultStorage, "data"},
 		{"metrics", cfg.Metrics, topology.DefaultMetrics, "127.0.0.1:9464"},
+		{"monitor.stale_after", cfg.Monitor.StaleAfter, topology.DefaultStaleAfter, 30 * time.Second},
+		{"monitor.remember", cfg.Monitor.Remember, topology.DefaultRemember, 15 * time.Minute},
+		{"monitor.remember_events", cfg.Monitor.RememberEvents, topology.DefaultRememberEvents, 1000000},
+		{"monitor.audit_rate", cfg.Monitor.AuditRate, topology.DefaultAuditRate, 1.0},
 		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
 		{"entities[0].partitions", e.Partitions, topology.DefaultPartitions, 8},
 		{"entities[0].table", e.Table, "public.accounts", "public.accounts"},
@@ -490,6 +494,9 @@ func TestParseInvalid(t *testing.T) {
 		{"serve token with a newline", func(c *topology.Config) { c.Serve.Token = "abc\n" }, "serve.token"},
 		{"monitor stale_after", func(c *topology.Config) { c.Monitor.StaleAfter = time.Millisecond }, "monitor.stale_after"},
 		{"monitor remember", func(c *topology.Config) { c.Monitor.StaleAfter = time.Hour; c.Monitor.Remember = time.Minute }, "monitor.remember"},
+		{"monitor remember_events too few", func(c *topology.Config) { c.Monitor.RememberEvents = 999 }, "monitor.remember_events"},
+		{"monitor remember_events negative", func(c *topology.Config) { c.Monitor.RememberEvents = -1 }, "monitor.remember_events"},
+		{"monitor remember_events too many", func(c *topology.Config) { c.Monitor.RememberEvents = 100_000_001 }, "monitor.remember_events"},
 		{"monitor audit rate", func(c *topology.Config) { c.Monitor.AuditRate = -1 }, "monitor.audit_rate"},
 		{"serve undeclared type", func(c *topology.Config) { c.Serve.Types = []string{"account", "user"} }, "serve.types[1]"},
 	}
@@ -534,6 +541,8 @@ func TestParseBoundaries(t *testing.T) {
 		{"type 63 chars", func(c *topology.Config) { c.Entities[1].Type = "t" + strings.Repeat("_", 62) }},
 		{"partitions 1 and 10000", func(c *topology.Config) { c.Entities[0].Partitions, c.Entities[1].Partitions = 1, 10000 }},
 		{"same table name in two schemas", func(c *topology.Config) { c.Entities[1].Table = "other.accounts" }},
+		{"remember_events 1000", func(c *topology.Config) { c.Monitor.RememberEvents = 1000 }},
+		{"remember_events 100000000", func(c *topology.Config) { c.Monitor.RememberEvents = 100_000_000 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
