@@ -51,9 +51,10 @@ type MonitorConfig struct {
 	// position of an entity's latest history event before the entity counts
 	// as stale. Default: 30s.
 	StaleAfter time.Duration `yaml:"stale_after"`
-	// Remember is how long the monitor keeps a history event (about 150
-	// bytes) to check the table records that apply it; an event the table
-	// has not reached by then counts as never applied. Default: 15m.
+	// Remember is how long the monitor keeps a history event (200 to 370
+	// bytes: less when entities change repeatedly) to check the table
+	// records that apply it; an event the table has not reached by then
+	// counts as never applied. Default: 15m.
 	Remember time.Duration `yaml:"remember"`
 	// RememberEvents bounds how many history events the monitor keeps,
 	// whatever their age: at the catch-up rate, monitor.remember alone
@@ -61,7 +62,7 @@ type MonitorConfig struct {
 	// early (changes_monitor_forgotten_events_total): a table record that
 	// applies it is no longer checked, and the table not reaching it is no
 	// longer reported. Between 1000 and 100000000. Default: 1000000
-	// (about 200 MB).
+	// (200 to 370 MB).
 	RememberEvents int `yaml:"remember_events"`
 	// AuditRate is how many entities per second the monitor compares with
 	// PostgreSQL; 0 disables the database audit. Default: 1.

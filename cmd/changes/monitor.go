@@ -124,6 +124,10 @@ func runAudit(ctx context.Context, topo *topology.Topology, window time.Duration
 		return fmt.Errorf("audit: %w", err)
 	}
 	fmt.Fprintf(stdout, "changes audit: last %s: %d history records, %d table records checked\n", window, res.HistoryRecords, res.TableRecords)
+	if res.Forgotten > 0 {
+		fmt.Fprintf(stdout, "  the oldest %d history events were not remembered (monitor.remember_events %d): table records that apply them were not checked; a shorter --window checks them all\n",
+			res.Forgotten, topo.Config().Monitor.RememberEvents)
+	}
 	for _, a := range res.Anomalies {
 		fmt.Fprintln(stdout, "  "+a.String())
 	}

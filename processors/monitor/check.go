@@ -22,6 +22,11 @@ const (
 	// Gap: a transaction's changes skip an index (positions inside a
 	// transaction are consecutive, and a transaction starts at index 0).
 	Gap = "gap"
+	// UndeclaredType: an event of an entity type the config does not
+	// declare (a forged record, or a capture with another config); the
+	// router dead-letters it, so no table applies it. Its entity type is
+	// never a metric label.
+	UndeclaredType = "undeclared_type"
 )
 
 // The kinds of inconsistency between a snapshot table and the history.
@@ -41,8 +46,8 @@ const (
 
 // Anomaly is a finding of the Checker.
 type Anomaly struct {
-	// Kind is Duplicate, Reorder, Gap, WrongValue, UnknownPosition,
-	// NeverApplied or Undecodable.
+	// Kind is Duplicate, Reorder, Gap, UndeclaredType, WrongValue,
+	// UnknownPosition, NeverApplied or Undecodable.
 	Kind       string
 	EntityType string
 	EntityID   int64
@@ -93,7 +98,7 @@ type event struct {
 type entity struct {
 	pending  []*event // not reached by the table yet, in position order
 	tablePos codecs.Position
-	touched  time.Time
+	touched  time.Time // when its latest history event was fed
 }
 
 // unverified is a table record whose position the history has not reached
@@ -110,13 +115,20 @@ const maxWaiting = 100_000
 // Checker compares the history with the snapshot tables. It is fed the
 // records of both, in each topic partition's order, and is not safe for
 // concurrent use. It remembers the history events of the last
-// monitor.remember (about 150 bytes each): a table record is checked against
-// the event at its position, and a record at a position after the first
-// event fed, that no remembered event explains, is an UnknownPosition.
+// monitor.remember, at most monitor.remember_events of them (200 to 370
+// bytes each): a table record is checked against the event at its
+// position, and a record at a position after the first event fed, that no
+// remembered event explains, is an UnknownPosition.
+//
+// Its memory is bounded whatever it is fed: the events by count, the
+// entities it tracks by the events (an entity is dropped with the last
+// of its events), the table records waiting for the history by
+// maxWaiting, and events of undeclared entity types are not tracked.
 type Checker struct {
-	bound    time.Duration
-	remember time.Duration
-	history  string
+	bound     time.Duration
+	remember  time.Duration
+	maxEvents int
+	history   string
 
 	started    bool
 	first      codecs.Position // table records from here on must be explained
@@ -126,14 +138,18 @@ type Checker struct {
 	log        []*event // byPos in the order fed, to forget the oldest
 	entities   map[entityKey]*entity
 	waiting    []unverified
-	dropped    int            // waiting records dropped at maxWaiting
-	partitions map[string]int // table partitions by entity type
+	waitMin    codecs.Position // no waiting record is before it
+	dropped    int             // waiting records dropped at maxWaiting
+	early      [2]int          // events forgotten at maxEvents: [settled, pending]
+	partitions map[string]int  // table partitions by declared entity type
 }
 
 // NewChecker returns a Checker for topo: an entity is stale once its table
 // is staleAfter behind one of its history events; events are remembered for
-// remember, then an event the table has not reached is NeverApplied.
-func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration) *Checker {
+// remember, then an event the table has not reached is NeverApplied. At
+// most maxEvents are remembered (at least 1): past it the oldest is
+// forgotten early, and counted in Forgotten instead of ever being reported.
+func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration, maxEvents int) *Checker {
 	partitions := map[string]int{}
 	for _, e := range topo.Config().Entities {
 		partitions[e.Type] = e.Partitions
@@ -142,6 +158,7 @@ func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration) *Ch
 		partitions: partitions,
 		bound:      staleAfter,
 		remember:   remember,
+		maxEvents:  max(maxEvents, 1),
 		history:    string(topo.History()),
 		byPos:      map[codecs.Position]*event{},
 		entities:   map[entityKey]*entity{},
@@ -186,33 +203,88 @@ func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anoma
 	if !reordered {
 		c.last = ev.Position
 	}
+	_, declared := c.partitions[ev.EntityType]
+	if !declared {
+		where.Kind, where.Detail = UndeclaredType, "no entity type of this name is declared: the router dead-letters it"
+		out = append(out, where)
+	}
+	// Remembered even when undeclared: it holds its position, so a copy of
+	// it is a duplicate and a table state at it is unknown.
 	e := &event{key: entityKey{ev.EntityType, ev.EntityID}, pos: ev.Position, offset: offset, op: ev.Op,
 		hash: eventHash(ev), unchanged: ev.Unchanged, seen: now}
 	c.byPos[ev.Position] = e
 	c.log = append(c.log, e)
-	if ev.Op != codecs.OpTruncate {
+	if ev.Op != codecs.OpTruncate && declared {
 		ent := c.entities[e.key]
 		if ent == nil {
 			ent = &entity{}
 			c.entities[e.key] = ent
 		}
-		i, _ := slices.BinarySearchFunc(ent.pending, e.pos, func(p *event, pos codecs.Position) int { return p.pos.Compare(pos) })
+		i, _ := slices.BinarySearchFunc(ent.pending, e.pos, comparePos)
 		ent.pending = slices.Insert(ent.pending, i, e)
 		ent.touched = now
 	}
+	for len(c.log) > c.maxEvents {
+		c.forgetEarly()
+	}
 	// Table records that were ahead of the history can be checked now.
+	if len(c.waiting) == 0 || c.waitMin.Compare(c.last) > 0 {
+		return out
+	}
 	keep := c.waiting[:0]
+	var lowest codecs.Position
 	for _, w := range c.waiting {
 		if w.st.Position.Compare(c.last) > 0 {
+			if len(keep) == 0 || w.st.Position.Compare(lowest) < 0 {
+				lowest = w.st.Position
+			}
 			keep = append(keep, w)
 			continue
 		}
-		if a, bad := c.table(w.key, w.st, w.where, now); bad {
+		if a, bad := c.table(w.key, w.st, w.where); bad {
 			out = append(out, a)
 		}
 	}
-	c.waiting = keep
+	clear(c.waiting[len(keep):]) // the checked states, for the GC
+	c.waiting, c.waitMin = keep, lowest
 	return out
+}
+
+func comparePos(p *event, pos codecs.Position) int { return p.pos.Compare(pos) }
+
+// forget drops the oldest remembered event from byPos and log and returns
+// it: a table record at its position or before is no longer checked.
+func (c *Checker) forget() *event {
+	e := c.log[0]
+	c.log[0] = nil // the backing array outlives the reslice
+	c.log = c.log[1:]
+	if c.byPos[e.pos] == e {
+		delete(c.byPos, e.pos)
+	}
+	if e.pos.Compare(c.forgotten) > 0 {
+		c.forgotten = e.pos
+	}
+	return e
+}
+
+// forgetEarly forgets the oldest event before monitor.remember, at
+// maxEvents. If the table has not reached it, it leaves its entity's
+// pending list unreported (it could still be applied: only time would
+// tell), and it is counted. An entity left with nothing pending is
+// dropped too: its events are all forgotten, so nothing keeps it.
+func (c *Checker) forgetEarly() {
+	e := c.forget()
+	pending := 0
+	if ent := c.entities[e.key]; ent != nil {
+		if i, found := slices.BinarySearchFunc(ent.pending, e.pos, comparePos); found && ent.pending[i] == e {
+			ent.pending = slices.Delete(ent.pending, i, i+1)
+			pending = 1
+		}
+		if len(ent.pending) == 0 {
+			delete(c.entities, e.key)
+		}
+	}
+	c.early[pending]++
 }
 
 // IsSnapshot reports whether pos is a remembered event of the initial
@@ -252,24 +324,31 @@ func (c *Checker) Table(entityType string, topic string, partition int32, offset
 	}
 	k := entityKey{entityType, id}
 	if !c.started || st.Position.Compare(c.last) > 0 {
-		// The history has not reached this position yet.
+		// The history has not reached this position yet. The oldest
+		// waiting record makes room: one at a position the history never
+		// reaches (a forged one) does not stay forever.
 		if len(c.waiting) >= maxWaiting {
-			c.waiting = slices.Delete(c.waiting, 0, 1)
+			c.waiting[0] = unverified{}
+			c.waiting = c.waiting[1:]
 			c.dropped++
+		}
+		if len(c.waiting) == 0 || st.Position.Compare(c.waitMin) < 0 {
+			c.waitMin = st.Position
 		}
 		c.waiting = append(c.waiting, unverified{key: k, st: st, where: where})
 		return nil
 	}
-	if a, bad := c.table(k, st, where, now); bad {
+	if a, bad := c.table(k, st, where); bad {
 		return []Anomaly{a}
 	}
 	return nil
 }
 
 // table checks a table record the history has reached.
-func (c *Checker) table(k entityKey, st *codecs.State, where Anomaly, now time.Time) (Anomaly, bool) {
+func (c *Checker) table(k entityKey, st *codecs.State, where Anomaly) (Anomaly, bool) {
+	// The entity is not touched: it lives as long as its history events,
+	// so the entities tracked are bounded by the events remembered.
 	if e := c.entities[k]; e != nil {
-		e.touched = now
 		if st.Position.Compare(e.tablePos) > 0 {
 			e.tablePos = st.Position
 		}
@@ -318,18 +397,9 @@ func (c *Checker) truncated(entityType string, partition int32, at codecs.Positi
 // than the bound before now. It forgets what is older than remember: a
 // pending event then comes back as a NeverApplied anomaly.
 func (c *Checker) Stale(now time.Time) ([]Stale, []Anomaly) {
-	n := 0
-	for n < len(c.log) && now.Sub(c.log[n].seen) > c.remember {
-		e := c.log[n]
-		if c.byPos[e.pos] == e {
-			delete(c.byPos, e.pos)
-		}
-		if e.pos.Compare(c.forgotten) > 0 {
-			c.forgotten = e.pos
-		}
-		n++
+	for len(c.log) > 0 && now.Sub(c.log[0].seen) > c.remember {
+		c.forget()
 	}
-	c.log = slices.Delete(c.log, 0, n)
 	var stale []Stale
 	var never []Anomaly
 	for k, e := range c.entities {
@@ -358,6 +428,14 @@ func (c *Checker) Tracked() int { return len(c.byPos) }
 // Dropped is how many table records were dropped unchecked because too many
 // waited for the history.
 func (c *Checker) Dropped() int { return c.dropped }
+
+// Forgotten is how many history events were forgotten before
+// monitor.remember because maxEvents were remembered. Settled: nothing
+// waited for them (the table had reached them, or no table applies them:
+// a truncate, an undeclared type); a later table record at their position
+// is not checked. Pending: the table had not reached them yet; whether it
+// ever does is not reported.
+func (c *Checker) Forgotten() (settled, pending int) { return c.early[0], c.early[1] }
 
 // eventHash is the hash of the state ev leads to, over the columns ev
 // carries (a delete: the deleted marker).

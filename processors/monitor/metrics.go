@@ -19,6 +19,7 @@ type metrics struct {
 	inconsistent     *prometheus.CounterVec
 	stale            *prometheus.GaugeVec
 	tracked          prometheus.Gauge
+	forgotten        *prometheus.CounterVec
 	dropped          prometheus.Gauge
 	consumerErrors   *prometheus.CounterVec
 	audits           *prometheus.CounterVec
@@ -44,7 +45,7 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		}, []string{"entity_type"}),
 		historyAnomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_monitor_history_anomalies_total",
-			Help: "History records out of order: kind is duplicate (a position already held), reorder (an earlier position) or gap (an index skipped inside a transaction).",
+			Help: "History records out of order: kind is duplicate (a position already held), reorder (an earlier position) or gap (an index skipped inside a transaction); or of an entity type the config does not declare (undeclared_type; the router dead-letters them).",
 		}, []string{"kind"}),
 		inconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_monitor_inconsistent_total",
@@ -56,8 +57,12 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		}, []string{"entity_type"}),
 		tracked: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "changes_monitor_remembered_events",
-			Help: "History events the monitor remembers to check table records against (those of the last monitor.remember).",
+			Help: "History events the monitor remembers to check table records against (those of the last monitor.remember, at most monitor.remember_events).",
 		}),
+		forgotten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "changes_monitor_forgotten_events_total",
+			Help: "History events forgotten before monitor.remember because monitor.remember_events were remembered: pending=\"true\" if the table had not reached them yet (whether it ever does goes unreported), \"false\" if nothing waited for them (a later table record at their position goes unchecked).",
+		}, []string{"pending"}),
 		dropped: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "changes_monitor_unchecked_table_records",
 			Help: "Table records dropped unchecked because too many waited for the history to reach their position.",
@@ -96,7 +101,7 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		}, []string{"topic"}),
 	}
 	// Series that should read 0 rather than be absent.
-	for _, kind := range []string{Duplicate, Reorder, Gap} {
+	for _, kind := range []string{Duplicate, Reorder, Gap, UndeclaredType} {
 		m.historyAnomalies.WithLabelValues(kind)
 	}
 	for _, typ := range topo.EntityTypes() {
@@ -110,13 +115,15 @@ func newMetrics(r prometheus.Registerer, topo *topology.Topology) (*metrics, err
 		m.toHistory.WithLabelValues(typ)
 		m.toSnapshot.WithLabelValues(typ)
 	}
+	m.forgotten.WithLabelValues("true")
+	m.forgotten.WithLabelValues("false")
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.toHistory, &m.toSnapshot} {
 		if *h, err = promreg.Register(r, *h); err != nil {
 			return nil, err
 		}
 	}
-	for _, c := range []**prometheus.CounterVec{&m.historyAnomalies, &m.inconsistent, &m.audits, &m.badRecords, &m.consumerErrors} {
+	for _, c := range []**prometheus.CounterVec{&m.historyAnomalies, &m.inconsistent, &m.audits, &m.badRecords, &m.consumerErrors, &m.forgotten} {
 		if *c, err = promreg.Register(r, *c); err != nil {
 			return nil, err
 		}

@@ -68,6 +68,8 @@ type Monitor struct {
 	storageDir string
 	metrics    *metrics
 	checker    *Checker
+	declared   map[string]bool    // entity types of the config
+	forgotten  [2]int             // the checker's Forgotten counts already exported
 	stale      map[entityKey]bool // reported stale, to log each once
 	ready      chan struct{}      // closed once every consumer reads
 }
@@ -91,8 +93,25 @@ func New(topo *topology.Topology, opts ...Option) (*Monitor, error) {
 	if m.metrics, err = newMetrics(m.reg, topo); err != nil {
 		return nil, fmt.Errorf("monitor metrics: %w", err)
 	}
-	m.checker = NewChecker(topo, cfg.Monitor.StaleAfter, cfg.Monitor.Remember)
+	m.checker = NewChecker(topo, cfg.Monitor.StaleAfter, cfg.Monitor.Remember, cfg.Monitor.RememberEvents)
+	m.declared = map[string]bool{}
+	for _, typ := range topo.EntityTypes() {
+		m.declared[typ] = true
+	}
 	return m, nil
+}
+
+// undeclaredLabel is the entity_type label of whatever is not a declared
+// entity type: a type read from a record never becomes a label value of its
+// own, so forged records cannot make series without bound.
+const undeclaredLabel = "undeclared"
+
+// typeLabel is typ as a metric label value.
+func (m *Monitor) typeLabel(typ string) string {
+	if m.declared[typ] {
+		return typ
+	}
+	return undeclaredLabel
 }
 
 // Ready is closed once the monitor reads every topic: what is written from
@@ -265,10 +284,10 @@ func (m *Monitor) apply(r record, now time.Time) {
 	}
 	for _, a := range found {
 		switch a.Kind {
-		case Duplicate, Reorder, Gap:
+		case Duplicate, Reorder, Gap, UndeclaredType:
 			m.metrics.historyAnomalies.WithLabelValues(a.Kind).Inc()
 		default:
-			m.metrics.inconsistent.WithLabelValues(a.EntityType, a.Kind).Inc()
+			m.metrics.inconsistent.WithLabelValues(m.typeLabel(a.EntityType), a.Kind).Inc()
 		}
 		m.log.Error("inconsistency", "kind", a.Kind, "entity_type", a.EntityType, "entity_id", a.EntityID,
 			"position", a.Position.String(), "topic", a.Topic, "partition", a.Partition, "offset", a.Offset, "detail", a.Detail)
@@ -278,7 +297,7 @@ func (m *Monitor) apply(r record, now time.Time) {
 func (m *Monitor) checkStale(now time.Time) {
 	stale, never := m.checker.Stale(now)
 	for _, a := range never {
-		m.metrics.inconsistent.WithLabelValues(a.EntityType, a.Kind).Inc()
+		m.metrics.inconsistent.WithLabelValues(m.typeLabel(a.EntityType), a.Kind).Inc()
 		m.log.Error("inconsistency", "kind", a.Kind, "entity_type", a.EntityType, "entity_id", a.EntityID,
 			"position", a.Position.String(), "topic", a.Topic, "offset", a.Offset, "detail", a.Detail)
 	}
@@ -300,6 +319,15 @@ func (m *Monitor) checkStale(now time.Time) {
 	}
 	m.metrics.tracked.Set(float64(m.checker.Tracked()))
 	m.metrics.dropped.Set(float64(m.checker.Dropped()))
+	settled, pending := m.checker.Forgotten()
+	if m.forgotten == [2]int{} && settled+pending > 0 {
+		m.log.Warn("the monitor remembers monitor.remember_events history events and forgets older ones early: "+
+			"their table records go unchecked (changes_monitor_forgotten_events_total); raise monitor.remember_events if memory allows",
+			"remember_events", m.cfg.Monitor.RememberEvents, "remember", m.cfg.Monitor.Remember)
+	}
+	m.metrics.forgotten.WithLabelValues("false").Add(float64(settled - m.forgotten[0]))
+	m.metrics.forgotten.WithLabelValues("true").Add(float64(pending - m.forgotten[1]))
+	m.forgotten = [2]int{settled, pending}
 }
 
 // watchLag reads every processor group's lag and the slot's every 5 s.

@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -51,11 +52,12 @@ func TestMonitorMetrics(t *testing.T) {
 	m.checkStale(now.Add(time.Minute))
 
 	want := `
-# HELP changes_monitor_history_anomalies_total History records out of order: kind is duplicate (a position already held), reorder (an earlier position) or gap (an index skipped inside a transaction).
+# HELP changes_monitor_history_anomalies_total History records out of order: kind is duplicate (a position already held), reorder (an earlier position) or gap (an index skipped inside a transaction); or of an entity type the config does not declare (undeclared_type; the router dead-letters them).
 # TYPE changes_monitor_history_anomalies_total counter
 changes_monitor_history_anomalies_total{kind="duplicate"} 1
 changes_monitor_history_anomalies_total{kind="gap"} 0
 changes_monitor_history_anomalies_total{kind="reorder"} 0
+changes_monitor_history_anomalies_total{kind="undeclared_type"} 0
 # HELP changes_monitor_inconsistent_total Snapshot table records that no history event explains (kind wrong_value or unknown_position), and history events the table never reached within monitor.remember (never_applied).
 # TYPE changes_monitor_inconsistent_total counter
 changes_monitor_inconsistent_total{entity_type="a",kind="never_applied"} 0
@@ -110,5 +112,72 @@ changes_monitor_bad_records_total{topic="` + hist + `"} 1
 		if !found {
 			t.Errorf("latency buckets lack %gs", b)
 		}
+	}
+}
+
+// TestMonitorBoundedSeries feeds history events of many forged entity types
+// and more events than monitor.remember_events: no forged type becomes a
+// label value, the forged events are counted as one kind of history anomaly,
+// and the events forgotten early are counted.
+func TestMonitorBoundedSeries(t *testing.T) {
+	topo := testTopo(t)
+	topo.Config().Monitor.RememberEvents = 1000
+	reg := prometheus.NewRegistry()
+	m, err := New(topo, WithRegisterer(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	hist := string(topo.History())
+	feed := func(off int64, e *codecs.Event) {
+		raw, err := (codecs.EventCodec{}).Encode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.apply(record{source: fromHistory, msg: &sarama.ConsumerMessage{Topic: hist, Offset: off, Value: raw}}, now)
+	}
+	const forged, declared = 200, 1200
+	for i := range forged {
+		e := ev(int64(i), codecs.LSN(10+i), 0, codecs.OpInsert, `1`)
+		e.EntityType = fmt.Sprintf("forged_%d", i)
+		feed(int64(i), e)
+	}
+	// Declared events the table never reaches: with the forged ones, 400
+	// more than the monitor remembers.
+	for i := range declared {
+		feed(int64(forged+i), ev(int64(i), codecs.LSN(10+forged+i), 0, codecs.OpInsert, `1`))
+	}
+	m.checkStale(now.Add(time.Minute))
+	m.checkStale(now.Add(time.Hour)) // past monitor.remember: never applied
+
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, metric := range mf.GetMetric() {
+			for _, l := range metric.GetLabel() {
+				if l.GetName() == "entity_type" && l.GetValue() != "a" && l.GetValue() != undeclaredLabel {
+					t.Errorf("%s has entity_type=%q, want only declared types or %q", mf.GetName(), l.GetValue(), undeclaredLabel)
+				}
+			}
+		}
+	}
+	want := `
+# HELP changes_monitor_forgotten_events_total History events forgotten before monitor.remember because monitor.remember_events were remembered: pending="true" if the table had not reached them yet (whether it ever does goes unreported), "false" if nothing waited for them (a later table record at their position goes unchecked).
+# TYPE changes_monitor_forgotten_events_total counter
+changes_monitor_forgotten_events_total{pending="false"} 200
+changes_monitor_forgotten_events_total{pending="true"} 200
+`
+	// The forged events are the oldest: forgotten first, nothing waited
+	// for them; then the first 200 declared ones, which were pending.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "changes_monitor_forgotten_events_total"); err != nil {
+		t.Error(err)
+	}
+	if got := testutil.ToFloat64(m.metrics.historyAnomalies.WithLabelValues(UndeclaredType)); got != forged {
+		t.Errorf("undeclared_type anomalies = %v, want %d", got, forged)
+	}
+	if got := testutil.ToFloat64(m.metrics.inconsistent.WithLabelValues("a", NeverApplied)); got != 1000 {
+		t.Errorf("never_applied = %v, want 1000 (the remembered events)", got)
 	}
 }

@@ -260,14 +260,19 @@ func seconds(s float64) string {
 type AuditResult struct {
 	// HistoryRecords and TableRecords are how many records were checked.
 	HistoryRecords, TableRecords int
-	Anomalies                    []Anomaly
-	Stale                        []Stale
+	// Forgotten is how many history events of the window were forgotten
+	// unchecked: the audit remembers monitor.remember_events of them, and
+	// table records at the positions of older ones are not checked.
+	Forgotten int
+	Anomalies []Anomaly
+	Stale     []Stale
 }
 
 // Audit checks the changes of the last window once: the history's integrity,
 // every table record written since against the history, and every entity
 // whose table has not reached its latest history event committed more than
-// staleAfter ago.
+// staleAfter ago. It remembers at most monitor.remember_events history
+// events: in a longer window the oldest go unchecked (AuditResult.Forgotten).
 func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time.Duration) (*AuditResult, error) {
 	cfg := topo.Config()
 	r, err := newReader(cfg)
@@ -277,7 +282,7 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 	defer r.Close()
 	now := time.Now()
 	from := now.Add(-window)
-	c := NewChecker(topo, staleAfter, window+staleAfter)
+	c := NewChecker(topo, staleAfter, window+staleAfter, cfg.Monitor.RememberEvents)
 	res := &AuditResult{}
 	// The history first, each event "seen" at its commit time, then the
 	// tables: a table record is checked against what the history says.
@@ -318,5 +323,7 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 	var never []Anomaly
 	res.Stale, never = c.Stale(now)
 	res.Anomalies = append(res.Anomalies, never...)
+	settled, pending := c.Forgotten()
+	res.Forgotten = settled + pending
 	return res, nil
 }
