@@ -66,8 +66,8 @@ func newMetrics() *metrics {
 		}, []string{"entity_type"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "changes_processor_deadletters_total",
-			Help: "Records sent to the dead-letter topic because they could not be decoded or applied, by consumer group.",
-		}, []string{"group"}),
+			Help: "Records sent to the dead-letter topic because they could not be decoded, routed or applied, by consumer group and reason: undecodable, undeclared_type, bad_truncate, wrong_key, not_applicable or too_large.",
+		}, []string{"group", "reason"}),
 	}
 }
 

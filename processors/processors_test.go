@@ -3,7 +3,9 @@ package processors_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/tester"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
@@ -395,4 +398,211 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestRouterRefusesForgedRecords feeds the router what a writer to the
+// history could forge: many entity types the config does not declare, and
+// truncates whose value is not what their key says. Each is dead-lettered
+// once with its reason, nothing reaches an events topic, and no record's
+// entity type becomes a label value.
+func TestRouterRefusesForgedRecords(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	p, err := processors.NewRouter(topo, processors.WithRegisterer(reg), processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := tt.NewQueueTracker(string(topo.Events("account")))
+	campaigns := tt.NewQueueTracker(string(topo.Events("campaign")))
+	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	start(t, p)
+	hist := string(topo.History())
+	op := func(o codecs.Op) tester.EmitOption {
+		return tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte(o)})
+	}
+
+	const forged = 50
+	for i := range forged {
+		typ := fmt.Sprintf("forged_%d", i)
+		// By key and header, and decoded; an insert and a truncate.
+		tt.Consume(hist, typ+"/1", encode(t, event(typ, 1, codecs.OpInsert, 100, uint32(i), `{"id": 1}`)), op(codecs.OpInsert))
+		tt.Consume(hist, "k", encode(t, event(typ, 0, codecs.OpTruncate, 101, uint32(i), "")))
+	}
+	for range 2 * forged {
+		if _, _, _, ok := dead.NextRawWithHeaders(); !ok {
+			t.Fatal("an undeclared type was not dead-lettered")
+		}
+	}
+	truncates := []struct {
+		name  string
+		value []byte
+	}{
+		{"a truncate of another type", encode(t, event("campaign", 0, codecs.OpTruncate, 102, 0, ""))},
+		{"not an event", []byte("{not json")},
+		{"an insert", encode(t, event("account", 0, codecs.OpInsert, 102, 1, `{"id": 0}`))},
+	}
+	for _, c := range truncates {
+		t.Run(c.name, func(t *testing.T) {
+			tt.Consume(hist, "account/0", c.value, op(codecs.OpTruncate))
+			hdr, _, value, ok := dead.NextRawWithHeaders()
+			if !ok || string(value) != string(c.value) {
+				t.Fatalf("dead letter %q (%v), want the forged truncate", value, ok)
+			}
+			if r := string(hdr[processors.HeaderDeadLetterReason]); !strings.Contains(r, "a truncate of account") {
+				t.Errorf("reason %q", r)
+			}
+		})
+	}
+	if _, _, ok := accounts.NextRaw(); ok {
+		t.Error("a forged record reached the account topic")
+	}
+	if _, _, ok := campaigns.NextRaw(); ok {
+		t.Error("a forged record reached the campaign topic")
+	}
+	for _, c := range []struct {
+		reason string
+		want   float64
+	}{{"undeclared_type", 2 * forged}, {"bad_truncate", float64(len(truncates))}} {
+		if got := testutil.ToFloat64(deadLetters(t, reg, string(topo.RouterGroup()), c.reason)); got != c.want {
+			t.Errorf("dead letters %s = %v, want %v", c.reason, got, c.want)
+		}
+	}
+	assertDeclaredLabels(t, reg, "account", "campaign")
+}
+
+// TestRouterTruncateFanOut: a truncate of a type of 10000 partitions, the
+// most the config allows, is one copy per declared partition, each under
+// its partition's marker key, and no more, routed in well under a second.
+func TestRouterTruncateFanOut(t *testing.T) {
+	cfg, err := topology.Parse([]byte(`
+kafka: {brokers: ["127.0.0.1:1"]}
+postgres: {url: "postgres://unused"}
+entities: [{type: wide, table: wide, partitions: 10000}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Storage = t.TempDir()
+	topo := topology.New(cfg)
+	tt := tester.New(t)
+	p, err := processors.NewRouter(topo, processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide := tt.NewQueueTracker(string(topo.Events("wide")))
+	start(t, p)
+	began := time.Now()
+	tt.Consume(string(topo.History()), "wide/0", encode(t, event("wide", 0, codecs.OpTruncate, 100, 0, "")),
+		tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("truncate")}))
+	// Finding each partition's marker key per truncate took 13 s here;
+	// the keys computed once take milliseconds.
+	if took := time.Since(began); took > 3*time.Second {
+		t.Errorf("a truncate of 10000 partitions took %s to route", took)
+	} else {
+		t.Logf("a truncate of 10000 partitions routed in %s", took)
+	}
+	want := topology.TruncateKeys(10000)
+	for i, key := range want {
+		got, _, ok := wide.NextRaw()
+		if !ok || got != key {
+			t.Fatalf("copy %d: key %q (%v), want %q", i, got, ok, key)
+		}
+	}
+	if key, _, ok := wide.NextRaw(); ok {
+		t.Errorf("a copy beyond the declared partitions: %q", key)
+	}
+}
+
+// TestSnapshotRefusesForgedTruncates: a snapshot processor sets its
+// partition's truncate marker only from a truncate of its own type under
+// that marker's key; anything else is dead-lettered and writes nothing.
+func TestSnapshotRefusesForgedTruncates(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	p, err := processors.NewSnapshot(topo, "account", processors.WithRegisterer(reg), processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	changelog := tt.NewQueueTracker(string(topo.Snapshot("account")))
+	start(t, p)
+	events := string(topo.Events("account"))
+	// The tester's topics have one partition: partition 0's marker key is
+	// TruncateKey(0, 4).
+	cases := []struct {
+		name, key string
+		ev        *codecs.Event
+	}{
+		{"another partition's marker key", topology.TruncateKey(1, 4), event("account", 0, codecs.OpTruncate, 100, 0, "")},
+		{"a marker key of no partition", "~truncate/123456789", event("account", 0, codecs.OpTruncate, 100, 1, "")},
+		{"an entity key", "0", event("account", 0, codecs.OpTruncate, 100, 2, "")},
+		{"another type", topology.TruncateKey(0, 4), event("campaign", 0, codecs.OpTruncate, 100, 3, "")},
+		{"not a truncate under the marker key", topology.TruncateKey(0, 4), event("account", 0, codecs.OpInsert, 100, 4, `{"id": 0}`)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tt.Consume(events, c.key, encode(t, c.ev))
+			if _, _, _, ok := dead.NextRawWithHeaders(); !ok {
+				t.Error("not dead-lettered")
+			}
+			if key, v, ok := changelog.Next(); ok {
+				t.Errorf("wrote %s=%+v to the table", key, v)
+			}
+		})
+	}
+	if got := testutil.ToFloat64(deadLetters(t, reg, string(topo.SnapshotGroup("account")), "bad_truncate")); got != float64(len(cases)) {
+		t.Errorf("bad_truncate dead letters = %v, want %d", got, len(cases))
+	}
+	// The router's copy still sets the marker.
+	tt.Consume(events, topology.TruncateKey(0, 4), encode(t, event("account", 0, codecs.OpTruncate, 200, 0, "")))
+	if key, v, ok := changelog.Next(); !ok || key != topology.TruncateKey(0, 4) || !v.(*codecs.State).Truncated {
+		t.Errorf("the router's truncate: wrote %s=%+v (%v), want the marker", key, v, ok)
+	}
+}
+
+// deadLetters is the changes_processor_deadletters_total series of group
+// and reason.
+func deadLetters(t *testing.T, reg *prometheus.Registry, group, reason string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+	for _, mf := range mfs {
+		if mf.GetName() != "changes_processor_deadletters_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["group"] == group && labels["reason"] == reason {
+				c.Add(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return c
+}
+
+// assertDeclaredLabels fails if any series in reg has an entity_type label
+// that is not one of types.
+func assertDeclaredLabels(t *testing.T, reg *prometheus.Registry, types ...string) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "entity_type" && !slices.Contains(types, l.GetValue()) {
+					t.Errorf("%s has entity_type=%q, not a declared type", mf.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"sync"
 
 	"github.com/changes-dev/changes/codecs"
-	"github.com/changes-dev/changes/topology"
 )
 
 // truncations caches, per partition of a snapshot table, the position of
@@ -13,15 +12,14 @@ import (
 // truncate key, so it survives restarts; the cache is filled from there the
 // first time a partition asks.
 type truncations struct {
-	mu         sync.Mutex
-	at_        map[int32]codecs.Position
-	get        func(key string) (*codecs.State, error)
-	partitions int
+	mu      sync.Mutex
+	at_     map[int32]codecs.Position // at most one per declared partition
+	get     func(key string) (*codecs.State, error)
+	markers []string // topology.TruncateKeys of the declared partitions
 }
 
-func newTruncations(get func(string) (*codecs.State, error), entityType string, cfg *topology.Config) *truncations {
-	e, _ := cfg.Entity(entityType)
-	return &truncations{at_: map[int32]codecs.Position{}, get: get, partitions: e.Partitions}
+func newTruncations(get func(string) (*codecs.State, error), markers []string) *truncations {
+	return &truncations{at_: map[int32]codecs.Position{}, get: get, markers: markers}
 }
 
 // at returns the position of partition p's last TRUNCATE.
@@ -31,7 +29,11 @@ func (t *truncations) at(p int32) (codecs.Position, error) {
 	if pos, ok := t.at_[p]; ok {
 		return pos, nil
 	}
-	st, err := t.get(topology.TruncateKey(p, t.partitions))
+	if int(p) >= len(t.markers) {
+		// A partition the type does not declare has no marker.
+		return codecs.Position{}, nil
+	}
+	st, err := t.get(t.markers[p])
 	if err != nil {
 		return codecs.Position{}, err
 	}

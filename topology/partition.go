@@ -37,5 +37,22 @@ func TruncateKey(p int32, n int) string {
 	}
 }
 
+// TruncateKeys returns TruncateKey(p, n) for every partition p of a table
+// of n partitions, in one pass over the candidate keys: about n·ln(n)
+// hashes, where calling TruncateKey for each partition takes about n² (13 s
+// for 10000 partitions). The router and the snapshot processors compute
+// them once, not per TRUNCATE.
+func TruncateKeys(n int) []string {
+	keys := make([]string, n)
+	for i, found := 0, 0; found < n; i++ {
+		k := truncatePrefix + strconv.Itoa(i)
+		if p := PartitionOf(k, n); keys[p] == "" {
+			keys[p] = k
+			found++
+		}
+	}
+	return keys
+}
+
 // IsTruncateKey reports whether key is a truncate marker's key.
 func IsTruncateKey(key string) bool { return strings.HasPrefix(key, truncatePrefix) }

@@ -39,3 +39,34 @@ func TestTruncateKey(t *testing.T) {
 		t.Error("an entity id is not a truncate key")
 	}
 }
+
+func TestTruncateKeys(t *testing.T) {
+	// Every key, as TruncateKey finds it one partition at a time.
+	for _, n := range []int{1, 4, 9, 97, 1000} {
+		keys := topology.TruncateKeys(n)
+		if len(keys) != n {
+			t.Fatalf("TruncateKeys(%d) has %d keys", n, len(keys))
+		}
+		for p := range int32(n) {
+			if want := topology.TruncateKey(p, n); keys[p] != want {
+				t.Errorf("TruncateKeys(%d)[%d] = %q, TruncateKey says %q", n, p, keys[p], want)
+			}
+		}
+	}
+	// The largest table: each key in its partition, once; a few partitions
+	// checked against TruncateKey (all of them would take seconds).
+	const n = 10000
+	keys := topology.TruncateKeys(n)
+	seen := map[string]bool{}
+	for p, k := range keys {
+		if topology.PartitionOf(k, n) != int32(p) || seen[k] {
+			t.Fatalf("TruncateKeys(%d)[%d] = %q", n, p, k)
+		}
+		seen[k] = true
+	}
+	for _, p := range []int32{0, 1, 4999, n - 1} {
+		if want := topology.TruncateKey(p, n); keys[p] != want {
+			t.Errorf("TruncateKeys(%d)[%d] = %q, TruncateKey says %q", n, p, keys[p], want)
+		}
+	}
+}
