@@ -276,7 +276,7 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		return err
 	}
 	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + cfg.Postgres.Publication + "'"},
+		PluginArgs: []string{"proto_version '1'", publicationNames(cfg.Postgres.Publication)},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)

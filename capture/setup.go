@@ -26,6 +26,14 @@ func (t table) quoted() string {
 	return pgx.Identifier{t.schema, t.name}.Sanitize()
 }
 
+// publicationNames is pgoutput's publication_names option for START_REPLICATION.
+// Its value is a string literal holding a list that pgoutput splits with
+// SplitIdentifierString, which folds an unquoted name to lower case: the name
+// is double-quoted inside the literal, so "ChangesPub" stays ChangesPub.
+func publicationNames(publication string) string {
+	return "publication_names " + quoteLiteral(pgx.Identifier{publication}.Sanitize())
+}
+
 func tablesOf(cfg *topology.Config) []table {
 	out := make([]table, len(cfg.Entities))
 	for i, e := range cfg.Entities {

@@ -386,8 +386,10 @@ func (c *Capture) snapshot(ctx context.Context, client sarama.Client, name strin
 	return tx.Commit(ctx)
 }
 
-// quoteLiteral quotes s as an SQL string literal; SET TRANSACTION SNAPSHOT
-// takes no parameters.
+// quoteLiteral quotes s as an SQL string literal (quotes doubled, as both
+// SQL with standard_conforming_strings and the replication command grammar
+// read it); SET TRANSACTION SNAPSHOT and START_REPLICATION's plugin options
+// take no parameters.
 func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }

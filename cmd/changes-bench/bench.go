@@ -488,7 +488,7 @@ func (b *bench) cleanup() {
 		for _, s := range slots {
 			db.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active", s)
 		}
-		db.Exec(ctx, "drop publication if exists "+b.topo.Config().Postgres.Publication)
+		db.Exec(ctx, "drop publication if exists "+pgx.Identifier{b.topo.Config().Postgres.Publication}.Sanitize())
 		if b.dbz != nil {
 			db.Exec(ctx, "drop publication if exists "+b.dbz.publication)
 		}

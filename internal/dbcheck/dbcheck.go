@@ -10,23 +10,36 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/changes-dev/changes/codecs"
 )
 
-// Rows reads every row of table as the capture would encode it, keyed by the
-// id column. Values are read in text format, the form pgoutput sends, and
-// mapped with codecs.ColumnValue.
+// QuoteTable quotes a table named as the config names it, [schema.]table,
+// for SQL: each part double-quoted, so a mixed-case name keeps its case
+// (unquoted, PostgreSQL would fold it to lower case). A name without a schema
+// is still looked up through the search path.
+func QuoteTable(table string) string {
+	if schema, name, ok := strings.Cut(table, "."); ok {
+		return pgx.Identifier{schema, name}.Sanitize()
+	}
+	return pgx.Identifier{table}.Sanitize()
+}
+
+// Rows reads every row of table ([schema.]table, exact names: see
+// QuoteTable) as the capture would encode it, keyed by the id column. Values
+// are read in text format, the form pgoutput sends, and mapped with
+// codecs.ColumnValue.
 func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[int64]codecs.Row, error) {
-	return query(ctx, conn, table, idColumn, "select * from "+table)
+	return query(ctx, conn, table, idColumn, "select * from "+QuoteTable(table))
 }
 
 // Row reads the row of table whose id column is id, as Rows does; nil if
 // there is none.
 func Row(ctx context.Context, conn *pgx.Conn, table, idColumn string, id int64) (codecs.Row, error) {
-	rows, err := query(ctx, conn, table, idColumn, "select * from "+table+" where "+pgx.Identifier{idColumn}.Sanitize()+" = $1", id)
+	rows, err := query(ctx, conn, table, idColumn, "select * from "+QuoteTable(table)+" where "+pgx.Identifier{idColumn}.Sanitize()+" = $1", id)
 	if err != nil {
 		return nil, err
 	}

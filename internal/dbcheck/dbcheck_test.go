@@ -47,3 +47,18 @@ func TestDiff(t *testing.T) {
 		t.Errorf("an extra column in the view was not reported: %q", d)
 	}
 }
+
+func TestQuoteTable(t *testing.T) {
+	tests := []struct{ table, want string }{
+		{"public.accounts", `"public"."accounts"`},
+		{"MixedCase.Accounts", `"MixedCase"."Accounts"`},
+		{"accounts", `"accounts"`},
+		{"Accounts", `"Accounts"`},
+		{`s.we"ird`, `"s"."we""ird"`},
+	}
+	for _, tt := range tests {
+		if got := QuoteTable(tt.table); got != tt.want {
+			t.Errorf("QuoteTable(%q) = %s, want %s", tt.table, got, tt.want)
+		}
+	}
+}

@@ -107,9 +107,11 @@ func (m *Monitor) audit(ctx context.Context) error {
 // empty.
 func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ string, rnd *rand.Rand) (string, error) {
 	ent, _ := m.cfg.Entity(typ)
+	// Names are quoted: a mixed-case table or column keeps its case.
 	idCol := pgx.Identifier{ent.IDColumn}.Sanitize()
+	table := dbcheck.QuoteTable(ent.Table)
 	var lo, hi *int64
-	if err := db.QueryRow(ctx, "select min("+idCol+")::bigint, max("+idCol+")::bigint from "+ent.Table).Scan(&lo, &hi); err != nil {
+	if err := db.QueryRow(ctx, "select min("+idCol+")::bigint, max("+idCol+")::bigint from "+table).Scan(&lo, &hi); err != nil {
 		return "", err
 	}
 	if lo == nil {
@@ -121,7 +123,7 @@ func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ
 		pick = *lo + int64(rnd.Uint64N(span+1))
 	}
 	var id int64
-	err := db.QueryRow(ctx, "select "+idCol+"::bigint from "+ent.Table+" where "+idCol+" >= $1 order by "+idCol+" limit 1", pick).Scan(&id)
+	err := db.QueryRow(ctx, "select "+idCol+"::bigint from "+table+" where "+idCol+" >= $1 order by "+idCol+" limit 1", pick).Scan(&id)
 	if err != nil {
 		return "", err
 	}
