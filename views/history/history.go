@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"slices"
@@ -184,25 +185,44 @@ type Change struct {
 }
 
 // Changes lists the changes of one entity in [from, to) in history order,
-// truncates of its type included (their entity id is 0).
+// truncates of its type included (their entity id is 0). It holds them all
+// in memory; ChangesSeq reads them one by one.
 func (r *Reader) Changes(ctx context.Context, entityType string, id int64, from, to int64) ([]Change, error) {
-	key := entityType + "/" + strconv.FormatInt(id, 10)
-	truncKey := entityType + "/0"
 	var out []Change
-	err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
-		if string(k) != key && string(k) != truncKey {
-			return true, nil
-		}
-		ev, err := value()
+	for c, err := range r.ChangesSeq(ctx, entityType, id, from, to) {
 		if err != nil {
-			return false, err
+			return nil, err
 		}
-		if ev.EntityType == entityType && (ev.EntityID == id || ev.Op == codecs.OpTruncate) {
-			out = append(out, Change{Offset: off, Event: ev})
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// ChangesSeq yields the changes Changes lists, as it reads them: a caller
+// that stops early (a page of the query server) stops the read there. An
+// error ends the sequence.
+func (r *Reader) ChangesSeq(ctx context.Context, entityType string, id int64, from, to int64) iter.Seq2[Change, error] {
+	return func(yield func(Change, error) bool) {
+		key := entityType + "/" + strconv.FormatInt(id, 10)
+		truncKey := entityType + "/0"
+		stopped := false
+		err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+			if string(k) != key && string(k) != truncKey {
+				return true, nil
+			}
+			ev, err := value()
+			if err != nil {
+				return false, err
+			}
+			if ev.EntityType == entityType && (ev.EntityID == id || ev.Op == codecs.OpTruncate) {
+				stopped = !yield(Change{Offset: off, Event: ev}, nil)
+			}
+			return !stopped, nil
+		})
+		if err != nil && !stopped {
+			yield(Change{}, err)
 		}
-		return true, nil
-	})
-	return out, err
+	}
 }
 
 // CurrentFunc returns an entity's current state (nil if it has none) from a
