@@ -1,12 +1,14 @@
 package topology
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -76,12 +78,153 @@ type ServeConfig struct {
 	// set ":8080" (or an interface's address) to serve other hosts.
 	// Environment: CHANGES_SERVE_LISTEN.
 	Listen string `yaml:"listen"`
-	// Token, when set, is the bearer token every /v1 request must carry
+	// Token, when set, is a bearer token /v1 requests may carry
 	// ("Authorization: Bearer <token>"); /healthz, /readyz and /metrics stay
-	// open. Prefer the environment: CHANGES_SERVE_TOKEN.
+	// open. With Token, Tokens and TokenFile all empty, /v1 is open too.
+	// Kept for older configs: Tokens and TokenFile hold several.
 	Token string `yaml:"token"`
+	// Tokens are more accepted bearer tokens: a request carrying any of
+	// Token, Tokens or TokenFile's tokens passes. To rotate without downtime,
+	// add the new token, move the clients, then remove the old one.
+	// Environment: CHANGES_SERVE_TOKEN, comma-separated, replaces Token and
+	// Tokens (prefer it, or TokenFile, to writing secrets in this file).
+	Tokens []string `yaml:"tokens"`
+	// TokenFile names a file of accepted bearer tokens, one per line; blank
+	// lines and lines starting with # are ignored, and a file that holds no
+	// token is an error (it would open /v1). Read when `changes serve`
+	// starts, in addition to Token and Tokens. Environment:
+	// CHANGES_SERVE_TOKEN_FILE.
+	TokenFile string `yaml:"token_file"`
+	// TLS, when its files are set, serves HTTPS only, so that tokens do not
+	// cross the network in clear.
+	TLS ServeTLSConfig `yaml:"tls"`
 	// Types are the entity types served. Default: every declared type.
 	Types []string `yaml:"types"`
+	// ReadTimeout bounds reading a request, headers and body (the headers
+	// alone get at most 5s). Default: 10s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds sending one answer, from its first byte: a client
+	// that stops reading loses its connection then, and with it the request
+	// slot it held. Answers are at most MaxResponseBytes (plus one entity),
+	// so the default asks a client for about 140 KB/s. Default: 30s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdleTimeout is how long a keep-alive connection may wait for its next
+	// request before the server closes it. Default: 60s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxResponseBytes bounds the JSON of a page (the entity listing, an
+	// entity's history): a page ends before the entity or change that would
+	// cross it, and next_after continues from there. A page holds at least
+	// one, however large. Default: 4194304 (4 MiB).
+	MaxResponseBytes int `yaml:"max_response_bytes"`
+	// MaxInFlight is how many /v1 requests are served at once. Default: 32.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxWaiting is how many more /v1 requests may wait for one of those;
+	// beyond, a request gets 503 with Retry-After at once. Default: 64.
+	MaxWaiting int `yaml:"max_waiting"`
+	// MaxWait is how long a request waits for a slot (of MaxInFlight, then
+	// of HistoryScans) before it gets 503 with Retry-After. Default: 10s.
+	MaxWait time.Duration `yaml:"max_wait"`
+	// HistoryScans is how many of the requests in flight may read the
+	// history topic at once; each reads it from its start. At most
+	// MaxInFlight. Default: 2.
+	HistoryScans int `yaml:"history_scans"`
+}
+
+// Defaults of the query server's limits (ServeConfig); views/server
+// applies them too, to a Config that leaves them zero.
+const (
+	DefaultServeReadTimeout      = 10 * time.Second
+	DefaultServeWriteTimeout     = 30 * time.Second
+	DefaultServeIdleTimeout      = 60 * time.Second
+	DefaultServeMaxResponseBytes = 4 << 20
+	DefaultServeMaxInFlight      = 32
+	DefaultServeMaxWaiting       = 64
+	DefaultServeMaxWait          = 10 * time.Second
+	DefaultServeHistoryScans     = 2
+)
+
+// ServeTLSConfig is the query server's certificate. Both files are PEM;
+// the certificate file may hold the chain after the leaf. They are read
+// once, when `changes serve` starts.
+type ServeTLSConfig struct {
+	// CertFile is the certificate (chain). Environment:
+	// CHANGES_SERVE_TLS_CERT_FILE.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is its private key. Environment: CHANGES_SERVE_TLS_KEY_FILE.
+	KeyFile string `yaml:"key_file"`
+}
+
+// Enabled reports whether the server serves HTTPS.
+func (t ServeTLSConfig) Enabled() bool { return t.CertFile != "" }
+
+// LoadTokens returns every accepted bearer token: Token, Tokens and the
+// tokens of TokenFile, each once. An unreadable token file, one that holds
+// no token, or a token with white space or control characters is a
+// *FieldError naming serve.token_file.
+func (s ServeConfig) LoadTokens() ([]string, error) {
+	all := append([]string{s.Token}, s.Tokens...)
+	if s.TokenFile != "" {
+		f, err := os.Open(s.TokenFile)
+		if err != nil {
+			return nil, fieldErr("serve.token_file", "%v", err)
+		}
+		defer f.Close()
+		fromFile, err := ParseTokens(f)
+		if err != nil {
+			return nil, fieldErr("serve.token_file", "%s: %v", s.TokenFile, err)
+		}
+		if len(fromFile) == 0 {
+			return nil, fieldErr("serve.token_file", "%s holds no token (a token per line; # starts a comment line)", s.TokenFile)
+		}
+		all = append(all, fromFile...)
+	}
+	var out []string
+	for _, t := range all {
+		if t != "" && !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// ParseTokens reads bearer tokens, one per line. Blank lines and lines
+// whose first non-blank character is # are ignored; white space around a
+// token is removed. A token with white space or control characters inside
+// is an error naming its line.
+func ParseTokens(r io.Reader) ([]string, error) {
+	var out []string
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if reason := badToken(line); reason != "" {
+			return nil, fmt.Errorf("line %d: %s", n, reason)
+		}
+		out = append(out, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// badToken says what is wrong with a bearer token, or "" if nothing is: a
+// token travels in an HTTP header, so it is visible ASCII without spaces.
+func badToken(t string) string {
+	if t == "" {
+		return "is empty"
+	}
+	if strings.TrimSpace(t) != t {
+		return "has leading or trailing white space"
+	}
+	for _, c := range []byte(t) {
+		if c <= ' ' || c > '~' {
+			return fmt.Sprintf("has a character that is not visible ASCII (%q)", c)
+		}
+	}
+	return ""
 }
 
 // KafkaConfig says how to reach Kafka and how to write to it.
@@ -256,7 +399,15 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("CHANGES_TOPIC_PREFIX", &c.Topics.Prefix)
 	str("CHANGES_STORAGE_DIR", &c.Storage)
 	str("CHANGES_SERVE_LISTEN", &c.Serve.Listen)
-	str("CHANGES_SERVE_TOKEN", &c.Serve.Token)
+	if v, ok := lookup("CHANGES_SERVE_TOKEN"); ok && v != "" {
+		c.Serve.Token, c.Serve.Tokens = "", splitList(v)
+		if len(c.Serve.Tokens) == 0 {
+			return fmt.Errorf("CHANGES_SERVE_TOKEN: %q holds no token", v)
+		}
+	}
+	str("CHANGES_SERVE_TOKEN_FILE", &c.Serve.TokenFile)
+	str("CHANGES_SERVE_TLS_CERT_FILE", &c.Serve.TLS.CertFile)
+	str("CHANGES_SERVE_TLS_KEY_FILE", &c.Serve.TLS.KeyFile)
 	str("CHANGES_MONITOR_LISTEN", &c.Monitor.Listen)
 	if v, ok := lookup("CHANGES_METRICS_LISTEN"); ok {
 		c.Metrics = v // empty disables
@@ -296,7 +447,7 @@ func (c *Config) applyDefaults() {
 		c.Topics.DeleteGrace = DefaultDeleteGrace
 	}
 	setDefault(&c.Storage, DefaultStorage)
-	setDefault(&c.Serve.Listen, DefaultServeListen)
+	c.Serve.applyDefaults()
 	setDefault(&c.Monitor.Listen, DefaultMonitorListen)
 	if c.Monitor.StaleAfter == 0 {
 		c.Monitor.StaleAfter = DefaultStaleAfter
@@ -315,6 +466,26 @@ func (c *Config) applyDefaults() {
 		}
 		if e.Table != "" && !strings.Contains(e.Table, ".") {
 			e.Table = "public." + e.Table
+		}
+	}
+}
+
+func (s *ServeConfig) applyDefaults() {
+	setDefault(&s.Listen, DefaultServeListen)
+	for _, d := range []struct {
+		dst *time.Duration
+		def time.Duration
+	}{{&s.ReadTimeout, DefaultServeReadTimeout}, {&s.WriteTimeout, DefaultServeWriteTimeout}, {&s.IdleTimeout, DefaultServeIdleTimeout}, {&s.MaxWait, DefaultServeMaxWait}} {
+		if *d.dst == 0 {
+			*d.dst = d.def
+		}
+	}
+	for _, d := range []struct {
+		dst *int
+		def int
+	}{{&s.MaxResponseBytes, DefaultServeMaxResponseBytes}, {&s.MaxInFlight, DefaultServeMaxInFlight}, {&s.MaxWaiting, DefaultServeMaxWaiting}, {&s.HistoryScans, DefaultServeHistoryScans}} {
+		if *d.dst == 0 {
+			*d.dst = d.def
 		}
 	}
 }
@@ -419,8 +590,8 @@ func (c *Config) Validate() error {
 	if _, port, ok := strings.Cut(c.Serve.Listen, ":"); !ok || port == "" {
 		return fieldErr("serve.listen", "must be host:port or :port, got %q", c.Serve.Listen)
 	}
-	if strings.TrimSpace(c.Serve.Token) != c.Serve.Token {
-		return fieldErr("serve.token", "has leading or trailing white space")
+	if err := c.Serve.validate(); err != nil {
+		return err
 	}
 	if _, port, ok := strings.Cut(c.Monitor.Listen, ":"); !ok || port == "" {
 		return fieldErr("monitor.listen", "must be host:port or :port, got %q", c.Monitor.Listen)
@@ -441,6 +612,46 @@ func (c *Config) Validate() error {
 		if _, ok := types[typ]; !ok {
 			return fieldErr(fmt.Sprintf("serve.types[%d]", i), "%q is not a declared entity type", typ)
 		}
+	}
+	return nil
+}
+
+func (s *ServeConfig) validate() error {
+	if s.Token != "" {
+		if reason := badToken(s.Token); reason != "" {
+			return fieldErr("serve.token", "%s", reason)
+		}
+	}
+	for i, t := range s.Tokens {
+		if reason := badToken(t); reason != "" {
+			return fieldErr(fmt.Sprintf("serve.tokens[%d]", i), "%s", reason)
+		}
+	}
+	if s.TLS.CertFile != "" && s.TLS.KeyFile == "" {
+		return fieldErr("serve.tls.key_file", "is required with serve.tls.cert_file")
+	}
+	if s.TLS.KeyFile != "" && s.TLS.CertFile == "" {
+		return fieldErr("serve.tls.cert_file", "is required with serve.tls.key_file")
+	}
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"serve.read_timeout", s.ReadTimeout}, {"serve.write_timeout", s.WriteTimeout}, {"serve.idle_timeout", s.IdleTimeout}, {"serve.max_wait", s.MaxWait}} {
+		if d.v < time.Millisecond {
+			return fieldErr(d.field, "must be at least 1ms, got %s", d.v)
+		}
+	}
+	if s.MaxResponseBytes < 1024 {
+		return fieldErr("serve.max_response_bytes", "must be at least 1024, got %d", s.MaxResponseBytes)
+	}
+	if s.MaxInFlight < 1 || s.MaxInFlight > 100000 {
+		return fieldErr("serve.max_in_flight", "must be between 1 and 100000, got %d", s.MaxInFlight)
+	}
+	if s.MaxWaiting < 1 || s.MaxWaiting > 1000000 {
+		return fieldErr("serve.max_waiting", "must be between 1 and 1000000, got %d", s.MaxWaiting)
+	}
+	if s.HistoryScans < 1 || s.HistoryScans > s.MaxInFlight {
+		return fieldErr("serve.history_scans", "must be between 1 and serve.max_in_flight (%d), got %d", s.MaxInFlight, s.HistoryScans)
 	}
 	return nil
 }

@@ -24,6 +24,9 @@ var envVars = []string{
 	"CHANGES_TOPIC_PREFIX",
 	"CHANGES_SERVE_LISTEN",
 	"CHANGES_SERVE_TOKEN",
+	"CHANGES_SERVE_TOKEN_FILE",
+	"CHANGES_SERVE_TLS_CERT_FILE",
+	"CHANGES_SERVE_TLS_KEY_FILE",
 	"CHANGES_MONITOR_LISTEN",
 	"CHANGES_STORAGE_DIR",
 	"CHANGES_METRICS_LISTEN",
@@ -77,7 +80,21 @@ topics:
   delete_grace: 30m
 storage: /var/lib/x
 metrics: 0.0.0.0:9000
-serve: {listen: ":8081", token: s3cret, types: [campaign]}
+serve:
+  listen: ":8081"
+  token: s3cret
+  tokens: [n3xt, 0ther]
+  token_file: /etc/changes/tokens
+  tls: {cert_file: /etc/changes/cert.pem, key_file: /etc/changes/key.pem}
+  types: [campaign]
+  read_timeout: 2s
+  write_timeout: 3m
+  idle_timeout: 5s
+  max_response_bytes: 65536
+  max_in_flight: 8
+  max_waiting: 4
+  max_wait: 250ms
+  history_scans: 3
 monitor: {listen: ":9999", stale_after: 5s, remember: 10m, remember_events: 5000, audit_rate: 0}
 entities:
   - type: account
@@ -130,7 +147,22 @@ func TestParseFull(t *testing.T) {
 		},
 		Storage: "/var/lib/x",
 		Metrics: "0.0.0.0:9000",
-		Serve:   topology.ServeConfig{Listen: ":8081", Token: "s3cret", Types: []string{"campaign"}},
+		Serve: topology.ServeConfig{
+			Listen:           ":8081",
+			Token:            "s3cret",
+			Tokens:           []string{"n3xt", "0ther"},
+			TokenFile:        "/etc/changes/tokens",
+			TLS:              topology.ServeTLSConfig{CertFile: "/etc/changes/cert.pem", KeyFile: "/etc/changes/key.pem"},
+			Types:            []string{"campaign"},
+			ReadTimeout:      2 * time.Second,
+			WriteTimeout:     3 * time.Minute,
+			IdleTimeout:      5 * time.Second,
+			MaxResponseBytes: 65536,
+			MaxInFlight:      8,
+			MaxWaiting:       4,
+			MaxWait:          250 * time.Millisecond,
+			HistoryScans:     3,
+		},
 		Monitor: topology.MonitorConfig{Listen: ":9999", StaleAfter: 5 * time.Second, Remember: 10 * time.Minute, RememberEvents: 5000, AuditRate: 0},
 		Entities: []topology.EntityConfig{
 			{Type: "account", Table: "billing.accounts", IDColumn: "account_id", Partitions: 12},
@@ -175,6 +207,16 @@ func TestParseDefaults(t *testing.T) {
 		{"monitor.remember", cfg.Monitor.Remember, topology.DefaultRemember, 15 * time.Minute},
 		{"monitor.remember_events", cfg.Monitor.RememberEvents, topology.DefaultRememberEvents, 1000000},
 		{"monitor.audit_rate", cfg.Monitor.AuditRate, topology.DefaultAuditRate, 1.0},
+		{"serve.listen", cfg.Serve.Listen, topology.DefaultServeListen, "127.0.0.1:8080"},
+		{"serve.read_timeout", cfg.Serve.ReadTimeout, topology.DefaultServeReadTimeout, 10 * time.Second},
+		{"serve.write_timeout", cfg.Serve.WriteTimeout, topology.DefaultServeWriteTimeout, 30 * time.Second},
+		{"serve.idle_timeout", cfg.Serve.IdleTimeout, topology.DefaultServeIdleTimeout, 60 * time.Second},
+		{"serve.max_response_bytes", cfg.Serve.MaxResponseBytes, topology.DefaultServeMaxResponseBytes, 4194304},
+		{"serve.max_in_flight", cfg.Serve.MaxInFlight, topology.DefaultServeMaxInFlight, 32},
+		{"serve.max_waiting", cfg.Serve.MaxWaiting, topology.DefaultServeMaxWaiting, 64},
+		{"serve.max_wait", cfg.Serve.MaxWait, topology.DefaultServeMaxWait, 10 * time.Second},
+		{"serve.history_scans", cfg.Serve.HistoryScans, topology.DefaultServeHistoryScans, 2},
+		{"serve.tls", cfg.Serve.TLS.Enabled(), false, false},
 		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
 		{"entities[0].partitions", e.Partitions, topology.DefaultPartitions, 8},
 		{"entities[0].table", e.Table, "public.accounts", "public.accounts"},
@@ -289,6 +331,41 @@ func TestParseEnvOverrides(t *testing.T) {
 			},
 		},
 		{
+			name: "serve tokens are split on commas and replace token and tokens",
+			yaml: fullYAML,
+			env:  map[string]string{"CHANGES_SERVE_TOKEN": " new1, new2 ,"},
+			check: func(t *testing.T, c *topology.Config) {
+				if c.Serve.Token != "" || !reflect.DeepEqual(c.Serve.Tokens, []string{"new1", "new2"}) {
+					t.Errorf("Token, Tokens = %q, %q; want \"\", [new1 new2]", c.Serve.Token, c.Serve.Tokens)
+				}
+			},
+		},
+		{
+			name: "a single serve token, as before",
+			yaml: minimalYAML,
+			env:  map[string]string{"CHANGES_SERVE_TOKEN": "only"},
+			check: func(t *testing.T, c *topology.Config) {
+				if got, err := c.Serve.LoadTokens(); err != nil || !reflect.DeepEqual(got, []string{"only"}) {
+					t.Errorf("LoadTokens = %q, %v; want [only]", got, err)
+				}
+			},
+		},
+		{
+			name: "serve token file and TLS files",
+			yaml: minimalYAML,
+			env: map[string]string{
+				"CHANGES_SERVE_TOKEN_FILE":    "/run/secrets/tokens",
+				"CHANGES_SERVE_TLS_CERT_FILE": "/run/secrets/cert.pem",
+				"CHANGES_SERVE_TLS_KEY_FILE":  "/run/secrets/key.pem",
+			},
+			check: func(t *testing.T, c *topology.Config) {
+				want := topology.ServeTLSConfig{CertFile: "/run/secrets/cert.pem", KeyFile: "/run/secrets/key.pem"}
+				if c.Serve.TokenFile != "/run/secrets/tokens" || c.Serve.TLS != want || !c.Serve.TLS.Enabled() {
+					t.Errorf("TokenFile, TLS = %q, %+v", c.Serve.TokenFile, c.Serve.TLS)
+				}
+			},
+		},
+		{
 			name: "empty values of the other variables count as unset",
 			yaml: fullYAML,
 			env: map[string]string{
@@ -299,6 +376,10 @@ func TestParseEnvOverrides(t *testing.T) {
 				"CHANGES_POSTGRES_PUBLICATION":     "",
 				"CHANGES_TOPIC_PREFIX":             "",
 				"CHANGES_STORAGE_DIR":              "",
+				"CHANGES_SERVE_TOKEN":              "",
+				"CHANGES_SERVE_TOKEN_FILE":         "",
+				"CHANGES_SERVE_TLS_CERT_FILE":      "",
+				"CHANGES_SERVE_TLS_KEY_FILE":       "",
 			},
 			check: func(t *testing.T, c *topology.Config) {
 				unsetEnv(t)
@@ -359,6 +440,8 @@ func TestParseEnvErrors(t *testing.T) {
 		{"slot with uppercase", "CHANGES_POSTGRES_SLOT", "Slot", "postgres.slot", `"Slot"`},
 		{"publication not an identifier", "CHANGES_POSTGRES_PUBLICATION", "a-b", "postgres.publication", `"a-b"`},
 		{"prefix with a space", "CHANGES_TOPIC_PREFIX", "a b", "topics.prefix", `"a b"`},
+		{"serve token list without a token", "CHANGES_SERVE_TOKEN", " , ", "", "CHANGES_SERVE_TOKEN"},
+		{"serve token with a space inside", "CHANGES_SERVE_TOKEN", "good,b ad", "serve.tokens[1]", "visible ASCII"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -492,6 +575,22 @@ func TestParseInvalid(t *testing.T) {
 		{"partitions too many", func(c *topology.Config) { c.Entities[0].Partitions = 10001 }, "entities[0].partitions"},
 		{"serve listen without port", func(c *topology.Config) { c.Serve.Listen = "localhost" }, "serve.listen"},
 		{"serve token with a newline", func(c *topology.Config) { c.Serve.Token = "abc\n" }, "serve.token"},
+		{"serve token not ASCII", func(c *topology.Config) { c.Serve.Token = "pässword" }, "serve.token"},
+		{"serve tokens empty", func(c *topology.Config) { c.Serve.Tokens = []string{"ok", ""} }, "serve.tokens[1]"},
+		{"serve tokens with a space", func(c *topology.Config) { c.Serve.Tokens = []string{"o k"} }, "serve.tokens[0]"},
+		{"serve tls cert without key", func(c *topology.Config) { c.Serve.TLS.CertFile = "cert.pem" }, "serve.tls.key_file"},
+		{"serve tls key without cert", func(c *topology.Config) { c.Serve.TLS.KeyFile = "key.pem" }, "serve.tls.cert_file"},
+		{"serve negative read timeout", func(c *topology.Config) { c.Serve.ReadTimeout = -time.Second }, "serve.read_timeout"},
+		{"serve write timeout under 1ms", func(c *topology.Config) { c.Serve.WriteTimeout = time.Microsecond }, "serve.write_timeout"},
+		{"serve negative idle timeout", func(c *topology.Config) { c.Serve.IdleTimeout = -1 }, "serve.idle_timeout"},
+		{"serve negative max wait", func(c *topology.Config) { c.Serve.MaxWait = -time.Second }, "serve.max_wait"},
+		{"serve max response bytes", func(c *topology.Config) { c.Serve.MaxResponseBytes = 1023 }, "serve.max_response_bytes"},
+		{"serve negative max in flight", func(c *topology.Config) { c.Serve.MaxInFlight = -1 }, "serve.max_in_flight"},
+		{"serve max in flight too many", func(c *topology.Config) { c.Serve.MaxInFlight = 100001 }, "serve.max_in_flight"},
+		{"serve negative max waiting", func(c *topology.Config) { c.Serve.MaxWaiting = -1 }, "serve.max_waiting"},
+		{"serve history scans beyond max in flight", func(c *topology.Config) { c.Serve.MaxInFlight, c.Serve.HistoryScans = 4, 5 }, "serve.history_scans"},
+		{"serve history scans beyond the default max in flight", func(c *topology.Config) { c.Serve.HistoryScans = 33 }, "serve.history_scans"},
+		{"serve negative history scans", func(c *topology.Config) { c.Serve.HistoryScans = -1 }, "serve.history_scans"},
 		{"monitor stale_after", func(c *topology.Config) { c.Monitor.StaleAfter = time.Millisecond }, "monitor.stale_after"},
 		{"monitor remember", func(c *topology.Config) { c.Monitor.StaleAfter = time.Hour; c.Monitor.Remember = time.Minute }, "monitor.remember"},
 		{"monitor remember_events too few", func(c *topology.Config) { c.Monitor.RememberEvents = 999 }, "monitor.remember_events"},
@@ -543,6 +642,20 @@ func TestParseBoundaries(t *testing.T) {
 		{"same table name in two schemas", func(c *topology.Config) { c.Entities[1].Table = "other.accounts" }},
 		{"remember_events 1000", func(c *topology.Config) { c.Monitor.RememberEvents = 1000 }},
 		{"remember_events 100000000", func(c *topology.Config) { c.Monitor.RememberEvents = 100_000_000 }},
+		{"serve max response bytes 1024", func(c *topology.Config) { c.Serve.MaxResponseBytes = 1024 }},
+		{"serve history scans = max in flight", func(c *topology.Config) { c.Serve.MaxInFlight, c.Serve.HistoryScans = 1, 1 }},
+		{"serve timeouts 1ms", func(c *topology.Config) {
+			c.Serve.ReadTimeout, c.Serve.WriteTimeout, c.Serve.IdleTimeout, c.Serve.MaxWait = time.Millisecond, time.Millisecond, time.Millisecond, time.Millisecond
+		}},
+		{"serve max in flight and waiting at their maximum", func(c *topology.Config) { c.Serve.MaxInFlight, c.Serve.MaxWaiting = 100000, 1000000 }},
+		{"serve token of every visible ASCII character", func(c *topology.Config) {
+			var b []byte
+			for ch := byte('!'); ch <= '~'; ch++ {
+				b = append(b, ch)
+			}
+			c.Serve.Token = string(b)
+		}},
+		{"serve tls with both files", func(c *topology.Config) { c.Serve.TLS = topology.ServeTLSConfig{CertFile: "c.pem", KeyFile: "k.pem"} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -551,6 +664,78 @@ func TestParseBoundaries(t *testing.T) {
 			tt.mutate(&c)
 			if _, err := parseConfig(t, c); err != nil {
 				t.Errorf("Parse: %v", err)
+			}
+		})
+	}
+}
+
+func TestParseTokens(t *testing.T) {
+	tests := []struct {
+		name, file string
+		want       []string
+		err        string // part of the error; "" when none
+	}{
+		{"one per line", "a1\nb2\n", []string{"a1", "b2"}, ""},
+		{"comments, blank lines and white space around", "# rotated 2026-01\n\n  old-token  \n\t# next one:\r\nnew-token\r\n   \n", []string{"old-token", "new-token"}, ""},
+		{"no final newline", "x", []string{"x"}, ""},
+		{"a # inside a token is part of it", "ab#c\n", []string{"ab#c"}, ""},
+		{"only comments", "# none yet\n\n", nil, ""},
+		{"space inside a token", "ok\nnot ok\n", nil, "line 2"},
+		{"control character", "ok\n\n\x01bad\n", nil, "line 3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := topology.ParseTokens(strings.NewReader(tt.file))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("ParseTokens = %q, %v; want an error containing %q", got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ParseTokens = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadTokens(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tokens := write("tokens", "# current\nfile1\nshared\n")
+	empty := write("empty", "# rotated out; add the next token here\n")
+	bad := write("bad", "fine\nnot fine\n")
+	tests := []struct {
+		name  string
+		serve topology.ServeConfig
+		want  []string
+		err   string // part of the error, which names serve.token_file
+	}{
+		{"none", topology.ServeConfig{}, nil, ""},
+		{"token alone", topology.ServeConfig{Token: "t"}, []string{"t"}, ""},
+		{"token, tokens and file, each once", topology.ServeConfig{Token: "shared", Tokens: []string{"a", "shared"}, TokenFile: tokens}, []string{"shared", "a", "file1"}, ""},
+		{"missing file", topology.ServeConfig{Token: "t", TokenFile: dir + "/absent"}, nil, "absent"},
+		{"file without a token", topology.ServeConfig{Token: "t", TokenFile: empty}, nil, "holds no token"},
+		{"bad line", topology.ServeConfig{TokenFile: bad}, nil, "line 2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.serve.LoadTokens()
+			if tt.err != "" {
+				var fe *topology.FieldError
+				if !errors.As(err, &fe) || fe.Field != "serve.token_file" || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("LoadTokens = %q, %v; want a serve.token_file error containing %q", got, err, tt.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("LoadTokens = %q, %v; want %q", got, err, tt.want)
 			}
 		})
 	}
