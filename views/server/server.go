@@ -1,48 +1,42 @@
-// Package server exposes views and the history over HTTP with JSON, for
-// `changes serve` and for services that mount it in their own mux.
-//
-//	GET /v1/entities/{type}/{id}              latest state of one entity
-//	GET /v1/entities/{type}?after=ID&limit=N  a page of entities in id order
-//	GET /v1/history/{type}/{id}               the entity's changes in the history
-//	GET /v1/history/{type}/{id}?at=T          its state at T (RFC 3339 time, or a history offset)
-//	GET /healthz                              the process serves
-//	GET /readyz                               every view has caught up and reaches Kafka (503 else)
-//
-// Answers that read a view carry X-Changes-Synced-At and X-Changes-Stale:
-// how current its local copy is (reads go on from it while Kafka is away).
-//
-// Errors are JSON {"error": "..."} with 400 (bad id, time or limit), 401
-// (token missing or wrong), 404 (unknown type, no such entity), 410 (older
-// than the history), 503 (not ready, or too many history reads at once).
-// Ids travel as strings, like in the
-// events: a 64-bit id stays exact in every JSON reader.
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"math"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 	"github.com/changes-dev/changes/views/history"
 )
 
-// DefaultLimit and MaxLimit bound a page of the entity listing.
+// DefaultLimit and MaxLimit bound a page of the entity listing; a page of
+// changes holds up to MaxLimit. Config.MaxResponseBytes may end a page
+// sooner.
 const (
 	DefaultLimit = 100
 	MaxLimit     = 1000
 )
 
-// Config is what the handler serves.
+// Config is what the handler serves, and its limits. The zero value of a
+// limit is its default, the one `changes serve` has (topology.ServeConfig).
 type Config struct {
 	// Views are the views served, by entity type. They must be running.
 	Views map[string]*views.View
@@ -54,49 +48,189 @@ type Config struct {
 	// which opens the reader once Kafka is back. While it returns nil the
 	// requests get 503.
 	HistoryLater func() *history.Reader
-	// Token, when not empty, is required as "Authorization: Bearer <token>"
-	// on every /v1 request.
+	// Token, when not empty, is a bearer token accepted on /v1 requests
+	// ("Authorization: Bearer <token>"); /healthz, /readyz and /metrics stay
+	// open. With Token and Tokens empty, /v1 is open too.
 	Token string
+	// Tokens are more accepted tokens: a request carrying any of Token and
+	// Tokens passes (compared in constant time). Serving the old and the new
+	// token at once rotates them without downtime.
+	Tokens []string
 	// Log receives one line per failed request. Default: slog.Default().
 	Log *slog.Logger
 	// Metrics, when not nil, is served at /metrics.
 	Metrics http.Handler
-	// HistoryScans bounds the /v1/history requests served at once: each
-	// reads the history topic from its start. More wait up to 10 s, then
-	// get 503. Default: 2.
+	// Registerer, when not nil, receives the changes_serve_* metrics.
+	Registerer prometheus.Registerer
+	// MaxInFlight bounds the /v1 requests served at once; a request holds
+	// its turn until its answer is written. Default:
+	// topology.DefaultServeMaxInFlight (32).
+	MaxInFlight int
+	// MaxWaiting bounds the /v1 requests waiting for a turn; more get 503
+	// with Retry-After at once. Default: topology.DefaultServeMaxWaiting (64).
+	MaxWaiting int
+	// MaxWait is how long a request waits for a turn (of MaxInFlight, then
+	// of HistoryScans) before it gets 503 with Retry-After. Default:
+	// topology.DefaultServeMaxWait (10s).
+	MaxWait time.Duration
+	// HistoryScans bounds the /v1/history requests reading the history at
+	// once: each reads the history topic from its start. A request gives its
+	// turn back once it has read, before it writes. Default: 2.
 	HistoryScans int
+	// MaxResponseBytes bounds the JSON of a page (see the package
+	// documentation). Default: topology.DefaultServeMaxResponseBytes (4 MiB).
+	MaxResponseBytes int
+	// WriteTimeout, when positive, is how long writing an answer may take
+	// from its first byte: a /v1 request has no write deadline while its
+	// answer is computed (a history read may take longer than writing), then
+	// this one, set through http.ResponseController. Zero leaves the
+	// http.Server's WriteTimeout alone, which counts from the request.
+	WriteTimeout time.Duration
 }
 
-// Handler returns the HTTP handler of cfg.
+// RetryAfter is the Retry-After, in seconds, of a 503 for want of a turn.
+const RetryAfter = 1
+
+// Handler returns the HTTP handler of cfg. It is safe for concurrent use.
 func Handler(cfg Config) http.Handler {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	if cfg.HistoryScans < 1 {
-		cfg.HistoryScans = 2
+	setDefault(&cfg.MaxInFlight, topology.DefaultServeMaxInFlight)
+	setDefault(&cfg.MaxWaiting, topology.DefaultServeMaxWaiting)
+	setDefault(&cfg.HistoryScans, topology.DefaultServeHistoryScans)
+	setDefault(&cfg.MaxResponseBytes, topology.DefaultServeMaxResponseBytes)
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = topology.DefaultServeMaxWait
 	}
-	s := &server{cfg: cfg, log: cfg.Log.With("component", "server"), scans: make(chan struct{}, cfg.HistoryScans)}
+	log := cfg.Log.With("component", "server")
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		log.Warn("the changes_serve_* metrics are not exported", "err", err)
+	}
+	s := &server{
+		cfg:  cfg,
+		log:  log,
+		reqs: newLimiter("requests", "requests", cfg.MaxInFlight, cfg.MaxWaiting, cfg.MaxWait, m),
+		// A request waiting for a history turn holds a request turn: those
+		// bound the waiters already.
+		scans: newLimiter("history", "history reads", cfg.HistoryScans, cfg.MaxInFlight, cfg.MaxWait, m),
+	}
+	for _, t := range append([]string{cfg.Token}, cfg.Tokens...) {
+		if t != "" {
+			s.tokens = append(s.tokens, sha256.Sum256([]byte(t)))
+		}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.ready)
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", cfg.Metrics)
 	}
-	mux.Handle("GET /v1/entities/{type}/{id}", s.auth(s.entity))
-	mux.Handle("GET /v1/entities/{type}", s.auth(s.list))
-	mux.Handle("GET /v1/history/{type}/{id}", s.auth(s.history))
+	mux.Handle("GET /v1/entities/{type}/{id}", s.v1(s.entity))
+	mux.Handle("GET /v1/entities/{type}", s.v1(s.list))
+	mux.Handle("GET /v1/history/{type}/{id}", s.v1(s.history))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.outer(mux)
+}
+
+func setDefault(dst *int, def int) {
+	if *dst <= 0 {
+		*dst = def
+	}
 }
 
 type server struct {
-	cfg   Config
-	log   *slog.Logger
-	scans chan struct{} // a token per history request in flight
+	cfg    Config
+	log    *slog.Logger
+	tokens [][sha256.Size]byte // of the accepted tokens; none: /v1 is open
+	reqs   *limiter            // every /v1 request
+	scans  *limiter            // /v1/history requests while they read the history
+}
+
+// outer is around every request: nosniff on every answer (a JSON error
+// body that echoes a path must never be taken for HTML), and a panic
+// answered as an internal error rather than a dropped connection.
+func (s *server) outer(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("panic: %v\n%s", p, debug.Stack()))
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// v1 is around every /v1 request: the token first (a request without one
+// takes no turn), then a turn of MaxInFlight.
+func (s *server) v1(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.authorized(w, r) {
+			return
+		}
+		release, err := s.reqs.acquire(r.Context())
+		if err != nil {
+			s.busy(w, r, err)
+			return
+		}
+		defer release()
+		if s.cfg.WriteTimeout > 0 {
+			// No write deadline while the answer is computed: write sets
+			// one when the first byte goes out.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		}
+		h(w, r)
+	})
+}
+
+// authorized reports whether r may pass, and answers 401 if not.
+func (s *server) authorized(w http.ResponseWriter, r *http.Request) bool {
+	if len(s.tokens) == 0 {
+		return true
+	}
+	header := r.Header.Get("Authorization")
+	scheme, token, _ := strings.Cut(header, " ")
+	if strings.EqualFold(scheme, "Bearer") && s.accepts(token) {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="changes"`)
+	msg := "missing bearer token"
+	if header != "" {
+		msg = "wrong bearer token"
+	}
+	s.fail(w, r, http.StatusUnauthorized, errors.New(msg))
+	return false
+}
+
+// accepts compares token with every accepted one, each time all of them,
+// through their SHA-256: the time taken says neither which token came
+// close nor how long the tokens are.
+func (s *server) accepts(token string) bool {
+	sum := sha256.Sum256([]byte(token))
+	ok := 0
+	for _, want := range s.tokens {
+		ok |= subtle.ConstantTimeCompare(sum[:], want[:])
+	}
+	return ok == 1
+}
+
+// busy answers a request that got no turn: 503, with Retry-After unless
+// the client left while it waited (then nobody reads the answer).
+func (s *server) busy(w http.ResponseWriter, r *http.Request, err error) {
+	var b *busyError
+	if errors.As(err, &b) {
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+	}
+	s.fail(w, r, http.StatusServiceUnavailable, err)
 }
 
 // Entity is the JSON of one entity's state.
@@ -113,7 +247,7 @@ func entityOf(st *codecs.State) Entity {
 }
 
 // Page is the JSON of a page of the listing. NextAfter, when present, is the
-// after= of the next page.
+// after= of the next page; absent, the page ended the listing.
 type Page struct {
 	Entities  []Entity `json:"entities"`
 	NextAfter string   `json:"next_after,omitempty"`
@@ -131,35 +265,35 @@ type StateAt struct {
 	Entity *Entity `json:"entity,omitempty"`
 }
 
-// Changes is the JSON of an entity's changes.
+// Changes is the JSON of a page of an entity's changes, in history order.
 type Changes struct {
 	Type    string           `json:"type"`
 	ID      int64            `json:"id,string"`
 	Changes []history.Change `json:"changes"`
+	// NextAfter, when present, is the after= of the next page (the offset
+	// of the page's last change); absent, the page reached the history's
+	// end as of the request.
+	NextAfter string `json:"next_after,omitempty"`
+}
+
+// pageJSON and changesJSON are Page and Changes with their items already
+// encoded, as the byte budget measured them.
+type pageJSON struct {
+	Entities  []json.RawMessage `json:"entities"`
+	NextAfter string            `json:"next_after,omitempty"`
+}
+
+type changesJSON struct {
+	Type      string            `json:"type"`
+	ID        int64             `json:"id,string"`
+	Changes   []json.RawMessage `json:"changes"`
+	NextAfter string            `json:"next_after,omitempty"`
 }
 
 type errorBody struct {
 	Error string `json:"error"`
-}
-
-func (s *server) auth(h http.HandlerFunc) http.Handler {
-	if s.cfg.Token == "" {
-		return h
-	}
-	want := []byte("Bearer " + s.cfg.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="changes"`)
-			msg := "missing bearer token"
-			if len(got) > 0 {
-				msg = "wrong bearer token"
-			}
-			s.fail(w, r, http.StatusUnauthorized, errors.New(msg))
-			return
-		}
-		h(w, r)
-	})
+	// ID, on a 500, is the request_id of the log line with the detail.
+	ID string `json:"id,omitempty"`
 }
 
 func (s *server) view(w http.ResponseWriter, r *http.Request) (*views.View, bool) {
@@ -215,7 +349,7 @@ func (s *server) entity(w http.ResponseWriter, r *http.Request) {
 	case st == nil:
 		s.fail(w, r, http.StatusNotFound, fmt.Errorf("%s %d not found", v.EntityType(), id))
 	default:
-		writeJSON(w, http.StatusOK, entityOf(st))
+		s.writeJSON(w, r, http.StatusOK, entityOf(st))
 	}
 }
 
@@ -233,51 +367,103 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if after == math.MaxInt64 {
-			writeJSON(w, http.StatusOK, Page{Entities: []Entity{}})
+			s.writeJSON(w, r, http.StatusOK, Page{Entities: []Entity{}})
 			return
 		}
 		first = after + 1
 	}
-	limit := DefaultLimit
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > MaxLimit {
-			s.fail(w, r, http.StatusBadRequest, fmt.Errorf("limit %q must be an integer from 1 to %d", l, MaxLimit))
-			return
-		}
-		limit = n
+	limit, ok := s.limit(w, r, DefaultLimit)
+	if !ok {
+		return
 	}
-	page := Page{Entities: make([]Entity, 0, min(limit, 64))}
-	more := false
+	items := s.newItems()
+	page := pageJSON{}
+	var lastID int64
 	for st, err := range v.Range(r.Context(), first, math.MaxInt64) {
 		if err != nil {
 			s.fail(w, r, statusOf(err), err)
 			return
 		}
-		if len(page.Entities) == limit {
-			more = true
+		fits, err := items.add(limit, entityOf(st))
+		if err != nil {
+			s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("encode %s %d: %w", st.EntityType, st.EntityID, err))
+			return
+		}
+		if !fits {
+			page.NextAfter = strconv.FormatInt(lastID, 10)
 			break
 		}
-		page.Entities = append(page.Entities, entityOf(st))
+		lastID = st.EntityID
 	}
-	if more {
-		page.NextAfter = strconv.FormatInt(page.Entities[len(page.Entities)-1].ID, 10)
-	}
-	writeJSON(w, http.StatusOK, page)
+	page.Entities = items.raw
+	s.writeJSON(w, r, http.StatusOK, page)
 }
 
-func (s *server) history(w http.ResponseWriter, r *http.Request) {
+// limit parses the limit parameter: 1 to MaxLimit, def when absent.
+func (s *server) limit(w http.ResponseWriter, r *http.Request, def int) (int, bool) {
+	l := r.URL.Query().Get("limit")
+	if l == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(l)
+	if err != nil || n < 1 || n > MaxLimit {
+		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("limit %q must be an integer from 1 to %d", l, MaxLimit))
+		return 0, false
+	}
+	return n, true
+}
+
+// items are the encoded items of a page, within the byte budget.
+type items struct {
+	raw    []json.RawMessage
+	size   int
+	budget int
+}
+
+// pageOverhead is what a page's JSON holds besides its items (type, id,
+// next_after and punctuation), kept out of the items' budget.
+const pageOverhead = 256
+
+func (s *server) newItems() *items {
+	return &items{raw: []json.RawMessage{}, budget: s.cfg.MaxResponseBytes - pageOverhead}
+}
+
+// add encodes v and appends it if the page has fewer than limit items and
+// stays within its budget, or is empty: a page holds at least one item.
+// It reports whether v was appended; if not, the page is full.
+func (it *items) add(limit int, v any) (bool, error) {
+	if len(it.raw) >= limit {
+		return false, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
+	if len(it.raw) > 0 && it.size+1+len(b) > it.budget {
+		return false, nil
+	}
+	it.raw = append(it.raw, b)
+	it.size += len(b) + 1 // and a comma
+	return true, nil
+}
+
+// historyReader returns the history reader, or answers 404 or 503.
+func (s *server) historyReader(w http.ResponseWriter, r *http.Request) (*history.Reader, bool) {
 	h := s.cfg.History
 	switch {
 	case h == nil && s.cfg.HistoryLater == nil:
 		s.fail(w, r, http.StatusNotFound, errors.New("this server does not read the history"))
-		return
+		return nil, false
 	case h == nil:
 		if h = s.cfg.HistoryLater(); h == nil {
 			s.fail(w, r, http.StatusServiceUnavailable, errors.New("the history is not reachable yet (kafka); try again later"))
-			return
+			return nil, false
 		}
 	}
+	return h, true
+}
+
+func (s *server) history(w http.ResponseWriter, r *http.Request) {
 	v, ok := s.view(w, r)
 	if !ok {
 		return
@@ -286,41 +472,94 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	typ := v.EntityType()
-	wait := time.NewTimer(10 * time.Second)
-	defer wait.Stop()
-	select {
-	case s.scans <- struct{}{}:
-		defer func() { <-s.scans }()
-	case <-wait.C:
-		s.fail(w, r, http.StatusServiceUnavailable, fmt.Errorf("%d history reads are running; try again later", cap(s.scans)))
-		return
-	case <-r.Context().Done():
-		s.fail(w, r, http.StatusServiceUnavailable, r.Context().Err())
+	q := r.URL.Query()
+	at := q.Get("at")
+	if at != "" && (q.Has("after") || q.Has("limit")) {
+		s.fail(w, r, http.StatusBadRequest, errors.New("at= answers one state; after= and limit= page the list of changes"))
 		return
 	}
-	at := r.URL.Query().Get("at")
+	from := int64(0)
+	if a := q.Get("after"); a != "" {
+		after, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || after < 0 || after == math.MaxInt64 {
+			s.fail(w, r, http.StatusBadRequest, fmt.Errorf("after %q is not a history offset", a))
+			return
+		}
+		from = after + 1
+	}
+	limit, ok := s.limit(w, r, MaxLimit)
+	if !ok {
+		return
+	}
+	h, ok := s.historyReader(w, r)
+	if !ok {
+		return
+	}
+	// The history turn covers the reading only: the answer is in memory
+	// (a page within its budget, or one state) before it is written, so a
+	// client that reads slowly holds no turn of the history.
+	release, err := s.scans.acquire(r.Context())
+	if err != nil {
+		s.busy(w, r, err)
+		return
+	}
+	defer release() // on a panic; released below otherwise
+	var out any
 	if at == "" {
-		b, err := h.Bounds(r.Context())
-		if err != nil {
-			s.fail(w, r, statusOf(err), err)
-			return
-		}
-		changes, err := h.Changes(r.Context(), typ, id, b.Start, b.End)
-		if err != nil {
-			s.fail(w, r, statusOf(err), err)
-			return
-		}
-		if changes == nil {
-			changes = []history.Change{}
-		}
-		writeJSON(w, http.StatusOK, Changes{Type: typ, ID: id, Changes: changes})
-		return
+		out, err = s.changes(r.Context(), h, v.EntityType(), id, from, limit)
+	} else {
+		out, err = s.stateAt(r.Context(), h, v, id, at)
 	}
-	end, err := EndOffset(r.Context(), h, at)
+	release()
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+// changeSource is what changes reads: a *history.Reader, or a test's fake.
+type changeSource interface {
+	Bounds(ctx context.Context) (history.Bounds, error)
+	ChangesSeq(ctx context.Context, entityType string, id int64, from, to int64) iter.Seq2[history.Change, error]
+}
+
+// changes reads a page of an entity's changes from offset from.
+func (s *server) changes(ctx context.Context, h changeSource, typ string, id, from int64, limit int) (*changesJSON, error) {
+	b, err := h.Bounds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if from > 0 && from < b.Start {
+		return nil, fmt.Errorf("%w: offset %d is before the history's start at offset %d (retention %s)", history.ErrBeforeHistory, from, b.Start, b.Retention)
+	}
+	items := s.newItems()
+	out := &changesJSON{Type: typ, ID: id}
+	last := int64(-1)
+	for c, err := range h.ChangesSeq(ctx, typ, id, max(from, b.Start), b.End) {
+		if err != nil {
+			return nil, err
+		}
+		fits, err := items.add(limit, c)
+		if err != nil {
+			return nil, fmt.Errorf("encode the change at history offset %d: %w", c.Offset, err)
+		}
+		if !fits {
+			out.NextAfter = strconv.FormatInt(last, 10)
+			break
+		}
+		last = c.Offset
+	}
+	out.Changes = items.raw
+	return out, nil
+}
+
+// stateAt reads the state of one entity at the time or offset at.
+func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id int64, at string) (*StateAt, error) {
+	typ := v.EntityType()
+	end, err := EndOffset(ctx, h, at)
+	if err != nil {
+		return nil, err
 	}
 	// Entities unchanged since the history's start: the view vouches for
 	// them once it has caught up.
@@ -330,17 +569,16 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		}
 		return v.Get(ctx, id)
 	}
-	st, err := h.EntityAt(r.Context(), typ, id, end, current)
+	st, err := h.EntityAt(ctx, typ, id, end, current)
 	if err != nil {
-		s.fail(w, r, statusOf(err), err)
-		return
+		return nil, err
 	}
-	out := StateAt{Type: typ, ID: id, At: at, HistoryOffset: end}
+	out := &StateAt{Type: typ, ID: id, At: at, HistoryOffset: end}
 	if st != nil {
 		e := entityOf(st)
 		out.Entity = &e
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
 // EndOffset parses at, an RFC 3339 time or a history offset, into the end
@@ -413,23 +651,65 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	if !ready {
 		code = http.StatusServiceUnavailable
 	}
-	writeJSON(w, code, map[string]any{"ready": ready, "views": status, "stale_seconds": stale})
+	s.writeJSON(w, r, code, map[string]any{"ready": ready, "views": status, "stale_seconds": stale})
 }
 
+// fail answers err with code and logs it. A 500 answers only "internal
+// error" and an id: the detail (an address, a storage path, a panic) is
+// for the log line that carries the same request_id, not for the client.
 func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, err error) {
 	level := slog.LevelDebug
-	if code >= 500 {
+	var busy *busyError
+	if code >= 500 && !errors.As(err, &busy) && !errors.Is(err, context.Canceled) {
+		// Turns refused and clients gone are counted, not logged: a flood
+		// of them must not become a flood of log lines.
 		level = slog.LevelError
 	}
-	s.log.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
-	writeJSON(w, code, errorBody{Error: err.Error()})
+	body := errorBody{Error: err.Error()}
+	attrs := []any{"method", r.Method, "path", r.URL.Path, "status", code, "err", err}
+	if code == http.StatusInternalServerError {
+		body = errorBody{Error: "internal error", ID: requestID()}
+		attrs = append(attrs, "request_id", body.ID)
+	}
+	s.log.Log(r.Context(), level, "request failed", attrs...)
+	s.writeJSON(w, r, code, body)
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
+// requestID is a random id that ties a 500 to its log line.
+func requestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
+// writeJSON writes v as the JSON answer.
+func (s *server) writeJSON(w http.ResponseWriter, r *http.Request, code int, v any) {
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+		if _, isErr := v.(errorBody); isErr || code == http.StatusInternalServerError {
+			http.Error(w, `{"error":"internal error"}`, http.StatusInternalServerError)
+			return
+		}
+		s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("encode the answer: %w", err))
+		return
+	}
+	s.write(w, r, code, buf.Bytes())
+}
+
+// write writes a JSON answer whose every byte is known: its length goes in
+// Content-Length (a cut answer is then seen as cut), and with
+// Config.WriteTimeout the write deadline starts now.
+func (s *server) write(w http.ResponseWriter, r *http.Request, code int, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if s.cfg.WriteTimeout > 0 {
+		// ErrNotSupported by a wrapping ResponseWriter without Unwrap:
+		// the http.Server's WriteTimeout then applies.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	}
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	if err := enc.Encode(v); err != nil && !strings.Contains(err.Error(), "broken pipe") {
-		slog.Debug("write response", "err", err)
+	if _, err := w.Write(body); err != nil {
+		s.log.Debug("write the answer", "method", r.Method, "path", r.URL.Path, "bytes", len(body), "err", err)
 	}
 }

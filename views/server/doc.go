@@ -1,0 +1,47 @@
+// Package server exposes views and the history over HTTP with JSON, for
+// `changes serve` and for services that mount it in their own mux.
+//
+//	GET /v1/entities/{type}/{id}                    latest state of one entity
+//	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in id order
+//	GET /v1/history/{type}/{id}?after=OFFSET&limit=N  a page of the entity's changes in the history
+//	GET /v1/history/{type}/{id}?at=T                its state at T (RFC 3339 time, or a history offset)
+//	GET /healthz                                    the process serves
+//	GET /readyz                                     every view has caught up and reaches Kafka (503 else)
+//
+// Answers that read a view carry X-Changes-Synced-At and X-Changes-Stale:
+// how current its local copy is (reads go on from it while Kafka is away).
+// Ids travel as strings, like in the events: a 64-bit id stays exact in
+// every JSON reader.
+//
+// # Pages
+//
+// A page of entities (limit 1 to MaxLimit, DefaultLimit when absent) or of
+// changes (up to MaxLimit) ends early once its JSON would pass
+// Config.MaxResponseBytes; next_after, when present, is the after= of the
+// next page, and its absence means the page ended the list. A page holds at
+// least one item, however large, so that paging always moves on. The
+// changes are paged by history offset: a client that follows next_after
+// sees every change once, in history order, changes made meanwhile
+// included.
+//
+// # Errors
+//
+// Errors are JSON {"error": "..."} with 400 (bad id, time, offset or
+// limit), 401 (token missing or wrong), 404 (unknown type, no such entity),
+// 410 (older than the history) and 503 (not ready, or too many requests:
+// then with Retry-After). A 500 says only {"error": "internal error",
+// "id": "..."}: the detail is logged with the same request_id.
+//
+// # Hostile clients
+//
+// Every answer carries X-Content-Type-Options: nosniff. Bearer tokens are
+// compared in constant time, and several are accepted at once, for
+// rotation. The /v1 requests served at once are bounded, and so is the
+// number waiting for a turn and the wait (Config.MaxInFlight, MaxWaiting,
+// MaxWait); the /v1/history requests reading the history at once too
+// (HistoryScans), each giving its turn back before it writes its answer.
+// With Config.WriteTimeout, writing an answer may take that long from its
+// first byte, however long computing it took, so a client that stops
+// reading frees its turn then; the http.Server's own ReadTimeout,
+// IdleTimeout and ReadHeaderTimeout are the mounting program's to set.
+package server
