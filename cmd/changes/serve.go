@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,21 +46,38 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 			h.Close()
 		}
 	}()
-	ln, err := net.Listen("tcp", cfg.Serve.Listen)
+	tokens, err := cfg.Serve.LoadTokens()
 	if err != nil {
-		return fmt.Errorf("serve: listen on %s: %w", cfg.Serve.Listen, err)
+		return fmt.Errorf("serve: %w", err)
 	}
 	// Requests get a context of their own, cancelled when a graceful
 	// shutdown runs out of time (a history read can take long).
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
-	srv := &http.Server{
-		Handler: server.Handler(server.Config{
-			Views: vs, HistoryLater: hist.Load, Token: cfg.Serve.Token, Log: log,
-			Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return reqCtx },
+	srv, err := httpServer(cfg.Serve, server.Handler(server.Config{
+		Views:            vs,
+		HistoryLater:     hist.Load,
+		Tokens:           tokens,
+		Log:              log,
+		Metrics:          promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Registerer:       reg,
+		MaxInFlight:      cfg.Serve.MaxInFlight,
+		MaxWaiting:       cfg.Serve.MaxWaiting,
+		MaxWait:          cfg.Serve.MaxWait,
+		HistoryScans:     cfg.Serve.HistoryScans,
+		MaxResponseBytes: cfg.Serve.MaxResponseBytes,
+		WriteTimeout:     cfg.Serve.WriteTimeout,
+	}), log)
+	if err != nil {
+		return err
+	}
+	srv.BaseContext = func(net.Listener) context.Context { return reqCtx }
+	ln, err := net.Listen("tcp", cfg.Serve.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", cfg.Serve.Listen, err)
+	}
+	for _, w := range serveWarnings(ln.Addr(), len(tokens) > 0, srv.TLSConfig != nil) {
+		log.Warn("insecure query server setting", "warning", w)
 	}
 	// The views stop only after the server: a request never reads a view
 	// whose storage is closing.
@@ -84,8 +102,12 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 		return err
 	})
 	g.Go(func() error {
-		log.Info("serving", "addr", "http://"+ln.Addr().String(), "types", cfg.ServedTypes(), "auth", cfg.Serve.Token != "")
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		scheme := "http://"
+		if srv.TLSConfig != nil {
+			scheme = "https://"
+		}
+		log.Info("serving", "addr", scheme+ln.Addr().String(), "types", cfg.ServedTypes(), "tokens", len(tokens))
+		if err := serveOn(srv, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve: %w", err)
 		}
 		return nil
@@ -106,6 +128,62 @@ func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, re
 		return nil
 	})
 	return g.Wait()
+}
+
+// httpServer is the query server's http.Server around h: the timeouts of
+// cfg (ReadHeaderTimeout 5s, or ReadTimeout if shorter), and its
+// certificate when cfg.TLS is set (then serveOn serves HTTPS only, HTTP/2
+// included).
+func httpServer(cfg topology.ServeConfig, h http.Handler, log *slog.Logger) (*http.Server, error) {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: min(5*time.Second, cfg.ReadTimeout),
+		ReadTimeout:       cfg.ReadTimeout,
+		// The handler replaces it on /v1 answers with WriteTimeout from
+		// their first byte; it bounds the others (/metrics) from the request.
+		WriteTimeout: cfg.WriteTimeout,
+		IdleTimeout:  cfg.IdleTimeout,
+		// Our requests are a GET line and a token: 64 KiB is plenty, and
+		// what a client may make the server hold per connection.
+		MaxHeaderBytes: 64 << 10,
+		// TLS handshake errors and the like: every scanner on the network
+		// makes some, so they are not warnings.
+		ErrorLog: slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelDebug),
+	}
+	if cfg.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("serve: serve.tls.cert_file %s and key_file %s: %w", cfg.TLS.CertFile, cfg.TLS.KeyFile, err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	return srv, nil
+}
+
+// serveOn serves srv on ln, with TLS when srv has a TLSConfig.
+func serveOn(srv *http.Server, ln net.Listener) error {
+	if srv.TLSConfig != nil {
+		return srv.ServeTLS(ln, "", "")
+	}
+	return srv.Serve(ln)
+}
+
+// serveWarnings says what is unsafe in serving on addr, with or without
+// tokens and TLS: beyond loopback, a server without a token serves every
+// entity to anyone who reaches it, and a token without TLS crosses the
+// network in clear.
+func serveWarnings(addr net.Addr, tokens, tls bool) []string {
+	if tcp, ok := addr.(*net.TCPAddr); ok && tcp.IP.IsLoopback() {
+		return nil
+	}
+	var out []string
+	if !tokens {
+		out = append(out, fmt.Sprintf("the query server listens on %s, beyond loopback, without a token: anyone who reaches it reads every served entity and the history; set CHANGES_SERVE_TOKEN or serve.token_file", addr))
+	}
+	if tokens && !tls {
+		out = append(out, fmt.Sprintf("the query server listens on %s, beyond loopback, without TLS: the bearer tokens cross the network in clear; set serve.tls.cert_file and key_file", addr))
+	}
+	return out
 }
 
 // asofFlags are the flags of `changes asof`.
