@@ -276,20 +276,6 @@ type Changes struct {
 	NextAfter string `json:"next_after,omitempty"`
 }
 
-// pageJSON and changesJSON are Page and Changes with their items already
-// encoded, as the byte budget measured them.
-type pageJSON struct {
-	Entities  []json.RawMessage `json:"entities"`
-	NextAfter string            `json:"next_after,omitempty"`
-}
-
-type changesJSON struct {
-	Type      string            `json:"type"`
-	ID        int64             `json:"id,string"`
-	Changes   []json.RawMessage `json:"changes"`
-	NextAfter string            `json:"next_after,omitempty"`
-}
-
 type errorBody struct {
 	Error string `json:"error"`
 	// ID, on a 500, is the request_id of the log line with the detail.
@@ -376,27 +362,25 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	items := s.newItems()
-	page := pageJSON{}
+	page := s.newPage(limit)
 	var lastID int64
 	for st, err := range v.Range(r.Context(), first, math.MaxInt64) {
 		if err != nil {
 			s.fail(w, r, statusOf(err), err)
 			return
 		}
-		fits, err := items.add(limit, entityOf(st))
+		fits, err := page.add(entityOf(st))
 		if err != nil {
 			s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("encode %s %d: %w", st.EntityType, st.EntityID, err))
 			return
 		}
 		if !fits {
-			page.NextAfter = strconv.FormatInt(lastID, 10)
+			page.nextAfter = strconv.FormatInt(lastID, 10)
 			break
 		}
 		lastID = st.EntityID
 	}
-	page.Entities = items.raw
-	s.writeJSON(w, r, http.StatusOK, page)
+	s.write(w, r, http.StatusOK, page.body(`{"entities":`))
 }
 
 // limit parses the limit parameter: 1 to MaxLimit, def when absent.
@@ -411,40 +395,6 @@ func (s *server) limit(w http.ResponseWriter, r *http.Request, def int) (int, bo
 		return 0, false
 	}
 	return n, true
-}
-
-// items are the encoded items of a page, within the byte budget.
-type items struct {
-	raw    []json.RawMessage
-	size   int
-	budget int
-}
-
-// pageOverhead is what a page's JSON holds besides its items (type, id,
-// next_after and punctuation), kept out of the items' budget.
-const pageOverhead = 256
-
-func (s *server) newItems() *items {
-	return &items{raw: []json.RawMessage{}, budget: s.cfg.MaxResponseBytes - pageOverhead}
-}
-
-// add encodes v and appends it if the page has fewer than limit items and
-// stays within its budget, or is empty: a page holds at least one item.
-// It reports whether v was appended; if not, the page is full.
-func (it *items) add(limit int, v any) (bool, error) {
-	if len(it.raw) >= limit {
-		return false, nil
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return false, err
-	}
-	if len(it.raw) > 0 && it.size+1+len(b) > it.budget {
-		return false, nil
-	}
-	it.raw = append(it.raw, b)
-	it.size += len(b) + 1 // and a comma
-	return true, nil
 }
 
 // historyReader returns the history reader, or answers 404 or 503.
@@ -504,18 +454,23 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release() // on a panic; released below otherwise
-	var out any
 	if at == "" {
-		out, err = s.changes(r.Context(), h, v.EntityType(), id, from, limit)
-	} else {
-		out, err = s.stateAt(r.Context(), h, v, id, at)
+		body, err := s.changes(r.Context(), h, v.EntityType(), id, from, limit)
+		release()
+		if err != nil {
+			s.fail(w, r, statusOf(err), err)
+			return
+		}
+		s.write(w, r, http.StatusOK, body)
+		return
 	}
+	st, err := s.stateAt(r.Context(), h, v, id, at)
 	release()
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
 	}
-	s.writeJSON(w, r, http.StatusOK, out)
+	s.writeJSON(w, r, http.StatusOK, st)
 }
 
 // changeSource is what changes reads: a *history.Reader, or a test's fake.
@@ -524,8 +479,9 @@ type changeSource interface {
 	ChangesSeq(ctx context.Context, entityType string, id int64, from, to int64) iter.Seq2[history.Change, error]
 }
 
-// changes reads a page of an entity's changes from offset from.
-func (s *server) changes(ctx context.Context, h changeSource, typ string, id, from int64, limit int) (*changesJSON, error) {
+// changes reads a page of an entity's changes from offset from: the JSON
+// of a Changes.
+func (s *server) changes(ctx context.Context, h changeSource, typ string, id, from int64, limit int) ([]byte, error) {
 	b, err := h.Bounds(ctx)
 	if err != nil {
 		return nil, err
@@ -533,25 +489,31 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id, fr
 	if from > 0 && from < b.Start {
 		return nil, fmt.Errorf("%w: offset %d is before the history's start at offset %d (retention %s)", history.ErrBeforeHistory, from, b.Start, b.Retention)
 	}
-	items := s.newItems()
-	out := &changesJSON{Type: typ, ID: id}
+	page := s.newPage(limit)
 	last := int64(-1)
 	for c, err := range h.ChangesSeq(ctx, typ, id, max(from, b.Start), b.End) {
 		if err != nil {
 			return nil, err
 		}
-		fits, err := items.add(limit, c)
+		fits, err := page.add(c)
 		if err != nil {
 			return nil, fmt.Errorf("encode the change at history offset %d: %w", c.Offset, err)
 		}
 		if !fits {
-			out.NextAfter = strconv.FormatInt(last, 10)
+			page.nextAfter = strconv.FormatInt(last, 10)
 			break
 		}
 		last = c.Offset
 	}
-	out.Changes = items.raw
-	return out, nil
+	head, err := json.Marshal(struct {
+		Type string `json:"type"`
+		ID   int64  `json:"id,string"`
+	}{typ, id})
+	if err != nil {
+		return nil, err
+	}
+	// {"type":...,"id":"..." then ,"changes":[...]...}
+	return page.body(string(head[:len(head)-1]) + `,"changes":`), nil
 }
 
 // stateAt reads the state of one entity at the time or offset at.

@@ -177,6 +177,11 @@ func TestServerPages(t *testing.T) {
 		if code != 200 || json.Unmarshal([]byte(body), &page) != nil {
 			t.Fatalf("%d %s", code, body)
 		}
+		// The page is written from its encoded entities: the same JSON as
+		// encoding/json makes of a Page.
+		if std, _ := json.Marshal(page); body != string(std)+"\n" {
+			t.Errorf("page JSON\n%s\nwant\n%s", body, std)
+		}
 		for _, e := range page.Entities {
 			ids = append(ids, strconv.FormatInt(e.ID, 10))
 		}
