@@ -1,59 +1,24 @@
 package topology_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/IBM/sarama"
 
+	"github.com/changes-dev/changes/internal/testcert"
 	"github.com/changes-dev/changes/topology"
 )
-
-// writePEM writes a self-signed certificate and its key into dir and
-// returns their paths.
-func writePEM(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
 
 const securityBase = "postgres: {url: \"postgres://db/x?sslmode=verify-full\"}\nentities: [{type: a, table: a}]\n"
 
 func TestKafkaSecuritySettings(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := writePEM(t, dir)
+	cert, key, _ := testcert.SelfSigned(t, dir)
 	pwFile := filepath.Join(dir, "password")
 	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -116,7 +81,7 @@ func TestKafkaSecuritySettings(t *testing.T) {
 
 func TestKafkaSecurityInvalid(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := writePEM(t, dir)
+	cert, key, _ := testcert.SelfSigned(t, dir)
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)

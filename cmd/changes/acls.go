@@ -28,20 +28,10 @@ func (f *aclFlags) register(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.Func("types", "entity types the serve and view roles read (comma-separated; default: serve.types, and every type for view)", func(s string) error {
-		f.types = splitComma(s)
+		f.types = strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
 		return nil
 	})
 	fs.BoolVar(&f.apply, "apply", false, "create the ACLs with the configured Kafka credentials (an administrator's), not only print them")
-}
-
-func splitComma(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // runACLs prints (and with --apply creates) the Kafka ACLs each role needs.

@@ -4,19 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -28,52 +21,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/changes-dev/changes/internal/testcert"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views/server"
 )
-
-// selfSigned writes a self-signed certificate for 127.0.0.1 and its key to
-// dir and returns their paths and a pool that trusts the certificate.
-func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "changes serve test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
-}
 
 // serveConfig is a ServeConfig with the defaults applied, changed by mutate.
 func serveConfig(t *testing.T, mutate func(*topology.ServeConfig)) topology.ServeConfig {
@@ -114,7 +65,7 @@ func startHTTP(t *testing.T, cfg topology.ServeConfig, h http.Handler) string {
 }
 
 func TestServeTLS(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t, t.TempDir())
+	certFile, keyFile, pool := testcert.SelfSigned(t, t.TempDir())
 	cfg := serveConfig(t, func(s *topology.ServeConfig) { s.TLS = topology.ServeTLSConfig{CertFile: certFile, KeyFile: keyFile} })
 	addr := startHTTP(t, cfg, server.Handler(server.Config{}))
 
@@ -149,8 +100,8 @@ func TestServeTLS(t *testing.T) {
 
 func TestServeTLSBadFiles(t *testing.T) {
 	dir := t.TempDir()
-	certFile, _, _ := selfSigned(t, dir)
-	_, keyFile, _ := selfSigned(t, t.TempDir()) // the key of another certificate
+	certFile, _, _ := testcert.SelfSigned(t, dir)
+	_, keyFile, _ := testcert.SelfSigned(t, t.TempDir()) // the key of another certificate
 	for _, c := range []struct {
 		name       string
 		cert, key  string
@@ -262,7 +213,7 @@ func TestServeWarnings(t *testing.T) {
 // through real requests.
 func TestServeCommand(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, pool := selfSigned(t, dir)
+	certFile, keyFile, pool := testcert.SelfSigned(t, dir)
 	tokenFile := filepath.Join(dir, "tokens")
 	if err := os.WriteFile(tokenFile, []byte("# old, until every client has the new one\nold-token\nnew-token\n"), 0o600); err != nil {
 		t.Fatal(err)
