@@ -518,7 +518,7 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 	})
 	for _, m := range members {
 		sup := supervisor{
-			name: m.group, log: o.log,
+			name: m.group, log: o.log, storageDir: o.storageDir,
 			first: firstBackoff, max: maxBackoff, stable: stableAfter,
 			restarts: func() { o.metrics.restarts.WithLabelValues(m.group).Inc() },
 		}

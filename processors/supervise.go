@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/changes-dev/changes/internal/outage"
@@ -29,6 +30,19 @@ type supervisor struct {
 	restarts   func() // counts a restart
 	first, max time.Duration
 	stable     time.Duration
+	storageDir string // the local copies of the tables, named in errors about them
+}
+
+// ErrStaleLocalCopy is returned by Run when a local copy of a table holds
+// more than the table's topic: the topic was deleted and created again, or
+// the storage folder belongs to another cluster. Retrying cannot fix it; the
+// folder must be deleted (the copy is then rebuilt from the topic).
+var ErrStaleLocalCopy = errors.New("the local copy of a table is ahead of its topic")
+
+// staleLocalCopy recognises goka's error for a local copy ahead of its
+// topic; goka returns it as text only.
+func staleLocalCopy(err error) bool {
+	return strings.Contains(err.Error(), "our cache has one")
 }
 
 // run calls once until ctx is done (then it returns nil) or once fails with
@@ -46,6 +60,10 @@ func (s supervisor) run(ctx context.Context, once func(context.Context) error) e
 		}
 		if err == nil || errors.Is(err, context.Canceled) {
 			err = errors.New("stopped without an error")
+		}
+		if staleLocalCopy(err) {
+			return fmt.Errorf("processor %s: %w: the topic was created again or %s belongs to another cluster; stop the processors, delete that folder and start them again (it is rebuilt from the topics): %v",
+				s.name, ErrStaleLocalCopy, s.storageDir, err)
 		}
 		if !outage.Retryable(err) {
 			return fmt.Errorf("processor %s: %w", s.name, err)

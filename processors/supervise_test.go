@@ -102,3 +102,16 @@ func TestSupervisorStopsCleanlyOnCancel(t *testing.T) {
 		t.Fatalf("got %v with %d restarts; want a clean stop", err, restarts)
 	}
 }
+
+// TestSupervisorStopsOnStaleLocalCopy: a local copy ahead of its topic is
+// not an outage: the supervisor stops at once and names the folder.
+func TestSupervisorStopsOnStaleLocalCopy(t *testing.T) {
+	var restarts int
+	s := testSupervisor(&restarts)
+	s.storageDir = "/data/processors"
+	goka := errors.New("Setup failed. Cannot start processor for partition 3: kafka tells us there's no message in the topic, but our cache has one. The table might be gone. Try to delete your local cache! Topic t, partition 3, hwm 0, local offset 2686")
+	err := s.run(context.Background(), func(context.Context) error { return goka })
+	if !errors.Is(err, ErrStaleLocalCopy) || !strings.Contains(err.Error(), "/data/processors") || restarts != 0 {
+		t.Errorf("run = %v after %d restarts; want ErrStaleLocalCopy naming the folder, at once", err, restarts)
+	}
+}

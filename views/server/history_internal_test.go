@@ -8,6 +8,7 @@ import (
 	"io"
 	"iter"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -147,3 +148,18 @@ func TestInternalErrorBody(t *testing.T) {
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// What a view cannot know yet while it catches up is 503 with Retry-After,
+// never 404 (the entity may exist) nor 410 (it may be older than the
+// history but known to the caught-up view).
+func TestCatchingUpIsUnavailable(t *testing.T) {
+	if got := statusOf(fmt.Errorf("account 7: %w", errCatchingUp)); got != http.StatusServiceUnavailable {
+		t.Errorf("statusOf(catching up) = %d, want 503", got)
+	}
+	s := &server{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	w := httptest.NewRecorder()
+	s.fail(w, httptest.NewRequest("GET", "/v1/entities/account/7", nil), http.StatusServiceUnavailable, fmt.Errorf("account 7: %w", errCatchingUp))
+	if w.Code != 503 || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "catching up") {
+		t.Errorf("fail(catching up) = %d %q %s; want 503 with Retry-After and the reason", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+}

@@ -332,6 +332,9 @@ func (s *server) entity(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil:
 		s.fail(w, r, statusOf(err), err)
+	case st == nil && !v.Recovered():
+		// Not found yet is not "not found": the view may not have read it.
+		s.fail(w, r, statusOf(errCatchingUp), fmt.Errorf("%s %d: %w", v.EntityType(), id, errCatchingUp))
 	case st == nil:
 		s.fail(w, r, http.StatusNotFound, fmt.Errorf("%s %d not found", v.EntityType(), id))
 	default:
@@ -342,6 +345,10 @@ func (s *server) entity(w http.ResponseWriter, r *http.Request) {
 func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	v, ok := s.view(w, r)
 	if !ok {
+		return
+	}
+	if !v.Recovered() {
+		s.fail(w, r, statusOf(errCatchingUp), fmt.Errorf("%s: %w", v.EntityType(), errCatchingUp))
 		return
 	}
 	q := r.URL.Query()
@@ -527,7 +534,7 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 	// them once it has caught up.
 	current := func(ctx context.Context, id int64) (*codecs.State, error) {
 		if !v.Recovered() {
-			return nil, fmt.Errorf("%w: the view of %s has not caught up yet", history.ErrOlderThanHistory, typ)
+			return nil, fmt.Errorf("%s %d is older than the history: %w", typ, id, errCatchingUp)
 		}
 		return v.Get(ctx, id)
 	}
@@ -570,6 +577,10 @@ func EndOffset(ctx context.Context, h *history.Reader, at string) (int64, error)
 	return h.OffsetAt(ctx, t)
 }
 
+// errCatchingUp answers what the view cannot know yet: 503 with
+// Retry-After, never a 404 or 410 for something that may exist.
+var errCatchingUp = errors.New("the view is still catching up with its table: retry shortly")
+
 type badRequestError struct{ error }
 
 func (e badRequestError) Unwrap() error { return e.error }
@@ -583,7 +594,7 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, history.ErrBeforeHistory), errors.Is(err, history.ErrOlderThanHistory):
 		return http.StatusGone
-	case errors.Is(err, views.ErrNotRunning):
+	case errors.Is(err, views.ErrNotRunning), errors.Is(err, errCatchingUp):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
@@ -622,7 +633,10 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, err error) {
 	level := slog.LevelDebug
 	var busy *busyError
-	if code >= 500 && !errors.As(err, &busy) && !errors.Is(err, context.Canceled) {
+	if errors.Is(err, errCatchingUp) {
+		w.Header().Set("Retry-After", "1")
+	}
+	if code >= 500 && !errors.As(err, &busy) && !errors.Is(err, context.Canceled) && !errors.Is(err, errCatchingUp) {
 		// Turns refused and clients gone are counted, not logged: a flood
 		// of them must not become a flood of log lines.
 		level = slog.LevelError
