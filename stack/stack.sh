@@ -19,7 +19,8 @@
 # Environment (all optional):
 #   CHANGES_POSTGRES_URL   use this existing database; no local PostgreSQL is started
 #   CHANGES_KAFKA_BROKERS  use this existing Kafka cluster (comma-separated host:port); no local broker
-#   CHANGES_STACK_DIR      data and logs (default: <repo>/.stack, git-ignored)
+#   CHANGES_STACK_DIR      data and logs (default: <repo>/.stack, git-ignored; PostgreSQL's data and
+#                          log go to /var/tmp/changes-stack-<hash>/ when the postgres user cannot enter it)
 #   CHANGES_CACHE_DIR      cached Kafka jars (default: ${XDG_CACHE_HOME:-$HOME/.cache}/changes)
 #   CHANGES_PG_PORT        local PostgreSQL port (default 55432)
 #   CHANGES_KAFKA_PORT     local Kafka client port (default 59092; the controller uses the next one)
@@ -51,7 +52,7 @@ kafka_nodes=${CHANGES_KAFKA_NODES:-1}
 kafka_heap=${CHANGES_KAFKA_HEAP:-$([ "$kafka_nodes" -gt 1 ] && echo 384m || echo 512m)}
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/stack/kafka/pom.xml")
 
-pg_dir=$stack_dir/postgres
+pg_dir=$stack_dir/postgres # or under /var/tmp: see own_env below
 pg_socket_dir=/tmp/changes-pg-$pg_port
 kafka_dir=$stack_dir/kafka
 logs_dir=$stack_dir/logs
@@ -61,12 +62,33 @@ tls_dir=$stack_dir/tls
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
+# PostgreSQL runs as the postgres user, which must reach its data folder. A
+# clone in a home folder closed to others (root's is 0700 on Debian) keeps
+# PostgreSQL's data and log in /var/tmp/changes-stack-<hash of the stack
+# folder>/ instead; everything else stays in the stack folder.
+if [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1; then
+	mkdir -p "$stack_dir"
+	if ! runuser -u postgres -- test -x "$stack_dir" 2>/dev/null; then
+		pg_dir=/var/tmp/changes-stack-$(printf '%s' "$stack_dir" | sha256sum | cut -c1-12)/postgres
+	fi
+fi
+case "$pg_dir" in
+"$stack_dir"/*) pg_log=$logs_dir/postgres.log ;;
+*) pg_log=$pg_dir/postgres.log ;; # beside its data: the postgres user cannot reach the logs folder
+esac
+
+# The addresses `env` exports for this stack are its own, not a user's:
+# after `eval "$(stack.sh env)"`, `up` must still start the stack.
+own_pg_url() { case "${1:-}" in "postgres://postgres@$host:$pg_port/changes?"*) return 0 ;; esac; return 1; }
+if own_pg_url "${CHANGES_POSTGRES_URL:-}"; then unset CHANGES_POSTGRES_URL; fi
+
 port_open() { (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null; }
 
 # as_postgres runs a command as the postgres user when we are root: the server refuses root.
 as_postgres() {
 	if [ "$(id -u)" -eq 0 ]; then
-		runuser -u postgres -- "$@"
+		# From /: the current folder may be closed to the postgres user.
+		(cd / && runuser -u postgres -- "$@")
 	else
 		"$@"
 	fi
@@ -123,9 +145,11 @@ pg_up() {
 	local bin; bin=$(pg_bin)
 	mkdir -p "$pg_dir" "$logs_dir"
 	if [ "$(id -u)" -eq 0 ]; then
-		chown postgres: "$pg_dir" "$logs_dir"
+		chown postgres: "$pg_dir"
+		case "$pg_log" in "$logs_dir"/*) chown postgres: "$logs_dir" ;; esac
 		runuser -u postgres -- test -w "$pg_dir" ||
 			die "the postgres user cannot write $pg_dir (a parent folder is closed to it): set CHANGES_STACK_DIR to a folder it can reach, e.g. /tmp/changes-stack"
+		case "$pg_dir" in "$stack_dir"/*) ;; *) log "postgres: $stack_dir is closed to the postgres user; its data and log are in $pg_dir" ;; esac
 	fi
 	mkdir -p "$pg_socket_dir"
 	[ "$(id -u)" -eq 0 ] && chown postgres: "$pg_socket_dir"
@@ -163,16 +187,16 @@ EOF
 		log "postgres: already running on $host:$pg_port"
 	else
 		port_open "$pg_port" && die "port $pg_port is taken by another program: set CHANGES_PG_PORT"
-		log "postgres: starting on $host:$pg_port (log: $logs_dir/postgres.log)"
-		as_postgres "$bin/pg_ctl" -D "$pg_dir/data" -l "$logs_dir/postgres.log" -w -t 60 start >/dev/null ||
-			die "postgres did not start, see $logs_dir/postgres.log"
+		log "postgres: starting on $host:$pg_port (log: $pg_log)"
+		as_postgres "$bin/pg_ctl" -D "$pg_dir/data" -l "$pg_log" -w -t 60 start >/dev/null ||
+			die "postgres did not start, see $pg_log"
 	fi
 	local i
 	for i in $(seq 1 60); do
 		"$bin/pg_isready" -q -h "$host" -p "$pg_port" && break
 		sleep 0.5
 	done
-	"$bin/pg_isready" -q -h "$host" -p "$pg_port" || die "postgres is not ready, see $logs_dir/postgres.log"
+	"$bin/pg_isready" -q -h "$host" -p "$pg_port" || die "postgres is not ready, see $pg_log"
 	if ! "$bin/psql" -h "$host" -p "$pg_port" -U postgres -d postgres -tAc "select 1 from pg_database where datname='changes'" | grep -q 1; then
 		"$bin/psql" -q -h "$host" -p "$pg_port" -U postgres -d postgres -c "create database changes" >/dev/null
 	fi
@@ -501,6 +525,11 @@ print_env() {
 	fi
 }
 
+# Brokers that are this stack's own (see own_pg_url) are not a user's.
+if [ -n "${CHANGES_KAFKA_BROKERS:-}" ] && [ "$CHANGES_KAFKA_BROKERS" = "$(local_brokers)" ]; then
+	unset CHANGES_KAFKA_BROKERS
+fi
+
 case "${1:-}" in
 up)
 	start=$(date +%s)
@@ -548,6 +577,13 @@ reset)
 	pg_down
 	log "deleting $stack_dir"
 	rm -rf "$stack_dir"
+	case "$pg_dir" in "$stack_dir"/*) ;; *) log "deleting $(dirname "$pg_dir")"; rm -rf "$(dirname "$pg_dir")" ;; esac
+	# The demo's local copies of the tables (configs/local.yaml: storage)
+	# belong to this stack's topics, wherever CHANGES_STACK_DIR puts it.
+	if [ -d "$repo/.stack/changes-data" ]; then
+		log "deleting $repo/.stack/changes-data (configs/local.yaml's storage)"
+		rm -rf "$repo/.stack/changes-data"
+	fi
 	;;
 *)
 	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
