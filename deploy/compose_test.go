@@ -376,8 +376,11 @@ func TestComposeConfig(t *testing.T) {
 	} else if p, err := exec.LookPath("docker-compose"); err == nil {
 		name, args = p, []string{"config", "-q"}
 	} else {
-		t.Logf("no Compose implementation (docker compose or docker-compose) on PATH; only the structural checks ran")
-		return
+		msg := "no Compose implementation (docker compose or docker-compose) on PATH to validate docker-compose.yml (apt-get install docker-compose; no engine needed)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
 	}
 	cmd := exec.CommandContext(t.Context(), name, args...)
 	cmd.Dir = repoRoot
