@@ -36,7 +36,7 @@ type Account struct {
 func main() {
 	configPath := flag.String("config", "configs/local.yaml", "the platform's config file")
 	listen := flag.String("listen", "127.0.0.1:8090", "HTTP address")
-	storage := flag.String("storage", "data/account-budgets", "where the view keeps its local copy")
+	storage := flag.String("storage", ".stack/account-budgets", "where the view keeps its local copy (the default is the local stack's folder, git-ignored)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
