@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,27 +23,6 @@ var (
 	binPath   string
 	buildErr  error
 )
-
-// binary builds cmd/changes once per test run.
-func binary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "changes-e2e-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "changes")
-		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", binPath, "../cmd/changes").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
 
 // database creates a database of its own for a test that needs fixed table
 // names (the demo's), and drops it (with the slot in it) at the end.
@@ -74,18 +51,6 @@ func database(t testing.TB, e env, slot string) string {
 	}
 	u.Path = "/" + name
 	return u.String()
-}
-
-// command runs the binary with the stack's environment plus extra.
-func command(ctx context.Context, t testing.TB, extra map[string]string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
-	cmd := exec.CommandContext(ctx, binary(t), args...)
-	cmd.Env = os.Environ()
-	for k, v := range extra {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	return cmd, &stdout, &stderr
 }
 
 // TestDemoCommand runs `changes demo` as a newcomer would, in a database of

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,21 +126,6 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 			t.Fatalf("history offset %d is %v, the workload committed %v there", got[i].Offset, seen[i], want[i])
 		}
 	}
-}
-
-// writeConfig writes cfg's essentials as a config file for the binary.
-func writeConfig(t testing.TB, cfg *topology.Config) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "changes.yaml")
-	body := fmt.Sprintf("kafka: {brokers: [%q], replication_factor: %d}\npostgres: {url: %q, slot: %s, publication: %s}\ntopics: {prefix: %q}\nstorage: %q\nmetrics: \"\"\nentities:\n",
-		cfg.Kafka.Brokers[0], cfg.Kafka.ReplicationFactor, cfg.Postgres.URL, cfg.Postgres.Slot, cfg.Postgres.Publication, cfg.Topics.Prefix, cfg.Storage)
-	for _, e := range cfg.Entities {
-		body += fmt.Sprintf("  - {type: %s, table: %s, id_column: %s, partitions: %d}\n", e.Type, e.Table, e.IDColumn, e.Partitions)
-	}
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // waitSlotInactive waits until PostgreSQL has noticed that the killed

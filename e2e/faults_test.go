@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -299,15 +298,6 @@ func writeFaultConfig(t *testing.T, dir string, st *faultStack, serveAddr string
 	cfg.Postgres.Slot, cfg.Postgres.Publication, cfg.Topics.Prefix = "faults", "faults", "faults"
 	cfg.Kafka.ReplicationFactor = rf
 	return path, cfg
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // historyEnd is the history's end offset; -1 while Kafka does not answer.

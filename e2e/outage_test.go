@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -12,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,14 +63,14 @@ func TestRideOutBrokerOutage(t *testing.T) {
 	defer db.Close(context.Background())
 	execSQL(t, ctx, db, "create table "+table+" (id bigint primary key, v text not null)")
 
-	metricsAddr, serveAddr := outageFreeAddr(t), outageFreeAddr(t)
+	metricsAddr, serveAddr := freeAddr(t), freeAddr(t)
 	configFile := writeConfig(t, cfg)
 	extra := map[string]string{"CHANGES_KAFKA_BROKERS": "", "CHANGES_POSTGRES_URL": "",
 		"CHANGES_METRICS_LISTEN": metricsAddr, "CHANGES_SERVE_LISTEN": serveAddr}
-	run := startOutageProcess(ctx, t, extra, "run", "--config", configFile)
-	serve := startOutageProcess(ctx, t, extra, "serve", "--config", configFile)
+	run := startProcess(ctx, t, extra, "run", "--config", configFile)
+	serve := startProcess(ctx, t, extra, "serve", "--config", configFile)
 
-	ready := func(addr string) int { code, _, _ := outageGet(addr, "/readyz"); return code }
+	ready := func(addr string) int { code, _, _ := httpGet(addr, "/readyz"); return code }
 	waitUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
 		t.Helper()
 		start := time.Now()
@@ -88,7 +85,7 @@ func TestRideOutBrokerOutage(t *testing.T) {
 		return time.Since(start)
 	}
 	entity := func(id int) (int, http.Header) {
-		code, hdr, _ := outageGet(serveAddr, fmt.Sprintf("/v1/entities/item/%d", id))
+		code, hdr, _ := httpGet(serveAddr, fmt.Sprintf("/v1/entities/item/%d", id))
 		return code, hdr
 	}
 
@@ -176,7 +173,7 @@ func newOutageBroker(t *testing.T, e env, extraEnv ...string) *outageBroker {
 	t.Helper()
 	port := 0
 	for range 20 {
-		p := outageFreePort(t)
+		p := freePort(t)
 		// The controller listens on the next port.
 		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1)); err == nil {
 			ln.Close()
@@ -239,95 +236,4 @@ func (b *outageBroker) signal(t *testing.T, sig syscall.Signal) {
 	if err := syscall.Kill(pid, sig); err != nil {
 		t.Errorf("signal %v to the broker: %v", sig, err)
 	}
-}
-
-// outageProcess is a `changes` command the test started; it is stopped at
-// the test's end.
-type outageProcess struct {
-	name   string
-	cmd    *exec.Cmd
-	stderr *outageBuffer
-	done   chan struct{}
-}
-
-func startOutageProcess(ctx context.Context, t *testing.T, extra map[string]string, args ...string) *outageProcess {
-	t.Helper()
-	cmd, _, _ := command(ctx, t, extra, args...)
-	p := &outageProcess{name: args[0], cmd: cmd, stderr: &outageBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("changes %s stderr:\n%s", p.name, p.stderr)
-		}
-	})
-	return p
-}
-
-// mustRun fails the test if the process exited.
-func (p *outageProcess) mustRun(t *testing.T) {
-	t.Helper()
-	select {
-	case <-p.done:
-		t.Fatalf("changes %s exited (%v):\n%s", p.name, p.cmd.ProcessState, p.tail())
-	default:
-	}
-}
-
-func (p *outageProcess) tail() string {
-	lines := strings.Split(p.stderr.String(), "\n")
-	return strings.Join(lines[max(len(lines)-40, 0):], "\n")
-}
-
-func outageFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func outageFreeAddr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", outageFreePort(t)) }
-
-// outageGet GETs path from addr with a short timeout; code 0 means no answer.
-func outageGet(addr, path string) (int, http.Header, string) {
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + addr + path)
-	if err != nil {
-		return 0, nil, err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(body)
-}
-
-// outageBuffer is a bytes.Buffer safe for the process's writes and the
-// test's reads.
-type outageBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *outageBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *outageBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

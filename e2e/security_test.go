@@ -101,7 +101,7 @@ func TestSecuredPlatform(t *testing.T) {
 		for _, part := range []string{"capture", "serve"} {
 			env := as(part)
 			env["CHANGES_KAFKA_SASL_PASSWORD_FILE"] = wrong
-			env["CHANGES_SERVE_LISTEN"] = outageFreeAddr(t)
+			env["CHANGES_SERVE_LISTEN"] = freeAddr(t)
 			cctx, ccancel := context.WithTimeout(ctx, time.Minute)
 			cmd, _, stderr := command(cctx, t, env, part, "--config", configFile)
 			start := time.Now()
@@ -142,13 +142,13 @@ func TestSecuredPlatform(t *testing.T) {
 		}
 	})
 
-	serveAddr := outageFreeAddr(t)
+	serveAddr := freeAddr(t)
 	capEnv, procEnv, serveEnv := as("capture"), as("processors"), as("serve")
 	serveEnv["CHANGES_SERVE_LISTEN"] = serveAddr
-	procs := []*outageProcess{
-		startOutageProcess(ctx, t, capEnv, "capture", "--config", configFile),
-		startOutageProcess(ctx, t, procEnv, "process", "--config", configFile),
-		startOutageProcess(ctx, t, serveEnv, "serve", "--config", configFile),
+	procs := []*process{
+		startProcess(ctx, t, capEnv, "capture", "--config", configFile),
+		startProcess(ctx, t, procEnv, "process", "--config", configFile),
+		startProcess(ctx, t, serveEnv, "serve", "--config", configFile),
 	}
 	waitUntil := func(what string, limit time.Duration, cond func() bool) {
 		t.Helper()
@@ -167,7 +167,7 @@ func TestSecuredPlatform(t *testing.T) {
 		}
 	}
 	served := func(id int, v string) bool {
-		code, _, body := outageGet(serveAddr, fmt.Sprintf("/v1/entities/item/%d", id))
+		code, _, body := httpGet(serveAddr, fmt.Sprintf("/v1/entities/item/%d", id))
 		return code == 200 && strings.Contains(body, `"v":"`+v+`"`)
 	}
 	waitUntil("row 1 (the initial snapshot) served", 90*time.Second, func() bool { return served(1, "one") })

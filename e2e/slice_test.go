@@ -194,13 +194,6 @@ func checkHistory(t testing.TB, got []*sarama.ConsumerMessage, want []change) {
 	}
 }
 
-func execSQL(t testing.TB, ctx context.Context, db *pgx.Conn, sql string) {
-	t.Helper()
-	if _, err := db.Exec(ctx, sql); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
-
 // txn commits stmts in one transaction and appends the changes it makes to want.
 func txn(t testing.TB, ctx context.Context, db *pgx.Conn, stmts []string, want *[]change, changes ...change) {
 	t.Helper()

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/codecs"
-	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
@@ -153,59 +152,6 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 	if !strings.Contains(stderr2.String(), "resuming an interrupted initial snapshot") {
 		t.Fatalf("the second capture did not resume the snapshot:\n%s", stderr2)
 	}
-}
-
-// readAll reads the committed records of the history from its start to its
-// current end (the last stable offset: markers take offsets too).
-func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
-	t.Helper()
-	client, err := topology.NewClient(cfg.Kafka)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	end, err := kread.End(client, topic, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []*sarama.ConsumerMessage
-	err = kread.Range(ctx, client, topic, 0, 0, end, func(r *kread.Record) (bool, error) {
-		got = append(got, consumerMessage(topic, 0, r))
-		return true, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
-
-// consumerMessage is r as sarama's consumer would deliver it.
-func consumerMessage(topic string, partition int32, r *kread.Record) *sarama.ConsumerMessage {
-	return &sarama.ConsumerMessage{Topic: topic, Partition: partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp}
-}
-
-// lastRecord returns the last committed record of a single-partition topic
-// written in transactions (the offset before the end may be a marker).
-func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic string) *sarama.ConsumerMessage {
-	t.Helper()
-	end, err := kread.End(client, topic, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var last *sarama.ConsumerMessage
-	for from := end - 16; last == nil && from+16 > 0; from -= 16 {
-		err := kread.Range(ctx, client, topic, 0, max(from, 0), from+16, func(r *kread.Record) (bool, error) {
-			last = consumerMessage(topic, 0, r)
-			return true, nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if last == nil {
-		t.Fatalf("%s holds no record", topic)
-	}
-	return last
 }
 
 // TestSnapshotResumeNeverRewinds kills `changes capture` in the middle of

@@ -19,6 +19,7 @@
 # Environment (all optional):
 #   CHANGES_POSTGRES_URL   use this existing database; no local PostgreSQL is started
 #   CHANGES_KAFKA_BROKERS  use this existing Kafka cluster (comma-separated host:port); no local broker
+#   CHANGES_STACK_ENV      set by `env`: the addresses it exported are this stack's own
 #   CHANGES_STACK_DIR      data and logs (default: <repo>/.stack, git-ignored; PostgreSQL's data and
 #                          log go to /var/tmp/changes-stack-<hash>/ when the postgres user cannot enter it)
 #   CHANGES_CACHE_DIR      cached Kafka jars (default: ${XDG_CACHE_HOME:-$HOME/.cache}/changes)
@@ -78,9 +79,13 @@ case "$pg_dir" in
 esac
 
 # The addresses `env` exports for this stack are its own, not a user's:
-# after `eval "$(stack.sh env)"`, `up` must still start the stack.
-own_pg_url() { case "${1:-}" in "postgres://postgres@$host:$pg_port/changes?"*) return 0 ;; esac; return 1; }
-if own_pg_url "${CHANGES_POSTGRES_URL:-}"; then unset CHANGES_POSTGRES_URL; fi
+# after `eval "$(stack.sh env)"`, `up` must still start the stack. `env`
+# marks them with CHANGES_STACK_ENV (the stack folder); another stack (a
+# test's, with a folder of its own) takes them as a user's.
+own_env() { [ "${CHANGES_STACK_ENV:-}" = "$stack_dir" ]; }
+if own_env; then
+	case "${CHANGES_POSTGRES_URL:-}" in "postgres://postgres@$host:$pg_port/changes?"*) unset CHANGES_POSTGRES_URL ;; esac
+fi
 
 port_open() { (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null; }
 
@@ -515,6 +520,7 @@ local_brokers() {
 # ---------------------------------------------------------------- commands
 
 print_env() {
+	echo "export CHANGES_STACK_ENV='$stack_dir'"
 	echo "export CHANGES_POSTGRES_URL='${CHANGES_POSTGRES_URL:-$(local_pg_url)}'"
 	echo "export CHANGES_KAFKA_BROKERS='${CHANGES_KAFKA_BROKERS:-$(local_brokers)}'"
 	if [ -z "${CHANGES_KAFKA_BROKERS:-}" ] && [ "$(kafka_security)" = sasl_ssl ]; then
@@ -525,8 +531,8 @@ print_env() {
 	fi
 }
 
-# Brokers that are this stack's own (see own_pg_url) are not a user's.
-if [ -n "${CHANGES_KAFKA_BROKERS:-}" ] && [ "$CHANGES_KAFKA_BROKERS" = "$(local_brokers)" ]; then
+# Brokers that are this stack's own (see own_env) are not a user's.
+if own_env && [ "${CHANGES_KAFKA_BROKERS:-}" = "$(local_brokers)" ]; then
 	unset CHANGES_KAFKA_BROKERS
 fi
 

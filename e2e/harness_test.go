@@ -1,0 +1,430 @@
+package e2e
+
+// The harness every end-to-end test uses: the shared stack and a test's own
+// names and config on it, its cleanup, the changes binary and the processes
+// started from it, Kafka reads, free ports and HTTP.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/internal/kread"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/topology"
+)
+
+// ---------------------------------------------------------------- the stack and a test's place on it
+
+// env is the real stack a test runs against, from the environment that
+// stack/stack.sh env prints (and .ci/run exports).
+type env struct {
+	brokers string
+	pgURL   string
+}
+
+// stack returns the stack's addresses. Without them the test is skipped on a
+// developer's machine and fails under CI=true: CI must never pass by skipping.
+func stack(t testing.TB) env {
+	t.Helper()
+	e := env{brokers: os.Getenv("CHANGES_KAFKA_BROKERS"), pgURL: os.Getenv("CHANGES_POSTGRES_URL")}
+	if e.brokers == "" || e.pgURL == "" {
+		msg := "end-to-end tests need CHANGES_KAFKA_BROKERS and CHANGES_POSTGRES_URL: run `stack/stack.sh up && eval \"$(stack/stack.sh env)\"`, or `make test`"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatalf("postgres at CHANGES_POSTGRES_URL is not reachable: %v", err)
+	}
+	defer conn.Close(ctx)
+	dropStaleSlots.Do(func() {
+		// A run killed by -timeout skips its cleanup; its slot would hold WAL
+		// and a slot of the stack's limited number forever.
+		_, err = conn.Exec(ctx, `select pg_drop_replication_slot(slot_name) from pg_replication_slots
+			where not active and slot_name ~ '^e2e_[a-z_]+_[0-9a-f]{8}$'`)
+		if err != nil {
+			t.Logf("dropping stale test slots: %v", err)
+		}
+	})
+	return e
+}
+
+// uniqueName returns a name no other test run uses, for topics, slots and tables.
+func uniqueName(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "e2e_" + prefix + "_" + hex.EncodeToString(b)
+}
+
+// testConfig builds a validated config for the stack with its own topic
+// prefix, slot, publication and storage, and entity types for tables.
+func testConfig(t testing.TB, e env, name string, entities []topology.EntityConfig) *topology.Config {
+	t.Helper()
+	rf := os.Getenv("CHANGES_KAFKA_REPLICATION_FACTOR")
+	if rf == "" {
+		rf = "1"
+	}
+	cfg, err := topology.Parse(fmt.Appendf(nil, "kafka: {brokers: [%q], replication_factor: %s}\npostgres: {url: %q}\nentities: [{type: placeholder, table: placeholder}]\n",
+		e.brokers, rf, e.pgURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields set after Parse, so CHANGES_* variables cannot make two runs share them.
+	cfg.Postgres.Slot = name
+	cfg.Postgres.Publication = name
+	cfg.Topics.Prefix = "e2e." + name
+	cfg.Storage = t.TempDir()
+	cfg.Metrics = ""
+	cfg.Entities = entities
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// cleanupStack removes what a test left in PostgreSQL and Kafka. It runs after
+// the platform stopped (t.Cleanup runs in reverse order).
+func cleanupStack(t testing.TB, e env, cfg *topology.Config, tables ...string) {
+	onCleanup(t, e, func(ctx context.Context, conn *pgx.Conn) {
+		dropSlot(t, ctx, conn, cfg.Postgres.Slot)
+		stmts := []string{"drop publication if exists " + pgx.Identifier{cfg.Postgres.Publication}.Sanitize()}
+		for _, tb := range tables {
+			stmts = append(stmts, "drop table if exists "+tb)
+		}
+		for _, s := range stmts {
+			if _, err := conn.Exec(ctx, s); err != nil {
+				t.Errorf("cleanup: %s: %v", s, err)
+			}
+		}
+		deleteTopics(t, cfg)
+	})
+}
+
+// onCleanup runs fn at the test's cleanup with a connection of its own.
+func onCleanup(t testing.TB, e env, fn func(context.Context, *pgx.Conn)) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, e.pgURL)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		fn(ctx, conn)
+	})
+}
+
+// dropSlot drops a test's replication slot, waiting for the capture to let
+// go of it: the slot stays active for a moment after the capture disconnects.
+func dropSlot(t testing.TB, ctx context.Context, conn *pgx.Conn, slot string) {
+	var err error
+	for i := 0; i < 50; i++ {
+		_, err = conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", slot)
+		if err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("cleanup: drop slot %s: %v", slot, err)
+}
+
+// deleteTopics deletes the topics of cfg; a topic that does not exist is fine.
+func deleteTopics(t testing.TB, cfg *topology.Config) {
+	admin, err := topology.NewClusterAdmin(cfg.Kafka)
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer admin.Close()
+	for _, spec := range topology.New(cfg).Topics() {
+		admin.DeleteTopic(spec.Name)
+	}
+}
+
+// testLogger writes the platform's logs through t.Log, so they show with the
+// failing test only. Lines logged after the test's last cleanup (goka leaves
+// a goroutine or two behind) are dropped: t.Log would panic on them.
+func testLogger(t testing.TB) *slog.Logger {
+	w := &tWriter{t: t}
+	// Runs after the cleanups registered later, such as the platform's stop.
+	t.Cleanup(func() { w.done.Store(true) })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// saramaConfig is topology.SaramaConfig that fails the test on an error.
+func saramaConfig(t testing.TB, k topology.KafkaConfig) *sarama.Config {
+	t.Helper()
+	c, err := topology.SaramaConfig(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// writeConfig writes cfg's essentials as a config file for the binary.
+func writeConfig(t testing.TB, cfg *topology.Config) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "changes.yaml")
+	body := fmt.Sprintf("kafka: {brokers: [%q], replication_factor: %d}\npostgres: {url: %q, slot: %s, publication: %s}\ntopics: {prefix: %q}\nstorage: %q\nmetrics: \"\"\nentities:\n",
+		cfg.Kafka.Brokers[0], cfg.Kafka.ReplicationFactor, cfg.Postgres.URL, cfg.Postgres.Slot, cfg.Postgres.Publication, cfg.Topics.Prefix, cfg.Storage)
+	for _, e := range cfg.Entities {
+		body += fmt.Sprintf("  - {type: %s, table: %s, id_column: %s, partitions: %d}\n", e.Type, e.Table, e.IDColumn, e.Partitions)
+	}
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var dropStaleSlots sync.Once
+
+type tWriter struct {
+	t    testing.TB
+	done atomic.Bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	if !w.done.Load() {
+		w.t.Log(string(p[:len(p)-1]))
+	}
+	return len(p), nil
+}
+
+// itemTable sets up a test of one entity type "item" (2 partitions) on its
+// own table, created with columns: the config (tune may change it before
+// the topics are created), a connection closed at the test's end, and the
+// cleanup of everything it made.
+func itemTable(t testing.TB, ctx context.Context, e env, prefix, columns string, partitions int, tune func(*topology.Config)) (*topology.Config, *topology.Topology, *pgx.Conn, string) {
+	t.Helper()
+	name := uniqueName(prefix)
+	table := name + "_item"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "item", Table: "public." + table, IDColumn: "id", Partitions: partitions}})
+	if tune != nil {
+		tune(cfg)
+	}
+	topo := topology.New(cfg)
+	cleanupStack(t, e, cfg, table)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	execSQL(t, ctx, db, "create table "+table+" ("+columns+")")
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, topo, db, table
+}
+
+// ---------------------------------------------------------------- the changes binary and its processes
+
+// binary builds cmd/changes once per test run.
+func binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "changes-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "changes")
+		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", binPath, "../cmd/changes").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// command runs the binary with the stack's environment plus extra.
+func command(ctx context.Context, t testing.TB, extra map[string]string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd.Env = os.Environ()
+	for k, v := range extra {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	return cmd, &stdout, &stderr
+}
+
+func execSQL(t testing.TB, ctx context.Context, db *pgx.Conn, sql string) {
+	t.Helper()
+	if _, err := db.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// ---------------------------------------------------------------- Kafka
+
+// readAll reads the committed records of the history from its start to its
+// current end (the last stable offset: markers take offsets too).
+func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
+	t.Helper()
+	client, err := topology.NewClient(cfg.Kafka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	end, err := kread.End(client, topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*sarama.ConsumerMessage
+	err = kread.Range(ctx, client, topic, 0, 0, end, func(r *kread.Record) (bool, error) {
+		got = append(got, consumerMessage(topic, 0, r))
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// lastRecord returns the last committed record of a single-partition topic
+// written in transactions (the offset before the end may be a marker).
+func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic string) *sarama.ConsumerMessage {
+	t.Helper()
+	end, err := kread.End(client, topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *sarama.ConsumerMessage
+	for from := end - 16; last == nil && from+16 > 0; from -= 16 {
+		err := kread.Range(ctx, client, topic, 0, max(from, 0), from+16, func(r *kread.Record) (bool, error) {
+			last = consumerMessage(topic, 0, r)
+			return true, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if last == nil {
+		t.Fatalf("%s holds no record", topic)
+	}
+	return last
+}
+
+// consumerMessage is r as sarama's consumer would deliver it.
+func consumerMessage(topic string, partition int32, r *kread.Record) *sarama.ConsumerMessage {
+	return &sarama.ConsumerMessage{Topic: topic, Partition: partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp}
+}
+
+// ---------------------------------------------------------------- processes, ports and HTTP
+
+// process is a `changes` command the test started; it is stopped at
+// the test's end.
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+func startProcess(ctx context.Context, t *testing.T, extra map[string]string, args ...string) *process {
+	t.Helper()
+	cmd, _, _ := command(ctx, t, extra, args...)
+	p := &process{name: args[0], cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("changes %s stderr:\n%s", p.name, p.stderr)
+		}
+	})
+	return p
+}
+
+// mustRun fails the test if the process exited.
+func (p *process) mustRun(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.done:
+		t.Fatalf("changes %s exited (%v):\n%s", p.name, p.cmd.ProcessState, p.tail())
+	default:
+	}
+}
+
+func (p *process) tail() string {
+	lines := strings.Split(p.stderr.String(), "\n")
+	return strings.Join(lines[max(len(lines)-40, 0):], "\n")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func freeAddr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
+
+// httpGet GETs path from addr with a short timeout; code 0 means no answer.
+func httpGet(addr, path string) (int, http.Header, string) {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, nil, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(body)
+}
+
+// syncBuffer is a bytes.Buffer safe for the process's writes and the
+// test's reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
