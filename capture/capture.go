@@ -414,22 +414,6 @@ func (c *Capture) prepare(ctx context.Context, written codecs.Position) (exists 
 	return false, nil
 }
 
-func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
-	pc, err := pgconn.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("postgres url: %w", err)
-	}
-	pc.RuntimeParams["replication"] = "database"
-	// After EXPORT_SNAPSHOT the connection idles in a transaction for the
-	// whole copy.
-	pc.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
-	conn, err := pgconn.ConnectConfig(ctx, pc)
-	if err != nil {
-		return nil, fmt.Errorf("connect to postgres for replication: %w", err)
-	}
-	return conn, nil
-}
-
 // stream is one replication session.
 type stream struct {
 	*Capture

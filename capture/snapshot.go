@@ -410,35 +410,6 @@ func (c *Capture) checkLock(ctx context.Context) error {
 // producer's own error is what copySnapshot returns.
 var errSnapshotWriteFailed = errors.New("a snapshot row was not written")
 
-// errSlotBusy is returned by lockSlot when another capture holds the slot.
-var errSlotBusy = errors.New("another capture holds the slot")
-
-// lockSlot takes a session advisory lock named after the slot on a
-// connection of its own; closing the connection releases it.
-func lockSlot(ctx context.Context, url, slot string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("postgres url: %w", err)
-	}
-	// The connection idles while it holds the lock: no server timeout may end it.
-	cfg.RuntimeParams["idle_session_timeout"] = "0"
-	cfg.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to postgres: %w", err)
-	}
-	var ok bool
-	if err := conn.QueryRow(ctx, "select pg_try_advisory_lock(hashtextextended($1, 0))", "changes.capture/"+slot).Scan(&ok); err != nil {
-		conn.Close(context.Background())
-		return nil, fmt.Errorf("lock slot %s: %w", slot, err)
-	}
-	if !ok {
-		conn.Close(context.Background())
-		return nil, fmt.Errorf("%w %s", errSlotBusy, slot)
-	}
-	return conn, nil
-}
-
 // entityTypes lists the captured entity types, in config order.
 func (c *Capture) entityTypes() []string {
 	out := make([]string, len(c.tables))
