@@ -115,9 +115,11 @@ func (c *Capture) copySnapshot(ctx context.Context, tx pgx.Tx, client sarama.Cli
 }
 
 func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
-	topic := string(c.topo.History())
-	taken := time.Now().UTC()
-	index := from.index
+	cp := &snapshotCopy{
+		tx: tx, producer: producer, failed: failed,
+		topic: string(c.topo.History()), maxBytes: c.topo.Config().Kafka.MaxRecordBytes,
+		base: from.base, index: from.index, taken: time.Now().UTC(),
+	}
 	c.metrics.snapshotRunning.Set(1)
 	defer c.metrics.snapshotRunning.Set(0)
 	for ti := from.table; ti < len(c.tables); ti++ {
@@ -140,7 +142,7 @@ func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Async
 			if err := c.checkLock(ctx); err != nil {
 				return err
 			}
-			n, last, err := c.copyBatch(ctx, tx, producer, failed, t, topic, sql, args, from.base, &index, taken)
+			n, last, err := cp.batch(ctx, t, sql, args)
 			if err != nil {
 				return err
 			}
@@ -161,10 +163,24 @@ func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Async
 	return nil
 }
 
-// copyBatch copies the rows sql returns and reports how many and the last id.
-func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{},
-	t table, topic, sql string, args []any, base codecs.LSN, index *uint32, taken time.Time) (int, int64, error) {
-	rows, err := tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+// snapshotCopy is one copy of the snapshot's rows: where they come from,
+// where they go, and the position the next row takes. Every row of a copy
+// has the same commit LSN and commit time; the index goes up by one a row.
+type snapshotCopy struct {
+	tx       pgx.Tx
+	producer sarama.AsyncProducer
+	failed   <-chan struct{} // closed once a write of producer failed
+	topic    string
+	maxBytes int        // kafka.max_record_bytes
+	base     codecs.LSN // every row's commit LSN
+	index    uint32     // the next row's position index
+	taken    time.Time  // every row's commit time: when the copy began
+}
+
+// batch copies the rows sql returns from table t and reports how many and
+// the last id.
+func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []any) (int, int64, error) {
+	rows, err := cp.tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
 		return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
 	}
@@ -192,26 +208,26 @@ func (c *Capture) copyBatch(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 		if last, err = strconv.ParseInt(string(raw[idIndex]), 10, 64); err != nil {
 			return 0, 0, fmt.Errorf("snapshot of %s: id %q: %w", t.qualified(), raw[idIndex], err)
 		}
-		if *index == math.MaxUint32 {
+		if cp.index == math.MaxUint32 {
 			return 0, 0, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
 		}
 		ev := &codecs.Event{
 			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot, After: row,
-			CommitLSN: base, Position: codecs.Position{CommitLSN: base, Index: *index},
-			CommitTime: taken, CaptureTime: time.Now().UTC(),
+			CommitLSN: cp.base, Position: codecs.Position{CommitLSN: cp.base, Index: cp.index},
+			CommitTime: cp.taken, CaptureTime: time.Now().UTC(),
 		}
-		msg, err := historyRecord(topic, t, ev, c.topo.Config().Kafka.MaxRecordBytes)
+		msg, err := historyRecord(cp.topic, t, ev, cp.maxBytes)
 		if err != nil {
 			return 0, 0, err
 		}
 		select {
-		case producer.Input() <- msg:
-		case <-failed:
+		case cp.producer.Input() <- msg:
+		case <-cp.failed:
 			return 0, 0, errSnapshotWriteFailed // copySnapshot reports the producer's error
 		case <-ctx.Done():
 			return 0, 0, ctx.Err()
 		}
-		*index++
+		cp.index++
 		n++
 	}
 	if err := rows.Err(); err != nil {
