@@ -286,7 +286,9 @@ func (c *Capture) runOnce(ctx context.Context) error {
 		"history_position", resent.last.String(), "resent_in_history", resent.n)
 
 	s := &stream{
-		Capture:  c,
+		cfg:      cfg,
+		log:      c.log,
+		metrics:  c.metrics,
 		conn:     replConn,
 		producer: producer,
 		tracker:  newTracker(start),
@@ -414,9 +416,12 @@ func (c *Capture) prepare(ctx context.Context, written codecs.Position) (exists 
 	return false, nil
 }
 
-// stream is one replication session.
+// stream is the streaming phase of a session: it decodes the replication
+// stream and writes it to the history in Kafka transactions.
 type stream struct {
-	*Capture
+	cfg      *topology.Config
+	log      *slog.Logger
+	metrics  *metrics
 	conn     *pgconn.PgConn
 	producer sarama.AsyncProducer
 	tracker  *tracker
@@ -586,7 +591,7 @@ type recordMeta struct {
 }
 
 func (s *stream) loop(ctx context.Context) error {
-	standby := s.topo.Config().Postgres.StandbyTimeout
+	standby := s.cfg.Postgres.StandbyTimeout
 	for {
 		if err := s.failure(); err != nil {
 			return err
@@ -839,7 +844,7 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 		s.log.Warn("repairing a hole in the history: the change is missing although later ones are there; writing it now, after them",
 			"position", ev.Position.String(), "history_position", s.resent.last.String(), "table", rel.table.qualified(), "entity_id", ev.EntityID)
 	}
-	msg, err := historyRecord(s.topic, rel.table, ev, s.topo.Config().Kafka.MaxRecordBytes)
+	msg, err := historyRecord(s.topic, rel.table, ev, s.cfg.Kafka.MaxRecordBytes)
 	if err != nil {
 		return err
 	}

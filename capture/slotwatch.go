@@ -16,7 +16,7 @@ const slotWatchInterval = 5 * time.Second
 // stops the stream loudly if PostgreSQL invalidates the slot while it runs.
 // Errors reading the state are logged, not fatal: the stream itself is fine.
 func (s *stream) watchSlot(ctx context.Context) {
-	cfg := s.topo.Config().Postgres
+	cfg := s.cfg.Postgres
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
