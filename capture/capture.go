@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,8 +39,7 @@ type Capture struct {
 	log     *slog.Logger
 	metrics *metrics
 	reg     prometheus.Registerer
-	lock    *pgx.Conn // holds the slot's advisory lock during a session
-	down    string    // the dependency whose error ended the last session, until one streams
+	down    string // the dependency whose error ended the last session, until one streams
 
 	recreateSlot bool
 }
@@ -87,10 +84,6 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 	return c, nil
 }
 
-// transactionalID names the capture's Kafka transactions: one per history
-// topic and slot, so a capture fences only older captures of its own slot.
-func (c *Capture) transactionalID() string { return c.topo.TransactionalID() }
-
 // Run prepares the database (see the package doc), then streams changes until
 // ctx is cancelled. While another capture streams from the slot, Run waits as
 // a standby and takes over when the slot is free. On cancellation it commits
@@ -111,7 +104,7 @@ func (c *Capture) Run(ctx context.Context) error {
 	c.setConnected("")
 	for {
 		started := time.Now()
-		err := c.runOnce(ctx)
+		err := c.newSession().run(ctx)
 		if ctx.Err() != nil {
 			c.metrics.standby.Set(0)
 			return nil // stopped, maybe during setup or the snapshot: a clean stop too
@@ -190,119 +183,12 @@ const pgObjectInUse = "55006"
 // standbyPoll is how often a standby capture tries to take the slot.
 const standbyPoll = time.Second
 
-// runOnce is one session: it takes the slot, or fails with pgObjectInUse.
-func (c *Capture) runOnce(ctx context.Context) error {
-	cfg := c.topo.Config()
-	// One capture per slot: the lock covers the snapshot, which runs before
-	// the slot is streamed from; START_REPLICATION guards the rest.
-	lock, err := lockSlot(ctx, cfg.Postgres.URL, cfg.Postgres.Slot)
-	if err != nil {
-		return err
-	}
-	defer lock.Close(context.Background())
-	c.lock = lock
-	defer func() { c.lock = nil }()
-	client, err := topology.NewClient(cfg.Kafka)
-	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
-	}
-	defer client.Close()
-	// The transactional producer first: its start fences every older
-	// capture of this slot (a zombie can no longer commit) and aborts what
-	// one left open, so the history's end read next cannot move.
-	pcfg, err := topology.TransactionalConfig(cfg.Kafka, c.transactionalID())
-	if err != nil {
-		return err
-	}
-	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, pcfg)
-	if err != nil {
-		return fmt.Errorf("kafka transactional producer %s: %w", c.transactionalID(), topology.ExplainKafkaError(cfg.Kafka, err))
-	}
-	closeProducer := sync.OnceFunc(func() { producer.Close() })
-	defer closeProducer()
-	last, err := lastEvent(ctx, client, string(c.topo.History()))
-	if err != nil {
-		return err
-	}
-	var written codecs.Position
-	if last != nil {
-		written = last.Position
-	}
-	state, err := readState(ctx, client, string(c.topo.CaptureState()), cfg.Postgres.Slot)
-	if err != nil {
-		return err
-	}
-	exists, err := c.prepare(ctx, written)
-	if err != nil {
-		return err
-	}
-
-	replConn, err := connectReplication(ctx, cfg.Postgres.URL)
-	if err != nil {
-		return err
-	}
-	defer replConn.Close(context.Background())
-	switch {
-	case !exists:
-		if err := c.createAndSnapshot(ctx, replConn, client, written); err != nil {
-			return err
-		}
-	case state.Snapshot == "":
-		c.log.Warn("the slot has no snapshot record (made by hand or by an older version): rows it did not stream may be missing from the history; --recreate-slot after dropping it takes a snapshot",
-			"slot", cfg.Postgres.Slot)
-	case state.Snapshot == snapshotDone:
-		if missing := missingTypes(state.Types, c.entityTypes()); len(missing) > 0 {
-			return fmt.Errorf("%w: entity types %v were declared after the slot's initial snapshot, so their tables' existing rows are not in the history. "+
-				"To add them: stop the platform, drop the slot, and start once with --recreate-slot (a new snapshot of every table)", ErrSetup, missing)
-		}
-	case state.Snapshot == snapshotRunning:
-		if state, err = c.resumeSnapshot(ctx, client, state); err != nil {
-			return err
-		}
-	}
-	folded, err := c.resolveCuts(state.Cuts)
-	if err != nil {
-		return err
-	}
-	// The advisory lock keeps every other capture off the slot, so its
-	// position and the history's end are stable from here on; reading them
-	// before START_REPLICATION makes an active slot mean a streaming capture.
-	start, err := c.slotPosition(ctx)
-	if err != nil {
-		return err
-	}
-	resent, err := readResent(ctx, client, string(c.topo.History()), start)
-	if err != nil {
-		return err
-	}
-	err = pglogrepl.StartReplication(ctx, replConn, cfg.Postgres.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", publicationNames(cfg.Postgres.Publication)},
-	})
-	if err != nil {
-		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
-	}
-	c.streaming()
-	c.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.String(), "topic", string(c.topo.History()),
-		"history_position", resent.last.String(), "resent_in_history", resent.n)
-
-	s := &stream{
-		cfg:      cfg,
-		log:      c.log,
-		metrics:  c.metrics,
-		conn:     replConn,
-		producer: producer,
-		tracker:  newTracker(start),
-		rels:     newRelations(c.tables),
-		domains:  newDomains(cfg.Postgres.URL),
-		topic:    string(c.topo.History()),
-		resent:   resent,
-		cuts:     folded,
-		tableIdx: map[string]int{},
-		failed:   make(chan struct{}),
-	}
-	for i, t := range c.tables {
-		s.tableIdx[t.entityType] = i
-	}
+// run streams until ctx is cancelled or the stream fails, then drains:
+// it commits what Kafka was given unless a Kafka write failed, closes the
+// producer with closeProducer, and reports the acknowledged position to
+// PostgreSQL. A Kafka error is returned even when ctx was cancelled too;
+// a cancellation alone returns nil.
+func (s *stream) run(ctx context.Context, closeProducer func()) error {
 	var errs sync.WaitGroup
 	errs.Add(1)
 	go func() { defer errs.Done(); s.collectErrors() }()
@@ -337,83 +223,11 @@ func (c *Capture) runOnce(ctx context.Context) error {
 	if err := s.sendStatus(context.Background(), final, false); err != nil && runErr == nil {
 		runErr = err
 	}
-	c.log.Info("stopped", "lsn", final.String())
+	s.log.Info("stopped", "lsn", final.String())
 	if runErr != nil && errors.Is(runErr, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}
 	return runErr
-}
-
-// missingTypes lists the types of want that have is missing.
-func missingTypes(have, want []string) []string {
-	var out []string
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			out = append(out, w)
-		}
-	}
-	return out
-}
-
-// slotPosition reads the slot's confirmed flush position.
-func (c *Capture) slotPosition(ctx context.Context) (codecs.LSN, error) {
-	conn, err := pgx.Connect(ctx, c.topo.Config().Postgres.URL)
-	if err != nil {
-		return 0, fmt.Errorf("connect to postgres: %w", err)
-	}
-	defer conn.Close(context.Background())
-	st, err := inspectSlot(ctx, conn, c.topo.Config().Postgres.Slot)
-	if err != nil {
-		return 0, err
-	}
-	if !st.exists {
-		return 0, fmt.Errorf("%w: slot %s disappeared while the capture started", ErrSlotMissing, c.topo.Config().Postgres.Slot)
-	}
-	return st.confirmedFlush, nil
-}
-
-// prepare checks the server and the tables, ensures the publication, and
-// reports whether the slot exists. A missing slot is an error when the
-// history shows it existed, unless the operator accepts the gap.
-func (c *Capture) prepare(ctx context.Context, written codecs.Position) (exists bool, err error) {
-	cfg := c.topo.Config()
-	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
-	if err != nil {
-		return false, fmt.Errorf("connect to postgres: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if err := checkServer(ctx, conn); err != nil {
-		return false, err
-	}
-	for _, t := range c.tables {
-		if err := checkTable(ctx, conn, t); err != nil {
-			return false, err
-		}
-	}
-	if err := ensurePublication(ctx, conn, cfg.Postgres.Publication, c.tables); err != nil {
-		return false, err
-	}
-	st, err := inspectSlot(ctx, conn, cfg.Postgres.Slot)
-	if err != nil {
-		return false, err
-	}
-	if st.exists {
-		if st.walStatus == "unreserved" {
-			c.log.Warn("the slot's WAL is beyond max_slot_wal_keep_size and will be removed at the next checkpoint unless the capture catches up",
-				"slot", cfg.Postgres.Slot, "lsn", st.confirmedFlush.String())
-		}
-		return true, nil
-	}
-	if !written.IsZero() && !c.recreateSlot {
-		return false, fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
-			"so changes committed since are not in the stream. Nothing was created. To go on and accept the gap, start the capture once with --recreate-slot",
-			ErrSlotMissing, cfg.Postgres.Slot, written)
-	}
-	if !written.IsZero() {
-		c.log.Warn("re-creating a dropped replication slot with a new snapshot: changes committed while it was missing are not in the history",
-			"slot", cfg.Postgres.Slot, "history_position", written.String())
-	}
-	return false, nil
 }
 
 // stream is the streaming phase of a session: it decodes the replication

@@ -40,7 +40,7 @@ func TestResentWritten(t *testing.T) {
 }
 
 func TestResumeFrom(t *testing.T) {
-	c := &Capture{tables: []table{{entityType: "a", idColumn: "id"}, {entityType: "b", idColumn: "id"}}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	se := &session{tables: []table{{entityType: "a", idColumn: "id"}, {entityType: "b", idColumn: "id"}}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	row := func(typ string, id int64, idx uint32) *codecs.Event {
 		return &codecs.Event{EntityType: typ, EntityID: id, Op: codecs.OpSnapshot, CommitLSN: 99, Position: pos(99, idx)}
 	}
@@ -60,7 +60,7 @@ func TestResumeFrom(t *testing.T) {
 			for i := len(tc.rows) - 1; i >= 0; i-- {
 				rows.see(tc.rows[i])
 			}
-			if got := c.resumeFrom(rows, 99); got != tc.want {
+			if got := se.resumeFrom(rows, 99); got != tc.want {
 				t.Errorf("resumeFrom = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -91,8 +91,8 @@ func TestResentHoldsSpans(t *testing.T) {
 // TestCutsCover: a change is left out when the latest cut its row comes
 // after copied the row at a later LSN.
 func TestCutsCover(t *testing.T) {
-	c := &Capture{tables: []table{{entityType: "a"}, {entityType: "b"}, {entityType: "c"}}}
-	cs, err := c.resolveCuts([]snapshotCut{
+	se := &session{tables: []table{{entityType: "a"}, {entityType: "b"}, {entityType: "c"}}}
+	cs, err := se.resolveCuts([]snapshotCut{
 		{Type: "a", After: 100, LSN: 1000}, // first resume: a after 100 onwards, as of 1000
 		{Type: "b", After: 50, LSN: 2000},  // second: b after 50 onwards, as of 2000
 		{Type: "a", After: 300, LSN: 3000}, // a gap took the third back into a
@@ -119,7 +119,7 @@ func TestCutsCover(t *testing.T) {
 			t.Errorf("covers(%d, %d, %s) = %v, want %v", tc.table, tc.id, tc.lsn, got, tc.want)
 		}
 	}
-	from, err := c.resolveCuts([]snapshotCut{{Type: "a", FromStart: true, LSN: 500}})
+	from, err := se.resolveCuts([]snapshotCut{{Type: "a", FromStart: true, LSN: 500}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestCutsCover(t *testing.T) {
 	if (*cuts)(nil).covers(0, 1, 1) {
 		t.Error("no cuts cover nothing")
 	}
-	if _, err := c.resolveCuts([]snapshotCut{{Type: "gone", LSN: 1}}); !errors.Is(err, ErrSetup) {
+	if _, err := se.resolveCuts([]snapshotCut{{Type: "gone", LSN: 1}}); !errors.Is(err, ErrSetup) {
 		t.Errorf("a cut in an undeclared type: %v, want ErrSetup", err)
 	}
 }

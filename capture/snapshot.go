@@ -14,7 +14,6 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/changes-dev/changes/codecs"
 )
@@ -62,16 +61,16 @@ func (r *copiedRows) see(ev *codecs.Event) {
 // It resumes after the last row before the first gap in their indices, so
 // no row is left out; rows after the gap are copied again, with new
 // indices after the last one written, so positions keep increasing.
-func (c *Capture) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
+func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
 	if rows.newest == nil {
 		return snapshotFrom{base: base}
 	}
 	if rows.gaps > 0 {
-		c.log.Warn("snapshot: a gap in the copied rows; copying again from before it",
+		se.log.Warn("snapshot: a gap in the copied rows; copying again from before it",
 			"after_index", rows.after.Position.Index, "gaps", rows.gaps)
 	}
 	next := rows.newest.Position.Index + 1
-	for i, t := range c.tables {
+	for i, t := range se.tables {
 		if t.entityType == rows.after.EntityType {
 			return snapshotFrom{base: base, index: next, table: i, after: rows.after.EntityID, resuming: true}
 		}
@@ -82,8 +81,8 @@ func (c *Capture) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
 // copySnapshot copies every row of the captured tables, as tx sees them, to
 // the history as OpSnapshot events, table by table in id order, in batches.
 // It returns when Kafka has every row.
-func (c *Capture) copySnapshot(ctx context.Context, tx pgx.Tx, client sarama.Client, from snapshotFrom) error {
-	producer, err := sarama.NewAsyncProducerFromClient(client)
+func (se *session) copySnapshot(ctx context.Context, tx pgx.Tx, from snapshotFrom) error {
+	producer, err := sarama.NewAsyncProducerFromClient(se.client)
 	if err != nil {
 		return fmt.Errorf("snapshot producer: %w", err)
 	}
@@ -105,7 +104,7 @@ func (c *Capture) copySnapshot(ctx context.Context, tx pgx.Tx, client sarama.Cli
 			failOnce.Do(func() { failErr = fmt.Errorf("kafka did not take a snapshot row: %w", e.Err); close(failed) })
 		}
 	}()
-	copyErr := c.copyRows(ctx, tx, producer, failed, from)
+	copyErr := se.copyRows(ctx, tx, producer, failed, from)
 	producer.AsyncClose()
 	wg.Wait()
 	if failErr != nil {
@@ -114,22 +113,22 @@ func (c *Capture) copySnapshot(ctx context.Context, tx pgx.Tx, client sarama.Cli
 	return copyErr
 }
 
-func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
+func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
 	cp := &snapshotCopy{
 		tx: tx, producer: producer, failed: failed,
-		topic: string(c.topo.History()), maxBytes: c.topo.Config().Kafka.MaxRecordBytes,
+		topic: string(se.topo.History()), maxBytes: se.topo.Config().Kafka.MaxRecordBytes,
 		base: from.base, index: from.index, taken: time.Now().UTC(),
 	}
-	c.metrics.snapshotRunning.Set(1)
-	defer c.metrics.snapshotRunning.Set(0)
-	for ti := from.table; ti < len(c.tables); ti++ {
-		t := c.tables[ti]
+	se.metrics.snapshotRunning.Set(1)
+	defer se.metrics.snapshotRunning.Set(0)
+	for ti := from.table; ti < len(se.tables); ti++ {
+		t := se.tables[ti]
 		after, resuming := from.after, from.resuming && ti == from.table
 		started, lastReport, rows := time.Now(), time.Now(), 0
 		if resuming {
-			c.log.Info("snapshot: resuming", "entity_type", t.entityType, "table", t.qualified(), "after_id", after)
+			se.log.Info("snapshot: resuming", "entity_type", t.entityType, "table", t.qualified(), "after_id", after)
 		} else {
-			c.log.Info("snapshot: copying", "entity_type", t.entityType, "table", t.qualified())
+			se.log.Info("snapshot: copying", "entity_type", t.entityType, "table", t.qualified())
 		}
 		for {
 			where := ""
@@ -139,7 +138,7 @@ func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Async
 				args = append(args, after)
 			}
 			sql := fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, pgx.Identifier{t.idColumn}.Sanitize(), snapshotBatch)
-			if err := c.checkLock(ctx); err != nil {
+			if err := se.checkLock(ctx); err != nil {
 				return err
 			}
 			n, last, err := cp.batch(ctx, t, sql, args)
@@ -147,9 +146,9 @@ func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Async
 				return err
 			}
 			rows += n
-			c.metrics.snapshotRows.WithLabelValues(t.entityType).Add(float64(n))
+			se.metrics.snapshotRows.WithLabelValues(t.entityType).Add(float64(n))
 			if time.Since(lastReport) >= 5*time.Second {
-				c.log.Info("snapshot: progress", "entity_type", t.entityType, "rows", rows,
+				se.log.Info("snapshot: progress", "entity_type", t.entityType, "rows", rows,
 					"rows_per_s", int(float64(rows)/time.Since(started).Seconds()))
 				lastReport = time.Now()
 			}
@@ -158,7 +157,7 @@ func (c *Capture) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Async
 			}
 			after, resuming = last, true
 		}
-		c.log.Info("snapshot: copied", "entity_type", t.entityType, "rows", rows, "seconds", time.Since(started).Seconds())
+		se.log.Info("snapshot: copied", "entity_type", t.entityType, "rows", rows, "seconds", time.Since(started).Seconds())
 	}
 	return nil
 }
@@ -241,14 +240,14 @@ func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []a
 // stream meet exactly: a row committed during the copy is in the stream, not
 // in the copy. The state topic says "running" before the slot exists and
 // "done" after Kafka has every row, so a crash in between resumes.
-func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn, client sarama.Client, written codecs.Position) error {
-	cfg := c.topo.Config()
-	stateTopic := string(c.topo.CaptureState())
-	state := captureState{Slot: cfg.Postgres.Slot, Snapshot: snapshotRunning, Types: c.entityTypes()}
-	if err := writeState(client, stateTopic, state); err != nil {
+func (se *session) createAndSnapshot(ctx context.Context, written codecs.Position) error {
+	cfg := se.topo.Config()
+	stateTopic := string(se.topo.CaptureState())
+	state := captureState{Slot: cfg.Postgres.Slot, Snapshot: snapshotRunning, Types: se.entityTypes()}
+	if err := writeState(se.client, stateTopic, state); err != nil {
 		return err
 	}
-	res, err := pglogrepl.CreateReplicationSlot(ctx, replConn, cfg.Postgres.Slot, "pgoutput",
+	res, err := pglogrepl.CreateReplicationSlot(ctx, se.repl, cfg.Postgres.Slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
 	if err != nil {
 		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
@@ -257,18 +256,18 @@ func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn
 	if err != nil {
 		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
 	}
-	c.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", cp.String(), "snapshot", res.SnapshotName)
-	// The exported snapshot lives until replConn runs its next command
+	se.log.Info("created replication slot", "slot", cfg.Postgres.Slot, "lsn", cp.String(), "snapshot", res.SnapshotName)
+	// The exported snapshot lives until se.repl runs its next command
 	// (START_REPLICATION, after the copy).
 	if cp <= written.CommitLSN {
 		return fmt.Errorf("%w: the new slot starts at %s, not after the history's last change at %s (another server?): its changes would sort before what the history holds",
 			ErrSetup, cp, written)
 	}
-	if err := c.snapshot(ctx, client, res.SnapshotName, snapshotFrom{base: cp - 1}); err != nil {
+	if err := se.copyTables(ctx, res.SnapshotName, snapshotFrom{base: cp - 1}); err != nil {
 		return err
 	}
 	state.Snapshot = snapshotDone
-	return writeState(client, stateTopic, state)
+	return writeState(se.client, stateTopic, state)
 }
 
 // resumeSnapshot goes on with a snapshot a crash interrupted, and returns
@@ -279,15 +278,15 @@ func (c *Capture) createAndSnapshot(ctx context.Context, replConn *pgconn.PgConn
 // stream, which starts where the first snapshot did, then leaves out the
 // changes those rows already hold, so no entity's history goes backwards:
 // its copied state, then every change committed after it, in commit order.
-func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client, state captureState) (captureState, error) {
-	cfg := c.topo.Config()
-	start, err := c.slotPosition(ctx)
+func (se *session) resumeSnapshot(ctx context.Context, state captureState) (captureState, error) {
+	cfg := se.topo.Config()
+	start, err := se.slotPosition(ctx)
 	if err != nil {
 		return state, err
 	}
 	base := start - 1
 	var rows copiedRows
-	err = readBack(ctx, client, string(c.topo.History()), func(ev *codecs.Event) bool {
+	err = readBack(ctx, se.client, string(se.topo.History()), func(ev *codecs.Event) bool {
 		if ev.Op != codecs.OpSnapshot || ev.CommitLSN != base {
 			return false
 		}
@@ -297,7 +296,7 @@ func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client, stat
 	if err != nil {
 		return state, err
 	}
-	from := c.resumeFrom(rows, base)
+	from := se.resumeFrom(rows, base)
 
 	// The exported snapshot lives while this connection stays idle: until
 	// the copy is done.
@@ -319,18 +318,18 @@ func (c *Capture) resumeSnapshot(ctx context.Context, client sarama.Client, stat
 	if err != nil {
 		return state, fmt.Errorf("temporary replication slot %s: %w", tmpSlot, err)
 	}
-	cut := snapshotCut{Type: c.tables[from.table].entityType, After: from.after, FromStart: !from.resuming, LSN: lsn}
+	cut := snapshotCut{Type: se.tables[from.table].entityType, After: from.after, FromStart: !from.resuming, LSN: lsn}
 	state.Cuts = append(state.Cuts, cut)
-	if err := writeState(client, string(c.topo.CaptureState()), state); err != nil {
+	if err := writeState(se.client, string(se.topo.CaptureState()), state); err != nil {
 		return state, err
 	}
-	c.log.Warn("resuming an interrupted initial snapshot from a new database snapshot; changes the rest of the copy already holds are left out of the stream",
+	se.log.Warn("resuming an interrupted initial snapshot from a new database snapshot; changes the rest of the copy already holds are left out of the stream",
 		"slot", cfg.Postgres.Slot, "entity_type", cut.Type, "after_id", from.after, "index", from.index, "snapshot_lsn", lsn.String())
-	if err := c.snapshot(ctx, client, res.SnapshotName, from); err != nil {
+	if err := se.copyTables(ctx, res.SnapshotName, from); err != nil {
 		return state, err
 	}
 	state.Snapshot = snapshotDone
-	return state, writeState(client, string(c.topo.CaptureState()), state)
+	return state, writeState(se.client, string(se.topo.CaptureState()), state)
 }
 
 // cuts is the snapshot cuts of a slot, resolved against the tables: the
@@ -347,10 +346,10 @@ type resolvedCut struct {
 	lsn       codecs.LSN
 }
 
-func (c *Capture) resolveCuts(list []snapshotCut) (*cuts, error) {
+func (se *session) resolveCuts(list []snapshotCut) (*cuts, error) {
 	out := &cuts{}
 	for _, sc := range list {
-		ti := slices.IndexFunc(c.tables, func(t table) bool { return t.entityType == sc.Type })
+		ti := slices.IndexFunc(se.tables, func(t table) bool { return t.entityType == sc.Type })
 		if ti < 0 {
 			return nil, fmt.Errorf("%w: the interrupted snapshot resumed in entity type %q, which the config no longer declares", ErrSetup, sc.Type)
 		}
@@ -376,10 +375,10 @@ func (cs *cuts) covers(ti int, id int64, lsn codecs.LSN) bool {
 	return false
 }
 
-// snapshot copies the tables in a repeatable-read, read-only transaction,
+// copyTables copies the tables in a repeatable-read, read-only transaction,
 // on the exported snapshot name if one is given.
-func (c *Capture) snapshot(ctx context.Context, client sarama.Client, name string, from snapshotFrom) error {
-	conn, err := pgx.Connect(ctx, c.topo.Config().Postgres.URL)
+func (se *session) copyTables(ctx context.Context, name string, from snapshotFrom) error {
+	conn, err := pgx.Connect(ctx, se.topo.Config().Postgres.URL)
 	if err != nil {
 		return fmt.Errorf("connect to postgres for the snapshot: %w", err)
 	}
@@ -395,10 +394,10 @@ func (c *Capture) snapshot(ctx context.Context, client sarama.Client, name strin
 		}
 	}
 	started := time.Now()
-	if err := c.copySnapshot(ctx, tx, client, from); err != nil {
+	if err := se.copySnapshot(ctx, tx, from); err != nil {
 		return err
 	}
-	c.log.Info("snapshot: complete", "seconds", time.Since(started).Seconds())
+	se.log.Info("snapshot: complete", "seconds", time.Since(started).Seconds())
 	return tx.Commit(ctx)
 }
 
@@ -412,11 +411,11 @@ func quoteLiteral(s string) string {
 
 // checkLock fails when the connection holding the slot's advisory lock is
 // gone: another capture could then take the slot while this one works.
-func (c *Capture) checkLock(ctx context.Context) error {
-	if c.lock == nil {
+func (se *session) checkLock(ctx context.Context) error {
+	if se.lock == nil {
 		return nil
 	}
-	if err := c.lock.Ping(ctx); err != nil {
+	if err := se.lock.Ping(ctx); err != nil {
 		return fmt.Errorf("lost the connection that holds the slot's lock, so another capture may take over: %w", err)
 	}
 	return nil
@@ -427,9 +426,9 @@ func (c *Capture) checkLock(ctx context.Context) error {
 var errSnapshotWriteFailed = errors.New("a snapshot row was not written")
 
 // entityTypes lists the captured entity types, in config order.
-func (c *Capture) entityTypes() []string {
-	out := make([]string, len(c.tables))
-	for i, t := range c.tables {
+func (se *session) entityTypes() []string {
+	out := make([]string, len(se.tables))
+	for i, t := range se.tables {
 		out[i] = t.entityType
 	}
 	return out
