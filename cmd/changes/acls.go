@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -24,6 +25,9 @@ func (f *aclFlags) register(fs *flag.FlagSet) {
 		if !ok || principal == "" {
 			return fmt.Errorf("%q: want role=Type:name", s)
 		}
+		if !slices.Contains(topology.Roles, topology.Role(role)) {
+			return fmt.Errorf("unknown role %q (roles: %v)", role, topology.Roles)
+		}
 		f.principals[topology.Role(role)] = principal
 		return nil
 	})
@@ -34,7 +38,8 @@ func (f *aclFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.apply, "apply", false, "create the ACLs with the configured Kafka credentials (an administrator's), not only print them")
 }
 
-// runACLs prints (and with --apply creates) the Kafka ACLs each role needs.
+// runACLs prints (and with --apply creates) the Kafka ACLs each role needs:
+// those of the roles of f.principals, or of every role.
 func runACLs(topo *topology.Topology, f aclFlags, stdout io.Writer) error {
 	principals := f.principals
 	if len(principals) == 0 {
@@ -54,10 +59,6 @@ func runACLs(topo *topology.Topology, f aclFlags, stdout io.Writer) error {
 			return err
 		}
 		all = append(all, acls...)
-		delete(principals, r)
-	}
-	for r := range principals {
-		return fmt.Errorf("--principal: unknown role %q (roles: %v)", r, topology.Roles)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PRINCIPAL\tOPERATION\tRESOURCE\tNAME")

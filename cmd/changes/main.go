@@ -1,40 +1,34 @@
-// Command changes runs the changes platform.
+// Command changes runs the changes platform: one binary whose commands are
+// the platform's parts (capture, processors, query server, monitor) and its
+// tools (topics, ACLs, point-in-time reads, reports, a demo).
 //
-//	changes run     --config FILE   capture and processors in one process, with /metrics
-//	changes capture --config FILE   only the capture (PostgreSQL -> history topic)
-//	changes process --config FILE   only the processors (history -> snapshot tables)
-//	changes topics  --config FILE   create or check the topics, then exit
-//	changes acls    --config FILE [--principal ROLE=User:NAME] [--apply]
-//	                                the Kafka ACLs each role needs; --apply creates them
-//	changes serve   --config FILE   views of the snapshot tables and the history over HTTP
-//	changes asof    --config FILE --at TIME|OFFSET --type T [--id N]
-//	                                state at a past moment, rebuilt from the history
-//	changes monitor --config FILE   consistency and latency checks as changes_monitor_* metrics
-//	changes slo     --config FILE [--window 1h]   share of changes within 1 s, 5 s, 1 min, 1 h
-//	changes audit   --config FILE [--window 1h]   list stale and inconsistent entities, once
-//	changes demo    --config FILE   run everything with a demo workload and print a summary
+//	changes <command> [flags]
+//	changes --help               the commands
+//	changes <command> --help     a command's flags, environment variables and exit codes
+//	changes --version            the version, from the build information
 //
-// The config file is YAML (see configs/local.yaml); CHANGES_* environment
-// variables override it. SIGINT and SIGTERM stop the process cleanly: in-flight
-// changes are acknowledged by Kafka before the position is reported to
-// PostgreSQL.
+// The commands are the table in commands.go. The config file is YAML (see
+// configs/local.yaml); CHANGES_* environment variables override it. SIGINT
+// and SIGTERM stop the process cleanly: in-flight changes are acknowledged
+// by Kafka before the position is reported to PostgreSQL.
+//
+// Exit codes: 0 done (or stopped by a signal), 1 failed, 2 usage error (an
+// unknown command, a bad flag, a missing required flag); `changes audit`
+// exits 1 as well when it finds anything wrong.
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -42,12 +36,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/changes-dev/changes/capture"
-	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/internal/slogadapter"
-	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -57,175 +47,200 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "changes:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
-const usage = `usage: changes <command> [flags]
+// Exit codes of the process.
+const (
+	exitFailure = 1 // the command failed
+	exitUsage   = 2 // the command line is wrong: the convention of flag and the shells
+)
 
-commands:
-  run      capture and processors in one process, with Prometheus /metrics
-  capture  only the capture: PostgreSQL logical replication -> history topic
-  process  only the processors: history -> per-type snapshot tables
-  topics   create or check every topic, then exit
-  acls     print the Kafka ACLs each role needs (capture, processors, serve, monitor, view); --apply creates them
-  serve    query server: views of the snapshot tables and the history over HTTP
-  asof     print the state of an entity (or a whole type) at a past time, from the history
-  monitor  check history and snapshots continuously; changes_monitor_* metrics
-  slo      latency report of a past window: share within 1 s, 5 s, 1 min, 1 h; p50, p99, p99.9
-  audit    check a past window once; list stale and inconsistent entities (exit 1 if any)
-  demo     run everything on the configured stack with a demo workload, print a summary
+// exitError is an error that says the process's exit code.
+type exitError struct {
+	code int
+	err  error
+}
 
-Run 'changes <command> -h' for the flags of a command.`
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErrorf is an error of the command line (exit code 2).
+func usageErrorf(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// exitCode is the exit code for err: an *exitError's, else 1.
+func exitCode(err error) int {
+	if e, ok := errors.AsType[*exitError](err); ok {
+		return e.code
+	}
+	return exitFailure
+}
 
 // run is main without the process: it parses args, runs one command and
-// returns its error.
+// returns its error. Help and the version go to stdout and return nil;
+// an error of the command line is an *exitError with code 2, printed by
+// main only (the flag package prints nothing).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, usage)
-		if len(args) == 0 {
-			return errors.New("no command")
-		}
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage())
+		return usageErrorf("no command")
+	}
+	name, args := args[0], args[1:]
+	switch name {
+	case "-h", "-help", "--help":
+		fmt.Fprintln(stdout, usage())
 		return nil
-	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("changes "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", envOr("CHANGES_CONFIG", "configs/local.yaml"), "config file (env CHANGES_CONFIG)")
-	defaultLevel := "info"
-	if cmd == "demo" {
-		defaultLevel = "warn" // the demo prints its own progress
-	}
-	logLevel := fs.String("log-level", envOr("CHANGES_LOG_LEVEL", defaultLevel), "debug, info, warn or error (env CHANGES_LOG_LEVEL)")
-	logFormat := fs.String("log-format", envOr("CHANGES_LOG_FORMAT", "text"), "text or json (env CHANGES_LOG_FORMAT)")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the command ends")
-	blockProfile := fs.String("blockprofile", "", "write a profile of where goroutines waited (go tool pprof) to this file when the command ends")
-	var demo demoFlags
-	if cmd == "demo" {
-		demo.register(fs)
-	}
-	var recreateSlot bool
-	if cmd == "run" || cmd == "capture" {
-		fs.BoolVar(&recreateSlot, "recreate-slot", false,
-			"create the replication slot although the history shows it was dropped, accepting the gap (default: refuse)")
-	}
-	var asof asofFlags
-	if cmd == "asof" {
-		fs.StringVar(&asof.at, "at", "", "the moment: an RFC 3339 time (2026-11-25T10:05:00Z) or a history offset (required)")
-		fs.StringVar(&asof.typ, "type", "", "entity type (required)")
-		fs.Func("id", "entity id; without it, every entity of the type", func(s string) error {
-			id, err := strconv.ParseInt(s, 10, 64)
-			asof.id, asof.hasID = id, err == nil
-			if err != nil {
-				return fmt.Errorf("%q is not a 64-bit integer", s)
-			}
+	case "help":
+		if len(args) == 0 {
+			fmt.Fprintln(stdout, usage())
 			return nil
+		}
+		name, args = args[0], []string{"--help"}
+	case "-version", "--version":
+		name = "version"
+	}
+	cmd := lookup(name)
+	if cmd == nil {
+		return usageErrorf("unknown command %q; 'changes --help' lists them", name)
+	}
+	fs := flag.NewFlagSet("changes "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run's error says what is wrong, once
+	fs.Usage = func() {}
+	var common commonFlags
+	if !cmd.noConfig {
+		common.register(fs, cmd)
+	}
+	runCmd := cmd.flags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			cmd.printHelp(stdout, fs)
+			return nil
+		}
+		return usageErrorf("%s: %v; 'changes %s --help' lists its flags", cmd.name, err, cmd.name)
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("%s: unexpected argument %q; 'changes %s --help' lists its flags", cmd.name, fs.Arg(0), cmd.name)
+	}
+	if err := cmd.checkRequired(fs); err != nil {
+		return err
+	}
+	e := &env{name: cmd.name, stdout: stdout}
+	if cmd.noConfig {
+		return runCmd(ctx, e)
+	}
+	stopProfiles, err := common.startProfiles()
+	if err != nil {
+		return err
+	}
+	defer stopProfiles()
+	if err := e.load(common, stderr, cmd.postgres); err != nil {
+		return err
+	}
+	return runCmd(ctx, e)
+}
+
+// usage is the text of `changes --help`.
+func usage() string {
+	var b strings.Builder
+	b.WriteString("usage: changes <command> [flags]\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nRun 'changes <command> --help' for a command's flags, environment variables and exit codes.")
+	return b.String()
+}
+
+// commonFlags are the flags of every command that reads the config.
+type commonFlags struct {
+	config, logLevel, logFormat string
+	cpuProfile, blockProfile    string
+}
+
+func (f *commonFlags) register(fs *flag.FlagSet, cmd *command) {
+	level := cmd.logLevel
+	if level == "" {
+		level = "info"
+	}
+	fs.StringVar(&f.config, "config", envOr("CHANGES_CONFIG", "configs/local.yaml"), "config file (env CHANGES_CONFIG)")
+	fs.StringVar(&f.logLevel, "log-level", envOr("CHANGES_LOG_LEVEL", level), "debug, info, warn or error (env CHANGES_LOG_LEVEL)")
+	fs.StringVar(&f.logFormat, "log-format", envOr("CHANGES_LOG_FORMAT", "text"), "text or json (env CHANGES_LOG_FORMAT)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the command ends")
+	fs.StringVar(&f.blockProfile, "blockprofile", "", "write a profile of where goroutines waited (go tool pprof) to this file when the command ends")
+}
+
+// startProfiles starts the profiles the flags ask for; stop writes them.
+func (f *commonFlags) startProfiles() (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	if f.cpuProfile != "" {
+		file, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return nil, fmt.Errorf("cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(file); err != nil {
+			file.Close()
+			return nil, fmt.Errorf("cpuprofile: %w", err)
+		}
+		stops = append(stops, func() {
+			pprof.StopCPUProfile()
+			file.Close()
 		})
 	}
-	var acls aclFlags
-	if cmd == "acls" {
-		acls.register(fs)
-	}
-	var window time.Duration
-	if cmd == "slo" || cmd == "audit" {
-		fs.DurationVar(&window, "window", time.Hour, "how far back to look")
-	}
-	switch cmd {
-	case "run", "capture", "process", "topics", "acls", "demo", "serve", "asof", "monitor", "slo", "audit":
-	default:
-		fmt.Fprintln(stderr, usage)
-		return fmt.Errorf("unknown command %q", cmd)
-	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	log, err := newLogger(stderr, *logLevel, *logFormat)
-	if err != nil {
-		return err
-	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return fmt.Errorf("cpuprofile: %w", err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("cpuprofile: %w", err)
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		}()
-	}
-	if *blockProfile != "" {
+	if f.blockProfile != "" {
 		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
-		defer func() {
-			f, err := os.Create(*blockProfile)
+		stops = append(stops, func() {
+			file, err := os.Create(f.blockProfile)
 			if err == nil {
-				pprof.Lookup("block").WriteTo(f, 0)
-				f.Close()
+				pprof.Lookup("block").WriteTo(file, 0)
+				file.Close()
 			}
-		}()
+		})
 	}
-	cfg, err := topology.Load(*configPath)
+	return stop, nil
+}
+
+// env is what a command runs with: the config as a topology, a logger, the
+// process's metric registry and stdout. A command with noConfig gets only
+// its name and stdout.
+type env struct {
+	name       string
+	configPath string
+	topo       *topology.Topology
+	log        *slog.Logger
+	reg        *prometheus.Registry
+	stdout     io.Writer
+}
+
+// load fills e from the common flags: the logger (on stderr), the config,
+// and a registry with the Go and process collectors. It logs the insecure
+// connection settings of what the command connects to.
+func (e *env) load(f commonFlags, stderr io.Writer, postgres bool) error {
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		return usageErrorf("%s: %v", e.name, err)
+	}
+	cfg, err := topology.Load(f.config)
 	if err != nil {
 		return err
 	}
-	topo := topology.New(cfg)
 	warnings := cfg.Kafka.SecurityWarnings()
-	switch cmd {
-	case "run", "capture", "demo", "monitor", "audit": // they connect to PostgreSQL
-		if w := cfg.Postgres.SecurityWarning(); w != "" {
-			warnings = append(warnings, w)
-		}
+	if w := cfg.Postgres.SecurityWarning(); postgres && w != "" {
+		warnings = append(warnings, w)
 	}
 	for _, w := range warnings {
 		log.Warn("insecure connection setting", "warning", w)
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	capOpts := []capture.Option{capture.WithRegisterer(reg)}
-	if recreateSlot {
-		capOpts = append(capOpts, capture.WithRecreateSlot())
-	}
-	procOpts := []processors.Option{processors.WithRegisterer(reg)}
-
-	switch cmd {
-	case "topics":
-		if err := platform.EnsureTopics(topo); err != nil {
-			return err
-		}
-		for _, t := range topo.Topics() {
-			fmt.Fprintf(stdout, "%-50s partitions=%-4d %v\n", t.Name, t.Partitions, t.Configs)
-		}
-		return nil
-	case "acls":
-		return runACLs(topo, acls, stdout)
-	case "demo":
-		return runDemo(ctx, topo, demo, log, stdout, reg, capOpts, procOpts)
-	case "serve":
-		return runServe(ctx, topo, log, reg)
-	case "asof":
-		return runAsOf(ctx, topo, asof, log, stdout)
-	case "monitor":
-		return runMonitor(ctx, topo, log, reg)
-	case "slo":
-		return runSLO(ctx, topo, window, stdout)
-	case "audit":
-		return runAudit(ctx, topo, window, stdout)
-	}
-	parts := map[string]platform.Parts{
-		"run":     platform.All,
-		"capture": {Capture: true},
-		"process": {Processors: true},
-	}[cmd]
-	stopMetrics, err := serveMetrics(cfg.Metrics, reg, log)
-	if err != nil {
-		return err
-	}
-	defer stopMetrics()
-	log.Info("starting", "command", cmd, "config", *configPath, "brokers", strings.Join(cfg.Kafka.Brokers, ","))
-	return platform.Run(ctx, topo, parts, log, capOpts, procOpts)
+	e.configPath, e.topo, e.log = f.config, topology.New(cfg), log
+	e.reg = prometheus.NewRegistry()
+	e.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return nil
 }
 
 func envOr(name, def string) string {
@@ -255,74 +270,38 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return log, nil
 }
 
-// readiness reads the changes_*_connected gauges of reg, which every
-// long-running part sets (the capture by dependency, the processors by
-// group, the monitor): ready once there is at least one and all are 1. It
-// returns each series' value by name and labels.
-func readiness(reg prometheus.Gatherer) (bool, map[string]float64) {
-	mfs, err := reg.Gather()
-	connected := map[string]float64{}
-	if err != nil {
-		return false, connected
+// version is the line `changes --version` prints: the module version and,
+// when the build recorded them, the commit, its time and whether the work
+// tree had changes, then the Go version.
+func version(info *debug.BuildInfo, ok bool) string {
+	if !ok {
+		return "changes (no build information) " + runtime.Version()
 	}
-	ready := true
-	for _, mf := range mfs {
-		name := mf.GetName()
-		if !strings.HasPrefix(name, "changes_") || !strings.HasSuffix(name, "_connected") {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			key := name
-			for _, l := range m.GetLabel() {
-				key += "," + l.GetName() + "=" + l.GetValue()
-			}
-			v := m.GetGauge().GetValue()
-			connected[key] = v
-			ready = ready && v == 1
+	v := info.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev, at string
+	modified := false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
 		}
 	}
-	return ready && len(connected) > 0, connected
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-// serveMetrics serves /metrics, /healthz and /readyz (see readiness) on addr until the returned stop is called;
-// an empty addr serves nothing.
-func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
-	if addr == "" {
-		return func() {}, nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ready, connected := readiness(reg)
-		code := http.StatusOK
-		if !ready {
-			code = http.StatusServiceUnavailable
+	out := "changes " + v
+	if rev != "" {
+		out += " commit " + rev
+		if at != "" {
+			out += " " + at
 		}
-		writeJSON(w, code, map[string]any{"ready": ready, "connected": connected})
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
+		if modified {
+			out += " (modified)"
 		}
-	}()
-	log.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}, nil
+	}
+	return out + " " + info.GoVersion
 }

@@ -3,8 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -25,20 +30,25 @@ func TestRunErrors(t *testing.T) {
 		name string
 		args []string
 		want string
+		code int // the exit code main uses
 	}{
-		{"no command", nil, "no command"},
-		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
-		{"asof without --at", []string{"asof", "--config", valid, "--type", "a"}, "--at and --type are required"},
-		{"asof unknown type", []string{"asof", "--config", valid, "--type", "zz", "--at", "5"}, `entity type "zz" is not declared`},
-		{"asof bad id", []string{"asof", "--config", valid, "--type", "a", "--at", "5", "--id", "x"}, `"x" is not a 64-bit integer`},
-		{"missing config", []string{"run", "--config", filepath.Join(dir, "absent.yaml")}, "absent.yaml"},
-		{"invalid field", []string{"run", "--config", badPartitions}, "entities[0].partitions"},
-		{"unknown field", []string{"run", "--config", typo}, "brokerz"},
-		{"bad log level", []string{"run", "--log-level", "loud", "--config", badPartitions}, `log level "loud"`},
-		{"bad flag", []string{"run", "--nope"}, "flag provided but not defined"},
-		{"acls unknown role", []string{"acls", "--config", valid, "--principal", "root=User:x"}, `unknown role "root"`},
-		{"acls bad principal", []string{"acls", "--config", valid, "--principal", "view=x"}, `principal "x"`},
-		{"acls unknown type", []string{"acls", "--config", valid, "--types", "zz"}, `entity type "zz" is not declared`},
+		{"no command", nil, "no command", 2},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`, 2},
+		{"asof without --at", []string{"asof", "--config", valid, "--type", "a"}, "--at and --type are required", 2},
+		{"asof unknown type", []string{"asof", "--config", valid, "--type", "zz", "--at", "5"}, `entity type "zz" is not declared`, 1},
+		{"asof bad id", []string{"asof", "--config", valid, "--type", "a", "--at", "5", "--id", "x"}, `"x" is not a 64-bit integer`, 2},
+		{"missing config", []string{"run", "--config", filepath.Join(dir, "absent.yaml")}, "absent.yaml", 1},
+		{"invalid field", []string{"run", "--config", badPartitions}, "entities[0].partitions", 1},
+		{"unknown field", []string{"run", "--config", typo}, "brokerz", 1},
+		{"bad log level", []string{"run", "--log-level", "loud", "--config", badPartitions}, `log level "loud"`, 2},
+		{"bad flag", []string{"run", "--nope"}, "flag provided but not defined", 2},
+		{"flag of another command", []string{"process", "--recreate-slot"}, "flag provided but not defined", 2},
+		{"bad flag value", []string{"slo", "--window", "soon"}, `invalid value "soon"`, 2},
+		{"argument", []string{"topics", "--config", valid, "now"}, `unexpected argument "now"`, 2},
+		{"help of an unknown command", []string{"help", "frobnicate"}, `unknown command "frobnicate"`, 2},
+		{"acls unknown role", []string{"acls", "--config", valid, "--principal", "root=User:x"}, `unknown role "root"`, 2},
+		{"acls bad principal", []string{"acls", "--config", valid, "--principal", "view=x"}, `principal "x"`, 1},
+		{"acls unknown type", []string{"acls", "--config", valid, "--types", "zz"}, `entity type "zz" is not declared`, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Setenv("CHANGES_KAFKA_BROKERS", "")
@@ -48,19 +58,121 @@ func TestRunErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("run(%q) = %v; want an error containing %q", c.args, err, c.want)
 			}
+			if got := exitCode(err); got != c.code {
+				t.Errorf("exit code %d, want %d", got, c.code)
+			}
+			// main prints the error; the flag package must not print it too.
+			if c.args != nil && stderr.Len() > 0 {
+				t.Errorf("stderr:\n%s\nwant nothing: main prints the error", stderr.String())
+			}
 		})
 	}
 }
 
-func TestHelp(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"help"}, &stdout, &stderr); err != nil {
-		t.Fatal(err)
-	}
-	for _, cmd := range []string{"run", "capture", "process", "topics", "acls", "serve", "asof", "monitor", "slo", "audit", "demo"} {
-		if !strings.Contains(stderr.String(), "\n  "+cmd+" ") {
-			t.Errorf("usage does not list %s:\n%s", cmd, stderr.String())
+func TestExitCode(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{errors.New("x"), 1},
+		{usageErrorf("x"), 2},
+		{fmt.Errorf("wrapped: %w", usageErrorf("x")), 2},
+	} {
+		if got := exitCode(c.err); got != c.want {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
 		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if stderr.Len() > 0 {
+			t.Errorf("%q: stderr %q, want the help on stdout only", args, stderr.String())
+		}
+		for _, cmd := range []string{"run", "capture", "process", "topics", "acls", "serve", "asof", "monitor", "slo", "audit", "demo", "version"} {
+			if !strings.Contains(stdout.String(), "\n  "+cmd+" ") {
+				t.Errorf("%q: usage does not list %s:\n%s", args, cmd, stdout.String())
+			}
+		}
+	}
+}
+
+// Every command answers --help and -h on stdout with exit code 0: what it
+// does, each of its flags, the environment and the exit codes.
+func TestCommandHelp(t *testing.T) {
+	for _, cmd := range commands {
+		for _, args := range [][]string{{cmd.name, "--help"}, {cmd.name, "-h"}, {"help", cmd.name}} {
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				var stdout, stderr bytes.Buffer
+				if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+					t.Fatal(err)
+				}
+				if stderr.Len() > 0 {
+					t.Errorf("stderr %q, want the help on stdout only", stderr.String())
+				}
+				out := stdout.String()
+				want := []string{"usage: changes " + cmd.name, cmd.help, "exit codes:\n  0  ", "\n  2  usage error"}
+				if !cmd.noConfig {
+					want = append(want, "environment:\n", "CHANGES_CONFIG", "-config string", "-log-level string")
+				}
+				fs := flag.NewFlagSet("", flag.ContinueOnError)
+				cmd.flags(fs)
+				for _, w := range want {
+					if !strings.Contains(out, w) {
+						t.Errorf("help lacks %q:\n%s", w, out)
+					}
+				}
+				fs.VisitAll(func(f *flag.Flag) {
+					if !strings.Contains(out, "\n  -"+f.Name+" ") && !strings.Contains(out, "\n  -"+f.Name+"\n") {
+						t.Errorf("help lacks the flag -%s:\n%s", f.Name, out)
+					}
+				})
+			})
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		stdout.Reset()
+		if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+			t.Fatal(err)
+		}
+		if out := stdout.String(); !strings.HasPrefix(out, "changes ") || !strings.Contains(out, runtime.Version()) {
+			t.Errorf("%q printed %q, want changes, its version and %s", args, out, runtime.Version())
+		}
+	}
+	settings := func(kv ...string) []debug.BuildSetting {
+		var s []debug.BuildSetting
+		for i := 0; i < len(kv); i += 2 {
+			s = append(s, debug.BuildSetting{Key: kv[i], Value: kv[i+1]})
+		}
+		return s
+	}
+	for _, c := range []struct {
+		name string
+		info *debug.BuildInfo
+		want string
+	}{
+		{"no build info", nil, "changes (no build information) " + runtime.Version()},
+		{"devel without vcs", &debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "(devel)"}}, "changes (devel) go1.26.0"},
+		{"release", &debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "v1.2.3"},
+			Settings: settings("vcs.revision", "abc123", "vcs.time", "2026-11-30T10:00:00Z", "vcs.modified", "false")},
+			"changes v1.2.3 commit abc123 2026-11-30T10:00:00Z go1.26.0"},
+		{"modified tree", &debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "(devel)"},
+			Settings: settings("vcs.revision", "abc123", "vcs.time", "2026-11-30T10:00:00Z", "vcs.modified", "true")},
+			"changes (devel) commit abc123 2026-11-30T10:00:00Z (modified) go1.26.0"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := version(c.info, c.info != nil); got != c.want {
+				t.Errorf("version = %q, want %q", got, c.want)
+			}
+		})
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -106,18 +105,19 @@ func b2f(b bool) float64 {
 }
 
 // runSLO prints the latency report of the last window.
-func runSLO(ctx context.Context, topo *topology.Topology, window time.Duration, stdout io.Writer) error {
-	rep, err := monitor.SLO(ctx, topo, window)
+func runSLO(ctx context.Context, e *env, window time.Duration) error {
+	rep, err := monitor.SLO(ctx, e.topo, window)
 	if err != nil {
 		return fmt.Errorf("slo: %w", err)
 	}
-	rep.Print(stdout)
+	rep.Print(e.stdout)
 	return nil
 }
 
 // runAudit checks the last window once and lists what is wrong; it fails if
 // anything is.
-func runAudit(ctx context.Context, topo *topology.Topology, window time.Duration, stdout io.Writer) error {
+func runAudit(ctx context.Context, e *env, window time.Duration) error {
+	topo, stdout := e.topo, e.stdout
 	staleAfter := topo.Config().Monitor.StaleAfter
 	res, err := monitor.Audit(ctx, topo, window, staleAfter)
 	if err != nil {

@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -193,13 +195,24 @@ type asofFlags struct {
 	hasID   bool
 }
 
+func (f *asofFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.at, "at", "", "the moment: an RFC 3339 time (2026-11-25T10:05:00Z) or a history offset (required)")
+	fs.StringVar(&f.typ, "type", "", "entity type (required)")
+	fs.Func("id", "entity id; without it, every entity of the type", func(s string) error {
+		id, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a 64-bit integer", s)
+		}
+		f.id, f.hasID = id, true
+		return nil
+	})
+}
+
 // runAsOf prints the state of one entity, or of every entity of a type, at
 // a past time or history offset, rebuilt from the history: one JSON object
-// per line on stdout, progress on the log.
+// per line on stdout, progress on the log. The command requires --at and
+// --type.
 func runAsOf(ctx context.Context, topo *topology.Topology, f asofFlags, log *slog.Logger, stdout io.Writer) error {
-	if f.at == "" || f.typ == "" {
-		return errors.New("asof: --at and --type are required")
-	}
 	if _, ok := topo.Config().Entity(f.typ); !ok {
 		return fmt.Errorf("asof: entity type %q is not declared", f.typ)
 	}
