@@ -231,12 +231,7 @@ func runAsOf(ctx context.Context, topo *topology.Topology, f asofFlags, log *slo
 		if err != nil {
 			return fmt.Errorf("asof: %w", err)
 		}
-		out := server.StateAt{Type: f.typ, ID: f.id, At: f.at, HistoryOffset: end}
-		if st != nil {
-			e := server.Entity{Type: st.EntityType, ID: st.EntityID, Row: st.Row, Position: st.Position, CommitTime: st.CommitTime}
-			out.Entity = &e
-		}
-		return enc.Encode(out)
+		return enc.Encode(history.StateAtOf(f.typ, f.id, f.at, end, st))
 	}
 	start := time.Now()
 	states, err := h.TypeAt(ctx, f.typ, end, func(done, total int64) {
@@ -246,8 +241,7 @@ func runAsOf(ctx context.Context, topo *topology.Topology, f asofFlags, log *slo
 		return fmt.Errorf("asof: %w", err)
 	}
 	for _, st := range states {
-		e := server.Entity{Type: st.EntityType, ID: st.EntityID, Row: st.Row, Position: st.Position, CommitTime: st.CommitTime}
-		if err := enc.Encode(e); err != nil {
+		if err := enc.Encode(history.EntityOf(st)); err != nil {
 			return err
 		}
 	}

@@ -233,18 +233,9 @@ func (s *server) busy(w http.ResponseWriter, r *http.Request, err error) {
 	s.fail(w, r, http.StatusServiceUnavailable, err)
 }
 
-// Entity is the JSON of one entity's state.
-type Entity struct {
-	Type       string          `json:"type"`
-	ID         int64           `json:"id,string"`
-	Row        codecs.Row      `json:"row"`
-	Position   codecs.Position `json:"position"`
-	CommitTime time.Time       `json:"commit_time"`
-}
-
-func entityOf(st *codecs.State) Entity {
-	return Entity{Type: st.EntityType, ID: st.EntityID, Row: st.Row, Position: st.Position, CommitTime: st.CommitTime}
-}
+// Entity is the JSON of one entity's state, history.Entity: the query
+// server and `changes asof` print the same.
+type Entity = history.Entity
 
 // Page is the JSON of a page of the listing. NextAfter, when present, is the
 // after= of the next page; absent, the page ended the listing.
@@ -253,17 +244,8 @@ type Page struct {
 	NextAfter string   `json:"next_after,omitempty"`
 }
 
-// StateAt is the JSON of a point-in-time read.
-type StateAt struct {
-	Type string `json:"type"`
-	ID   int64  `json:"id,string"`
-	// At echoes the asked time or offset.
-	At string `json:"at"`
-	// HistoryOffset is the first history offset not included.
-	HistoryOffset int64 `json:"history_offset"`
-	// Entity is the state then; absent if the entity did not exist.
-	Entity *Entity `json:"entity,omitempty"`
-}
+// StateAt is the JSON of a point-in-time read, history.StateAt.
+type StateAt = history.StateAt
 
 // Changes is the JSON of a page of an entity's changes, in history order.
 type Changes struct {
@@ -338,7 +320,7 @@ func (s *server) entity(w http.ResponseWriter, r *http.Request) {
 	case st == nil:
 		s.fail(w, r, http.StatusNotFound, fmt.Errorf("%s %d not found", v.EntityType(), id))
 	default:
-		s.writeJSON(w, r, http.StatusOK, entityOf(st))
+		s.writeJSON(w, r, http.StatusOK, history.EntityOf(st))
 	}
 }
 
@@ -376,7 +358,7 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, statusOf(err), err)
 			return
 		}
-		fits, err := page.add(entityOf(st))
+		fits, err := page.add(history.EntityOf(st))
 		if err != nil {
 			s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("encode %s %d: %w", st.EntityType, st.EntityID, err))
 			return
@@ -542,12 +524,8 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 	if err != nil {
 		return nil, err
 	}
-	out := &StateAt{Type: typ, ID: id, At: at, HistoryOffset: end}
-	if st != nil {
-		e := entityOf(st)
-		out.Entity = &e
-	}
-	return out, nil
+	out := history.StateAtOf(typ, id, at, end, st)
+	return &out, nil
 }
 
 // EndOffset parses at, an RFC 3339 time or a history offset, into the end
