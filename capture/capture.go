@@ -69,15 +69,15 @@ func New(topo *topology.Topology, opts ...Option) (*Capture, error) {
 		return nil, errors.New("capture: nil topology")
 	}
 	c := &Capture{
-		topo:    topo,
-		tables:  tablesOf(topo.Config()),
-		log:     slog.Default(),
-		metrics: newMetrics(),
+		topo:   topo,
+		tables: tablesOf(topo.Config()),
+		log:    slog.Default(),
 	}
 	for _, o := range opts {
 		o(c)
 	}
-	if err := c.metrics.register(c.reg); err != nil {
+	var err error
+	if c.metrics, err = newMetrics(c.reg); err != nil {
 		return nil, fmt.Errorf("capture metrics: %w", err)
 	}
 	c.log = c.log.With("component", "capture")

@@ -22,69 +22,33 @@ type metrics struct {
 	connected   *prometheus.GaugeVec
 }
 
-func newMetrics() *metrics {
-	return &metrics{
-		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_router_events_total",
-			Help: "History events emitted to the events topic of their entity type.",
-		}, []string{"entity_type"}),
-		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_snapshot_applied_total",
-			Help: "Changes applied to a snapshot table, by entity type and operation.",
-		}, []string{"entity_type", "op"}),
-		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_snapshot_skipped_total",
-			Help: "Changes not applied because the table already holds a state at or after their position (redelivery).",
-		}, []string{"entity_type"}),
-		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_processor_rewrites_total",
-			Help: "Changes delivered again at exactly the stored state's position, whose state was written to the table again (the local copy may have been ahead of the changelog after a crash), by entity type.",
-		}, []string{"entity_type"}),
-		tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_snapshot_tombstones_total",
-			Help: "Deleted entities whose grace period ended, replaced by a Kafka tombstone.",
-		}, []string{"entity_type"}),
-		in: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_processor_events_in_total",
-			Help: "Records a processor consumed from its input topic, by consumer group.",
-		}, []string{"group"}),
-		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "changes_processor_lag_records",
-			Help: "Records of an input partition not yet processed by this instance, by consumer group, topic and partition (read every 5 s).",
-		}, []string{"group", "topic", "partition"}),
-		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "changes_processor_connected",
-			Help: "1 while a processor runs and Kafka answers (probed every 2 s), 0 while it is being restarted or Kafka is unreachable, by consumer group.",
-		}, []string{"group"}),
-		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_processor_restarts_total",
-			Help: "Times a processor failed and was restarted, by consumer group.",
-		}, []string{"group"}),
-		badStates: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_snapshot_bad_states_total",
-			Help: "Stored snapshot-table records that did not decode as a state, read as absent, by entity type.",
-		}, []string{"entity_type"}),
-		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_processor_deadletters_total",
-			Help: "Records sent to the dead-letter topic because they could not be decoded, routed or applied, by consumer group and reason: undecodable, undeclared_type, bad_truncate, wrong_key, not_applicable or too_large.",
-		}, []string{"group", "reason"}),
+// newMetrics registers the metrics with r (nil: none), reusing the series
+// that processors built before with the same registerer registered.
+func newMetrics(r prometheus.Registerer) (*metrics, error) {
+	f := promreg.With(r)
+	m := &metrics{
+		routed: f.CounterVec("changes_router_events_total",
+			"History events emitted to the events topic of their entity type.", "entity_type"),
+		applied: f.CounterVec("changes_snapshot_applied_total",
+			"Changes applied to a snapshot table, by entity type and operation.", "entity_type", "op"),
+		skipped: f.CounterVec("changes_snapshot_skipped_total",
+			"Changes not applied because the table already holds a state at or after their position (redelivery).", "entity_type"),
+		rewrites: f.CounterVec("changes_processor_rewrites_total",
+			"Changes delivered again at exactly the stored state's position, whose state was written to the table again (the local copy may have been ahead of the changelog after a crash), by entity type.", "entity_type"),
+		tombstones: f.CounterVec("changes_snapshot_tombstones_total",
+			"Deleted entities whose grace period ended, replaced by a Kafka tombstone.", "entity_type"),
+		in: f.CounterVec("changes_processor_events_in_total",
+			"Records a processor consumed from its input topic, by consumer group.", "group"),
+		lag: f.GaugeVec("changes_processor_lag_records",
+			"Records of an input partition not yet processed by this instance, by consumer group, topic and partition (read every 5 s).", "group", "topic", "partition"),
+		connected: f.GaugeVec("changes_processor_connected",
+			"1 while a processor runs and Kafka answers (probed every 2 s), 0 while it is being restarted or Kafka is unreachable, by consumer group.", "group"),
+		restarts: f.CounterVec("changes_processor_restarts_total",
+			"Times a processor failed and was restarted, by consumer group.", "group"),
+		badStates: f.CounterVec("changes_snapshot_bad_states_total",
+			"Stored snapshot-table records that did not decode as a state, read as absent, by entity type.", "entity_type"),
+		deadLetters: f.CounterVec("changes_processor_deadletters_total",
+			"Records sent to the dead-letter topic because they could not be decoded, routed or applied, by consumer group and reason: undecodable, undeclared_type, bad_truncate, wrong_key, not_applicable or too_large.", "group", "reason"),
 	}
-}
-
-// register registers the metrics with r, reusing the series that processors
-// built before with the same registerer registered.
-func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []**prometheus.CounterVec{&m.routed, &m.applied, &m.skipped, &m.rewrites, &m.badStates, &m.deadLetters, &m.tombstones, &m.restarts, &m.in} {
-		var err error
-		if *c, err = promreg.Register(r, *c); err != nil {
-			return err
-		}
-	}
-	for _, g := range []**prometheus.GaugeVec{&m.lag, &m.connected} {
-		var err error
-		if *g, err = promreg.Register(r, *g); err != nil {
-			return err
-		}
-	}
-	return nil
+	return m, f.Err()
 }

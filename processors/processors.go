@@ -65,13 +65,13 @@ func WithGokaOptions(opts ...goka.ProcessorOption) Option {
 func newOptions(topo *topology.Topology, opts []Option) (*options, error) {
 	o := &options{
 		log:        slog.Default(),
-		metrics:    newMetrics(),
 		storageDir: filepath.Join(topo.Config().Storage, "processors"),
 	}
 	for _, fn := range opts {
 		fn(o)
 	}
-	if err := o.metrics.register(o.reg); err != nil {
+	var err error
+	if o.metrics, err = newMetrics(o.reg); err != nil {
 		return nil, fmt.Errorf("processor metrics: %w", err)
 	}
 	return o, nil

@@ -16,7 +16,11 @@ import (
 // must not panic goka's Value() (the processor would restart into it
 // forever); it reads as no state, counted.
 func TestTableCodecReadsBadStatesAsAbsent(t *testing.T) {
-	o := &options{metrics: newMetrics(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &options{metrics: m, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	c := tableCodec{entityType: "account", o: o}
 	for _, raw := range []string{"not json", `{"type": ""}`, `{"type":"account","id":"1"}`} {
 		v, err := c.Decode([]byte(raw))

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/changes-dev/changes/internal/outage"
+	"github.com/changes-dev/changes/internal/promreg"
 	"github.com/changes-dev/changes/processors/monitor"
 	"github.com/changes-dev/changes/topology"
 )
@@ -25,11 +26,10 @@ func runMonitor(ctx context.Context, topo *topology.Topology, log *slog.Logger, 
 	if _, err := monitor.New(topo, opts...); err != nil {
 		return err
 	}
-	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "changes_monitor_connected",
-		Help: "1 while the monitor reads every topic and Kafka answers (probed every 2 s), 0 while it waits to start again after an outage.",
-	})
-	if err := reg.Register(gauge); err != nil {
+	metrics := promreg.With(reg)
+	gauge := metrics.Gauge("changes_monitor_connected",
+		"1 while the monitor reads every topic and Kafka answers (probed every 2 s), 0 while it waits to start again after an outage.")
+	if err := metrics.Err(); err != nil {
 		return err
 	}
 	stop, err := serveMetrics(topo.Config().Monitor.Listen, reg, log)

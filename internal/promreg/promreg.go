@@ -1,5 +1,7 @@
 // Package promreg registers collectors the way several parts of one process
 // can share: a collector that is already registered is reused, not a panic.
+// Every package of ours defines its metrics with a Factory (With), and its
+// latency histograms with LatencyBuckets.
 package promreg
 
 import (

@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/promreg"
 )
 
 // The metrics the alert rules read, by name and labels, fed through the
@@ -104,13 +106,9 @@ changes_monitor_bad_records_total{topic="` + hist + `"} 1
 			t.Errorf("%s has %d series, want 1 (entity_type=a)", name, n)
 		}
 	}
-	for _, b := range []float64{1, 5, 60, 3600} {
-		found := false
-		for _, lb := range LatencyBuckets {
-			found = found || lb == b
-		}
-		if !found {
-			t.Errorf("latency buckets lack %gs", b)
+	for _, b := range SLOBounds {
+		if !slices.Contains(promreg.LatencyBuckets, b.Seconds()) {
+			t.Errorf("latency buckets lack the report's %s", b)
 		}
 	}
 }

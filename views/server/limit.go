@@ -94,29 +94,17 @@ type metrics struct {
 	rejected *prometheus.CounterVec
 }
 
+// newMetrics registers the metrics with r (nil: none). On an error, the
+// metrics count but are not all exported.
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
+	f := promreg.With(r)
 	m := &metrics{
-		running: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "changes_serve_running_requests",
-			Help: "Query server requests holding a turn, by limit (requests: every /v1 request; history: reading the history).",
-		}, []string{"limit"}),
-		waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "changes_serve_waiting_requests",
-			Help: "Query server requests waiting for a turn, by limit.",
-		}, []string{"limit"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "changes_serve_rejected_requests_total",
-			Help: "Query server requests answered 503 for want of a turn, by limit and reason (queue_full: too many waiting; wait_timeout: waited the longest wait).",
-		}, []string{"limit", "reason"}),
+		running: f.GaugeVec("changes_serve_running_requests",
+			"Query server requests holding a turn, by limit (requests: every /v1 request; history: reading the history).", "limit"),
+		waiting: f.GaugeVec("changes_serve_waiting_requests",
+			"Query server requests waiting for a turn, by limit.", "limit"),
+		rejected: f.CounterVec("changes_serve_rejected_requests_total",
+			"Query server requests answered 503 for want of a turn, by limit and reason (queue_full: too many waiting; wait_timeout: waited the longest wait).", "limit", "reason"),
 	}
-	var err error
-	// On an error, m holds collectors that count but are not exported.
-	if m.running, err = promreg.Register(r, m.running); err != nil {
-		return m, err
-	}
-	if m.waiting, err = promreg.Register(r, m.waiting); err != nil {
-		return m, err
-	}
-	m.rejected, err = promreg.Register(r, m.rejected)
-	return m, err
+	return m, f.Err()
 }
