@@ -20,16 +20,6 @@ import (
 	"github.com/changes-dev/changes/topology"
 )
 
-// Record headers the capture sets on every history record, so consumers can
-// route and measure without decoding the value.
-const (
-	HeaderEntityType  = "changes-entity-type"
-	HeaderOp          = "changes-op"
-	HeaderPosition    = "changes-position"
-	HeaderCommitTime  = "changes-commit-time"
-	HeaderCaptureTime = "changes-capture-time"
-)
-
 // Capture streams the changes of the configured tables into the history
 // topic. Create it with New and run it with Run; it is not reusable after
 // Run returns.
@@ -694,11 +684,11 @@ func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sara
 		Value:     sarama.ByteEncoder(value),
 		Timestamp: ev.CommitTime,
 		Headers: []sarama.RecordHeader{
-			{Key: []byte(HeaderEntityType), Value: []byte(ev.EntityType)},
-			{Key: []byte(HeaderOp), Value: []byte(ev.Op)},
-			{Key: []byte(HeaderPosition), Value: []byte(ev.Position.String())},
-			{Key: []byte(HeaderCommitTime), Value: []byte(ev.CommitTime.Format(time.RFC3339Nano))},
-			{Key: []byte(HeaderCaptureTime), Value: []byte(ev.CaptureTime.Format(time.RFC3339Nano))},
+			{Key: []byte(codecs.HeaderEntityType), Value: []byte(ev.EntityType)},
+			{Key: []byte(codecs.HeaderOp), Value: []byte(ev.Op)},
+			{Key: []byte(codecs.HeaderPosition), Value: []byte(ev.Position.String())},
+			{Key: []byte(codecs.HeaderCommitTime), Value: []byte(ev.CommitTime.Format(time.RFC3339Nano))},
+			{Key: []byte(codecs.HeaderCaptureTime), Value: []byte(ev.CaptureTime.Format(time.RFC3339Nano))},
 		},
 	}
 	// Measured the way sarama will (record batch format), so nothing it

@@ -9,7 +9,7 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -133,7 +133,7 @@ func consumeHistory(b testing.TB, ctx context.Context, cfg *topology.Config, top
 			case m := <-pc.Messages():
 				received := time.Now()
 				for _, h := range m.Headers {
-					if string(h.Key) == capture.HeaderCommitTime {
+					if string(h.Key) == codecs.HeaderCommitTime {
 						if at, err := time.Parse(time.RFC3339Nano, string(h.Value)); err == nil {
 							out <- received.Sub(at)
 						}

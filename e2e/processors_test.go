@@ -16,7 +16,6 @@ import (
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
-	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 )
@@ -151,8 +150,8 @@ func TestProcessorsUnderLoad(t *testing.T) {
 	for _, h := range dead[0].Headers {
 		headers[string(h.Key)] = string(h.Value)
 	}
-	if string(dead[0].Value) != string(garbage) || headers[processors.HeaderSourceTopic] != string(topo.History()) ||
-		!strings.Contains(headers[processors.HeaderDeadLetterReason], "decode event") {
+	if string(dead[0].Value) != string(garbage) || headers[codecs.HeaderSourceTopic] != string(topo.History()) ||
+		!strings.Contains(headers[codecs.HeaderDeadLetterReason], "decode event") {
 		t.Fatalf("dead letter %q with headers %v; want the garbage bytes, its source and the decode error", dead[0].Value, headers)
 	}
 	waitViewsEqual(t, ctx, db, topo, run.views)

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/platform"
@@ -171,8 +170,8 @@ func checkHistory(t testing.TB, got []*sarama.ConsumerMessage, want []change) {
 		for _, h := range m.Headers {
 			headers[string(h.Key)] = string(h.Value)
 		}
-		if headers[capture.HeaderPosition] != ev.Position.String() || headers[capture.HeaderEntityType] != ev.EntityType ||
-			headers[capture.HeaderCommitTime] != ev.CommitTime.Format(time.RFC3339Nano) {
+		if headers[codecs.HeaderPosition] != ev.Position.String() || headers[codecs.HeaderEntityType] != ev.EntityType ||
+			headers[codecs.HeaderCommitTime] != ev.CommitTime.Format(time.RFC3339Nano) {
 			t.Errorf("history offset %d: headers %v do not match the event", m.Offset, headers)
 		}
 		// Under REPLICA IDENTITY DEFAULT the old row is the key alone, never

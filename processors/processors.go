@@ -24,14 +24,6 @@ import (
 	"github.com/changes-dev/changes/topology"
 )
 
-// Headers the processors set on dead-letter records.
-const (
-	HeaderDeadLetterReason = "changes-deadletter-reason"
-	HeaderSourceTopic      = "changes-source-topic"
-	HeaderSourcePartition  = "changes-source-partition"
-	HeaderSourceOffset     = "changes-source-offset"
-)
-
 // Option configures the processors built by NewRouter, NewSnapshot and Run.
 type Option func(*options)
 
@@ -145,10 +137,10 @@ func deadLetter(gctx goka.Context, o *options, topo *topology.Topology, raw []by
 	o.log.Warn("dead-lettered a record", "group", group, "topic", string(gctx.Topic()),
 		"partition", gctx.Partition(), "offset", gctx.Offset(), "reason", detail)
 	hdr := goka.Headers{
-		HeaderDeadLetterReason: []byte(detail),
-		HeaderSourceTopic:      []byte(gctx.Topic()),
-		HeaderSourcePartition:  []byte(strconv.Itoa(int(gctx.Partition()))),
-		HeaderSourceOffset:     []byte(strconv.FormatInt(gctx.Offset(), 10)),
+		codecs.HeaderDeadLetterReason: []byte(detail),
+		codecs.HeaderSourceTopic:      []byte(gctx.Topic()),
+		codecs.HeaderSourcePartition:  []byte(strconv.Itoa(int(gctx.Partition()))),
+		codecs.HeaderSourceOffset:     []byte(strconv.FormatInt(gctx.Offset(), 10)),
 	}
 	gctx.Emit(topo.DeadLetter(), gctx.Key(), raw, goka.WithCtxEmitHeaders(hdr))
 }
@@ -165,16 +157,12 @@ func decodeEvent(gctx goka.Context, o *options, topo *topology.Topology, msg any
 	return raw, ev, true
 }
 
-// headerOp is the header the capture writes the event's operation in
-// (capture.HeaderOp).
-const headerOp = "changes-op"
-
 // routeOf finds where a history record goes: from its key and op header
 // when the capture wrote them, else by decoding it (dead-lettering it if it
 // does not decode).
 func routeOf(gctx goka.Context, o *options, topo *topology.Topology, msg any) (typ string, id int64, op codecs.Op, raw []byte, ok bool) {
 	raw, _ = msg.([]byte)
-	if hop, found := gctx.Headers()[headerOp]; found {
+	if hop, found := gctx.Headers()[codecs.HeaderOp]; found {
 		op = codecs.Op(hop)
 		t, idText, cut := strings.Cut(gctx.Key(), "/")
 		if n, err := strconv.ParseInt(idText, 10, 64); cut && err == nil && op.Valid() {

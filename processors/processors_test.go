@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
@@ -92,14 +91,14 @@ func TestRouter(t *testing.T) {
 
 	acc := encode(t, event("account", 42, codecs.OpInsert, 100, 0, `{"id": 42}`))
 	camp := encode(t, event("campaign", 9007199254740993, codecs.OpDelete, 100, 1, ""))
-	tt.Consume(string(topo.History()), "account/42", acc, tester.WithHeaders(goka.Headers{"changes-op": []byte("insert")}))
+	tt.Consume(string(topo.History()), "account/42", acc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("insert")}))
 	tt.Consume(string(topo.History()), "campaign/9007199254740993", camp)
 
 	hdr, key, value, ok := accounts.NextRawWithHeaders()
 	if !ok || key != "42" || string(value) != string(acc) {
 		t.Fatalf("account topic: got %q=%q (%v), want 42=%q", key, value, ok, acc)
 	}
-	if string(hdr["changes-op"]) != "insert" {
+	if string(hdr[codecs.HeaderOp]) != "insert" {
 		t.Errorf("history headers not carried: %v", hdr)
 	}
 	if key, value, ok := campaigns.NextRaw(); !ok || key != "9007199254740993" || string(value) != string(camp) {
@@ -123,11 +122,11 @@ func TestRouter(t *testing.T) {
 			if string(value) != string(c.value) {
 				t.Errorf("dead letter value %q, want the original %q", value, c.value)
 			}
-			if r := string(hdr[processors.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
+			if r := string(hdr[codecs.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
 				t.Errorf("reason %q does not mention %q", r, c.reason)
 			}
-			if string(hdr[processors.HeaderSourceTopic]) != string(topo.History()) {
-				t.Errorf("source topic header %q", hdr[processors.HeaderSourceTopic])
+			if string(hdr[codecs.HeaderSourceTopic]) != string(topo.History()) {
+				t.Errorf("source topic header %q", hdr[codecs.HeaderSourceTopic])
 			}
 			if got := counter(t, reg, "changes_processor_deadletters_total"); got != float64(i+1) {
 				t.Errorf("dead letters counted %v, want %d", got, i+1)
@@ -144,12 +143,12 @@ func TestRouter(t *testing.T) {
 	// A record the capture wrote (key "type/id" and the op header) is routed
 	// without being decoded: a value that does not decode goes on, and the
 	// snapshot processor dead-letters it (TestSnapshot's bad records).
-	tt.Consume(string(topo.History()), "campaign/7", []byte("{not json"), tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("update")}))
+	tt.Consume(string(topo.History()), "campaign/7", []byte("{not json"), tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("update")}))
 	if key, value, ok := campaigns.NextRaw(); !ok || key != "7" || string(value) != "{not json" {
 		t.Fatalf("routed by key and header: got %q=%q (%v)", key, value, ok)
 	}
 	// An undeclared type in the key is a dead letter there too.
-	tt.Consume(string(topo.History()), "user/7", acc, tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("update")}))
+	tt.Consume(string(topo.History()), "user/7", acc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("update")}))
 	if _, _, value, ok := dead.NextRawWithHeaders(); !ok || string(value) != string(acc) {
 		t.Fatalf("undeclared type by key: dead letter %q (%v)", value, ok)
 	}
@@ -157,7 +156,7 @@ func TestRouter(t *testing.T) {
 	// A TRUNCATE goes to every partition of its type, under the partitions'
 	// truncate keys; by its header, or decoded.
 	trunc := encode(t, event("account", 0, codecs.OpTruncate, 100, 3, ""))
-	tt.Consume(string(topo.History()), "account/0", trunc, tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("truncate")}))
+	tt.Consume(string(topo.History()), "account/0", trunc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("truncate")}))
 	for p := range int32(4) {
 		key, value, ok := accounts.NextRaw()
 		if !ok || key != topology.TruncateKey(p, 4) || string(value) != string(trunc) {
@@ -290,7 +289,7 @@ func TestSnapshot(t *testing.T) {
 			if !ok {
 				t.Fatal("nothing dead-lettered")
 			}
-			if r := string(hdr[processors.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
+			if r := string(hdr[codecs.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
 				t.Errorf("reason %q does not mention %q", r, c.reason)
 			}
 			if state(c.key) != nil {
@@ -419,7 +418,7 @@ func TestRouterRefusesForgedRecords(t *testing.T) {
 	start(t, p)
 	hist := string(topo.History())
 	op := func(o codecs.Op) tester.EmitOption {
-		return tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte(o)})
+		return tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte(o)})
 	}
 
 	const forged = 50
@@ -449,7 +448,7 @@ func TestRouterRefusesForgedRecords(t *testing.T) {
 			if !ok || string(value) != string(c.value) {
 				t.Fatalf("dead letter %q (%v), want the forged truncate", value, ok)
 			}
-			if r := string(hdr[processors.HeaderDeadLetterReason]); !strings.Contains(r, "a truncate of account") {
+			if r := string(hdr[codecs.HeaderDeadLetterReason]); !strings.Contains(r, "a truncate of account") {
 				t.Errorf("reason %q", r)
 			}
 		})
@@ -494,7 +493,7 @@ entities: [{type: wide, table: wide, partitions: 10000}]
 	start(t, p)
 	began := time.Now()
 	tt.Consume(string(topo.History()), "wide/0", encode(t, event("wide", 0, codecs.OpTruncate, 100, 0, "")),
-		tester.WithHeaders(goka.Headers{capture.HeaderOp: []byte("truncate")}))
+		tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("truncate")}))
 	// Finding each partition's marker key per truncate took 13 s here;
 	// the keys computed once take milliseconds.
 	if took := time.Since(began); took > 3*time.Second {

@@ -236,7 +236,7 @@ func (h *historyCount) add(m *sarama.ConsumerMessage) {
 	}
 	h.records++
 	for _, hdr := range m.Headers {
-		if string(hdr.Key) == capture.HeaderPosition {
+		if string(hdr.Key) == codecs.HeaderPosition {
 			h.positions[string(hdr.Value)] = struct{}{}
 		}
 	}
