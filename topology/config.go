@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -355,9 +356,18 @@ func Parse(data []byte) (*Config, error) {
 	// Defaults whose zero value is meaningful are set before decoding, so only
 	// an absent key keeps them: an explicit "metrics: \"\"" disables the endpoint.
 	cfg := &Config{Kafka: KafkaConfig{ReplicationFactor: defaultReplicationFactor}, Metrics: DefaultMetrics, Monitor: MonitorConfig{AuditRate: DefaultAuditRate}}
+	// An empty file is fine: every required field may come from the environment.
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	// yaml names a wrong field by its line and Go type; checkYAML by its
+	// YAML path, before decoding.
+	if err := checkYAML(&doc, reflect.TypeFor[Config](), ""); err != nil {
+		return nil, err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	// An empty file is fine: every required field may come from the environment.
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
@@ -669,8 +679,9 @@ func (c *Config) ServedTypes() []string {
 	return out
 }
 
-// FieldError is returned by Validate and Load; Field is the YAML path of the
-// wrong field.
+// FieldError is returned by Validate, Parse and Load; Field is the YAML path
+// of the wrong field (such as entities[1].partitions), Reason what is wrong
+// with it (such as unknown field, or "5x" is not a duration).
 type FieldError struct {
 	Field  string
 	Reason string
@@ -680,6 +691,127 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// checkYAML returns a *FieldError, named by its YAML path, for the first
+// key of n that t has no field for and the first value that does not
+// decode into its field's type; path is n's own.
+func checkYAML(n *yaml.Node, t reflect.Type, path string) error {
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return nil
+		}
+		n = n.Content[0]
+	}
+	for n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil // the field keeps its value
+	}
+	switch {
+	case t.Kind() == reflect.Struct && t != reflect.TypeFor[time.Time]():
+		if n.Kind != yaml.MappingNode {
+			return fieldErr(orTop(path), "%s is not a mapping of fields", shortYAML(n))
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key, value := n.Content[i].Value, n.Content[i+1]
+			if n.Content[i].Tag == "!!merge" { // <<: *anchor holds more of the same fields
+				if err := checkYAML(value, t, path); err != nil {
+					return err
+				}
+				continue
+			}
+			f, ok := yamlField(t, key)
+			if !ok {
+				return fieldErr(joinPath(path, key), "unknown field")
+			}
+			if err := checkYAML(value, f.Type, joinPath(path, key)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
+		if n.Kind != yaml.SequenceNode {
+			return fieldErr(orTop(path), "%s is not a list", shortYAML(n))
+		}
+		for i, item := range n.Content {
+			if err := checkYAML(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := n.Decode(reflect.New(t).Interface()); err != nil {
+		return fieldErr(orTop(path), "%s is not %s", shortYAML(n), kindName(t))
+	}
+	return nil
+}
+
+// yamlField returns the field of struct type t that the YAML key name
+// decodes into.
+func yamlField(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if tag == "" {
+			tag = strings.ToLower(f.Name) // yaml.v3's default
+		}
+		if f.IsExported() && tag == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func joinPath(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func orTop(path string) string {
+	if path == "" {
+		return "the config"
+	}
+	return path
+}
+
+// shortYAML is how an error quotes a value: a scalar as a Go string, a
+// list or a mapping by its kind.
+func shortYAML(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return strconv.Quote(n.Value)
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.MappingNode:
+		return "a mapping"
+	}
+	return "the value"
+}
+
+// kindName is what a value of type t is, for an error.
+func kindName(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return "a duration (such as 500ms, 30s, 5m or 720h)"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		return "an integer"
+	case t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uintptr:
+		return "a non-negative integer"
+	case t.Kind() == reflect.Float32 || t.Kind() == reflect.Float64:
+		return "a number"
+	case t.Kind() == reflect.String:
+		return "a string"
+	}
+	return "a " + t.String()
 }
 
 // SaramaVersion is the parsed Kafka.Version; Validate has checked it.

@@ -467,39 +467,75 @@ func TestParseEnvErrors(t *testing.T) {
 	}
 }
 
-func TestParseRejectsUnknownFields(t *testing.T) {
+// An unknown key and a value of the wrong type are named by their YAML
+// path, as Validate names a wrong value, not by a line and a Go type.
+func TestParseNamesTheYAMLPath(t *testing.T) {
 	tests := []struct {
-		name, yaml, field string
+		name, yaml, want string
 	}{
-		{"top level", minimalYAML + "metrix: x\n", "metrix"},
-		{"nested", strings.Replace(minimalYAML, "postgres:\n", "postgres:\n  slott: s\n", 1), "slott"},
-		{"in an entity", minimalYAML + "    partition: 3\n", "partition"},
+		{"unknown top-level field", minimalYAML + "metrix: x\n", "metrix: unknown field"},
+		{"unknown nested field", strings.Replace(minimalYAML, "postgres:\n", "postgres:\n  slott: s\n", 1), "postgres.slott: unknown field"},
+		{"unknown field in a flow mapping", "kafka: {brokerz: [\"k:9092\"]}\n", "kafka.brokerz: unknown field"},
+		{"unknown field in an entity", minimalYAML + "    partition: 3\n", "entities[0].partition: unknown field"},
+		{"unknown field, deep", minimalYAML + "serve:\n  tls: {cert: x}\n", "serve.tls.cert: unknown field"},
+		{"bad duration", minimalYAML + "kafka:\n  linger: 5x\n", `kafka.linger: "5x" is not a duration`},
+		{"bad duration, topics", minimalYAML + "topics:\n  history_retention: forever\n", `topics.history_retention: "forever" is not a duration`},
+		{"duration without a unit", minimalYAML + "monitor:\n  stale_after: 30\n", `monitor.stale_after: "30" is not a duration`},
+		{"not an integer", minimalYAML + "    partitions: lots\n", `entities[0].partitions: "lots" is not an integer`},
+		{"not a number", minimalYAML + "monitor:\n  audit_rate: fast\n", `monitor.audit_rate: "fast" is not a number`},
+		{"not a boolean", minimalYAML + "kafka:\n  tls: {enabled: maybe}\n", `kafka.tls.enabled: "maybe" is not true or false`},
+		{"not a list", "kafka:\n  brokers: 9092\n", `kafka.brokers: "9092" is not a list`},
+		{"not a string", minimalYAML + "storage: [a, b]\n", "storage: a list is not a string"},
+		{"not a mapping", "entities:\n  - account\n", `entities[0]: "account" is not a mapping of fields`},
+		{"the file is a list", "- a\n", "the config: a list is not a mapping of fields"},
+		{"in a merged anchor", minimalYAML + "x: &tls {enabled: true, verify: no}\n", "x: unknown field"},
+		{"merged into a field", minimalYAML + "serve:\n  tls:\n    <<: {cert_fil: a}\n", "serve.tls.cert_fil: unknown field"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			unsetEnv(t)
 			_, err := topology.Parse([]byte(tt.yaml))
-			if err == nil {
-				t.Fatal("Parse succeeded, want an error")
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("Parse = %v, want an error starting %q", err, tt.want)
 			}
-			if !strings.Contains(err.Error(), tt.field) {
-				t.Errorf("error %q does not name the unknown field %q", err, tt.field)
+			var fe *topology.FieldError
+			if !errors.As(err, &fe) {
+				t.Errorf("%v is not a *FieldError", err)
 			}
 		})
+	}
+}
+
+// Anchors, aliases and merge keys decode as yaml.v3 decodes them.
+func TestParseAnchors(t *testing.T) {
+	unsetEnv(t)
+	cfg, err := topology.Parse([]byte(minimalYAML + `
+monitor:
+  stale_after: &wait 45s
+serve:
+  max_wait: *wait
+  tls:
+    <<: {cert_file: c.pem}
+    key_file: k.pem
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Serve.MaxWait != 45*time.Second || cfg.Serve.TLS.CertFile != "c.pem" || cfg.Serve.TLS.KeyFile != "k.pem" {
+		t.Errorf("max_wait %s, tls %+v; want 45s, c.pem and k.pem", cfg.Serve.MaxWait, cfg.Serve.TLS)
 	}
 }
 
 func TestParseMalformed(t *testing.T) {
 	tests := []struct{ name, yaml string }{
 		{"not yaml", "kafka: [unclosed"},
-		{"wrong type", "kafka:\n  brokers: 9092\n"},
-		{"bad duration", minimalYAML + "topics:\n  history_retention: forever\n"},
+		{"tab indentation", "kafka:\n\tbrokers: [k:1]\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			unsetEnv(t)
-			if _, err := topology.Parse([]byte(tt.yaml)); err == nil {
-				t.Error("Parse succeeded, want an error")
+			if _, err := topology.Parse([]byte(tt.yaml)); err == nil || !strings.HasPrefix(err.Error(), "parse: yaml: line ") {
+				t.Errorf("Parse = %v, want the YAML error and its line", err)
 			}
 		})
 	}

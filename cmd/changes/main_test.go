@@ -39,7 +39,7 @@ func TestRunErrors(t *testing.T) {
 		{"asof bad id", []string{"asof", "--config", valid, "--type", "a", "--at", "5", "--id", "x"}, `"x" is not a 64-bit integer`, 2},
 		{"missing config", []string{"run", "--config", filepath.Join(dir, "absent.yaml")}, "absent.yaml", 1},
 		{"invalid field", []string{"run", "--config", badPartitions}, "entities[0].partitions", 1},
-		{"unknown field", []string{"run", "--config", typo}, "brokerz", 1},
+		{"unknown field", []string{"run", "--config", typo}, "kafka.brokerz: unknown field", 1},
 		{"bad log level", []string{"run", "--log-level", "loud", "--config", badPartitions}, `log level "loud"`, 2},
 		{"bad flag", []string{"run", "--nope"}, "flag provided but not defined", 2},
 		{"flag of another command", []string{"process", "--recreate-slot"}, "flag provided but not defined", 2},
