@@ -27,8 +27,9 @@
 // # Errors
 //
 // Errors are JSON {"error": "..."} with 400 (bad id, time, offset or
-// limit), 401 (token missing or wrong), 404 (unknown type, no such entity),
-// 410 (older than the history) and 503 (not ready, or too many requests:
+// limit), 401 (token missing or wrong), 404 (unknown path or type, no such
+// entity), 405 (a method other than GET or HEAD on a path served, with
+// Allow), 410 (older than the history) and 503 (not ready, or too many requests:
 // then with Retry-After). A 500 says only {"error": "internal error",
 // "id": "..."}: the detail is logged with the same request_id.
 //

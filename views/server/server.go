@@ -133,6 +133,15 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /v1/entities/{type}", s.v1(s.list))
 	mux.Handle("GET /v1/history/{type}/{id}", s.v1(s.history))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// Every endpoint is GET (and so HEAD): a path one of them serves,
+		// asked with another method, is 405, not an unknown path.
+		get := r.Clone(r.Context())
+		get.Method = http.MethodGet
+		if _, pattern := mux.Handler(get); pattern != "/" {
+			w.Header().Set("Allow", "GET, HEAD")
+			s.fail(w, r, http.StatusMethodNotAllowed, fmt.Errorf("method %s is not allowed on %s: use GET", r.Method, r.URL.Path))
+			return
+		}
 		s.fail(w, r, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return s.outer(mux)

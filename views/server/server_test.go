@@ -155,6 +155,39 @@ func TestServer(t *testing.T) {
 	}
 }
 
+// A path the server serves, asked with another method than GET or HEAD,
+// is 405 with an Allow header, before the token is checked; an unknown path
+// is 404 whatever the method.
+func TestMethodNotAllowed(t *testing.T) {
+	srv := testServer(t, 3)
+	for _, c := range []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{http.MethodPost, "/v1/entities/account/7", 405, `{"error":"method POST is not allowed on /v1/entities/account/7: use GET"}`},
+		{http.MethodDelete, "/v1/entities/account", 405, `{"error":"method DELETE is not allowed on /v1/entities/account: use GET"}`},
+		{http.MethodPut, "/v1/history/account/7", 405, `{"error":"method PUT is not allowed on /v1/history/account/7: use GET"}`},
+		{http.MethodOptions, "/healthz", 405, `{"error":"method OPTIONS is not allowed on /healthz: use GET"}`},
+		{http.MethodPost, "/nothing/here", 404, `{"error":"no such endpoint: POST /nothing/here"}`},
+		{http.MethodHead, "/healthz", 200, ``},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, nil)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code || strings.TrimSpace(string(body)) != c.body {
+			t.Errorf("%s %s: %d %s\nwant %d %s", c.method, c.path, resp.StatusCode, body, c.code, c.body)
+		}
+		if allow := resp.Header.Get("Allow"); (c.code == 405) != (allow == "GET, HEAD") {
+			t.Errorf("%s %s: %d with Allow %q", c.method, c.path, resp.StatusCode, allow)
+		}
+	}
+}
+
 func TestOpenWithoutTokens(t *testing.T) {
 	tbl := viewstest.New(t, "account")
 	tbl.Put(account(1, `"a"`))
