@@ -257,7 +257,8 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, gopts...)
+	assigned := goka.WithRebalanceCallback(logAssignment(log, string(g.Group())))
+	p, err := goka.NewProcessor(topo.Config().Kafka.Brokers, g, append([]goka.ProcessorOption{assigned}, gopts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
@@ -429,7 +430,8 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		goka.Output(topo.DeadLetter(), new(codec.Bytes)),
 	)
 	// Partitions may come back from another instance with a newer marker.
-	reset := goka.WithRebalanceCallback(func(goka.Assignment) { truncated.reset() })
+	assigned := logAssignment(log, string(g.Group()))
+	reset := goka.WithRebalanceCallback(func(a goka.Assignment) { truncated.reset(); assigned(a) })
 	gopts, err := o.gokaOptions(topo, log, order)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", entityType, err)
