@@ -25,6 +25,7 @@ import (
 	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/processors"
+	"github.com/changes-dev/changes/processors/monitor"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 )
@@ -201,6 +202,7 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	fmt.Fprintln(out, toHistory.row("commit -> history"))
 	fmt.Fprintln(out, toView.row("commit -> view"))
 	fmt.Fprintf(out, "  %-18s %9s %9s %9s %9s %8.1f%% %8.1f%%\n", "reference system", "", "", "", "", 81.8, 89.0)
+	fmt.Fprintf(out, "  %s\n", monitor.ReferenceNote)
 	if st, err := vs["account"].Get(ctx, w.lastAccount); err == nil && st != nil {
 		fmt.Fprintf(out, "\n  view account Get(%d) = %s at position %s\n", w.lastAccount, mustJSON(st.Row), st.Position)
 	}

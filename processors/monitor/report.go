@@ -15,6 +15,10 @@ import (
 	"github.com/changes-dev/changes/topology"
 )
 
+// ReferenceNote explains the "reference system" row that `changes slo` and
+// the demo's summary print under their latencies.
+const ReferenceNote = "reference system: the published figures of the production system we compare with, 81.8% of changes within 5 s and 89% within 1 min"
+
 // SLOBounds are the bounds `changes slo` reports the share of changes within,
 // the reference report's.
 var SLOBounds = []time.Duration{time.Second, 5 * time.Second, time.Minute, time.Hour}
@@ -230,6 +234,7 @@ func (rep *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  %-30s %9s %9s %8s %8s %8s %8s\n", "reference system", "", "", "", "81.8%", "89.0%", "100.0%")
 	fmt.Fprintf(w, "\n  committed: the history's changes of the window; changes: those that reached the stage, measured\n")
+	fmt.Fprintf(w, "  %s\n", ReferenceNote)
 }
 
 func shortDuration(d time.Duration) string {
