@@ -120,10 +120,8 @@ until SIGINT or SIGTERM: /v1/entities/{type}/{id}, /v1/entities/{type},
 			{"CHANGES_SERVE_TLS_CERT_FILE", "serve HTTPS with this certificate (PEM)"},
 			{"CHANGES_SERVE_TLS_KEY_FILE", "and its key (PEM)"},
 		},
-		done: untilSignal,
-		flags: noFlags(func(ctx context.Context, e *env) error {
-			return runServe(ctx, e.topo, e.log, e.reg)
-		}),
+		done:  untilSignal,
+		flags: noFlags(runServe),
 	},
 	{
 		name:    "asof",
@@ -148,9 +146,7 @@ config's monitor.listen address, until SIGINT or SIGTERM.`,
 		env:      [][2]string{{"CHANGES_MONITOR_LISTEN", "the /metrics address (config monitor.listen)"}},
 		done:     untilSignal,
 		postgres: true,
-		flags: noFlags(func(ctx context.Context, e *env) error {
-			return runMonitor(ctx, e.topo, e.log, e.reg)
-		}),
+		flags:    noFlags(runMonitor),
 	},
 	{
 		name:    "slo",

@@ -4,16 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync/atomic"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/internal/promreg"
 	"github.com/changes-dev/changes/processors/monitor"
-	"github.com/changes-dev/changes/topology"
 )
 
 // runMonitor runs the monitor with its /metrics until ctx is cancelled.
@@ -21,7 +17,8 @@ import (
 // with backoff (1 s doubling to 5 s), forever while the error is
 // retryable; changes_monitor_connected is 1 while it monitors and Kafka
 // answers a probe (every 2 s).
-func runMonitor(ctx context.Context, topo *topology.Topology, log *slog.Logger, reg *prometheus.Registry) error {
+func runMonitor(ctx context.Context, e *env) error {
+	topo, log, reg := e.topo, e.log, e.reg
 	opts := []monitor.Option{monitor.WithLogger(log), monitor.WithRegisterer(reg)}
 	if _, err := monitor.New(topo, opts...); err != nil {
 		return err

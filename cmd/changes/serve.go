@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
@@ -31,7 +30,8 @@ import (
 // cancelled. Kafka away, at the start or later, stops none of it: the views
 // wait for it and answer from their local copies meanwhile, and the history
 // reader is opened once Kafka answers (/v1/history answers 503 until then).
-func runServe(ctx context.Context, topo *topology.Topology, log *slog.Logger, reg *prometheus.Registry) error {
+func runServe(ctx context.Context, e *env) error {
+	topo, log, reg := e.topo, e.log, e.reg
 	cfg := topo.Config()
 	vs := map[string]*views.View{}
 	for _, typ := range cfg.ServedTypes() {

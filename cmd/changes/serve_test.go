@@ -238,7 +238,7 @@ entities: [{type: account, table: accounts}]
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, topology.New(cfg), log, prometheus.NewRegistry()) }()
+	go func() { done <- runServe(ctx, &env{topo: topology.New(cfg), log: log, reg: prometheus.NewRegistry()}) }()
 
 	var addr string
 	for addr == "" {
