@@ -128,26 +128,6 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 	}
 }
 
-// waitSlotInactive waits until PostgreSQL has noticed that the killed
-// capture is gone and the slot can be taken again.
-func waitSlotInactive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string) {
-	t.Helper()
-	for {
-		var active bool
-		if err := db.QueryRow(ctx, "select active from pg_replication_slots where slot_name = $1", slot).Scan(&active); err != nil {
-			t.Fatal(err)
-		}
-		if !active {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("slot %s stayed active after the capture was killed", slot)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // crashWorkload commits random transactions to two tables and records every
 // change in commit order.
 type crashWorkload struct {

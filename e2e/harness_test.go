@@ -2,13 +2,15 @@ package e2e
 
 // The harness every end-to-end test uses: the shared stack and a test's own
 // names and config on it, its cleanup, the changes binary and the processes
-// started from it, Kafka reads, free ports and HTTP.
+// started from it, Kafka reads, free ports and HTTP, running a view and the
+// platform, and waiting for a slot, a group or the views.
 
 import (
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,10 +27,13 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
 )
 
 // ---------------------------------------------------------------- the stack and a test's place on it
@@ -427,4 +432,202 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// runView runs a view of typ until the test ends (then it waits for it to
+// stop) and returns it; WaitRecovered is the caller's.
+func runView(t testing.TB, ctx context.Context, topo *topology.Topology, typ string, opts ...views.Option) *views.View {
+	t.Helper()
+	v, err := views.New(topo, typ, append([]views.Option{views.WithLogger(testLogger(t)), views.WithStorageDir(t.TempDir())}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- v.Run(vctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("view %s stopped with %v", typ, err)
+		}
+	})
+	return v
+}
+
+// ---------------------------------------------------------------- waiting for the platform
+
+func waitSlotActive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string) {
+	t.Helper()
+	if err := platform.WaitSlotActive(ctx, db, slot); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitViewsEqual waits until every view equals its table, value by value.
+func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) {
+	t.Helper()
+	// A view answers only once it runs; it may still be starting.
+	for _, v := range vs {
+		if err := v.WaitRecovered(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last []string
+	for {
+		last = last[:0]
+		for _, typ := range topo.EntityTypes() {
+			ent, _ := topo.Config().Entity(typ)
+			rows, err := dbcheck.Rows(ctx, db, ent.Table, ent.IDColumn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			states, err := dbcheck.Collect(vs[typ].Each)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range dbcheck.Diff(rows, states, 5) {
+				last = append(last, typ+": "+d)
+			}
+		}
+		if len(last) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("views never equalled the database:\n  %s", strings.Join(last, "\n  "))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// readHistory reads the history from its start until it has n records, then
+// checks for a moment that no further (duplicate) record follows.
+func readHistory(t testing.TB, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
+	t.Helper()
+	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer consumer.Close()
+	pc, err := consumer.ConsumePartition(topic, 0, sarama.OffsetOldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	var got []*sarama.ConsumerMessage
+	for len(got) < n {
+		select {
+		case m := <-pc.Messages():
+			got = append(got, m)
+		case err := <-pc.Errors():
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatalf("history has %d records, want %d", len(got), n)
+		}
+	}
+	select {
+	case m := <-pc.Messages():
+		got = append(got, m)
+	case <-time.After(time.Second):
+	}
+	return got
+}
+
+func startPlatform(t testing.TB, ctx context.Context, topo *topology.Topology) *platformRun {
+	t.Helper()
+	log := testLogger(t)
+	runCtx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error {
+		err := platform.Run(gctx, topo, platform.All, log, nil, nil)
+		if err != nil && runCtx.Err() == nil {
+			t.Errorf("platform failed while the test runs: %v", err) // now, not at the end of a long wait
+		}
+		return err
+	})
+	vs := map[string]*views.View{}
+	for _, typ := range topo.EntityTypes() {
+		v, err := views.New(topo, typ, views.WithLogger(log), views.WithStorageDir(t.TempDir()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs[typ] = v
+		g.Go(func() error { return v.Run(gctx) })
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("platform stopped with %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return &platformRun{stop: stop, views: vs}
+}
+
+// waitGroupAtEnd waits until group has committed the end offset of every
+// partition of topic.
+func waitGroupAtEnd(t testing.TB, ctx context.Context, cfg *topology.Config, group, topic string) {
+	t.Helper()
+	client, err := topology.NewClient(cfg.Kafka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		res, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := true
+		for _, p := range parts {
+			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := res.GetBlock(topic, p); b == nil || b.Offset < end {
+				done = false
+			}
+		}
+		if done {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("group %s did not reach the end of %s", group, topic)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitSlotInactive waits until PostgreSQL has noticed that the killed
+// capture is gone and the slot can be taken again.
+func waitSlotInactive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string) {
+	t.Helper()
+	for {
+		var active bool
+		if err := db.QueryRow(ctx, "select active from pg_replication_slots where slot_name = $1", slot).Scan(&active); err != nil {
+			t.Fatal(err)
+		}
+		if !active {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("slot %s stayed active after the capture was killed", slot)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

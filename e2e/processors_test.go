@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/kread"
@@ -24,42 +22,6 @@ import (
 type platformRun struct {
 	stop  func()
 	views map[string]*views.View
-}
-
-func startPlatform(t testing.TB, ctx context.Context, topo *topology.Topology) *platformRun {
-	t.Helper()
-	log := testLogger(t)
-	runCtx, cancel := context.WithCancel(ctx)
-	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error {
-		err := platform.Run(gctx, topo, platform.All, log, nil, nil)
-		if err != nil && runCtx.Err() == nil {
-			t.Errorf("platform failed while the test runs: %v", err) // now, not at the end of a long wait
-		}
-		return err
-	})
-	vs := map[string]*views.View{}
-	for _, typ := range topo.EntityTypes() {
-		v, err := views.New(topo, typ, views.WithLogger(log), views.WithStorageDir(t.TempDir()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		vs[typ] = v
-		g.Go(func() error { return v.Run(gctx) })
-	}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("platform stopped with %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return &platformRun{stop: stop, views: vs}
 }
 
 // TestProcessorsUnderLoad drives 10,000+ random changes over three entity
@@ -281,48 +243,5 @@ func resetGroup(t testing.TB, cfg *topology.Config, group, topic string) {
 	}
 	if b := res.GetBlock(topic, 0); b == nil || b.Offset != oldest {
 		t.Fatalf("group %s not reset to %d: %+v", group, oldest, b)
-	}
-}
-
-// waitGroupAtEnd waits until group has committed the end offset of every
-// partition of topic.
-func waitGroupAtEnd(t testing.TB, ctx context.Context, cfg *topology.Config, group, topic string) {
-	t.Helper()
-	client, err := topology.NewClient(cfg.Kafka)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	admin, err := sarama.NewClusterAdminFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := client.Partitions(topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		res, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := true
-		for _, p := range parts {
-			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if b := res.GetBlock(topic, p); b == nil || b.Offset < end {
-				done = false
-			}
-		}
-		if done {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("group %s did not reach the end of %s", group, topic)
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }

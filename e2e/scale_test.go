@@ -99,14 +99,7 @@ func TestThreeInstancesOneKilled(t *testing.T) {
 		t.Fatal(werr)
 	}
 
-	v, err := views.New(f.topo, "item", views.WithLogger(testLogger(t)), views.WithStorageDir(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vctx, vstop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- v.Run(vctx) }()
-	defer func() { vstop(); <-done }()
+	v := runView(t, ctx, f.topo, "item")
 	waitViewsEqual(t, ctx, f.db, f.topo, map[string]*views.View{"item": v})
 }
 

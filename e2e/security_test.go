@@ -198,14 +198,7 @@ func TestSecuredPlatform(t *testing.T) {
 		vcfg := *cfg
 		vcfg.Kafka = kafkaAs("view")
 		topo := topology.New(&vcfg)
-		v, err := views.New(topo, "item", views.WithStorageDir(t.TempDir()), views.WithLogger(testLogger(t)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		vctx, vcancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- v.Run(vctx) }()
-		defer func() { vcancel(); <-done }()
+		v := runView(t, ctx, topo, "item")
 		rctx, rcancel := context.WithTimeout(ctx, 60*time.Second)
 		defer rcancel()
 		if err := v.WaitRecovered(rctx); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +12,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/changes-dev/changes/codecs"
-	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
@@ -222,81 +220,4 @@ func rollback(t testing.TB, ctx context.Context, db *pgx.Conn, sql string) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func waitSlotActive(t testing.TB, ctx context.Context, db *pgx.Conn, slot string) {
-	t.Helper()
-	if err := platform.WaitSlotActive(ctx, db, slot); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// waitViewsEqual waits until every view equals its table, value by value.
-func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs map[string]*views.View) {
-	t.Helper()
-	// A view answers only once it runs; it may still be starting.
-	for _, v := range vs {
-		if err := v.WaitRecovered(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var last []string
-	for {
-		last = last[:0]
-		for _, typ := range topo.EntityTypes() {
-			ent, _ := topo.Config().Entity(typ)
-			rows, err := dbcheck.Rows(ctx, db, ent.Table, ent.IDColumn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			states, err := dbcheck.Collect(vs[typ].Each)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, d := range dbcheck.Diff(rows, states, 5) {
-				last = append(last, typ+": "+d)
-			}
-		}
-		if len(last) == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("views never equalled the database:\n  %s", strings.Join(last, "\n  "))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// readHistory reads the history from its start until it has n records, then
-// checks for a moment that no further (duplicate) record follows.
-func readHistory(t testing.TB, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
-	t.Helper()
-	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer consumer.Close()
-	pc, err := consumer.ConsumePartition(topic, 0, sarama.OffsetOldest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	var got []*sarama.ConsumerMessage
-	for len(got) < n {
-		select {
-		case m := <-pc.Messages():
-			got = append(got, m)
-		case err := <-pc.Errors():
-			t.Fatal(err)
-		case <-ctx.Done():
-			t.Fatalf("history has %d records, want %d", len(got), n)
-		}
-	}
-	select {
-	case m := <-pc.Messages():
-		got = append(got, m)
-	case <-time.After(time.Second):
-	}
-	return got
 }
