@@ -299,14 +299,17 @@ func rewrite(gctx goka.Context, o *options, entityType string, cur *codecs.State
 // NewSnapshot builds the processor that keeps the latest State of every entity
 // of entityType in its group table (topo.Snapshot(entityType)).
 //
-// A change is applied only if its position is after the stored state's. A
-// change redelivered at exactly the stored state's position writes that
-// state again (changes_processor_rewrites_total): the local copy may be
-// ahead of the changelog after a crash, and only the changelog reaches the
-// views. An older change is skipped. A snapshot row, insert or update stores the
+// What a change does to the stored state is codecs.Judge's verdict, the
+// rule the views and the history reader share. A change is applied only if
+// its position is after the stored state's and after the partition's last
+// TRUNCATE. A change redelivered at exactly the stored state's position
+// writes that state again (changes_processor_rewrites_total): the local copy
+// may be ahead of the changelog after a crash, and only the changelog
+// reaches the views. An older change is skipped. A snapshot row, insert or update stores the
 // row after; columns PostgreSQL did not send (unchanged TOASTed values) keep
 // their stored value. A delete stores a deleted state that keeps the position
-// for topics.delete_grace; Sweep then replaces it by a Kafka tombstone.
+// for topics.delete_grace; Sweep then replaces it by a Kafka tombstone
+// (codecs.State.Obsolete).
 func NewSnapshot(topo *topology.Topology, entityType string, opts ...Option) (*goka.Processor, error) {
 	o, err := newOptions(topo, opts)
 	if err != nil {
@@ -346,11 +349,19 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 					ev.Op, ev.EntityType, gctx.Key(), p, entityType, markerKey(markers, p)))
 				return
 			}
-			if at, err := truncated.at(gctx.Partition()); err == nil && ev.Position.Compare(at) <= 0 {
-				if m, _ := gctx.Value().(*codecs.State); m != nil && m.Truncated && ev.Position.Compare(m.Position) == 0 {
-					rewrite(gctx, o, entityType, m)
-					return
-				}
+			// The stored marker and the cached position are the same
+			// record; one that cannot be read, or is no marker, is taken
+			// as none, and the marker is set.
+			m, _ := gctx.Value().(*codecs.State)
+			at, err := truncated.at(gctx.Partition())
+			if err != nil || m == nil || !m.Truncated {
+				m, at = nil, codecs.Position{}
+			}
+			switch codecs.Judge(m, ev, at) {
+			case codecs.Rewrite:
+				rewrite(gctx, o, entityType, m)
+				return
+			case codecs.Skip:
 				o.metrics.skipped.WithLabelValues(entityType).Inc()
 				return
 			}
@@ -367,32 +378,29 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 			return
 		}
 		cur, _ := gctx.Value().(*codecs.State)
-		stale := cur != nil && ev.Position.Compare(cur.Position) <= 0
-		if at, err := truncated.at(gctx.Partition()); err != nil {
+		at, err := truncated.at(gctx.Partition())
+		if err != nil {
 			log.Error("cannot read the partition's truncate marker", "partition", gctx.Partition(), "err", err)
 			gctx.Fail(err) // goka stops; the supervisor restarts
-		} else if ev.Position.Compare(at) <= 0 {
-			// An older change delivered again after a TRUNCATE: the
-			// marker, not this entity's state, is what must be in the
-			// changelog, and its own redelivery rewrites it.
-			o.metrics.skipped.WithLabelValues(entityType).Inc()
 			return
 		}
-		if stale && ev.Position.Compare(cur.Position) == 0 {
+		switch codecs.Judge(cur, ev, at) {
+		case codecs.Rewrite:
 			rewrite(gctx, o, entityType, cur)
 			return
-		}
-		if stale {
+		case codecs.Skip:
+			// Older than the stored state; or an older change delivered
+			// again after a TRUNCATE: the marker, not this entity's
+			// state, is what must be in the changelog, and its own
+			// redelivery rewrites it.
 			o.metrics.skipped.WithLabelValues(entityType).Inc()
 			return
-		}
-		if cur != nil && cur.Position.Compare(truncatedAt(truncated, gctx.Partition())) <= 0 {
-			cur = nil // the stored state predates a TRUNCATE: it is gone
 		}
 		// A delete keeps the entity's position for the grace period, so an
 		// older change delivered again cannot bring it back; the sweep then
-		// writes the Kafka tombstone.
-		next, missing := codecs.Apply(cur, ev)
+		// writes the Kafka tombstone. A stored state that predates a
+		// TRUNCATE is gone: the change applies to nothing.
+		next, missing := codecs.Apply(codecs.Base(cur, at), ev)
 		if next == nil {
 			deadLetter(gctx, o, topo, raw, dlNotApplicable, fmt.Sprintf("operation %s cannot be applied to one entity", ev.Op))
 			return
@@ -414,11 +422,7 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	grace := topo.Config().Topics.DeleteGrace
 	sweep := func(gctx goka.Context, _ any) {
 		cur, _ := gctx.Value().(*codecs.State)
-		if cur == nil || cur.Truncated {
-			return
-		}
-		gone := cur.Position.Compare(truncatedAt(truncated, gctx.Partition())) <= 0
-		if gone || (cur.Deleted && time.Since(cur.AppliedTime) >= grace) {
+		if cur.Obsolete(truncatedAt(truncated, gctx.Partition()), time.Now(), grace) {
 			gctx.Delete()
 			o.metrics.tombstones.WithLabelValues(entityType).Inc()
 		}

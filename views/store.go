@@ -382,7 +382,10 @@ func (i *storeIterator) Seek(key []byte) bool   { return i.it.Seek(key) }
 
 // isDeletedState reports whether raw, a table value, is a deleted state,
 // without decoding it: StateCodec writes the row right after the id, and a
-// deleted state has none. Type names cannot hold `,"row":`.
+// deleted state has none. Type names cannot hold `,"row":`. It is the fast
+// path of codecs.VisibleAfter for a partition without a TRUNCATE marker,
+// where a state is visible unless it is deleted (or a marker, which has no
+// row either): callers decode and ask VisibleAfter when there is a marker.
 func isDeletedState(raw []byte) bool {
 	i := bytes.Index(raw, []byte(`,"row":`))
 	if i < 0 {
@@ -408,7 +411,7 @@ func (s *store) countAlive() (int64, error) {
 		}
 		if !at.IsZero() {
 			st, err := (codecs.StateCodec{}).Decode(it.Value())
-			if err != nil || st.Position.Compare(at) <= 0 {
+			if err != nil || !codecs.VisibleAfter(at, st) {
 				continue
 			}
 		}
@@ -450,7 +453,7 @@ func (s *store) alive(raw []byte) bool {
 		return true
 	}
 	st, err := (codecs.StateCodec{}).Decode(raw)
-	return err == nil && !st.Deleted && st.Position.Compare(at) > 0
+	return err == nil && codecs.VisibleAfter(at, st)
 }
 
 // hidden calls fn with the id of every entity a TRUNCATE at position at
@@ -466,10 +469,10 @@ func (s *store) hidden(before, at codecs.Position, fn func(id int64)) error {
 			continue
 		}
 		st, err := (codecs.StateCodec{}).Decode(it.Value())
-		if err != nil || st.Deleted {
+		if err != nil {
 			continue
 		}
-		if st.Position.Compare(before) > 0 && st.Position.Compare(at) <= 0 {
+		if codecs.VisibleAfter(before, st) && !codecs.VisibleAfter(at, st) {
 			fn(st.EntityID)
 		}
 	}

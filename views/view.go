@@ -717,7 +717,7 @@ func (v *View) Get(ctx context.Context, id int64) (*codecs.State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
 	}
-	if state.Deleted || state.Position.Compare(st.truncatedAt()) <= 0 {
+	if !codecs.VisibleAfter(st.truncatedAt(), state) {
 		return nil, nil
 	}
 	return state, nil
@@ -760,7 +760,7 @@ func (v *View) Range(ctx context.Context, first, last int64) iter.Seq2[*codecs.S
 				yield(nil, fmt.Errorf("view %s: entity %d: %w", v.entityType, m.id(), err))
 				return
 			}
-			if state.Deleted || state.Position.Compare(m.truncatedAt()) <= 0 {
+			if !codecs.VisibleAfter(m.truncatedAt(), state) {
 				continue
 			}
 			if !yield(state, nil) {

@@ -248,21 +248,31 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id int64, end 
 	if err != nil {
 		return nil, err
 	}
+	// The replay keeps the entity's state as its snapshot table does, by
+	// the same rule (codecs.Judge): the history holds every position once,
+	// in order, so every change supersedes the one before.
 	var st *codecs.State
+	var truncatedAt codecs.Position // the type's last TRUNCATE so far
 	for _, c := range changes {
 		if c.Event.Op == codecs.OpTruncate {
-			st = nil
+			if c.Event.Position.Compare(truncatedAt) > 0 {
+				truncatedAt = c.Event.Position
+			}
 			continue
 		}
-		next, missing := codecs.Apply(st, c.Event)
-		if len(missing) > 0 && b.Start > 0 && st == nil {
+		if codecs.Judge(st, c.Event, truncatedAt) != codecs.Supersede {
+			continue
+		}
+		base := codecs.Base(st, truncatedAt)
+		next, missing := codecs.Apply(base, c.Event)
+		if len(missing) > 0 && b.Start > 0 && base == nil {
 			return nil, fmt.Errorf("%w: columns %v of %s %d kept their value from before offset %d, where the history starts",
 				ErrOlderThanHistory, missing, entityType, id, b.Start)
 		}
 		st = next
 	}
 	if len(changes) > 0 || b.Start == 0 {
-		if st != nil && st.Deleted {
+		if !codecs.VisibleAfter(truncatedAt, st) {
 			return nil, nil
 		}
 		return st, nil
@@ -322,7 +332,12 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 	}
 	end = min(end, b.End)
 	prefix := entityType + "/"
+	// The entities visible so far, kept by the rule of the snapshot tables
+	// (codecs.Judge, codecs.VisibleAfter). A deleted entity is dropped at
+	// once, not kept for a grace period: the history holds every position
+	// once, in order, so no older change of it can follow.
 	states := map[int64]*codecs.State{}
+	var truncatedAt codecs.Position
 	last := time.Now()
 	err = r.scan(ctx, b.Start, end, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
 		if progress != nil && time.Since(last) >= time.Second {
@@ -340,14 +355,21 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 			return true, nil
 		}
 		if ev.Op == codecs.OpTruncate {
-			clear(states)
+			if ev.Position.Compare(truncatedAt) > 0 {
+				truncatedAt = ev.Position
+			}
+			maps.DeleteFunc(states, func(_ int64, st *codecs.State) bool { return !codecs.VisibleAfter(truncatedAt, st) })
 			return true, nil
 		}
-		next, _ := codecs.Apply(states[ev.EntityID], ev)
-		if next == nil || next.Deleted {
-			delete(states, ev.EntityID)
-		} else {
+		cur := states[ev.EntityID]
+		if codecs.Judge(cur, ev, truncatedAt) != codecs.Supersede {
+			return true, nil
+		}
+		next, _ := codecs.Apply(codecs.Base(cur, truncatedAt), ev)
+		if codecs.VisibleAfter(truncatedAt, next) {
 			states[ev.EntityID] = next
+		} else {
+			delete(states, ev.EntityID)
 		}
 		return true, nil
 	})
