@@ -26,6 +26,18 @@
 // commit_lsn is the slot's consistent point minus one, their index counts
 // the copied rows, and their commit_time is when the snapshot was taken.
 //
+// # The rule of the tables
+//
+// One rule decides what a snapshot table keeps, and every part asks the
+// same functions: Judge says whether a change supersedes the stored state,
+// is its own redelivery (Rewrite) or is older (Skip), a TRUNCATE marker
+// included; Base is what a superseding change applies to; VisibleAfter says
+// whether a reader sees a stored state under the partition's TRUNCATE
+// marker; State.Obsolete says when a table may replace a state by a Kafka
+// tombstone (a delete after topics.delete_grace, or a state a TRUNCATE
+// removed). The snapshot processors, the views and the history reader call
+// them; none compares positions on its own.
+//
 // # Column values
 //
 // A row maps column names to JSON values, decoded from PostgreSQL's text
