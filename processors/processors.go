@@ -142,7 +142,7 @@ func deadLetter(gctx goka.Context, o *options, topo *topology.Topology, raw []by
 		codecs.HeaderSourcePartition:  []byte(strconv.Itoa(int(gctx.Partition()))),
 		codecs.HeaderSourceOffset:     []byte(strconv.FormatInt(gctx.Offset(), 10)),
 	}
-	gctx.Emit(topo.DeadLetter(), gctx.Key(), raw, goka.WithCtxEmitHeaders(hdr))
+	gctx.Emit(goka.Stream(topo.DeadLetter()), gctx.Key(), raw, goka.WithCtxEmitHeaders(hdr))
 }
 
 // decodeEvent decodes the record being processed, or dead-letters it.
@@ -210,10 +210,10 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 		truncates []string // the type's truncate marker keys, by partition
 	}
 	routes := map[string]destination{}
-	edges := []goka.Edge{goka.Output(topo.DeadLetter(), new(codec.Bytes))}
+	edges := []goka.Edge{goka.Output(goka.Stream(topo.DeadLetter()), new(codec.Bytes))}
 	for _, e := range topo.Config().Entities {
-		routes[e.Type] = destination{stream: topo.Events(e.Type), truncates: topology.TruncateKeys(e.Partitions)}
-		edges = append(edges, goka.Output(topo.Events(e.Type), new(codec.Bytes)))
+		routes[e.Type] = destination{stream: goka.Stream(topo.Events(e.Type)), truncates: topology.TruncateKeys(e.Partitions)}
+		edges = append(edges, goka.Output(goka.Stream(topo.Events(e.Type)), new(codec.Bytes)))
 	}
 	order := new(inOrder)
 	route := func(gctx goka.Context, msg any) {
@@ -251,8 +251,8 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 		gctx.Emit(r.stream, strconv.FormatInt(id, 10), raw, goka.WithCtxEmitHeaders(gctx.Headers()))
 		o.metrics.routed.WithLabelValues(typ).Inc()
 	}
-	edges = append([]goka.Edge{goka.Input(topo.History(), new(codec.Bytes), route)}, edges...)
-	g := goka.DefineGroup(topo.RouterGroup(), edges...)
+	edges = append([]goka.Edge{goka.Input(goka.Stream(topo.History()), new(codec.Bytes), route)}, edges...)
+	g := goka.DefineGroup(goka.Group(topo.RouterGroup()), edges...)
 	gopts, err := o.gokaOptions(topo, log, order)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
@@ -427,11 +427,11 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 			o.metrics.tombstones.WithLabelValues(entityType).Inc()
 		}
 	}
-	g := goka.DefineGroup(topo.SnapshotGroup(entityType),
-		goka.Input(topo.Events(entityType), new(codec.Bytes), apply),
+	g := goka.DefineGroup(goka.Group(topo.SnapshotGroup(entityType)),
+		goka.Input(goka.Stream(topo.Events(entityType)), new(codec.Bytes), apply),
 		goka.Visitor(sweepVisitor, sweep),
 		goka.Persist(tableCodec{entityType: entityType, o: o}),
-		goka.Output(topo.DeadLetter(), new(codec.Bytes)),
+		goka.Output(goka.Stream(topo.DeadLetter()), new(codec.Bytes)),
 	)
 	// Partitions may come back from another instance with a newer marker.
 	assigned := logAssignment(log, string(g.Group()))
@@ -472,10 +472,10 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 		first   *goka.Processor // built up front, so a configuration error fails at once
 		running atomic.Bool
 	}
-	members := []*member{{group: string(topo.RouterGroup()), build: func() (*goka.Processor, error) { return newRouter(topo, o) }}}
+	members := []*member{{group: topo.RouterGroup(), build: func() (*goka.Processor, error) { return newRouter(topo, o) }}}
 	for _, typ := range topo.EntityTypes() {
 		members = append(members, &member{
-			group: string(topo.SnapshotGroup(typ)),
+			group: topo.SnapshotGroup(typ),
 			build: func() (*goka.Processor, error) { return newSnapshot(topo, typ, o) },
 			sweep: true,
 		})
@@ -490,7 +490,7 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 	g, gctx := errgroup.WithContext(ctx)
 	kafka := outage.NewState(o.log.With("component", "processors"), nil, "kafka")
 	g.Go(func() error {
-		probe := outage.NewProbe(topo.Config().Kafka, string(topo.History()))
+		probe := outage.NewProbe(topo.Config().Kafka, topo.History())
 		defer probe.Close()
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()

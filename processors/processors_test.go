@@ -76,6 +76,18 @@ func encode(t *testing.T, e *codecs.Event) []byte {
 	return b
 }
 
+// TestSnapshotTopicIsGroupTable: goka names a group's table itself; the
+// topology's snapshot topic must be that table, or the views would read a
+// topic the snapshot group never writes.
+func TestSnapshotTopicIsGroupTable(t *testing.T) {
+	topo := testTopology(t)
+	for _, typ := range topo.EntityTypes() {
+		if got, want := topo.Snapshot(typ), string(goka.GroupTable(goka.Group(topo.SnapshotGroup(typ)))); got != want {
+			t.Errorf("Snapshot(%s) = %q, goka's table of the group is %q", typ, got, want)
+		}
+	}
+}
+
 func TestRouter(t *testing.T) {
 	topo := testTopology(t)
 	tt := tester.New(t)
@@ -84,15 +96,15 @@ func TestRouter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	accounts := tt.NewQueueTracker(string(topo.Events("account")))
-	campaigns := tt.NewQueueTracker(string(topo.Events("campaign")))
-	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	accounts := tt.NewQueueTracker(topo.Events("account"))
+	campaigns := tt.NewQueueTracker(topo.Events("campaign"))
+	dead := tt.NewQueueTracker(topo.DeadLetter())
 	start(t, p)
 
 	acc := encode(t, event("account", 42, codecs.OpInsert, 100, 0, `{"id": 42}`))
 	camp := encode(t, event("campaign", 9007199254740993, codecs.OpDelete, 100, 1, ""))
-	tt.Consume(string(topo.History()), "account/42", acc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("insert")}))
-	tt.Consume(string(topo.History()), "campaign/9007199254740993", camp)
+	tt.Consume(topo.History(), "account/42", acc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("insert")}))
+	tt.Consume(topo.History(), "campaign/9007199254740993", camp)
 
 	hdr, key, value, ok := accounts.NextRawWithHeaders()
 	if !ok || key != "42" || string(value) != string(acc) {
@@ -114,7 +126,7 @@ func TestRouter(t *testing.T) {
 	}
 	for i, c := range bad {
 		t.Run(c.name, func(t *testing.T) {
-			tt.Consume(string(topo.History()), "k", c.value)
+			tt.Consume(topo.History(), "k", c.value)
 			hdr, _, value, ok := dead.NextRawWithHeaders()
 			if !ok {
 				t.Fatal("nothing dead-lettered")
@@ -125,7 +137,7 @@ func TestRouter(t *testing.T) {
 			if r := string(hdr[codecs.HeaderDeadLetterReason]); !strings.Contains(r, c.reason) {
 				t.Errorf("reason %q does not mention %q", r, c.reason)
 			}
-			if string(hdr[codecs.HeaderSourceTopic]) != string(topo.History()) {
+			if string(hdr[codecs.HeaderSourceTopic]) != topo.History() {
 				t.Errorf("source topic header %q", hdr[codecs.HeaderSourceTopic])
 			}
 			if got := counter(t, reg, "changes_processor_deadletters_total"); got != float64(i+1) {
@@ -143,12 +155,12 @@ func TestRouter(t *testing.T) {
 	// A record the capture wrote (key "type/id" and the op header) is routed
 	// without being decoded: a value that does not decode goes on, and the
 	// snapshot processor dead-letters it (TestSnapshot's bad records).
-	tt.Consume(string(topo.History()), "campaign/7", []byte("{not json"), tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("update")}))
+	tt.Consume(topo.History(), "campaign/7", []byte("{not json"), tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("update")}))
 	if key, value, ok := campaigns.NextRaw(); !ok || key != "7" || string(value) != "{not json" {
 		t.Fatalf("routed by key and header: got %q=%q (%v)", key, value, ok)
 	}
 	// An undeclared type in the key is a dead letter there too.
-	tt.Consume(string(topo.History()), "user/7", acc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("update")}))
+	tt.Consume(topo.History(), "user/7", acc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("update")}))
 	if _, _, value, ok := dead.NextRawWithHeaders(); !ok || string(value) != string(acc) {
 		t.Fatalf("undeclared type by key: dead letter %q (%v)", value, ok)
 	}
@@ -156,14 +168,14 @@ func TestRouter(t *testing.T) {
 	// A TRUNCATE goes to every partition of its type, under the partitions'
 	// truncate keys; by its header, or decoded.
 	trunc := encode(t, event("account", 0, codecs.OpTruncate, 100, 3, ""))
-	tt.Consume(string(topo.History()), "account/0", trunc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("truncate")}))
+	tt.Consume(topo.History(), "account/0", trunc, tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("truncate")}))
 	for p := range int32(4) {
 		key, value, ok := accounts.NextRaw()
 		if !ok || key != topology.TruncateKey(p, 4) || string(value) != string(trunc) {
 			t.Fatalf("truncate copy %d (by header): %q=%q (%v), want key %q", p, key, value, ok, topology.TruncateKey(p, 4))
 		}
 	}
-	tt.Consume(string(topo.History()), "account/0", trunc)
+	tt.Consume(topo.History(), "account/0", trunc)
 	for p := range int32(4) {
 		key, value, ok := accounts.NextRaw()
 		if !ok || key != topology.TruncateKey(p, 4) || string(value) != string(trunc) {
@@ -183,10 +195,10 @@ func TestSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	dead := tt.NewQueueTracker(topo.DeadLetter())
 	start(t, p)
-	events := string(topo.Events("account"))
-	table := topo.Snapshot("account")
+	events := topo.Events("account")
+	table := goka.Table(topo.Snapshot("account"))
 	state := func(key string) *codecs.State {
 		v := tt.TableValue(table, key)
 		if v == nil {
@@ -312,10 +324,10 @@ func TestSnapshotRewritesRedelivered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	table := topo.Snapshot("account")
+	table := goka.Table(topo.Snapshot("account"))
 	changelog := tt.NewQueueTracker(string(table))
 	start(t, p)
-	events := string(topo.Events("account"))
+	events := topo.Events("account")
 
 	// The local copy holds entity 1 at 200 and a truncate marker at 100;
 	// the changelog got neither (the tester's SetTableValue writes only the
@@ -412,11 +424,11 @@ func TestRouterRefusesForgedRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	accounts := tt.NewQueueTracker(string(topo.Events("account")))
-	campaigns := tt.NewQueueTracker(string(topo.Events("campaign")))
-	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
+	accounts := tt.NewQueueTracker(topo.Events("account"))
+	campaigns := tt.NewQueueTracker(topo.Events("campaign"))
+	dead := tt.NewQueueTracker(topo.DeadLetter())
 	start(t, p)
-	hist := string(topo.History())
+	hist := topo.History()
 	op := func(o codecs.Op) tester.EmitOption {
 		return tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte(o)})
 	}
@@ -463,7 +475,7 @@ func TestRouterRefusesForgedRecords(t *testing.T) {
 		reason string
 		want   float64
 	}{{"undeclared_type", 2 * forged}, {"bad_truncate", float64(len(truncates))}} {
-		if got := testutil.ToFloat64(deadLetters(t, reg, string(topo.RouterGroup()), c.reason)); got != c.want {
+		if got := testutil.ToFloat64(deadLetters(t, reg, topo.RouterGroup(), c.reason)); got != c.want {
 			t.Errorf("dead letters %s = %v, want %v", c.reason, got, c.want)
 		}
 	}
@@ -489,10 +501,10 @@ entities: [{type: wide, table: wide, partitions: 10000}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	wide := tt.NewQueueTracker(string(topo.Events("wide")))
+	wide := tt.NewQueueTracker(topo.Events("wide"))
 	start(t, p)
 	began := time.Now()
-	tt.Consume(string(topo.History()), "wide/0", encode(t, event("wide", 0, codecs.OpTruncate, 100, 0, "")),
+	tt.Consume(topo.History(), "wide/0", encode(t, event("wide", 0, codecs.OpTruncate, 100, 0, "")),
 		tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("truncate")}))
 	// Finding each partition's marker key per truncate took 13 s here;
 	// the keys computed once take milliseconds.
@@ -524,10 +536,10 @@ func TestSnapshotRefusesForgedTruncates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead := tt.NewQueueTracker(string(topo.DeadLetter()))
-	changelog := tt.NewQueueTracker(string(topo.Snapshot("account")))
+	dead := tt.NewQueueTracker(topo.DeadLetter())
+	changelog := tt.NewQueueTracker(topo.Snapshot("account"))
 	start(t, p)
-	events := string(topo.Events("account"))
+	events := topo.Events("account")
 	// The tester's topics have one partition: partition 0's marker key is
 	// TruncateKey(0, 4).
 	cases := []struct {
@@ -551,7 +563,7 @@ func TestSnapshotRefusesForgedTruncates(t *testing.T) {
 			}
 		})
 	}
-	if got := testutil.ToFloat64(deadLetters(t, reg, string(topo.SnapshotGroup("account")), "bad_truncate")); got != float64(len(cases)) {
+	if got := testutil.ToFloat64(deadLetters(t, reg, topo.SnapshotGroup("account"), "bad_truncate")); got != float64(len(cases)) {
 		t.Errorf("bad_truncate dead letters = %v, want %d", got, len(cases))
 	}
 	// The router's copy still sets the marker.

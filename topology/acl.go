@@ -51,7 +51,7 @@ func (a ACL) String() string {
 // transactions: one per history and slot, so a capture fences only older
 // captures of its own slot.
 func (t *Topology) TransactionalID() string {
-	return "changes-capture." + string(t.History()) + "." + t.cfg.Postgres.Slot
+	return "changes-capture." + t.History() + "." + t.cfg.Postgres.Slot
 }
 
 // ACLs are the permissions role needs, given to principal ("User:name").
@@ -78,40 +78,40 @@ func (t *Topology) ACLs(role Role, principal string, types ...string) ([]ACL, er
 	writeTopic := []string{"Read", "Write", "Describe", "DescribeConfigs"}
 	switch role {
 	case RoleCapture:
-		add("Topic", string(t.History()), writeTopic...)
-		add("Topic", string(t.CaptureState()), writeTopic...)
+		add("Topic", t.History(), writeTopic...)
+		add("Topic", t.CaptureState(), writeTopic...)
 		add("TransactionalId", t.TransactionalID(), "Write", "Describe")
 	case RoleProcessors:
-		add("Topic", string(t.History()), readTopic...)
-		add("Group", string(t.RouterGroup()), "Read")
-		add("Topic", string(t.DeadLetter()), "Write", "Describe", "DescribeConfigs")
+		add("Topic", t.History(), readTopic...)
+		add("Group", t.RouterGroup(), "Read")
+		add("Topic", t.DeadLetter(), "Write", "Describe", "DescribeConfigs")
 		for _, typ := range t.EntityTypes() {
-			add("Topic", string(t.Events(typ)), writeTopic...)
-			add("Topic", string(t.Snapshot(typ)), writeTopic...)
-			add("Group", string(t.SnapshotGroup(typ)), "Read")
+			add("Topic", t.Events(typ), writeTopic...)
+			add("Topic", t.Snapshot(typ), writeTopic...)
+			add("Group", t.SnapshotGroup(typ), "Read")
 		}
 	case RoleServe:
 		if len(types) == 0 {
 			types = t.cfg.ServedTypes()
 		}
-		add("Topic", string(t.History()), readTopic...)
+		add("Topic", t.History(), readTopic...)
 		for _, typ := range types {
-			add("Topic", string(t.Snapshot(typ)), readTopic...)
+			add("Topic", t.Snapshot(typ), readTopic...)
 		}
 	case RoleMonitor:
-		add("Topic", string(t.History()), readTopic...)
-		add("Group", string(t.RouterGroup()), "Describe")
+		add("Topic", t.History(), readTopic...)
+		add("Group", t.RouterGroup(), "Describe")
 		for _, typ := range t.EntityTypes() {
-			add("Topic", string(t.Events(typ)), readTopic...)
-			add("Topic", string(t.Snapshot(typ)), readTopic...)
-			add("Group", string(t.SnapshotGroup(typ)), "Describe")
+			add("Topic", t.Events(typ), readTopic...)
+			add("Topic", t.Snapshot(typ), readTopic...)
+			add("Group", t.SnapshotGroup(typ), "Describe")
 		}
 	case RoleView:
 		if len(types) == 0 {
 			types = t.EntityTypes()
 		}
 		for _, typ := range types {
-			add("Topic", string(t.Snapshot(typ)), readTopic...)
+			add("Topic", t.Snapshot(typ), readTopic...)
 		}
 	default:
 		return nil, fmt.Errorf("role %q: want one of %v", role, Roles)

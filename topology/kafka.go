@@ -117,17 +117,17 @@ func (t *Topology) Topics() []TopicSpec {
 	// the history takes, or a large change would stop the router.
 	maxBytes := strconv.Itoa(t.cfg.Kafka.MaxRecordBytes + 1024)
 	specs := []TopicSpec{
-		{Name: string(t.History()), Partitions: 1, Configs: map[string]string{
+		{Name: t.History(), Partitions: 1, Configs: map[string]string{
 			"cleanup.policy":         "delete",
 			"retention.ms":           ms(t.cfg.Topics.HistoryRetention),
 			"retention.bytes":        "-1",
 			"message.timestamp.type": "CreateTime",
 			"max.message.bytes":      strconv.Itoa(t.cfg.Kafka.MaxRecordBytes + 1024),
 		}},
-		{Name: string(t.CaptureState()), Partitions: 1, Configs: map[string]string{
+		{Name: t.CaptureState(), Partitions: 1, Configs: map[string]string{
 			"cleanup.policy": "compact",
 		}},
-		{Name: string(t.DeadLetter()), Partitions: 1, Configs: map[string]string{
+		{Name: t.DeadLetter(), Partitions: 1, Configs: map[string]string{
 			"cleanup.policy":    "delete",
 			"retention.ms":      ms(t.cfg.Topics.HistoryRetention),
 			"max.message.bytes": maxBytes,
@@ -135,12 +135,12 @@ func (t *Topology) Topics() []TopicSpec {
 	}
 	for _, e := range t.cfg.Entities {
 		specs = append(specs,
-			TopicSpec{Name: string(t.Events(e.Type)), Partitions: int32(e.Partitions), Configs: map[string]string{
+			TopicSpec{Name: t.Events(e.Type), Partitions: int32(e.Partitions), Configs: map[string]string{
 				"cleanup.policy":    "delete",
 				"retention.ms":      ms(t.cfg.Topics.EventsRetention),
 				"max.message.bytes": maxBytes,
 			}},
-			TopicSpec{Name: string(t.Snapshot(e.Type)), Partitions: int32(e.Partitions), Configs: map[string]string{
+			TopicSpec{Name: t.Snapshot(e.Type), Partitions: int32(e.Partitions), Configs: map[string]string{
 				"cleanup.policy":    "compact",
 				"max.message.bytes": maxBytes,
 			}},

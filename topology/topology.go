@@ -1,11 +1,9 @@
 package topology
 
-import (
-	"github.com/lovoo/goka"
-)
-
 // Topology names every topic and consumer group of a deployment. It is built
 // from a validated Config and is safe for concurrent use (it is read-only).
+// Names are plain strings: the processors and views turn them into goka's
+// topic types where goka asks for them.
 //
 // With the default prefix "changes" and an entity type "account":
 //
@@ -28,41 +26,42 @@ func (t *Topology) Config() *Config { return t.cfg }
 
 // History is the single-partition topic that holds every captured change in
 // commit order.
-func (t *Topology) History() goka.Stream { return goka.Stream(t.cfg.Topics.Prefix + ".history") }
+func (t *Topology) History() string { return t.cfg.Topics.Prefix + ".history" }
 
 // DeadLetter is the topic that receives records no processor could handle,
 // with the reason in a header.
-func (t *Topology) DeadLetter() goka.Stream {
-	return goka.Stream(t.cfg.Topics.Prefix + ".deadletter")
-}
+func (t *Topology) DeadLetter() string { return t.cfg.Topics.Prefix + ".deadletter" }
 
 // CaptureState is the compacted topic where the capture keeps its state per
 // replication slot, such as whether the initial snapshot is complete.
-func (t *Topology) CaptureState() goka.Stream {
-	return goka.Stream(t.cfg.Topics.Prefix + ".capture-state")
-}
+func (t *Topology) CaptureState() string { return t.cfg.Topics.Prefix + ".capture-state" }
 
 // RouterGroup is the consumer group that reads the history and emits each
 // change to the events topic of its entity type.
-func (t *Topology) RouterGroup() goka.Group { return goka.Group(t.cfg.Topics.Prefix + ".router") }
+func (t *Topology) RouterGroup() string { return t.cfg.Topics.Prefix + ".router" }
 
 // Events is the topic of one entity type's changes, keyed by entity id and
 // partitioned like its snapshot table.
-func (t *Topology) Events(entityType string) goka.Stream {
-	return goka.Stream(t.cfg.Topics.Prefix + ".events." + entityType)
+func (t *Topology) Events(entityType string) string {
+	return t.cfg.Topics.Prefix + ".events." + entityType
 }
 
 // SnapshotGroup is the consumer group that keeps the latest state of every
 // entity of one type in its group table.
-func (t *Topology) SnapshotGroup(entityType string) goka.Group {
-	return goka.Group(t.cfg.Topics.Prefix + ".snapshot." + entityType)
+func (t *Topology) SnapshotGroup(entityType string) string {
+	return t.cfg.Topics.Prefix + ".snapshot." + entityType
 }
 
 // Snapshot is the compacted table topic of one entity type: the latest state
-// of each entity, keyed by entity id.
-func (t *Topology) Snapshot(entityType string) goka.Table {
-	return goka.GroupTable(t.SnapshotGroup(entityType))
+// of each entity, keyed by entity id. It is the group table goka derives
+// from SnapshotGroup (goka.GroupTable: the group's name and "-table"); a
+// test of the processors holds the two together.
+func (t *Topology) Snapshot(entityType string) string {
+	return t.SnapshotGroup(entityType) + tableSuffix
 }
+
+// tableSuffix is what goka appends to a group's name to name its table.
+const tableSuffix = "-table"
 
 // EntityTypes lists the declared entity types in config order.
 func (t *Topology) EntityTypes() []string {

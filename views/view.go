@@ -135,7 +135,7 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	}
 	v := &View{
 		entityType: entityType,
-		topic:      string(topo.Snapshot(entityType)),
+		topic:      topo.Snapshot(entityType),
 		partitions: ent.Partitions,
 		kcfg:       topo.Config().Kafka,
 		log:        slog.Default(),
@@ -183,7 +183,7 @@ func New(topo *topology.Topology, entityType string, opts ...Option) (*View, err
 	gokaOpts = append(append(gokaOpts, v.gokaOpts...), goka.WithViewStorageBuilder(v.openStore))
 	v.build = func() (*goka.View, error) {
 		v.keepBuildError.reset()
-		gv, err := goka.NewView(v.kcfg.Brokers, topo.Snapshot(entityType), new(codec.Bytes), gokaOpts...)
+		gv, err := goka.NewView(v.kcfg.Brokers, goka.Table(v.topic), new(codec.Bytes), gokaOpts...)
 		if err != nil {
 			return nil, fmt.Errorf("view %s: %w", entityType, v.keepBuildError.explain(v.kcfg, err))
 		}

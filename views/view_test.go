@@ -103,7 +103,7 @@ func TestView(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	table := string(topo.Snapshot("account"))
+	table := topo.Snapshot("account")
 	tt.Consume(table, "1", enc(t, state(1, 10, "a")))
 	tt.Consume(table, "2", enc(t, state(2, 11, "b")))
 	tt.Consume(table, "1", enc(t, state(1, 12, "a2")))
@@ -179,7 +179,7 @@ func TestViewRangeTypedSubscribe(t *testing.T) {
 	}
 	sub := v.Subscribe(16)
 	slow := v.Subscribe(1)
-	table := string(topo.Snapshot("account"))
+	table := topo.Snapshot("account")
 	ids := []int64{100, -5, 1 << 40, 3, -1 << 50, 10}
 	for i, id := range ids {
 		tt.Consume(table, strconv.FormatInt(id, 10), enc(t, state(id, codecs.LSN(10+i), "n"+strconv.FormatInt(id, 10))))
@@ -254,7 +254,7 @@ func TestViewMetrics(t *testing.T) {
 	tt := tester.New(t)
 	reg := prometheus.NewRegistry()
 	v := runView(t, topo, tt, views.WithInMemory(), views.WithRegisterer(reg))
-	table := string(topo.Snapshot("account"))
+	table := topo.Snapshot("account")
 	tt.Consume(table, "1", enc(t, state(1, 10, "a")))
 	tt.Consume(table, "2", enc(t, state(2, 11, "b")))
 	tt.Consume(table, "not-an-id", enc(t, state(3, 12, "c")))
@@ -346,7 +346,7 @@ func TestViewPassesOverBadTruncateMarker(t *testing.T) {
 	tt := tester.New(t)
 	reg := prometheus.NewRegistry()
 	v := runView(t, topo, tt, views.WithInMemory(), views.WithRegisterer(reg))
-	table := string(topo.Snapshot("account"))
+	table := topo.Snapshot("account")
 	tt.Consume(table, "1", enc(t, state(1, 10, "a")))
 	tt.Consume(table, topology.TruncateKey(0, 1), []byte("not a state"))
 	tt.Consume(table, topology.TruncateKey(0, 1), enc(t, state(7, 11, "an entity, not a marker")))

@@ -159,7 +159,7 @@ func NewChecker(topo *topology.Topology, staleAfter, remember time.Duration, max
 		bound:      staleAfter,
 		remember:   remember,
 		maxEvents:  max(maxEvents, 1),
-		history:    string(topo.History()),
+		history:    topo.History(),
 		byPos:      map[codecs.Position]*event{},
 		entities:   map[entityKey]*entity{},
 	}

@@ -151,17 +151,17 @@ func (m *Monitor) Run(ctx context.Context) error {
 	for _, typ := range m.topo.EntityTypes() {
 		ent, _ := m.cfg.Entity(typ)
 		for p := range int32(ent.Partitions) {
-			if err := m.consume(gctx, g, consumer, string(m.topo.Snapshot(typ)), p, fromTable, typ, in); err != nil {
+			if err := m.consume(gctx, g, consumer, m.topo.Snapshot(typ), p, fromTable, typ, in); err != nil {
 				return err
 			}
-			if err := m.consume(gctx, g, consumer, string(m.topo.Events(typ)), p, fromEvents, typ, in); err != nil {
+			if err := m.consume(gctx, g, consumer, m.topo.Events(typ), p, fromEvents, typ, in); err != nil {
 				return err
 			}
 		}
 	}
 	// The checker starts after the history's last committed record: the
 	// last stable offset, as the capture writes in Kafka transactions.
-	hist := string(m.topo.History())
+	hist := m.topo.History()
 	end, err := kread.End(client, hist, 0)
 	if err != nil {
 		return fmt.Errorf("monitor: end of %s: %w", hist, err)
@@ -374,9 +374,9 @@ func (m *Monitor) watchLag(ctx context.Context, client sarama.Client) error {
 
 // groupLag sets the lag of the router and of every snapshot group.
 func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) error {
-	inputs := map[string]string{string(m.topo.RouterGroup()): string(m.topo.History())}
+	inputs := map[string]string{m.topo.RouterGroup(): m.topo.History()}
 	for _, typ := range m.topo.EntityTypes() {
-		inputs[string(m.topo.SnapshotGroup(typ))] = string(m.topo.Events(typ))
+		inputs[m.topo.SnapshotGroup(typ)] = m.topo.Events(typ)
 	}
 	var errs []error
 	for group, topic := range inputs {

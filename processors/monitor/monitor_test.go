@@ -32,7 +32,7 @@ func TestMonitorMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hist := string(topo.History())
+	hist := topo.History()
 	// The history event, twice (a duplicate), and the router's copy.
 	m.apply(record{source: fromHistory, msg: &sarama.ConsumerMessage{Topic: hist, Offset: 0, Value: rawEvent}}, now)
 	m.apply(record{source: fromHistory, msg: &sarama.ConsumerMessage{Topic: hist, Offset: 1, Value: rawEvent}}, now)
@@ -126,7 +126,7 @@ func TestMonitorBoundedSeries(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	hist := string(topo.History())
+	hist := topo.History()
 	feed := func(off int64, e *codecs.Event) {
 		raw, err := (codecs.EventCodec{}).Encode(e)
 		if err != nil {

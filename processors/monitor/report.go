@@ -146,7 +146,7 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 	// The history says how many changes were committed in the window, and
 	// which positions are rows of an initial snapshot (no commit time).
 	snapshotRows := map[codecs.Position]struct{}{}
-	err = r.read(ctx, string(topo.History()), 0, from, func(msg *sarama.ConsumerMessage) {
+	err = r.read(ctx, topo.History(), 0, from, func(msg *sarama.ConsumerMessage) {
 		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
 		switch {
 		case err != nil || ev.CommitTime.Before(from) || ev.Op == codecs.OpTruncate:
@@ -164,7 +164,7 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 		ent, _ := cfg.Entity(typ)
 		seen := map[codecs.Position]struct{}{} // the router may deliver twice
 		for p := range int32(ent.Partitions) {
-			err := r.read(ctx, string(topo.Events(typ)), p, from, func(msg *sarama.ConsumerMessage) {
+			err := r.read(ctx, topo.Events(typ), p, from, func(msg *sarama.ConsumerMessage) {
 				ev, err := (codecs.EventCodec{}).Decode(msg.Value)
 				if err != nil {
 					return
@@ -186,7 +186,7 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 		ent, _ := cfg.Entity(typ)
 		seen := map[codecs.Position]struct{}{}
 		for p := range int32(ent.Partitions) {
-			err := r.read(ctx, string(topo.Snapshot(typ)), p, from, func(msg *sarama.ConsumerMessage) {
+			err := r.read(ctx, topo.Snapshot(typ), p, from, func(msg *sarama.ConsumerMessage) {
 				if msg.Value == nil {
 					return
 				}
@@ -291,7 +291,7 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 	res := &AuditResult{}
 	// The history first, each event "seen" at its commit time, then the
 	// tables: a table record is checked against what the history says.
-	err = r.read(ctx, string(topo.History()), 0, from, func(msg *sarama.ConsumerMessage) {
+	err = r.read(ctx, topo.History(), 0, from, func(msg *sarama.ConsumerMessage) {
 		res.HistoryRecords++
 		ev, err := (codecs.EventCodec{}).Decode(msg.Value)
 		if err != nil {
@@ -308,7 +308,7 @@ func Audit(ctx context.Context, topo *topology.Topology, window, staleAfter time
 		for p := range int32(ent.Partitions) {
 			// From the start of the window, less the bound: a state applied
 			// late is still read.
-			err := r.read(ctx, string(topo.Snapshot(typ)), p, from.Add(-staleAfter), func(msg *sarama.ConsumerMessage) {
+			err := r.read(ctx, topo.Snapshot(typ), p, from.Add(-staleAfter), func(msg *sarama.ConsumerMessage) {
 				res.TableRecords++
 				var st *codecs.State
 				if msg.Value != nil {

@@ -75,7 +75,7 @@ func Open(topo *topology.Topology, log *slog.Logger) (*Reader, error) {
 	}
 	return &Reader{
 		topo:      topo,
-		topic:     string(topo.History()),
+		topic:     topo.History(),
 		client:    client,
 		log:       log.With("component", "history"),
 		retention: topo.Config().Topics.HistoryRetention,

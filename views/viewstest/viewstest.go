@@ -65,7 +65,7 @@ entities: [{type: ` + entityType + `, table: viewstest, partitions: 1}]
 	if err := v.WaitRecovered(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &Table{View: v, t: t, tt: tt, topic: string(topo.Snapshot(entityType)), typ: entityType}
+	return &Table{View: v, t: t, tt: tt, topic: topo.Snapshot(entityType), typ: entityType}
 }
 
 // Put writes st under its entity id, as the snapshot processor does.
