@@ -518,16 +518,8 @@ var (
 // Validate checks every field and names the first wrong one by its YAML path,
 // e.g. "entities[1].partitions: must be at least 1, got 0".
 func (c *Config) Validate() error {
-	if len(c.Kafka.Brokers) == 0 {
-		return fieldErr("kafka.brokers", "is required (or set CHANGES_KAFKA_BROKERS)")
-	}
-	for i, b := range c.Kafka.Brokers {
-		if _, port, ok := strings.Cut(b, ":"); !ok || port == "" {
-			return fieldErr(fmt.Sprintf("kafka.brokers[%d]", i), "must be host:port, got %q", b)
-		}
-	}
-	if _, err := sarama.ParseKafkaVersion(c.Kafka.Version); err != nil {
-		return fieldErr("kafka.version", "%q is not a Kafka version like 4.0.0", c.Kafka.Version)
+	if err := c.Kafka.validateAddress(); err != nil {
+		return err
 	}
 	if c.Kafka.ReplicationFactor == 0 || c.Kafka.ReplicationFactor < -1 {
 		return fieldErr("kafka.replication_factor", "must be -1 (broker default) or at least 1, got %d", c.Kafka.ReplicationFactor)
