@@ -3,12 +3,22 @@
 // table, stored in goleveldb and kept current from the table's compacted
 // changelog.
 //
+// # Opening
+//
+// A view asks only for what it reads (Config): the Kafka brokers and
+// client settings (TLS, SASL), the entity type, its snapshot table topic
+// and partition count, and a storage directory. Open builds a View from
+// it, OpenTyped a Typed one; neither needs the deployment's configuration
+// or its database credentials. A program that has the deployment's
+// topology (the platform's own commands) uses New or NewTyped, which take
+// the same Config from it (ConfigFor).
+//
 // # Reading
 //
 // View.Get answers from local storage, without a network round trip (about
 // 10 µs); View.All and View.Range iterate in id order over a consistent
 // snapshot of every partition. Typed[T] decodes rows into the service's own
-// type. Deleted entities, and entities a TRUNCATE removed, are not there.
+// type, in Get, All, Range, Each and Subscribe alike. Deleted entities, and entities a TRUNCATE removed, are not there.
 //
 // # Lifecycle and staleness
 //

@@ -17,15 +17,18 @@ type Account struct {
 	Active bool   `json:"active"`
 }
 
-// A service embeds the snapshot of one entity type and reads it locally. The
-// view needs a running Kafka cluster with the platform's topics, so this
-// example is compiled but not run.
+// A service embeds the snapshot of one entity type and reads it locally. It
+// needs the brokers, the table and its partitions; no database credentials.
+// The view needs a running Kafka cluster with the platform's topics, so
+// this example is compiled but not run.
 func Example() {
-	cfg, err := topology.Load("/etc/changes/changes.yaml")
-	if err != nil {
-		log.Fatal(err)
-	}
-	accounts, err := views.NewTyped[Account](topology.New(cfg), "account", views.WithStorageDir("/var/lib/my-service/views"))
+	accounts, err := views.OpenTyped[Account](views.Config{
+		Kafka:      topology.KafkaConfig{Brokers: []string{"kafka-1:9092", "kafka-2:9092"}},
+		EntityType: "account",
+		Topic:      "changes.snapshot.account-table",
+		Partitions: 8,
+		StorageDir: "/var/lib/my-service/views",
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -49,6 +52,39 @@ func Example() {
 		return
 	}
 	fmt.Printf("account 42 is %s with budget %s, as of %s\n", acc.Value.Name, acc.Value.Budget, acc.CommitTime)
+}
+
+// A service that runs next to the platform and reads its config file can
+// build the view from the deployment's topology instead.
+func ExampleNewTyped() {
+	cfg, err := topology.Load("/etc/changes/changes.yaml")
+	if err != nil {
+		log.Fatal(err)
+	}
+	accounts, err := views.NewTyped[Account](topology.New(cfg), "account", views.WithStorageDir("/var/lib/my-service/views"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = accounts // run and read as in the package example
+}
+
+// Follow the changes of a Typed view, decoded.
+func ExampleTypedSubscription_Changes() {
+	var accounts *views.Typed[Account] // running, as in the package example
+	ctx := context.Background()
+	sub := accounts.Subscribe(1024)
+	defer sub.Close()
+	for c, err := range sub.Changes(ctx) {
+		switch {
+		case err != nil:
+			log.Printf("account %d: %v", c.EntityID, err)
+		case c.Entity == nil:
+			fmt.Println("account", c.EntityID, "is gone")
+		case !c.Entity.Value.Active:
+			fmt.Println("account", c.EntityID, "is inactive")
+		}
+	}
+	// The channel closed: sub.Err() says why (views.ErrSlowSubscriber: re-read and subscribe again).
 }
 
 // Iterate a range of ids in order, and stop early.

@@ -25,15 +25,26 @@ type Entity[T any] struct {
 
 // Typed is a View whose rows are decoded into T, a struct whose json tags
 // name the table's columns (or a map). The View's own methods (Run,
-// WaitRecovered, Status, Lag, Subscribe, Len) are promoted; Get, All and
-// Range decode. The raw States stay available through the embedded View.
+// WaitRecovered, Status, Lag, Len) are promoted; Get, All, Range, Each and
+// Subscribe decode. The raw States stay available through the embedded
+// View (t.View.Subscribe, t.View.Each).
 type Typed[T any] struct {
 	*View
 }
 
-// NewTyped returns a Typed view of entityType's snapshot table.
+// NewTyped returns a Typed view of entityType's snapshot table in topo's
+// deployment (see New).
 func NewTyped[T any](topo *topology.Topology, entityType string, opts ...Option) (*Typed[T], error) {
 	v, err := New(topo, entityType, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &Typed[T]{View: v}, nil
+}
+
+// OpenTyped returns a Typed view of the table cfg describes (see Open).
+func OpenTyped[T any](cfg Config, opts ...Option) (*Typed[T], error) {
+	v, err := Open(cfg, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -66,6 +77,76 @@ func (t *Typed[T]) Range(ctx context.Context, first, last int64) iter.Seq2[Entit
 				e, err = decodeEntity[T](t.entityType, st)
 			}
 			if !yield(e, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Each calls fn for every entity in id order until fn returns an error,
+// which Each returns; a row that does not decode into T ends it with an
+// error too.
+func (t *Typed[T]) Each(fn func(Entity[T]) error) error {
+	for e, err := range t.All(context.Background()) {
+		if err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Change is one update of a Typed view: the Update, and the entity after
+// it decoded into T.
+type Change[T any] struct {
+	Update
+	// Entity is the entity after the change; nil when it is gone (its
+	// Update's State is nil) or its row does not decode into T.
+	Entity *Entity[T]
+}
+
+// TypedSubscription is a Subscription to a Typed view: Changes decodes its
+// updates. C, Err and Close are the Subscription's.
+type TypedSubscription[T any] struct {
+	*Subscription
+	entityType string
+}
+
+// Subscribe returns a subscription to every update the view applies from
+// now on, as View.Subscribe does, whose Changes decode the entities.
+func (t *Typed[T]) Subscribe(buffer int) *TypedSubscription[T] {
+	return &TypedSubscription[T]{Subscription: t.View.Subscribe(buffer), entityType: t.entityType}
+}
+
+// Changes iterates the subscription's updates with their entity decoded,
+// until the subscription's channel is closed (Err says why) or ctx is
+// done. An update whose row does not decode into T comes with the error
+// (and its Update); the iteration goes on if the loop does. Leaving the
+// loop early leaves the subscription open: Close it, or iterate again.
+func (s *TypedSubscription[T]) Changes(ctx context.Context) iter.Seq2[Change[T], error] {
+	return func(yield func(Change[T], error) bool) {
+		for {
+			var u Update
+			select {
+			case <-ctx.Done():
+				return
+			case next, ok := <-s.C():
+				if !ok {
+					return
+				}
+				u = next
+			}
+			c := Change[T]{Update: u}
+			var err error
+			if u.State != nil {
+				var e Entity[T]
+				if e, err = decodeEntity[T](s.entityType, u.State); err == nil {
+					c.Entity = &e
+				}
+			}
+			if !yield(c, err) {
 				return
 			}
 		}

@@ -7,7 +7,6 @@ import (
 	"iter"
 	"log/slog"
 	"math"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -62,8 +61,9 @@ type Option func(*View)
 func WithLogger(l *slog.Logger) Option { return func(v *View) { v.log = l } }
 
 // WithStorageDir sets where the view keeps its goleveldb copy, one database
-// per partition. A view restarted on the same directory reopens its data
-// and only reads what the table gained since. Default: <config storage>/views.
+// per partition, in place of Config.StorageDir. A view restarted on the
+// same directory reopens its data and only reads what the table gained
+// since. Default: Config.StorageDir (New: <config storage>/views).
 func WithStorageDir(dir string) Option { return func(v *View) { v.storageDir = dir } }
 
 // WithInMemory keeps the view's copy in memory (goleveldb on a memory
@@ -127,23 +127,36 @@ type updateQueue struct {
 	updates []Update
 }
 
-// New returns the view of entityType's snapshot table. Call Run to start it.
+// New returns the view of entityType's snapshot table in topo's
+// deployment: Open with ConfigFor(topo, entityType). Call Run to start it.
 func New(topo *topology.Topology, entityType string, opts ...Option) (*View, error) {
-	ent, ok := topo.Config().Entity(entityType)
-	if !ok {
-		return nil, fmt.Errorf("view: entity type %q is not declared", entityType)
+	cfg, err := ConfigFor(topo, entityType)
+	if err != nil {
+		return nil, err
 	}
+	return Open(cfg, opts...)
+}
+
+// Open returns the view cfg describes; it fails if cfg is not valid (see
+// Config.Validate) or the view cannot be built for a reason retrying
+// cannot fix (a refused password, a topic of another shape). Kafka being
+// away is not an error: Run waits for it. Call Run to start the view.
+func Open(cfg Config, opts ...Option) (*View, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	entityType := cfg.EntityType
 	v := &View{
 		entityType: entityType,
-		topic:      topo.Snapshot(entityType),
-		partitions: ent.Partitions,
-		kcfg:       topo.Config().Kafka,
+		topic:      cfg.Topic,
+		partitions: cfg.Partitions,
+		kcfg:       cfg.Kafka,
 		log:        slog.Default(),
-		storageDir: filepath.Join(topo.Config().Storage, "views"),
-		stores:     make([]atomic.Pointer[store], ent.Partitions),
-		opened:     make([]time.Time, ent.Partitions),
-		alive:      make([]atomic.Int64, ent.Partitions),
-		queued:     make([]updateQueue, ent.Partitions),
+		storageDir: cfg.StorageDir,
+		stores:     make([]atomic.Pointer[store], cfg.Partitions),
+		opened:     make([]time.Time, cfg.Partitions),
+		alive:      make([]atomic.Int64, cfg.Partitions),
+		queued:     make([]updateQueue, cfg.Partitions),
 		subs:       map[*Subscription]struct{}{},
 		built:      make(chan struct{}),
 	}
