@@ -16,6 +16,11 @@
 // state at T was set by a change that retention already deleted is
 // ErrOlderThanHistory, unless the caller can vouch for its current state
 // (EntityAt's current argument, which the query server takes from its view).
+//
+// A Reader asks only for the Kafka client settings and the history topic
+// (Config, New); Open takes them from a deployment's Topology. The replay
+// keeps each entity's state by the rule of the snapshot tables
+// (codecs.Judge, codecs.VisibleAfter), so the history and a view agree.
 package history
 
 import (
@@ -47,7 +52,6 @@ var ErrOlderThanHistory = errors.New("the entity's state at that time is older t
 
 // Reader reads the history topic. It is safe for concurrent use.
 type Reader struct {
-	topo      *topology.Topology
 	topic     string
 	client    sarama.Client
 	log       *slog.Logger
@@ -58,15 +62,74 @@ type Reader struct {
 	startTime time.Time // commit time of the record at startAt
 }
 
-// Open connects a Reader to the history topic of topo.
+// Config is what a Reader needs: how to reach Kafka and which topic is the
+// history. It holds no database credentials; ConfigFor builds it from a
+// deployment's Topology.
+type Config struct {
+	// Kafka says how to reach the brokers: Brokers (required), Version
+	// (default 4.0.0), ClientID (default changes), TLS and SASL, as
+	// topology.KafkaConfig documents them. The producer and topic settings
+	// are not used.
+	Kafka topology.KafkaConfig
+	// Topic is the history topic, "<prefix>.history"
+	// (topology.Topology.History), e.g. changes.history. Required.
+	Topic string
+	// Retention is the history topic's retention, which errors and Bounds
+	// report (topics.history_retention). Default: 720h (30 days).
+	Retention time.Duration
+}
+
+// ConfigFor returns the Config of topo's history.
+func ConfigFor(topo *topology.Topology) Config {
+	return Config{Kafka: topo.Config().Kafka, Topic: topo.History(), Retention: topo.Config().Topics.HistoryRetention}
+}
+
+// Validate checks c, its defaults applied, and names the first wrong field
+// (a *topology.FieldError for the Kafka settings).
+func (c Config) Validate() error { return c.check() }
+
+// check applies the defaults to c, normalises it and validates it.
+func (c *Config) check() error {
+	if c.Kafka.Version == "" {
+		c.Kafka.Version = topology.DefaultKafkaVersion
+	}
+	if c.Kafka.ClientID == "" {
+		c.Kafka.ClientID = topology.DefaultClientID
+	}
+	if c.Retention == 0 {
+		c.Retention = topology.DefaultHistoryRetention
+	}
+	if err := c.Kafka.ValidateClient(); err != nil {
+		return err
+	}
+	if c.Topic == "" {
+		return errors.New("history config: Topic is required (the history topic, e.g. changes.history)")
+	}
+	if c.Retention < 0 {
+		return fmt.Errorf("history config: Retention must not be negative, got %s", c.Retention)
+	}
+	return nil
+}
+
+// Open connects a Reader to the history topic of topo: New with
+// ConfigFor(topo).
 func Open(topo *topology.Topology, log *slog.Logger) (*Reader, error) {
-	kcfg := topo.Config().Kafka
-	cfg, err := topology.SaramaConfig(kcfg)
+	return New(ConfigFor(topo), log)
+}
+
+// New connects a Reader to the history cfg names; log defaults to
+// slog.Default(). It fails if cfg is not valid or the Kafka client cannot
+// be made (no broker answers).
+func New(cfg Config, log *slog.Logger) (*Reader, error) {
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	scfg, err := topology.SaramaConfig(cfg.Kafka)
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
-	cfg.Consumer.Fetch.Default = 8 << 20 // replays read far; fewer, larger fetches
-	client, err := sarama.NewClient(kcfg.Brokers, cfg)
+	scfg.Consumer.Fetch.Default = 8 << 20 // replays read far; fewer, larger fetches
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("history: kafka client: %w", err)
 	}
@@ -74,11 +137,10 @@ func Open(topo *topology.Topology, log *slog.Logger) (*Reader, error) {
 		log = slog.Default()
 	}
 	return &Reader{
-		topo:      topo,
-		topic:     topo.History(),
+		topic:     cfg.Topic,
 		client:    client,
 		log:       log.With("component", "history"),
-		retention: topo.Config().Topics.HistoryRetention,
+		retention: cfg.Retention,
 		startAt:   -1,
 	}, nil
 }
