@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,26 +35,36 @@ type Account struct {
 }
 
 func main() {
-	configPath := flag.String("config", "configs/local.yaml", "the platform's config file")
+	defaultBrokers := "127.0.0.1:59092" // the local stack's
+	if env := os.Getenv("CHANGES_KAFKA_BROKERS"); env != "" {
+		defaultBrokers = env // as stack.sh env exports it
+	}
+	brokers := flag.String("brokers", defaultBrokers, "Kafka bootstrap brokers, comma-separated (default: CHANGES_KAFKA_BROKERS, else the local stack's)")
+	topic := flag.String("topic", "changes.snapshot.account-table", "the account snapshot table")
+	partitions := flag.Int("partitions", 4, "the table's partitions (entities[].partitions of the platform's config)")
 	listen := flag.String("listen", "127.0.0.1:8090", "HTTP address")
 	storage := flag.String("storage", ".stack/account-budgets", "where the view keeps its local copy (the default is the local stack's folder, git-ignored)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *configPath, *listen, *storage, log); err != nil {
+	// All the view needs: no database credentials, no platform config file.
+	// Kafka TLS and SASL, when the cluster asks for them, go in Kafka too.
+	cfg := views.Config{
+		Kafka:      topology.KafkaConfig{Brokers: strings.Split(*brokers, ",")},
+		EntityType: "account",
+		Topic:      *topic,
+		Partitions: *partitions,
+		StorageDir: *storage,
+	}
+	if err := run(ctx, cfg, *listen, log); err != nil {
 		log.Error("account-budgets stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, configPath, listen, storage string, log *slog.Logger) error {
-	cfg, err := topology.Load(configPath)
-	if err != nil {
-		return err
-	}
-	accounts, err := views.NewTyped[Account](topology.New(cfg), "account",
-		views.WithStorageDir(storage), views.WithLogger(log))
+func run(ctx context.Context, cfg views.Config, listen string, log *slog.Logger) error {
+	accounts, err := views.OpenTyped[Account](cfg, views.WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -130,33 +141,21 @@ func watchDeactivations(ctx context.Context, accounts *views.Typed[Account], log
 	}
 }
 
-// follow applies the subscription's updates until its channel closes (true)
+// follow applies the subscription's changes until its channel closes (true)
 // or ctx is done (false).
-func follow(ctx context.Context, sub *views.Subscription, inactive map[int64]bool, log *slog.Logger) bool {
-	for {
-		var u views.Update
-		select {
-		case <-ctx.Done():
-			return false
-		case next, ok := <-sub.C():
-			if !ok {
-				return true
-			}
-			u = next
-		}
+func follow(ctx context.Context, sub *views.TypedSubscription[Account], inactive map[int64]bool, log *slog.Logger) bool {
+	for c, err := range sub.Changes(ctx) {
 		switch {
-		case u.Tombstone: // the deletion was reported before
-		case u.State == nil:
-			log.Info("account deleted", "id", u.EntityID)
-			delete(inactive, u.EntityID)
+		case c.Tombstone: // the deletion was reported before
+		case err != nil:
+			log.Error("account does not decode", "id", c.EntityID, "err", err)
+		case c.Entity == nil:
+			log.Info("account deleted", "id", c.EntityID)
+			delete(inactive, c.EntityID)
 		default:
-			var a Account
-			if err := u.State.Row.Decode(&a); err != nil {
-				log.Error("account does not decode", "id", u.EntityID, "err", err)
-				continue
-			}
+			a := c.Entity.Value
 			if !a.Active && !inactive[a.ID] {
-				log.Info("account deactivated", "id", a.ID, "name", a.Name, "committed", u.State.CommitTime)
+				log.Info("account deactivated", "id", a.ID, "name", a.Name, "committed", c.Entity.CommitTime)
 			}
 			if a.Active {
 				delete(inactive, a.ID)
@@ -165,6 +164,7 @@ func follow(ctx context.Context, sub *views.Subscription, inactive map[int64]boo
 			}
 		}
 	}
+	return ctx.Err() == nil
 }
 
 // Handler serves
