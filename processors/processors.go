@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -491,7 +492,12 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 	kafka := outage.NewState(o.log.With("component", "processors"), nil, "kafka")
 	g.Go(func() error {
 		probe := outage.NewProbe(topo.Config().Kafka, topo.History())
-		defer probe.Close()
+		defer func() {
+			err := outage.CloseWithin(outage.CloseTimeout, "kafka probe", func() error { probe.Close(); return nil })
+			if err != nil {
+				o.log.Warn("shutdown", "err", err)
+			}
+		}()
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
@@ -532,15 +538,24 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 						return err
 					}
 				}
+				// The sweep, the lag gauges and the readiness watch live
+				// as long as this run of p: they are stopped and waited
+				// for before the next run (or Run) starts, so none of them
+				// touches a stopped processor or marks it running after
+				// it stopped.
 				runCtx, stop := context.WithCancel(ctx)
-				defer stop()
+				var alongside sync.WaitGroup
+				defer func() {
+					stop()
+					alongside.Wait()
+				}()
 				if m.sweep {
-					go sweepEvery(runCtx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log)
+					alongside.Go(func() { sweepEvery(runCtx, p, sweepInterval(topo.Config().Topics.DeleteGrace), o.log) })
 				}
-				go reportLag(runCtx, p, m.group, o.metrics.lag)
+				alongside.Go(func() { reportLag(runCtx, p, m.group, o.metrics.lag) })
 				again := restarted
 				restarted = true
-				go func() {
+				alongside.Go(func() {
 					if p.WaitForReadyContext(runCtx) != nil {
 						return
 					}
@@ -549,7 +564,7 @@ func Run(ctx context.Context, topo *topology.Topology, opts ...Option) error {
 					if again {
 						o.log.Info("processor running again", "group", m.group)
 					}
-				}()
+				})
 				return p.Run(runCtx)
 			})
 		})

@@ -413,11 +413,14 @@ func (v *View) Run(ctx context.Context) error {
 		v.stopped = true
 		v.subsMu.Unlock()
 		v.clientMu.Lock()
-		if v.client != nil {
-			v.client.Close()
-			v.client = nil
-		}
+		client := v.client
+		v.client = nil
 		v.clientMu.Unlock()
+		if client != nil {
+			if err := outage.CloseWithin(outage.CloseTimeout, "kafka client", client.Close); err != nil {
+				v.log.Warn("shutdown", "err", err)
+			}
+		}
 	}()
 	if v.view.Load() == nil {
 		var gv *goka.View

@@ -26,14 +26,18 @@ import (
 // anything else that still differs at the end is a mismatch. Re-reading
 // the row also settles deletes and truncates that happened meanwhile.
 func (m *Monitor) audit(ctx context.Context) error {
+	// Every view is built before any runs: a view that cannot be built
+	// returns before a goroutine is started, none is left behind.
 	vs := map[string]*views.View{}
-	g, gctx := errgroup.WithContext(ctx)
 	for _, typ := range m.topo.EntityTypes() {
 		v, err := views.New(m.topo, typ, views.WithStorageDir(m.storageDir), views.WithLogger(m.log))
 		if err != nil {
 			return err
 		}
 		vs[typ] = v
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, v := range vs {
 		g.Go(func() error { return v.Run(gctx) })
 	}
 	g.Go(func() error {
@@ -47,11 +51,7 @@ func (m *Monitor) audit(ctx context.Context) error {
 		// the first). While PostgreSQL is away the audit pauses and retries
 		// on each tick: a database restart must not stop the monitor.
 		var db *pgx.Conn
-		defer func() {
-			if db != nil {
-				db.Close(context.Background())
-			}
-		}()
+		defer func() { closeDB(db) }()
 		every := time.Duration(float64(time.Second) / m.cfg.Monitor.AuditRate)
 		t := time.NewTicker(every)
 		defer t.Stop()
@@ -65,10 +65,8 @@ func (m *Monitor) audit(ctx context.Context) error {
 			case <-t.C:
 			}
 			if db == nil || db.IsClosed() {
-				if db != nil {
-					db.Close(context.Background())
-					db = nil
-				}
+				closeDB(db)
+				db = nil
 				conn, err := pgx.Connect(gctx, m.cfg.Postgres.URL)
 				if err != nil {
 					if gctx.Err() != nil {

@@ -42,6 +42,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/kread"
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -138,13 +139,21 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("monitor: kafka client: %w", err)
 	}
-	defer client.Close()
+	defer m.closeWithin("kafka client", client.Close)
 	consumer, err := sarama.NewConsumerFromClient(client)
 	if err != nil {
 		return fmt.Errorf("monitor: consumer: %w", err)
 	}
-	defer consumer.Close()
-	g, gctx := errgroup.WithContext(ctx)
+	defer m.closeWithin("kafka consumer", consumer.Close)
+	// Whichever way Run returns, the goroutines it started stop and are
+	// waited for before the consumer and the client close under them: an
+	// early return cancels them first.
+	runCtx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(runCtx)
+	defer func() {
+		cancel()
+		g.Wait()
+	}()
 	in := make(chan record, 1024)
 	// Tables first, then the history: a table record of a history event
 	// the monitor sees is always read too.
@@ -338,11 +347,7 @@ func (m *Monitor) watchLag(ctx context.Context, client sarama.Client) error {
 	}
 	// Not closed: closing the admin would close the shared client.
 	var db *pgx.Conn
-	defer func() {
-		if db != nil {
-			db.Close(context.Background())
-		}
-	}()
+	defer func() { closeDB(db) }()
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -472,6 +477,25 @@ func lastEvent(ctx context.Context, client sarama.Client, topic string, end int6
 		}
 	}
 	return nil, nil
+}
+
+// closeWithin closes what with close, waiting at most outage.CloseTimeout:
+// a broker that stopped answering must not hold the monitor's shutdown.
+func (m *Monitor) closeWithin(what string, close func() error) {
+	if err := outage.CloseWithin(outage.CloseTimeout, what, close); err != nil {
+		m.log.Warn("shutdown", "err", err)
+	}
+}
+
+// closeDB closes db, if any, waiting at most outage.CloseTimeout for
+// PostgreSQL to take the goodbye.
+func closeDB(db *pgx.Conn) {
+	if db == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), outage.CloseTimeout)
+	defer cancel()
+	db.Close(ctx)
 }
 
 func b2i(b bool) int {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/kread"
+	"github.com/changes-dev/changes/internal/outage"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -88,7 +89,13 @@ func newReader(cfg *topology.Config) (*reader, error) {
 	return &reader{client: client, consumer: consumer}, nil
 }
 
-func (r *reader) Close() { r.consumer.Close(); r.client.Close() }
+// Close closes the consumer and the client, waiting at most
+// outage.CloseTimeout for each: a report that is done must not hang on a
+// broker that stopped answering.
+func (r *reader) Close() {
+	outage.CloseWithin(outage.CloseTimeout, "kafka consumer", r.consumer.Close)
+	outage.CloseWithin(outage.CloseTimeout, "kafka client", r.client.Close)
+}
 
 // read calls fn with every committed record of topic/partition from the
 // first one at or after from up to the partition's end when read starts.
