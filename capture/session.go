@@ -141,14 +141,14 @@ type found struct {
 // slot's capture state, then prepares the database (checkDatabase).
 func (se *session) prepare(ctx context.Context) (found, error) {
 	var f found
-	last, err := lastEvent(ctx, se.client, string(se.topo.History()))
+	last, err := lastEvent(ctx, se.client, se.topo.History())
 	if err != nil {
 		return f, err
 	}
 	if last != nil {
 		f.written = last.Position
 	}
-	f.state, err = readState(ctx, se.client, string(se.topo.CaptureState()), se.topo.Config().Postgres.Slot)
+	f.state, err = readState(ctx, se.client, se.topo.CaptureState(), se.topo.Config().Postgres.Slot)
 	if err != nil {
 		return f, err
 	}
@@ -270,7 +270,7 @@ func (se *session) resolveStart(ctx context.Context, state captureState) (stream
 	if err != nil {
 		return start, err
 	}
-	resent, err := readResent(ctx, se.client, string(se.topo.History()), lsn)
+	resent, err := readResent(ctx, se.client, se.topo.History(), lsn)
 	if err != nil {
 		return start, err
 	}
@@ -307,7 +307,7 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
 	}
 	se.streaming()
-	se.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.lsn.String(), "topic", string(se.topo.History()),
+	se.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.lsn.String(), "topic", se.topo.History(),
 		"history_position", start.resent.last.String(), "resent_in_history", start.resent.n)
 
 	s := &stream{
@@ -319,7 +319,7 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		tracker:  newTracker(start.lsn),
 		rels:     newRelations(se.tables),
 		domains:  newDomains(cfg.Postgres.URL),
-		topic:    string(se.topo.History()),
+		topic:    se.topo.History(),
 		resent:   start.resent,
 		cuts:     start.cuts,
 		tableIdx: map[string]int{},

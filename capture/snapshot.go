@@ -116,7 +116,7 @@ func (se *session) copySnapshot(ctx context.Context, tx pgx.Tx, from snapshotFro
 func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
 	cp := &snapshotCopy{
 		tx: tx, producer: producer, failed: failed,
-		topic: string(se.topo.History()), maxBytes: se.topo.Config().Kafka.MaxRecordBytes,
+		topic: se.topo.History(), maxBytes: se.topo.Config().Kafka.MaxRecordBytes,
 		base: from.base, index: from.index, taken: time.Now().UTC(),
 	}
 	se.metrics.snapshotRunning.Set(1)
@@ -242,7 +242,7 @@ func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []a
 // "done" after Kafka has every row, so a crash in between resumes.
 func (se *session) createAndSnapshot(ctx context.Context, written codecs.Position) error {
 	cfg := se.topo.Config()
-	stateTopic := string(se.topo.CaptureState())
+	stateTopic := se.topo.CaptureState()
 	state := captureState{Slot: cfg.Postgres.Slot, Snapshot: snapshotRunning, Types: se.entityTypes()}
 	if err := writeState(se.client, stateTopic, state); err != nil {
 		return err
@@ -286,7 +286,7 @@ func (se *session) resumeSnapshot(ctx context.Context, state captureState) (capt
 	}
 	base := start - 1
 	var rows copiedRows
-	err = readBack(ctx, se.client, string(se.topo.History()), func(ev *codecs.Event) bool {
+	err = readBack(ctx, se.client, se.topo.History(), func(ev *codecs.Event) bool {
 		if ev.Op != codecs.OpSnapshot || ev.CommitLSN != base {
 			return false
 		}
@@ -320,7 +320,7 @@ func (se *session) resumeSnapshot(ctx context.Context, state captureState) (capt
 	}
 	cut := snapshotCut{Type: se.tables[from.table].entityType, After: from.after, FromStart: !from.resuming, LSN: lsn}
 	state.Cuts = append(state.Cuts, cut)
-	if err := writeState(se.client, string(se.topo.CaptureState()), state); err != nil {
+	if err := writeState(se.client, se.topo.CaptureState(), state); err != nil {
 		return state, err
 	}
 	se.log.Warn("resuming an interrupted initial snapshot from a new database snapshot; changes the rest of the copy already holds are left out of the stream",
@@ -329,7 +329,7 @@ func (se *session) resumeSnapshot(ctx context.Context, state captureState) (capt
 		return state, err
 	}
 	state.Snapshot = snapshotDone
-	return state, writeState(se.client, string(se.topo.CaptureState()), state)
+	return state, writeState(se.client, se.topo.CaptureState(), state)
 }
 
 // cuts is the snapshot cuts of a slot, resolved against the tables: the

@@ -53,9 +53,9 @@ func BenchmarkProcessors(b *testing.B) {
 		start := time.Now()
 		go func() { done <- processors.Run(runCtx, topo, processors.WithLogger(testLogger(b))) }()
 		// The router first: until it is done, the events topics are not complete.
-		waitGroupAtEnd(b, ctx, cfg, string(topo.RouterGroup()), string(topo.History()))
+		waitGroupAtEnd(b, ctx, cfg, topo.RouterGroup(), topo.History())
 		for _, typ := range topo.EntityTypes() {
-			waitGroupAtEnd(b, ctx, cfg, string(topo.SnapshotGroup(typ)), string(topo.Events(typ)))
+			waitGroupAtEnd(b, ctx, cfg, topo.SnapshotGroup(typ), topo.Events(typ))
 		}
 		elapsed := time.Since(start)
 		stop()
@@ -89,7 +89,7 @@ func BenchmarkProcessors(b *testing.B) {
 		records := 0
 		for p := range int32(4) {
 			client, _ := topology.NewClient(cfg.Kafka)
-			end, _ := client.GetOffset(string(topo.Snapshot("a")), p, sarama.OffsetNewest)
+			end, _ := client.GetOffset(topo.Snapshot("a"), p, sarama.OffsetNewest)
 			client.Close()
 			records += int(end)
 		}
@@ -122,7 +122,7 @@ func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n
 		if err != nil {
 			b.Fatal(err)
 		}
-		producer.Input() <- &sarama.ProducerMessage{Topic: string(topo.History()), Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", typ, id)), Value: sarama.ByteEncoder(value)}
+		producer.Input() <- &sarama.ProducerMessage{Topic: topo.History(), Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", typ, id)), Value: sarama.ByteEncoder(value)}
 	}
 	for id := int64(1); id <= int64(n); id++ {
 		typ := []string{"a", "b"}[id%2]

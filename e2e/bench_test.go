@@ -43,7 +43,7 @@ func BenchmarkCapture(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		stop = f.start(b, ctx)
-		readHistory(b, ctx, f.cfg, string(f.topo.History()), n)
+		readHistory(b, ctx, f.cfg, f.topo.History(), n)
 		elapsed := time.Since(start)
 		b.StopTimer()
 		if err := stop(); err != nil {
@@ -62,7 +62,7 @@ func BenchmarkCapture(b *testing.B) {
 		waitSlotActive(b, ctx, f.db, f.cfg.Postgres.Slot)
 		const rate, seconds = 1000, 5
 		latencies := make(chan time.Duration, rate*seconds)
-		consumed := consumeHistory(b, ctx, f.cfg, string(f.topo.History()), rate*seconds, latencies)
+		consumed := consumeHistory(b, ctx, f.cfg, f.topo.History(), rate*seconds, latencies)
 		b.ResetTimer()
 		tick := time.NewTicker(time.Second / rate)
 		for i := 1; i <= rate*seconds; i++ {
@@ -97,7 +97,7 @@ func BenchmarkCapture(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		stop := f.start(b, ctx)
-		readHistory(b, ctx, f.cfg, string(f.topo.History()), n)
+		readHistory(b, ctx, f.cfg, f.topo.History(), n)
 		elapsed := time.Since(start)
 		b.StopTimer()
 		if err := stop(); err != nil {

@@ -240,7 +240,7 @@ func writeTable(b *testing.B, cfg *topology.Config, topo *topology.Topology, n i
 		if err != nil {
 			b.Fatal(err)
 		}
-		producer.Input() <- &sarama.ProducerMessage{Topic: string(topo.Snapshot("v")), Key: sarama.StringEncoder(strconv.FormatInt(id, 10)), Value: sarama.ByteEncoder(value)}
+		producer.Input() <- &sarama.ProducerMessage{Topic: topo.Snapshot("v"), Key: sarama.StringEncoder(strconv.FormatInt(id, 10)), Value: sarama.ByteEncoder(value)}
 		if time.Since(last) > 5*time.Second {
 			b.Logf("writing the table: %d of %d", id, n)
 			last = time.Now()

@@ -131,7 +131,7 @@ func TestRefusesDroppedSlot(t *testing.T) {
 	stop := f.start(t, ctx)
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (1)")
-	readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	readHistory(t, ctx, f.cfg, f.topo.History(), 1)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestRefusesDroppedSlot(t *testing.T) {
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (2)")
 	// The new slot comes with a new snapshot of the table (row 1), then streams.
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 3)
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), 3)
 	var seen []string
 	for _, m := range got {
 		ev, err := codecs.EventCodec{}.Decode(m.Value)
@@ -221,7 +221,7 @@ func TestInterleavedTransactionsAcrossRestart(t *testing.T) {
 		}
 	}
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (10, 'B')")
-	readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	readHistory(t, ctx, f.cfg, f.topo.History(), 1)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestInterleavedTransactionsAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop = f.start(t, ctx)
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 4)
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), 4)
 	ids := entityIDs(t, got)
 	if fmt.Sprint(ids) != "[10 1 2 3]" {
 		t.Fatalf("history ids %v, want [10 1 2 3]: B, then A whole", ids)
@@ -271,7 +271,7 @@ func TestRecordTooLarge(t *testing.T) {
 	if !errors.Is(err, capture.ErrRecordTooLarge) || !strings.Contains(err.Error(), f.table) || !strings.Contains(err.Error(), "id 7") {
 		t.Fatalf("got %v; want ErrRecordTooLarge naming %s and id 7", err, f.table)
 	}
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), 1)
 	if len(got) != 1 {
 		t.Fatalf("history holds %d records, want only the change before the large one", len(got))
 	}
@@ -292,7 +292,7 @@ func TestStandbyTakesOver(t *testing.T) {
 	}
 	stopSecond := f.start(t, ctx)
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (1)")
-	readHistory(t, ctx, f.cfg, string(f.topo.History()), 1)
+	readHistory(t, ctx, f.cfg, f.topo.History(), 1)
 
 	if err := stopFirst(); err != nil {
 		t.Fatal(err)
@@ -312,7 +312,7 @@ func TestStandbyTakesOver(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (2)")
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 2)
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), 2)
 	ids := entityIDs(t, got)
 	if fmt.Sprint(ids) != "[1 2]" {
 		t.Fatalf("history ids %v, want [1 2]", ids)

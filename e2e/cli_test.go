@@ -125,7 +125,7 @@ func TestRunStopsCleanlyOnSIGTERM(t *testing.T) {
 
 	waitSlotActive(t, ctx, db, name)
 	execSQL(t, ctx, db, "insert into "+table+" values (1, 'x')")
-	recs := readHistory(t, ctx, cfg, string(topology.New(cfg).History()), 1)
+	recs := readHistory(t, ctx, cfg, topology.New(cfg).History(), 1)
 	ev, err := codecs.EventCodec{}.Decode(recs[0].Value)
 	if err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 
 	want := w.changes
 	t.Logf("%d transactions, %d changes committed across 10 kills", w.txns, len(want))
-	got := readHistory(t, ctx, cfg, string(topo.History()), len(want))
+	got := readHistory(t, ctx, cfg, topo.History(), len(want))
 	var seen []change
 	var last codecs.Position
 	for _, m := range got {

@@ -307,7 +307,7 @@ func (s *scenario) historyEnd() int64 {
 		return -1
 	}
 	defer client.Close()
-	end, err := client.GetOffset(string(topology.New(s.cfg).History()), 0, sarama.OffsetNewest)
+	end, err := client.GetOffset(topology.New(s.cfg).History(), 0, sarama.OffsetNewest)
 	if err != nil {
 		return -1
 	}
@@ -430,7 +430,7 @@ func (s *scenario) historyLeader() int {
 		s.t.Fatal(err)
 	}
 	defer client.Close()
-	b, err := client.Leader(string(topology.New(s.cfg).History()), 0)
+	b, err := client.Leader(topology.New(s.cfg).History(), 0)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -540,7 +540,7 @@ func (s *scenario) snapshotCuts(ctx context.Context) []foldCut {
 		s.t.Fatal(err)
 	}
 	defer client.Close()
-	topic := string(topology.New(s.cfg).CaptureState())
+	topic := topology.New(s.cfg).CaptureState()
 	from, err := kread.Start(client, topic, 0)
 	if err != nil {
 		s.t.Fatal(err)
@@ -613,7 +613,7 @@ func (s *scenario) sabotageDuplicate() {
 		}
 		defer p.Close()
 		value, _ := codecs.EventCodec{}.Encode(h.ev)
-		_, off, err := p.SendMessage(&sarama.ProducerMessage{Topic: string(topology.New(s.cfg).History()), Partition: 0,
+		_, off, err := p.SendMessage(&sarama.ProducerMessage{Topic: topology.New(s.cfg).History(), Partition: 0,
 			Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", h.ev.EntityType, h.ev.EntityID)), Value: sarama.ByteEncoder(value)})
 		if err != nil {
 			s.t.Fatal(err)
@@ -636,7 +636,7 @@ func (s *scenario) readHistory(ctx context.Context) []histEvent {
 		s.t.Fatal(err)
 	}
 	defer client.Close()
-	topic := string(topology.New(s.cfg).History())
+	topic := topology.New(s.cfg).History()
 	from, err := kread.Start(client, topic, 0)
 	if err != nil {
 		s.t.Fatal(err)

@@ -178,7 +178,7 @@ func TestMonitorDetects(t *testing.T) {
 	defer producer.Close()
 
 	// 1. A duplicated history event: the last record, appended again.
-	hist := string(topo.History())
+	hist := topo.History()
 	last := lastRecord(t, ctx, client, hist)
 	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: hist, Key: sarama.ByteEncoder(last.Key), Value: sarama.ByteEncoder(last.Value), Timestamp: last.Timestamp}); err != nil {
 		t.Fatal(err)
@@ -188,7 +188,7 @@ func TestMonitorDetects(t *testing.T) {
 
 	// 2. A wrong value written by hand onto the snapshot table, at the
 	// entity's current position.
-	tbl := string(topo.Snapshot("item"))
+	tbl := topo.Snapshot("item")
 	p := topology.PartitionOf("7", 2)
 	tend, err := client.GetOffset(tbl, p, sarama.OffsetNewest)
 	if err != nil {
@@ -236,7 +236,7 @@ func TestMonitorDetects(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	skipRouterTo(t, ctx, cfg, client, string(topo.RouterGroup()), hist, end+1)
+	skipRouterTo(t, ctx, cfg, client, topo.RouterGroup(), hist, end+1)
 	runPart(t, ctx, topo, platform.Parts{Processors: true})
 	took = waitMetric(t, ctx, reg, "changes_monitor_stale_entities", map[string]string{"entity_type": "item"}, 1, 20*time.Second)
 	t.Logf("history event missing from the type topic: entity stale after %s (bound %s)", took, cfg.Monitor.StaleAfter)
@@ -374,7 +374,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer consumer.Close()
-	pc, err := consumer.ConsumePartition(string(topo.History()), 0, sarama.OffsetNewest)
+	pc, err := consumer.ConsumePartition(topo.History(), 0, sarama.OffsetNewest)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,15 +104,15 @@ func TestProcessorsUnderLoad(t *testing.T) {
 	}
 	defer producer.Close()
 	garbage := []byte("\x00not an event\xff")
-	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: string(topo.History()), Key: sarama.StringEncoder("junk"), Value: sarama.ByteEncoder(garbage)}); err != nil {
+	if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: topo.History(), Key: sarama.StringEncoder("junk"), Value: sarama.ByteEncoder(garbage)}); err != nil {
 		t.Fatal(err)
 	}
-	dead := readHistory(t, ctx, cfg, string(topo.DeadLetter()), 1)
+	dead := readHistory(t, ctx, cfg, topo.DeadLetter(), 1)
 	headers := map[string]string{}
 	for _, h := range dead[0].Headers {
 		headers[string(h.Key)] = string(h.Value)
 	}
-	if string(dead[0].Value) != string(garbage) || headers[codecs.HeaderSourceTopic] != string(topo.History()) ||
+	if string(dead[0].Value) != string(garbage) || headers[codecs.HeaderSourceTopic] != topo.History() ||
 		!strings.Contains(headers[codecs.HeaderDeadLetterReason], "decode event") {
 		t.Fatalf("dead letter %q with headers %v; want the garbage bytes, its source and the decode error", dead[0].Value, headers)
 	}
@@ -125,12 +125,12 @@ func TestProcessorsUnderLoad(t *testing.T) {
 	// skipped. So the tables gain only repeats of the states they hold.
 	run.stop()
 	before := tableEnds(t, cfg, topo)
-	resetGroup(t, cfg, string(topo.RouterGroup()), string(topo.History()))
+	resetGroup(t, cfg, topo.RouterGroup(), topo.History())
 	started := time.Now()
 	run = startPlatform(t, ctx, topo)
-	waitGroupAtEnd(t, ctx, cfg, string(topo.RouterGroup()), string(topo.History()))
+	waitGroupAtEnd(t, ctx, cfg, topo.RouterGroup(), topo.History())
 	for _, typ := range types {
-		waitGroupAtEnd(t, ctx, cfg, string(topo.SnapshotGroup(typ)), string(topo.Events(typ)))
+		waitGroupAtEnd(t, ctx, cfg, topo.SnapshotGroup(typ), topo.Events(typ))
 	}
 	t.Logf("redelivered the whole history in %s", time.Since(started).Round(time.Millisecond))
 	after := tableEnds(t, cfg, topo)
@@ -190,7 +190,7 @@ func tableEnds(t testing.TB, cfg *topology.Config, topo *topology.Topology) map[
 	defer client.Close()
 	out := map[string][]int64{}
 	for _, typ := range topo.EntityTypes() {
-		topic := string(topo.Snapshot(typ))
+		topic := topo.Snapshot(typ)
 		parts, err := client.Partitions(topic)
 		if err != nil {
 			t.Fatal(err)

@@ -55,7 +55,7 @@ func TestThreeInstancesOneKilled(t *testing.T) {
 		instances = append(instances, cmd)
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	}
-	group := string(f.topo.SnapshotGroup("item"))
+	group := f.topo.SnapshotGroup("item")
 	waitMembers(t, ctx, f.cfg, group, 3)
 
 	wdb, err := pgx.Connect(ctx, f.e.pgURL)

@@ -208,7 +208,7 @@ func TestSecuredPlatform(t *testing.T) {
 			t.Errorf("view as the view principal: Get(2) = %v, %v", st, err)
 		}
 
-		tableTopic := string(topo.Snapshot("item"))
+		tableTopic := topo.Snapshot("item")
 		ends := func() int64 {
 			client, err := topology.NewClient(kafkaAs("admin"))
 			if err != nil {

@@ -140,7 +140,7 @@ func TestSlice(t *testing.T) {
 		t.Errorf("user 2 lost its unchanged TOASTed blob")
 	}
 
-	got := readHistory(t, ctx, cfg, string(topo.History()), len(want))
+	got := readHistory(t, ctx, cfg, topo.History(), len(want))
 	checkHistory(t, got, want)
 }
 

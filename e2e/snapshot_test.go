@@ -61,7 +61,7 @@ func TestInitialSnapshot(t *testing.T) {
 	if err := f.db.QueryRow(ctx, "select count(*) from "+f.table).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	history := readAll(t, ctx, f.cfg, string(f.topo.History()))
+	history := readAll(t, ctx, f.cfg, f.topo.History())
 	var snapshotRows, streamed int
 	copied := map[int64]bool{}
 	lastV := map[int64]int64{}
@@ -123,7 +123,7 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 	t.Cleanup(func() { second.Process.Kill(); second.Wait() })
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (0, 'streamed')")
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), rows+1)
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), rows+1)
 	seen := map[int64]int{}
 	var last codecs.Position
 	for i, m := range got {
@@ -195,7 +195,7 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("the last insert never reached the history\n%s", stderr2)
 		}
-		history = readAll(t, ctx, f.cfg, string(f.topo.History()))
+		history = readAll(t, ctx, f.cfg, f.topo.History())
 		if len(history) > 0 {
 			ev, err := codecs.EventCodec{}.Decode(history[len(history)-1].Value)
 			done = err == nil && ev.EntityID == 0
@@ -289,7 +289,7 @@ func killDuringSnapshot(t testing.TB, ctx context.Context, f *captureFixture, en
 	defer first.Wait()
 	defer first.Process.Kill()
 	for {
-		end, err := client.GetOffset(string(f.topo.History()), 0, sarama.OffsetNewest)
+		end, err := client.GetOffset(f.topo.History(), 0, sarama.OffsetNewest)
 		if err != nil {
 			t.Fatal(err)
 		}

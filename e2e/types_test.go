@@ -75,7 +75,7 @@ func TestTypesRoundTrip(t *testing.T) {
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s (id, %s) values (1, %s), (2, %s)",
 		f.table, strings.Join(names, ", "), strings.Join(literals, ", "), strings.Join(nulls, ", ")))
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), 2)
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), 2)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestSchemaChangesMidStream(t *testing.T) {
 		`truncate 0 null`,
 		`insert 4 {"b":10,"id":4}`,
 	}
-	got := readHistory(t, ctx, f.cfg, string(f.topo.History()), len(want))
+	got := readHistory(t, ctx, f.cfg, f.topo.History(), len(want))
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -404,7 +404,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	if err := admin.DeleteRecords(string(topo.History()), map[int32]int64{0: endT1}); err != nil {
+	if err := admin.DeleteRecords(topo.History(), map[int32]int64{0: endT1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.OffsetAt(ctx, t1.Add(-time.Millisecond)); !errors.Is(err, history.ErrBeforeHistory) {

@@ -223,7 +223,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	// too: the capture drains the backlog into the history (the figure to
 	// compare with Debezium's), then the processors and a view drain the
 	// history into the tables and the view.
-	hist := string(b.topo.History())
+	hist := b.topo.History()
 	h0, err := endOffsets(b.client, hist)
 	if err != nil {
 		return err
@@ -319,7 +319,7 @@ func (b *bench) liveRates(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-history", []string{string(b.topo.History())}, seqOfEvent, histArr); err != nil {
+	if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-history", []string{b.topo.History()}, seqOfEvent, histArr); err != nil {
 		return err
 	}
 	b.viewArrivals = viewArr
@@ -439,9 +439,9 @@ func (b *bench) groupsCaughtUp() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	inputs := map[string]string{string(b.topo.RouterGroup()): string(b.topo.History())}
+	inputs := map[string]string{b.topo.RouterGroup(): b.topo.History()}
 	for _, typ := range b.topo.EntityTypes() {
-		inputs[string(b.topo.SnapshotGroup(typ))] = string(b.topo.Events(typ))
+		inputs[b.topo.SnapshotGroup(typ)] = b.topo.Events(typ)
 	}
 	for group, topic := range inputs {
 		parts, err := b.client.Partitions(topic)

@@ -111,7 +111,7 @@ func (b *bench) writeStates(ctx context.Context, n int) error {
 		for range producer.Successes() {
 		}
 	}()
-	topic := string(b.topo.Snapshot(viewBenchType))
+	topic := b.topo.Snapshot(viewBenchType)
 	now := time.Now().UTC()
 	last := time.Now()
 	for id := int64(1); id <= int64(n) && ctx.Err() == nil; id++ {

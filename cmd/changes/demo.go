@@ -260,7 +260,7 @@ func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topolog
 	}
 	// The last stable offset: records of a Kafka transaction still open
 	// are after it, and read once it commits.
-	start, err := kread.End(client, string(topo.History()), 0)
+	start, err := kread.End(client, topo.History(), 0)
 	if err != nil {
 		client.Close()
 		return 0, fmt.Errorf("history end offset: %w", err)
@@ -270,7 +270,7 @@ func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topolog
 		client.Close()
 		return 0, err
 	}
-	pc, err := consumer.ConsumePartition(string(topo.History()), 0, start)
+	pc, err := consumer.ConsumePartition(topo.History(), 0, start)
 	if err != nil {
 		client.Close()
 		return 0, err

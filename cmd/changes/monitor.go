@@ -37,7 +37,7 @@ func runMonitor(ctx context.Context, e *env) error {
 	state := outage.NewState(log.With("component", "monitor"), nil, "kafka or postgres")
 	var running atomic.Bool
 	go func() {
-		probe := outage.NewProbe(topo.Config().Kafka, string(topo.History()))
+		probe := outage.NewProbe(topo.Config().Kafka, topo.History())
 		defer probe.Close()
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()

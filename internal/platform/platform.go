@@ -47,12 +47,12 @@ func ensureTopics(topo *topology.Topology, specs []topology.TopicSpec) error {
 func topicsOf(topo *topology.Topology, parts Parts) []topology.TopicSpec {
 	use := map[string]bool{}
 	if parts.Capture {
-		use[string(topo.History())], use[string(topo.CaptureState())] = true, true
+		use[topo.History()], use[topo.CaptureState()] = true, true
 	}
 	if parts.Processors {
-		use[string(topo.History())], use[string(topo.DeadLetter())] = true, true
+		use[topo.History()], use[topo.DeadLetter()] = true, true
 		for _, typ := range topo.EntityTypes() {
-			use[string(topo.Events(typ))], use[string(topo.Snapshot(typ))] = true, true
+			use[topo.Events(typ)], use[topo.Snapshot(typ)] = true, true
 		}
 	}
 	var out []topology.TopicSpec
@@ -131,9 +131,9 @@ func runCapture(ctx context.Context, topo *topology.Topology, log *slog.Logger, 
 // Groups lists the consumer groups of the processors: the router and one
 // snapshot group per entity type.
 func Groups(topo *topology.Topology) []string {
-	groups := []string{string(topo.RouterGroup())}
+	groups := []string{topo.RouterGroup()}
 	for _, typ := range topo.EntityTypes() {
-		groups = append(groups, string(topo.SnapshotGroup(typ)))
+		groups = append(groups, topo.SnapshotGroup(typ))
 	}
 	return groups
 }
