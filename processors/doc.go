@@ -10,7 +10,9 @@
 // by the record's key and changes-op header, decoding only records without
 // them; the Snapshot decodes and checks every event. A Snapshot
 // keeps each entity's latest State in its group table; it applies a change
-// only if its position is after the stored one. Records that cannot be decoded or routed go to the dead-letter
+// only if its position is after the stored one and after the partition's
+// last TRUNCATE (codecs.Judge, the rule the views and the history reader
+// share). Records that cannot be decoded or routed go to the dead-letter
 // topic with the reason in a header and are counted in
 // changes_processor_deadletters_total; they never stop a processor.
 //

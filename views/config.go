@@ -36,7 +36,7 @@ type Config struct {
 
 // DefaultStorageDir is Config.StorageDir's default: the platform's default
 // storage (topology.DefaultStorage) and "views".
-var DefaultStorageDir = filepath.Join(topology.DefaultStorage, "views")
+const DefaultStorageDir = topology.DefaultStorage + "/views"
 
 // ConfigFor returns the Config of entityType's view in topo's deployment:
 // its Kafka settings, its table and partitions, and <storage>/views. It
