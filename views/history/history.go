@@ -29,8 +29,6 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
-	"maps"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -310,34 +308,19 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id int64, end 
 	if err != nil {
 		return nil, err
 	}
-	// The replay keeps the entity's state as its snapshot table does, by
-	// the same rule (codecs.Judge): the history holds every position once,
-	// in order, so every change supersedes the one before.
-	var st *codecs.State
-	var truncatedAt codecs.Position // the type's last TRUNCATE so far
+	// The replay keeps the entity's state as its snapshot table does: the
+	// history holds every position once, in order, so every change
+	// supersedes the one before.
+	rp := newReplay(false)
 	for _, c := range changes {
-		if c.Event.Op == codecs.OpTruncate {
-			if c.Event.Position.Compare(truncatedAt) > 0 {
-				truncatedAt = c.Event.Position
-			}
-			continue
-		}
-		if codecs.Judge(st, c.Event, truncatedAt) != codecs.Supersede {
-			continue
-		}
-		base := codecs.Base(st, truncatedAt)
-		next, missing := codecs.Apply(base, c.Event)
-		if len(missing) > 0 && b.Start > 0 && base == nil {
+		base, missing, applied := rp.apply(c.Event)
+		if applied && len(missing) > 0 && b.Start > 0 && base == nil {
 			return nil, fmt.Errorf("%w: columns %v of %s %d kept their value from before offset %d, where the history starts",
 				ErrOlderThanHistory, missing, entityType, id, b.Start)
 		}
-		st = next
 	}
 	if len(changes) > 0 || b.Start == 0 {
-		if !codecs.VisibleAfter(truncatedAt, st) {
-			return nil, nil
-		}
-		return st, nil
+		return rp.entity(id), nil
 	}
 	// Nothing before end, and the history has lost its beginning: what
 	// follows end decides.
@@ -394,12 +377,7 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 	}
 	end = min(end, b.End)
 	prefix := entityType + "/"
-	// The entities visible so far, kept by the rule of the snapshot tables
-	// (codecs.Judge, codecs.VisibleAfter). A deleted entity is dropped at
-	// once, not kept for a grace period: the history holds every position
-	// once, in order, so no older change of it can follow.
-	states := map[int64]*codecs.State{}
-	var truncatedAt codecs.Position
+	rp := newReplay(true)
 	last := time.Now()
 	err = r.scan(ctx, b.Start, end, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
 		if progress != nil && time.Since(last) >= time.Second {
@@ -413,25 +391,8 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 		if err != nil {
 			return false, err
 		}
-		if ev.EntityType != entityType {
-			return true, nil
-		}
-		if ev.Op == codecs.OpTruncate {
-			if ev.Position.Compare(truncatedAt) > 0 {
-				truncatedAt = ev.Position
-			}
-			maps.DeleteFunc(states, func(_ int64, st *codecs.State) bool { return !codecs.VisibleAfter(truncatedAt, st) })
-			return true, nil
-		}
-		cur := states[ev.EntityID]
-		if codecs.Judge(cur, ev, truncatedAt) != codecs.Supersede {
-			return true, nil
-		}
-		next, _ := codecs.Apply(codecs.Base(cur, truncatedAt), ev)
-		if codecs.VisibleAfter(truncatedAt, next) {
-			states[ev.EntityID] = next
-		} else {
-			delete(states, ev.EntityID)
+		if ev.EntityType == entityType {
+			rp.apply(ev)
 		}
 		return true, nil
 	})
@@ -441,11 +402,7 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 	if progress != nil {
 		progress(end-b.Start, end-b.Start)
 	}
-	out := make([]*codecs.State, 0, len(states))
-	for _, id := range slices.Sorted(maps.Keys(states)) {
-		out = append(out, states[id])
-	}
-	return out, nil
+	return rp.entities(), nil
 }
 
 // scan reads the history's committed records in [from, to) and calls fn

@@ -1,0 +1,99 @@
+package history
+
+import (
+	"encoding/json"
+	"slices"
+	"testing"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+func change(op codecs.Op, id int64, lsn codecs.LSN, row string, unchanged ...string) *codecs.Event {
+	ev := &codecs.Event{EntityType: "account", EntityID: id, Op: op, CommitLSN: lsn,
+		Position: codecs.Position{CommitLSN: lsn}, Unchanged: unchanged}
+	if row != "" {
+		if err := json.Unmarshal([]byte(row), &ev.After); err != nil {
+			panic(err)
+		}
+	}
+	return ev
+}
+
+func name(st *codecs.State) string {
+	if st == nil {
+		return "<none>"
+	}
+	var r struct {
+		Name string `json:"name"`
+	}
+	st.Row.Decode(&r)
+	return r.Name
+}
+
+// TestReplay: a replay of the history holds what the type's snapshot table
+// held, as a view sees it: the last change of each entity, deletes and
+// TRUNCATEs hiding what they removed, and unchanged TOASTed columns kept.
+func TestReplay(t *testing.T) {
+	for _, dropDeleted := range []bool{false, true} {
+		rp := newReplay(dropDeleted)
+		steps := []struct {
+			ev   *codecs.Event
+			want map[int64]string // what a reader sees after it
+		}{
+			{change(codecs.OpSnapshot, 1, 10, `{"id": 1, "name": "a", "blob": "x"}`), map[int64]string{1: "a"}},
+			{change(codecs.OpInsert, 2, 11, `{"id": 2, "name": "b"}`), map[int64]string{1: "a", 2: "b"}},
+			{change(codecs.OpUpdate, 1, 12, `{"id": 1, "name": "a2"}`, "blob"), map[int64]string{1: "a2", 2: "b"}},
+			{change(codecs.OpDelete, 2, 13, ""), map[int64]string{1: "a2"}},
+			{change(codecs.OpTruncate, 0, 14, ""), map[int64]string{}},
+			{change(codecs.OpInsert, 1, 15, `{"id": 1, "name": "a3"}`), map[int64]string{1: "a3"}},
+			{change(codecs.OpInsert, 2, 16, `{"id": 2, "name": "b2"}`), map[int64]string{1: "a3", 2: "b2"}},
+		}
+		for i, s := range steps {
+			rp.apply(s.ev)
+			got := map[int64]string{}
+			for _, st := range rp.entities() {
+				got[st.EntityID] = name(st)
+			}
+			if len(got) != len(s.want) {
+				t.Fatalf("dropDeleted=%v, after step %d (%s of %d): %v, want %v", dropDeleted, i, s.ev.Op, s.ev.EntityID, got, s.want)
+			}
+			for id, n := range s.want {
+				if got[id] != n || name(rp.entity(id)) != n {
+					t.Fatalf("dropDeleted=%v, after step %d (%s of %d): %v, want %v", dropDeleted, i, s.ev.Op, s.ev.EntityID, got, s.want)
+				}
+			}
+		}
+		if st := rp.entity(1); st == nil || st.Row["blob"] != nil {
+			t.Errorf("dropDeleted=%v: entity 1 after the TRUNCATE kept a column from before it: %v", dropDeleted, st)
+		}
+	}
+}
+
+// TestReplayBaseAndMissing: an unchanged TOASTed column takes the value of
+// the state the change applies to; with no such state (never seen, or
+// removed by a TRUNCATE) the column is missing and the base is nil, which
+// EntityAt turns into ErrOlderThanHistory when retention cut the history.
+func TestReplayBaseAndMissing(t *testing.T) {
+	rp := newReplay(false)
+	if base, missing, ok := rp.apply(change(codecs.OpUpdate, 1, 10, `{"id": 1}`, "blob")); !ok || base != nil || !slices.Equal(missing, []string{"blob"}) {
+		t.Errorf("first change: base %v, missing %v, applied %v; want no base and blob missing", base, missing, ok)
+	}
+	rp.apply(change(codecs.OpUpdate, 1, 11, `{"id": 1, "blob": "x"}`))
+	if base, missing, ok := rp.apply(change(codecs.OpUpdate, 1, 12, `{"id": 1}`, "blob")); !ok || base == nil || len(missing) != 0 {
+		t.Errorf("with a base: base %v, missing %v, applied %v; want the stored state and nothing missing", base, missing, ok)
+	}
+	rp.apply(change(codecs.OpTruncate, 0, 13, ""))
+	if base, missing, ok := rp.apply(change(codecs.OpUpdate, 1, 14, `{"id": 1}`, "blob")); !ok || base != nil || len(missing) != 1 {
+		t.Errorf("after a TRUNCATE: base %v, missing %v, applied %v; want no base", base, missing, ok)
+	}
+	// A change that is not after the entity's last one, or is at or before
+	// the TRUNCATE, is skipped as a table skips it.
+	for _, ev := range []*codecs.Event{change(codecs.OpUpdate, 1, 14, `{"id": 1, "name": "again"}`), change(codecs.OpInsert, 2, 13, `{"id": 2}`)} {
+		if _, _, ok := rp.apply(ev); ok {
+			t.Errorf("%s of %d at %s applied; want it skipped", ev.Op, ev.EntityID, ev.Position)
+		}
+	}
+	if rp.entity(2) != nil {
+		t.Error("an insert at the TRUNCATE's position is visible")
+	}
+}
