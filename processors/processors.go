@@ -306,9 +306,9 @@ func rewrite(gctx goka.Context, o *options, entityType string, cur *codecs.State
 // TRUNCATE. A change redelivered at exactly the stored state's position
 // writes that state again (changes_processor_rewrites_total): the local copy
 // may be ahead of the changelog after a crash, and only the changelog
-// reaches the views. An older change is skipped. A snapshot row, insert or update stores the
-// row after; columns PostgreSQL did not send (unchanged TOASTed values) keep
-// their stored value. A delete stores a deleted state that keeps the position
+// reaches the views. An older change is skipped. A snapshot row, insert or
+// update stores the row after; columns PostgreSQL did not send (unchanged
+// TOASTed values) keep their stored value. A delete stores a deleted state that keeps the position
 // for topics.delete_grace; Sweep then replaces it by a Kafka tombstone
 // (codecs.State.Obsolete).
 func NewSnapshot(topo *topology.Topology, entityType string, opts ...Option) (*goka.Processor, error) {
