@@ -89,7 +89,7 @@ func run(ctx context.Context, cfg views.Config, listen string, log *slog.Logger)
 	n, _ := accounts.Len()
 	log.Info("accounts view ready", "accounts", n, "seconds", time.Since(start).Seconds())
 
-	go watchDeactivations(ctx, accounts, log)
+	go watchDeactivations(ctx, accounts, log, nil)
 
 	srv := &http.Server{Addr: listen, Handler: Handler(accounts), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -114,7 +114,10 @@ func run(ctx context.Context, cfg views.Config, listen string, log *slog.Logger)
 //
 // A subscription never blocks the view: if this loop falls more than the
 // buffer behind, the channel closes and it starts over from the view.
-func watchDeactivations(ctx context.Context, accounts *views.Typed[Account], log *slog.Logger) {
+//
+// watching, if not nil, is called each time the watch has subscribed and
+// read the accounts: from then on every change is seen.
+func watchDeactivations(ctx context.Context, accounts *views.Typed[Account], log *slog.Logger, watching func()) {
 	for ctx.Err() == nil {
 		sub := accounts.Subscribe(1024)
 		// Subscribed first, then read: nothing falls between the two.
@@ -128,6 +131,9 @@ func watchDeactivations(ctx context.Context, accounts *views.Typed[Account], log
 			if !e.Value.Active {
 				inactive[e.ID] = true
 			}
+		}
+		if watching != nil {
+			watching()
 		}
 		if !follow(ctx, sub, inactive, log) {
 			sub.Close()

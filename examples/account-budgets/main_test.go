@@ -70,12 +70,13 @@ func TestWatchDeactivations(t *testing.T) {
 	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	watching := make(chan struct{}, 1)
 	go func() {
 		defer close(done)
-		watchDeactivations(ctx, accounts, slog.New(slog.NewTextHandler(&logs, nil)))
+		watchDeactivations(ctx, accounts, slog.New(slog.NewTextHandler(&logs, nil)), func() { watching <- struct{}{} })
 	}()
 	defer func() { cancel(); <-done }()
-	time.Sleep(100 * time.Millisecond)       // subscribed and read
+	<-watching // subscribed and read
 	tbl.PutRow(2, row(false, "two renamed")) // still inactive: not a deactivation
 	tbl.PutRow(1, row(false, "one"))         // deactivated
 	tbl.Delete(1)
