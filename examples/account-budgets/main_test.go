@@ -76,7 +76,7 @@ func TestWatchDeactivations(t *testing.T) {
 		watchDeactivations(ctx, accounts, slog.New(slog.NewTextHandler(&logs, nil)), func() { watching <- struct{}{} })
 	}()
 	defer func() { cancel(); <-done }()
-	<-watching // subscribed and read
+	<-watching                               // subscribed and read
 	tbl.PutRow(2, row(false, "two renamed")) // still inactive: not a deactivation
 	tbl.PutRow(1, row(false, "one"))         // deactivated
 	tbl.Delete(1)
