@@ -7,14 +7,16 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// ValidateClient checks what a Kafka client needs of k, and nothing a
-// producer or the topics need: the brokers, the version (empty is
-// DefaultKafkaVersion) and kafka.tls and kafka.sasl, loading the files they
-// name. A library that only reads, such as a view, validates its
+// ValidateClient applies the client defaults to what k leaves empty
+// (Version, ClientID) and checks what a Kafka client needs of k, and nothing
+// a producer or the topics need: the brokers, the version and kafka.tls and
+// kafka.sasl, loading the files they name. A library that only reads, such as a view, validates its
 // KafkaConfig with it; Config.Validate checks these and the rest. It
 // normalises SASL.Mechanism to upper case. Errors are *FieldError, named
 // by the YAML path under kafka.
 func (k *KafkaConfig) ValidateClient() error {
+	setDefault(&k.Version, DefaultKafkaVersion)
+	setDefault(&k.ClientID, DefaultClientID)
 	if err := k.validateAddress(); err != nil {
 		return err
 	}

@@ -438,36 +438,20 @@ func splitList(s string) []string {
 func (c *Config) applyDefaults() {
 	setDefault(&c.Kafka.Version, DefaultKafkaVersion)
 	setDefault(&c.Kafka.ClientID, DefaultClientID)
-	if c.Kafka.MaxRecordBytes == 0 {
-		c.Kafka.MaxRecordBytes = DefaultMaxRecordBytes
-	}
+	setDefault(&c.Kafka.MaxRecordBytes, DefaultMaxRecordBytes)
 	setDefault(&c.Postgres.Slot, DefaultSlot)
 	setDefault(&c.Postgres.Publication, DefaultPublication)
-	if c.Postgres.StandbyTimeout == 0 {
-		c.Postgres.StandbyTimeout = DefaultStandbyTimeout
-	}
+	setDefault(&c.Postgres.StandbyTimeout, DefaultStandbyTimeout)
 	setDefault(&c.Topics.Prefix, DefaultPrefix)
-	if c.Topics.HistoryRetention == 0 {
-		c.Topics.HistoryRetention = DefaultHistoryRetention
-	}
-	if c.Topics.EventsRetention == 0 {
-		c.Topics.EventsRetention = DefaultEventsRetention
-	}
-	if c.Topics.DeleteGrace == 0 {
-		c.Topics.DeleteGrace = DefaultDeleteGrace
-	}
+	setDefault(&c.Topics.HistoryRetention, DefaultHistoryRetention)
+	setDefault(&c.Topics.EventsRetention, DefaultEventsRetention)
+	setDefault(&c.Topics.DeleteGrace, DefaultDeleteGrace)
 	setDefault(&c.Storage, DefaultStorage)
 	c.Serve.applyDefaults()
 	setDefault(&c.Monitor.Listen, DefaultMonitorListen)
-	if c.Monitor.StaleAfter == 0 {
-		c.Monitor.StaleAfter = DefaultStaleAfter
-	}
-	if c.Monitor.Remember == 0 {
-		c.Monitor.Remember = DefaultRemember
-	}
-	if c.Monitor.RememberEvents == 0 {
-		c.Monitor.RememberEvents = DefaultRememberEvents
-	}
+	setDefault(&c.Monitor.StaleAfter, DefaultStaleAfter)
+	setDefault(&c.Monitor.Remember, DefaultRemember)
+	setDefault(&c.Monitor.RememberEvents, DefaultRememberEvents)
 	for i := range c.Entities {
 		e := &c.Entities[i]
 		setDefault(&e.IDColumn, DefaultIDColumn)
@@ -482,28 +466,21 @@ func (c *Config) applyDefaults() {
 
 func (s *ServeConfig) applyDefaults() {
 	setDefault(&s.Listen, DefaultServeListen)
-	for _, d := range []struct {
-		dst *time.Duration
-		def time.Duration
-	}{{&s.ReadTimeout, DefaultServeReadTimeout}, {&s.WriteTimeout, DefaultServeWriteTimeout}, {&s.IdleTimeout, DefaultServeIdleTimeout}, {&s.MaxWait, DefaultServeMaxWait}} {
-		if *d.dst == 0 {
-			*d.dst = d.def
-		}
-	}
-	for _, d := range []struct {
-		dst *int
-		def int
-	}{{&s.MaxResponseBytes, DefaultServeMaxResponseBytes}, {&s.MaxInFlight, DefaultServeMaxInFlight}, {&s.MaxWaiting, DefaultServeMaxWaiting}, {&s.HistoryScans, DefaultServeHistoryScans}} {
-		if *d.dst == 0 {
-			*d.dst = d.def
-		}
-	}
+	setDefault(&s.ReadTimeout, DefaultServeReadTimeout)
+	setDefault(&s.WriteTimeout, DefaultServeWriteTimeout)
+	setDefault(&s.IdleTimeout, DefaultServeIdleTimeout)
+	setDefault(&s.MaxWait, DefaultServeMaxWait)
+	setDefault(&s.MaxResponseBytes, DefaultServeMaxResponseBytes)
+	setDefault(&s.MaxInFlight, DefaultServeMaxInFlight)
+	setDefault(&s.MaxWaiting, DefaultServeMaxWaiting)
+	setDefault(&s.HistoryScans, DefaultServeHistoryScans)
 }
 
 // setDefault is applied before validation; Metrics is not in it because an
 // explicit empty value disables the endpoint (Parse presets DefaultMetrics).
-func setDefault(dst *string, def string) {
-	if *dst == "" {
+func setDefault[T comparable](dst *T, def T) {
+	var zero T
+	if *dst == zero {
 		*dst = def
 	}
 }

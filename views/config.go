@@ -62,12 +62,6 @@ func (c Config) Validate() error { return c.check() }
 
 // check applies the defaults to c, normalises it and validates it.
 func (c *Config) check() error {
-	if c.Kafka.Version == "" {
-		c.Kafka.Version = topology.DefaultKafkaVersion
-	}
-	if c.Kafka.ClientID == "" {
-		c.Kafka.ClientID = topology.DefaultClientID
-	}
 	if c.StorageDir == "" {
 		c.StorageDir = DefaultStorageDir
 	}

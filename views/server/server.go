@@ -310,12 +310,19 @@ func (s *server) id(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	return id, err == nil
 }
 
-func (s *server) entity(w http.ResponseWriter, r *http.Request) {
+// viewAndID is the view and the entity id a /v1/.../{type}/{id} path
+// names; false when it answered an error.
+func (s *server) viewAndID(w http.ResponseWriter, r *http.Request) (*views.View, int64, bool) {
 	v, ok := s.view(w, r)
 	if !ok {
-		return
+		return nil, 0, false
 	}
 	id, ok := s.id(w, r)
+	return v, id, ok
+}
+
+func (s *server) entity(w http.ResponseWriter, r *http.Request) {
+	v, id, ok := s.viewAndID(w, r)
 	if !ok {
 		return
 	}
@@ -412,11 +419,7 @@ func (s *server) historyReader(w http.ResponseWriter, r *http.Request) (*history
 }
 
 func (s *server) history(w http.ResponseWriter, r *http.Request) {
-	v, ok := s.view(w, r)
-	if !ok {
-		return
-	}
-	id, ok := s.id(w, r)
+	v, id, ok := s.viewAndID(w, r)
 	if !ok {
 		return
 	}
