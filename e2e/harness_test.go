@@ -303,7 +303,7 @@ func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic stri
 	}
 	var got []*sarama.ConsumerMessage
 	err = kread.Range(ctx, client, topic, 0, 0, end, func(r *kread.Record) (bool, error) {
-		got = append(got, consumerMessage(topic, 0, r))
+		got = append(got, r.Message(topic, 0))
 		return true, nil
 	})
 	if err != nil {
@@ -323,7 +323,7 @@ func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic s
 	var last *sarama.ConsumerMessage
 	for from := end - 16; last == nil && from+16 > 0; from -= 16 {
 		err := kread.Range(ctx, client, topic, 0, max(from, 0), from+16, func(r *kread.Record) (bool, error) {
-			last = consumerMessage(topic, 0, r)
+			last = r.Message(topic, 0)
 			return true, nil
 		})
 		if err != nil {
@@ -334,11 +334,6 @@ func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic s
 		t.Fatalf("%s holds no record", topic)
 	}
 	return last
-}
-
-// consumerMessage is r as sarama's consumer would deliver it.
-func consumerMessage(topic string, partition int32, r *kread.Record) *sarama.ConsumerMessage {
-	return &sarama.ConsumerMessage{Topic: topic, Partition: partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp}
 }
 
 // ---------------------------------------------------------------- processes, ports and HTTP

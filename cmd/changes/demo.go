@@ -265,36 +265,16 @@ func watchHistory(ctx context.Context, g *errgroup.Group, topo *topology.Topolog
 		client.Close()
 		return 0, fmt.Errorf("history end offset: %w", err)
 	}
-	consumer, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
-		client.Close()
-		return 0, err
-	}
-	pc, err := consumer.ConsumePartition(topo.History(), 0, start)
-	if err != nil {
-		client.Close()
-		return 0, err
-	}
 	g.Go(func() error {
 		defer client.Close()
-		defer consumer.Close()
-		defer pc.Close()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case m, ok := <-pc.Messages():
-				if !ok {
-					return errors.New("read history: the consumer closed")
-				}
-				fn(m)
-			case err, ok := <-pc.Errors():
-				if !ok {
-					return errors.New("read history: the consumer closed")
-				}
-				return fmt.Errorf("read history: %w", err)
-			}
+		err := kread.Follow(ctx, client, topo.History(), 0, start, nil, func(r *kread.Record) error {
+			fn(r.Message(topo.History(), 0))
+			return nil
+		})
+		if ctx.Err() != nil {
+			return nil
 		}
+		return fmt.Errorf("read history: %w", err)
 	})
 	return start, nil
 }

@@ -217,6 +217,54 @@ func Range(ctx context.Context, client sarama.Client, topic string, partition in
 	return nil
 }
 
+// Follow calls fn with every committed record of the partition from offset
+// from on (sarama.OffsetNewest: its end now), as they arrive, until ctx is
+// done (it returns ctx.Err()) or fn returns an error (returned). A fetch
+// that fails (a broker away, a leader moving) is reported to onErr, if not
+// nil, and tried again after a second: the follower rides out outages. An
+// offset that retention has passed is ErrOffsetOutOfRange, returned.
+func Follow(ctx context.Context, client sarama.Client, topic string, partition int32, from int64, onErr func(error), fn func(*Record) error) error {
+	if from == sarama.OffsetNewest {
+		end, err := End(client, topic, partition)
+		if err != nil {
+			return err
+		}
+		from = end
+	}
+	r := New(client, topic, partition, from)
+	for {
+		recs, err := r.Fetch(ctx, 500*time.Millisecond)
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, ErrOffsetOutOfRange):
+			return err
+		case err != nil:
+			if onErr != nil {
+				onErr(err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for _, rec := range recs {
+			if err := fn(rec); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Message is rec as a sarama.ConsumerMessage of topic/partition, for code
+// that handles both.
+func (rec *Record) Message(topic string, partition int32) *sarama.ConsumerMessage {
+	return &sarama.ConsumerMessage{Topic: topic, Partition: partition, Offset: rec.Offset, Key: rec.Key,
+		Value: rec.Value, Headers: rec.Headers, Timestamp: rec.Timestamp}
+}
+
 // End returns the partition's last stable offset: the end of what a
 // read_committed reader can read now (the high water mark when no
 // transaction is open).

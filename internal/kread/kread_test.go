@@ -2,6 +2,7 @@ package kread_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -136,5 +137,29 @@ func TestRangeSkipsAbortedAndMarkers(t *testing.T) {
 	}
 	if got := strings.Join(read(end, end2), ","); got != "open" {
 		t.Errorf("after the commit: %s, want open", got)
+	}
+
+	// Follow sees the committed records, then what commits while it waits,
+	// and ends with its context.
+	var followed []string
+	fctx, fcancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- kread.Follow(fctx, client, topic, 0, 0, nil, func(r *kread.Record) error {
+			followed = append(followed, string(r.Value))
+			if len(followed) == 7 {
+				fcancel()
+			}
+			return nil
+		})
+	}()
+	time.Sleep(300 * time.Millisecond) // following, at the end
+	txn(false, "never")
+	txn(true, "late")
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Follow ended with %v, want context.Canceled", err)
+	}
+	if got := strings.Join(followed, ","); got != "a,b,c,d,e,open,late" {
+		t.Errorf("Follow = %s, want a,b,c,d,e,open,late", got)
 	}
 }

@@ -119,7 +119,7 @@ func (r *reader) read(ctx context.Context, topic string, partition int32, from t
 		start = max(start, at)
 	}
 	err = kread.Range(ctx, r.client, topic, partition, start, end, func(rec *kread.Record) (bool, error) {
-		fn(&sarama.ConsumerMessage{Topic: topic, Partition: partition, Offset: rec.Offset, Key: rec.Key, Value: rec.Value, Headers: rec.Headers, Timestamp: rec.Timestamp})
+		fn(rec.Message(topic, partition))
 		return true, nil
 	})
 	if err != nil {
