@@ -30,7 +30,7 @@ check:
 	@! $(GO) list -deps ./views/... | grep -E 'pglogrepl|changes/(capture|processors)$$' || { echo "views must not depend on capture, processors or pglogrepl"; exit 1; }
 
 build:
-	$(GO) build -buildvcs=false -o $(BIN) ./cmd/changes
+	$(GO) build -buildvcs=false -ldflags "-X main.commit=$$(git rev-parse --short HEAD 2>/dev/null)$$(git diff --quiet HEAD 2>/dev/null || echo -modified)" -o $(BIN) ./cmd/changes
 
 # The fault suite (e2e/faults_test.go, README "Faults"): on a stack of its own,
 # `changes run` and `changes serve` under a mixed workload while they, the

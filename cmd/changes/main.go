@@ -270,6 +270,10 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return log, nil
 }
 
+// commit is the commit `make build` stamps (-ldflags -X main.commit=...):
+// it builds with -buildvcs=false, so Go records none itself.
+var commit string
+
 // version is the line `changes --version` prints: the module version and,
 // when the build recorded them, the commit, its time and whether the work
 // tree had changes, then the Go version.
@@ -292,6 +296,9 @@ func version(info *debug.BuildInfo, ok bool) string {
 		case "vcs.modified":
 			modified = s.Value == "true"
 		}
+	}
+	if rev == "" {
+		rev = commit
 	}
 	out := "changes " + v
 	if rev != "" {
