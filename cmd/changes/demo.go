@@ -24,6 +24,7 @@ import (
 	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/internal/workload"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/processors/monitor"
 	"github.com/changes-dev/changes/topology"
@@ -41,7 +42,7 @@ type demoFlags struct {
 
 func (f *demoFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.txns, "transactions", 1000, "transactions the workload commits")
-	fs.IntVar(&f.rate, "rate", 200, "transactions per second")
+	fs.IntVar(&f.rate, "rate", 200, "transactions per second (0: as fast as it can)")
 	fs.DurationVar(&f.timeout, "timeout", 2*time.Minute, "give up when the views do not equal the database by then")
 }
 
@@ -76,6 +77,10 @@ func (l *latencies) row(name string) string {
 // its table and prints what happened.
 func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slog.Logger, out io.Writer,
 	reg prometheus.Registerer, capOpts []capture.Option, procOpts []processors.Option) error {
+	if f.txns < 1 || f.rate < 0 {
+		// 0 transactions would be no limit to the workload, and run forever.
+		return usageErrorf("demo: --transactions %d and --rate %d: want at least 1 transaction and a rate of 0 or more", f.txns, f.rate)
+	}
 	cfg := topo.Config()
 	say := func(format string, args ...any) { fmt.Fprintf(out, "demo: "+format+"\n", args...) }
 
@@ -148,15 +153,30 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 		return fail(err)
 	}
 
-	w, err := newWorkload(gctx, db)
+	w, err := newDemoMix(gctx, db)
 	if err != nil {
 		return fail(err)
 	}
 	say("workload: %d transactions at %d/s on public.accounts and public.campaigns", f.txns, f.rate)
 	wstart := time.Now()
-	if err := w.run(gctx, f.txns, f.rate, func(done int) {
-		say("workload: %d/%d transactions, %d changes", done, f.txns, w.changes)
-	}); err != nil {
+	lastReport := wstart
+	run, err := workload.Start(gctx, workload.Config[demoTxn]{
+		URL: cfg.Postgres.URL, Rate: float64(f.rate), Transactions: int64(f.txns), Txn: w.txn,
+		Commit: func(c workload.Commit[demoTxn]) {
+			w.commit(c)
+			if time.Since(lastReport) >= time.Second || c.Txns == int64(f.txns) {
+				say("workload: %d/%d transactions, %d changes", c.Txns, f.txns, w.changes)
+				lastReport = time.Now()
+			}
+		},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if err := run.Wait(); err != nil {
+		return fail(err)
+	}
+	if err := gctx.Err(); err != nil {
 		return fail(err)
 	}
 	wtime := time.Since(wstart)
@@ -302,11 +322,10 @@ func compareAll(ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs m
 	return diffs, counts, nil
 }
 
-// workload commits random transactions of inserts, updates and deletes to the
-// demo tables, several statements per transaction.
-type workload struct {
-	db          *pgx.Conn
-	rnd         *rand.Rand
+// demoMix is the demo's mix: random transactions of inserts, updates and
+// deletes to the demo tables, several statements per transaction. It runs
+// on one worker, which owns its state.
+type demoMix struct {
 	accounts    []int64
 	campaigns   []int64
 	nextID      int64
@@ -314,8 +333,15 @@ type workload struct {
 	lastAccount int64
 }
 
-func newWorkload(ctx context.Context, db *pgx.Conn) (*workload, error) {
-	w := &workload{db: db, rnd: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))}
+// demoTxn is what a transaction changed in the mix's state, applied once
+// it committed.
+type demoTxn struct {
+	accounts, campaigns []int64
+	lastAccount         int64
+}
+
+func newDemoMix(ctx context.Context, db *pgx.Conn) (*demoMix, error) {
+	m := &demoMix{}
 	load := func(sql string) ([]int64, error) {
 		rows, err := db.Query(ctx, sql)
 		if err != nil {
@@ -324,48 +350,22 @@ func newWorkload(ctx context.Context, db *pgx.Conn) (*workload, error) {
 		return pgx.CollectRows(rows, pgx.RowTo[int64])
 	}
 	var err error
-	if w.accounts, err = load("select id from accounts"); err != nil {
+	if m.accounts, err = load("select id from accounts"); err != nil {
 		return nil, fmt.Errorf("read accounts: %w", err)
 	}
-	if w.campaigns, err = load("select id from campaigns"); err != nil {
+	if m.campaigns, err = load("select id from campaigns"); err != nil {
 		return nil, fmt.Errorf("read campaigns: %w", err)
 	}
-	if err := db.QueryRow(ctx, "select greatest((select coalesce(max(id), 0) from accounts), (select coalesce(max(id), 0) from campaigns))").Scan(&w.nextID); err != nil {
+	if err := db.QueryRow(ctx, "select greatest((select coalesce(max(id), 0) from accounts), (select coalesce(max(id), 0) from campaigns))").Scan(&m.nextID); err != nil {
 		return nil, fmt.Errorf("read max id: %w", err)
 	}
-	return w, nil
+	return m, nil
 }
 
-func (w *workload) run(ctx context.Context, txns, rate int, progress func(done int)) error {
-	tick := time.NewTicker(time.Second / time.Duration(max(rate, 1)))
-	defer tick.Stop()
-	lastReport := time.Now()
-	for i := 1; i <= txns; i++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-		if err := w.txn(ctx); err != nil {
-			return err
-		}
-		if time.Since(lastReport) >= time.Second || i == txns {
-			progress(i)
-			lastReport = time.Now()
-		}
-	}
-	return nil
-}
-
-func (w *workload) txn(ctx context.Context) error {
-	tx, err := w.db.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer tx.Rollback(ctx)
-	accounts, campaigns := slices.Clone(w.accounts), slices.Clone(w.campaigns)
+// txn is a workload.Txn: one to four statements.
+func (m *demoMix) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *rand.Rand) (int, demoTxn, error) {
+	d := demoTxn{accounts: slices.Clone(m.accounts), campaigns: slices.Clone(m.campaigns)}
 	changes := 0
-	var lastAccount int64
 	exec := func(sql string, args ...any) error {
 		tag, err := tx.Exec(ctx, sql, args...)
 		if err != nil {
@@ -374,45 +374,46 @@ func (w *workload) txn(ctx context.Context) error {
 		changes += int(tag.RowsAffected())
 		return nil
 	}
-	for range 1 + w.rnd.IntN(4) {
+	for range 1 + rnd.IntN(4) {
 		var err error
-		switch k := w.rnd.IntN(10); {
-		case k < 2 || len(accounts) == 0:
-			w.nextID++
-			lastAccount = w.nextID
-			accounts = append(accounts, w.nextID)
+		switch k := rnd.IntN(10); {
+		case k < 2 || len(d.accounts) == 0:
+			m.nextID++
+			d.lastAccount = m.nextID
+			d.accounts = append(d.accounts, m.nextID)
 			err = exec("insert into accounts (id, name, budget) values ($1, $2, $3)",
-				w.nextID, fmt.Sprintf("account %d", w.nextID), fmt.Sprintf("%d.%02d", w.rnd.IntN(100000), w.rnd.IntN(100)))
-		case k < 5 || len(campaigns) == 0:
-			w.nextID++
-			campaigns = append(campaigns, w.nextID)
+				m.nextID, fmt.Sprintf("account %d", m.nextID), fmt.Sprintf("%d.%02d", rnd.IntN(100000), rnd.IntN(100)))
+		case k < 5 || len(d.campaigns) == 0:
+			m.nextID++
+			d.campaigns = append(d.campaigns, m.nextID)
 			err = exec("insert into campaigns (id, account_id, name, bid, status, targeting) values ($1, $2, $3, $4, 'active', $5)",
-				w.nextID, accounts[w.rnd.IntN(len(accounts))], fmt.Sprintf("campaign %d", w.nextID),
-				fmt.Sprintf("%d.%04d", w.rnd.IntN(10), w.rnd.IntN(10000)),
-				fmt.Sprintf(`{"geo": ["US", "DE"], "max_cpm": %d}`, w.rnd.IntN(50)))
+				m.nextID, d.accounts[rnd.IntN(len(d.accounts))], fmt.Sprintf("campaign %d", m.nextID),
+				fmt.Sprintf("%d.%04d", rnd.IntN(10), rnd.IntN(10000)),
+				fmt.Sprintf(`{"geo": ["US", "DE"], "max_cpm": %d}`, rnd.IntN(50)))
 		case k < 7:
-			id := accounts[w.rnd.IntN(len(accounts))]
-			lastAccount = id
+			id := d.accounts[rnd.IntN(len(d.accounts))]
+			d.lastAccount = id
 			err = exec("update accounts set budget = budget + 10.50, active = not active, updated_at = now() where id = $1", id)
 		case k < 9:
 			err = exec("update campaigns set bid = bid * 1.1, status = $2, updated_at = now() where id = $1",
-				campaigns[w.rnd.IntN(len(campaigns))], []string{"active", "paused"}[w.rnd.IntN(2)])
+				d.campaigns[rnd.IntN(len(d.campaigns))], []string{"active", "paused"}[rnd.IntN(2)])
 		default:
-			i := w.rnd.IntN(len(campaigns))
-			err = exec("delete from campaigns where id = $1", campaigns[i])
-			campaigns = slices.Delete(campaigns, i, i+1)
+			i := rnd.IntN(len(d.campaigns))
+			err = exec("delete from campaigns where id = $1", d.campaigns[i])
+			d.campaigns = slices.Delete(d.campaigns, i, i+1)
 		}
 		if err != nil {
-			return err
+			return 0, d, err
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
+	return changes, d, nil
+}
+
+// commit applies a committed transaction to the mix's state.
+func (m *demoMix) commit(c workload.Commit[demoTxn]) {
+	m.accounts, m.campaigns = c.Record.accounts, c.Record.campaigns
+	m.changes += c.Changes
+	if c.Record.lastAccount != 0 {
+		m.lastAccount = c.Record.lastAccount
 	}
-	w.accounts, w.campaigns = accounts, campaigns
-	w.changes += changes
-	if lastAccount != 0 {
-		w.lastAccount = lastAccount
-	}
-	return nil
 }
