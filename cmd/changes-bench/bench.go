@@ -28,7 +28,7 @@ type bench struct {
 	config   string // the changes config file
 	topo     *topology.Topology
 	client   sarama.Client
-	w        *workload
+	w        *benchWorkload
 	dbz      *debezium
 	children []*child
 	views    map[string]*views.View
@@ -210,7 +210,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	c0, d0 := b.w.changes.Load(), b.w.deletes.Load()
 	start := time.Now()
 	progress := b.progress(ctx, "backlog", func() int64 { return b.w.changes.Load() - c0 }, b.o.backlog)
-	err := b.w.run(ctx, 0, c0+b.o.backlog, b.o.conns)
+	err := b.w.run(ctx, 0, b.o.backlog, b.o.conns)
 	progress()
 	if err != nil {
 		return err

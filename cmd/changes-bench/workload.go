@@ -8,9 +8,12 @@ import (
 	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/changes-dev/changes/internal/workload"
 )
 
 // benchTypes are the workload's entity types, one table each.
@@ -38,14 +41,14 @@ type commit struct {
 	at  int64 // unix nanoseconds
 }
 
-// workload drives PostgreSQL with a mix of inserts, updates, deletes and
+// benchWorkload drives PostgreSQL with a mix of inserts, updates, deletes and
 // multi-row transactions over benchTypes, from many connections.
-type workload struct {
+type benchWorkload struct {
 	pool    *pgxpool.Pool
 	tables  map[string]string // type -> table
 	seq     atomic.Int64
 	nextID  [3]atomic.Int64
-	changes atomic.Int64
+	changes atomic.Int64 // of every run so far, like deletes and txns
 	deletes atomic.Int64
 	txns    atomic.Int64
 	big     string // a TOASTed value: random hex, incompressible enough to leave the row
@@ -55,7 +58,7 @@ type workload struct {
 	record  atomic.Bool
 }
 
-func newWorkload(ctx context.Context, url, prefix string, conns int) (*workload, error) {
+func newWorkload(ctx context.Context, url, prefix string, conns int) (*benchWorkload, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, err
@@ -67,7 +70,7 @@ func newWorkload(ctx context.Context, url, prefix string, conns int) (*workload,
 	}
 	b := make([]byte, 4096)
 	rand.Read(b)
-	w := &workload{pool: pool, tables: map[string]string{}, big: hex.EncodeToString(b)}
+	w := &benchWorkload{pool: pool, tables: map[string]string{}, big: hex.EncodeToString(b)}
 	for _, typ := range benchTypes {
 		w.tables[typ] = prefix + "_" + typ
 		if _, err := pool.Exec(ctx, fmt.Sprintf(schema, w.tables[typ])); err != nil {
@@ -77,10 +80,10 @@ func newWorkload(ctx context.Context, url, prefix string, conns int) (*workload,
 	return w, nil
 }
 
-func (w *workload) Close() { w.pool.Close() }
+func (w *benchWorkload) Close() { w.pool.Close() }
 
 // seed inserts n rows per table, so updates and deletes have rows to hit.
-func (w *workload) seed(ctx context.Context, n int64) error {
+func (w *benchWorkload) seed(ctx context.Context, n int64) error {
 	for i, typ := range benchTypes {
 		_, err := w.pool.Exec(ctx, fmt.Sprintf(`insert into %s (id, seq, name, budget, status, attrs)
 			select g, 0, 'seed '||g, 1000, 'active', '{"seed": true}' from generate_series(1, $1::bigint) g on conflict do nothing`, w.tables[typ]), n)
@@ -92,86 +95,38 @@ func (w *workload) seed(ctx context.Context, n int64) error {
 	return nil
 }
 
-// run commits transactions until ctx is done or limit changes are committed
-// (0: no limit), at rate changes per second (0: as fast as it can) from
-// conns goroutines.
-func (w *workload) run(ctx context.Context, rate float64, limit int64, conns int) error {
-	var tokens chan struct{}
-	if rate > 0 {
-		// A token per transaction, paced so that committed changes follow
-		// rate: the transactions due are the changes due over the average
-		// changes per transaction seen so far.
-		tokens = make(chan struct{}, conns)
-		c0, t0 := w.changes.Load(), w.txns.Load()
-		go func() {
-			defer close(tokens)
-			start := time.Now()
-			sent := int64(0)
-			t := time.NewTicker(time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				perTxn := 2.0
-				if dt := w.txns.Load() - t0; dt > 100 {
-					perTxn = float64(w.changes.Load()-c0) / float64(dt)
-				}
-				due := int64(time.Since(start).Seconds() * rate / perTxn)
-				for ; sent < due; sent++ {
-					select {
-					case tokens <- struct{}{}:
-					case <-ctx.Done():
-						return
-					}
-				}
-			}
-		}()
-	}
-	errc := make(chan error, conns)
-	for c := range conns {
-		go func() {
-			rnd := mrand.New(mrand.NewPCG(uint64(c), uint64(time.Now().UnixNano())))
-			for ctx.Err() == nil && (limit == 0 || w.changes.Load() < limit) {
-				if tokens != nil {
-					if _, ok := <-tokens; !ok {
-						break
-					}
-				}
-				if err := w.txn(ctx, rnd); err != nil && ctx.Err() == nil {
-					errc <- err
-					return
-				}
-			}
-			errc <- nil
-		}()
-	}
-	var first error
-	for range conns {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+// benchTxn is what a transaction leaves for the commit hook: the seqs it
+// set and the rows it deleted.
+type benchTxn struct {
+	seqs    []int64
+	deleted int64
 }
 
-// txn commits one transaction: one change (70 %) or 2..8 (30 %); each an
-// update (55 %), an insert (30 %) or a delete (15 %); 5 % of inserts and
-// updates carry a 8 KB TOASTed payload.
-func (w *workload) txn(ctx context.Context, rnd *mrand.Rand) error {
+// run commits transactions until ctx is done or limit changes are committed
+// (0: no limit), at rate changes per second (0: as fast as it can) from
+// conns connections; the first error stops it. The pacing catches up on a
+// stall, so the rate over the run is the one asked.
+func (w *benchWorkload) run(ctx context.Context, rate float64, limit int64, conns int) error {
+	run, err := workload.Start(ctx, workload.Config[benchTxn]{
+		Pool: w.pool, Workers: conns, ChangeRate: rate, CatchUp: true, Changes: limit,
+		Txn: w.txn, Commit: w.committed,
+	})
+	if err != nil {
+		return err
+	}
+	return run.Wait()
+}
+
+// txn is a workload.Txn: one change (70 %) or 2..8 (30 %); each an update
+// (55 %), an insert (30 %) or a delete (15 %); 5 % of inserts and updates
+// carry a 8 KB TOASTed payload.
+func (w *benchWorkload) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *mrand.Rand) (int, benchTxn, error) {
 	n := 1
 	if rnd.IntN(10) < 3 {
 		n = 2 + rnd.IntN(7)
 	}
-	tx, err := w.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(context.Background())
-	var seqs []int64
-	changed, deleted := int64(0), int64(0)
+	var rec benchTxn
+	changed := 0
 	for range n {
 		ti := rnd.IntN(len(benchTypes))
 		table := w.tables[benchTypes[ti]]
@@ -180,60 +135,54 @@ func (w *workload) txn(ctx context.Context, rnd *mrand.Rand) error {
 		if rnd.IntN(20) == 0 {
 			payload = w.big
 		}
-		var tag interface{ RowsAffected() int64 }
+		var tag pgconn.CommandTag
+		var err error
 		switch k := rnd.IntN(100); {
 		case k < 55:
 			id := 1 + rnd.Int64N(max(w.nextID[ti].Load(), 1))
-			t, err := tx.Exec(ctx, "update "+table+" set seq = $1, budget = budget + 1, status = $2, payload = coalesce($3, payload), updated_at = now() where id = $4",
+			tag, err = tx.Exec(ctx, "update "+table+" set seq = $1, budget = budget + 1, status = $2, payload = coalesce($3, payload), updated_at = now() where id = $4",
 				seq, []string{"active", "paused", "archived"}[rnd.IntN(3)], payload, id)
-			if err != nil {
-				return err
-			}
-			tag = t
 		case k < 85:
 			id := w.nextID[ti].Add(1)
-			t, err := tx.Exec(ctx, "insert into "+table+" (id, seq, name, budget, status, attrs, payload) values ($1, $2, $3, $4, 'active', $5, $6)",
+			tag, err = tx.Exec(ctx, "insert into "+table+" (id, seq, name, budget, status, attrs, payload) values ($1, $2, $3, $4, 'active', $5, $6)",
 				id, seq, fmt.Sprintf("%s %d", benchTypes[ti], id), rnd.IntN(100000), fmt.Sprintf(`{"k": %d, "tags": ["a", "b"]}`, rnd.IntN(1000)), payload)
-			if err != nil {
-				return err
-			}
-			tag = t
 		default:
 			id := 1 + rnd.Int64N(max(w.nextID[ti].Load(), 1))
-			t, err := tx.Exec(ctx, "delete from "+table+" where id = $1", id)
-			if err != nil {
-				return err
-			}
-			tag = t
-			deleted += t.RowsAffected()
+			tag, err = tx.Exec(ctx, "delete from "+table+" where id = $1", id)
+			rec.deleted += tag.RowsAffected()
 			seq = 0 // a delete carries no seq: counted, not timed
 		}
+		if err != nil {
+			return 0, rec, err
+		}
 		if tag.RowsAffected() > 0 {
-			changed += tag.RowsAffected()
+			changed += int(tag.RowsAffected())
 			if seq != 0 {
-				seqs = append(seqs, seq)
+				rec.seqs = append(rec.seqs, seq)
 			}
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
-	}
-	at := time.Now().UnixNano()
-	w.changes.Add(changed)
-	w.deletes.Add(deleted)
+	return changed, rec, nil
+}
+
+// committed counts a committed transaction and, while record is set,
+// records its seqs with the time its COMMIT returned.
+func (w *benchWorkload) committed(c workload.Commit[benchTxn]) {
+	w.changes.Add(int64(c.Changes))
+	w.deletes.Add(c.Record.deleted)
 	w.txns.Add(1)
-	if w.record.Load() && len(seqs) > 0 {
+	if w.record.Load() && len(c.Record.seqs) > 0 {
+		at := c.At.UnixNano()
 		w.mu.Lock()
-		for _, s := range seqs {
+		for _, s := range c.Record.seqs {
 			w.commits = append(w.commits, commit{s, at})
 		}
 		w.mu.Unlock()
 	}
-	return nil
 }
 
 // takeCommits returns the recorded commits and forgets them.
-func (w *workload) takeCommits() []commit {
+func (w *benchWorkload) takeCommits() []commit {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	c := w.commits
