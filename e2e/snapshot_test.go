@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/platform"
+	wl "github.com/changes-dev/changes/internal/workload" // e2e has a type workload, the fault suite's
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 )
@@ -316,20 +316,15 @@ type writerMix struct {
 	updates, inserts, of int
 }
 
-// startWriter changes f's table (id, v, payload) on a connection of its own
-// until the returned stop is called, which returns the writer's error.
+// startWriter changes f's table (id, v, payload) on a connection of its own,
+// a statement per transaction, as fast as it can until the returned stop is
+// called, which returns the writer's first error.
 func startWriter(t testing.TB, ctx context.Context, f *captureFixture, m writerMix) (stop func() error) {
 	t.Helper()
-	wdb, err := pgx.Connect(ctx, f.e.pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stopped atomic.Bool
-	done := make(chan error, 1)
-	go func() {
-		defer wdb.Close(context.Background())
-		rnd, next := rand.New(rand.NewPCG(m.seed, m.seed+1)), m.rows
-		for !stopped.Load() {
+	next := m.rows
+	w, err := wl.Start(ctx, wl.Config[struct{}]{
+		URL: f.e.pgURL, Seed: m.seed,
+		Txn: func(ctx context.Context, tx pgx.Tx, _ int, rnd *rand.Rand) (int, struct{}, error) {
 			var sql string
 			switch k := rnd.IntN(m.of); {
 			case k < m.updates:
@@ -340,15 +335,12 @@ func startWriter(t testing.TB, ctx context.Context, f *captureFixture, m writerM
 			default:
 				sql = fmt.Sprintf("delete from %s where id = %d", f.table, 1+rnd.Int64N(next))
 			}
-			if _, err := wdb.Exec(ctx, sql); err != nil {
-				done <- err
-				return
-			}
-		}
-		done <- nil
-	}()
-	return func() error {
-		stopped.Store(true)
-		return <-done
+			tag, err := tx.Exec(ctx, sql)
+			return int(tag.RowsAffected()), struct{}{}, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return w.Stop
 }
