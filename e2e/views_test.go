@@ -13,8 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
+	wl "github.com/changes-dev/changes/internal/workload" // e2e has a type workload, the fault suite's
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 	"github.com/changes-dev/changes/views/history"
@@ -31,39 +30,18 @@ import (
 )
 
 // pausableWorkload commits random inserts, updates and deletes of rows with
-// ids 1..maxID until stopped. pause blocks new transactions and waits for
-// the ones in flight, so a test can read "the database at T" exactly.
+// ids 1..maxID until stopped, as fast as it can. Pause blocks new
+// transactions and waits for the ones in flight, so a test can read "the
+// database at T" exactly.
 type pausableWorkload struct {
-	mu      sync.RWMutex // held for reading by every transaction
-	changes atomic.Int64
-	stop    chan struct{}
-	done    chan error
+	*wl.Workload[struct{}]
 }
 
-func startWorkload(ctx context.Context, pgURL, table string, maxID int64, workers int) *pausableWorkload {
-	w := &pausableWorkload{stop: make(chan struct{}), done: make(chan error, workers)}
-	for i := range workers {
-		go func() {
-			w.done <- w.run(ctx, pgURL, table, maxID, rand.New(rand.NewPCG(uint64(i), 42)))
-		}()
-	}
-	return w
-}
-
-func (w *pausableWorkload) run(ctx context.Context, pgURL, table string, maxID int64, rnd *rand.Rand) error {
-	db, err := pgx.Connect(ctx, pgURL)
-	if err != nil {
-		return err
-	}
-	defer db.Close(context.Background())
-	for {
-		select {
-		case <-w.stop:
-			return nil
-		default:
-		}
-		w.mu.RLock()
-		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+func startWorkload(t testing.TB, ctx context.Context, pgURL, table string, maxID int64, workers int) *pausableWorkload {
+	t.Helper()
+	w, err := wl.Start(ctx, wl.Config[struct{}]{URL: pgURL, Workers: workers, Seed: 42,
+		Txn: func(ctx context.Context, tx pgx.Tx, _ int, rnd *rand.Rand) (int, struct{}, error) {
+			changes := 0
 			for range 1 + rnd.IntN(3) {
 				id := 1 + rnd.Int64N(maxID)
 				var sql string
@@ -77,17 +55,17 @@ func (w *pausableWorkload) run(ctx context.Context, pgURL, table string, maxID i
 				}
 				tag, err := tx.Exec(ctx, sql)
 				if err != nil {
-					return err
+					return 0, struct{}{}, err
 				}
-				w.changes.Add(tag.RowsAffected())
+				changes += int(tag.RowsAffected())
 			}
-			return nil
-		})
-		w.mu.RUnlock()
-		if err != nil {
-			return err
-		}
+			return changes, struct{}{}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return &pausableWorkload{w}
 }
 
 // moment pauses the workload, takes T (every transaction committed before T
@@ -95,8 +73,8 @@ func (w *pausableWorkload) run(ctx context.Context, pgURL, table string, maxID i
 // and the table's rows at T.
 func (w *pausableWorkload) moment(t testing.TB, ctx context.Context, db *pgx.Conn, table string) (time.Time, map[int64]codecs.Row) {
 	t.Helper()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.Pause()
+	defer w.Resume()
 	time.Sleep(5 * time.Millisecond)
 	at := time.Now()
 	time.Sleep(5 * time.Millisecond)
@@ -109,11 +87,8 @@ func (w *pausableWorkload) moment(t testing.TB, ctx context.Context, db *pgx.Con
 
 func (w *pausableWorkload) finish(t testing.TB) {
 	t.Helper()
-	close(w.stop)
-	for range cap(w.done) {
-		if err := <-w.done; err != nil {
-			t.Fatalf("workload: %v", err)
-		}
+	if err := w.Stop(); err != nil {
+		t.Fatalf("workload: %v", err)
 	}
 }
 
@@ -134,14 +109,14 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	run := startPlatform(t, ctx, topo)
 	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
 
-	w := startWorkload(ctx, e.pgURL, table, 400, 3)
+	w := startWorkload(t, ctx, e.pgURL, table, 400, 3)
 	time.Sleep(1500 * time.Millisecond)
 	t1, rows1 := w.moment(t, ctx, db, table)
 	time.Sleep(1500 * time.Millisecond)
 	t2, rows2 := w.moment(t, ctx, db, table)
 	time.Sleep(500 * time.Millisecond)
 	w.finish(t)
-	t.Logf("%d changes; %d rows at T1, %d at T2", w.changes.Load(), len(rows1), len(rows2))
+	t.Logf("%d changes; %d rows at T1, %d at T2", w.Changes(), len(rows1), len(rows2))
 	began := time.Now()
 	phase := func(what string) { t.Logf("%s after %.1fs", what, time.Since(began).Seconds()) }
 	defer phase("end")
