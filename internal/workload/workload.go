@@ -253,6 +253,9 @@ func (w *Workload[R]) work(ctx context.Context, i int) {
 			w.claimed.Add(-1) // a worker that failed its claim may still use it
 			return
 		}
+		if w.connCfg != nil && conn != nil && conn.IsClosed() {
+			conn = nil // lost under a transaction that committed all the same (Resolve)
+		}
 		if w.connCfg != nil && conn == nil {
 			cctx, cancel := context.WithTimeout(ctx, connectTimeout)
 			c, err := pgx.ConnectConfig(cctx, w.connCfg)
