@@ -325,7 +325,7 @@ func (w *Workload[R]) txn(ctx context.Context, worker int, conn *pgx.Conn, rnd *
 		tx, err = w.cfg.Pool.Begin(ctx)
 	}
 	if err != nil {
-		return fmt.Errorf("begin: %w", marked(nil, err))
+		return fmt.Errorf("begin: %w", marked(conn, err))
 	}
 	defer tx.Rollback(context.Background()) // after Commit: does nothing
 	n, rec, err := w.cfg.Txn(ctx, tx, worker, rnd)
@@ -359,6 +359,7 @@ func marked(conn *pgx.Conn, err error) error {
 	var pgErr *pgconn.PgError
 	var connErr *pgconn.ConnectError
 	lost := conn != nil && conn.IsClosed() ||
+		errors.Is(err, pgconn.ErrConnClosed) || // pgx closed it under an earlier step
 		errors.As(err, &connErr) ||
 		errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57"))
 	if lost && !errors.Is(err, ErrConnLost) {

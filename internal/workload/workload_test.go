@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -100,6 +101,35 @@ func TestConfigValidate(t *testing.T) {
 	ctx := context.Background()
 	if _, err := Start(ctx, Config[struct{}]{URL: "postgres://%zz", Txn: txn}); err == nil || !strings.Contains(err.Error(), "URL") {
 		t.Errorf("an unparsable URL: %v, want an error naming URL", err)
+	}
+}
+
+// TestMarked: the errors that mean the connection is gone are marked
+// ErrConnLost, once; the others are left alone.
+func TestMarked(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		lost bool
+	}{
+		{"closed by pgx", fmt.Errorf("begin: %w", pgconn.ErrConnClosed), true},
+		{"connection failure", &pgconn.PgError{Code: "08006"}, true},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, true},
+		{"crash shutdown", fmt.Errorf("commit: %w", &pgconn.PgError{Code: "57P02"}), true},
+		{"marked already", fmt.Errorf("%w: %w", ErrConnLost, &pgconn.PgError{Code: "57P01"}), true},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
+		{"division by zero", &pgconn.PgError{Code: "22012"}, false},
+		{"the mix's own", errors.New("no rows to update"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := marked(nil, tc.err)
+			if errors.Is(got, ErrConnLost) != tc.lost || !errors.Is(got, tc.err) {
+				t.Errorf("marked(%v) = %v: lost %v, want %v, wrapping the error", tc.err, got, errors.Is(got, ErrConnLost), tc.lost)
+			}
+			if strings.Count(got.Error(), ErrConnLost.Error()) > 1 {
+				t.Errorf("marked twice: %v", got)
+			}
+		})
 	}
 }
 
@@ -332,6 +362,48 @@ func TestErrorStops(t *testing.T) {
 		}
 		if len(lost) != 1 || w.Txns() != 10 {
 			t.Errorf("errors %v and %d transactions; want one lost connection and 10", lost, w.Txns())
+		}
+	})
+
+	t.Run("connection lost between transactions", func(t *testing.T) {
+		// PostgreSQL ends the worker's session between two transactions,
+		// as a restart does: the next BEGIN fails, marked lost.
+		admin, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close(context.Background())
+		var lost, other []error
+		w, err := Start(ctx, Config[int32]{URL: url, Transactions: 6,
+			Txn: func(ctx context.Context, tx pgx.Tx, worker int, rnd *rand.Rand) (int, int32, error) {
+				var pid int32
+				err := tx.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid)
+				return 1, pid, err
+			},
+			Commit: func(c Commit[int32]) {
+				if c.Txns%2 == 0 {
+					return
+				}
+				if _, err := admin.Exec(ctx, "select pg_terminate_backend($1, 5000)", c.Record); err != nil {
+					t.Error(err)
+				}
+			},
+			OnError: func(err error) error {
+				if errors.Is(err, ErrConnLost) {
+					lost = append(lost, err)
+				} else {
+					other = append(other, err)
+				}
+				return nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if len(lost) != 3 || len(other) != 0 || w.Txns() != 6 {
+			t.Errorf("lost %v, other errors %v, %d transactions; want 3 lost connections, none other, 6 transactions", lost, other, w.Txns())
 		}
 	})
 
