@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/changes-dev/changes/codecs"
+	wl "github.com/changes-dev/changes/internal/workload" // this file's type is workload
 )
 
 // The fault suite's tables, in a database of the suite's own stack. Every
@@ -41,20 +41,19 @@ var faultTypes = []struct {
 
 // workload commits multi-row transactions over acct, doc and big from a few
 // connections, and a heartbeat (beat 1, updated every 100 ms) that the
-// recovery probes follow. It records every committed change in the ledger.
-// Each worker owns the ids congruent to its number, so an entity's changes
-// come from one connection and their commit order is the order recorded.
-// It rides out PostgreSQL restarts: it reconnects, and resolves a COMMIT
-// whose answer was lost by looking for the transaction's txlog row.
+// recovery probes follow: two internal/workload engines with the mixes
+// below. It records every committed change in the ledger. Each worker owns
+// the ids congruent to its number, so an entity's changes come from one
+// connection and their commit order is the order recorded. It rides out
+// PostgreSQL restarts: the engines reconnect, and resolve a COMMIT whose
+// answer was lost by looking for the transaction's txlog row.
 type workload struct {
 	url     string
 	workers int
 	rate    float64 // transactions per second per worker
 
-	gate sync.RWMutex // held for reading by every transaction; pause takes it
-	stop atomic.Bool
+	runs []*wl.Workload[faultTxn] // the workers' and the heartbeat's, once started
 	seq  atomic.Int64
-	wg   sync.WaitGroup
 
 	mu      sync.Mutex
 	ledger  ledger
@@ -89,31 +88,100 @@ func (w *workload) populate(ctx context.Context, db *pgx.Conn, n int) error {
 
 // start runs the workers and the heartbeat until finish.
 func (w *workload) start(ctx context.Context, bigRows int) {
-	for i := range w.workers {
-		wk := &worker{w: w, n: i, rnd: mrand.New(mrand.NewPCG(uint64(i)+1, 7)), live: map[string][]int64{}}
+	ws := make([]*worker, w.workers)
+	for i := range ws {
+		ws[i] = &worker{w: w, n: i, live: map[string][]int64{}}
 		for id := int64(1); id <= int64(bigRows); id++ {
 			if id%int64(w.workers) == int64(i) {
-				wk.live["big"] = append(wk.live["big"], id)
+				ws[i].live["big"] = append(ws[i].live["big"], id)
 			}
 		}
-		wk.next = int64(bigRows) // new ids of every table start after big's
-		w.wg.Add(1)
-		go func() { defer w.wg.Done(); wk.loop(ctx, time.Duration(float64(time.Second)/w.rate)) }()
+		ws[i].next = int64(bigRows) // new ids of every table start after big's
 	}
 	hb := &worker{w: w, beat: true}
-	w.wg.Add(1)
-	go func() { defer w.wg.Done(); hb.loop(ctx, 100*time.Millisecond) }()
+	for _, cfg := range []wl.Config[faultTxn]{{
+		Workers: w.workers, Rate: w.rate * float64(w.workers), Seed: 7,
+		Txn: func(ctx context.Context, tx pgx.Tx, i int, rnd *mrand.Rand) (int, faultTxn, error) {
+			return ws[i].txn(ctx, tx, rnd)
+		},
+		Commit: func(c wl.Commit[faultTxn]) { ws[c.Worker].committed(c.Record) },
+	}, {
+		Workers: 1, Rate: 10, // every 100 ms
+		Txn: func(ctx context.Context, tx pgx.Tx, _ int, rnd *mrand.Rand) (int, faultTxn, error) {
+			return hb.txn(ctx, tx, rnd)
+		},
+		Commit: func(c wl.Commit[faultTxn]) { hb.committed(c.Record) },
+	}} {
+		cfg.URL, cfg.Resolve, cfg.OnError = w.url, w.resolve, w.onError
+		run, err := wl.Start(ctx, cfg)
+		if err != nil {
+			w.fail(err)
+			continue
+		}
+		w.runs = append(w.runs, run)
+	}
 }
 
 // finish stops every worker between transactions and waits for them.
 func (w *workload) finish() {
-	w.stop.Store(true)
-	w.wg.Wait()
+	for _, r := range w.runs {
+		if err := r.Stop(); err != nil {
+			w.fail(err)
+		}
+	}
 }
 
 // pause waits for the transactions in flight and holds the next ones until resume.
-func (w *workload) pause()  { w.gate.Lock() }
-func (w *workload) resume() { w.gate.Unlock() }
+func (w *workload) pause() {
+	for _, r := range w.runs {
+		r.Pause()
+	}
+}
+
+func (w *workload) resume() {
+	for _, r := range w.runs {
+		r.Resume()
+	}
+}
+
+// onError lets the workers go on after any error: a lost connection is
+// PostgreSQL going away (they reconnect); anything else is a bug of the
+// workload, reported at the end.
+func (w *workload) onError(err error) error {
+	if !errors.Is(err, wl.ErrConnLost) {
+		w.fail(err)
+	}
+	return nil
+}
+
+// resolve tells whether a transaction whose COMMIT lost its answer
+// committed: whatever the error, it may have (a crash between the commit
+// record and the answer), and txlog tells. It asks on a new connection
+// until PostgreSQL answers.
+func (w *workload) resolve(ctx context.Context, t faultTxn) (bool, error) {
+	w.mu.Lock()
+	w.inDoubt++
+	w.mu.Unlock()
+	ask := func() (bool, error) {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(cctx, w.url)
+		if err != nil {
+			return false, err
+		}
+		defer conn.Close(context.Background())
+		var found bool
+		err = conn.QueryRow(cctx, "select exists (select 1 from txlog where seq = $1)", t.seq).Scan(&found)
+		return found, err
+	}
+	for ctx.Err() == nil {
+		if found, err := ask(); err == nil {
+			return found, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return false, fmt.Errorf("transaction %d: commit outcome unknown", t.seq)
+}
 
 // record adds a committed transaction's changes; lo is the WAL insert
 // position read just before its commit.
@@ -170,149 +238,74 @@ type stepRec struct {
 	version int64
 }
 
+// faultTxn is a transaction of a worker: its changes, the WAL insert
+// position read just before its commit, and the worker's ids after it,
+// which become the worker's once it committed.
+type faultTxn struct {
+	seq  int64
+	made []stepRec
+	lo   string
+	live map[string][]int64
+	next int64
+}
+
+// worker is the state of one worker of the engine (or of the heartbeat);
+// only that worker's goroutine touches it.
 type worker struct {
 	w    *workload
 	n    int
 	beat bool
 	rnd  *mrand.Rand
-	conn *pgx.Conn
 	live map[string][]int64
 	next int64
 }
 
-func (k *worker) loop(ctx context.Context, every time.Duration) {
-	defer func() {
-		if k.conn != nil {
-			k.conn.Close(context.Background())
-		}
-	}()
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for !k.w.stop.Load() {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if !k.connect(ctx) {
-			continue
-		}
-		k.w.gate.RLock()
-		k.txn(ctx)
-		k.w.gate.RUnlock()
-	}
-}
-
-// connect (re)connects; false while PostgreSQL is away.
-func (k *worker) connect(ctx context.Context) bool {
-	if k.conn != nil && !k.conn.IsClosed() {
-		return true
-	}
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, k.w.url)
-	if err != nil {
-		return false
-	}
-	k.conn = conn
-	return true
-}
-
-// txn runs one transaction and records its changes if it committed.
-func (k *worker) txn(ctx context.Context) {
-	seq := k.w.seq.Add(1)
-	live := map[string][]int64{}
-	for t, ids := range k.live {
-		live[t] = append([]int64(nil), ids...)
-	}
-	next := k.next
-	var made []stepRec
-	tx, err := k.conn.Begin(ctx)
-	if err != nil {
-		k.broken(ctx, err)
-		return
+// txn runs one transaction's statements, and the txlog row that tells
+// later whether it committed.
+func (k *worker) txn(ctx context.Context, tx pgx.Tx, rnd *mrand.Rand) (int, faultTxn, error) {
+	k.rnd = rnd
+	t := faultTxn{seq: k.w.seq.Add(1), live: map[string][]int64{}, next: k.next}
+	for typ, ids := range k.live {
+		t.live[typ] = append([]int64(nil), ids...)
 	}
 	n := 1
 	if !k.beat {
 		n += k.rnd.IntN(5)
 	}
 	for range n {
-		sql, args, typ, op := k.statement(live, &next)
+		sql, args, typ, op := k.statement(t.live, &t.next)
 		rows, err := tx.Query(ctx, sql, args...)
 		if err != nil {
-			tx.Rollback(ctx)
-			k.broken(ctx, fmt.Errorf("%s: %w", strings.Fields(sql)[0], err))
-			return
+			return 0, t, fmt.Errorf("%s: %w", strings.Fields(sql)[0], err)
 		}
 		for rows.Next() {
 			var id, version int64
 			if err := rows.Scan(&id, &version); err != nil {
 				rows.Close()
-				tx.Rollback(ctx)
-				k.broken(ctx, err)
-				return
+				return 0, t, err
 			}
-			made = append(made, stepRec{typ, id, op, version})
+			t.made = append(t.made, stepRec{typ, id, op, version})
 			switch op {
 			case codecs.OpInsert:
-				live[typ] = append(live[typ], id)
+				t.live[typ] = append(t.live[typ], id)
 			case codecs.OpDelete:
-				live[typ] = removeID(live[typ], id)
+				t.live[typ] = removeID(t.live[typ], id)
 			}
 		}
 		if err := rows.Err(); err != nil {
-			tx.Rollback(ctx)
-			k.broken(ctx, err)
-			return
+			return 0, t, err
 		}
 	}
-	var lo string
-	if err := tx.QueryRow(ctx, "insert into txlog values ($1) returning pg_current_wal_insert_lsn()::text", seq).Scan(&lo); err != nil {
-		tx.Rollback(ctx)
-		k.broken(ctx, err)
-		return
+	if err := tx.QueryRow(ctx, "insert into txlog values ($1) returning pg_current_wal_insert_lsn()::text", t.seq).Scan(&t.lo); err != nil {
+		return 0, t, err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		// Whatever the error, the transaction may have committed (a crash
-		// between the commit record and the answer): txlog tells.
-		k.w.mu.Lock()
-		k.w.inDoubt++
-		k.w.mu.Unlock()
-		committed, ok := k.resolve(ctx, seq)
-		if !ok || !committed {
-			return
-		}
-	}
-	k.w.record(made, lo)
-	k.live, k.next = live, next
+	return len(t.made), t, nil
 }
 
-// resolve reconnects and asks whether transaction seq committed.
-func (k *worker) resolve(ctx context.Context, seq int64) (committed, ok bool) {
-	for ctx.Err() == nil {
-		k.conn = nil
-		if k.connect(ctx) {
-			var found bool
-			err := k.conn.QueryRow(ctx, "select exists (select 1 from txlog where seq = $1)", seq).Scan(&found)
-			if err == nil {
-				return found, true
-			}
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	k.w.fail(fmt.Errorf("transaction %d: commit outcome unknown", seq))
-	return false, false
-}
-
-// broken handles a failed statement: a lost connection is PostgreSQL going
-// away (reconnect next time); anything else is a bug of the workload.
-func (k *worker) broken(ctx context.Context, err error) {
-	var pgErr *pgconn.PgError
-	away := k.conn.IsClosed() || errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "57") || strings.HasPrefix(pgErr.Code, "08"))
-	if !away {
-		k.w.fail(err)
-	}
-	k.conn.Close(ctx)
+// committed records a committed transaction and makes its ids the worker's.
+func (k *worker) committed(t faultTxn) {
+	k.w.record(t.made, t.lo)
+	k.live, k.next = t.live, t.next
 }
 
 // statement picks the next statement of a transaction; each returns the
