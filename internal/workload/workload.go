@@ -137,7 +137,9 @@ type Workload[R any] struct {
 }
 
 // Start validates cfg and starts the workers; they run until ctx is done,
-// Stop is called, a limit is reached or an error stops them.
+// Stop is called, a limit is reached or an error stops them. Its error
+// names the field of cfg that is wrong; connecting is left to the workers,
+// so an unreachable PostgreSQL is their first error (or OnError's).
 func Start[R any](ctx context.Context, cfg Config[R]) (*Workload[R], error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
