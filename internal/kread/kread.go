@@ -265,6 +265,28 @@ func (rec *Record) Message(topic string, partition int32) *sarama.ConsumerMessag
 		Value: rec.Value, Headers: rec.Headers, Timestamp: rec.Timestamp}
 }
 
+// exactWithin is how far behind its end a Lag counts records one by one.
+const exactWithin = 1000
+
+// Lag is how many committed records of the partition a consumer whose next
+// offset is next has still to read. end-next alone never reaches 0 behind
+// a transactional writer: the marker that ends its last transaction takes
+// an offset no consumer commits past. Within 1000 offsets of the end it
+// counts the records; further behind, markers are a rounding error and it
+// returns end-next.
+func Lag(ctx context.Context, client sarama.Client, topic string, partition int32, next int64) (int64, error) {
+	end, err := End(client, topic, partition)
+	if err != nil || end-next <= 0 {
+		return 0, err
+	}
+	if end-next > exactWithin {
+		return end - next, nil
+	}
+	var n int64
+	err = Range(ctx, client, topic, partition, next, end, func(*Record) (bool, error) { n++; return true, nil })
+	return n, err
+}
+
 // End returns the partition's last stable offset: the end of what a
 // read_committed reader can read now (the high water mark when no
 // transaction is open).

@@ -139,6 +139,14 @@ func TestRangeSkipsAbortedAndMarkers(t *testing.T) {
 		t.Errorf("after the commit: %s, want open", got)
 	}
 
+	// Lag counts records, not offsets: a consumer past "open" is done,
+	// though the commit marker after it takes the end's last offset.
+	for _, c := range []struct{ next, want int64 }{{0, 6}, {4, 4}, {end, 1}, {end + 1, 0}, {end2, 0}} {
+		if lag, err := kread.Lag(ctx, client, topic, 0, c.next); err != nil || lag != c.want {
+			t.Errorf("Lag from %d = %d, %v; want %d", c.next, lag, err, c.want)
+		}
+	}
+
 	// Follow sees the committed records, then what commits while it waits,
 	// and ends with its context.
 	var followed []string

@@ -351,7 +351,7 @@ func (m *Monitor) watchLag(ctx context.Context, client sarama.Client) error {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
-		if err := m.groupLag(admin, client); err != nil {
+		if err := m.groupLag(ctx, admin, client); err != nil {
 			m.log.Warn("consumer lag", "err", err)
 		}
 		if db == nil || db.IsClosed() {
@@ -378,7 +378,7 @@ func (m *Monitor) watchLag(ctx context.Context, client sarama.Client) error {
 }
 
 // groupLag sets the lag of the router and of every snapshot group.
-func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) error {
+func (m *Monitor) groupLag(ctx context.Context, admin sarama.ClusterAdmin, client sarama.Client) error {
 	inputs := map[string]string{m.topo.RouterGroup(): m.topo.History()}
 	for _, typ := range m.topo.EntityTypes() {
 		inputs[m.topo.SnapshotGroup(typ)] = m.topo.Events(typ)
@@ -399,11 +399,6 @@ func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) erro
 			continue
 		}
 		for _, p := range parts {
-			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
 			b := offsets.GetBlock(topic, p)
 			if b == nil || b.Err != sarama.ErrNoError {
 				continue // not known now; keep the last value
@@ -415,7 +410,12 @@ func (m *Monitor) groupLag(admin sarama.ClusterAdmin, client sarama.Client) erro
 					continue
 				}
 			}
-			m.metrics.groupLag.WithLabelValues(group, topic, strconv.Itoa(int(p))).Set(float64(max(end-committed, 0)))
+			lag, err := kread.Lag(ctx, client, topic, p, committed)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			m.metrics.groupLag.WithLabelValues(group, topic, strconv.Itoa(int(p))).Set(float64(lag))
 		}
 	}
 	return errors.Join(errs...)
