@@ -112,7 +112,10 @@ func freePorts(t testing.TB, host string, n int) (pg, kafka int) {
 		l.Close()
 		return true
 	}
-	for base := 41000 + int(time.Now().UnixNano()%500)*10; base < 65000; base += 10 {
+	// Below the ephemeral range (32768-60999 on Linux): a port in it can be
+	// taken by any client's outgoing connection while the service is down,
+	// and PostgreSQL restarted after a crash then fails to bind (seen).
+	for base := 21000 + int(time.Now().UnixNano()%500)*10; base < 32760; base += 10 {
 		ok := true
 		for p := base; p < base+n && ok; p++ {
 			ok = free(p)
