@@ -33,6 +33,7 @@ import (
 	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/internal/syncbuf"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 )
@@ -344,14 +345,14 @@ func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic s
 type process struct {
 	name   string
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 	done   chan struct{}
 }
 
 func startProcess(ctx context.Context, t *testing.T, extra map[string]string, args ...string) *process {
 	t.Helper()
 	cmd, _, _ := command(ctx, t, extra, args...)
-	p := &process{name: args[0], cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{name: args[0], cmd: cmd, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -415,25 +416,6 @@ func httpGet(addr, path string) (int, http.Header, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, string(body)
-}
-
-// syncBuffer is a bytes.Buffer safe for the process's writes and the
-// test's reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // runView runs a view of typ until the test ends (then it waits for it to

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/syncbuf"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 	"github.com/changes-dev/changes/views/history"
@@ -469,7 +469,7 @@ func TestSlowReaderFreesItsTurn(t *testing.T) {
 // TestInternalErrorHasAnID: a 500 says "internal error" and an id, and
 // the log line with the detail carries the same id.
 func TestInternalErrorHasAnID(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	// A nil view panics when read: the stand-in for any unexpected failure.
 	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"broken": nil}, Log: log}))
@@ -504,22 +504,4 @@ func TestInternalErrorHasAnID(t *testing.T) {
 	if body2 == body {
 		t.Errorf("two failures share the body %s", body)
 	}
-}
-
-// syncBuffer is a bytes.Buffer for a logger the server's goroutines write.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
