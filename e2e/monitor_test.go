@@ -494,7 +494,10 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		switch d := p99 - w.quantile(0.99); {
 		case d > tol99:
 			t.Errorf("%s: slo p99 %s, workload %s: the monitor reports worse than a consumer saw", l.Stage, p99, w.quantile(0.99))
-		case d < -tol99 && l.Stage == "snapshot":
+		case l.Stage == "snapshot" && d < -max(25*time.Millisecond, w.quantile(0.99)*3/5):
+			// Below the subscriber's tail by more than the table-topic hop
+			// can explain (a fresh-clone CI run saw the hop double a
+			// 183 ms p99 to 368 ms).
 			t.Errorf("%s: slo p99 %s, workload %s", l.Stage, p99, w.quantile(0.99))
 		}
 	}
