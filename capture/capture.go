@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -582,7 +581,7 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType
 	}
 	if op == codecs.OpDelete {
 		ev := s.event(rel, op)
-		ev.EntityID, ev.Before = oldID, before
+		ev.EntityID, ev.Before = codecs.IntKey(oldID), before
 		return s.produce(ctx, rel, ev)
 	}
 	after, unchanged, err := rel.row(newTuple)
@@ -591,7 +590,7 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType
 	}
 	if op == codecs.OpUpdate && oldTuple != nil && oldID != newID {
 		del := s.event(rel, codecs.OpDelete)
-		del.EntityID, del.Before = oldID, before
+		del.EntityID, del.Before = codecs.IntKey(oldID), before
 		if err := s.produce(ctx, rel, del); err != nil {
 			return err
 		}
@@ -608,7 +607,7 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType
 		op, unchanged, before = codecs.OpInsert, missing, nil
 	}
 	ev := s.event(rel, op)
-	ev.EntityID, ev.After, ev.Unchanged, ev.Before = newID, after, unchanged, before
+	ev.EntityID, ev.After, ev.Unchanged, ev.Before = codecs.IntKey(newID), after, unchanged, before
 	return s.produce(ctx, rel, ev)
 }
 
@@ -675,9 +674,9 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sarama.ProducerMessage, error) {
 	value, err := codecs.EventCodec{}.Encode(ev)
 	if err != nil {
-		return nil, fmt.Errorf("encode change of %s id %d: %w", t.qualified(), ev.EntityID, err)
+		return nil, fmt.Errorf("encode change of %s id %s: %w", t.qualified(), ev.EntityID, err)
 	}
-	key := ev.EntityType + "/" + strconv.FormatInt(ev.EntityID, 10)
+	key := ev.EntityType + "/" + ev.EntityID.String()
 	msg := &sarama.ProducerMessage{
 		Topic:     topic,
 		Key:       sarama.StringEncoder(key),

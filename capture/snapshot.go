@@ -72,7 +72,7 @@ func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
 	next := rows.newest.Position.Index + 1
 	for i, t := range se.tables {
 		if t.entityType == rows.after.EntityType {
-			return snapshotFrom{base: base, index: next, table: i, after: rows.after.EntityID, resuming: true}
+			return snapshotFrom{base: base, index: next, table: i, after: afterID(rows.after.EntityID), resuming: true}
 		}
 	}
 	return snapshotFrom{base: base, index: next}
@@ -211,7 +211,7 @@ func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []a
 			return 0, 0, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
 		}
 		ev := &codecs.Event{
-			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot, After: row,
+			EntityType: t.entityType, EntityID: codecs.IntKey(last), Op: codecs.OpSnapshot, After: row,
 			CommitLSN: cp.base, Position: codecs.Position{CommitLSN: cp.base, Index: cp.index},
 			CommitTime: cp.taken, CaptureTime: time.Now().UTC(),
 		}
@@ -362,7 +362,8 @@ func (se *session) resolveCuts(list []snapshotCut) (*cuts, error) {
 // covers reports whether the change of entity id of table ti committed at
 // lsn is already in the state a resumed copy took of its row: the latest
 // cut the row comes after copied it, as of that cut's LSN.
-func (cs *cuts) covers(ti int, id int64, lsn codecs.LSN) bool {
+func (cs *cuts) covers(ti int, key codecs.Key, lsn codecs.LSN) bool {
+	id, _ := key.Int()
 	if cs == nil || lsn >= cs.max {
 		return false
 	}
@@ -433,3 +434,6 @@ func (se *session) entityTypes() []string {
 	}
 	return out
 }
+
+// afterID is the id a resumed copy starts after.
+func afterID(k codecs.Key) int64 { id, _ := k.Int(); return id }

@@ -50,10 +50,11 @@ func (r Row) Decode(v any) error {
 type Event struct {
 	// EntityType is the entity type the changed table is declared as.
 	EntityType string `json:"type"`
-	// EntityID is the 64-bit id of the changed row; 0 for OpTruncate. It
-	// travels as a decimal string, which JSON readers in every language keep
-	// exact.
-	EntityID int64 `json:"id,string"`
+	// EntityID is the key of the changed row; the integer 0 for OpTruncate.
+	// It travels as "id", its canonical text (a JSON string, so JSON readers
+	// in every language keep a 64-bit integer exact), and "id_kind", its
+	// kind, left out for an integer.
+	EntityID Key `json:"-"`
 	// Op is the kind of change.
 	Op Op `json:"op"`
 	// After is the row after an insert or update.
@@ -81,6 +82,8 @@ func (e *Event) Validate() error {
 	switch {
 	case e.EntityType == "":
 		return errors.New("type is empty")
+	case e.EntityID.Validate() != nil:
+		return e.EntityID.Validate()
 	case !e.Op.Valid():
 		return fmt.Errorf("op %q is not snapshot, insert, update, delete or truncate", e.Op)
 	case e.Position.IsZero():
@@ -92,6 +95,43 @@ func (e *Event) Validate() error {
 	case (e.Op == OpSnapshot || e.Op == OpInsert || e.Op == OpUpdate) && len(e.After) == 0:
 		return fmt.Errorf("%s without after", e.Op)
 	}
+	return nil
+}
+
+// eventFields is Event without its methods, so its JSON methods can use
+// encoding/json for every field but the key.
+type eventFields Event
+
+// eventJSON is an Event as JSON: its fields, and the key as "id" and
+// "id_kind".
+type eventJSON struct {
+	eventFields
+	ID     *string `json:"id"`
+	IDKind KeyKind `json:"id_kind,omitempty"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (e Event) MarshalJSON() ([]byte, error) {
+	id := e.EntityID.String()
+	return json.Marshal(eventJSON{eventFields(e), &id, e.EntityID.Kind()})
+}
+
+// UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
+// its "id_kind" is an error.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	var w eventJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	if w.ID == nil {
+		return errNoKey
+	}
+	key, err := ParseKey(w.IDKind, *w.ID)
+	if err != nil {
+		return err
+	}
+	*e = Event(w.eventFields)
+	e.EntityID = key
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package codecs
 
 import (
+	"encoding/json"
 	"errors"
 	"time"
 )
@@ -12,8 +13,9 @@ import (
 // treat a deleted State as no entity (views do).
 type State struct {
 	// EntityType and EntityID identify the entity.
+	// The key travels as in Event: "id" and "id_kind".
 	EntityType string `json:"type"`
-	EntityID   int64  `json:"id,string"`
+	EntityID   Key    `json:"-"`
 	// Row is the entity's row as of Position; nil when Deleted.
 	Row Row `json:"row"`
 	// Deleted marks an entity whose last change was a delete.
@@ -37,15 +39,52 @@ func (s *State) Validate() error {
 	switch {
 	case s.EntityType == "":
 		return errors.New("type is empty")
+	case s.EntityID.Validate() != nil:
+		return s.EntityID.Validate()
 	case s.Row == nil && !s.Deleted && !s.Truncated:
 		return errors.New("row is missing")
 	case s.Row != nil && s.Deleted:
 		return errors.New("a deleted state has a row")
-	case s.Truncated && (s.Row != nil || s.Deleted || s.EntityID != 0):
+	case s.Truncated && (s.Row != nil || s.Deleted || s.EntityID != Key{}):
 		return errors.New("a truncate marker has a row, an id or a delete")
 	case s.Position.IsZero():
 		return errors.New("position is zero")
 	}
+	return nil
+}
+
+// stateFields is State without its methods (see eventFields).
+type stateFields State
+
+// stateJSON is a State as JSON, its key as "id" and "id_kind".
+type stateJSON struct {
+	stateFields
+	ID     *string `json:"id"`
+	IDKind KeyKind `json:"id_kind,omitempty"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (s State) MarshalJSON() ([]byte, error) {
+	id := s.EntityID.String()
+	return json.Marshal(stateJSON{stateFields(s), &id, s.EntityID.Kind()})
+}
+
+// UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
+// its "id_kind" is an error.
+func (s *State) UnmarshalJSON(b []byte) error {
+	var w stateJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	if w.ID == nil {
+		return errNoKey
+	}
+	key, err := ParseKey(w.IDKind, *w.ID)
+	if err != nil {
+		return err
+	}
+	*s = State(w.stateFields)
+	s.EntityID = key
 	return nil
 }
 

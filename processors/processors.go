@@ -161,21 +161,22 @@ func decodeEvent(gctx goka.Context, o *options, topo *topology.Topology, msg any
 // routeOf finds where a history record goes: from its key and op header
 // when the capture wrote them, else by decoding it (dead-lettering it if it
 // does not decode).
-func routeOf(gctx goka.Context, o *options, topo *topology.Topology, msg any) (typ string, id int64, op codecs.Op, raw []byte, ok bool) {
+func routeOf(gctx goka.Context, o *options, topo *topology.Topology, msg any) (typ, id string, op codecs.Op, raw []byte, ok bool) {
 	raw, _ = msg.([]byte)
 	if hop, found := gctx.Headers()[codecs.HeaderOp]; found {
 		op = codecs.Op(hop)
+		// A type has no "/"; the key's text may (text and composite keys).
 		t, idText, cut := strings.Cut(gctx.Key(), "/")
-		if n, err := strconv.ParseInt(idText, 10, 64); cut && err == nil && op.Valid() {
+		if cut && idText != "" && op.Valid() {
 			o.metrics.in.WithLabelValues(string(gctx.Group())).Inc()
-			return t, n, op, raw, true
+			return t, idText, op, raw, true
 		}
 	}
 	raw, ev, ok := decodeEvent(gctx, o, topo, msg)
 	if !ok {
-		return "", 0, "", raw, false
+		return "", "", "", raw, false
 	}
-	return ev.EntityType, ev.EntityID, ev.Op, raw, true
+	return ev.EntityType, ev.EntityID.String(), ev.Op, raw, true
 }
 
 // NewRouter builds the processor that reads the history and emits every event
@@ -249,7 +250,7 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 			o.metrics.routed.WithLabelValues(typ).Inc()
 			return
 		}
-		gctx.Emit(r.stream, strconv.FormatInt(id, 10), raw, goka.WithCtxEmitHeaders(gctx.Headers()))
+		gctx.Emit(r.stream, id, raw, goka.WithCtxEmitHeaders(gctx.Headers()))
 		o.metrics.routed.WithLabelValues(typ).Inc()
 	}
 	edges = append([]goka.Edge{goka.Input(goka.Stream(topo.History()), new(codec.Bytes), route)}, edges...)
@@ -374,8 +375,8 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 			o.metrics.applied.WithLabelValues(entityType, string(ev.Op)).Inc()
 			return
 		}
-		if ev.EntityType != entityType || strconv.FormatInt(ev.EntityID, 10) != gctx.Key() {
-			deadLetter(gctx, o, topo, raw, dlWrongKey, fmt.Sprintf("event of %s %d under key %q in the %s topic", ev.EntityType, ev.EntityID, gctx.Key(), entityType))
+		if ev.EntityType != entityType || ev.EntityID.String() != gctx.Key() {
+			deadLetter(gctx, o, topo, raw, dlWrongKey, fmt.Sprintf("event of %s %s under key %q in the %s topic", ev.EntityType, ev.EntityID, gctx.Key(), entityType))
 			return
 		}
 		cur, _ := gctx.Value().(*codecs.State)

@@ -40,8 +40,9 @@ func (h *partHeap) Pop() any {
 	return x
 }
 
-// merge opens an iterator over the ids in [first, last] of every partition.
-func (v *View) merge(first, last int64) (*merged, error) {
+// merge opens an iterator over the keys in [first, last] of every
+// partition; nil bounds are the first and the last key of all.
+func (v *View) merge(first, last *codecs.Key) (*merged, error) {
 	m := &merged{}
 	for p := range v.stores {
 		st := v.stores[p].Load()
@@ -82,9 +83,9 @@ func (m *merged) next() bool {
 
 func (m *merged) value() []byte                { return m.cur.it.Value() }
 func (m *merged) truncatedAt() codecs.Position { return m.cur.at }
-func (m *merged) id() int64 {
-	id, _ := entityID(m.cur.it.Key())
-	return id
+func (m *merged) key() codecs.Key {
+	k, _ := keyOfLocal(m.cur.it.Key())
+	return k
 }
 func (m *merged) err() error { return errors.Join(m.errs...) }
 

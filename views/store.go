@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -25,20 +24,51 @@ import (
 
 // Local storage layout, one goleveldb database per table partition:
 //
-//	'e' + 8 bytes big-endian (id XOR 1<<63)   an entity's state, as the table holds it
+//	'e' + 8 bytes big-endian (id XOR 1<<63)   the state of an entity with an integer key
+//	'k' + kind byte + key text                the state of an entity with a uuid, text or composite key
 //	't'                                       the partition's TRUNCATE marker
 //	"__offset"                                goka's offset key: the next record to read
 //	"__format"                                storageFormat
 //
-// Entity keys sort like their ids, so ranges and pages are ordered by id, and
-// a merge over the partitions is ordered too.
+// Local keys sort as codecs.Key.Compare orders keys (integers by value, the
+// other kinds by the bytes of their text), so ranges and pages are ordered,
+// and a merge over the partitions is ordered too. Storage written before
+// other kinds existed holds 'e' keys only and is read as it is.
 const (
 	storageFormat = "changes.view.v1"
 	formatKey     = "__format"
 	offsetKey     = "__offset" // goka's storage.offsetKey
 	entityPrefix  = 'e'
+	keyedPrefix   = 'k'
 	markerKey     = "t"
 )
+
+// entityKeys is the range of every entity's local key: 'e' and 'k' keys.
+var entityKeys = &util.Range{Start: []byte{entityPrefix}, Limit: []byte{keyedPrefix + 1}}
+
+// localKey is the local key of the entity with key k.
+func localKey(k codecs.Key) []byte {
+	if id, ok := k.Int(); ok {
+		return entityKey(id)
+	}
+	text := k.String()
+	b := make([]byte, 2+len(text))
+	b[0], b[1] = keyedPrefix, byte(k.Kind())
+	copy(b[2:], text)
+	return b
+}
+
+// keyOfLocal decodes a local entity key.
+func keyOfLocal(b []byte) (codecs.Key, bool) {
+	if id, ok := entityID(b); ok {
+		return codecs.IntKey(id), true
+	}
+	if len(b) < 2 || b[0] != keyedPrefix {
+		return codecs.Key{}, false
+	}
+	k, err := codecs.ParseKey(codecs.KeyKind(b[1]), string(b[2:]))
+	return k, err == nil
+}
 
 // entityKey is the local key of entity id.
 func entityKey(id int64) []byte {
@@ -365,10 +395,38 @@ func (s *store) IteratorWithRange(start, limit []byte) (gokastorage.Iterator, er
 	return &storeIterator{s.db.NewIterator(r, &opt.ReadOptions{DontFillCache: true})}, nil
 }
 
-// entities iterates the entity keys with ids in [from, to].
-func (s *store) entities(from, to int64) iterator.Iterator {
-	limit := append(entityKey(to), 0) // the smallest key after to's
-	return s.db.NewIterator(&util.Range{Start: entityKey(from), Limit: limit}, &opt.ReadOptions{DontFillCache: true})
+// entities iterates the entities with keys in [from, to] (as
+// codecs.Key.Compare orders them); a nil bound is the first or last key of
+// all.
+func (s *store) entities(from, to *codecs.Key) iterator.Iterator {
+	r := *entityKeys
+	if from != nil {
+		r.Start = localKey(*from)
+	}
+	if to != nil {
+		r.Limit = append(localKey(*to), 0) // the smallest key after to's
+	}
+	return s.db.NewIterator(&r, &opt.ReadOptions{DontFillCache: true})
+}
+
+// allEntities iterates every entity, of every key kind.
+func (s *store) allEntities() iterator.Iterator { return s.entities(nil, nil) }
+
+// kinds returns the key kinds the storage holds entities of, as a bit set
+// (1 << kind).
+func (s *store) kinds() uint32 {
+	var set uint32
+	it := s.db.NewIterator(nil, &opt.ReadOptions{DontFillCache: true})
+	defer it.Release()
+	if it.Seek([]byte{entityPrefix}) && it.Key()[0] == entityPrefix {
+		set |= 1 << codecs.KeyInteger
+	}
+	for kind := codecs.KeyUUID; kind <= codecs.KeyComposite; kind++ {
+		if it.Seek([]byte{keyedPrefix, byte(kind)}) && len(it.Key()) >= 2 && it.Key()[0] == keyedPrefix && it.Key()[1] == byte(kind) {
+			set |= 1 << kind
+		}
+	}
+	return set
 }
 
 type storeIterator struct{ it iterator.Iterator }
@@ -402,7 +460,7 @@ func (s *store) countAlive() (int64, error) {
 		return 0, err
 	}
 	at := s.truncatedAt()
-	it := s.entities(math.MinInt64, math.MaxInt64)
+	it := s.allEntities()
 	defer it.Release()
 	var n int64
 	for it.Next() {
@@ -427,7 +485,7 @@ func (s *store) setMarker(raw []byte) error {
 		return fmt.Errorf("truncate marker: %w", err)
 	}
 	if !m.Truncated {
-		return fmt.Errorf("truncate marker: the record is not one (entity %d)", m.EntityID)
+		return fmt.Errorf("truncate marker: the record is not one (entity %s)", m.EntityID)
 	}
 	s.marker.Store(&m.Position)
 	return nil
@@ -458,11 +516,11 @@ func (s *store) alive(raw []byte) bool {
 
 // hidden calls fn with the id of every entity a TRUNCATE at position at
 // hides that was visible under the marker before, at position before.
-func (s *store) hidden(before, at codecs.Position, fn func(id int64)) error {
+func (s *store) hidden(before, at codecs.Position, fn func(id codecs.Key)) error {
 	if err := s.commit(); err != nil {
 		return err
 	}
-	it := s.entities(math.MinInt64, math.MaxInt64)
+	it := s.allEntities()
 	defer it.Release()
 	for it.Next() {
 		if isDeletedState(it.Value()) {

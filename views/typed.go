@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"iter"
-	"math"
 	"time"
 
 	"github.com/changes-dev/changes/codecs"
@@ -14,7 +13,10 @@ import (
 // Entity is one entity of a Typed view: its row decoded into T, with where
 // it stands in the history.
 type Entity[T any] struct {
+	// ID is the id of an entity whose key is an integer; 0 for other keys.
 	ID int64
+	// Key is the entity's key, of any kind.
+	Key codecs.Key
 	// Value is the row decoded into T (see codecs.Row.Decode).
 	Value T
 	// Position is the position of the entity's last change.
@@ -61,26 +63,47 @@ func (t *Typed[T]) Get(ctx context.Context, id int64) (e Entity[T], ok bool, err
 	return e, err == nil, err
 }
 
-// All iterates every entity in id order.
-func (t *Typed[T]) All(ctx context.Context) iter.Seq2[Entity[T], error] {
-	return t.Range(ctx, math.MinInt64, math.MaxInt64)
+// GetKey is Get by a key of any kind (see View.GetKey).
+func (t *Typed[T]) GetKey(ctx context.Context, k codecs.Key) (e Entity[T], ok bool, err error) {
+	st, err := t.View.GetKey(ctx, k)
+	if err != nil || st == nil {
+		return e, false, err
+	}
+	e, err = decodeEntity[T](t.entityType, st)
+	return e, err == nil, err
 }
 
-// Range iterates the entities with ids from first to last (both included)
-// in id order; an error (a row that does not decode into T included) ends
-// the iteration.
-func (t *Typed[T]) Range(ctx context.Context, first, last int64) iter.Seq2[Entity[T], error] {
+// All iterates every entity in key order.
+func (t *Typed[T]) All(ctx context.Context) iter.Seq2[Entity[T], error] {
+	return typedSeq[T](t.entityType, t.View.All(ctx))
+}
+
+// RangeKeys iterates the entities with keys from first to last, both
+// included, in the order of View.RangeKeys.
+func (t *Typed[T]) RangeKeys(ctx context.Context, first, last codecs.Key) iter.Seq2[Entity[T], error] {
+	return typedSeq[T](t.entityType, t.View.RangeKeys(ctx, first, last))
+}
+
+// typedSeq decodes the states of seq into entities.
+func typedSeq[T any](entityType string, seq iter.Seq2[*codecs.State, error]) iter.Seq2[Entity[T], error] {
 	return func(yield func(Entity[T], error) bool) {
-		for st, err := range t.View.Range(ctx, first, last) {
+		for st, err := range seq {
 			var e Entity[T]
 			if err == nil {
-				e, err = decodeEntity[T](t.entityType, st)
+				e, err = decodeEntity[T](entityType, st)
 			}
 			if !yield(e, err) || err != nil {
 				return
 			}
 		}
 	}
+}
+
+// Range iterates the entities with ids from first to last (both included)
+// in id order; an error (a row that does not decode into T included) ends
+// the iteration.
+func (t *Typed[T]) Range(ctx context.Context, first, last int64) iter.Seq2[Entity[T], error] {
+	return typedSeq[T](t.entityType, t.View.Range(ctx, first, last))
 }
 
 // Each calls fn for every entity in id order until fn returns an error,
@@ -154,9 +177,10 @@ func (s *TypedSubscription[T]) Changes(ctx context.Context) iter.Seq2[Change[T],
 }
 
 func decodeEntity[T any](entityType string, st *codecs.State) (Entity[T], error) {
-	e := Entity[T]{ID: st.EntityID, Position: st.Position, CommitTime: st.CommitTime}
+	id, _ := st.EntityID.Int()
+	e := Entity[T]{ID: id, Key: st.EntityID, Position: st.Position, CommitTime: st.CommitTime}
 	if err := st.Row.Decode(&e.Value); err != nil {
-		return e, fmt.Errorf("view %s: entity %d does not decode into %T: %w", entityType, st.EntityID, e.Value, err)
+		return e, fmt.Errorf("view %s: entity %s does not decode into %T: %w", entityType, st.EntityID, e.Value, err)
 	}
 	return e, nil
 }

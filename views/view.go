@@ -1,12 +1,12 @@
 package views
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
-	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,8 +31,8 @@ var ErrNotRunning = errors.New("view is not running")
 // Update is one change of a view's table, as seen by an UpdateHook or a
 // Subscription.
 type Update struct {
-	// EntityID is the id of the changed entity.
-	EntityID int64
+	// EntityID is the key of the changed entity.
+	EntityID codecs.Key
 	// State is the entity's new state; nil when it was deleted (a deleted
 	// state, the tombstone that follows it, or a TRUNCATE that hides it).
 	State *codecs.State
@@ -103,6 +103,7 @@ type View struct {
 	metrics    *metrics
 
 	stores []atomic.Pointer[store] // by partition; set while goka has the partition open
+	kinds  atomic.Uint32           // the key kinds of the entities stored, a bit (1 << kind) each
 	alive  []atomic.Int64          // entities per partition
 	queued []updateQueue           // by partition: updates to publish once committed
 
@@ -236,6 +237,7 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 		return nil, err
 	}
 	v.alive[partition].Store(n)
+	v.sawKinds(s.kinds())
 	s.onCommit = func() { v.publishCommitted(partition) }
 	v.stores[partition].Store(s)
 	return &partitionStore{store: s, v: v, partition: partition, opened: time.Now()}, nil
@@ -344,19 +346,18 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 		}
 		v.alive[p].Store(n)
 		if notify {
-			return st.hidden(before, st.truncatedAt(), func(id int64) {
+			return st.hidden(before, st.truncatedAt(), func(id codecs.Key) {
 				v.queue(p, Update{EntityID: id, Partition: p, Offset: uctx.Offset(), Recovering: recovering})
 			})
 		}
 		return nil
 	}
-	id, err := strconv.ParseInt(key, 10, 64)
+	k, lk, err := v.localKeyOf(s, key, value)
 	if err != nil {
 		v.metrics.badRecords.Inc()
-		v.log.Error("table key is not an entity id: record not applied", "key", key, "partition", p, "offset", uctx.Offset())
+		v.log.Error("table key is not an entity key: record not applied", "key", key, "partition", p, "offset", uctx.Offset(), "err", err)
 		return nil
 	}
-	lk := string(entityKey(id))
 	old, err := s.Get(lk)
 	if err != nil {
 		return err
@@ -368,16 +369,90 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	if !notify {
 		return nil
 	}
-	u := Update{EntityID: id, Partition: p, Offset: uctx.Offset(), Recovering: recovering, Tombstone: value == nil}
+	u := Update{EntityID: k, Partition: p, Offset: uctx.Offset(), Recovering: recovering, Tombstone: value == nil}
 	if st.alive(value) {
 		if u.State, err = (codecs.StateCodec{}).Decode(value); err != nil {
 			v.metrics.badRecords.Inc()
-			v.log.Error("table record does not decode", "entity_id", id, "partition", p, "offset", uctx.Offset(), "err", err)
+			v.log.Error("table record does not decode", "entity_id", key, "partition", p, "offset", uctx.Offset(), "err", err)
 			return nil
 		}
 	}
 	v.queue(p, u)
 	return nil
+}
+
+// kindSuffixes end the JSON of a state whose key is not an integer:
+// StateCodec writes "id_kind" last.
+var kindSuffixes = [...][]byte{
+	codecs.KeyUUID:      []byte(`"id_kind":"uuid"}`),
+	codecs.KeyText:      []byte(`"id_kind":"text"}`),
+	codecs.KeyComposite: []byte(`"id_kind":"composite"}`),
+}
+
+// localKeyOf returns the entity key and the local key of a table record
+// with key text and value (nil: a tombstone). A state says its key's kind;
+// for a tombstone it is the kind of the state stored under text, looked up
+// among the kinds text can be.
+func (v *View) localKeyOf(s gokastorage.Storage, text string, value []byte) (codecs.Key, string, error) {
+	kind := codecs.KeyInteger
+	if value != nil {
+		for k := codecs.KeyUUID; k <= codecs.KeyComposite; k++ {
+			if bytes.HasSuffix(value, kindSuffixes[k]) {
+				kind = k
+			}
+		}
+		key, err := codecs.ParseKey(kind, text)
+		if err != nil {
+			return key, "", err
+		}
+		v.sawKinds(1 << kind)
+		return key, string(localKey(key)), nil
+	}
+	for k := codecs.KeyInteger; k <= codecs.KeyComposite; k++ {
+		key, err := codecs.ParseKey(k, text)
+		if err != nil {
+			continue
+		}
+		lk := string(localKey(key))
+		if old, err := s.Get(lk); err != nil || old != nil {
+			return key, lk, err
+		}
+	}
+	return codecs.Key{}, "", fmt.Errorf("a tombstone of no entity stored")
+}
+
+// sawKinds adds the bit set kinds to the kinds the view holds.
+func (v *View) sawKinds(kinds uint32) {
+	for {
+		old := v.kinds.Load()
+		if old|kinds == old || v.kinds.CompareAndSwap(old, old|kinds) {
+			return
+		}
+	}
+}
+
+// ParseKey returns the key of this view's entity whose key text is s (an
+// HTTP path segment, unescaped): of the kind of the keys the view holds. A
+// view that holds no entity yet takes s as an integer if it is one, else as
+// a uuid, a composite key or a text, in that order; every key of a
+// view is of one kind, the kind of its table's key columns.
+func (v *View) ParseKey(s string) (codecs.Key, error) {
+	kinds := v.kinds.Load()
+	for k := codecs.KeyInteger; k <= codecs.KeyComposite; k++ {
+		if kinds == 1<<k {
+			key, err := codecs.ParseKey(k, s)
+			if err != nil {
+				return key, fmt.Errorf("view %s holds %s keys: %w", v.entityType, k, err)
+			}
+			return key, nil
+		}
+	}
+	for _, k := range []codecs.KeyKind{codecs.KeyInteger, codecs.KeyUUID, codecs.KeyComposite, codecs.KeyText} {
+		if key, err := codecs.ParseKey(k, s); err == nil {
+			return key, nil
+		}
+	}
+	return codecs.ParseKey(codecs.KeyText, s)
 }
 
 func setOrDelete(s gokastorage.Storage, key string, value []byte) error {
@@ -709,29 +784,41 @@ func (v *View) lagClient() (sarama.Client, error) {
 	return v.client, nil
 }
 
-// Get returns the latest state of the entity with id, or nil if the view has
-// none (never written, deleted or truncated).
+// Get returns the latest state of the entity with integer id, or nil if the
+// view has none (never written, deleted or truncated). It is GetKey for an
+// integer key, without building one.
 func (v *View) Get(ctx context.Context, id int64) (*codecs.State, error) {
+	return v.get(ctx, strconv.FormatInt(id, 10), entityKey(id))
+}
+
+// GetKey returns the latest state of the entity with key k, of any kind, or
+// nil if the view has none.
+func (v *View) GetKey(ctx context.Context, k codecs.Key) (*codecs.State, error) {
+	return v.get(ctx, k.String(), localKey(k))
+}
+
+// get reads the entity whose key has text and local key lk.
+func (v *View) get(ctx context.Context, text string, lk []byte) (*codecs.State, error) {
 	start := time.Now()
 	defer v.metrics.observeGet(start)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	st := v.stores[topology.PartitionOf(strconv.FormatInt(id, 10), v.partitions)].Load()
+	st := v.stores[topology.PartitionOf(text, v.partitions)].Load()
 	if st == nil || !st.acquire() {
-		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, ErrNotRunning)
+		return nil, fmt.Errorf("view %s get %q: %w", v.entityType, text, ErrNotRunning)
 	}
 	defer st.release()
-	raw, err := st.Get(string(entityKey(id)))
+	raw, err := st.Get(string(lk))
 	if err != nil {
-		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
+		return nil, fmt.Errorf("view %s get %q: %w", v.entityType, text, err)
 	}
 	if raw == nil || isDeletedState(raw) {
 		return nil, nil
 	}
 	state, err := (codecs.StateCodec{}).Decode(raw)
 	if err != nil {
-		return nil, fmt.Errorf("view %s get %d: %w", v.entityType, id, err)
+		return nil, fmt.Errorf("view %s get %q: %w", v.entityType, text, err)
 	}
 	if !codecs.VisibleAfter(st.truncatedAt(), state) {
 		return nil, nil
@@ -739,9 +826,25 @@ func (v *View) Get(ctx context.Context, id int64) (*codecs.State, error) {
 	return state, nil
 }
 
-// All iterates every entity of the view in id order.
+// All iterates every entity of the view in key order (see RangeKeys).
 func (v *View) All(ctx context.Context) iter.Seq2[*codecs.State, error] {
-	return v.Range(ctx, math.MinInt64, math.MaxInt64)
+	return v.iterate(ctx, nil, nil)
+}
+
+// After iterates the entities whose keys come after k (k excluded) to the
+// end, in key order (see RangeKeys): the next page after a page that ended
+// at k.
+func (v *View) After(ctx context.Context, k codecs.Key) iter.Seq2[*codecs.State, error] {
+	return func(yield func(*codecs.State, error) bool) {
+		for st, err := range v.iterate(ctx, &k, nil) {
+			if err == nil && st.EntityID == k {
+				continue
+			}
+			if !yield(st, err) {
+				return
+			}
+		}
+	}
 }
 
 // Range iterates the entities with ids from first to last (both included) in
@@ -752,10 +855,29 @@ func (v *View) All(ctx context.Context) iter.Seq2[*codecs.State, error] {
 // iteration. The view's storage stays open until the iteration ends: do not
 // keep an iteration open for long.
 func (v *View) Range(ctx context.Context, first, last int64) iter.Seq2[*codecs.State, error] {
+	if first > last {
+		return func(func(*codecs.State, error) bool) {}
+	}
+	f, l := codecs.IntKey(first), codecs.IntKey(last)
+	return v.iterate(ctx, &f, &l)
+}
+
+// RangeKeys iterates the entities with keys from first to last (both
+// included) in the order of codecs.Key.Compare: integer keys by value, uuid
+// and text keys by the bytes of their text (their natural order, as
+// PostgreSQL's "C" collation sorts text), composite keys by the bytes of
+// their canonical JSON text. It reads as Range does.
+func (v *View) RangeKeys(ctx context.Context, first, last codecs.Key) iter.Seq2[*codecs.State, error] {
+	if first.Compare(last) > 0 {
+		return func(func(*codecs.State, error) bool) {}
+	}
+	return v.iterate(ctx, &first, &last)
+}
+
+// iterate iterates the keys from first to last, both included; nil for
+// the first or the last key of all.
+func (v *View) iterate(ctx context.Context, first, last *codecs.Key) iter.Seq2[*codecs.State, error] {
 	return func(yield func(*codecs.State, error) bool) {
-		if first > last {
-			return
-		}
 		m, err := v.merge(first, last)
 		if err != nil {
 			yield(nil, err)
@@ -773,7 +895,7 @@ func (v *View) Range(ctx context.Context, first, last int64) iter.Seq2[*codecs.S
 			}
 			state, err := (codecs.StateCodec{}).Decode(raw)
 			if err != nil {
-				yield(nil, fmt.Errorf("view %s: entity %d: %w", v.entityType, m.id(), err))
+				yield(nil, fmt.Errorf("view %s: entity %q: %w", v.entityType, m.key(), err))
 				return
 			}
 			if !codecs.VisibleAfter(m.truncatedAt(), state) {
@@ -789,7 +911,7 @@ func (v *View) Range(ctx context.Context, first, last int64) iter.Seq2[*codecs.S
 	}
 }
 
-// Each calls fn for every entity in id order until fn returns an error,
+// Each calls fn for every entity in key order until fn returns an error,
 // which Each returns.
 func (v *View) Each(fn func(*codecs.State) error) error {
 	for st, err := range v.All(context.Background()) {

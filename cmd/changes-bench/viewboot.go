@@ -124,7 +124,7 @@ func (b *bench) writeStates(ctx context.Context, n int) error {
 			"attrs":      json.RawMessage(`{"k": 1, "tags": ["a", "b"]}`),
 			"updated_at": json.RawMessage(`"` + now.Format(time.RFC3339Nano) + `"`),
 		}
-		value, err := codecs.StateCodec{}.Encode(&codecs.State{EntityType: viewBenchType, EntityID: id, Row: row,
+		value, err := codecs.StateCodec{}.Encode(&codecs.State{EntityType: viewBenchType, EntityID: codecs.IntKey(id), Row: row,
 			Position: codecs.Position{CommitLSN: codecs.LSN(1000 + id)}, CommitTime: now, AppliedTime: now})
 		if err != nil {
 			producer.Close()

@@ -129,7 +129,7 @@ func runAudit(ctx context.Context, e *env, window time.Duration) error {
 		fmt.Fprintln(stdout, "  "+a.String())
 	}
 	for _, s := range res.Stale {
-		fmt.Fprintf(stdout, "  stale: %s %d: the table has not reached position %s (history offset %d, committed %s; table at %s)\n",
+		fmt.Fprintf(stdout, "  stale: %s %s: the table has not reached position %s (history offset %d, committed %s; table at %s)\n",
 			s.EntityType, s.EntityID, s.Position, s.Offset, s.Since.UTC().Format(time.RFC3339Nano), s.TablePosition)
 	}
 	if n := len(res.Anomalies) + len(res.Stale); n > 0 {

@@ -7,12 +7,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/changes-dev/changes/codecs"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -191,21 +191,31 @@ func serveWarnings(addr net.Addr, tokens, tls bool) []string {
 // asofFlags are the flags of `changes asof`.
 type asofFlags struct {
 	at, typ string
-	id      int64
+	id      codecs.Key
 	hasID   bool
 }
 
 func (f *asofFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.at, "at", "", "the moment: an RFC 3339 time (2026-11-25T10:05:00Z) or a history offset (required)")
 	fs.StringVar(&f.typ, "type", "", "entity type (required)")
-	fs.Func("id", "entity id; without it, every entity of the type", func(s string) error {
-		id, err := strconv.ParseInt(s, 10, 64)
+	fs.Func("id", "entity key, as its events' \"id\" writes it (42, a uuid, a text, [\"a\",\"1\"]); without it, every entity of the type", func(s string) error {
+		id, err := keyText(s)
 		if err != nil {
-			return fmt.Errorf("%q is not a 64-bit integer", s)
+			return err
 		}
 		f.id, f.hasID = id, true
 		return nil
 	})
+}
+
+// keyText is the key whose text is s, of whatever kind: the history matches
+// an entity's changes by the text of its key, and a type's keys are all of
+// one kind.
+func keyText(s string) (codecs.Key, error) {
+	if k, err := codecs.ParseKey(codecs.KeyInteger, s); err == nil {
+		return k, nil
+	}
+	return codecs.ParseKey(codecs.KeyText, s)
 }
 
 // runAsOf prints the state of one entity, or of every entity of a type, at

@@ -157,7 +157,8 @@ func follow(ctx context.Context, sub *views.TypedSubscription[Account], inactive
 			log.Error("account does not decode", "id", c.EntityID, "err", err)
 		case c.Entity == nil:
 			log.Info("account deleted", "id", c.EntityID)
-			delete(inactive, c.EntityID)
+			id, _ := c.EntityID.Int() // accounts are keyed by an integer id
+			delete(inactive, id)
 		default:
 			a := c.Entity.Value
 			if !a.Active && !inactive[a.ID] {

@@ -32,7 +32,7 @@ func QuoteTable(table string) string {
 // QuoteTable) as the capture would encode it, keyed by the id column. Values
 // are read in text format, the form pgoutput sends, and mapped with
 // codecs.ColumnValue.
-func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[int64]codecs.Row, error) {
+func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[codecs.Key]codecs.Row, error) {
 	return query(ctx, conn, table, idColumn, "select * from "+QuoteTable(table))
 }
 
@@ -43,14 +43,14 @@ func Row(ctx context.Context, conn *pgx.Conn, table, idColumn string, id int64) 
 	if err != nil {
 		return nil, err
 	}
-	return rows[id], nil
+	return rows[codecs.IntKey(id)], nil
 }
 
 // DiffRow describes the first difference between a row of the database and
 // the row of a state; empty means equal.
 func DiffRow(db, view codecs.Row) string { return diffRow(db, view) }
 
-func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, args ...any) (map[int64]codecs.Row, error) {
+func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, args ...any) (map[codecs.Key]codecs.Row, error) {
 	rows, err := conn.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", table, err)
@@ -69,7 +69,7 @@ func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, arg
 	if idIndex < 0 {
 		return nil, fmt.Errorf("%s has no id column %s", table, idColumn)
 	}
-	out := map[int64]codecs.Row{}
+	out := map[codecs.Key]codecs.Row{}
 	for rows.Next() {
 		// RawValues reuses its buffers from row to row: the mapping copies.
 		raw := rows.RawValues()
@@ -81,28 +81,28 @@ func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, arg
 		if err != nil {
 			return nil, fmt.Errorf("%s.%s: %w", table, idColumn, err)
 		}
-		out[id] = row
+		out[codecs.IntKey(id)] = row
 	}
 	return out, rows.Err()
 }
 
 // Diff lists the differences between the rows of a table and the states of a
 // view, at most max of them, sorted; empty means equal.
-func Diff(db map[int64]codecs.Row, view map[int64]*codecs.State, max int) []string {
+func Diff(db map[codecs.Key]codecs.Row, view map[codecs.Key]*codecs.State, max int) []string {
 	var diffs []string
 	for id, row := range db {
 		st, ok := view[id]
 		if !ok {
-			diffs = append(diffs, fmt.Sprintf("id %d: in the database, not in the view", id))
+			diffs = append(diffs, fmt.Sprintf("id %s: in the database, not in the view", id))
 			continue
 		}
 		if d := diffRow(row, st.Row); d != "" {
-			diffs = append(diffs, fmt.Sprintf("id %d: %s", id, d))
+			diffs = append(diffs, fmt.Sprintf("id %s: %s", id, d))
 		}
 	}
 	for id := range view {
 		if _, ok := db[id]; !ok {
-			diffs = append(diffs, fmt.Sprintf("id %d: in the view, not in the database", id))
+			diffs = append(diffs, fmt.Sprintf("id %s: in the view, not in the database", id))
 		}
 	}
 	sort.Strings(diffs)
@@ -134,8 +134,8 @@ func diffRow(db, view codecs.Row) string {
 type Each func(fn func(*codecs.State) error) error
 
 // Collect gathers the states of a view by id.
-func Collect(each Each) (map[int64]*codecs.State, error) {
-	out := map[int64]*codecs.State{}
+func Collect(each Each) (map[codecs.Key]*codecs.State, error) {
+	out := map[codecs.Key]*codecs.State{}
 	err := each(func(s *codecs.State) error { out[s.EntityID] = s; return nil })
 	return out, err
 }

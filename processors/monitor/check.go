@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"maps"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/changes-dev/changes/codecs"
@@ -50,7 +49,7 @@ type Anomaly struct {
 	// UnknownPosition, NeverApplied or Undecodable.
 	Kind       string
 	EntityType string
-	EntityID   int64
+	EntityID   string
 	Position   codecs.Position
 	// Topic, Partition and Offset locate the record.
 	Topic     string
@@ -61,14 +60,14 @@ type Anomaly struct {
 }
 
 func (a Anomaly) String() string {
-	return fmt.Sprintf("%s: %s %d at %s (%s/%d@%d): %s", a.Kind, a.EntityType, a.EntityID, a.Position, a.Topic, a.Partition, a.Offset, a.Detail)
+	return fmt.Sprintf("%s: %s %s at %s (%s/%d@%d): %s", a.Kind, a.EntityType, a.EntityID, a.Position, a.Topic, a.Partition, a.Offset, a.Detail)
 }
 
 // Stale is an entity whose snapshot table has not reached its latest
 // history event within the bound.
 type Stale struct {
 	EntityType string
-	EntityID   int64
+	EntityID   string
 	// Position and Offset are those of the oldest history event the table
 	// has not reached.
 	Position codecs.Position
@@ -81,7 +80,7 @@ type Stale struct {
 
 type entityKey struct {
 	typ string
-	id  int64
+	id  string // the key's text: a type's keys are all of one kind
 }
 
 // event is a history event the checker remembers.
@@ -178,7 +177,7 @@ func (c *Checker) Begin(after codecs.Position) {
 // records that were waiting for the history to reach their position.
 func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anomaly {
 	var out []Anomaly
-	where := Anomaly{EntityType: ev.EntityType, EntityID: ev.EntityID, Position: ev.Position, Topic: c.history, Offset: offset}
+	where := Anomaly{EntityType: ev.EntityType, EntityID: ev.EntityID.String(), Position: ev.Position, Topic: c.history, Offset: offset}
 	reordered := false
 	if c.started {
 		switch cmp := ev.Position.Compare(c.last); {
@@ -210,7 +209,7 @@ func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anoma
 	}
 	// Remembered even when undeclared: it holds its position, so a copy of
 	// it is a duplicate and a table state at it is unknown.
-	e := &event{key: entityKey{ev.EntityType, ev.EntityID}, pos: ev.Position, offset: offset, op: ev.Op,
+	e := &event{key: entityKey{ev.EntityType, ev.EntityID.String()}, pos: ev.Position, offset: offset, op: ev.Op,
 		hash: eventHash(ev), unchanged: ev.Unchanged, seen: now}
 	c.byPos[ev.Position] = e
 	c.log = append(c.log, e)
@@ -297,12 +296,12 @@ func (c *Checker) IsSnapshot(pos codecs.Position) bool {
 // Table feeds the record at partition/offset of entityType's snapshot table:
 // key and st, its decoded value (nil for a tombstone).
 func (c *Checker) Table(entityType string, topic string, partition int32, offset int64, key string, st *codecs.State, now time.Time) []Anomaly {
-	id, idErr := strconv.ParseInt(key, 10, 64)
+	id := key
 	if st == nil {
 		// A tombstone follows a deleted state: pending events up to the
 		// entity's last delete are reached (its deleted state may have been
 		// compacted away).
-		if e := c.entities[entityKey{entityType, id}]; idErr == nil && e != nil {
+		if e := c.entities[entityKey{entityType, id}]; e != nil {
 			last := -1
 			for i, p := range e.pending {
 				if p.op == codecs.OpDelete {
@@ -313,13 +312,13 @@ func (c *Checker) Table(entityType string, topic string, partition int32, offset
 		}
 		return nil
 	}
-	where := Anomaly{EntityType: entityType, EntityID: st.EntityID, Position: st.Position, Topic: topic, Partition: partition, Offset: offset}
+	where := Anomaly{EntityType: entityType, EntityID: st.EntityID.String(), Position: st.Position, Topic: topic, Partition: partition, Offset: offset}
 	if st.Truncated {
 		c.truncated(entityType, partition, st.Position)
 		return nil
 	}
-	if idErr != nil || id != st.EntityID {
-		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("key %q holds the state of entity %d", key, st.EntityID)
+	if id != st.EntityID.String() {
+		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("key %q holds the state of entity %q", key, st.EntityID)
 		return []Anomaly{where}
 	}
 	k := entityKey{entityType, id}
@@ -382,7 +381,7 @@ func (c *Checker) truncated(entityType string, partition int32, at codecs.Positi
 		if k.typ != entityType || len(e.pending) == 0 {
 			continue
 		}
-		if n, ok := c.partitions[k.typ]; ok && topology.PartitionOf(strconv.FormatInt(k.id, 10), n) != partition {
+		if n, ok := c.partitions[k.typ]; ok && topology.PartitionOf(k.id, n) != partition {
 			continue
 		}
 		n := 0

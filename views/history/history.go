@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -241,7 +240,7 @@ type Change struct {
 // Changes lists the changes of one entity in [from, to) in history order,
 // truncates of its type included (their entity id is 0). It holds them all
 // in memory; ChangesSeq reads them one by one.
-func (r *Reader) Changes(ctx context.Context, entityType string, id int64, from, to int64) ([]Change, error) {
+func (r *Reader) Changes(ctx context.Context, entityType string, id codecs.Key, from, to int64) ([]Change, error) {
 	var out []Change
 	for c, err := range r.ChangesSeq(ctx, entityType, id, from, to) {
 		if err != nil {
@@ -255,9 +254,9 @@ func (r *Reader) Changes(ctx context.Context, entityType string, id int64, from,
 // ChangesSeq yields the changes Changes lists, as it reads them: a caller
 // that stops early (a page of the query server) stops the read there. An
 // error ends the sequence.
-func (r *Reader) ChangesSeq(ctx context.Context, entityType string, id int64, from, to int64) iter.Seq2[Change, error] {
+func (r *Reader) ChangesSeq(ctx context.Context, entityType string, id codecs.Key, from, to int64) iter.Seq2[Change, error] {
 	return func(yield func(Change, error) bool) {
-		key := entityType + "/" + strconv.FormatInt(id, 10)
+		key := entityType + "/" + id.String()
 		truncKey := entityType + "/0"
 		stopped := false
 		err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
@@ -268,7 +267,7 @@ func (r *Reader) ChangesSeq(ctx context.Context, entityType string, id int64, fr
 			if err != nil {
 				return false, err
 			}
-			if ev.EntityType == entityType && (ev.EntityID == id || ev.Op == codecs.OpTruncate) {
+			if ev.EntityType == entityType && (ev.Op == codecs.OpTruncate || ev.EntityID.String() == id.String()) {
 				stopped = !yield(Change{Offset: off, Event: ev}, nil)
 			}
 			return !stopped, nil
@@ -282,7 +281,7 @@ func (r *Reader) ChangesSeq(ctx context.Context, entityType string, id int64, fr
 // CurrentFunc returns an entity's current state (nil if it has none) from a
 // source the caller trusts to be caught up with the history, such as a
 // recovered view.
-type CurrentFunc func(ctx context.Context, id int64) (*codecs.State, error)
+type CurrentFunc func(ctx context.Context, id codecs.Key) (*codecs.State, error)
 
 // EntityAt returns the state of one entity after the history's changes
 // before offset end (see OffsetAt), or nil if it did not exist then.
@@ -292,7 +291,7 @@ type CurrentFunc func(ctx context.Context, id int64) (*codecs.State, error)
 // change after end is an insert it did not exist; if it has no change at
 // all, current (when not nil) gives it, checked against the history's
 // changes made meanwhile; otherwise the answer is ErrOlderThanHistory.
-func (r *Reader) EntityAt(ctx context.Context, entityType string, id int64, end int64, current CurrentFunc) (*codecs.State, error) {
+func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key, end int64, current CurrentFunc) (*codecs.State, error) {
 	b, err := r.Bounds(ctx)
 	if err != nil {
 		return nil, err

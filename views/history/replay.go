@@ -14,7 +14,7 @@ import (
 type replay struct {
 	// states holds each entity's last state that still holds (see
 	// codecs.State.Holds), deleted ones included unless dropDeleted.
-	states      map[int64]*codecs.State
+	states      map[codecs.Key]*codecs.State
 	truncatedAt codecs.Position // the type's last TRUNCATE so far
 	// dropDeleted forgets a deleted entity at once instead of keeping its
 	// position: a table keeps it for topics.delete_grace against an older
@@ -25,7 +25,7 @@ type replay struct {
 }
 
 func newReplay(dropDeleted bool) *replay {
-	return &replay{states: map[int64]*codecs.State{}, dropDeleted: dropDeleted}
+	return &replay{states: map[codecs.Key]*codecs.State{}, dropDeleted: dropDeleted}
 }
 
 // apply applies ev, a change of the replayed type. For an entity's change
@@ -37,7 +37,7 @@ func (r *replay) apply(ev *codecs.Event) (base *codecs.State, missing []string, 
 		if ev.Position.Compare(r.truncatedAt) > 0 {
 			r.truncatedAt = ev.Position
 		}
-		maps.DeleteFunc(r.states, func(_ int64, st *codecs.State) bool { return !st.Holds(r.truncatedAt) })
+		maps.DeleteFunc(r.states, func(_ codecs.Key, st *codecs.State) bool { return !st.Holds(r.truncatedAt) })
 		return nil, nil, false
 	}
 	cur := r.states[ev.EntityID]
@@ -55,7 +55,7 @@ func (r *replay) apply(ev *codecs.Event) (base *codecs.State, missing []string, 
 }
 
 // entity is the state of entity id a reader sees, or nil.
-func (r *replay) entity(id int64) *codecs.State {
+func (r *replay) entity(id codecs.Key) *codecs.State {
 	if st := r.states[id]; codecs.VisibleAfter(r.truncatedAt, st) {
 		return st
 	}
@@ -65,7 +65,7 @@ func (r *replay) entity(id int64) *codecs.State {
 // entities are the entities a reader sees, in id order.
 func (r *replay) entities() []*codecs.State {
 	out := make([]*codecs.State, 0, len(r.states))
-	for _, id := range slices.Sorted(maps.Keys(r.states)) {
+	for _, id := range slices.SortedFunc(maps.Keys(r.states), codecs.Key.Compare) {
 		if st := r.entity(id); st != nil {
 			out = append(out, st)
 		}

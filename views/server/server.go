@@ -301,24 +301,20 @@ const (
 
 func staleSeconds(at time.Time) float64 { return max(time.Since(at).Seconds(), 0) }
 
-func (s *server) id(w http.ResponseWriter, r *http.Request) (int64, bool) {
-	raw := r.PathValue("id")
-	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil {
-		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("id %q is not a 64-bit integer", raw))
-	}
-	return id, err == nil
-}
-
-// viewAndID is the view and the entity id a /v1/.../{type}/{id} path
-// names; false when it answered an error.
-func (s *server) viewAndID(w http.ResponseWriter, r *http.Request) (*views.View, int64, bool) {
+// viewAndID is the view and the entity key a /v1/.../{type}/{id} path
+// names (the segment URL-unescaped, then read as a key of the view's kind);
+// false when it answered an error.
+func (s *server) viewAndID(w http.ResponseWriter, r *http.Request) (*views.View, codecs.Key, bool) {
 	v, ok := s.view(w, r)
 	if !ok {
-		return nil, 0, false
+		return nil, codecs.Key{}, false
 	}
-	id, ok := s.id(w, r)
-	return v, id, ok
+	id, err := v.ParseKey(r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err)
+		return nil, codecs.Key{}, false
+	}
+	return v, id, true
 }
 
 func (s *server) entity(w http.ResponseWriter, r *http.Request) {
@@ -326,15 +322,15 @@ func (s *server) entity(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	st, err := v.Get(r.Context(), id)
+	st, err := v.GetKey(r.Context(), id)
 	switch {
 	case err != nil:
 		s.fail(w, r, statusOf(err), err)
 	case st == nil && !v.Recovered():
 		// Not found yet is not "not found": the view may not have read it.
-		s.fail(w, r, statusOf(errCatchingUp), fmt.Errorf("%s %d: %w", v.EntityType(), id, errCatchingUp))
+		s.fail(w, r, statusOf(errCatchingUp), fmt.Errorf("%s %q: %w", v.EntityType(), id, errCatchingUp))
 	case st == nil:
-		s.fail(w, r, http.StatusNotFound, fmt.Errorf("%s %d not found", v.EntityType(), id))
+		s.fail(w, r, http.StatusNotFound, fmt.Errorf("%s %q not found", v.EntityType(), id))
 	default:
 		s.writeJSON(w, r, http.StatusOK, history.EntityOf(st))
 	}
@@ -350,37 +346,33 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	first := int64(math.MinInt64)
-	if a := q.Get("after"); a != "" {
-		after, err := strconv.ParseInt(a, 10, 64)
+	entities := v.All(r.Context())
+	if q.Has("after") {
+		after, err := v.ParseKey(q.Get("after"))
 		if err != nil {
-			s.fail(w, r, http.StatusBadRequest, fmt.Errorf("after %q is not a 64-bit integer", a))
+			s.fail(w, r, http.StatusBadRequest, fmt.Errorf("after: %w", err))
 			return
 		}
-		if after == math.MaxInt64 {
-			s.writeJSON(w, r, http.StatusOK, Page{Entities: []Entity{}})
-			return
-		}
-		first = after + 1
+		entities = v.After(r.Context(), after)
 	}
 	limit, ok := s.limit(w, r, DefaultLimit)
 	if !ok {
 		return
 	}
 	page := s.newPage(limit)
-	var lastID int64
-	for st, err := range v.Range(r.Context(), first, math.MaxInt64) {
+	var lastID codecs.Key
+	for st, err := range entities {
 		if err != nil {
 			s.fail(w, r, statusOf(err), err)
 			return
 		}
 		fits, err := page.add(history.EntityOf(st))
 		if err != nil {
-			s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("encode %s %d: %w", st.EntityType, st.EntityID, err))
+			s.fail(w, r, http.StatusInternalServerError, fmt.Errorf("encode %s %q: %w", st.EntityType, st.EntityID, err))
 			return
 		}
 		if !fits {
-			page.nextAfter = strconv.FormatInt(lastID, 10)
+			page.nextAfter = lastID.String()
 			break
 		}
 		lastID = st.EntityID
@@ -477,12 +469,12 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 // changeSource is what changes reads: a *history.Reader, or a test's fake.
 type changeSource interface {
 	Bounds(ctx context.Context) (history.Bounds, error)
-	ChangesSeq(ctx context.Context, entityType string, id int64, from, to int64) iter.Seq2[history.Change, error]
+	ChangesSeq(ctx context.Context, entityType string, id codecs.Key, from, to int64) iter.Seq2[history.Change, error]
 }
 
 // changes reads a page of an entity's changes from offset from: the JSON
 // of a Changes.
-func (s *server) changes(ctx context.Context, h changeSource, typ string, id, from int64, limit int) ([]byte, error) {
+func (s *server) changes(ctx context.Context, h changeSource, typ string, id codecs.Key, from int64, limit int) ([]byte, error) {
 	b, err := h.Bounds(ctx)
 	if err != nil {
 		return nil, err
@@ -508,8 +500,8 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id, fr
 	}
 	head, err := json.Marshal(struct {
 		Type string `json:"type"`
-		ID   int64  `json:"id,string"`
-	}{typ, id})
+		ID   string `json:"id"`
+	}{typ, id.String()})
 	if err != nil {
 		return nil, err
 	}
@@ -518,7 +510,7 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id, fr
 }
 
 // stateAt reads the state of one entity at the time or offset at.
-func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id int64, at string) (*StateAt, error) {
+func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (*StateAt, error) {
 	typ := v.EntityType()
 	end, err := EndOffset(ctx, h, at)
 	if err != nil {
@@ -526,11 +518,11 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 	}
 	// Entities unchanged since the history's start: the view vouches for
 	// them once it has caught up.
-	current := func(ctx context.Context, id int64) (*codecs.State, error) {
+	current := func(ctx context.Context, id codecs.Key) (*codecs.State, error) {
 		if !v.Recovered() {
-			return nil, fmt.Errorf("%s %d is older than the history: %w", typ, id, errCatchingUp)
+			return nil, fmt.Errorf("%s %q is older than the history: %w", typ, id, errCatchingUp)
 		}
-		return v.Get(ctx, id)
+		return v.GetKey(ctx, id)
 	}
 	st, err := h.EntityAt(ctx, typ, id, end, current)
 	if err != nil {

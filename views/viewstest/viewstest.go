@@ -75,7 +75,7 @@ func (tb *Table) Put(st *codecs.State) {
 	if err != nil {
 		tb.t.Fatal(err)
 	}
-	tb.tt.Consume(tb.topic, strconv.FormatInt(st.EntityID, 10), b)
+	tb.tt.Consume(tb.topic, st.EntityID.String(), b)
 }
 
 // PutRow writes row as the entity's new state, at a position after every
@@ -86,13 +86,13 @@ func (tb *Table) PutRow(id int64, row codecs.Row) {
 	if _, ok := row["id"]; !ok {
 		row["id"] = json.RawMessage(strconv.FormatInt(id, 10))
 	}
-	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: id, Row: row, Position: tb.next(), CommitTime: time.Now().UTC()})
+	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: codecs.IntKey(id), Row: row, Position: tb.next(), CommitTime: time.Now().UTC()})
 }
 
 // Delete writes the deleted state of the entity, as a delete does.
 func (tb *Table) Delete(id int64) {
 	tb.t.Helper()
-	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: id, Deleted: true, Position: tb.next(), CommitTime: time.Now().UTC()})
+	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: codecs.IntKey(id), Deleted: true, Position: tb.next(), CommitTime: time.Now().UTC()})
 }
 
 func (tb *Table) next() codecs.Position {
