@@ -46,7 +46,11 @@ func newBench(ctx context.Context, o options, pgURL, brokers string, log *slog.L
 	prefix := "bench_" + id
 	var ents strings.Builder
 	for _, typ := range benchTypes {
-		fmt.Fprintf(&ents, "  - {type: %s, table: public.%s_%s, partitions: 4}\n", typ, prefix, typ)
+		key := ""
+		if k := benchKeys[typ]; k.keyColumns != "" {
+			key = ", key_columns: " + k.keyColumns
+		}
+		fmt.Fprintf(&ents, "  - {type: %s, table: public.%s_%s, partitions: 4%s}\n", typ, prefix, typ, key)
 	}
 	// The view bootstrap's type: its table stays empty, its snapshot table
 	// is written directly.
@@ -74,7 +78,7 @@ entities:
 		return nil, err
 	}
 	b.viewTable = prefix + "_" + viewBenchType
-	if _, err := b.w.pool.Exec(ctx, fmt.Sprintf(schema, b.viewTable)); err != nil {
+	if _, err := b.w.pool.Exec(ctx, tableSQL(b.viewTable, benchKeys["account"])); err != nil {
 		return nil, err
 	}
 	if o.debezium {

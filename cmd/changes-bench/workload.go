@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -19,20 +20,47 @@ import (
 // benchTypes are the workload's entity types, one table each.
 var benchTypes = []string{"account", "campaign", "creative"}
 
-// schema creates the workload's tables. Every insert and update sets seq to
+// benchKey is how a bench table is keyed: its key columns in the table
+// definition, the config's key_columns, and the condition that selects the
+// row of the workload's n-th entity ($1 in match, $n in values).
+type benchKey struct {
+	columns    string // "id bigint" or "tenant integer, name text"
+	primaryKey string // "id" or "tenant, name"
+	match      string // where clause for entity $1 (a bigint)
+	values     string // the key columns' values for entity $1
+	keyColumns string // the config's key_columns, "" for id_column id
+}
+
+// benchKeys key account by an integer, campaign by a uuid derived from the
+// entity's number, creative by a composite (tenant, name) whose name holds
+// a slash: the three kinds of keys a bench run carries.
+var benchKeys = map[string]benchKey{
+	"account":  {"id bigint", "id", "id = $1", "$1", ""},
+	"campaign": {"id uuid", "id", "id = md5($1::text)::uuid", "md5($1::text)::uuid", ""},
+	"creative": {"tenant integer, name text", "tenant, name", "tenant = ($1 % 16)::integer and name = 'creative/' || $1", "($1 % 16)::integer, 'creative/' || $1", "[tenant, name]"},
+}
+
+// schema creates the workload's tables, keyed by the type's benchKey (%[2]s
+// its columns, %[3]s its primary key). Every insert and update sets seq to
 // a number unique in the run: a consumer that reads a change's seq finds its
 // commit time in the workload's record.
 const schema = `
 create table if not exists %[1]s (
-	id bigint primary key,
+	%[2]s,
 	seq bigint not null,
-	name text not null,
+	label text not null,
 	budget numeric(14,2) not null,
 	status text not null,
 	attrs jsonb,
 	payload text,
-	updated_at timestamptz not null default now()
+	updated_at timestamptz not null default now(),
+	primary key (%[3]s)
 )`
+
+// tableSQL is the schema of table keyed as k.
+func tableSQL(table string, k benchKey) string {
+	return fmt.Sprintf(schema, table, k.columns, k.primaryKey)
+}
 
 // commit is a change the workload committed: its seq and when COMMIT
 // returned.
@@ -73,7 +101,7 @@ func newWorkload(ctx context.Context, url, prefix string, conns int) (*benchWork
 	w := &benchWorkload{pool: pool, tables: map[string]string{}, big: hex.EncodeToString(b)}
 	for _, typ := range benchTypes {
 		w.tables[typ] = prefix + "_" + typ
-		if _, err := pool.Exec(ctx, fmt.Sprintf(schema, w.tables[typ])); err != nil {
+		if _, err := pool.Exec(ctx, tableSQL(w.tables[typ], benchKeys[typ])); err != nil {
 			return nil, fmt.Errorf("create %s: %w", w.tables[typ], err)
 		}
 	}
@@ -85,8 +113,10 @@ func (w *benchWorkload) Close() { w.pool.Close() }
 // seed inserts n rows per table, so updates and deletes have rows to hit.
 func (w *benchWorkload) seed(ctx context.Context, n int64) error {
 	for i, typ := range benchTypes {
-		_, err := w.pool.Exec(ctx, fmt.Sprintf(`insert into %s (id, seq, name, budget, status, attrs)
-			select g, 0, 'seed '||g, 1000, 'active', '{"seed": true}' from generate_series(1, $1::bigint) g on conflict do nothing`, w.tables[typ]), n)
+		k := benchKeys[typ]
+		_, err := w.pool.Exec(ctx, fmt.Sprintf(`insert into %s (%s, seq, label, budget, status, attrs)
+			select %s, 0, 'seed '||g, 1000, 'active', '{"seed": true}' from generate_series(1, $1::bigint) g on conflict do nothing`,
+			w.tables[typ], k.primaryKey, strings.ReplaceAll(k.values, "$1", "g")), n)
 		if err != nil {
 			return err
 		}
@@ -129,7 +159,7 @@ func (w *benchWorkload) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *mrand.Ra
 	changed := 0
 	for range n {
 		ti := rnd.IntN(len(benchTypes))
-		table := w.tables[benchTypes[ti]]
+		table, key := w.tables[benchTypes[ti]], benchKeys[benchTypes[ti]]
 		seq := w.seq.Add(1)
 		payload := any(nil)
 		if rnd.IntN(20) == 0 {
@@ -140,15 +170,15 @@ func (w *benchWorkload) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *mrand.Ra
 		switch k := rnd.IntN(100); {
 		case k < 55:
 			id := 1 + rnd.Int64N(max(w.nextID[ti].Load(), 1))
-			tag, err = tx.Exec(ctx, "update "+table+" set seq = $1, budget = budget + 1, status = $2, payload = coalesce($3, payload), updated_at = now() where id = $4",
-				seq, []string{"active", "paused", "archived"}[rnd.IntN(3)], payload, id)
+			tag, err = tx.Exec(ctx, "update "+table+" set seq = $2, budget = budget + 1, status = $3, payload = coalesce($4, payload), updated_at = now() where "+key.match,
+				id, seq, []string{"active", "paused", "archived"}[rnd.IntN(3)], payload, id)
 		case k < 85:
 			id := w.nextID[ti].Add(1)
-			tag, err = tx.Exec(ctx, "insert into "+table+" (id, seq, name, budget, status, attrs, payload) values ($1, $2, $3, $4, 'active', $5, $6)",
+			tag, err = tx.Exec(ctx, "insert into "+table+" ("+key.primaryKey+", seq, label, budget, status, attrs, payload) values ("+key.values+", $2, $3, $4, 'active', $5, $6)",
 				id, seq, fmt.Sprintf("%s %d", benchTypes[ti], id), rnd.IntN(100000), fmt.Sprintf(`{"k": %d, "tags": ["a", "b"]}`, rnd.IntN(1000)), payload)
 		default:
 			id := 1 + rnd.Int64N(max(w.nextID[ti].Load(), 1))
-			tag, err = tx.Exec(ctx, "delete from "+table+" where id = $1", id)
+			tag, err = tx.Exec(ctx, "delete from "+table+" where "+key.match, id)
 			rec.deleted += tag.RowsAffected()
 			seq = 0 // a delete carries no seq: counted, not timed
 		}

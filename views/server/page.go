@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"strconv"
 )
 
 // page collects the JSON of a page's items (entities, changes) within the
@@ -13,7 +12,7 @@ type page struct {
 	size      int // of the items and their commas
 	budget    int // for the items
 	limit     int
-	nextAfter string // when set, "next_after" of the page
+	nextAfter *string // when set, "next_after" of the page (an empty text key is a key)
 }
 
 // pageOverhead is what a page's JSON holds besides its items (type, id,
@@ -59,9 +58,10 @@ func (p *page) body(head string) []byte {
 		b.Write(it)
 	}
 	b.WriteByte(']')
-	if p.nextAfter != "" {
+	if p.nextAfter != nil {
 		b.WriteString(`,"next_after":`)
-		b.WriteString(strconv.Quote(p.nextAfter))
+		next, _ := json.Marshal(*p.nextAfter) // a string: cannot fail
+		b.Write(next)
 	}
 	b.WriteString("}\n")
 	return b.Bytes()

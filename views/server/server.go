@@ -247,10 +247,11 @@ func (s *server) busy(w http.ResponseWriter, r *http.Request, err error) {
 type Entity = history.Entity
 
 // Page is the JSON of a page of the listing. NextAfter, when present, is the
-// after= of the next page; absent, the page ended the listing.
+// after= of the next page (the last key of this one, which may be the empty
+// text); absent, the page ended the listing.
 type Page struct {
 	Entities  []Entity `json:"entities"`
-	NextAfter string   `json:"next_after,omitempty"`
+	NextAfter *string  `json:"next_after,omitempty"`
 }
 
 // StateAt is the JSON of a point-in-time read, history.StateAt.
@@ -259,7 +260,7 @@ type StateAt = history.StateAt
 // Changes is the JSON of a page of an entity's changes, in history order.
 type Changes struct {
 	Type    string           `json:"type"`
-	ID      int64            `json:"id,string"`
+	ID      string           `json:"id"`
 	Changes []history.Change `json:"changes"`
 	// NextAfter, when present, is the after= of the next page (the offset
 	// of the page's last change); absent, the page reached the history's
@@ -372,7 +373,8 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !fits {
-			page.nextAfter = lastID.String()
+			next := lastID.String()
+			page.nextAfter = &next
 			break
 		}
 		lastID = st.EntityID
@@ -493,7 +495,8 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id cod
 			return nil, fmt.Errorf("encode the change at history offset %d: %w", c.Offset, err)
 		}
 		if !fits {
-			page.nextAfter = strconv.FormatInt(last, 10)
+			next := strconv.FormatInt(last, 10)
+			page.nextAfter = &next
 			break
 		}
 		last = c.Offset
