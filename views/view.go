@@ -381,12 +381,25 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	return nil
 }
 
-// kindSuffixes end the JSON of a state whose key is not an integer:
-// StateCodec writes "id_kind" last.
-var kindSuffixes = [...][]byte{
-	codecs.KeyUUID:      []byte(`"id_kind":"uuid"}`),
-	codecs.KeyText:      []byte(`"id_kind":"text"}`),
-	codecs.KeyComposite: []byte(`"id_kind":"composite"}`),
+// stateKind reads the key kind of a state's JSON without decoding it:
+// StateCodec writes "type", "id" and "id_kind" (left out for an integer)
+// before "row", and neither a type nor an escaped id can hold `,"id_kind":"`
+// or `,"row":`, so an "id_kind" before the row is the state's own.
+func stateKind(value []byte) (codecs.KeyKind, error) {
+	i := bytes.Index(value, []byte(`,"id_kind":"`))
+	if i < 0 {
+		return codecs.KeyInteger, nil
+	}
+	if j := bytes.Index(value, []byte(`,"row":`)); j >= 0 && j < i {
+		return codecs.KeyInteger, nil // in the row, not the state's
+	}
+	rest := value[i+len(`,"id_kind":"`):]
+	end := bytes.IndexByte(rest, '"')
+	var kind codecs.KeyKind
+	if end < 0 {
+		return kind, fmt.Errorf("id_kind is not closed")
+	}
+	return kind, kind.UnmarshalText(rest[:end])
 }
 
 // localKeyOf returns the entity key and the local key of a table record
@@ -394,12 +407,10 @@ var kindSuffixes = [...][]byte{
 // for a tombstone it is the kind of the state stored under text, looked up
 // among the kinds text can be.
 func (v *View) localKeyOf(s gokastorage.Storage, text string, value []byte) (codecs.Key, string, error) {
-	kind := codecs.KeyInteger
 	if value != nil {
-		for k := codecs.KeyUUID; k <= codecs.KeyComposite; k++ {
-			if bytes.HasSuffix(value, kindSuffixes[k]) {
-				kind = k
-			}
+		kind, err := stateKind(value)
+		if err != nil {
+			return codecs.Key{}, "", err
 		}
 		key, err := codecs.ParseKey(kind, text)
 		if err != nil {
