@@ -190,6 +190,9 @@ func (s *stream) run(ctx context.Context, closeProducer func()) error {
 	stopWatch()
 	watch.Wait()
 	s.domains.close()
+	if s.cuts != nil {
+		s.cuts.collate.close()
+	}
 
 	// Drain: unless a Kafka write failed, what was written is committed,
 	// whatever stopped the loop (a cancellation, a change too large to
@@ -551,8 +554,8 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 }
 
 // change turns one decoded change into events and produces them. An update
-// that changes the entity id becomes a delete of the old id and an insert of
-// the new one, so no consumer keeps an entity the table no longer has.
+// that changes the entity key becomes a delete of the old key and an insert
+// of the new one, so no consumer keeps an entity the table no longer has.
 func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType uint8, oldTuple, newTuple *pglogrepl.TupleData) error {
 	if s.cur == nil {
 		return fmt.Errorf("replication stream: %s outside a transaction", op)
@@ -568,29 +571,29 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType
 	if err != nil {
 		return err
 	}
-	var oldID, newID int64
+	var oldKey, newKey codecs.Key
 	if oldTuple != nil {
-		if oldID, err = rel.id(oldTuple); err != nil {
+		if oldKey, err = rel.key(oldTuple); err != nil {
 			return err
 		}
 	}
 	if newTuple != nil {
-		if newID, err = rel.id(newTuple); err != nil {
+		if newKey, err = rel.key(newTuple); err != nil {
 			return err
 		}
 	}
 	if op == codecs.OpDelete {
 		ev := s.event(rel, op)
-		ev.EntityID, ev.Before = codecs.IntKey(oldID), before
+		ev.EntityID, ev.Before = oldKey, before
 		return s.produce(ctx, rel, ev)
 	}
 	after, unchanged, err := rel.row(newTuple)
 	if err != nil {
 		return err
 	}
-	if op == codecs.OpUpdate && oldTuple != nil && oldID != newID {
+	if op == codecs.OpUpdate && oldTuple != nil && oldKey != newKey {
 		del := s.event(rel, codecs.OpDelete)
-		del.EntityID, del.Before = codecs.IntKey(oldID), before
+		del.EntityID, del.Before = oldKey, before
 		if err := s.produce(ctx, rel, del); err != nil {
 			return err
 		}
@@ -607,7 +610,7 @@ func (s *stream) change(ctx context.Context, relID uint32, op codecs.Op, oldType
 		op, unchanged, before = codecs.OpInsert, missing, nil
 	}
 	ev := s.event(rel, op)
-	ev.EntityID, ev.After, ev.Unchanged, ev.Before = codecs.IntKey(newID), after, unchanged, before
+	ev.EntityID, ev.After, ev.Unchanged, ev.Before = newKey, after, unchanged, before
 	return s.produce(ctx, rel, ev)
 }
 
@@ -632,9 +635,15 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 	if err := s.failure(); err != nil {
 		return err // nothing more after a failed write: it would land after the hole
 	}
-	if ev.Op != codecs.OpTruncate && s.cuts.covers(s.tableIdx[ev.EntityType], ev.EntityID, ev.CommitLSN) {
-		s.metrics.folded.Inc() // its row's copy already holds it: never in the history
-		return nil
+	if ev.Op != codecs.OpTruncate {
+		covered, err := s.cuts.covers(ctx, s.tableIdx[ev.EntityType], ev.EntityID, ev.CommitLSN)
+		if err != nil {
+			return err
+		}
+		if covered {
+			s.metrics.folded.Inc() // its row's copy already holds it: never in the history
+			return nil
+		}
 	}
 	done, hole := s.resent.written(ev.Position)
 	if done {
@@ -693,8 +702,8 @@ func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sara
 	// Measured the way sarama will (record batch format), so nothing it
 	// would reject gets past this check.
 	if size := msg.ByteSize(2); size > maxBytes {
-		return nil, fmt.Errorf("%w: table %s id %d at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
-			ErrRecordTooLarge, t.qualified(), ev.EntityID, ev.Position, size, maxBytes)
+		return nil, fmt.Errorf("%w: table %s id %s at %s encodes to %d bytes, kafka.max_record_bytes is %d (raise it together with the topic's max.message.bytes)",
+			ErrRecordTooLarge, t.qualified(), ev.EntityID.String(), ev.Position, size, maxBytes)
 	}
 	return msg, nil
 }

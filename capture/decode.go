@@ -3,7 +3,7 @@ package capture
 import (
 	"encoding/json"
 	"fmt"
-	"strconv"
+	"slices"
 
 	"github.com/jackc/pglogrepl"
 
@@ -12,9 +12,10 @@ import (
 
 // relation is a Relation message resolved against the captured tables.
 type relation struct {
-	msg     *pglogrepl.RelationMessage
-	table   table
-	idIndex int
+	msg   *pglogrepl.RelationMessage
+	table table
+	// keyIndex holds the tuple index of each key column, in keyColumns order.
+	keyIndex []int
 }
 
 // relations caches the Relation messages of the stream. PostgreSQL sends one
@@ -39,16 +40,17 @@ func (r *relations) add(m *pglogrepl.RelationMessage) error {
 		return fmt.Errorf("%w: publication sends table %s.%s, which no entity type declares: remove it from the publication or declare it", ErrSetup,
 			m.Namespace, m.RelationName)
 	}
-	idx := -1
-	for i, c := range m.Columns {
-		if c.Name == t.idColumn {
-			idx = i
+	idx := make([]int, len(t.keyColumns))
+	for k, name := range t.keyColumns {
+		idx[k] = slices.IndexFunc(m.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == name })
+		if idx[k] < 0 {
+			return fmt.Errorf("%w: table %s no longer has its key column %s", ErrSetup, t.qualified(), name)
+		}
+		if _, ok := codecs.KeyColumnKind(m.Columns[idx[k]].DataType); !ok {
+			return fmt.Errorf("%w: key column %s.%s changed to type %d, which cannot hold a key (%s)", ErrSetup, t.qualified(), name, m.Columns[idx[k]].DataType, codecs.KeyTypes)
 		}
 	}
-	if idx < 0 {
-		return fmt.Errorf("%w: table %s no longer has its id column %s", ErrSetup, t.qualified(), t.idColumn)
-	}
-	r.byID[m.RelationID] = &relation{msg: m, table: t, idIndex: idx}
+	r.byID[m.RelationID] = &relation{msg: m, table: t, keyIndex: idx}
 	return nil
 }
 
@@ -107,18 +109,26 @@ func (rel *relation) oldRow(tuple *pglogrepl.TupleData, tupleType uint8) (codecs
 	return row, nil, nil
 }
 
-// id reads the entity id from a tuple.
-func (rel *relation) id(tuple *pglogrepl.TupleData) (int64, error) {
-	if tuple == nil || rel.idIndex >= len(tuple.Columns) {
-		return 0, fmt.Errorf("table %s: change carries no %s column", rel.table.qualified(), rel.table.idColumn)
+// key reads the entity key from a tuple's key columns. A key column that is
+// NULL or missing, a key longer than codecs.MaxKeyBytes and a text key that
+// starts with codecs.ReservedKeyPrefix are ErrInvalidKey, naming the table
+// and the column(s).
+func (rel *relation) key(tuple *pglogrepl.TupleData) (codecs.Key, error) {
+	t := rel.table
+	if tuple == nil {
+		return codecs.Key{}, fmt.Errorf("%w: table %s: the change carries no key column %s", ErrInvalidKey, t.qualified(), t.columnList())
 	}
-	col := tuple.Columns[rel.idIndex]
-	if col.DataType != pglogrepl.TupleDataTypeText {
-		return 0, fmt.Errorf("table %s: id column %s is null or missing in the change", rel.table.qualified(), rel.table.idColumn)
+	oids := make([]uint32, len(rel.keyIndex))
+	values := make([][]byte, len(rel.keyIndex))
+	for k, i := range rel.keyIndex {
+		if i >= len(tuple.Columns) || tuple.Columns[i].DataType != pglogrepl.TupleDataTypeText {
+			return codecs.Key{}, fmt.Errorf("%w: table %s: key column %s is null or missing in the change", ErrInvalidKey, t.qualified(), t.keyColumns[k])
+		}
+		oids[k], values[k] = rel.msg.Columns[i].DataType, tuple.Columns[i].Data
 	}
-	id, err := strconv.ParseInt(string(col.Data), 10, 64)
+	key, err := codecs.ColumnKey(t.keyColumns, oids, values)
 	if err != nil {
-		return 0, fmt.Errorf("table %s: id %q: %w", rel.table.qualified(), col.Data, err)
+		return codecs.Key{}, fmt.Errorf("%w: table %s: %v", ErrInvalidKey, t.qualified(), err)
 	}
-	return id, nil
+	return key, nil
 }

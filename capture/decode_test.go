@@ -24,8 +24,14 @@ const (
 )
 
 var testTables = []table{
-	{schema: "public", name: "accounts", entityType: "account", idColumn: "id"},
-	{schema: "billing", name: "invoices", entityType: "invoice", idColumn: "invoice_no"},
+	intTable("public", "accounts", "account", "id"),
+	intTable("billing", "invoices", "invoice", "invoice_no"),
+}
+
+// intTable is a table keyed by one bigint column, as checkTable resolves it.
+func intTable(schema, name, typ, column string) table {
+	return table{schema: schema, name: name, entityType: typ, keyColumns: []string{column},
+		key: tableKey{kinds: []codecs.KeyKind{codecs.KeyInteger}, types: []string{"bigint"}, collations: []string{""}, order: []int{0}}}
 }
 
 func cols(c ...*pglogrepl.RelationMessageColumn) []*pglogrepl.RelationMessageColumn { return c }
@@ -95,11 +101,11 @@ func TestRelationsAdd(t *testing.T) {
 		{"id column dropped", &pglogrepl.RelationMessage{
 			RelationID: 5, Namespace: "public", RelationName: "accounts",
 			Columns: cols(col("name", oidText), col("account_id", oidInt8)),
-		}, "", 0, "id column id", true},
+		}, "", 0, "key column id", true},
 		{"id column name differs in case", &pglogrepl.RelationMessage{
 			RelationID: 6, Namespace: "public", RelationName: "accounts",
 			Columns: cols(col("ID", oidInt8)),
-		}, "", 0, "id column id", true},
+		}, "", 0, "key column id", true},
 		{"no columns", &pglogrepl.RelationMessage{
 			RelationID: 7, Namespace: "billing", RelationName: "invoices",
 		}, "", 0, "invoice_no", true},
@@ -130,8 +136,8 @@ func TestRelationsAdd(t *testing.T) {
 			if err != nil {
 				t.Fatalf("get: %v", err)
 			}
-			if rel.table.qualified() != tt.wantTable || rel.idIndex != tt.wantIdx || rel.msg != tt.msg {
-				t.Errorf("relation = table %s, id index %d; want %s, %d", rel.table.qualified(), rel.idIndex, tt.wantTable, tt.wantIdx)
+			if rel.table.qualified() != tt.wantTable || !reflect.DeepEqual(rel.keyIndex, []int{tt.wantIdx}) || rel.msg != tt.msg {
+				t.Errorf("relation = table %s, id index %d; want %s, %d", rel.table.qualified(), rel.keyIndex, tt.wantTable, tt.wantIdx)
 			}
 		})
 	}
@@ -155,8 +161,8 @@ func TestRelationsReplacedAfterSchemaChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rel.msg != changed || rel.idIndex != 0 {
-		t.Fatalf("get returned the old relation (id index %d)", rel.idIndex)
+	if rel.msg != changed || rel.keyIndex[0] != 0 {
+		t.Fatalf("get returned the old relation (key index %v)", rel.keyIndex)
 	}
 	row, _, err := rel.row(tuple(text("7"), text("a@b")))
 	if err != nil {
@@ -313,26 +319,29 @@ func TestRelationID(t *testing.T) {
 		// A delete under the default replica identity sends only the key;
 		// the other columns are null.
 		{"key-only old tuple", tuple(null, text("5"), null, null, null, null), 5, ""},
-		{"null id", full(null), 0, "null or missing"},
-		{"unchanged id", full(unchanged), 0, "null or missing"},
+		{"null id", full(null), 0, "key column id is null or missing"},
+		{"unchanged id", full(unchanged), 0, "key column id is null or missing"},
 		{"not an integer", full(text("abc")), 0, `"abc"`},
 		{"fraction", full(text("1.5")), 0, `"1.5"`},
 		{"out of range", full(text("9223372036854775808")), 0, "9223372036854775808"},
-		{"nil tuple", nil, 0, "carries no id column"},
-		{"short tuple", tuple(text("acme")), 0, "carries no id column"},
+		{"nil tuple", nil, 0, "carries no key column id"},
+		{"short tuple", tuple(text("acme")), 0, "key column id is null or missing"},
 	}
 	rel := accountsRelation(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := rel.id(tt.tuple)
+			got, err := rel.key(tt.tuple)
 			if tt.err == "" {
-				if err != nil || got != tt.want {
-					t.Errorf("id = %d, %v; want %d", got, err, tt.want)
+				if err != nil || got != codecs.IntKey(tt.want) {
+					t.Errorf("key = %s, %v; want %d", got, err, tt.want)
 				}
 				return
 			}
 			if err == nil {
-				t.Fatalf("id = %d, want an error", got)
+				t.Fatalf("key = %s, want an error", got)
+			}
+			if !errors.Is(err, ErrInvalidKey) || Retryable(err) {
+				t.Errorf("error %q is not a non-retryable ErrInvalidKey", err)
 			}
 			for _, s := range []string{"public.accounts", tt.err} {
 				if !strings.Contains(err.Error(), s) {

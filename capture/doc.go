@@ -52,7 +52,7 @@
 //
 // When the slot is new, the capture creates it with an exported snapshot and
 // copies every existing row of the captured tables as of the slot's
-// consistent point, table by table in id order, in batches of 5000, as
+// consistent point, table by table in key order, in batches of 5000, as
 // OpSnapshot events placed just before the slot's first change; then it
 // streams. The snapshot and the stream meet exactly: a row committed during
 // the copy is streamed, not copied. Progress is logged every 5 s and counted
@@ -73,6 +73,32 @@
 // snapshot is done.) --recreate-slot takes a new snapshot.
 // A session advisory lock keeps a second capture off the slot meanwhile.
 //
+// # Keys
+//
+// An entity's key comes from its table's key columns (entities[].id_column,
+// or key_columns for several): smallint, integer or bigint (an integer key,
+// in decimal, as every key before other kinds), uuid (lowercase hyphenated),
+// text, varchar or char(n) (the value as PostgreSQL prints it, a char's
+// padding included), or several of them (a composite key of the parts).
+// The columns must be NOT NULL, exactly the columns of the primary key or of
+// a unique, non-partial index (in any order), and in the replica identity
+// unless it is FULL. The stream, the snapshot and internal/dbcheck build keys
+// with the one function codecs.ColumnKey. A change whose key column is NULL
+// or missing, whose key is longer than codecs.MaxKeyBytes, or whose text key
+// starts with codecs.ReservedKeyPrefix is ErrInvalidKey: like
+// ErrRecordTooLarge, the change is not written, its transaction is not
+// acknowledged, and Run ends. An update that changes the key is a delete of
+// the old key and an insert of the new one.
+//
+// The snapshot pages through a table in the order of the key's index
+// (keyset pagination, a row comparison for several columns), so every batch
+// is an index range scan; text parts are ordered in the column's collation.
+// A resumed copy's cut records its last key (state "after" for an integer
+// key, as before; "after_key" and "after_kind" otherwise), and the stream
+// compares keys with it in the same order: integers and uuids in Go, text
+// parts that differ by asking PostgreSQL, only for the changes before the
+// last cut's LSN.
+//
 // # Idle tables
 //
 // While nothing captured is in flight, the capture asks PostgreSQL for a
@@ -82,7 +108,7 @@
 //
 // # Setup
 //
-// At start Capture checks wal_level, the captured tables, their id columns and
+// At start Capture checks wal_level, the captured tables, their key columns and
 // replica identities, and creates the publication and the logical slot when
 // they are absent. A slot whose WAL was removed (wal_status = lost) or that
 // uses another plugin is an error that names what to do; it is never replaced

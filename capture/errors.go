@@ -18,8 +18,9 @@ import (
 var ErrSlotLost = errors.New("replication slot lost its WAL")
 
 // ErrSetup is returned by New and Run when the database cannot be captured as
-// configured: wal_level is not logical, a table or its id column is missing or
-// of the wrong type, a table has no usable replica identity, or the slot uses
+// configured: wal_level is not logical, a table or a key column is missing,
+// nullable or of the wrong type, the key columns are not a unique key of
+// their table, a table has no usable replica identity, or the slot uses
 // another output plugin. The message names what is wrong.
 var ErrSetup = errors.New("capture setup")
 
@@ -27,6 +28,14 @@ var ErrSetup = errors.New("capture setup")
 // kafka.max_record_bytes. The change is not skipped: the capture stops before
 // acknowledging it, and the message names the table and the entity id.
 var ErrRecordTooLarge = errors.New("change exceeds the maximum record size")
+
+// ErrInvalidKey is returned by Run when a change has no valid entity key: a
+// key column NULL or missing, a key longer than codecs.MaxKeyBytes, or a
+// text key that starts with codecs.ReservedKeyPrefix. Like
+// ErrRecordTooLarge it stops the capture before the change is written and
+// before its transaction is acknowledged; the message names the table and
+// the key column(s).
+var ErrInvalidKey = errors.New("change has no valid entity key")
 
 // ErrSlotMissing is returned by Run when the replication slot does not exist
 // although the history holds changes: the slot was dropped, and the changes
@@ -39,11 +48,11 @@ var ErrSlotMissing = errors.New("replication slot is missing")
 // started again: true for outages of Kafka or PostgreSQL (refused or lost
 // connections, timeouts, a broker without a leader, a failed write), false
 // for what needs someone to act: a lost or missing slot, a setup error, a
-// change too large to write, and what outage.Retryable refuses (a
+// change too large to write or without a valid key, and what outage.Retryable refuses (a
 // configuration Kafka or PostgreSQL rejects, refused credentials).
 func Retryable(err error) bool {
 	if errors.Is(err, ErrSlotLost) || errors.Is(err, ErrSetup) ||
-		errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrSlotMissing) ||
+		errors.Is(err, ErrRecordTooLarge) || errors.Is(err, ErrInvalidKey) || errors.Is(err, ErrSlotMissing) ||
 		errors.Is(err, sarama.ErrMessageSizeTooLarge) || errors.Is(err, sarama.ErrTransactionalIDAuthorizationFailed) {
 		return false
 	}

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -40,9 +41,9 @@ func TestResentWritten(t *testing.T) {
 }
 
 func TestResumeFrom(t *testing.T) {
-	se := &session{tables: []table{{entityType: "a", idColumn: "id"}, {entityType: "b", idColumn: "id"}}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	se := &session{tables: []table{intTable("s", "a", "a", "id"), intTable("s", "b", "b", "id")}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	row := func(typ string, id int64, idx uint32) *codecs.Event {
-		return &codecs.Event{EntityType: typ, EntityID: id, Op: codecs.OpSnapshot, CommitLSN: 99, Position: pos(99, idx)}
+		return &codecs.Event{EntityType: typ, EntityID: codecs.IntKey(id), Op: codecs.OpSnapshot, CommitLSN: 99, Position: pos(99, idx)}
 	}
 	for _, tc := range []struct {
 		name string
@@ -51,16 +52,16 @@ func TestResumeFrom(t *testing.T) {
 	}{
 		{"nothing copied", nil, snapshotFrom{base: 99}},
 		{"contiguous: after the last row", []*codecs.Event{row("a", 7, 5), row("a", 9, 6), row("b", 1, 7)},
-			snapshotFrom{base: 99, index: 8, table: 1, after: 1, resuming: true}},
+			snapshotFrom{base: 99, index: 8, table: 1, after: codecs.IntKey(1), resuming: true}},
 		{"a gap: after the row before it, new indices after the last", []*codecs.Event{row("a", 7, 5), row("a", 9, 6), row("a", 12, 9), row("b", 1, 10)},
-			snapshotFrom{base: 99, index: 11, table: 0, after: 9, resuming: true}},
+			snapshotFrom{base: 99, index: 11, table: 0, after: codecs.IntKey(9), resuming: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var rows copiedRows
 			for i := len(tc.rows) - 1; i >= 0; i-- {
 				rows.see(tc.rows[i])
 			}
-			if got := se.resumeFrom(rows, 99); got != tc.want {
+			if got, err := se.resumeFrom(rows, 99); err != nil || got != tc.want {
 				t.Errorf("resumeFrom = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -91,7 +92,8 @@ func TestResentHoldsSpans(t *testing.T) {
 // TestCutsCover: a change is left out when the latest cut its row comes
 // after copied the row at a later LSN.
 func TestCutsCover(t *testing.T) {
-	se := &session{tables: []table{{entityType: "a"}, {entityType: "b"}, {entityType: "c"}}}
+	ctx := context.Background()
+	se := &session{tables: []table{intTable("s", "a", "a", "id"), intTable("s", "b", "b", "id"), intTable("s", "c", "c", "id")}}
 	cs, err := se.resolveCuts([]snapshotCut{
 		{Type: "a", After: 100, LSN: 1000}, // first resume: a after 100 onwards, as of 1000
 		{Type: "b", After: 50, LSN: 2000},  // second: b after 50 onwards, as of 2000
@@ -115,7 +117,7 @@ func TestCutsCover(t *testing.T) {
 		{2, 1, 2999, true},
 		{2, 1, 4000, false}, // after every cut
 	} {
-		if got := cs.covers(tc.table, tc.id, tc.lsn); got != tc.want {
+		if got, err := cs.covers(ctx, tc.table, codecs.IntKey(tc.id), tc.lsn); err != nil || got != tc.want {
 			t.Errorf("covers(%d, %d, %s) = %v, want %v", tc.table, tc.id, tc.lsn, got, tc.want)
 		}
 	}
@@ -123,10 +125,13 @@ func TestCutsCover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !from.covers(0, 1, 499) || from.covers(0, 1, 500) {
+	if yes, _ := from.covers(ctx, 0, codecs.IntKey(1), 499); !yes {
 		t.Error("a copy from the start of the first table covers every row before its LSN")
 	}
-	if (*cuts)(nil).covers(0, 1, 1) {
+	if yes, _ := from.covers(ctx, 0, codecs.IntKey(1), 500); yes {
+		t.Error("a copy from the start of the first table covers every row before its LSN")
+	}
+	if yes, _ := (*cuts)(nil).covers(ctx, 0, codecs.IntKey(1), 1); yes {
 		t.Error("no cuts cover nothing")
 	}
 	if _, err := se.resolveCuts([]snapshotCut{{Type: "gone", LSN: 1}}); !errors.Is(err, ErrSetup) {

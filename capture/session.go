@@ -169,8 +169,8 @@ func (se *session) checkDatabase(ctx context.Context, written codecs.Position) (
 	if err := checkServer(ctx, conn); err != nil {
 		return false, err
 	}
-	for _, t := range se.tables {
-		if err := checkTable(ctx, conn, t); err != nil {
+	for i, t := range se.tables {
+		if se.tables[i], err = checkTable(ctx, conn, t); err != nil {
 			return false, err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -16,7 +17,60 @@ import (
 type table struct {
 	schema, name string
 	entityType   string
-	idColumn     string
+	// keyColumns are the columns of the entity key, in the order of a
+	// composite key's parts (topology.EntityConfig.KeyColumns).
+	keyColumns []string
+	// key is what checkTable learnt of the key columns in the database.
+	key tableKey
+}
+
+// tableKey is what the capture needs to know of a table's key columns,
+// each slice in keyColumns order.
+type tableKey struct {
+	kinds []codecs.KeyKind // the kind of each column's own key
+	types []string         // format_type of each column, for casts
+	// collations are each column's collation, quoted for SQL ("" for uuid
+	// and integers): comparing text parts as the table's index does.
+	collations []string
+	// order lists the key columns (indexes into keyColumns) in the order of
+	// the unique index they make up: the snapshot pages through the table
+	// in this order, so the index serves it.
+	order []int
+}
+
+// kind returns the kind of the table's keys.
+func (t table) kind() codecs.KeyKind {
+	if len(t.keyColumns) > 1 {
+		return codecs.KeyComposite
+	}
+	if len(t.key.kinds) == 0 {
+		return codecs.KeyInteger
+	}
+	return t.key.kinds[0]
+}
+
+// columnList names the key columns for messages: "id" or "(tenant, id)".
+func (t table) columnList() string {
+	if len(t.keyColumns) == 1 {
+		return t.keyColumns[0]
+	}
+	return "(" + strings.Join(t.keyColumns, ", ") + ")"
+}
+
+// keyValues returns the text of each key column of k, in keyColumns order:
+// what PostgreSQL prints for them.
+func (t table) keyValues(k codecs.Key) ([]string, error) {
+	if k.Kind() != t.kind() {
+		return nil, fmt.Errorf("table %s: key %q is %s, the table's keys are %s", t.qualified(), k, k.Kind(), t.kind())
+	}
+	if k.Kind() == codecs.KeyComposite {
+		parts := k.Parts()
+		if len(parts) != len(t.keyColumns) {
+			return nil, fmt.Errorf("table %s: key %s has %d parts, the table has %d key columns", t.qualified(), k, len(parts), len(t.keyColumns))
+		}
+		return parts, nil
+	}
+	return []string{k.String()}, nil
 }
 
 func (t table) qualified() string { return t.schema + "." + t.name }
@@ -38,7 +92,7 @@ func tablesOf(cfg *topology.Config) []table {
 	out := make([]table, len(cfg.Entities))
 	for i, e := range cfg.Entities {
 		schema, name, _ := strings.Cut(e.Table, ".")
-		out[i] = table{schema: schema, name: name, entityType: e.Type, idColumn: e.IDColumn}
+		out[i] = table{schema: schema, name: name, entityType: e.Type, keyColumns: e.KeyColumns()}
 	}
 	return out
 }
@@ -59,55 +113,147 @@ func checkServer(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// checkTable verifies that t exists, that its id column is a 64-bit-safe
-// integer, and that its replica identity lets PostgreSQL send the id of a
-// deleted or updated row.
-func checkTable(ctx context.Context, conn *pgx.Conn, t table) error {
+// checkTable verifies that t exists, that its key columns are NOT NULL, of
+// a type that can hold a key, and together the columns of its primary key
+// or of a unique, non-partial index, and that its replica identity lets
+// PostgreSQL send the key of a deleted or updated row. It returns t with
+// what it learnt of the key columns.
+func checkTable(ctx context.Context, conn *pgx.Conn, t table) (table, error) {
 	var relID uint32
 	var identity string
 	err := conn.QueryRow(ctx, `
 		select c.oid, c.relreplident::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
 		where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')`, t.schema, t.name).Scan(&relID, &identity)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return setupErr("table %s (entity type %s) does not exist", t.qualified(), t.entityType)
+		return t, setupErr("table %s (entity type %s) does not exist", t.qualified(), t.entityType)
 	}
 	if err != nil {
-		return fmt.Errorf("look up table %s: %w", t.qualified(), err)
+		return t, fmt.Errorf("look up table %s: %w", t.qualified(), err)
 	}
-	var typ string
-	var inKey, unique bool
-	err = conn.QueryRow(ctx, `
-		select format_type(a.atttypid, a.atttypmod),
-		       exists (select 1 from pg_index i where i.indrelid = a.attrelid and a.attnum = any(i.indkey)
-		               and ((c.relreplident = 'd' and i.indisprimary) or (c.relreplident = 'i' and i.indisreplident))),
-		       a.attnotnull and exists (select 1 from pg_index i where i.indrelid = a.attrelid and i.indisunique
-		               and i.indpred is null and i.indnkeyatts = 1 and i.indkey[0] = a.attnum)
-		from pg_attribute a join pg_class c on c.oid = a.attrelid
-		where a.attrelid = $1 and a.attname = $2 and a.attnum > 0 and not a.attisdropped`, relID, t.idColumn).Scan(&typ, &inKey, &unique)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return setupErr("table %s has no id column %q (entities[].id_column)", t.qualified(), t.idColumn)
+	n := len(t.keyColumns)
+	key := tableKey{kinds: make([]codecs.KeyKind, n), types: make([]string, n), collations: make([]string, n)}
+	attnums := make([]int16, n)
+	for i, col := range t.keyColumns {
+		var typeOID uint32
+		var notNull bool
+		err = conn.QueryRow(ctx, `
+			select a.attnum, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+			       coalesce(quote_ident(cn.nspname) || '.' || quote_ident(co.collname), '')
+			from pg_attribute a
+			left join pg_collation co on co.oid = a.attcollation
+			left join pg_namespace cn on cn.oid = co.collnamespace
+			where a.attrelid = $1 and a.attname = $2 and a.attnum > 0 and not a.attisdropped`, relID, col).
+			Scan(&attnums[i], &typeOID, &key.types[i], &notNull, &key.collations[i])
+		if errors.Is(err, pgx.ErrNoRows) {
+			return t, setupErr("table %s has no key column %q (entities[].id_column or key_columns)", t.qualified(), col)
+		}
+		if err != nil {
+			return t, fmt.Errorf("look up %s.%s: %w", t.qualified(), col, err)
+		}
+		base, err := baseType(ctx, conn, typeOID)
+		if err != nil {
+			return t, fmt.Errorf("look up the type of %s.%s: %w", t.qualified(), col, err)
+		}
+		kind, ok := codecs.KeyColumnKind(base)
+		if !ok {
+			return t, setupErr("key column %s.%s is %s: a key column must be %s (not citext, numeric, timestamp or any other type); key the entity by another column (entities[].id_column or key_columns)",
+				t.qualified(), col, key.types[i], codecs.KeyTypes)
+		}
+		key.kinds[i] = kind
+		if !notNull {
+			return t, setupErr("key column %s.%s may be NULL: an entity key must identify one row (ALTER TABLE %s ALTER COLUMN %s SET NOT NULL)",
+				t.qualified(), col, t.quoted(), pgx.Identifier{col}.Sanitize())
+		}
 	}
+	// The primary key first, then the oldest unique index: the key columns
+	// must be exactly its key columns, in any order.
+	rows, err := conn.Query(ctx, `
+		select i.indkey::int2[], i.indnkeyatts from pg_index i
+		where i.indrelid = $1 and i.indisunique and i.indisvalid and i.indpred is null and i.indexprs is null
+		order by i.indisprimary desc, i.indexrelid`, relID)
 	if err != nil {
-		return fmt.Errorf("look up %s.%s: %w", t.qualified(), t.idColumn, err)
+		return t, fmt.Errorf("look up the indexes of %s: %w", t.qualified(), err)
 	}
-	switch typ {
-	case "smallint", "integer", "bigint":
-	default:
-		return setupErr("id column %s.%s is %s: it must be smallint, integer or bigint", t.qualified(), t.idColumn, typ)
+	indexes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]int16, error) {
+		var cols []int16
+		var nkey int
+		err := r.Scan(&cols, &nkey)
+		return cols[:min(nkey, len(cols))], err
+	})
+	if err != nil {
+		return t, fmt.Errorf("look up the indexes of %s: %w", t.qualified(), err)
 	}
-	if !unique {
-		return setupErr("id column %s.%s is not NOT NULL with a unique index of its own: an entity id must identify one row (make it the primary key)", t.qualified(), t.idColumn)
+	for _, cols := range indexes {
+		if order, ok := indexOrder(cols, attnums); ok {
+			key.order = order
+			break
+		}
+	}
+	if key.order == nil {
+		if n == 1 {
+			return t, setupErr("key column %s.%s has no unique index of its own: an entity key must identify one row (make it the primary key)", t.qualified(), t.keyColumns[0])
+		}
+		return t, setupErr("key columns %s of table %s are not the columns of its primary key or of a unique, non-partial index: an entity key must identify one row (make them the primary key, or CREATE UNIQUE INDEX ON %s %s)",
+			t.columnList(), t.qualified(), t.quoted(), t.columnList())
 	}
 	switch identity {
 	case "f":
 	case "n":
-		return setupErr("table %s has REPLICA IDENTITY NOTHING: deletes would carry no id; use ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key on %s) or FULL", t.qualified(), t.quoted(), t.idColumn)
+		return t, setupErr("table %s has REPLICA IDENTITY NOTHING: deletes would carry no key; use ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key on %s) or FULL", t.qualified(), t.quoted(), t.columnList())
 	default:
-		if !inKey {
-			return setupErr("table %s: id column %s is not part of its replica identity, so deletes would carry no id; make it the primary key or use ALTER TABLE %s REPLICA IDENTITY FULL", t.qualified(), t.idColumn, t.quoted())
+		var ident []int16
+		err := conn.QueryRow(ctx, `
+			select i.indkey::int2[] from pg_index i
+			where i.indrelid = $1 and (($2 = 'd' and i.indisprimary) or ($2 = 'i' and i.indisreplident))`, relID, identity).Scan(&ident)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return t, fmt.Errorf("look up the replica identity of %s: %w", t.qualified(), err)
+		}
+		var missing []string
+		for i, a := range attnums {
+			if !slices.Contains(ident, a) {
+				missing = append(missing, t.keyColumns[i])
+			}
+		}
+		if len(missing) > 0 {
+			return t, setupErr("table %s: key column(s) %s not part of its replica identity, so deletes would carry no key; make the key the primary key or use ALTER TABLE %s REPLICA IDENTITY FULL",
+				t.qualified(), strings.Join(missing, ", "), t.quoted())
 		}
 	}
-	return nil
+	t.key = key
+	return t, nil
+}
+
+// indexOrder returns the positions in attnums of an index's key columns,
+// in the index's order, if they are exactly the columns attnums holds.
+func indexOrder(indexCols, attnums []int16) ([]int, bool) {
+	if len(indexCols) != len(attnums) {
+		return nil, false
+	}
+	order := make([]int, 0, len(indexCols))
+	for _, a := range indexCols {
+		i := slices.Index(attnums, a)
+		if i < 0 || slices.Contains(order, i) {
+			return nil, false
+		}
+		order = append(order, i)
+	}
+	return order, true
+}
+
+// baseType follows a domain down to its base type.
+func baseType(ctx context.Context, conn *pgx.Conn, oid uint32) (uint32, error) {
+	for range 100 {
+		var typtype string
+		var base uint32
+		if err := conn.QueryRow(ctx, "select typtype::text, typbasetype from pg_type where oid = $1", oid).Scan(&typtype, &base); err != nil {
+			return 0, err
+		}
+		if typtype != "d" {
+			return oid, nil
+		}
+		oid = base
+	}
+	return 0, fmt.Errorf("type %d: domains nested too deep", oid)
 }
 
 // ensurePublication creates the publication for the tables, or adds the

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -24,13 +25,13 @@ const snapshotBatch = 5000
 
 // snapshotFrom says where a copy starts: every row it writes has the commit
 // LSN base (the slot's consistent point minus one, below every streamed
-// change) and the next index; it starts at table index table, after id
+// change) and the next index; it starts at table index table, after key
 // after when resuming.
 type snapshotFrom struct {
 	base     codecs.LSN
 	index    uint32
 	table    int
-	after    int64
+	after    codecs.Key
 	resuming bool
 }
 
@@ -61,9 +62,9 @@ func (r *copiedRows) see(ev *codecs.Event) {
 // It resumes after the last row before the first gap in their indices, so
 // no row is left out; rows after the gap are copied again, with new
 // indices after the last one written, so positions keep increasing.
-func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
+func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) (snapshotFrom, error) {
 	if rows.newest == nil {
-		return snapshotFrom{base: base}
+		return snapshotFrom{base: base}, nil
 	}
 	if rows.gaps > 0 {
 		se.log.Warn("snapshot: a gap in the copied rows; copying again from before it",
@@ -72,14 +73,17 @@ func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) snapshotFrom {
 	next := rows.newest.Position.Index + 1
 	for i, t := range se.tables {
 		if t.entityType == rows.after.EntityType {
-			return snapshotFrom{base: base, index: next, table: i, after: afterID(rows.after.EntityID), resuming: true}
+			if _, err := t.keyValues(rows.after.EntityID); err != nil {
+				return snapshotFrom{}, fmt.Errorf("%w: the interrupted snapshot cannot resume after its last copied row: %v (the table's key changed since: start over with --recreate-slot)", ErrSetup, err)
+			}
+			return snapshotFrom{base: base, index: next, table: i, after: rows.after.EntityID, resuming: true}, nil
 		}
 	}
-	return snapshotFrom{base: base, index: next}
+	return snapshotFrom{base: base, index: next}, nil
 }
 
 // copySnapshot copies every row of the captured tables, as tx sees them, to
-// the history as OpSnapshot events, table by table in id order, in batches.
+// the history as OpSnapshot events, table by table in key order, in batches.
 // It returns when Kafka has every row.
 func (se *session) copySnapshot(ctx context.Context, tx pgx.Tx, from snapshotFrom) error {
 	producer, err := sarama.NewAsyncProducerFromClient(se.client)
@@ -126,18 +130,15 @@ func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 		after, resuming := from.after, from.resuming && ti == from.table
 		started, lastReport, rows := time.Now(), time.Now(), 0
 		if resuming {
-			se.log.Info("snapshot: resuming", "entity_type", t.entityType, "table", t.qualified(), "after_id", after)
+			se.log.Info("snapshot: resuming", "entity_type", t.entityType, "table", t.qualified(), "after_id", after.String())
 		} else {
 			se.log.Info("snapshot: copying", "entity_type", t.entityType, "table", t.qualified())
 		}
 		for {
-			where := ""
-			args := []any{}
-			if resuming {
-				where = "where " + pgx.Identifier{t.idColumn}.Sanitize() + " > $1"
-				args = append(args, after)
+			sql, args, err := pageQuery(t, after, resuming)
+			if err != nil {
+				return err
 			}
-			sql := fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, pgx.Identifier{t.idColumn}.Sanitize(), snapshotBatch)
 			if err := se.checkLock(ctx); err != nil {
 				return err
 			}
@@ -176,61 +177,108 @@ type snapshotCopy struct {
 	taken    time.Time  // every row's commit time: when the copy began
 }
 
+// pageQuery is the query of the next batch of t's rows after key after
+// (from the first row unless resuming): keyset pagination over the key
+// columns in the order of their unique index, so every batch is an index
+// range scan, with a row comparison for several columns:
+//
+//	select * from t where (a, b) > ($1::text::ta, $2::text::tb) order by a, b limit N
+//
+// The parameters are the key columns' text, cast to the columns' own types
+// so the comparison is the index's (for text, the column's collation: the
+// casts carry the default collation, which gives way to the column's).
+func pageQuery(t table, after codecs.Key, resuming bool) (string, []any, error) {
+	cols := make([]string, len(t.key.order))
+	params := make([]string, len(t.key.order))
+	var args []any
+	var values []string
+	if resuming {
+		var err error
+		if values, err = t.keyValues(after); err != nil {
+			return "", nil, err
+		}
+	}
+	for i, k := range t.key.order {
+		cols[i] = pgx.Identifier{t.keyColumns[k]}.Sanitize()
+		params[i] = fmt.Sprintf("$%d::text::%s", i+1, t.key.types[k])
+		if resuming {
+			args = append(args, values[k])
+		}
+	}
+	where := ""
+	if resuming {
+		if len(cols) == 1 {
+			where = fmt.Sprintf("where %s > %s", cols[0], params[0])
+		} else {
+			where = fmt.Sprintf("where (%s) > (%s)", strings.Join(cols, ", "), strings.Join(params, ", "))
+		}
+	}
+	return fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, strings.Join(cols, ", "), snapshotBatch), args, nil
+}
+
 // batch copies the rows sql returns from table t and reports how many and
-// the last id.
-func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []any) (int, int64, error) {
+// the last key.
+func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []any) (int, codecs.Key, error) {
+	var last codecs.Key
 	rows, err := cp.tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
-		return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+		return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
 	names := make([]string, len(fields))
 	oids := make([]uint32, len(fields))
-	idIndex := -1
 	for i, f := range fields {
 		names[i], oids[i] = f.Name, f.DataTypeOID
-		if f.Name == t.idColumn {
-			idIndex = i
+	}
+	keyIndex := make([]int, len(t.keyColumns))
+	keyOIDs := make([]uint32, len(t.keyColumns))
+	for k, col := range t.keyColumns {
+		if keyIndex[k] = slices.Index(names, col); keyIndex[k] < 0 {
+			return 0, last, fmt.Errorf("%w: table %s has no key column %s", ErrSetup, t.qualified(), col)
 		}
+		keyOIDs[k] = oids[keyIndex[k]]
 	}
-	if idIndex < 0 {
-		return 0, 0, fmt.Errorf("%w: table %s has no id column %s", ErrSetup, t.qualified(), t.idColumn)
-	}
-	n, last := 0, int64(0)
+	keyValues := make([][]byte, len(t.keyColumns))
+	n := 0
 	for rows.Next() {
 		raw := rows.RawValues()
 		row, err := codecs.TextRow(names, oids, raw)
 		if err != nil {
-			return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+			return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
 		}
-		if last, err = strconv.ParseInt(string(raw[idIndex]), 10, 64); err != nil {
-			return 0, 0, fmt.Errorf("snapshot of %s: id %q: %w", t.qualified(), raw[idIndex], err)
+		for k, i := range keyIndex {
+			keyValues[k] = raw[i]
+		}
+		// The same function as the stream's (relation.key), so a row's
+		// copy and its changes have one key.
+		if last, err = codecs.ColumnKey(t.keyColumns, keyOIDs, keyValues); err != nil {
+			return 0, last, fmt.Errorf("%w: snapshot of %s: %v", ErrInvalidKey, t.qualified(), err)
 		}
 		if cp.index == math.MaxUint32 {
-			return 0, 0, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
+			return 0, last, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
 		}
 		ev := &codecs.Event{
-			EntityType: t.entityType, EntityID: codecs.IntKey(last), Op: codecs.OpSnapshot, After: row,
+			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot, After: row,
 			CommitLSN: cp.base, Position: codecs.Position{CommitLSN: cp.base, Index: cp.index},
 			CommitTime: cp.taken, CaptureTime: time.Now().UTC(),
 		}
 		msg, err := historyRecord(cp.topic, t, ev, cp.maxBytes)
 		if err != nil {
-			return 0, 0, err
+			return 0, last, err
 		}
 		select {
 		case cp.producer.Input() <- msg:
 		case <-cp.failed:
-			return 0, 0, errSnapshotWriteFailed // copySnapshot reports the producer's error
+			return 0, last, errSnapshotWriteFailed // copySnapshot reports the producer's error
 		case <-ctx.Done():
-			return 0, 0, ctx.Err()
+			return 0, last, ctx.Err()
 		}
 		cp.index++
 		n++
 	}
 	if err := rows.Err(); err != nil {
-		return 0, 0, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+		return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
 	}
 	return n, last, nil
 }
@@ -296,7 +344,10 @@ func (se *session) resumeSnapshot(ctx context.Context, state captureState) (capt
 	if err != nil {
 		return state, err
 	}
-	from := se.resumeFrom(rows, base)
+	from, err := se.resumeFrom(rows, base)
+	if err != nil {
+		return state, err
+	}
 
 	// The exported snapshot lives while this connection stays idle: until
 	// the copy is done.
@@ -318,13 +369,14 @@ func (se *session) resumeSnapshot(ctx context.Context, state captureState) (capt
 	if err != nil {
 		return state, fmt.Errorf("temporary replication slot %s: %w", tmpSlot, err)
 	}
-	cut := snapshotCut{Type: se.tables[from.table].entityType, After: from.after, FromStart: !from.resuming, LSN: lsn}
+	cut := snapshotCut{Type: se.tables[from.table].entityType, FromStart: !from.resuming, LSN: lsn}
+	cut.setAfter(from.after)
 	state.Cuts = append(state.Cuts, cut)
 	if err := writeState(se.client, se.topo.CaptureState(), state); err != nil {
 		return state, err
 	}
 	se.log.Warn("resuming an interrupted initial snapshot from a new database snapshot; changes the rest of the copy already holds are left out of the stream",
-		"slot", cfg.Postgres.Slot, "entity_type", cut.Type, "after_id", from.after, "index", from.index, "snapshot_lsn", lsn.String())
+		"slot", cfg.Postgres.Slot, "entity_type", cut.Type, "after_id", from.after.String(), "index", from.index, "snapshot_lsn", lsn.String())
 	if err := se.copyTables(ctx, res.SnapshotName, from); err != nil {
 		return state, err
 	}
@@ -335,45 +387,158 @@ func (se *session) resumeSnapshot(ctx context.Context, state captureState) (capt
 // cuts is the snapshot cuts of a slot, resolved against the tables: the
 // stream asks it whether a change is already in a resumed copy's row.
 type cuts struct {
-	list []resolvedCut
-	max  codecs.LSN // no change at or after it is left out
+	list   []resolvedCut
+	max    codecs.LSN // no change at or after it is left out
+	tables []table
+	// collate compares two values of a text key column as the database
+	// orders them (see compareKeys); nil outside a session (tests).
+	collate *collator
 }
 
 type resolvedCut struct {
 	table     int
-	after     int64
+	after     codecs.Key
 	fromStart bool
 	lsn       codecs.LSN
 }
 
 func (se *session) resolveCuts(list []snapshotCut) (*cuts, error) {
-	out := &cuts{}
+	out := &cuts{tables: se.tables}
+	if se.topo != nil {
+		out.collate = &collator{url: se.topo.Config().Postgres.URL}
+	}
 	for _, sc := range list {
 		ti := slices.IndexFunc(se.tables, func(t table) bool { return t.entityType == sc.Type })
 		if ti < 0 {
 			return nil, fmt.Errorf("%w: the interrupted snapshot resumed in entity type %q, which the config no longer declares", ErrSetup, sc.Type)
 		}
-		out.list = append(out.list, resolvedCut{table: ti, after: sc.After, fromStart: sc.FromStart, lsn: sc.LSN})
+		after, err := sc.afterKey()
+		if err != nil {
+			return nil, fmt.Errorf("%w: the capture state's cut in entity type %q: %v", ErrSetup, sc.Type, err)
+		}
+		if !sc.FromStart {
+			if _, err := se.tables[ti].keyValues(after); err != nil {
+				return nil, fmt.Errorf("%w: the interrupted snapshot's cut in entity type %q: %v (the table's key changed since the snapshot: start over with --recreate-slot)", ErrSetup, sc.Type, err)
+			}
+		}
+		out.list = append(out.list, resolvedCut{table: ti, after: after, fromStart: sc.FromStart, lsn: sc.LSN})
 		out.max = max(out.max, sc.LSN)
 	}
 	return out, nil
 }
 
-// covers reports whether the change of entity id of table ti committed at
+// covers reports whether the change of entity key of table ti committed at
 // lsn is already in the state a resumed copy took of its row: the latest
-// cut the row comes after copied it, as of that cut's LSN.
-func (cs *cuts) covers(ti int, key codecs.Key, lsn codecs.LSN) bool {
-	id, _ := key.Int()
+// cut the row comes after, in the copy's order, copied it as of that cut's
+// LSN. Only changes before the last cut's LSN are compared.
+func (cs *cuts) covers(ctx context.Context, ti int, key codecs.Key, lsn codecs.LSN) (bool, error) {
 	if cs == nil || lsn >= cs.max {
-		return false
+		return false, nil
 	}
 	for i := len(cs.list) - 1; i >= 0; i-- {
 		c := cs.list[i]
-		if ti > c.table || (ti == c.table && (c.fromStart || id > c.after)) {
-			return lsn < c.lsn
+		if ti > c.table || (ti == c.table && c.fromStart) {
+			return lsn < c.lsn, nil
+		}
+		if ti == c.table {
+			order, err := compareKeys(ctx, cs.tables[ti], key, c.after, cs.collate)
+			if err != nil {
+				return false, err
+			}
+			if order > 0 {
+				return lsn < c.lsn, nil
+			}
 		}
 	}
-	return false
+	return false, nil
+}
+
+// compareKeys orders two keys of table t as the snapshot's copy pages
+// through it (pageQuery): the key columns in their index's order, each in
+// the database's order. Integers compare as numbers and uuids as their
+// canonical text (PostgreSQL orders uuids by their bytes, which is the
+// order of that text), both here. Text parts that differ are compared by
+// PostgreSQL in the column's collation (collate), as the index orders them:
+// the copy keeps to the database's order, rather than ordering by
+// collate "C", because only then is each batch an index range scan of a
+// big table; the price is a query per change compared, which happens only
+// for changes of the window between the slot's start and the last cut's
+// LSN, and only for keys whose text parts differ.
+func compareKeys(ctx context.Context, t table, a, b codecs.Key, collate *collator) (int, error) {
+	av, err := t.keyValues(a)
+	if err != nil {
+		return 0, err
+	}
+	bv, err := t.keyValues(b)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range t.key.order {
+		x, y := av[k], bv[k]
+		if x == y {
+			continue // equal bytes are equal in every collation
+		}
+		switch t.key.kinds[k] {
+		case codecs.KeyInteger:
+			xi, err1 := strconv.ParseInt(x, 10, 64)
+			yi, err2 := strconv.ParseInt(y, 10, 64)
+			if err := errors.Join(err1, err2); err != nil {
+				return 0, fmt.Errorf("table %s key column %s: %w", t.qualified(), t.keyColumns[k], err)
+			}
+			return cmp.Compare(xi, yi), nil
+		case codecs.KeyUUID:
+			return strings.Compare(x, y), nil
+		default:
+			if collate == nil {
+				return 0, fmt.Errorf("table %s key column %s: no connection to compare text in the column's collation", t.qualified(), t.keyColumns[k])
+			}
+			order, err := collate.compare(ctx, t.key.types[k], t.key.collations[k], x, y)
+			if err != nil {
+				return 0, fmt.Errorf("compare keys of %s in the collation of %s: %w", t.qualified(), t.keyColumns[k], err)
+			}
+			if order != 0 {
+				return order, nil
+			}
+		}
+	}
+	return 0, nil
+}
+
+// collator compares text values in a column's collation on a connection of
+// its own, opened at the first comparison.
+type collator struct {
+	url  string
+	conn *pgx.Conn
+}
+
+func (c *collator) compare(ctx context.Context, typ, collation, x, y string) (int, error) {
+	if c.conn == nil {
+		conn, err := pgx.Connect(ctx, c.url)
+		if err != nil {
+			return 0, fmt.Errorf("connect to postgres: %w", err)
+		}
+		c.conn = conn
+	}
+	expr := func(p string) string {
+		e := p + "::text::" + typ
+		if collation != "" {
+			e += " collate " + collation
+		}
+		return e
+	}
+	var order int
+	sql := fmt.Sprintf("select case when %[1]s < %[2]s then -1 when %[1]s > %[2]s then 1 else 0 end", expr("$1"), expr("$2"))
+	if err := c.conn.QueryRow(ctx, sql, x, y).Scan(&order); err != nil {
+		return 0, err
+	}
+	return order, nil
+}
+
+func (c *collator) close() {
+	if c != nil && c.conn != nil {
+		c.conn.Close(context.Background())
+		c.conn = nil
+	}
 }
 
 // copyTables copies the tables in a repeatable-read, read-only transaction,
@@ -434,6 +599,3 @@ func (se *session) entityTypes() []string {
 	}
 	return out
 }
-
-// afterID is the id a resumed copy starts after.
-func afterID(k codecs.Key) int64 { id, _ := k.Int(); return id }

@@ -45,15 +45,15 @@ func TestSnapshotCopyBatch(t *testing.T) {
 	}
 	taken := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	cp := &snapshotCopy{tx: tx, producer: producer, failed: make(chan struct{}), topic: "history", maxBytes: 1 << 20, base: 99, index: 7, taken: taken}
-	tab := table{schema: "pg_temp", name: "copy_batch", entityType: "letter", idColumn: "id"}
+	tab := intTable("pg_temp", "copy_batch", "letter", "id")
 	const sql = "select * from copy_batch order by id"
 
 	n, last, err := cp.batch(ctx, tab, sql, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 3 || last != 9 || cp.index != 10 {
-		t.Errorf("batch = %d rows, last id %d, next index %d; want 3, 9, 10", n, last, cp.index)
+	if n != 3 || last != codecs.IntKey(9) || cp.index != 10 {
+		t.Errorf("batch = %d rows, last id %s, next index %d; want 3, 9, 10", n, last, cp.index)
 	}
 	for i, id := range []int64{3, 5, 9} {
 		msg := <-producer.Successes()
@@ -66,9 +66,9 @@ func TestSnapshotCopyBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := codecs.Position{CommitLSN: 99, Index: 7 + uint32(i)}
-		if msg.Topic != "history" || ev.Op != codecs.OpSnapshot || ev.EntityType != "letter" || ev.EntityID != id ||
+		if msg.Topic != "history" || ev.Op != codecs.OpSnapshot || ev.EntityType != "letter" || ev.EntityID != codecs.IntKey(id) ||
 			ev.CommitLSN != 99 || ev.Position != want || !ev.CommitTime.Equal(taken) {
-			t.Errorf("row %d: %s %s/%d at %s (commit LSN %s, time %s) to %s; want snapshot letter/%d at %s (99, %s) to history",
+			t.Errorf("row %d: %s %s/%s at %s (commit LSN %s, time %s) to %s; want snapshot letter/%d at %s (99, %s) to history",
 				i, ev.Op, ev.EntityType, ev.EntityID, ev.Position, ev.CommitLSN, ev.CommitTime, msg.Topic, id, want, taken)
 		}
 	}

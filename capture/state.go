@@ -32,7 +32,8 @@ type captureState struct {
 
 // snapshotCut is where a resumed copy of an interrupted initial snapshot
 // started and the exact point of the database it copied: every row after
-// (Type, After) in copy order (tables in config order, ids ascending) was
+// (Type, After) in copy order (tables in config order, keys ascending in
+// the database's order of the key's unique index) was
 // copied as of LSN, a temporary slot's consistent point, so it already
 // holds every change committed before LSN. The stream, which starts at the
 // slot's older consistent point, leaves those changes out for those rows:
@@ -40,10 +41,17 @@ type captureState struct {
 type snapshotCut struct {
 	// Type is the entity type of the table the copy resumed in.
 	Type string `json:"type"`
-	// After is the last id copied before the cut in that table; with
-	// FromStart the copy started at the table's first row.
-	After     int64 `json:"after,string"`
-	FromStart bool  `json:"from_start,omitempty"`
+	// After is the last key copied before the cut in that table, when the
+	// key is an integer (as every state before other key kinds held it);
+	// with FromStart the copy started at the table's first row.
+	After int64 `json:"after,string"`
+	// AfterKey and AfterKind are the last key copied before the cut when it
+	// is not an integer: its canonical text and kind. An integer key is
+	// written to After alone, so states stay what they were for integer
+	// keys, and a state without after_key is read as an integer After.
+	AfterKey  string         `json:"after_key,omitempty"`
+	AfterKind codecs.KeyKind `json:"after_kind,omitempty"`
+	FromStart bool           `json:"from_start,omitempty"`
 	// LSN is the consistent point of the copy's snapshot.
 	LSN codecs.LSN `json:"lsn"`
 }
@@ -101,4 +109,21 @@ func writeState(client sarama.Client, topic string, st captureState) error {
 		return fmt.Errorf("write capture state: %w", err)
 	}
 	return nil
+}
+
+// setAfter records k as the last key copied before the cut.
+func (c *snapshotCut) setAfter(k codecs.Key) {
+	if id, ok := k.Int(); ok {
+		c.After, c.AfterKey, c.AfterKind = id, "", codecs.KeyInteger
+		return
+	}
+	c.After, c.AfterKey, c.AfterKind = 0, k.String(), k.Kind()
+}
+
+// afterKey returns the last key copied before the cut.
+func (c snapshotCut) afterKey() (codecs.Key, error) {
+	if c.AfterKey == "" && c.AfterKind == codecs.KeyInteger {
+		return codecs.IntKey(c.After), nil
+	}
+	return codecs.ParseKey(c.AfterKind, c.AfterKey)
 }

@@ -44,7 +44,7 @@ func TestKeysOfEveryKind(t *testing.T) {
 	cfg := testConfig(t, e, name, []topology.EntityConfig{
 		{Type: "byuuid", Table: "public." + tables["byuuid"], IDColumn: "id", Partitions: 3},
 		{Type: "bytext", Table: "public." + tables["bytext"], IDColumn: "code", Partitions: 3},
-		{Type: "bypair", Table: "public." + tables["bypair"], KeyColumns: []string{"tenant", "n"}, Partitions: 3},
+		{Type: "bypair", Table: "public." + tables["bypair"], KeyColumnNames: []string{"tenant", "n"}, Partitions: 3},
 	})
 	topo := topology.New(cfg)
 	cleanupStack(t, e, cfg, tables["byuuid"], tables["bytext"], tables["bypair"])

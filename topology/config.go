@@ -304,11 +304,30 @@ type EntityConfig struct {
 	Type string `yaml:"type"`
 	// Table is the captured table, schema-qualified or in public. Required.
 	Table string `yaml:"table"`
-	// IDColumn is the column holding the 64-bit entity id (smallint,
-	// integer or bigint). Default: id.
+	// IDColumn is the one column holding the entity's key: smallint,
+	// integer or bigint (an integer key, in decimal), uuid, or text, varchar
+	// or char (a text key). It must be NOT NULL and be the table's primary
+	// key or have a unique, non-partial index of its own. Not together
+	// with key_columns. Default: id (when key_columns is not given).
 	IDColumn string `yaml:"id_column"`
+	// KeyColumnNames (key_columns) are the columns of the entity's key when it is not the one
+	// id_column: several columns (a composite key, e.g. [tenant_id, id]),
+	// or one column of any key type. Together they must be exactly the
+	// columns of the primary key or of a unique, non-partial index, each
+	// NOT NULL and of a type id_column accepts. Their order here is the
+	// order of the parts of a composite key. Not together with id_column.
+	KeyColumnNames []string `yaml:"key_columns,omitempty"`
 	// Partitions of the type's event topic and snapshot table. Default: 8.
 	Partitions int `yaml:"partitions"`
+}
+
+// KeyColumns returns the columns of the entity's key, in the order of a
+// composite key's parts: key_columns when given, else id_column alone.
+func (e EntityConfig) KeyColumns() []string {
+	if len(e.KeyColumnNames) > 0 {
+		return e.KeyColumnNames
+	}
+	return []string{e.IDColumn}
 }
 
 // Defaults of the fields that have one.
@@ -454,7 +473,9 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Monitor.RememberEvents, DefaultRememberEvents)
 	for i := range c.Entities {
 		e := &c.Entities[i]
-		setDefault(&e.IDColumn, DefaultIDColumn)
+		if len(e.KeyColumnNames) == 0 {
+			setDefault(&e.IDColumn, DefaultIDColumn)
+		}
 		if e.Partitions == 0 {
 			e.Partitions = DefaultPartitions
 		}
@@ -559,8 +580,21 @@ func (c *Config) Validate() error {
 			return fieldErr(at("table"), "%q is already captured by entities[%d]", e.Table, j)
 		}
 		tables[e.Table] = i
-		if !sqlIdent.MatchString(e.IDColumn) {
+		if len(e.KeyColumnNames) > 0 && e.IDColumn != "" {
+			return fieldErr(at("key_columns"), "give either id_column (%q) or key_columns, not both", e.IDColumn)
+		}
+		if len(e.KeyColumnNames) == 0 && !sqlIdent.MatchString(e.IDColumn) {
 			return fieldErr(at("id_column"), "must be a plain SQL identifier, got %q", e.IDColumn)
+		}
+		seen := map[string]int{}
+		for k, col := range e.KeyColumnNames {
+			if !sqlIdent.MatchString(col) {
+				return fieldErr(at(fmt.Sprintf("key_columns[%d]", k)), "must be a plain SQL identifier, got %q", col)
+			}
+			if j, dup := seen[col]; dup {
+				return fieldErr(at(fmt.Sprintf("key_columns[%d]", k)), "%q is already key_columns[%d]", col, j)
+			}
+			seen[col] = k
 		}
 		if e.Partitions < 1 || e.Partitions > 10000 {
 			return fieldErr(at("partitions"), "must be between 1 and 10000, got %d", e.Partitions)

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -607,6 +608,12 @@ func TestParseInvalid(t *testing.T) {
 		{"table duplicate", func(c *topology.Config) { c.Entities[1].Table = "public.accounts" }, "entities[1].table"},
 		{"table duplicate without schema", func(c *topology.Config) { c.Entities[1].Table = "accounts" }, "entities[1].table"},
 		{"id column", func(c *topology.Config) { c.Entities[1].IDColumn = "bad col" }, "entities[1].id_column"},
+		{"id column and key columns", func(c *topology.Config) {
+			c.Entities[1].IDColumn, c.Entities[1].KeyColumnNames = "id", []string{"tenant", "id"}
+		}, "entities[1].key_columns"},
+		{"key column not an identifier", func(c *topology.Config) { c.Entities[0].KeyColumnNames = []string{"tenant", "bad-col"} }, "entities[0].key_columns[1]"},
+		{"key column empty", func(c *topology.Config) { c.Entities[0].KeyColumnNames = []string{""} }, "entities[0].key_columns[0]"},
+		{"key column duplicate", func(c *topology.Config) { c.Entities[0].KeyColumnNames = []string{"a", "b", "a"} }, "entities[0].key_columns[2]"},
 		{"partitions negative", func(c *topology.Config) { c.Entities[1].Partitions = -1 }, "entities[1].partitions"},
 		{"partitions too many", func(c *topology.Config) { c.Entities[0].Partitions = 10001 }, "entities[0].partitions"},
 		{"serve listen without port", func(c *topology.Config) { c.Serve.Listen = "localhost" }, "serve.listen"},
@@ -676,6 +683,7 @@ func TestParseBoundaries(t *testing.T) {
 		{"type 63 chars", func(c *topology.Config) { c.Entities[1].Type = "t" + strings.Repeat("_", 62) }},
 		{"partitions 1 and 10000", func(c *topology.Config) { c.Entities[0].Partitions, c.Entities[1].Partitions = 1, 10000 }},
 		{"same table name in two schemas", func(c *topology.Config) { c.Entities[1].Table = "other.accounts" }},
+		{"key columns", func(c *topology.Config) { c.Entities[1].KeyColumnNames = []string{"tenant_id", "id"} }},
 		{"remember_events 1000", func(c *topology.Config) { c.Monitor.RememberEvents = 1000 }},
 		{"remember_events 100000000", func(c *topology.Config) { c.Monitor.RememberEvents = 100_000_000 }},
 		{"serve max response bytes 1024", func(c *topology.Config) { c.Serve.MaxResponseBytes = 1024 }},
@@ -853,5 +861,30 @@ func TestConfigEntity(t *testing.T) {
 				t.Errorf("Entity(%q) = %+v, %v; want table %q, %v", tt.typ, e, ok, tt.wantTb, tt.ok)
 			}
 		})
+	}
+}
+
+func TestEntityKeyColumns(t *testing.T) {
+	unsetEnv(t)
+	cfg, err := topology.Parse([]byte(`
+kafka: {brokers: ["k:9092"]}
+postgres: {url: "postgres://db"}
+entities:
+  - {type: a, table: a}
+  - {type: b, table: b, id_column: code}
+  - {type: c, table: c, key_columns: [tenant_id, id]}
+  - {type: d, table: d, key_columns: [uid]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"id"}, {"code"}, {"tenant_id", "id"}, {"uid"}}
+	for i, e := range cfg.Entities {
+		if got := e.KeyColumns(); !slices.Equal(got, want[i]) {
+			t.Errorf("entities[%d].KeyColumns() = %q, want %q", i, got, want[i])
+		}
+	}
+	if got := cfg.Entities[2].IDColumn; got != "" {
+		t.Errorf("entities[2].id_column = %q: no default beside key_columns", got)
 	}
 }

@@ -306,7 +306,7 @@ func compareAll(ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs m
 	counts := map[string][2]int{}
 	for _, typ := range topo.EntityTypes() {
 		e, _ := topo.Config().Entity(typ)
-		rows, err := dbcheck.Rows(ctx, db, e.Table, e.IDColumn)
+		rows, err := dbcheck.Rows(ctx, db, e.Table, e.KeyColumns())
 		if err != nil {
 			return nil, nil, err
 		}

@@ -8,8 +8,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -29,28 +29,56 @@ func QuoteTable(table string) string {
 }
 
 // Rows reads every row of table ([schema.]table, exact names: see
-// QuoteTable) as the capture would encode it, keyed by the id column. Values
-// are read in text format, the form pgoutput sends, and mapped with
-// codecs.ColumnValue.
-func Rows(ctx context.Context, conn *pgx.Conn, table, idColumn string) (map[codecs.Key]codecs.Row, error) {
-	return query(ctx, conn, table, idColumn, "select * from "+QuoteTable(table))
+// QuoteTable) as the capture would encode it, keyed by the entity key the
+// capture computes from keyColumns (topology.EntityConfig.KeyColumns) with
+// codecs.ColumnKey. Values are read in text format, the form pgoutput sends,
+// and mapped with codecs.ColumnValue.
+func Rows(ctx context.Context, conn *pgx.Conn, table string, keyColumns []string) (map[codecs.Key]codecs.Row, error) {
+	return query(ctx, conn, table, keyColumns, "select * from "+QuoteTable(table))
 }
 
-// Row reads the row of table whose id column is id, as Rows does; nil if
-// there is none.
-func Row(ctx context.Context, conn *pgx.Conn, table, idColumn string, id int64) (codecs.Row, error) {
-	rows, err := query(ctx, conn, table, idColumn, "select * from "+QuoteTable(table)+" where "+pgx.Identifier{idColumn}.Sanitize()+" = $1", id)
+// Row reads the row of table whose key, over keyColumns, is key, as Rows
+// does; nil if there is none.
+func Row(ctx context.Context, conn *pgx.Conn, table string, keyColumns []string, key codecs.Key) (codecs.Row, error) {
+	values := KeyValues(key)
+	if len(values) != len(keyColumns) {
+		return nil, fmt.Errorf("%s: key %s has %d parts, the table has %d key columns", table, key, len(values), len(keyColumns))
+	}
+	// The values are cast to the columns' types, so the lookup uses the
+	// key's index.
+	conds := make([]string, len(keyColumns))
+	args := make([]any, len(keyColumns))
+	for i, col := range keyColumns {
+		var typ string
+		err := conn.QueryRow(ctx, `select format_type(atttypid, atttypmod) from pg_attribute
+			where attrelid = $1::regclass and attname = $2 and attnum > 0 and not attisdropped`, QuoteTable(table), col).Scan(&typ)
+		if err != nil {
+			return nil, fmt.Errorf("type of %s.%s: %w", table, col, err)
+		}
+		conds[i] = fmt.Sprintf("%s = $%d::text::%s", pgx.Identifier{col}.Sanitize(), i+1, typ)
+		args[i] = values[i]
+	}
+	rows, err := query(ctx, conn, table, keyColumns, "select * from "+QuoteTable(table)+" where "+strings.Join(conds, " and "), args...)
 	if err != nil {
 		return nil, err
 	}
-	return rows[codecs.IntKey(id)], nil
+	return rows[key], nil
+}
+
+// KeyValues returns the text of each key column of key, in the key
+// columns' order: a composite key's parts, else the key's text.
+func KeyValues(key codecs.Key) []string {
+	if key.Kind() == codecs.KeyComposite {
+		return key.Parts()
+	}
+	return []string{key.String()}
 }
 
 // DiffRow describes the first difference between a row of the database and
 // the row of a state; empty means equal.
 func DiffRow(db, view codecs.Row) string { return diffRow(db, view) }
 
-func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, args ...any) (map[codecs.Key]codecs.Row, error) {
+func query(ctx context.Context, conn *pgx.Conn, table string, keyColumns []string, sql string, args ...any) (map[codecs.Key]codecs.Row, error) {
 	rows, err := conn.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", table, err)
@@ -59,16 +87,18 @@ func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, arg
 	fields := rows.FieldDescriptions()
 	names := make([]string, len(fields))
 	oids := make([]uint32, len(fields))
-	idIndex := -1
 	for i, f := range fields {
 		names[i], oids[i] = f.Name, f.DataTypeOID
-		if f.Name == idColumn {
-			idIndex = i
+	}
+	keyIndex := make([]int, len(keyColumns))
+	keyOIDs := make([]uint32, len(keyColumns))
+	for k, col := range keyColumns {
+		if keyIndex[k] = slices.Index(names, col); keyIndex[k] < 0 {
+			return nil, fmt.Errorf("%s has no key column %s", table, col)
 		}
+		keyOIDs[k] = oids[keyIndex[k]]
 	}
-	if idIndex < 0 {
-		return nil, fmt.Errorf("%s has no id column %s", table, idColumn)
-	}
+	keyValues := make([][]byte, len(keyColumns))
 	out := map[codecs.Key]codecs.Row{}
 	for rows.Next() {
 		// RawValues reuses its buffers from row to row: the mapping copies.
@@ -77,11 +107,14 @@ func query(ctx context.Context, conn *pgx.Conn, table, idColumn, sql string, arg
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", table, err)
 		}
-		id, err := strconv.ParseInt(string(raw[idIndex]), 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%s.%s: %w", table, idColumn, err)
+		for k, i := range keyIndex {
+			keyValues[k] = raw[i]
 		}
-		out[codecs.IntKey(id)] = row
+		key, err := codecs.ColumnKey(keyColumns, keyOIDs, keyValues)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", table, err)
+		}
+		out[key] = row
 	}
 	return out, rows.Err()
 }

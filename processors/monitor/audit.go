@@ -2,8 +2,10 @@ package monitor
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -105,24 +107,9 @@ func (m *Monitor) audit(ctx context.Context) error {
 // empty.
 func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ string, rnd *rand.Rand) (string, error) {
 	ent, _ := m.cfg.Entity(typ)
-	// Names are quoted: a mixed-case table or column keeps its case.
-	idCol := pgx.Identifier{ent.IDColumn}.Sanitize()
-	table := dbcheck.QuoteTable(ent.Table)
-	var lo, hi *int64
-	if err := db.QueryRow(ctx, "select min("+idCol+")::bigint, max("+idCol+")::bigint from "+table).Scan(&lo, &hi); err != nil {
-		return "", err
-	}
-	if lo == nil {
-		return "", nil
-	}
-	span := uint64(*hi) - uint64(*lo) // no overflow in uint64
-	pick := *lo + int64(rnd.Uint64())
-	if span < math.MaxUint64 {
-		pick = *lo + int64(rnd.Uint64N(span+1))
-	}
-	var id int64
-	err := db.QueryRow(ctx, "select "+idCol+"::bigint from "+table+" where "+idCol+" >= $1 order by "+idCol+" limit 1", pick).Scan(&id)
-	if err != nil {
+	keyColumns := ent.KeyColumns()
+	key, found, err := sampleKey(ctx, db, dbcheck.QuoteTable(ent.Table), keyColumns, rnd)
+	if err != nil || !found {
 		return "", err
 	}
 	deadline := time.Now().Add(m.cfg.Monitor.StaleAfter)
@@ -135,11 +122,11 @@ func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ
 		if err := lsn.UnmarshalText([]byte(lsnText)); err != nil {
 			return "", err
 		}
-		row, err := dbcheck.Row(ctx, db, ent.Table, ent.IDColumn, id)
+		row, err := dbcheck.Row(ctx, db, ent.Table, keyColumns, key)
 		if err != nil {
 			return "", err
 		}
-		st, err := v.Get(ctx, id)
+		st, err := v.GetKey(ctx, key)
 		if err != nil {
 			return "", err
 		}
@@ -161,7 +148,7 @@ func (m *Monitor) auditOne(ctx context.Context, db *pgx.Conn, v *views.View, typ
 			if inFlight {
 				return "in_flight", nil
 			}
-			m.log.Error("audit mismatch: the snapshot differs from PostgreSQL", "entity_type", typ, "entity_id", id, "diff", diff,
+			m.log.Error("audit mismatch: the snapshot differs from PostgreSQL", "entity_type", typ, "entity_id", key.String(), "diff", diff,
 				"database_lsn", lsnText, "snapshot_position", positionOf(st))
 			return "mismatch", nil
 		}
@@ -178,4 +165,91 @@ func positionOf(st *codecs.State) string {
 		return "none"
 	}
 	return st.Position.String()
+}
+
+// sampleKey picks the key of a random row of table; found is false when the
+// table is empty. An integer key is drawn uniformly between the smallest and
+// the largest id, and the first row at or after it is taken (two index
+// lookups). Other keys have no such range: a block sample of about 100 rows
+// (tablesample system, reading only the sampled pages) gives one, and a
+// table too small or sparse for the sample to hit anything is small enough
+// to order at random.
+func sampleKey(ctx context.Context, db *pgx.Conn, table string, keyColumns []string, rnd *rand.Rand) (codecs.Key, bool, error) {
+	cols := make([]string, len(keyColumns))
+	for i, c := range keyColumns {
+		// Names are quoted: a mixed-case table or column keeps its case.
+		cols[i] = pgx.Identifier{c}.Sanitize()
+	}
+	list := strings.Join(cols, ", ")
+	if len(cols) == 1 {
+		var integer bool
+		err := db.QueryRow(ctx, `select atttypid in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+			from pg_attribute where attrelid = $1::regclass and attname = $2`, table, keyColumns[0]).Scan(&integer)
+		if err != nil {
+			return codecs.Key{}, false, err
+		}
+		if integer {
+			idCol := cols[0]
+			var lo, hi *int64
+			if err := db.QueryRow(ctx, "select min("+idCol+")::bigint, max("+idCol+")::bigint from "+table).Scan(&lo, &hi); err != nil {
+				return codecs.Key{}, false, err
+			}
+			if lo == nil {
+				return codecs.Key{}, false, nil
+			}
+			span := uint64(*hi) - uint64(*lo) // no overflow in uint64
+			pick := *lo + int64(rnd.Uint64())
+			if span < math.MaxUint64 {
+				pick = *lo + int64(rnd.Uint64N(span+1))
+			}
+			var id int64
+			err := db.QueryRow(ctx, "select "+idCol+"::bigint from "+table+" where "+idCol+" >= $1 order by "+idCol+" limit 1", pick).Scan(&id)
+			if err != nil {
+				return codecs.Key{}, false, err
+			}
+			return codecs.IntKey(id), true, nil
+		}
+	}
+	var estimate float64
+	if err := db.QueryRow(ctx, "select greatest(reltuples, 0)::float8 from pg_class where oid = $1::regclass", table).Scan(&estimate); err != nil {
+		return codecs.Key{}, false, err
+	}
+	percent := 100.0
+	if estimate > 100 {
+		percent = 100 * 100 / estimate
+	}
+	queries := []string{
+		fmt.Sprintf("select %s from %s tablesample system (%g) repeatable (%d) limit 1", list, table, percent, rnd.Int32()),
+		fmt.Sprintf("select %s from %s order by random() limit 1", list, table),
+	}
+	if estimate > 1_000_000 {
+		queries[1] = fmt.Sprintf("select %s from %s limit 1", list, table) // never sort a big table
+	}
+	for _, q := range queries {
+		rows, err := db.Query(ctx, q, pgx.QueryResultFormats{pgx.TextFormatCode})
+		if err != nil {
+			return codecs.Key{}, false, err
+		}
+		var key codecs.Key
+		found := false
+		if rows.Next() {
+			oids := make([]uint32, len(cols))
+			for i, f := range rows.FieldDescriptions() {
+				oids[i] = f.DataTypeOID
+			}
+			key, err = codecs.ColumnKey(keyColumns, oids, rows.RawValues())
+			found = err == nil
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+		if err != nil {
+			return codecs.Key{}, false, err
+		}
+		if found {
+			return key, true, nil
+		}
+	}
+	return codecs.Key{}, false, nil
 }
