@@ -8,7 +8,8 @@
 //
 //	{
 //	  "type": "account",                     entity type (the config's entities[].type)
-//	  "id": "42",                            entity id, a 64-bit integer as a decimal string
+//	  "id": "42",                            entity key's canonical text (codecs.Key), always a string
+//	  "id_kind": "text",                     integer (left out), uuid, text or composite
 //	  "op": "update",                        snapshot | insert | update | delete | truncate
 //	  "after": {"id": 42, "name": "acme"},   the row after the change (insert, update)
 //	  "before": {"id": 42},                  the old row or key, where PostgreSQL sends it
