@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"strconv"
 )
 
 // page collects the JSON of a page's items (entities, changes) within the
@@ -13,7 +12,8 @@ type page struct {
 	size      int // of the items and their commas
 	budget    int // for the items
 	limit     int
-	nextAfter string // when set, "next_after" of the page
+	nextAfter string // "next_after" of the page, when more is set
+	more      bool   // the page is full: it has a next page
 }
 
 // pageOverhead is what a page's JSON holds besides its items (type, id,
@@ -59,9 +59,11 @@ func (p *page) body(head string) []byte {
 		b.Write(it)
 	}
 	b.WriteByte(']')
-	if p.nextAfter != "" {
+	if p.more { // next_after may be "", the text key of an entity
+		// JSON, not Go, escapes: a text key may hold control characters.
+		next, _ := json.Marshal(p.nextAfter)
 		b.WriteString(`,"next_after":`)
-		b.WriteString(strconv.Quote(p.nextAfter))
+		b.Write(next)
 	}
 	b.WriteString("}\n")
 	return b.Bytes()
