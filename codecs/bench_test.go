@@ -21,7 +21,7 @@ func benchEvent() *codecs.Event {
 	}
 	lsn := codecs.LSN(0x16B374D848)
 	return &codecs.Event{
-		EntityType: "campaign", EntityID: 9007199254740993, Op: codecs.OpUpdate, After: row,
+		EntityType: "campaign", EntityID: codecs.IntKey(9007199254740993), Op: codecs.OpUpdate, After: row,
 		TxID: 750, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn, Index: 3},
 		CommitTime:  time.Date(2026, 11, 25, 12, 0, 0, 654321000, time.UTC),
 		CaptureTime: time.Date(2026, 11, 25, 12, 0, 0, 656000000, time.UTC),

@@ -9,7 +9,6 @@
 //	{
 //	  "type": "account",                     entity type (the config's entities[].type)
 //	  "id": "42",                            the entity's key, its canonical text (see Keys)
-//	  "id_kind": "uuid",                     the key's kind; left out for an integer key
 //	  "op": "update",                        snapshot | insert | update | delete | truncate
 //	  "after": {"id": 42, "name": "acme"},   the row after the change (insert, update)
 //	  "before": {"id": 42},                  the old row or key, where PostgreSQL sends it
@@ -18,7 +17,8 @@
 //	  "commit_lsn": "0/1A2B3C4",             LSN of the transaction's commit record
 //	  "position": "0000000001A2B3C4:00000002", commit LSN and index in the transaction
 //	  "commit_time": "2026-11-25T20:00:00.123456Z",
-//	  "capture_time": "2026-11-25T20:00:00.125Z"
+//	  "capture_time": "2026-11-25T20:00:00.125Z",
+//	  "id_kind": "uuid"                      the key's kind, written last; left out for an integer key
 //	}
 //
 // Positions strictly increase along the history; their text form sorts in

@@ -104,16 +104,21 @@ type eventFields Event
 
 // eventJSON is an Event as JSON: its fields, and the key as "id" and
 // "id_kind".
+//
+// "type" and "id" come first, as the wire format has always written them
+// (the outer EntityType hides the embedded one, which stays empty), and
+// "id_kind" last: views tell a state's key kind from the end of its JSON.
 type eventJSON struct {
+	EntityType string  `json:"type"`
+	ID         *string `json:"id"`
 	eventFields
-	ID     *string `json:"id"`
 	IDKind KeyKind `json:"id_kind,omitempty"`
 }
 
 // MarshalJSON implements json.Marshaler.
 func (e Event) MarshalJSON() ([]byte, error) {
 	id := e.EntityID.String()
-	return json.Marshal(eventJSON{eventFields(e), &id, e.EntityID.Kind()})
+	return json.Marshal(eventJSON{e.EntityType, &id, eventFields(e), e.EntityID.Kind()})
 }
 
 // UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
@@ -131,7 +136,7 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*e = Event(w.eventFields)
-	e.EntityID = key
+	e.EntityType, e.EntityID = w.EntityType, key
 	return nil
 }
 

@@ -25,7 +25,7 @@ var (
 func event(op codecs.Op) *codecs.Event {
 	e := &codecs.Event{
 		EntityType:  "account",
-		EntityID:    42,
+		EntityID:    codecs.IntKey(42),
 		Op:          op,
 		TxID:        750,
 		CommitLSN:   commitLSN,
@@ -43,18 +43,18 @@ func event(op codecs.Op) *codecs.Event {
 	case codecs.OpDelete:
 		e.Before = codecs.Row{"id": json.RawMessage(`42`)}
 	case codecs.OpTruncate:
-		e.EntityID = 0
+		e.EntityID = codecs.IntKey(0)
 	}
 	return e
 }
 
 func TestEventRoundTrip(t *testing.T) {
 	big := event(codecs.OpInsert)
-	big.EntityID = 1<<53 + 1 // not exact in a float64
+	big.EntityID = codecs.IntKey(1<<53 + 1) // not exact in a float64
 	minID := event(codecs.OpDelete)
-	minID.EntityID = math.MinInt64
+	minID.EntityID = codecs.IntKey(math.MinInt64)
 	maxAll := event(codecs.OpUpdate)
-	maxAll.EntityID = math.MaxInt64
+	maxAll.EntityID = codecs.IntKey(math.MaxInt64)
 	maxAll.TxID = math.MaxUint32
 	maxAll.CommitLSN = math.MaxUint64
 	maxAll.Position = codecs.Position{CommitLSN: math.MaxUint64, Index: math.MaxUint32}
@@ -94,7 +94,7 @@ func TestEventRoundTrip(t *testing.T) {
 
 func TestEventJSON(t *testing.T) {
 	e := event(codecs.OpUpdate)
-	e.EntityID = 1<<53 + 1
+	e.EntityID = codecs.IntKey(1<<53 + 1)
 	b, err := codecs.EventCodec{}.Encode(e)
 	if err != nil {
 		t.Fatal(err)
@@ -397,7 +397,7 @@ func FuzzEventCodec(f *testing.F) {
 func sameEvent(a, b *codecs.Event) string {
 	switch {
 	case a.EntityType != b.EntityType || a.EntityID != b.EntityID || a.Op != b.Op || a.TxID != b.TxID:
-		return fmt.Sprintf("identity: %s/%d/%s/%d vs %s/%d/%s/%d", a.EntityType, a.EntityID, a.Op, a.TxID, b.EntityType, b.EntityID, b.Op, b.TxID)
+		return fmt.Sprintf("identity: %s/%s/%s/%d vs %s/%s/%s/%d", a.EntityType, a.EntityID, a.Op, a.TxID, b.EntityType, b.EntityID, b.Op, b.TxID)
 	case a.CommitLSN != b.CommitLSN || a.Position != b.Position:
 		return fmt.Sprintf("position: %s %s vs %s %s", a.CommitLSN, a.Position, b.CommitLSN, b.Position)
 	case !a.CommitTime.Equal(b.CommitTime) || !a.CaptureTime.Equal(b.CaptureTime):

@@ -14,7 +14,7 @@ func ExampleEventCodec() {
 	commit := time.Date(2026, 11, 25, 20, 0, 0, 0, time.UTC)
 	ev := &codecs.Event{
 		EntityType:  "account",
-		EntityID:    42,
+		EntityID:    codecs.IntKey(42),
 		Op:          codecs.OpInsert,
 		After:       codecs.Row{"id": json.RawMessage(`42`), "name": json.RawMessage(`"acme"`)},
 		TxID:        750,
@@ -42,7 +42,7 @@ func ExampleEventCodec() {
 	}
 	fmt.Println(back.Op, back.EntityID, row.Name, back.Position)
 
-	_, err = codecs.EventCodec{}.Decode([]byte(`{"type":"account","op":"insert"}`))
+	_, err = codecs.EventCodec{}.Decode([]byte(`{"type":"account","id":"42","op":"insert"}`))
 	fmt.Println(err)
 	// Output:
 	// {"type":"account","id":"42","op":"insert","after":{"id":42,"name":"acme"},"xid":750,"commit_lsn":"0/1A2B3C4","position":"0000000001A2B3C4:00000000","commit_time":"2026-11-25T20:00:00Z","capture_time":"2026-11-25T20:00:00.002Z"}

@@ -15,11 +15,11 @@ func pos(lsn codecs.LSN, idx uint32) codecs.Position {
 }
 
 func entity(p codecs.Position) *codecs.State {
-	return &codecs.State{EntityType: "account", EntityID: 1, Row: codecs.Row{"id": json.RawMessage(`1`)}, Position: p}
+	return &codecs.State{EntityType: "account", EntityID: codecs.IntKey(1), Row: codecs.Row{"id": json.RawMessage(`1`)}, Position: p}
 }
 
 func deleted(p codecs.Position) *codecs.State {
-	return &codecs.State{EntityType: "account", EntityID: 1, Deleted: true, Position: p}
+	return &codecs.State{EntityType: "account", EntityID: codecs.IntKey(1), Deleted: true, Position: p}
 }
 
 func marker(p codecs.Position) *codecs.State {
@@ -27,7 +27,7 @@ func marker(p codecs.Position) *codecs.State {
 }
 
 func change(op codecs.Op, p codecs.Position) *codecs.Event {
-	return &codecs.Event{EntityType: "account", EntityID: 1, Op: op, CommitLSN: p.CommitLSN, Position: p}
+	return &codecs.Event{EntityType: "account", EntityID: codecs.IntKey(1), Op: op, CommitLSN: p.CommitLSN, Position: p}
 }
 
 func TestJudge(t *testing.T) {
@@ -164,13 +164,13 @@ func TestObsolete(t *testing.T) {
 
 // A snapshot table's step for one change: Judge, then Apply on Base.
 func ExampleJudge() {
-	stored := &codecs.State{EntityType: "account", EntityID: 42, Deleted: true,
+	stored := &codecs.State{EntityType: "account", EntityID: codecs.IntKey(42), Deleted: true,
 		Position: codecs.Position{CommitLSN: 0x200, Index: 1}}
 	truncatedAt := codecs.Position{} // no TRUNCATE yet
 	for _, ev := range []*codecs.Event{
-		{EntityType: "account", EntityID: 42, Op: codecs.OpInsert, CommitLSN: 0x100, Position: codecs.Position{CommitLSN: 0x100}},
-		{EntityType: "account", EntityID: 42, Op: codecs.OpDelete, CommitLSN: 0x200, Position: codecs.Position{CommitLSN: 0x200, Index: 1}},
-		{EntityType: "account", EntityID: 42, Op: codecs.OpInsert, CommitLSN: 0x300, Position: codecs.Position{CommitLSN: 0x300},
+		{EntityType: "account", EntityID: codecs.IntKey(42), Op: codecs.OpInsert, CommitLSN: 0x100, Position: codecs.Position{CommitLSN: 0x100}},
+		{EntityType: "account", EntityID: codecs.IntKey(42), Op: codecs.OpDelete, CommitLSN: 0x200, Position: codecs.Position{CommitLSN: 0x200, Index: 1}},
+		{EntityType: "account", EntityID: codecs.IntKey(42), Op: codecs.OpInsert, CommitLSN: 0x300, Position: codecs.Position{CommitLSN: 0x300},
 			After: codecs.Row{"id": json.RawMessage(`42`)}},
 	} {
 		v := codecs.Judge(stored, ev, truncatedAt)

@@ -57,16 +57,21 @@ func (s *State) Validate() error {
 type stateFields State
 
 // stateJSON is a State as JSON, its key as "id" and "id_kind".
+//
+// "type" and "id" come first, as the wire format has always written them
+// (the outer EntityType hides the embedded one, which stays empty), and
+// "id_kind" last: views tell a state's key kind from the end of its JSON.
 type stateJSON struct {
+	EntityType string  `json:"type"`
+	ID         *string `json:"id"`
 	stateFields
-	ID     *string `json:"id"`
 	IDKind KeyKind `json:"id_kind,omitempty"`
 }
 
 // MarshalJSON implements json.Marshaler.
 func (s State) MarshalJSON() ([]byte, error) {
 	id := s.EntityID.String()
-	return json.Marshal(stateJSON{stateFields(s), &id, s.EntityID.Kind()})
+	return json.Marshal(stateJSON{s.EntityType, &id, stateFields(s), s.EntityID.Kind()})
 }
 
 // UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
@@ -84,7 +89,7 @@ func (s *State) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*s = State(w.stateFields)
-	s.EntityID = key
+	s.EntityType, s.EntityID = w.EntityType, key
 	return nil
 }
 

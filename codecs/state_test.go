@@ -14,7 +14,7 @@ import (
 func state() *codecs.State {
 	return &codecs.State{
 		EntityType:  "account",
-		EntityID:    1<<53 + 1,
+		EntityID:    codecs.IntKey(1<<53 + 1),
 		Row:         codecs.Row{"id": json.RawMessage(`9007199254740993`), "name": json.RawMessage(`"acme"`), "n": json.RawMessage(`null`)},
 		Position:    codecs.Position{CommitLSN: commitLSN, Index: 2},
 		CommitTime:  commitTime,
@@ -26,7 +26,7 @@ func TestStateRoundTrip(t *testing.T) {
 	emptyRow := state()
 	emptyRow.Row = codecs.Row{} // a table of only... an id would still be a column, but the codec allows it
 	extremes := state()
-	extremes.EntityID = math.MinInt64
+	extremes.EntityID = codecs.IntKey(math.MinInt64)
 	extremes.Position = codecs.Position{CommitLSN: math.MaxUint64, Index: math.MaxUint32}
 	tests := []struct {
 		name string

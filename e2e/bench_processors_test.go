@@ -115,7 +115,7 @@ func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n
 	emit := func(typ string, id int64, op codecs.Op, v int) {
 		lsn := codecs.LSN(1000 + uint64(index/4))
 		row := codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10)), "v": json.RawMessage(strconv.Itoa(v)), "name": json.RawMessage(`"entity ` + strconv.FormatInt(id, 10) + `"`)}
-		ev := &codecs.Event{EntityType: typ, EntityID: id, Op: op, After: row, CommitLSN: lsn,
+		ev := &codecs.Event{EntityType: typ, EntityID: codecs.IntKey(id), Op: op, After: row, CommitLSN: lsn,
 			Position: codecs.Position{CommitLSN: lsn, Index: index % 4}, CommitTime: now, CaptureTime: now}
 		index++
 		value, err := codecs.EventCodec{}.Encode(ev)

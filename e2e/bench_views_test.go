@@ -112,7 +112,7 @@ func BenchmarkView(b *testing.B) {
 							t0 := time.Now()
 							st, err := v.Get(ctx, id)
 							l = append(l, time.Since(t0))
-							if err != nil || st == nil || st.EntityID != id {
+							if err != nil || st == nil || st.EntityID != codecs.IntKey(id) {
 								errc <- fmt.Errorf("Get(%d) = %v, %v", id, st, err)
 								return
 							}
@@ -234,7 +234,7 @@ func writeTable(b *testing.B, cfg *topology.Config, topo *topology.Topology, n i
 			"owner_id":   json.RawMessage(strconv.FormatInt(id%997, 10)),
 			"updated_at": json.RawMessage(`"` + now.Format(time.RFC3339Nano) + `"`),
 		}
-		st := &codecs.State{EntityType: "v", EntityID: id, Row: row,
+		st := &codecs.State{EntityType: "v", EntityID: codecs.IntKey(id), Row: row,
 			Position: codecs.Position{CommitLSN: codecs.LSN(1000 + id)}, CommitTime: now, AppliedTime: now}
 		value, err := codecs.StateCodec{}.Encode(st)
 		if err != nil {
@@ -295,7 +295,7 @@ func BenchmarkHistory(b *testing.B) {
 	b.Run("entity-at", func(b *testing.B) {
 		for range b.N {
 			start := time.Now()
-			st, err := h.EntityAt(ctx, "a", 2, bounds.End, nil)
+			st, err := h.EntityAt(ctx, "a", codecs.IntKey(2), bounds.End, nil)
 			if err != nil || st == nil {
 				b.Fatalf("EntityAt: %v, %v", st, err)
 			}

@@ -160,7 +160,7 @@ func TestRefusesDroppedSlot(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen = append(seen, fmt.Sprintf("%s %d", ev.Op, ev.EntityID))
+		seen = append(seen, fmt.Sprintf("%s %s", ev.Op, ev.EntityID))
 	}
 	if fmt.Sprint(seen) != "[insert 1 snapshot 1 insert 2]" {
 		t.Fatalf("after --recreate-slot the history is %v, want [insert 1 snapshot 1 insert 2]", seen)
@@ -331,7 +331,7 @@ func entityIDs(t testing.TB, msgs []*sarama.ConsumerMessage) []int64 {
 		if err != nil {
 			t.Fatalf("history offset %d: %v", m.Offset, err)
 		}
-		ids[i] = ev.EntityID
+		ids[i] = idOf(ev.EntityID)
 	}
 	return ids
 }

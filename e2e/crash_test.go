@@ -116,7 +116,7 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 			t.Errorf("history offset %d: position %s does not follow %s (duplicate or reordered)", m.Offset, ev.Position, last)
 		}
 		last = ev.Position
-		seen = append(seen, change{ev.EntityType, ev.EntityID, ev.Op})
+		seen = append(seen, change{ev.EntityType, idOf(ev.EntityID), ev.Op})
 	}
 	if len(seen) != len(want) {
 		t.Fatalf("history holds %d changes, the workload committed %d", len(seen), len(want))

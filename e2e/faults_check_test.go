@@ -184,7 +184,7 @@ func checkFaultHistory(l ledger, events []histEvent, db map[string]map[int64]cod
 	var lastOffset int64 = -1
 	flagged := map[int64]bool{} // offsets already counted by the per-entity check
 	for _, h := range events {
-		k := entityKey{h.ev.EntityType, h.ev.EntityID}
+		k := entityKey{h.ev.EntityType, idOf(h.ev.EntityID)}
 		byEntity[k] = append(byEntity[k], h)
 	}
 	keys := map[entityKey]bool{}

@@ -41,7 +41,7 @@ func synthHistory(l ledger) ([]histEvent, map[string]map[int64]codecs.Row) {
 	slices.SortFunc(keys, func(a, b entityKey) int { return int(a.id - b.id) })
 	for i, k := range keys {
 		r := row(k, 1)
-		out = append(out, histEvent{int64(len(out)), &codecs.Event{EntityType: k.typ, EntityID: k.id, Op: codecs.OpSnapshot, After: r,
+		out = append(out, histEvent{int64(len(out)), &codecs.Event{EntityType: k.typ, EntityID: codecs.IntKey(k.id), Op: codecs.OpSnapshot, After: r,
 			CommitLSN: base, Position: codecs.Position{CommitLSN: base, Index: uint32(i)}}})
 		put(k, r)
 	}
@@ -58,7 +58,7 @@ func synthHistory(l ledger) ([]histEvent, map[string]map[int64]codecs.Row) {
 	slices.SortFunc(all, func(a, b timed) int { return a.s.at.Compare(b.s.at) })
 	for _, t := range all {
 		lsn := t.s.lo
-		ev := &codecs.Event{EntityType: t.k.typ, EntityID: t.k.id, Op: t.s.op, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn}, CommitTime: t.s.at}
+		ev := &codecs.Event{EntityType: t.k.typ, EntityID: codecs.IntKey(t.k.id), Op: t.s.op, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn}, CommitTime: t.s.at}
 		if t.s.op == codecs.OpDelete {
 			ev.Before = codecs.Row{"id": json.RawMessage(jsonInt(t.k.id))}
 			put(t.k, nil)
@@ -112,7 +112,7 @@ func synthLSN(ms int) codecs.LSN { return codecs.LSN(0x1000 + 0x100*(ms+1)) }
 func TestFaultCheckerCatches(t *testing.T) {
 	find := func(h []histEvent, typ string, id int64, op codecs.Op, version int64) int {
 		for i, e := range h {
-			if e.ev.EntityType == typ && e.ev.EntityID == id && e.ev.Op == op && (op == codecs.OpDelete || versionOf(e.ev.After) == version) {
+			if e.ev.EntityType == typ && e.ev.EntityID == codecs.IntKey(id) && e.ev.Op == op && (op == codecs.OpDelete || versionOf(e.ev.After) == version) {
 				return i
 			}
 		}

@@ -235,11 +235,11 @@ func runFaults(t *testing.T, p faultPlan) {
 	hist := s.readHistory(ctx)
 	dbRows := map[string]map[int64]codecs.Row{}
 	for _, ft := range faultTypes {
-		rows, err := dbcheck.Rows(ctx, db, ft.typ, "id")
+		rows, err := dbcheck.Rows(ctx, db, ft.typ, []string{"id"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		dbRows[ft.typ] = rows
+		dbRows[ft.typ] = idsOf(rows)
 	}
 	w.ledger.cuts = s.snapshotCuts(ctx)
 	for _, ft := range faultTypes {
@@ -466,8 +466,8 @@ func (s *scenario) servedBeat() int64 {
 }
 
 // served pages through one type's entities over HTTP.
-func (s *scenario) served(typ string) (map[int64]*codecs.State, error) {
-	out := map[int64]*codecs.State{}
+func (s *scenario) served(typ string) (map[codecs.Key]*codecs.State, error) {
+	out := map[codecs.Key]*codecs.State{}
 	after := ""
 	for {
 		u := s.serveURL + "/v1/entities/" + typ + "?limit=1000"
@@ -488,7 +488,11 @@ func (s *scenario) served(typ string) (map[int64]*codecs.State, error) {
 			return nil, err
 		}
 		for _, e := range page.Entities {
-			out[e.ID] = &codecs.State{EntityType: e.Type, EntityID: e.ID, Row: e.Row, Position: e.Position}
+			k, err := codecs.ParseKey(codecs.KeyInteger, e.ID)
+			if err != nil {
+				return nil, fmt.Errorf("GET %s: %w", u, err)
+			}
+			out[k] = &codecs.State{EntityType: e.Type, EntityID: k, Row: e.Row, Position: e.Position}
 		}
 		if page.NextAfter == "" {
 			return out, nil
@@ -507,7 +511,7 @@ func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn, within tim
 	waitFor(wctx, func() bool {
 		equal := true
 		for _, ft := range faultTypes {
-			rows, err := dbcheck.Rows(ctx, db, ft.typ, "id")
+			rows, err := dbcheck.Rows(ctx, db, ft.typ, []string{"id"})
 			if err != nil {
 				s.t.Fatal(err)
 			}
@@ -614,7 +618,7 @@ func (s *scenario) sabotageDuplicate() {
 		defer p.Close()
 		value, _ := codecs.EventCodec{}.Encode(h.ev)
 		_, off, err := p.SendMessage(&sarama.ProducerMessage{Topic: topology.New(s.cfg).History(), Partition: 0,
-			Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", h.ev.EntityType, h.ev.EntityID)), Value: sarama.ByteEncoder(value)})
+			Key: sarama.StringEncoder(fmt.Sprintf("%s/%s", h.ev.EntityType, h.ev.EntityID)), Value: sarama.ByteEncoder(value)})
 		if err != nil {
 			s.t.Fatal(err)
 		}

@@ -461,7 +461,7 @@ func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topol
 		last = last[:0]
 		for _, typ := range topo.EntityTypes() {
 			ent, _ := topo.Config().Entity(typ)
-			rows, err := dbcheck.Rows(ctx, db, ent.Table, ent.IDColumn)
+			rows, err := dbcheck.Rows(ctx, db, ent.Table, ent.KeyColumns())
 			if err != nil {
 				t.Fatal(err)
 			}

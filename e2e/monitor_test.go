@@ -250,10 +250,10 @@ func TestMonitorDetects(t *testing.T) {
 	}
 	var found []string
 	for _, a := range res.Anomalies {
-		found = append(found, fmt.Sprintf("%s %d", a.Kind, a.EntityID))
+		found = append(found, fmt.Sprintf("%s %s", a.Kind, a.EntityID))
 	}
 	for _, s := range res.Stale {
-		found = append(found, fmt.Sprintf("stale %d", s.EntityID))
+		found = append(found, fmt.Sprintf("stale %s", s.EntityID))
 	}
 	got := strings.Join(found, ", ")
 	for _, want := range []string{"duplicate", "wrong_value 7", "stale 9"} {
@@ -415,7 +415,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				historyArrivals <- arrival{ev.EntityID, at}
+				historyArrivals <- arrival{idOf(ev.EntityID), at}
 			case <-ctx.Done():
 				return
 			}
@@ -425,7 +425,7 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		for range n {
 			select {
 			case u := <-sub.C():
-				viewArrivals <- arrival{u.EntityID, time.Now()}
+				viewArrivals <- arrival{idOf(u.EntityID), time.Now()}
 			case <-ctx.Done():
 				return
 			}

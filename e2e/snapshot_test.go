@@ -63,8 +63,8 @@ func TestInitialSnapshot(t *testing.T) {
 	}
 	history := readAll(t, ctx, f.cfg, f.topo.History())
 	var snapshotRows, streamed int
-	copied := map[int64]bool{}
-	lastV := map[int64]int64{}
+	copied := map[codecs.Key]bool{}
+	lastV := map[codecs.Key]int64{}
 	for _, m := range history {
 		ev, err := codecs.EventCodec{}.Decode(m.Value)
 		if err != nil {
@@ -78,7 +78,7 @@ func TestInitialSnapshot(t *testing.T) {
 			snapshotRows++
 			copied[ev.EntityID] = true
 		case ev.Op == codecs.OpInsert && copied[ev.EntityID]:
-			t.Errorf("entity %d is in the snapshot and streamed as an insert: the snapshot and the stream overlap", ev.EntityID)
+			t.Errorf("entity %s is in the snapshot and streamed as an insert: the snapshot and the stream overlap", ev.EntityID)
 		default:
 			streamed++
 		}
@@ -88,7 +88,7 @@ func TestInitialSnapshot(t *testing.T) {
 				t.Fatal(err)
 			}
 			if prev, ok := lastV[ev.EntityID]; ok && row.V < prev {
-				t.Errorf("entity %d: v went back from %d to %d at history offset %d (%s)", ev.EntityID, prev, row.V, m.Offset, ev.Op)
+				t.Errorf("entity %s: v went back from %d to %d at history offset %d (%s)", ev.EntityID, prev, row.V, m.Offset, ev.Op)
 			}
 			lastV[ev.EntityID] = row.V
 		}
@@ -124,7 +124,7 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
 	execSQL(t, ctx, f.db, "insert into "+f.table+" values (0, 'streamed')")
 	got := readHistory(t, ctx, f.cfg, f.topo.History(), rows+1)
-	seen := map[int64]int{}
+	seen := map[codecs.Key]int{}
 	var last codecs.Position
 	for i, m := range got {
 		ev, err := codecs.EventCodec{}.Decode(m.Value)
@@ -140,8 +140,8 @@ func TestSnapshotResumesAfterKill(t *testing.T) {
 				t.Fatalf("history offset %d: %s before the snapshot was complete", m.Offset, ev.Op)
 			}
 			seen[ev.EntityID]++
-		} else if ev.Op != codecs.OpInsert || ev.EntityID != 0 {
-			t.Fatalf("after the snapshot: %s %d, want the streamed insert of 0", ev.Op, ev.EntityID)
+		} else if ev.Op != codecs.OpInsert || ev.EntityID != codecs.IntKey(0) {
+			t.Fatalf("after the snapshot: %s %s, want the streamed insert of 0", ev.Op, ev.EntityID)
 		}
 	}
 	second.Process.Signal(syscall.SIGTERM)
@@ -198,7 +198,7 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 		history = readAll(t, ctx, f.cfg, f.topo.History())
 		if len(history) > 0 {
 			ev, err := codecs.EventCodec{}.Decode(history[len(history)-1].Value)
-			done = err == nil && ev.EntityID == 0
+			done = err == nil && ev.EntityID == codecs.IntKey(0)
 		}
 		if !done {
 			time.Sleep(200 * time.Millisecond)
@@ -214,7 +214,7 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 		v       int64
 		deleted bool
 	}
-	final := map[int64]last{}
+	final := map[codecs.Key]last{}
 	rewound := 0
 	for _, m := range history {
 		ev, err := codecs.EventCodec{}.Decode(m.Value)
@@ -231,7 +231,7 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 		}
 		if prev, ok := final[ev.EntityID]; ok && !prev.deleted && row.V < prev.v {
 			if rewound++; rewound <= 10 {
-				t.Errorf("entity %d: v went back from %d to %d at history offset %d (%s)", ev.EntityID, prev.v, row.V, m.Offset, ev.Op)
+				t.Errorf("entity %s: v went back from %d to %d at history offset %d (%s)", ev.EntityID, prev.v, row.V, m.Offset, ev.Op)
 			}
 		}
 		final[ev.EntityID] = last{v: row.V}
@@ -256,16 +256,16 @@ func TestSnapshotResumeNeverRewinds(t *testing.T) {
 	}
 	wrong := 0
 	for id, v := range want {
-		if got, ok := final[id]; !ok || got.deleted || got.v != v {
+		if got, ok := final[codecs.IntKey(id)]; !ok || got.deleted || got.v != v {
 			if wrong++; wrong <= 10 {
 				t.Errorf("entity %d: the history ends at %+v (present %v), the database holds v=%d", id, got, ok, v)
 			}
 		}
 	}
 	for id, got := range final {
-		if _, ok := want[id]; !ok && !got.deleted {
+		if _, ok := want[idOf(id)]; !ok && !got.deleted {
 			if wrong++; wrong <= 10 {
-				t.Errorf("entity %d: alive in the history, not in the database", id)
+				t.Errorf("entity %s: alive in the history, not in the database", id)
 			}
 		}
 	}

@@ -79,7 +79,7 @@ func TestTypesRoundTrip(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	selected, err := dbcheck.Rows(ctx, f.db, "public."+f.table, "id")
+	selected, err := dbcheck.Rows(ctx, f.db, "public."+f.table, []string{"id"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,14 +92,14 @@ func TestTypesRoundTrip(t *testing.T) {
 			v, ok := ev.After[c.name]
 			switch {
 			case !ok:
-				t.Errorf("row %d: column %s is missing", ev.EntityID, c.name)
+				t.Errorf("row %s: column %s is missing", ev.EntityID, c.name)
 			case i == 1 && string(v) != "null":
-				t.Errorf("row %d: NULL %s came as %s", ev.EntityID, c.name, v)
+				t.Errorf("row %s: NULL %s came as %s", ev.EntityID, c.name, v)
 			case i == 0 && c.want != "" && !sameJSON(string(v), c.want):
 				t.Errorf("%s %s: got %s, want %s", c.name, c.typ, v, c.want)
 			}
 			if sel := selected[ev.EntityID][c.name]; !sameJSON(string(v), string(sel)) {
-				t.Errorf("row %d %s: event %s, SELECT %s", ev.EntityID, c.name, v, sel)
+				t.Errorf("row %s %s: event %s, SELECT %s", ev.EntityID, c.name, v, sel)
 			}
 		}
 	}
@@ -145,7 +145,7 @@ func TestSchemaChangesMidStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		after, _ := json.Marshal(ev.After) // sorted keys
-		if s := fmt.Sprintf("%s %d %s", ev.Op, ev.EntityID, after); i >= len(want) || s != want[i] {
+		if s := fmt.Sprintf("%s %s %s", ev.Op, ev.EntityID, after); i >= len(want) || s != want[i] {
 			t.Errorf("history[%d] = %s, want %s", i, s, want[min(i, len(want)-1)])
 		}
 	}

@@ -78,11 +78,11 @@ func (w *pausableWorkload) moment(t testing.TB, ctx context.Context, db *pgx.Con
 	time.Sleep(5 * time.Millisecond)
 	at := time.Now()
 	time.Sleep(5 * time.Millisecond)
-	rows, err := dbcheck.Rows(ctx, db, table, "id")
+	rows, err := dbcheck.Rows(ctx, db, table, []string{"id"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return at, rows
+	return at, idsOf(rows)
 }
 
 func (w *pausableWorkload) finish(t testing.TB) {
@@ -120,14 +120,15 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	began := time.Now()
 	phase := func(what string) { t.Logf("%s after %.1fs", what, time.Since(began).Seconds()) }
 	defer phase("end")
-	if maps := []map[int64]codecs.Row{rows1, rows2}; len(dbcheck.Diff(maps[0], statesOf(maps[1]), 1)) == 0 {
+	if maps := []map[int64]codecs.Row{rows1, rows2}; len(diffByID(maps[0], statesOf(maps[1]), 1)) == 0 {
 		t.Fatal("the database did not change between T1 and T2: the test would prove nothing")
 	}
 	waitViewsEqual(t, ctx, db, topo, run.views)
-	final, err := dbcheck.Rows(ctx, db, "public."+table, "id")
+	finalRows, err := dbcheck.Rows(ctx, db, "public."+table, []string{"id"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	final := idsOf(finalRows)
 
 	phase("views equal the database")
 	// A view restarted on its directory reopens its data: it applies no
@@ -165,11 +166,11 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	if n := metricValue(t, reg, "changes_view_updates_total", map[string]string{"phase": "recovery"}); n != 0 {
 		t.Errorf("a restarted view applied %v records while recovering, want 0 (a fresh one applied %v)", n, firstRecovery)
 	}
-	states, err := dbcheck.Collect(v.Each)
+	states, err := collectByID(v.Each)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := dbcheck.Diff(final, states, 5); len(d) > 0 {
+	if d := diffByID(final, states, 5); len(d) > 0 {
 		t.Fatalf("restarted view differs from the database:\n%s", strings.Join(d, "\n"))
 	}
 	if n, err := v.Len(); err != nil || n != len(final) {
@@ -208,16 +209,16 @@ func TestViewsServeAndAsOf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := dbcheck.Diff(m.rows, statesOf2(all), 5); len(d) > 0 {
+		if d := diffByID(m.rows, statesOf2(all), 5); len(d) > 0 {
 			t.Errorf("TypeAt(T%d) differs from the database at T%d:\n%s", i+1, i+1, strings.Join(d, "\n"))
 		}
 		for _, id := range []int64{1, 7, 150, 399} {
-			st, err := h.EntityAt(ctx, "item", id, end, nil)
+			st, err := h.EntityAt(ctx, "item", codecs.IntKey(id), end, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			want, ok := m.rows[id]
-			if ok != (st != nil) || (ok && len(dbcheck.Diff(map[int64]codecs.Row{id: want}, map[int64]*codecs.State{id: st}, 1)) > 0) {
+			if ok != (st != nil) || (ok && len(diffByID(map[int64]codecs.Row{id: want}, map[int64]*codecs.State{id: st}, 1)) > 0) {
 				t.Errorf("EntityAt(%d, T%d) = %+v, want %v", id, i+1, st, want)
 			}
 		}
@@ -253,9 +254,9 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	}{
 		{"/v1/entities/item/" + strconv.FormatInt(someID, 10), "", 401, "missing bearer token"},
 		{"/v1/entities/item/" + strconv.FormatInt(someID, 10), "nope", 401, "wrong bearer token"},
-		{"/v1/entities/item/abc", token, 400, `id "abc" is not a 64-bit integer`},
+		{"/v1/entities/item/abc", token, 400, `"abc" is not a 64-bit integer`},
 		{"/v1/entities/gadget/1", token, 404, `unknown entity type "gadget"`},
-		{"/v1/entities/item/100000", token, 404, "item 100000 not found"},
+		{"/v1/entities/item/100000", token, 404, `item "100000" not found`},
 		{"/v1/entities/item?limit=0", token, 400, "limit"},
 		{"/v1/entities/item?after=x", token, 400, "after"},
 		{"/v1/history/item/1?at=yesterday", token, 400, "neither an RFC 3339 time nor a history offset"},
@@ -276,8 +277,8 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	}
 	code, body := get("/v1/entities/item/"+strconv.FormatInt(someID, 10), token)
 	var ent server.Entity
-	if code != 200 || json.Unmarshal(body, &ent) != nil || ent.ID != someID ||
-		len(dbcheck.Diff(map[int64]codecs.Row{someID: final[someID]}, map[int64]*codecs.State{someID: {EntityID: someID, Row: ent.Row}}, 1)) > 0 {
+	if code != 200 || json.Unmarshal(body, &ent) != nil || ent.ID != strconv.FormatInt(someID, 10) ||
+		len(diffByID(map[int64]codecs.Row{someID: final[someID]}, map[int64]*codecs.State{someID: {EntityID: codecs.IntKey(someID), Row: ent.Row}}, 1)) > 0 {
 		t.Errorf("GET entity %d: %d %s; want %v", someID, code, body, final[someID])
 	}
 	// Paging through the listing gives every entity once, in id order.
@@ -291,8 +292,12 @@ func TestViewsServeAndAsOf(t *testing.T) {
 			t.Fatalf("listing: %d %s", code, body)
 		}
 		for _, en := range page.Entities {
-			listed = append(listed, en.ID)
-			listedStates[en.ID] = &codecs.State{EntityID: en.ID, Row: en.Row}
+			id, err := strconv.ParseInt(en.ID, 10, 64)
+			if err != nil {
+				t.Fatalf("listing: id %q: %v", en.ID, err)
+			}
+			listed = append(listed, id)
+			listedStates[id] = &codecs.State{EntityID: codecs.IntKey(id), Row: en.Row}
 		}
 		if page.NextAfter == "" {
 			break
@@ -305,7 +310,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	if !slices.IsSorted(listed) || len(listed) != len(final) {
 		t.Errorf("listing gave %d ids (sorted: %v), want %d in order", len(listed), slices.IsSorted(listed), len(final))
 	}
-	if d := dbcheck.Diff(final, listedStates, 5); len(d) > 0 {
+	if d := diffByID(final, listedStates, 5); len(d) > 0 {
 		t.Errorf("listing differs from the database:\n%s", strings.Join(d, "\n"))
 	}
 	// Point in time over HTTP, for every id the two moments disagree on.
@@ -317,7 +322,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 		for id := int64(1); id <= 400 && checked < 6; id++ {
 			_, in1 := rows1[id]
 			_, in2 := rows2[id]
-			same := in1 == in2 && (!in1 || len(dbcheck.Diff(map[int64]codecs.Row{id: rows1[id]}, map[int64]*codecs.State{id: {EntityID: id, Row: rows2[id]}}, 1)) == 0)
+			same := in1 == in2 && (!in1 || len(diffByID(map[int64]codecs.Row{id: rows1[id]}, map[int64]*codecs.State{id: {EntityID: codecs.IntKey(id), Row: rows2[id]}}, 1)) == 0)
 			if same {
 				continue // not telling
 			}
@@ -328,7 +333,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 				t.Fatalf("history at T%d of %d: %d %s", i+1, id, code, body)
 			}
 			want, ok := m.rows[id]
-			if ok != (sa.Entity != nil) || (ok && len(dbcheck.Diff(map[int64]codecs.Row{id: want}, map[int64]*codecs.State{id: {EntityID: id, Row: sa.Entity.Row}}, 1)) > 0) {
+			if ok != (sa.Entity != nil) || (ok && len(diffByID(map[int64]codecs.Row{id: want}, map[int64]*codecs.State{id: {EntityID: codecs.IntKey(id), Row: sa.Entity.Row}}, 1)) > 0) {
 				t.Errorf("history of %d at T%d = %s, want %v", id, i+1, body, want)
 			}
 		}
@@ -343,7 +348,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 		t.Fatalf("changes of %d: %d %s", someID, code, body)
 	}
 	last := ch.Changes[len(ch.Changes)-1].Event
-	if last.Op == codecs.OpDelete || len(dbcheck.Diff(map[int64]codecs.Row{someID: final[someID]}, map[int64]*codecs.State{someID: {EntityID: someID, Row: last.After}}, 1)) > 0 {
+	if last.Op == codecs.OpDelete || len(diffByID(map[int64]codecs.Row{someID: final[someID]}, map[int64]*codecs.State{someID: {EntityID: codecs.IntKey(someID), Row: last.After}}, 1)) > 0 {
 		t.Errorf("last change of %d = %+v, want its current row %v", someID, last, final[someID])
 	}
 
@@ -361,9 +366,13 @@ func TestViewsServeAndAsOf(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &en); err != nil {
 			t.Fatalf("asof line %q: %v", line, err)
 		}
-		asof[en.ID] = &codecs.State{EntityID: en.ID, Row: en.Row}
+		id, err := strconv.ParseInt(en.ID, 10, 64)
+		if err != nil {
+			t.Fatalf("asof line %q: %v", line, err)
+		}
+		asof[id] = &codecs.State{EntityID: codecs.IntKey(id), Row: en.Row}
 	}
-	if d := dbcheck.Diff(rows1, asof, 5); len(d) > 0 {
+	if d := diffByID(rows1, asof, 5); len(d) > 0 {
 		t.Errorf("changes asof at T1 differs from the database at T1:\n%s", strings.Join(d, "\n"))
 	}
 
@@ -396,13 +405,13 @@ func TestViewsServeAndAsOf(t *testing.T) {
 	}
 	const unchanged = 1001 // seeded, never touched by the workload
 	{
-		if _, err := h.EntityAt(ctx, "item", unchanged, b.End, nil); !errors.Is(err, history.ErrOlderThanHistory) {
+		if _, err := h.EntityAt(ctx, "item", codecs.IntKey(unchanged), b.End, nil); !errors.Is(err, history.ErrOlderThanHistory) {
 			t.Errorf("EntityAt of unchanged %d without a view: %v, want ErrOlderThanHistory", unchanged, err)
 		}
 		code, body := get(fmt.Sprintf("/v1/history/item/%d?at=%d", unchanged, b.End-1), token)
 		var sa server.StateAt
 		if code != 200 || json.Unmarshal(body, &sa) != nil || sa.Entity == nil ||
-			len(dbcheck.Diff(map[int64]codecs.Row{unchanged: final[unchanged]}, map[int64]*codecs.State{unchanged: {EntityID: unchanged, Row: sa.Entity.Row}}, 1)) > 0 {
+			len(diffByID(map[int64]codecs.Row{unchanged: final[unchanged]}, map[int64]*codecs.State{unchanged: {EntityID: codecs.IntKey(unchanged), Row: sa.Entity.Row}}, 1)) > 0 {
 			t.Errorf("history of unchanged %d after retention: %d %s; want its row %v", unchanged, code, body, final[unchanged])
 		}
 	}
@@ -411,7 +420,7 @@ func TestViewsServeAndAsOf(t *testing.T) {
 func statesOf(rows map[int64]codecs.Row) map[int64]*codecs.State {
 	out := map[int64]*codecs.State{}
 	for id, r := range rows {
-		out[id] = &codecs.State{EntityID: id, Row: r}
+		out[id] = &codecs.State{EntityID: codecs.IntKey(id), Row: r}
 	}
 	return out
 }
@@ -419,7 +428,7 @@ func statesOf(rows map[int64]codecs.Row) map[int64]*codecs.State {
 func statesOf2(states []*codecs.State) map[int64]*codecs.State {
 	out := map[int64]*codecs.State{}
 	for _, st := range states {
-		out[st.EntityID] = st
+		out[idOf(st.EntityID)] = st
 	}
 	return out
 }
@@ -432,4 +441,15 @@ func mapsKeys[V any](m map[int64]V) func(func(int64) bool) {
 			}
 		}
 	}
+}
+
+// diffByID is dbcheck.Diff of maps by integer id.
+func diffByID(db map[int64]codecs.Row, view map[int64]*codecs.State, max int) []string {
+	return dbcheck.Diff(keysOf(db), keysOf(view), max)
+}
+
+// collectByID is dbcheck.Collect by integer id.
+func collectByID(each dbcheck.Each) (map[int64]*codecs.State, error) {
+	states, err := dbcheck.Collect(each)
+	return idsOf(states), err
 }

@@ -55,7 +55,7 @@ func start(t *testing.T, p *goka.Processor) {
 
 func event(typ string, id int64, op codecs.Op, lsn codecs.LSN, idx uint32, after string) *codecs.Event {
 	e := &codecs.Event{
-		EntityType: typ, EntityID: id, Op: op, TxID: 7,
+		EntityType: typ, EntityID: codecs.IntKey(id), Op: op, TxID: 7,
 		CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn, Index: idx},
 		CommitTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), CaptureTime: time.Date(2026, 11, 25, 12, 0, 0, 1000, time.UTC),
 	}
@@ -275,7 +275,7 @@ func TestSnapshot(t *testing.T) {
 		t.Fatalf("after the truncate, entity 5 = %+v; want the new row without the pre-truncate blob", st)
 	}
 	tt.Consume(events, "7", encode(t, event("account", 7, codecs.OpInsert, 450, 1, `{"id": 7}`)))
-	tt.SetTableValue(table, "8", &codecs.State{EntityType: "account", EntityID: 8, Row: codecs.Row{"id": json.RawMessage("8")}, Position: codecs.Position{CommitLSN: 420}})
+	tt.SetTableValue(table, "8", &codecs.State{EntityType: "account", EntityID: codecs.IntKey(8), Row: codecs.Row{"id": json.RawMessage("8")}, Position: codecs.Position{CommitLSN: 420}})
 	if err := processors.Sweep(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +332,7 @@ func TestSnapshotRewritesRedelivered(t *testing.T) {
 	// The local copy holds entity 1 at 200 and a truncate marker at 100;
 	// the changelog got neither (the tester's SetTableValue writes only the
 	// local storage).
-	ahead := &codecs.State{EntityType: "account", EntityID: 1, Row: codecs.Row{"id": json.RawMessage("1"), "name": json.RawMessage(`"ahead"`)},
+	ahead := &codecs.State{EntityType: "account", EntityID: codecs.IntKey(1), Row: codecs.Row{"id": json.RawMessage("1"), "name": json.RawMessage(`"ahead"`)},
 		Position: codecs.Position{CommitLSN: 200, Index: 2}, AppliedTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	tt.SetTableValue(table, "1", ahead)
 	marker := &codecs.State{EntityType: "account", Truncated: true, Position: codecs.Position{CommitLSN: 100},

@@ -57,7 +57,10 @@ func TestRouterRoutes(t *testing.T) {
 			encode(t, event("account", 4, codecs.OpInsert, 200, 4, `{"id": 4}`)), "account", "4"},
 		{"a key without a type", "5", op("insert"),
 			encode(t, event("account", 5, codecs.OpInsert, 200, 5, `{"id": 5}`)), "account", "5"},
-		{"an id that is not a number", "account/x", op("insert"),
+		// A text key is routed by the key like an integer one.
+		{"a text id, routed by the key", "account/x/y z", op("insert"),
+			encode(t, event("campaign", 6, codecs.OpInsert, 200, 6, `{"id": 6}`)), "account", "x/y z"},
+		{"a key with an empty id", "account/", op("insert"),
 			encode(t, event("campaign", 6, codecs.OpInsert, 200, 6, `{"id": 6}`)), "campaign", "6"},
 		{"an op the header does not know", "account/7", op("upsert"),
 			encode(t, event("campaign", 7, codecs.OpInsert, 200, 7, `{"id": 7}`)), "campaign", "7"},
@@ -136,8 +139,8 @@ func TestRouterKeepsOrder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if key != itoa(w.id) || ev.EntityID != w.id || ev.Position.Index != w.idx {
-				t.Fatalf("%s event %d: key %q, %d at index %d; want %d at index %d", typ, i, key, ev.EntityID, ev.Position.Index, w.id, w.idx)
+			if key != itoa(w.id) || ev.EntityID != codecs.IntKey(w.id) || ev.Position.Index != w.idx {
+				t.Fatalf("%s event %d: key %q, %s at index %d; want %d at index %d", typ, i, key, ev.EntityID, ev.Position.Index, w.id, w.idx)
 			}
 		}
 	}

@@ -34,19 +34,19 @@ func TestTableCodecReadsBadStatesAsAbsent(t *testing.T) {
 	if n := testutil.ToFloat64(o.metrics.badStates.WithLabelValues("account")); n != 3 {
 		t.Errorf("changes_snapshot_bad_states_total = %v, want 3", n)
 	}
-	good := &codecs.State{EntityType: "account", EntityID: 1, Row: codecs.Row{"id": json.RawMessage("1")}, Position: codecs.Position{CommitLSN: 5}}
+	good := &codecs.State{EntityType: "account", EntityID: codecs.IntKey(1), Row: codecs.Row{"id": json.RawMessage("1")}, Position: codecs.Position{CommitLSN: 5}}
 	b, err := c.Encode(good)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := c.Decode(b); err != nil || v.(*codecs.State).EntityID != 1 {
+	if v, err := c.Decode(b); err != nil || v.(*codecs.State).EntityID != codecs.IntKey(1) {
 		t.Errorf("a good state: %v, %v", v, err)
 	}
 }
 
 func TestTooLarge(t *testing.T) {
 	row := func(n int) *codecs.State {
-		return &codecs.State{EntityType: "account", EntityID: 1, Position: codecs.Position{CommitLSN: 5},
+		return &codecs.State{EntityType: "account", EntityID: codecs.IntKey(1), Position: codecs.Position{CommitLSN: 5},
 			Row: codecs.Row{"id": json.RawMessage("1"), "blob": json.RawMessage(`"` + strings.Repeat("x", n) + `"`)}}
 	}
 	const limit = 100_000

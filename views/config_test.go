@@ -137,7 +137,7 @@ func TestTypedEachAndSubscribe(t *testing.T) {
 	bad := state(3, 12, "")
 	bad.Row["name"] = json.RawMessage(`42`) // not a string: does not decode into named
 	tt.Consume(table, "3", enc(t, bad))
-	tt.Consume(table, "2", enc(t, &codecs.State{EntityType: "account", EntityID: 2, Deleted: true, Position: codecs.Position{CommitLSN: 13}}))
+	tt.Consume(table, "2", enc(t, &codecs.State{EntityType: "account", EntityID: codecs.IntKey(2), Deleted: true, Position: codecs.Position{CommitLSN: 13}}))
 
 	var names []string
 	stop := errors.New("stop")
@@ -155,7 +155,7 @@ func TestTypedEachAndSubscribe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	type seen struct {
-		id   int64
+		id   codecs.Key
 		name string
 		gone bool
 		err  bool
@@ -171,7 +171,7 @@ func TestTypedEachAndSubscribe(t *testing.T) {
 			break
 		}
 	}
-	want := []seen{{id: 2, name: "two"}, {id: 1, name: "one"}, {id: 3, err: true}, {id: 2, gone: true}}
+	want := []seen{{id: codecs.IntKey(2), name: "two"}, {id: codecs.IntKey(1), name: "one"}, {id: codecs.IntKey(3), err: true}, {id: codecs.IntKey(2), gone: true}}
 	if !slices.Equal(got, want) {
 		t.Errorf("Changes = %+v\nwant %+v", got, want)
 	}

@@ -77,7 +77,7 @@ func ExampleTypedSubscription_Changes() {
 	for c, err := range sub.Changes(ctx) {
 		switch {
 		case err != nil:
-			log.Printf("account %d: %v", c.EntityID, err)
+			log.Printf("account %s: %v", c.EntityID, err)
 		case c.Entity == nil:
 			fmt.Println("account", c.EntityID, "is gone")
 		case !c.Entity.Value.Active:

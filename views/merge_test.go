@@ -109,7 +109,7 @@ func (pt *partitioned) putState(st *codecs.State) {
 	if err != nil {
 		pt.t.Fatal(err)
 	}
-	key := strconv.FormatInt(st.EntityID, 10)
+	key := st.EntityID.String()
 	if st.Truncated {
 		pt.t.Fatal("use truncate")
 	}
@@ -127,7 +127,7 @@ func (pt *partitioned) truncate(p int32, at codecs.Position) {
 }
 
 func alive(id int64, lsn codecs.LSN) *codecs.State {
-	return &codecs.State{EntityType: "account", EntityID: id, Row: codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10))},
+	return &codecs.State{EntityType: "account", EntityID: codecs.IntKey(id), Row: codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10))},
 		Position: codecs.Position{CommitLSN: lsn}}
 }
 
@@ -139,7 +139,11 @@ func ids(t *testing.T, seq func(func(*codecs.State, error) bool)) []int64 {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, st.EntityID)
+		id, ok := st.EntityID.Int()
+		if !ok {
+			t.Fatalf("entity %s %q is not an integer", st.EntityID.Kind(), st.EntityID)
+		}
+		out = append(out, id)
 	}
 	return out
 }
@@ -182,7 +186,7 @@ func TestMergeOrdersThePartitions(t *testing.T) {
 		t.Errorf("Len = %d, %v; want %d", got, err, len(all))
 	}
 	for _, id := range all {
-		if st, err := pt.v.Get(ctx, id); err != nil || st == nil || st.EntityID != id {
+		if st, err := pt.v.Get(ctx, id); err != nil || st == nil || st.EntityID != codecs.IntKey(id) {
 			t.Errorf("Get(%d) = %+v, %v", id, st, err)
 		}
 	}
@@ -198,7 +202,7 @@ func TestMergeHidesWhatEachPartitionRemoved(t *testing.T) {
 	for id := int64(1); id <= 30; id++ {
 		pt.putState(alive(id, 10))
 	}
-	pt.putState(&codecs.State{EntityType: "account", EntityID: 4, Deleted: true, Position: codecs.Position{CommitLSN: 11}})
+	pt.putState(&codecs.State{EntityType: "account", EntityID: codecs.IntKey(4), Deleted: true, Position: codecs.Position{CommitLSN: 11}})
 	pt.put("5", nil) // a tombstone
 	truncated := topology.PartitionOf("7", n)
 	pt.truncate(truncated, codecs.Position{CommitLSN: 20})

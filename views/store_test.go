@@ -31,8 +31,8 @@ func TestEntityKeysSortLikeIDs(t *testing.T) {
 
 func TestIsDeletedStateFollowsTheCodec(t *testing.T) {
 	for _, st := range []*codecs.State{
-		{EntityType: "a", EntityID: 1, Deleted: true, Position: codecs.Position{CommitLSN: 1}},
-		{EntityType: "a", EntityID: 1, Row: codecs.Row{"deleted": []byte(`true`), "x": []byte(`",\"row\":null"`)}, Position: codecs.Position{CommitLSN: 1}},
+		{EntityType: "a", EntityID: codecs.IntKey(1), Deleted: true, Position: codecs.Position{CommitLSN: 1}},
+		{EntityType: "a", EntityID: codecs.IntKey(1), Row: codecs.Row{"deleted": []byte(`true`), "x": []byte(`",\"row\":null"`)}, Position: codecs.Position{CommitLSN: 1}},
 	} {
 		raw, err := (codecs.StateCodec{}).Encode(st)
 		if err != nil {

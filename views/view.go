@@ -381,25 +381,23 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	return nil
 }
 
-// stateKind reads the key kind of a state's JSON without decoding it:
-// StateCodec writes "type", "id" and "id_kind" (left out for an integer)
-// before "row", and neither a type nor an escaped id can hold `,"id_kind":"`
-// or `,"row":`, so an "id_kind" before the row is the state's own.
+// kindSuffixes end the JSON of a state whose key is not an integer:
+// StateCodec writes "id_kind" last, and the JSON ends there, so a value
+// inside the row can never be taken for it.
+var kindSuffixes = [...][]byte{
+	codecs.KeyUUID:      []byte(`,"id_kind":"uuid"}`),
+	codecs.KeyText:      []byte(`,"id_kind":"text"}`),
+	codecs.KeyComposite: []byte(`,"id_kind":"composite"}`),
+}
+
+// stateKind reads the key kind of a state's JSON without decoding it.
 func stateKind(value []byte) (codecs.KeyKind, error) {
-	i := bytes.Index(value, []byte(`,"id_kind":"`))
-	if i < 0 {
-		return codecs.KeyInteger, nil
+	for k := codecs.KeyUUID; k <= codecs.KeyComposite; k++ {
+		if bytes.HasSuffix(value, kindSuffixes[k]) {
+			return k, nil
+		}
 	}
-	if j := bytes.Index(value, []byte(`,"row":`)); j >= 0 && j < i {
-		return codecs.KeyInteger, nil // in the row, not the state's
-	}
-	rest := value[i+len(`,"id_kind":"`):]
-	end := bytes.IndexByte(rest, '"')
-	var kind codecs.KeyKind
-	if end < 0 {
-		return kind, fmt.Errorf("id_kind is not closed")
-	}
-	return kind, kind.UnmarshalText(rest[:end])
+	return codecs.KeyInteger, nil
 }
 
 // localKeyOf returns the entity key and the local key of a table record
@@ -429,7 +427,14 @@ func (v *View) localKeyOf(s gokastorage.Storage, text string, value []byte) (cod
 			return key, lk, err
 		}
 	}
-	return codecs.Key{}, "", fmt.Errorf("a tombstone of no entity stored")
+	// Nothing stored under text: a tombstone whose deleted state was
+	// compacted away or came before the view's data. It deletes nothing,
+	// and is no bad record: its key is the one the view would look up.
+	key, err := v.ParseKey(text)
+	if err != nil {
+		return key, "", err
+	}
+	return key, string(localKey(key)), nil
 }
 
 // sawKinds adds the bit set kinds to the kinds the view holds.

@@ -19,7 +19,7 @@ func TestSeqOf(t *testing.T) {
 	if got := seqOfDebezium(nil); got != 0 {
 		t.Errorf("tombstone seq = %d, want 0", got)
 	}
-	ev := &codecs.Event{EntityType: "account", EntityID: 1, Op: codecs.OpUpdate, CommitLSN: 5,
+	ev := &codecs.Event{EntityType: "account", EntityID: codecs.IntKey(1), Op: codecs.OpUpdate, CommitLSN: 5,
 		Position: codecs.Position{CommitLSN: 5}, After: codecs.Row{"id": json.RawMessage(`1`), "seq": json.RawMessage(`42`)}}
 	raw, err := (codecs.EventCodec{}).Encode(ev)
 	if err != nil {

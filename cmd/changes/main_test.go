@@ -36,7 +36,7 @@ func TestRunErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`, 2},
 		{"asof without --at", []string{"asof", "--config", valid, "--type", "a"}, "--at and --type are required", 2},
 		{"asof unknown type", []string{"asof", "--config", valid, "--type", "zz", "--at", "5"}, `entity type "zz" is not declared`, 1},
-		{"asof bad id", []string{"asof", "--config", valid, "--type", "a", "--at", "5", "--id", "x"}, `"x" is not a 64-bit integer`, 2},
+		{"asof bad id", []string{"asof", "--config", valid, "--type", "a", "--at", "5", "--id", "\xff"}, `text key "\xff" is not UTF-8`, 2},
 		{"missing config", []string{"run", "--config", filepath.Join(dir, "absent.yaml")}, "absent.yaml", 1},
 		{"invalid field", []string{"run", "--config", badPartitions}, "entities[0].partitions", 1},
 		{"unknown field", []string{"run", "--config", typo}, "kafka.brokerz: unknown field", 1},

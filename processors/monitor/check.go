@@ -365,7 +365,7 @@ func (c *Checker) table(k entityKey, st *codecs.State, where Anomaly) (Anomaly, 
 	case ev == nil:
 		return Anomaly{}, false // older than what the checker remembers
 	case ev.key != k:
-		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("the history event at this position (offset %d) is of %s %d", ev.offset, ev.key.typ, ev.key.id)
+		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("the history event at this position (offset %d) is of %s %s", ev.offset, ev.key.typ, ev.key.id)
 		return where, true
 	case stateHash(st, ev.unchanged) != ev.hash:
 		where.Kind, where.Detail = WrongValue, fmt.Sprintf("the state differs from the history event at offset %d", ev.offset)

@@ -21,7 +21,7 @@ func testTopo(t *testing.T) *topology.Topology {
 }
 
 func ev(id int64, lsn codecs.LSN, idx uint32, op codecs.Op, v string) *codecs.Event {
-	e := &codecs.Event{EntityType: "a", EntityID: id, Op: op, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn, Index: idx}}
+	e := &codecs.Event{EntityType: "a", EntityID: codecs.IntKey(id), Op: op, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn, Index: idx}}
 	if op != codecs.OpDelete {
 		e.After = codecs.Row{"id": json.RawMessage(`1`), "v": json.RawMessage(v)}
 	}
@@ -104,7 +104,7 @@ func TestCheckerTables(t *testing.T) {
 		t.Errorf("stale before the bound: %v", s)
 	}
 	s, _ := c.Stale(t0.Add(2 * time.Second))
-	if len(s) != 1 || s[0].EntityID != 2 || s[0].Offset != 2 {
+	if len(s) != 1 || s[0].EntityID != "2" || s[0].Offset != 2 {
 		t.Fatalf("stale = %+v, want entity 2 at offset 2", s)
 	}
 	// A table record ahead of the history waits for it.
@@ -188,7 +188,7 @@ func TestCheckerRebuildTombstoneNeverApplied(t *testing.T) {
 		t.Errorf("after the bound: stale %+v, never %+v", s, never)
 	}
 	s, never := c.Stale(t0.Add(2 * time.Minute))
-	if len(s) != 0 || len(never) != 1 || never[0].Kind != NeverApplied || never[0].EntityID != 3 {
+	if len(s) != 0 || len(never) != 1 || never[0].Kind != NeverApplied || never[0].EntityID != "3" {
 		t.Errorf("after remember: stale %+v, never %+v", s, never)
 	}
 	if _, never := c.Stale(t0.Add(3 * time.Minute)); len(never) != 0 {
@@ -258,20 +258,20 @@ func TestCheckerForgetsPastMaxEvents(t *testing.T) {
 	// Entities 4 and 5 never reach the table (3 did, wrongly): stale, then
 	// never_applied. Entity 2, forgotten unreached, is neither.
 	stale, _ := c.Stale(t0.Add(2 * time.Second))
-	var staleIDs []int64
+	var staleIDs []string
 	for _, s := range stale {
 		staleIDs = append(staleIDs, s.EntityID)
 	}
-	if !slices.Equal(staleIDs, []int64{5}) {
+	if !slices.Equal(staleIDs, []string{"5"}) {
 		t.Errorf("stale entities %v, want [5] (4 reached a position after its event)", staleIDs)
 	}
 	_, never := c.Stale(t0.Add(2 * time.Hour))
 	for _, a := range never {
-		if a.EntityID == 2 {
+		if a.EntityID == "2" {
 			t.Errorf("a forgotten event reported as %s", a.Kind)
 		}
 	}
-	if len(never) != 1 || never[0].EntityID != 5 {
+	if len(never) != 1 || never[0].EntityID != "5" {
 		t.Errorf("never applied: %+v, want entity 5 only", never)
 	}
 }

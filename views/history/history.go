@@ -308,8 +308,17 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 	for _, c := range changes {
 		base, missing, applied := rp.apply(c.Event)
 		if applied && len(missing) > 0 && b.Start > 0 && base == nil {
-			return nil, fmt.Errorf("%w: columns %v of %s %d kept their value from before offset %d, where the history starts",
+			return nil, fmt.Errorf("%w: columns %v of %s %s kept their value from before offset %d, where the history starts",
 				ErrOlderThanHistory, missing, entityType, id, b.Start)
+		}
+	}
+	for _, c := range changes {
+		if c.Event.Op != codecs.OpTruncate {
+			// The changes match id by its text; the replay holds the
+			// entity under its key as the events give it, of the type's
+			// kind (`changes asof --id` cannot tell "42" the text from 42).
+			id = c.Event.EntityID
+			break
 		}
 	}
 	if len(changes) > 0 || b.Start == 0 {
@@ -328,14 +337,14 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 		// An update or delete needs the state from before the history's
 		// start; a snapshot (a re-created slot) does not say whether the
 		// entity existed at end.
-		return true, fmt.Errorf("%w: %s %d was last changed before offset %d, where the history starts (retention %s)",
+		return true, fmt.Errorf("%w: %s %s was last changed before offset %d, where the history starts (retention %s)",
 			ErrOlderThanHistory, entityType, id, b.Start, b.Retention)
 	}
 	if decided, err := later(end, b.End); decided || err != nil {
 		return nil, err
 	}
 	if current == nil {
-		return nil, fmt.Errorf("%w: %s %d has no change since offset %d, where the history starts (retention %s); its current state in the snapshot is its state then",
+		return nil, fmt.Errorf("%w: %s %s has no change since offset %d, where the history starts (retention %s); its current state in the snapshot is its state then",
 			ErrOlderThanHistory, entityType, id, b.Start, b.Retention)
 	}
 	// The entity has not changed in the history held up to b.End. Take the

@@ -9,7 +9,7 @@ import (
 )
 
 func change(op codecs.Op, id int64, lsn codecs.LSN, row string, unchanged ...string) *codecs.Event {
-	ev := &codecs.Event{EntityType: "account", EntityID: id, Op: op, CommitLSN: lsn,
+	ev := &codecs.Event{EntityType: "account", EntityID: codecs.IntKey(id), Op: op, CommitLSN: lsn,
 		Position: codecs.Position{CommitLSN: lsn}, Unchanged: unchanged}
 	if row != "" {
 		if err := json.Unmarshal([]byte(row), &ev.After); err != nil {
@@ -52,18 +52,19 @@ func TestReplay(t *testing.T) {
 			rp.apply(s.ev)
 			got := map[int64]string{}
 			for _, st := range rp.entities() {
-				got[st.EntityID] = name(st)
+				id, _ := st.EntityID.Int()
+				got[id] = name(st)
 			}
 			if len(got) != len(s.want) {
-				t.Fatalf("dropDeleted=%v, after step %d (%s of %d): %v, want %v", dropDeleted, i, s.ev.Op, s.ev.EntityID, got, s.want)
+				t.Fatalf("dropDeleted=%v, after step %d (%s of %s): %v, want %v", dropDeleted, i, s.ev.Op, s.ev.EntityID, got, s.want)
 			}
 			for id, n := range s.want {
-				if got[id] != n || name(rp.entity(id)) != n {
-					t.Fatalf("dropDeleted=%v, after step %d (%s of %d): %v, want %v", dropDeleted, i, s.ev.Op, s.ev.EntityID, got, s.want)
+				if got[id] != n || name(rp.entity(codecs.IntKey(id))) != n {
+					t.Fatalf("dropDeleted=%v, after step %d (%s of %s): %v, want %v", dropDeleted, i, s.ev.Op, s.ev.EntityID, got, s.want)
 				}
 			}
 		}
-		if st := rp.entity(1); st == nil || st.Row["blob"] != nil {
+		if st := rp.entity(codecs.IntKey(1)); st == nil || st.Row["blob"] != nil {
 			t.Errorf("dropDeleted=%v: entity 1 after the TRUNCATE kept a column from before it: %v", dropDeleted, st)
 		}
 	}
@@ -90,10 +91,43 @@ func TestReplayBaseAndMissing(t *testing.T) {
 	// the TRUNCATE, is skipped as a table skips it.
 	for _, ev := range []*codecs.Event{change(codecs.OpUpdate, 1, 14, `{"id": 1, "name": "again"}`), change(codecs.OpInsert, 2, 13, `{"id": 2}`)} {
 		if _, _, ok := rp.apply(ev); ok {
-			t.Errorf("%s of %d at %s applied; want it skipped", ev.Op, ev.EntityID, ev.Position)
+			t.Errorf("%s of %s at %s applied; want it skipped", ev.Op, ev.EntityID, ev.Position)
 		}
 	}
-	if rp.entity(2) != nil {
+	if rp.entity(codecs.IntKey(2)) != nil {
 		t.Error("an insert at the TRUNCATE's position is visible")
+	}
+}
+
+// TestReplayKeys: entities of any key kind replay apart, listed in the
+// order of codecs.Key.Compare (text bytewise: "10" before "9").
+func TestReplayKeys(t *testing.T) {
+	rp := newReplay(false)
+	keyed := func(op codecs.Op, k codecs.Key, lsn codecs.LSN, row string) *codecs.Event {
+		ev := change(op, 0, lsn, row)
+		ev.EntityID = k
+		return ev
+	}
+	keys := []codecs.Key{codecs.TextKey("9"), codecs.TextKey("10"), codecs.TextKey("a/b"), codecs.TextKey(""), codecs.TextKey("ü")}
+	for i, k := range keys {
+		rp.apply(keyed(codecs.OpInsert, k, codecs.LSN(10+i), `{"name": "`+k.String()+`"}`))
+	}
+	rp.apply(keyed(codecs.OpDelete, codecs.TextKey("a/b"), 20, ""))
+	var got []string
+	for _, st := range rp.entities() {
+		if st.EntityID.Kind() != codecs.KeyText || name(st) != st.EntityID.String() {
+			t.Errorf("entity %s %q holds %q", st.EntityID.Kind(), st.EntityID, name(st))
+		}
+		got = append(got, st.EntityID.String())
+	}
+	if want := []string{"", "10", "9", "ü"}; !slices.Equal(got, want) {
+		t.Errorf("entities %q, want %q", got, want)
+	}
+	if rp.entity(codecs.IntKey(9)) != nil || rp.entity(codecs.TextKey("9")) == nil {
+		t.Error("the text key 9 and the integer key 9 are not told apart")
+	}
+	rp.apply(change(codecs.OpTruncate, 0, 21, ""))
+	if n := len(rp.entities()); n != 0 {
+		t.Errorf("%d entities after a TRUNCATE", n)
 	}
 }

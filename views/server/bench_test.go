@@ -21,7 +21,7 @@ func BenchmarkListPage(b *testing.B) {
 		b.Run("row="+strconv.Itoa(size), func(b *testing.B) {
 			tbl := viewstest.New(b, "account")
 			for id := int64(1); id <= 1000; id++ {
-				tbl.Put(&codecs.State{EntityType: "account", EntityID: id,
+				tbl.Put(&codecs.State{EntityType: "account", EntityID: codecs.IntKey(id),
 					Row:      codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10)), "name": json.RawMessage(`"` + strings.Repeat("x", size) + `"`)},
 					Position: codecs.Position{CommitLSN: codecs.LSN(id)}, CommitTime: time.Unix(1700000000, 0).UTC()})
 			}

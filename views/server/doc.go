@@ -2,7 +2,7 @@
 // `changes serve` and for services that mount it in their own mux.
 //
 //	GET /v1/entities/{type}/{id}                    latest state of one entity
-//	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in id order
+//	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in key order
 //	GET /v1/history/{type}/{id}?after=OFFSET&limit=N  a page of the entity's changes in the history
 //	GET /v1/history/{type}/{id}?at=T                its state at T (RFC 3339 time, or a history offset)
 //	GET /healthz                                    the process serves
@@ -11,7 +11,11 @@
 // Answers that read a view carry X-Changes-Synced-At and X-Changes-Stale:
 // how current its local copy is (reads go on from it while Kafka is away).
 // Ids travel as strings, like in the events: a 64-bit id stays exact in
-// every JSON reader.
+// every JSON reader. An {id} or after= is the entity key's canonical text
+// (codecs.Key), URL-escaped ("a%2Fb" for the text key a/b), read as a key
+// of the kind the view holds; keys of a view of text keys sort by their
+// bytes ("10" before "9"). An empty after= is the start of the list, except
+// in a view of text keys, where it is the key "" (the first there may be).
 //
 // # Pages
 //

@@ -32,7 +32,7 @@ func (f *fakeHistory) Bounds(context.Context) (history.Bounds, error) {
 	return history.Bounds{Start: f.start, End: f.end, Retention: time.Hour}, nil
 }
 
-func (f *fakeHistory) ChangesSeq(_ context.Context, typ string, id int64, from, to int64) iter.Seq2[history.Change, error] {
+func (f *fakeHistory) ChangesSeq(_ context.Context, typ string, id codecs.Key, from, to int64) iter.Seq2[history.Change, error] {
 	return func(yield func(history.Change, error) bool) {
 		for _, c := range f.changes {
 			if c.Offset < from || c.Offset >= to {
@@ -51,7 +51,7 @@ func (f *fakeHistory) ChangesSeq(_ context.Context, typ string, id int64, from, 
 
 func change(off int64, noteBytes int) history.Change {
 	note, _ := json.Marshal(strings.Repeat("n", noteBytes))
-	return history.Change{Offset: off, Event: &codecs.Event{EntityType: "account", EntityID: 1, Op: codecs.OpUpdate,
+	return history.Change{Offset: off, Event: &codecs.Event{EntityType: "account", EntityID: codecs.IntKey(1), Op: codecs.OpUpdate,
 		After: codecs.Row{"note": note}, CommitTime: time.Unix(1700000000, 0).UTC()}}
 }
 
@@ -72,12 +72,12 @@ func TestChangesPages(t *testing.T) {
 	after := int64(-1)
 	pages := 0
 	for ; pages < 100; pages++ {
-		body, err := s.changes(context.Background(), f, "account", 1, after+1, MaxLimit)
+		body, err := s.changes(context.Background(), f, "account", codecs.IntKey(1), after+1, MaxLimit)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var page Changes // what a client decodes
-		if err := json.Unmarshal(body, &page); err != nil || page.Type != "account" || page.ID != 1 {
+		if err := json.Unmarshal(body, &page); err != nil || page.Type != "account" || page.ID != "1" {
 			t.Fatalf("page %s: %v", body[:min(len(body), 200)], err)
 		}
 		if len(page.Changes) > 1 && len(body) > budget {
@@ -106,7 +106,7 @@ func TestChangesPages(t *testing.T) {
 	}
 	// A page stops the read: it takes at most one change it does not return.
 	f.yielded = 0
-	body, err := s.changes(context.Background(), f, "account", 1, 0, 2)
+	body, err := s.changes(context.Background(), f, "account", codecs.IntKey(1), 0, 2)
 	var out Changes
 	if err != nil || json.Unmarshal(body, &out) != nil || len(out.Changes) != 2 || out.NextAfter != "103" || f.yielded != 3 {
 		t.Errorf("limit 2: %s, %v, %d read; want 2 changes, next_after 103, 3 read", body, err, f.yielded)
@@ -117,12 +117,12 @@ func TestChangesPages(t *testing.T) {
 		t.Errorf("page JSON\n%s\nwant\n%s", body, std)
 	}
 	// A cursor before the history's start has lost changes: 410.
-	if _, err := s.changes(context.Background(), f, "account", 1, 50, 10); !errors.Is(err, history.ErrBeforeHistory) || statusOf(err) != 410 {
+	if _, err := s.changes(context.Background(), f, "account", codecs.IntKey(1), 50, 10); !errors.Is(err, history.ErrBeforeHistory) || statusOf(err) != 410 {
 		t.Errorf("after=49 with the history starting at 100: %v", err)
 	}
 	// An error while reading is the request's error, not a short page.
 	f.err = errors.New("broker gone")
-	if _, err := s.changes(context.Background(), f, "account", 1, 181, MaxLimit); err == nil {
+	if _, err := s.changes(context.Background(), f, "account", codecs.IntKey(1), 181, MaxLimit); err == nil {
 		t.Error("a failed read gave a page")
 	}
 }

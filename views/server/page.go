@@ -12,7 +12,8 @@ type page struct {
 	size      int // of the items and their commas
 	budget    int // for the items
 	limit     int
-	nextAfter *string // when set, "next_after" of the page (an empty text key is a key)
+	nextAfter string // "next_after" of the page, when more is set
+	more      bool   // the page is full: it has a next page
 }
 
 // pageOverhead is what a page's JSON holds besides its items (type, id,
@@ -58,9 +59,10 @@ func (p *page) body(head string) []byte {
 		b.Write(it)
 	}
 	b.WriteByte(']')
-	if p.nextAfter != nil {
+	if p.more { // next_after may be "", the text key of an entity
+		// JSON, not Go, escapes: a text key may hold control characters.
+		next, _ := json.Marshal(p.nextAfter)
 		b.WriteString(`,"next_after":`)
-		next, _ := json.Marshal(*p.nextAfter) // a string: cannot fail
 		b.Write(next)
 	}
 	b.WriteString("}\n")

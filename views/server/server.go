@@ -247,11 +247,10 @@ func (s *server) busy(w http.ResponseWriter, r *http.Request, err error) {
 type Entity = history.Entity
 
 // Page is the JSON of a page of the listing. NextAfter, when present, is the
-// after= of the next page (the last key of this one, which may be the empty
-// text); absent, the page ended the listing.
+// after= of the next page; absent, the page ended the listing.
 type Page struct {
 	Entities  []Entity `json:"entities"`
-	NextAfter *string  `json:"next_after,omitempty"`
+	NextAfter string   `json:"next_after,omitempty"`
 }
 
 // StateAt is the JSON of a point-in-time read, history.StateAt.
@@ -260,7 +259,7 @@ type StateAt = history.StateAt
 // Changes is the JSON of a page of an entity's changes, in history order.
 type Changes struct {
 	Type    string           `json:"type"`
-	ID      string           `json:"id"`
+	ID      string           `json:"id"` // the key's text
 	Changes []history.Change `json:"changes"`
 	// NextAfter, when present, is the after= of the next page (the offset
 	// of the page's last change); absent, the page reached the history's
@@ -350,11 +349,16 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	entities := v.All(r.Context())
 	if q.Has("after") {
 		after, err := v.ParseKey(q.Get("after"))
-		if err != nil {
+		switch {
+		case err == nil:
+			entities = v.After(r.Context(), after)
+		case q.Get("after") == "":
+			// No key of the view is empty: an empty after= is the
+			// start, as it always was. (Only a text key may be "".)
+		default:
 			s.fail(w, r, http.StatusBadRequest, fmt.Errorf("after: %w", err))
 			return
 		}
-		entities = v.After(r.Context(), after)
 	}
 	limit, ok := s.limit(w, r, DefaultLimit)
 	if !ok {
@@ -373,8 +377,7 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !fits {
-			next := lastID.String()
-			page.nextAfter = &next
+			page.nextAfter, page.more = lastID.String(), true
 			break
 		}
 		lastID = st.EntityID
@@ -495,8 +498,7 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id cod
 			return nil, fmt.Errorf("encode the change at history offset %d: %w", c.Offset, err)
 		}
 		if !fits {
-			next := strconv.FormatInt(last, 10)
-			page.nextAfter = &next
+			page.nextAfter, page.more = strconv.FormatInt(last, 10), true
 			break
 		}
 		last = c.Offset

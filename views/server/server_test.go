@@ -45,7 +45,7 @@ func testServer(t *testing.T, n int) *httptest.Server {
 
 // account is the state of account id whose name is the JSON nameJSON.
 func account(id int64, nameJSON string) *codecs.State {
-	return &codecs.State{EntityType: "account", EntityID: id,
+	return &codecs.State{EntityType: "account", EntityID: codecs.IntKey(id),
 		Row:      codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10)), "name": json.RawMessage(nameJSON)},
 		Position: codecs.Position{CommitLSN: codecs.LSN(id)}, CommitTime: time.Unix(1700000000, 0).UTC()}
 }
@@ -111,9 +111,9 @@ func TestServer(t *testing.T) {
 		{"/v1/entities/account/7", "tok2", 401, `{"error":"wrong bearer token"}`},
 		{"/v1/entities/account/7", "to", 401, `{"error":"wrong bearer token"}`},
 		{"/v1/entities/account/7", "tok,next", 401, `{"error":"wrong bearer token"}`},
-		{"/v1/entities/account/99", "tok", 404, `{"error":"account 99 not found"}`},
-		{"/v1/entities/account/x7", "tok", 400, `{"error":"id \"x7\" is not a 64-bit integer"}`},
-		{"/v1/entities/account/99999999999999999999", "tok", 400, `{"error":"id \"99999999999999999999\" is not a 64-bit integer"}`},
+		{"/v1/entities/account/99", "tok", 404, `{"error":"account \"99\" not found"}`},
+		{"/v1/entities/account/x7", "tok", 400, `{"error":"view account holds integer keys: integer key \"x7\" is not a 64-bit integer in decimal"}`},
+		{"/v1/entities/account/99999999999999999999", "tok", 400, `{"error":"view account holds integer keys: integer key \"99999999999999999999\" is not a 64-bit integer in decimal"}`},
 		{"/v1/entities/user/7", "tok", 404, `{"error":"unknown entity type \"user\""}`},
 		{"/v1/entities/account?limit=1001", "tok", 400, `{"error":"limit \"1001\" must be an integer from 1 to 1000"}`},
 		{"/v1/history/account/7", "tok", 404, `{"error":"this server does not read the history"}`},
@@ -216,7 +216,7 @@ func TestServerPages(t *testing.T) {
 			t.Errorf("page JSON\n%s\nwant\n%s", body, std)
 		}
 		for _, e := range page.Entities {
-			ids = append(ids, strconv.FormatInt(e.ID, 10))
+			ids = append(ids, e.ID)
 		}
 		if page.NextAfter == "" {
 			break
@@ -245,7 +245,11 @@ func pageThrough(t *testing.T, srv *httptest.Server, path string) (pages [][]int
 		}
 		var ids []int64
 		for _, e := range page.Entities {
-			ids = append(ids, e.ID)
+			id, err := strconv.ParseInt(e.ID, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
 		}
 		pages, sizes = append(pages, ids), append(sizes, len(body))
 		if page.NextAfter == "" {

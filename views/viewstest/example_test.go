@@ -29,7 +29,7 @@ func TestAccountNames(t *testing.T) {
 		if err := st.Row.Decode(&row); err != nil {
 			t.Fatal(err)
 		}
-		names = append(names, fmt.Sprintf("%d=%s", st.EntityID, row.Name))
+		names = append(names, fmt.Sprintf("%s=%s", st.EntityID, row.Name))
 	}
 	if fmt.Sprint(names) != "[1=acme corp]" {
 		t.Errorf("view holds %v, want [1=acme corp]", names)
