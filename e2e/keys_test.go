@@ -17,6 +17,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
+	"github.com/changes-dev/changes/internal/platform"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views/history"
 	"github.com/changes-dev/changes/views/server"
@@ -67,9 +68,13 @@ func TestKeysOfEveryKind(t *testing.T) {
 			execSQL(t, ctx, db, fmt.Sprintf("insert into %s (id, v) values (gen_random_uuid(), %d)", tables["byuuid"], v))
 		}
 	}
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
 	half := len(nastyTexts) / 2
 	insertNasty(1, nastyTexts[:half])
 	run := startPlatform(t, ctx, topo)
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
 	insertNasty(2, nastyTexts[half:])
 	// Parts that a naive separator would merge: ("x,1", 2) and ("x", 1)
 	// must stay two entities.
@@ -77,7 +82,7 @@ func TestKeysOfEveryKind(t *testing.T) {
 	// Key changes: the old key deleted, the new one inserted.
 	execSQL(t, ctx, db, fmt.Sprintf(`update %s set code = 'renamed/'||code, v = v + 10 where code in ('plain', 'a/b')`, tables["bytext"]))
 	execSQL(t, ctx, db, fmt.Sprintf(`update %s set n = n + 100 where tenant = 'with space'`, tables["bypair"]))
-	execSQL(t, ctx, db, fmt.Sprintf(`update %s set id = gen_random_uuid() where v = 1 and id = (select min(id) from %[1]s where v = 1)`, tables["byuuid"]))
+	execSQL(t, ctx, db, fmt.Sprintf(`update %s set id = gen_random_uuid() where id = (select id from %[1]s where v = 1 order by id limit 1)`, tables["byuuid"]))
 	execSQL(t, ctx, db, fmt.Sprintf(`delete from %s where code = '042'`, tables["bytext"]))
 	execSQL(t, ctx, db, fmt.Sprintf(`update %s set v = v + 1`, tables["bytext"]))
 	waitViewsEqual(t, ctx, db, topo, run.views)
@@ -109,7 +114,7 @@ func TestKeysOfEveryKind(t *testing.T) {
 		t.Errorf("All is not in byte order: %q", order)
 	}
 	pair := run.views["bypair"]
-	for _, parts := range [][2]string{{"x,1", "2"}, {"x", "1"}, {`x","1`, "2"}, {"with space", "100"}, {"a/b", "1"}} {
+	for _, parts := range [][2]string{{"x,1", "2"}, {"x", "1"}, {`x","1`, "2"}, {"with space", "103"}, {"a/b", "1"}} {
 		k := codecs.CompositeKey(codecs.TextKey(parts[0]), codecs.TextKey(parts[1]))
 		st, err := pair.GetKey(ctx, k)
 		if err != nil || st == nil || st.EntityID != k {
@@ -142,6 +147,9 @@ func TestKeysOfEveryKind(t *testing.T) {
 			t.Fatal(err)
 		}
 		for k, row := range rows {
+			if k.String() == "" {
+				continue // no path segment is empty: the empty text key is listed, not addressed
+			}
 			code, body := get("/v1/entities/" + typ + "/" + url.PathEscape(k.String()))
 			var en server.Entity
 			if code != 200 || json.Unmarshal(body, &en) != nil || en.ID != k.String() || dbcheck.DiffRow(row, en.Row) != "" {

@@ -16,6 +16,8 @@
 // of the kind the view holds; keys of a view of text keys sort by their
 // bytes ("10" before "9"). An empty after= is the start of the list, except
 // in a view of text keys, where it is the key "" (the first there may be).
+// The empty text key has no path of its own (a path segment is never
+// empty): it is listed, and read through the Go API.
 //
 // # Pages
 //
