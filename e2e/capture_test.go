@@ -182,7 +182,8 @@ func TestRefusesTablesWithoutIdentity(t *testing.T) {
 		{"id not unique under FULL", "id bigint not null, v text", "replica identity full", "unique index"},
 		{"id in a composite key", "id bigint, k int, v text, primary key (id, k)", "", "unique index"},
 		{"replica identity nothing", "id bigint primary key", "replica identity nothing", "REPLICA IDENTITY NOTHING"},
-		{"id not an integer", "id text primary key", "", "must be smallint, integer or bigint"},
+		{"id of a type no key may have", "id numeric primary key", "", "is numeric: a key column must be"},
+		{"key column nullable under a unique index", "id text, v text", "add unique (id)", "NOT NULL"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := newCaptureFixture(t, ctx, "identity", c.columns)
