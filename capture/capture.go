@@ -173,7 +173,8 @@ const pgObjectInUse = "55006"
 const standbyPoll = time.Second
 
 // run streams until ctx is cancelled or the stream fails, then drains:
-// it commits what Kafka was given unless a Kafka write failed, closes the
+// it commits what Kafka was given unless a Kafka write failed or a refused
+// change's transaction is part of it, closes the
 // producer with closeProducer, and reports the acknowledged position to
 // PostgreSQL. A Kafka error is returned even when ctx was cancelled too;
 // a cancellation alone returns nil.
@@ -195,11 +196,14 @@ func (s *stream) run(ctx context.Context, closeProducer func()) error {
 	}
 
 	// Drain: unless a Kafka write failed, what was written is committed,
-	// whatever stopped the loop (a cancellation, a change too large to
-	// write, PostgreSQL gone): every record handed to the producer is in
-	// stream order and the commit fails if any of them did. After a Kafka
-	// failure the open transaction is aborted, so none of it is visible.
-	if s.failure() == nil {
+	// whatever stopped the loop (a cancellation, PostgreSQL gone): every
+	// record handed to the producer is in stream order and the commit fails
+	// if any of them did. After a Kafka failure the open transaction is
+	// aborted, so none of it is visible; so it is after a change the
+	// capture refuses (a key it cannot use, a record too large) when the
+	// Kafka transaction holds part of that change's PostgreSQL transaction:
+	// nothing of a refused transaction is ever written.
+	if s.failure() == nil && !(refused(runErr) && s.holdsCurrent()) {
 		if err := s.commit(); err != nil && (runErr == nil || errors.Is(runErr, context.Canceled)) {
 			runErr = err
 		}
@@ -335,6 +339,18 @@ func (s *stream) hold(commitTime time.Time) {
 		s.ktx.held = append(s.ktx.held, heldRecords{txn: s.cur, n: 1, commitTime: commitTime})
 	}
 	s.ktx.records++
+}
+
+// refused reports whether err is a change the capture refuses to write.
+func refused(err error) bool {
+	return errors.Is(err, ErrInvalidKey) || errors.Is(err, ErrRecordTooLarge)
+}
+
+// holdsCurrent reports whether the open Kafka transaction holds records of
+// the PostgreSQL transaction being decoded.
+func (s *stream) holdsCurrent() bool {
+	n := len(s.ktx.held)
+	return s.cur != nil && n > 0 && s.ktx.held[n-1].txn == s.cur
 }
 
 // commit commits the open Kafka transaction, if any, and only then

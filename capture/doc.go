@@ -86,8 +86,9 @@
 // with the one function codecs.ColumnKey. A change whose key column is NULL
 // or missing, whose key is longer than codecs.MaxKeyBytes, or whose text key
 // starts with codecs.ReservedKeyPrefix is ErrInvalidKey: like
-// ErrRecordTooLarge, the change is not written, its transaction is not
-// acknowledged, and Run ends. An update that changes the key is a delete of
+// ErrRecordTooLarge, nothing of the change's transaction is written (the
+// open Kafka transaction is aborted if it holds part of it), the
+// transaction is not acknowledged, and Run ends. An update that changes the key is a delete of
 // the old key and an insert of the new one.
 //
 // The snapshot pages through a table in the order of the key's index

@@ -26,15 +26,17 @@ var ErrSetup = errors.New("capture setup")
 
 // ErrRecordTooLarge is returned by Run when a change encodes to more than
 // kafka.max_record_bytes. The change is not skipped: the capture stops before
-// acknowledging it, and the message names the table and the entity id.
+// acknowledging it, nothing of its PostgreSQL transaction is written to the
+// history (the open Kafka transaction is aborted if it holds part of it),
+// and the message names the table and the entity id.
 var ErrRecordTooLarge = errors.New("change exceeds the maximum record size")
 
 // ErrInvalidKey is returned by Run when a change has no valid entity key: a
 // key column NULL or missing, a key longer than codecs.MaxKeyBytes, or a
 // text key that starts with codecs.ReservedKeyPrefix. Like
-// ErrRecordTooLarge it stops the capture before the change is written and
-// before its transaction is acknowledged; the message names the table and
-// the key column(s).
+// ErrRecordTooLarge it stops the capture before anything of the change's
+// PostgreSQL transaction is written or acknowledged; the message names the
+// table and the key column(s).
 var ErrInvalidKey = errors.New("change has no valid entity key")
 
 // ErrSlotMissing is returned by Run when the replication slot does not exist

@@ -261,7 +261,11 @@ func TestRecordTooLarge(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- c.Run(runCtx) }()
 	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
-	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s values (1, 'small'); insert into %s values (7, repeat('x', 10000)); insert into %s values (2, 'after')",
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s values (1, 'small')", f.table))
+	readHistory(t, ctx, f.cfg, f.topo.History(), 1)
+	// One transaction: a change before the large one, the large one, one
+	// after. Nothing of it may reach the history.
+	execSQL(t, ctx, f.db, fmt.Sprintf("begin; insert into %s values (3, 'before'); insert into %s values (7, repeat('x', 10000)); insert into %s values (2, 'after'); commit",
 		f.table, f.table, f.table))
 	select {
 	case err = <-done:
@@ -274,7 +278,53 @@ func TestRecordTooLarge(t *testing.T) {
 	}
 	got := readHistory(t, ctx, f.cfg, f.topo.History(), 1)
 	if len(got) != 1 {
-		t.Fatalf("history holds %d records, want only the change before the large one", len(got))
+		t.Fatalf("history holds %d records, want only the transaction before the refused one", len(got))
+	}
+}
+
+// TestInvalidKeyStopsCapture: a text key longer than codecs.MaxKeyBytes
+// stops the capture with an error naming the table and the key column, and
+// nothing of its transaction reaches the history, not even the changes
+// before it; the slot does not move past it, so a restart stops again.
+func TestInvalidKeyStopsCapture(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "badkey", "code text primary key, v text")
+	f.cfg.Entities[0].IDColumn = "code"
+	f.topo = topology.New(f.cfg)
+	c, err := capture.New(f.topo, capture.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	waitSlotActive(t, ctx, f.db, f.cfg.Postgres.Slot)
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s values ('first', 'ok')", f.table))
+	readHistory(t, ctx, f.cfg, f.topo.History(), 1)
+	execSQL(t, ctx, f.db, fmt.Sprintf("begin; insert into %s values ('before', 'x'); insert into %s values (repeat('k', %d), 'long'); insert into %s values ('after', 'x'); commit",
+		f.table, f.table, codecs.MaxKeyBytes+1, f.table))
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		stopRun()
+		t.Fatalf("the capture did not stop within 30 s (it stopped with %v when cancelled)", <-done)
+	}
+	if !errors.Is(err, capture.ErrInvalidKey) || !strings.Contains(err.Error(), f.table) || !strings.Contains(err.Error(), "code") {
+		t.Fatalf("got %v; want ErrInvalidKey naming %s and its key column code", err, f.table)
+	}
+	if got := readHistory(t, ctx, f.cfg, f.topo.History(), 1); len(got) != 1 {
+		t.Fatalf("history holds %d records, want only the transaction before the refused one", len(got))
+	}
+	// The slot was not acknowledged past it: a capture started again meets
+	// the same change and stops the same way.
+	again, err := capture.New(f.topo, capture.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Run(ctx); !errors.Is(err, capture.ErrInvalidKey) {
+		t.Fatalf("a restarted capture got %v; want ErrInvalidKey again", err)
 	}
 }
 
