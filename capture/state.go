@@ -10,6 +10,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/kread"
+	"github.com/changes-dev/changes/topology"
 )
 
 // Snapshot states kept in the capture-state topic.
@@ -90,6 +91,26 @@ func readState(ctx context.Context, client sarama.Client, topic, slot string) (c
 		return st, fmt.Errorf("read capture state: %w", err)
 	}
 	return st, nil
+}
+
+// MissingSnapshotTypes returns the entity types topo declares that the
+// finished initial snapshot of its slot did not copy, as the capture-state
+// topic records it: the types Run refuses with ErrSetup while the slot
+// exists, since their tables' existing rows are not in the history. It
+// returns none when the topic has no finished snapshot of the slot (a new
+// slot takes a snapshot of every declared type). The capture-state topic
+// must exist.
+func MissingSnapshotTypes(ctx context.Context, topo *topology.Topology) ([]string, error) {
+	client, err := topology.NewClient(topo.Config().Kafka)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	defer client.Close()
+	st, err := readState(ctx, client, topo.CaptureState(), topo.Config().Postgres.Slot)
+	if err != nil || st.Snapshot != snapshotDone {
+		return nil, err
+	}
+	return missingTypes(st.Types, topo.EntityTypes()), nil
 }
 
 // writeState records st; it returns once Kafka has it.

@@ -77,7 +77,7 @@ func TestDemoCommand(t *testing.T) {
 	for _, want := range []string{
 		"changes demo: summary",
 		"none lost, none duplicated",
-		"view account", "view campaign",
+		"view account", "view campaign", "view creative", "view placement",
 		"commit -> history", "commit -> view",
 		"stopped cleanly",
 	} {
@@ -85,8 +85,95 @@ func TestDemoCommand(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Count(out, ": equal, value by value") != 2 {
-		t.Errorf("demo output does not show both views equal to their tables:\n%s", out)
+	if strings.Count(out, ": equal, value by value") != 4 {
+		t.Errorf("demo output does not show the four views equal to their tables:\n%s", out)
+	}
+}
+
+// TestDemoAfterAnOlderDemo runs `changes demo` where an older demo, which
+// captured only accounts and campaigns, left its slot: the capture would
+// refuse that slot, whose snapshot lacks the newer types, so the demo drops
+// it and a new one copies every table, the rows written while no slot
+// captured them included.
+func TestDemoAfterAnOlderDemo(t *testing.T) {
+	e := stack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	name := uniqueName("olddemo")
+	dbURL := database(t, e, name)
+	extra := map[string]string{
+		"CHANGES_POSTGRES_URL":   dbURL,
+		"CHANGES_POSTGRES_SLOT":  name,
+		"CHANGES_TOPIC_PREFIX":   "e2e." + name,
+		"CHANGES_STORAGE_DIR":    t.TempDir(),
+		"CHANGES_METRICS_LISTEN": "",
+	}
+	deleteTopicsAfter(t, e, "e2e."+name)
+	db, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	schema, err := os.ReadFile("../cmd/changes/demo.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, ctx, db, string(schema))
+	execSQL(t, ctx, db, "insert into accounts (id, name, budget) values (1, 'before', 1.00)")
+
+	// The older demo's config: the local one without creatives and placements.
+	local, err := os.ReadFile("../configs/local.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	older, _, ok := strings.Cut(string(local), "  - type: creative\n")
+	if !ok {
+		t.Fatal("configs/local.yaml declares no creative type")
+	}
+	olderFile := filepath.Join(t.TempDir(), "older.yaml")
+	if err := os.WriteFile(olderFile, []byte(older), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run, _, runErr := command(ctx, t, extra, "run", "--config", olderFile)
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- run.Wait() }()
+	t.Cleanup(func() { run.Process.Kill() })
+	// Streaming, so its snapshot is done: the history holds the copied
+	// account and then a streamed one.
+	waitSlotActive(t, ctx, db, name)
+	execSQL(t, ctx, db, "insert into accounts (id, name, budget) values (2, 'streamed', 2.00)")
+	cfg := testConfig(t, e, name, []topology.EntityConfig{{Type: "account", Table: "public.accounts", IDColumn: "id", Partitions: 4}})
+	readHistory(t, ctx, cfg, topology.New(cfg).History(), 2)
+	if err := run.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("changes run: %v\nstderr:\n%s", err, runErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("changes run did not stop within 30 s of SIGTERM\nstderr:\n%s", runErr)
+	}
+	// Rows no slot captured: only a new snapshot brings them.
+	execSQL(t, ctx, db, "insert into placements (campaign_id, site, bid) values (7, 'news.example/sports', 0.5)")
+	execSQL(t, ctx, db, "insert into creatives (campaign_id, format, url) values (7, 'banner', 'https://cdn.example/c/1.png')")
+
+	cmd, stdout, stderr := command(ctx, t, extra, "demo", "--config", "../configs/local.yaml", "--transactions", "100", "--rate", "400")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("changes demo: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+	}
+	out := stdout.String()
+	for _, want := range []string{"was made by an older demo", "none lost, none duplicated", "stopped cleanly"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, ": equal, value by value") != 4 {
+		t.Errorf("demo output does not show the four views equal to their tables:\n%s", out)
 	}
 }
 
@@ -168,7 +255,7 @@ func TestRunStopsCleanlyOnSIGTERM(t *testing.T) {
 // deleteTopicsAfter deletes the topics a subprocess created under prefix.
 func deleteTopicsAfter(t testing.TB, e env, prefix string) {
 	t.Cleanup(func() {
-		cfg, err := topology.Parse(fmt.Appendf(nil, "kafka: {brokers: [%q]}\npostgres: {url: x}\ntopics: {prefix: %q}\nentities: [{type: account, table: accounts}, {type: campaign, table: campaigns}]\n", e.brokers, prefix))
+		cfg, err := topology.Parse(fmt.Appendf(nil, "kafka: {brokers: [%q]}\npostgres: {url: x}\ntopics: {prefix: %q}\nentities: [{type: account, table: accounts}, {type: campaign, table: campaigns}, {type: creative, table: creatives}, {type: placement, table: placements}]\n", e.brokers, prefix))
 		if err != nil {
 			t.Errorf("cleanup: %v", err)
 			return

@@ -807,8 +807,11 @@ func TestLoad(t *testing.T) {
 			if cfg.Storage != tt.storage {
 				t.Errorf("storage = %q, want %q", cfg.Storage, tt.storage)
 			}
-			if got := topology.New(cfg).EntityTypes(); !reflect.DeepEqual(got, []string{"account", "campaign"}) {
-				t.Errorf("entity types = %q, want [account campaign]", got)
+			if got := topology.New(cfg).EntityTypes(); !reflect.DeepEqual(got, []string{"account", "campaign", "creative", "placement"}) {
+				t.Errorf("entity types = %q, want [account campaign creative placement]", got)
+			}
+			if p, _ := cfg.Entity("placement"); !reflect.DeepEqual(p.KeyColumns(), []string{"campaign_id", "site"}) {
+				t.Errorf("placement key columns = %q, want [campaign_id site]", p.KeyColumns())
 			}
 		})
 	}

@@ -2,11 +2,14 @@ package views_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 
+	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
+	"github.com/changes-dev/changes/views/viewstest"
 )
 
 // Account is a service's own type for the accounts table: the json tags name
@@ -120,5 +123,82 @@ func ExampleView_Subscribe() {
 			return // the view stopped
 		}
 		// Fell behind: re-read what matters with Get or Range, then subscribe again.
+	}
+}
+
+// Placement is a row of a table keyed by two columns,
+// primary key (campaign_id, site).
+type Placement struct {
+	CampaignID int64  `json:"campaign_id"`
+	Site       string `json:"site"`
+	Bid        string `json:"bid"`
+}
+
+// Read an entity by its composite key, then page through the view in key
+// order: a page ends at a key, After continues after it. Here an in-memory
+// table (views/viewstest, as a service's tests use it) stands in for the
+// Kafka one.
+func ExampleView_GetKey() {
+	t := &exampleTB{}
+	defer t.done()
+	tbl := viewstest.New(t, "placement") // in a test: viewstest.New(t, "placement")
+	for _, p := range []Placement{{7, "news.example/sports", "0.5000"}, {7, "news.example/tech", "0.4000"},
+		{12, "video.example/home", "1.2500"}, {7, "shop.example/deals/summer", "0.7500"}} {
+		k := codecs.CompositeKey(codecs.IntKey(p.CampaignID), codecs.TextKey(p.Site))
+		var row codecs.Row // the columns, as the snapshot holds them
+		b, _ := json.Marshal(p)
+		if err := json.Unmarshal(b, &row); err != nil {
+			log.Fatal(err)
+		}
+		tbl.PutKeyRow(k, row)
+	}
+	placements := &views.Typed[Placement]{View: tbl.View}
+	ctx := context.Background()
+
+	// A composite key from its parts: the slash in a site is just a character.
+	p, ok, err := placements.GetKey(ctx, codecs.CompositeKey(codecs.IntKey(7), codecs.TextKey("news.example/sports")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ok, p.Key, p.Value.Bid)
+
+	// Pages of two in key order (the bytes of the keys' canonical text):
+	// each page starts after the last key of the one before.
+	seq := tbl.View.All(ctx)
+	for page := 1; ; page++ {
+		var keys []codecs.Key
+		for st, err := range seq {
+			if err != nil {
+				log.Fatal(err)
+			}
+			keys = append(keys, st.EntityID)
+			if len(keys) == 2 {
+				break
+			}
+		}
+		if len(keys) == 0 {
+			break
+		}
+		fmt.Println("page", page, keys)
+		seq = tbl.View.After(ctx, keys[len(keys)-1])
+	}
+	// Output:
+	// true ["7","news.example/sports"] 0.5000
+	// page 1 [["12","video.example/home"] ["7","news.example/sports"]]
+	// page 2 [["7","news.example/tech"] ["7","shop.example/deals/summer"]]
+}
+
+// exampleTB stands in for the *testing.T a test gives viewstest.New: a
+// failure ends the program, done runs the cleanups.
+type exampleTB struct{ cleanups []func() }
+
+func (t *exampleTB) Helper()                           {}
+func (t *exampleTB) Cleanup(f func())                  { t.cleanups = append(t.cleanups, f) }
+func (t *exampleTB) Errorf(format string, args ...any) { log.Printf(format, args...) }
+func (t *exampleTB) Fatal(args ...any)                 { log.Fatal(args...) }
+func (t *exampleTB) Fatalf(format string, args ...any) { log.Fatalf(format, args...) }
+func (t *exampleTB) done() {
+	for i := len(t.cleanups) - 1; i >= 0; i-- {
+		t.cleanups[i]()
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -33,6 +35,10 @@ import (
 
 //go:embed demo.sql
 var demoSchema string
+
+// demoTypes are the entity types the demo writes, one table each: keys of
+// every kind (bigint ids, a uuid, a composite of a bigint and a text).
+var demoTypes = []string{"account", "campaign", "creative", "placement"}
 
 type demoFlags struct {
 	txns    int
@@ -92,7 +98,7 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	if _, err := db.Exec(ctx, demoSchema); err != nil {
 		return fmt.Errorf("create demo tables: %w", err)
 	}
-	for _, typ := range []string{"account", "campaign"} {
+	for _, typ := range demoTypes {
 		if _, ok := cfg.Entity(typ); !ok {
 			return fmt.Errorf("the demo writes the entity type %q, which the config does not declare", typ)
 		}
@@ -106,13 +112,25 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	if err := platform.EnsureTopics(topo); err != nil {
 		return err
 	}
+	recreate, err := prepareDemoSlot(ctx, db, topo)
+	if err != nil {
+		return err
+	}
+	if recreate {
+		say("slot %s was made by an older demo, for fewer tables: dropped it; a new one takes a snapshot of every table", cfg.Postgres.Slot)
+		capOpts = append(slices.Clip(capOpts), capture.WithRecreateSlot())
+	}
 	g.Go(func() error { return platform.Run(gctx, topo, platform.All, log, capOpts, procOpts) })
 
 	var toView latencies
+	// Changes committed from the workload's start on are measured, not the
+	// rows a new slot's snapshot copies.
+	var measureFrom atomic.Int64
+	measureFrom.Store(started.Add(time.Hour).UnixNano())
 	vs := map[string]*views.View{}
 	for _, typ := range topo.EntityTypes() {
 		v, err := views.New(topo, typ, views.WithLogger(log), views.WithUpdateHook(func(u views.Update) {
-			if u.State != nil && u.State.CommitTime.After(started) {
+			if u.State != nil && u.State.CommitTime.UnixNano() >= measureFrom.Load() {
 				toView.add(time.Since(u.State.CommitTime))
 			}
 		}))
@@ -157,8 +175,9 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	if err != nil {
 		return fail(err)
 	}
-	say("workload: %d transactions at %d/s on public.accounts and public.campaigns", f.txns, f.rate)
+	say("workload: %d transactions at %d/s on %s", f.txns, f.rate, demoTables(cfg))
 	wstart := time.Now()
+	measureFrom.Store(wstart.UnixNano())
 	lastReport := wstart
 	run, err := workload.Start(gctx, workload.Config[demoTxn]{
 		URL: cfg.Postgres.URL, Rate: float64(f.rate), Transactions: int64(f.txns), Txn: w.txn,
@@ -223,8 +242,15 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	fmt.Fprintln(out, toView.row("commit -> view"))
 	fmt.Fprintf(out, "  %-18s %9s %9s %9s %9s %8.1f%% %8.1f%%\n", "reference system", "", "", "", "", 81.8, 89.0)
 	fmt.Fprintf(out, "  %s\n", monitor.ReferenceNote)
+	fmt.Fprintln(out)
 	if st, err := vs["account"].Get(ctx, w.lastAccount); err == nil && st != nil {
-		fmt.Fprintf(out, "\n  view account Get(%d) = %s at position %s\n", w.lastAccount, mustJSON(st.Row), st.Position)
+		fmt.Fprintf(out, "  view account Get(%d) = %s at position %s\n", w.lastAccount, mustJSON(st.Row), st.Position)
+	}
+	if p := w.lastPlacement; p.site != "" {
+		k := codecs.CompositeKey(codecs.IntKey(p.campaign), codecs.TextKey(p.site))
+		if st, err := vs["placement"].GetKey(ctx, k); err == nil && st != nil {
+			fmt.Fprintf(out, "  view placement GetKey(%s) = %s\n", k, mustJSON(st.Row))
+		}
 	}
 	stop()
 	if err := g.Wait(); err != nil {
@@ -322,39 +348,113 @@ func compareAll(ctx context.Context, db *pgx.Conn, topo *topology.Topology, vs m
 	return diffs, counts, nil
 }
 
+// demoTables lists the tables of the demo's types, as the config names them.
+func demoTables(cfg *topology.Config) string {
+	var names []string
+	for _, typ := range demoTypes {
+		e, _ := cfg.Entity(typ)
+		names = append(names, e.Table)
+	}
+	return strings.Join(names, ", ")
+}
+
+// prepareDemoSlot lets the demo run on a stack where an older demo, which
+// declared fewer tables, made the slot: the capture refuses to stream a slot
+// whose initial snapshot lacks a declared type (their rows would be missing
+// from the history), so the demo drops that slot and reports true; the
+// capture then creates it again with a snapshot of every table
+// (capture.WithRecreateSlot). The publication gains the new tables by
+// itself, the new types' topics are new. It drops a slot only when the
+// config declares nothing but the demo's types and no capture uses the slot.
+func prepareDemoSlot(ctx context.Context, db *pgx.Conn, topo *topology.Topology) (bool, error) {
+	cfg := topo.Config()
+	var exists, active bool
+	err := db.QueryRow(ctx, "select true, active from pg_replication_slots where slot_name = $1", cfg.Postgres.Slot).Scan(&exists, &active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up slot %s: %w", cfg.Postgres.Slot, err)
+	}
+	missing, err := capture.MissingSnapshotTypes(ctx, topo)
+	if err != nil || len(missing) == 0 {
+		return false, err
+	}
+	for _, typ := range topo.EntityTypes() {
+		if !slices.Contains(demoTypes, typ) {
+			return false, fmt.Errorf("the snapshot of slot %s lacks entity types %v, and the config declares %q besides the demo's types: "+
+				"give the demo a slot of its own (CHANGES_POSTGRES_SLOT) or drop the slot and start once with --recreate-slot", cfg.Postgres.Slot, missing, typ)
+		}
+	}
+	if active {
+		return false, fmt.Errorf("the snapshot of slot %s lacks entity types %v and a capture is streaming it: stop it, then run the demo again", cfg.Postgres.Slot, missing)
+	}
+	if _, err := db.Exec(ctx, "select pg_drop_replication_slot($1)", cfg.Postgres.Slot); err != nil {
+		return false, fmt.Errorf("drop slot %s, made for fewer tables: %w", cfg.Postgres.Slot, err)
+	}
+	return true, nil
+}
+
+// demoSites are the sites placements are bought on; a site holds a slash,
+// so a placement's key, ["812","news.example/sports"], does too.
+var demoSites = func() []string {
+	var out []string
+	for _, host := range []string{"news.example", "video.example", "shop.example", "blog.example"} {
+		for _, section := range []string{"sports", "sports/football", "tech", "home", "deals/summer", "weather"} {
+			out = append(out, host+"/"+section)
+		}
+	}
+	return out
+}()
+
+// placementKey is a placement's primary key.
+type placementKey struct {
+	campaign int64
+	site     string
+}
+
 // demoMix is the demo's mix: random transactions of inserts, updates and
-// deletes to the demo tables, several statements per transaction. It runs
-// on one worker, which owns its state.
+// deletes to the demo tables, several statements per transaction; now and
+// then a placement moves to another site, a change of its key. It runs on
+// one worker, which owns its state.
 type demoMix struct {
-	accounts    []int64
-	campaigns   []int64
-	nextID      int64
-	changes     int
-	lastAccount int64
+	accounts      []int64
+	campaigns     []int64
+	creatives     []string
+	placements    []placementKey
+	nextID        int64
+	changes       int
+	lastAccount   int64
+	lastPlacement placementKey
 }
 
 // demoTxn is what a transaction changed in the mix's state, applied once
 // it committed.
 type demoTxn struct {
 	accounts, campaigns []int64
+	creatives           []string
+	placements          []placementKey
 	lastAccount         int64
+	lastPlacement       placementKey
 }
 
 func newDemoMix(ctx context.Context, db *pgx.Conn) (*demoMix, error) {
 	m := &demoMix{}
-	load := func(sql string) ([]int64, error) {
-		rows, err := db.Query(ctx, sql)
-		if err != nil {
-			return nil, err
-		}
-		return pgx.CollectRows(rows, pgx.RowTo[int64])
-	}
 	var err error
-	if m.accounts, err = load("select id from accounts"); err != nil {
+	if m.accounts, err = loadRows(ctx, db, "select id from accounts", pgx.RowTo[int64]); err != nil {
 		return nil, fmt.Errorf("read accounts: %w", err)
 	}
-	if m.campaigns, err = load("select id from campaigns"); err != nil {
+	if m.campaigns, err = loadRows(ctx, db, "select id from campaigns", pgx.RowTo[int64]); err != nil {
 		return nil, fmt.Errorf("read campaigns: %w", err)
+	}
+	if m.creatives, err = loadRows(ctx, db, "select id::text from creatives", pgx.RowTo[string]); err != nil {
+		return nil, fmt.Errorf("read creatives: %w", err)
+	}
+	if m.placements, err = loadRows(ctx, db, "select campaign_id, site from placements", func(r pgx.CollectableRow) (placementKey, error) {
+		var p placementKey
+		return p, r.Scan(&p.campaign, &p.site)
+	}); err != nil {
+		return nil, fmt.Errorf("read placements: %w", err)
 	}
 	if err := db.QueryRow(ctx, "select greatest((select coalesce(max(id), 0) from accounts), (select coalesce(max(id), 0) from campaigns))").Scan(&m.nextID); err != nil {
 		return nil, fmt.Errorf("read max id: %w", err)
@@ -362,45 +462,101 @@ func newDemoMix(ctx context.Context, db *pgx.Conn) (*demoMix, error) {
 	return m, nil
 }
 
+func loadRows[T any](ctx context.Context, db *pgx.Conn, sql string, fn pgx.RowToFunc[T]) ([]T, error) {
+	rows, err := db.Query(ctx, sql)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, fn)
+}
+
 // txn is a workload.Txn: one to four statements.
 func (m *demoMix) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *rand.Rand) (int, demoTxn, error) {
-	d := demoTxn{accounts: slices.Clone(m.accounts), campaigns: slices.Clone(m.campaigns)}
+	d := demoTxn{accounts: slices.Clone(m.accounts), campaigns: slices.Clone(m.campaigns),
+		creatives: slices.Clone(m.creatives), placements: slices.Clone(m.placements)}
 	changes := 0
-	exec := func(sql string, args ...any) error {
+	exec := func(sql string, args ...any) (int64, error) {
 		tag, err := tx.Exec(ctx, sql, args...)
 		if err != nil {
-			return fmt.Errorf("workload: %w", err)
+			return 0, fmt.Errorf("workload: %w", err)
 		}
 		changes += int(tag.RowsAffected())
-		return nil
+		return tag.RowsAffected(), nil
 	}
+	bid := func() string { return fmt.Sprintf("%d.%04d", rnd.IntN(10), rnd.IntN(10000)) }
 	for range 1 + rnd.IntN(4) {
 		var err error
-		switch k := rnd.IntN(10); {
-		case k < 2 || len(d.accounts) == 0:
+		switch k := rnd.IntN(30); {
+		case k < 6 || len(d.accounts) == 0:
 			m.nextID++
 			d.lastAccount = m.nextID
 			d.accounts = append(d.accounts, m.nextID)
-			err = exec("insert into accounts (id, name, budget) values ($1, $2, $3)",
+			_, err = exec("insert into accounts (id, name, budget) values ($1, $2, $3)",
 				m.nextID, fmt.Sprintf("account %d", m.nextID), fmt.Sprintf("%d.%02d", rnd.IntN(100000), rnd.IntN(100)))
-		case k < 5 || len(d.campaigns) == 0:
+		case k < 12 || len(d.campaigns) == 0:
 			m.nextID++
 			d.campaigns = append(d.campaigns, m.nextID)
-			err = exec("insert into campaigns (id, account_id, name, bid, status, targeting) values ($1, $2, $3, $4, 'active', $5)",
-				m.nextID, d.accounts[rnd.IntN(len(d.accounts))], fmt.Sprintf("campaign %d", m.nextID),
-				fmt.Sprintf("%d.%04d", rnd.IntN(10), rnd.IntN(10000)),
+			_, err = exec("insert into campaigns (id, account_id, name, bid, status, targeting) values ($1, $2, $3, $4, 'active', $5)",
+				m.nextID, d.accounts[rnd.IntN(len(d.accounts))], fmt.Sprintf("campaign %d", m.nextID), bid(),
 				fmt.Sprintf(`{"geo": ["US", "DE"], "max_cpm": %d}`, rnd.IntN(50)))
-		case k < 7:
+		case k < 15:
 			id := d.accounts[rnd.IntN(len(d.accounts))]
 			d.lastAccount = id
-			err = exec("update accounts set budget = budget + 10.50, active = not active, updated_at = now() where id = $1", id)
-		case k < 9:
-			err = exec("update campaigns set bid = bid * 1.1, status = $2, updated_at = now() where id = $1",
+			_, err = exec("update accounts set budget = budget + 10.50, active = not active, updated_at = now() where id = $1", id)
+		case k < 18:
+			_, err = exec("update campaigns set bid = bid * 1.1, status = $2, updated_at = now() where id = $1",
 				d.campaigns[rnd.IntN(len(d.campaigns))], []string{"active", "paused"}[rnd.IntN(2)])
-		default:
+		case k < 19:
 			i := rnd.IntN(len(d.campaigns))
-			err = exec("delete from campaigns where id = $1", d.campaigns[i])
+			_, err = exec("delete from campaigns where id = $1", d.campaigns[i])
 			d.campaigns = slices.Delete(d.campaigns, i, i+1)
+		case k < 21 || len(d.creatives) == 0:
+			// The database makes the uuid.
+			var id string
+			err = tx.QueryRow(ctx, "insert into creatives (campaign_id, format, url) values ($1, $2, $3) returning id::text",
+				d.campaigns[rnd.IntN(len(d.campaigns))], []string{"banner", "video", "native"}[rnd.IntN(3)],
+				fmt.Sprintf("https://cdn.example/c/%d.png", rnd.IntN(1e6))).Scan(&id)
+			if err == nil {
+				changes++
+				d.creatives = append(d.creatives, id)
+			}
+		case k < 22:
+			_, err = exec("update creatives set url = $2, updated_at = now() where id = $1",
+				d.creatives[rnd.IntN(len(d.creatives))], fmt.Sprintf("https://cdn.example/c/%d.png", rnd.IntN(1e6)))
+		case k < 23:
+			i := rnd.IntN(len(d.creatives))
+			_, err = exec("delete from creatives where id = $1", d.creatives[i])
+			d.creatives = slices.Delete(d.creatives, i, i+1)
+		case k < 26 || len(d.placements) == 0:
+			p := placementKey{d.campaigns[rnd.IntN(len(d.campaigns))], demoSites[rnd.IntN(len(demoSites))]}
+			var n int64
+			n, err = exec("insert into placements (campaign_id, site, bid) values ($1, $2, $3) on conflict do nothing", p.campaign, p.site, bid())
+			if n == 1 {
+				d.placements = append(d.placements, p)
+				d.lastPlacement = p
+			}
+		case k < 27:
+			p := d.placements[rnd.IntN(len(d.placements))]
+			d.lastPlacement = p
+			_, err = exec("update placements set bid = $3, updated_at = now() where campaign_id = $1 and site = $2", p.campaign, p.site, bid())
+		case k < 29:
+			// Another site: the key changes, which the history holds as
+			// the old key's delete and the new key's insert.
+			i := rnd.IntN(len(d.placements))
+			p := d.placements[i]
+			to := placementKey{p.campaign, demoSites[rnd.IntN(len(demoSites))]}
+			var n int64
+			n, err = exec("update placements set site = $3, updated_at = now() where campaign_id = $1 and site = $2 "+
+				"and not exists (select from placements where campaign_id = $1 and site = $3)", p.campaign, p.site, to.site)
+			if n == 1 {
+				changes++ // two events: the delete and the insert
+				d.placements[i] = to
+				d.lastPlacement = to
+			}
+		default:
+			i := rnd.IntN(len(d.placements))
+			_, err = exec("delete from placements where campaign_id = $1 and site = $2", d.placements[i].campaign, d.placements[i].site)
+			d.placements = slices.Delete(d.placements, i, i+1)
 		}
 		if err != nil {
 			return 0, d, err
@@ -412,8 +568,12 @@ func (m *demoMix) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *rand.Rand) (in
 // commit applies a committed transaction to the mix's state.
 func (m *demoMix) commit(c workload.Commit[demoTxn]) {
 	m.accounts, m.campaigns = c.Record.accounts, c.Record.campaigns
+	m.creatives, m.placements = c.Record.creatives, c.Record.placements
 	m.changes += c.Changes
 	if c.Record.lastAccount != 0 {
 		m.lastAccount = c.Record.lastAccount
+	}
+	if c.Record.lastPlacement.site != "" {
+		m.lastPlacement = c.Record.lastPlacement
 	}
 }

@@ -1,7 +1,8 @@
-// Command account-budgets is an example service built on a changes view: it
-// keeps the "account" snapshot in process and serves account budgets over
-// HTTP without a query to PostgreSQL, and logs every account that gets
-// deactivated as it happens. See README.md.
+// Command account-budgets is an example service built on changes views: it
+// keeps the "account" and "placement" snapshots in process and serves
+// account budgets and placement bids over HTTP without a query to
+// PostgreSQL, and logs every account that gets deactivated as it happens.
+// See README.md.
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 )
@@ -34,6 +36,16 @@ type Account struct {
 	UpdatedAt string `json:"updated_at"`
 }
 
+// Placement is a row of the placements table, whose primary key is two
+// columns, (campaign_id, site); a site such as news.example/sports holds a
+// slash.
+type Placement struct {
+	CampaignID int64  `json:"campaign_id"`
+	Site       string `json:"site"`
+	Bid        string `json:"bid"`
+	UpdatedAt  string `json:"updated_at"`
+}
+
 func main() {
 	defaultBrokers := "127.0.0.1:59092" // the local stack's
 	if env := os.Getenv("CHANGES_KAFKA_BROKERS"); env != "" {
@@ -41,6 +53,7 @@ func main() {
 	}
 	brokers := flag.String("brokers", defaultBrokers, "Kafka bootstrap brokers, comma-separated (default: CHANGES_KAFKA_BROKERS, else the local stack's)")
 	topic := flag.String("topic", "changes.snapshot.account-table", "the account snapshot table")
+	placementTopic := flag.String("placement-topic", "changes.snapshot.placement-table", "the placement snapshot table (same partitions)")
 	partitions := flag.Int("partitions", 4, "the table's partitions (entities[].partitions of the platform's config)")
 	listen := flag.String("listen", "127.0.0.1:8090", "HTTP address")
 	storage := flag.String("storage", ".stack/account-budgets", "where the view keeps its local copy (the default is the local stack's folder, git-ignored)")
@@ -57,41 +70,54 @@ func main() {
 		Partitions: *partitions,
 		StorageDir: *storage,
 	}
-	if err := run(ctx, cfg, *listen, log); err != nil {
+	// A second view, of another table, in the same directory.
+	pcfg := cfg
+	pcfg.EntityType, pcfg.Topic = "placement", *placementTopic
+	if err := run(ctx, cfg, pcfg, *listen, log); err != nil {
 		log.Error("account-budgets stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cfg views.Config, listen string, log *slog.Logger) error {
+func run(ctx context.Context, cfg, pcfg views.Config, listen string, log *slog.Logger) error {
 	accounts, err := views.OpenTyped[Account](cfg, views.WithLogger(log))
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
-	runCtx, ran := context.WithCancel(ctx) // done when Run returns
-	go func() {
-		errc <- accounts.Run(ctx)
-		ran()
-	}()
+	placements, err := views.OpenTyped[Placement](pcfg, views.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 3)
+	runCtx, ran := context.WithCancel(ctx) // done when a view's Run returns
+	defer ran()
+	for _, v := range []*views.View{accounts.View, placements.View} {
+		go func() {
+			errc <- v.Run(ctx)
+			ran()
+		}()
+	}
 
-	// Ready once the local copy caught up; a restart reopens it and only
-	// reads what changed since. A view that fails to start ends the wait.
+	// Ready once the local copies caught up; a restart reopens them and
+	// only reads what changed since. A view that fails to start ends the wait.
 	start := time.Now()
-	if err := accounts.WaitRecovered(runCtx); err != nil {
-		select {
-		case rerr := <-errc:
-			return errors.Join(err, rerr)
-		default:
-			return err
+	for _, v := range []*views.View{accounts.View, placements.View} {
+		if err := v.WaitRecovered(runCtx); err != nil {
+			select {
+			case rerr := <-errc:
+				return errors.Join(err, rerr)
+			default:
+				return err
+			}
 		}
 	}
 	n, _ := accounts.Len()
-	log.Info("accounts view ready", "accounts", n, "seconds", time.Since(start).Seconds())
+	np, _ := placements.Len()
+	log.Info("views ready", "accounts", n, "placements", np, "seconds", time.Since(start).Seconds())
 
 	go watchDeactivations(ctx, accounts, log, nil)
 
-	srv := &http.Server{Addr: listen, Handler: Handler(accounts), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: listen, Handler: Handler(accounts, placements), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		log.Info("serving", "addr", "http://"+listen)
 		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -176,11 +202,31 @@ func follow(ctx context.Context, sub *views.TypedSubscription[Account], inactive
 
 // Handler serves
 //
-//	GET /accounts/{id}      the account, from the local view
-//	GET /top?n=10           the n active accounts with the largest budgets
-//	GET /readyz             200 once the view has caught up
-func Handler(accounts *views.Typed[Account]) http.Handler {
+//	GET /accounts/{id}                the account, from the local view
+//	GET /top?n=10                     the n active accounts with the largest budgets
+//	GET /placements/{campaign}/{site}  a placement: /placements/7/news.example/sports
+//	GET /readyz                       200 once the views have caught up
+func Handler(accounts *views.Typed[Account], placements *views.Typed[Placement]) http.Handler {
 	mux := http.NewServeMux()
+	// {site...} is the rest of the path, slashes included.
+	mux.HandleFunc("GET /placements/{campaign}/{site...}", func(w http.ResponseWriter, r *http.Request) {
+		campaign, err := strconv.ParseInt(r.PathValue("campaign"), 10, 64)
+		if err != nil || r.PathValue("site") == "" {
+			http.Error(w, "want /placements/{campaign id}/{site}", http.StatusBadRequest)
+			return
+		}
+		// The key of a (campaign_id, site) row: its columns' values, in order.
+		key := codecs.CompositeKey(codecs.IntKey(campaign), codecs.TextKey(r.PathValue("site")))
+		e, ok, err := placements.GetKey(r.Context(), key)
+		switch {
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		case !ok:
+			http.Error(w, "no such placement", http.StatusNotFound)
+		default:
+			writeJSON(w, map[string]any{"placement": e.Value, "as_of": e.CommitTime})
+		}
+	})
 	mux.HandleFunc("GET /accounts/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 		if err != nil {
@@ -234,9 +280,11 @@ func Handler(accounts *views.Typed[Account]) http.Handler {
 		writeJSON(w, out)
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !accounts.Recovered() {
-			http.Error(w, fmt.Sprintf("view %s", accounts.Status()), http.StatusServiceUnavailable)
-			return
+		for _, v := range []*views.View{accounts.View, placements.View} {
+			if !v.Recovered() {
+				http.Error(w, fmt.Sprintf("view %s %s", v.EntityType(), v.Status()), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		fmt.Fprintln(w, "ready")
 	})

@@ -32,7 +32,8 @@ func TestHandler(t *testing.T) {
 			"updated_at": json.RawMessage(`"2026-11-25T10:00:00Z"`),
 		})
 	}
-	srv := httptest.NewServer(Handler(accounts))
+	placements := &views.Typed[Placement]{View: viewstest.New(t, "placement").View}
+	srv := httptest.NewServer(Handler(accounts, placements))
 	defer srv.Close()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(srv.URL + path)
@@ -56,6 +57,43 @@ func TestHandler(t *testing.T) {
 	}
 	if code, body := get("/readyz"); code != 200 {
 		t.Errorf("/readyz: %d %s", code, body)
+	}
+}
+
+func TestPlacement(t *testing.T) {
+	tbl := viewstest.New(t, "placement")
+	placements := &views.Typed[Placement]{View: tbl.View}
+	accounts := &views.Typed[Account]{View: viewstest.New(t, "account").View}
+	// As the snapshot processor writes them: keyed by (campaign_id, site).
+	for _, p := range []struct {
+		campaign int64
+		site     string
+		bid      string
+	}{{7, "news.example/sports", "0.5000"}, {7, "news.example", "0.1000"}, {8, "news.example/sports", "0.9000"}} {
+		tbl.PutKeyRow(codecs.CompositeKey(codecs.IntKey(p.campaign), codecs.TextKey(p.site)), codecs.Row{
+			"campaign_id": json.RawMessage(strconv.FormatInt(p.campaign, 10)), "site": json.RawMessage(strconv.Quote(p.site)),
+			"bid": json.RawMessage(strconv.Quote(p.bid)), "updated_at": json.RawMessage(`"2026-11-25T10:00:00Z"`),
+		})
+	}
+	srv := httptest.NewServer(Handler(accounts, placements))
+	defer srv.Close()
+	for path, want := range map[string]string{
+		"/placements/7/news.example/sports":   `"bid":"0.5000"`, // the slash is the site's
+		"/placements/7/news.example%2Fsports": `"bid":"0.5000"`, // escaped, the same
+		"/placements/7/news.example":          `"bid":"0.1000"`,
+		"/placements/8/news.example/sports":   `"bid":"0.9000"`,
+		"/placements/9/news.example/sports":   "no such placement",
+		"/placements/x/news.example":          "want /placements/",
+	} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s: %d %s, want %s", path, resp.StatusCode, b, want)
+		}
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
-	"testing"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -27,16 +26,26 @@ type Table struct {
 	// View is the view under test; it has recovered when New returns and
 	// stops when the test ends.
 	View  *views.View
-	t     testing.TB
+	t     TB
 	tt    *tester.Tester
 	topic string
 	typ   string
 	lsn   codecs.LSN
 }
 
+// TB is what a Table needs of its test: a *testing.T, *testing.B or any
+// testing.TB has it. A failure calls Fatal; Cleanup stops the view.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // New starts an in-memory view of entityType (one partition, as goka's
 // tester has) with opts, and stops it at the end of the test.
-func New(t testing.TB, entityType string, opts ...views.Option) *Table {
+func New(t TB, entityType string, opts ...views.Option) *Table {
 	t.Helper()
 	cfg, err := topology.Parse([]byte(`
 kafka: {brokers: ["127.0.0.1:1"]}
@@ -89,10 +98,24 @@ func (tb *Table) PutRow(id int64, row codecs.Row) {
 	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: codecs.IntKey(id), Row: row, Position: tb.next(), CommitTime: time.Now().UTC()})
 }
 
+// PutKeyRow writes row as the new state of the entity with key k, of any
+// kind, at a position after every earlier one and committed now. The row
+// is written as it is: give it the key columns.
+func (tb *Table) PutKeyRow(k codecs.Key, row codecs.Row) {
+	tb.t.Helper()
+	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: k, Row: row, Position: tb.next(), CommitTime: time.Now().UTC()})
+}
+
 // Delete writes the deleted state of the entity, as a delete does.
 func (tb *Table) Delete(id int64) {
 	tb.t.Helper()
-	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: codecs.IntKey(id), Deleted: true, Position: tb.next(), CommitTime: time.Now().UTC()})
+	tb.DeleteKey(codecs.IntKey(id))
+}
+
+// DeleteKey writes the deleted state of the entity with key k.
+func (tb *Table) DeleteKey(k codecs.Key) {
+	tb.t.Helper()
+	tb.Put(&codecs.State{EntityType: tb.typ, EntityID: k, Deleted: true, Position: tb.next(), CommitTime: time.Now().UTC()})
 }
 
 func (tb *Table) next() codecs.Position {
