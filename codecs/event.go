@@ -115,11 +115,26 @@ type eventJSON struct {
 	IDKind KeyKind `json:"id_kind,omitempty"`
 }
 
-// MarshalJSON implements json.Marshaler.
-func (e Event) MarshalJSON() ([]byte, error) {
+// wire is e as JSON.
+func (e *Event) wire() eventJSON {
 	id := e.EntityID.String()
-	return json.Marshal(eventJSON{e.EntityType, &id, eventFields(e), e.EntityID.Kind()})
+	return eventJSON{e.EntityType, &id, eventFields(*e), e.EntityID.Kind()}
 }
+
+// event is the Event w holds; an "id" that is not a key of its "id_kind" is
+// an error.
+func (w *eventJSON) event() (*Event, error) {
+	key, err := wireKey(w.ID, w.IDKind)
+	if err != nil {
+		return nil, err
+	}
+	e := Event(w.eventFields)
+	e.EntityType, e.EntityID = w.EntityType, key
+	return &e, nil
+}
+
+// MarshalJSON implements json.Marshaler.
+func (e Event) MarshalJSON() ([]byte, error) { return json.Marshal(e.wire()) }
 
 // UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
 // its "id_kind" is an error.
@@ -128,28 +143,36 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	if w.ID == nil {
-		return errNoKey
+	v, err := w.event()
+	if err == nil {
+		*e = *v
 	}
-	key, err := ParseKey(w.IDKind, *w.ID)
-	if err != nil {
-		return err
-	}
-	*e = Event(w.eventFields)
-	e.EntityType, e.EntityID = w.EntityType, key
-	return nil
+	return err
 }
 
 // EventCodec encodes and decodes Events as JSON. Decode rejects anything that
 // is not a valid event (see Event.Validate), so a consumer never acts on half
-// a record.
+// a record. Both marshal the JSON form directly, not through Event's JSON
+// methods, which encoding/json would make scan every record twice.
 type EventCodec struct{}
 
 // Encode implements Codec.
-func (EventCodec) Encode(e *Event) ([]byte, error) { return encodeValid("event", e) }
+func (EventCodec) Encode(e *Event) ([]byte, error) {
+	return encodeValid("event", e, (*Event).wire)
+}
 
 // Decode implements Codec.
-func (EventCodec) Decode(b []byte) (*Event, error) { return decodeValid[Event]("event", b) }
+func (EventCodec) Decode(b []byte) (*Event, error) {
+	return decodeValid("event", b, (*eventJSON).event)
+}
+
+// wireKey is the key of a record's "id" and "id_kind".
+func wireKey(id *string, kind KeyKind) (Key, error) {
+	if id == nil {
+		return Key{}, errNoKey
+	}
+	return ParseKey(kind, *id)
+}
 
 // validated is a pointer to a type whose values can check themselves.
 type validated[T any] interface {
@@ -157,21 +180,27 @@ type validated[T any] interface {
 	Validate() error
 }
 
-// encodeValid marshals v as JSON if it is valid; kind names it in errors.
-func encodeValid[T any, P validated[T]](kind string, v P) ([]byte, error) {
+// encodeValid marshals the JSON form of v, wire(v), if v is valid; kind
+// names it in errors.
+func encodeValid[T any, P validated[T], W any](kind string, v P, wire func(P) W) ([]byte, error) {
 	if v == nil {
 		return nil, fmt.Errorf("encode %s: nil", kind)
 	}
 	if err := v.Validate(); err != nil {
 		return nil, fmt.Errorf("encode %s: %w", kind, err)
 	}
-	return json.Marshal(v)
+	return json.Marshal(wire(v))
 }
 
-// decodeValid unmarshals b strictly and returns the value only if it is valid.
-func decodeValid[T any, P validated[T]](kind string, b []byte) (P, error) {
-	v := P(new(T))
-	if err := strictUnmarshal(b, v); err != nil {
+// decodeValid unmarshals b strictly into its JSON form W, converts it with
+// value and returns the value only if it is valid.
+func decodeValid[W any, T any, P validated[T]](kind string, b []byte, value func(*W) (P, error)) (P, error) {
+	var w W
+	if err := strictUnmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kind, err)
+	}
+	v, err := value(&w)
+	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w", kind, err)
 	}
 	if err := v.Validate(); err != nil {

@@ -129,11 +129,12 @@ func ParseKey(kind KeyKind, s string) (Key, error) {
 	}
 	switch kind {
 	case KeyInteger:
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || strconv.FormatInt(n, 10) != s {
+		if !canonicalInt(s) {
 			return Key{}, fmt.Errorf("integer key %q is not a 64-bit integer in decimal", s)
 		}
-		return IntKey(n), nil
+		if s == "0" {
+			return Key{}, nil
+		}
 	case KeyUUID:
 		if c, ok := canonicalUUID(s); !ok || c != s {
 			return Key{}, fmt.Errorf("uuid key %q is not a lowercase hyphenated uuid", s)
@@ -199,6 +200,17 @@ func (k Key) Validate() error {
 // MarshalJSON writes the key's canonical text as a JSON string; the kind
 // travels beside it (Event and State write it as "id_kind").
 func (k Key) MarshalJSON() ([]byte, error) { return json.Marshal(k.String()) }
+
+// canonicalInt reports whether s is a 64-bit integer as strconv.FormatInt
+// writes it (no '+', no leading zero, no "-0"), without allocating.
+func canonicalInt(s string) bool {
+	digits := strings.TrimPrefix(s, "-")
+	if digits == "" || (digits[0] == '0' && (len(digits) > 1 || len(s) > 1)) || digits[0] == '+' {
+		return false
+	}
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
+}
 
 // canonicalUUID returns s in lowercase hyphenated form if it is a uuid.
 func canonicalUUID(s string) (string, bool) {

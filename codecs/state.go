@@ -68,11 +68,26 @@ type stateJSON struct {
 	IDKind KeyKind `json:"id_kind,omitempty"`
 }
 
-// MarshalJSON implements json.Marshaler.
-func (s State) MarshalJSON() ([]byte, error) {
+// wire is s as JSON.
+func (s *State) wire() stateJSON {
 	id := s.EntityID.String()
-	return json.Marshal(stateJSON{s.EntityType, &id, stateFields(s), s.EntityID.Kind()})
+	return stateJSON{s.EntityType, &id, stateFields(*s), s.EntityID.Kind()}
 }
+
+// state is the State w holds; an "id" that is not a key of its "id_kind" is
+// an error.
+func (w *stateJSON) state() (*State, error) {
+	key, err := wireKey(w.ID, w.IDKind)
+	if err != nil {
+		return nil, err
+	}
+	s := State(w.stateFields)
+	s.EntityType, s.EntityID = w.EntityType, key
+	return &s, nil
+}
+
+// MarshalJSON implements json.Marshaler.
+func (s State) MarshalJSON() ([]byte, error) { return json.Marshal(s.wire()) }
 
 // UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
 // its "id_kind" is an error.
@@ -81,26 +96,25 @@ func (s *State) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	if w.ID == nil {
-		return errNoKey
+	v, err := w.state()
+	if err == nil {
+		*s = *v
 	}
-	key, err := ParseKey(w.IDKind, *w.ID)
-	if err != nil {
-		return err
-	}
-	*s = State(w.stateFields)
-	s.EntityType, s.EntityID = w.EntityType, key
-	return nil
+	return err
 }
 
-// StateCodec encodes and decodes States as JSON.
+// StateCodec encodes and decodes States as JSON, as EventCodec does Events.
 type StateCodec struct{}
 
 // Encode implements Codec.
-func (StateCodec) Encode(s *State) ([]byte, error) { return encodeValid("state", s) }
+func (StateCodec) Encode(s *State) ([]byte, error) {
+	return encodeValid("state", s, (*State).wire)
+}
 
 // Decode implements Codec.
-func (StateCodec) Decode(b []byte) (*State, error) { return decodeValid[State]("state", b) }
+func (StateCodec) Decode(b []byte) (*State, error) {
+	return decodeValid("state", b, (*stateJSON).state)
+}
 
 // Apply returns the state of ev's entity after ev, given cur, its state
 // before (nil if none): a delete gives a deleted state; a snapshot, insert
