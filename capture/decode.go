@@ -14,8 +14,10 @@ import (
 type relation struct {
 	msg   *pglogrepl.RelationMessage
 	table table
-	// keyIndex holds the tuple index of each key column, in keyColumns order.
+	// keyIndex holds the tuple index of each key column, in keyColumns
+	// order, and keyTypes its type.
 	keyIndex []int
+	keyTypes []uint32
 }
 
 // relations caches the Relation messages of the stream. PostgreSQL sends one
@@ -41,6 +43,7 @@ func (r *relations) add(m *pglogrepl.RelationMessage) error {
 			m.Namespace, m.RelationName)
 	}
 	idx := make([]int, len(t.keyColumns))
+	types := make([]uint32, len(t.keyColumns))
 	for k, name := range t.keyColumns {
 		idx[k] = slices.IndexFunc(m.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == name })
 		if idx[k] < 0 {
@@ -49,8 +52,9 @@ func (r *relations) add(m *pglogrepl.RelationMessage) error {
 		if _, ok := codecs.KeyColumnKind(m.Columns[idx[k]].DataType); !ok {
 			return fmt.Errorf("%w: key column %s.%s changed to type %d, which cannot hold a key (%s)", ErrSetup, t.qualified(), name, m.Columns[idx[k]].DataType, codecs.KeyTypes)
 		}
+		types[k] = m.Columns[idx[k]].DataType
 	}
-	r.byID[m.RelationID] = &relation{msg: m, table: t, keyIndex: idx}
+	r.byID[m.RelationID] = &relation{msg: m, table: t, keyIndex: idx, keyTypes: types}
 	return nil
 }
 
@@ -118,15 +122,14 @@ func (rel *relation) key(tuple *pglogrepl.TupleData) (codecs.Key, error) {
 	if tuple == nil {
 		return codecs.Key{}, fmt.Errorf("%w: table %s: the change carries no key column %s", ErrInvalidKey, t.qualified(), t.columnList())
 	}
-	oids := make([]uint32, len(rel.keyIndex))
 	values := make([][]byte, len(rel.keyIndex))
 	for k, i := range rel.keyIndex {
 		if i >= len(tuple.Columns) || tuple.Columns[i].DataType != pglogrepl.TupleDataTypeText {
 			return codecs.Key{}, fmt.Errorf("%w: table %s: key column %s is null or missing in the change", ErrInvalidKey, t.qualified(), t.keyColumns[k])
 		}
-		oids[k], values[k] = rel.msg.Columns[i].DataType, tuple.Columns[i].Data
+		values[k] = tuple.Columns[i].Data
 	}
-	key, err := codecs.ColumnKey(t.keyColumns, oids, values)
+	key, err := codecs.ColumnKey(t.keyColumns, rel.keyTypes, values)
 	if err != nil {
 		return codecs.Key{}, fmt.Errorf("%w: table %s: %v", ErrInvalidKey, t.qualified(), err)
 	}
