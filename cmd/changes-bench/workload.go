@@ -36,8 +36,8 @@ type benchKey struct {
 // a slash: the three kinds of keys a bench run carries.
 var benchKeys = map[string]benchKey{
 	"account":  {"id bigint", "id", "id = $1", "$1", ""},
-	"campaign": {"id uuid", "id", "id = md5($1::text)::uuid", "md5($1::text)::uuid", ""},
-	"creative": {"tenant integer, name text", "tenant, name", "tenant = ($1 % 16)::integer and name = 'creative/' || $1", "($1 % 16)::integer, 'creative/' || $1", "[tenant, name]"},
+	"campaign": {"id uuid", "id", "id = md5($1::bigint::text)::uuid", "md5($1::bigint::text)::uuid", ""},
+	"creative": {"tenant integer, name text", "tenant, name", "tenant = ($1::bigint % 16)::integer and name = 'creative/' || $1::bigint", "($1::bigint % 16)::integer, 'creative/' || $1::bigint", "[tenant, name]"},
 }
 
 // schema creates the workload's tables, keyed by the type's benchKey (%[2]s
@@ -171,7 +171,7 @@ func (w *benchWorkload) txn(ctx context.Context, tx pgx.Tx, _ int, rnd *mrand.Ra
 		case k < 55:
 			id := 1 + rnd.Int64N(max(w.nextID[ti].Load(), 1))
 			tag, err = tx.Exec(ctx, "update "+table+" set seq = $2, budget = budget + 1, status = $3, payload = coalesce($4, payload), updated_at = now() where "+key.match,
-				id, seq, []string{"active", "paused", "archived"}[rnd.IntN(3)], payload, id)
+				id, seq, []string{"active", "paused", "archived"}[rnd.IntN(3)], payload)
 		case k < 85:
 			id := w.nextID[ti].Add(1)
 			tag, err = tx.Exec(ctx, "insert into "+table+" ("+key.primaryKey+", seq, label, budget, status, attrs, payload) values ("+key.values+", $2, $3, $4, 'active', $5, $6)",
