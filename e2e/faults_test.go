@@ -494,10 +494,10 @@ func (s *scenario) served(typ string) (map[codecs.Key]*codecs.State, error) {
 			}
 			out[k] = &codecs.State{EntityType: e.Type, EntityID: k, Row: e.Row, Position: e.Position}
 		}
-		if page.NextAfter == "" {
+		if page.NextAfter == nil {
 			return out, nil
 		}
-		after = page.NextAfter
+		after = *page.NextAfter
 	}
 }
 

@@ -165,10 +165,7 @@ func TestKeysOfEveryKind(t *testing.T) {
 				path += "&after=" + url.QueryEscape(*after)
 			}
 			code, body := get(path)
-			var page struct {
-				Entities  []server.Entity `json:"entities"`
-				NextAfter *string         `json:"next_after"` // "" is a text key
-			}
+			var page server.Page
 			if code != 200 || json.Unmarshal(body, &page) != nil {
 				t.Fatalf("GET %s: %d %s", path, code, body)
 			}

@@ -299,10 +299,10 @@ func TestViewsServeAndAsOf(t *testing.T) {
 			listed = append(listed, id)
 			listedStates[id] = &codecs.State{EntityID: codecs.IntKey(id), Row: en.Row}
 		}
-		if page.NextAfter == "" {
+		if page.NextAfter == nil {
 			break
 		}
-		after = page.NextAfter
+		after = *page.NextAfter
 		if pages > 100 {
 			t.Fatal("listing does not end")
 		}

@@ -250,7 +250,7 @@ type Entity = history.Entity
 // after= of the next page; absent, the page ended the listing.
 type Page struct {
 	Entities  []Entity `json:"entities"`
-	NextAfter string   `json:"next_after,omitempty"`
+	NextAfter *string  `json:"next_after,omitempty"`
 }
 
 // StateAt is the JSON of a point-in-time read, history.StateAt.

@@ -218,10 +218,10 @@ func TestServerPages(t *testing.T) {
 		for _, e := range page.Entities {
 			ids = append(ids, e.ID)
 		}
-		if page.NextAfter == "" {
+		if page.NextAfter == nil {
 			break
 		}
-		after = page.NextAfter
+		after = *page.NextAfter
 	}
 	want := make([]string, 25)
 	for i := range want {
@@ -252,13 +252,13 @@ func pageThrough(t *testing.T, srv *httptest.Server, path string) (pages [][]int
 			ids = append(ids, id)
 		}
 		pages, sizes = append(pages, ids), append(sizes, len(body))
-		if page.NextAfter == "" {
+		if page.NextAfter == nil {
 			return pages, sizes
 		}
-		if len(ids) == 0 || page.NextAfter != strconv.FormatInt(ids[len(ids)-1], 10) {
-			t.Fatalf("next_after %q after the ids %v", page.NextAfter, ids)
+		if len(ids) == 0 || *page.NextAfter != strconv.FormatInt(ids[len(ids)-1], 10) {
+			t.Fatalf("next_after %q after the ids %v", *page.NextAfter, ids)
 		}
-		after = page.NextAfter
+		after = *page.NextAfter
 	}
 	t.Fatal("paging does not end")
 	return nil, nil
