@@ -118,7 +118,11 @@ func storeOptions() *opt.Options {
 // never leaves an offset that is ahead of the records stored.
 type store struct {
 	db        *leveldb.DB
-	recovered atomic.Bool
+	recovered atomic.Bool // goka marked the partition recovered
+	// ready is set after recovered, once the view has taken the recovery
+	// into account (SyncedAt): View.Recovered reads it, so a caller that
+	// waited for the recovery never sees a zero SyncedAt.
+	ready atomic.Bool
 
 	mu      sync.RWMutex
 	batch   leveldb.Batch

@@ -262,25 +262,34 @@ func (ps *partitionStore) MarkRecovered() error {
 		return err
 	}
 	ps.v.openedMu.Lock()
+	defer ps.v.openedMu.Unlock()
 	ps.v.opened[ps.partition] = ps.opened
-	ps.v.openedMu.Unlock()
-	if !ps.v.Recovered() {
-		return nil
-	}
-	ps.v.openedMu.Lock()
-	at := ps.opened
-	for _, o := range ps.v.opened {
-		if !o.IsZero() && o.Before(at) {
-			at = o
-		}
-	}
-	ps.v.openedMu.Unlock()
-	for {
-		old := ps.v.syncedAt.Load()
-		if old >= at.UnixNano() || ps.v.syncedAt.CompareAndSwap(old, at.UnixNano()) {
+	// Under openedMu: of two partitions recovering at once, the second to
+	// get here sees both recovered and sets SyncedAt.
+	complete := ps.v.running.Load()
+	for p := range ps.v.stores {
+		st := ps.v.stores[p].Load()
+		if st == nil || !st.recovered.Load() {
+			complete = false
 			break
 		}
 	}
+	if complete {
+		at := ps.opened
+		for _, o := range ps.v.opened {
+			if !o.IsZero() && o.Before(at) {
+				at = o
+			}
+		}
+		for {
+			old := ps.v.syncedAt.Load()
+			if old >= at.UnixNano() || ps.v.syncedAt.CompareAndSwap(old, at.UnixNano()) {
+				break
+			}
+		}
+	}
+	// Ready only now: whoever sees the view recovered also sees SyncedAt.
+	ps.store.ready.Store(true)
 	return nil
 }
 
@@ -611,7 +620,7 @@ func (v *View) Recovered() bool {
 	}
 	for p := range v.stores {
 		st := v.stores[p].Load()
-		if st == nil || !st.recovered.Load() {
+		if st == nil || !st.ready.Load() {
 			return false
 		}
 	}
