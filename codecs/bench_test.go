@@ -56,6 +56,35 @@ func BenchmarkEventCodec(b *testing.B) {
 	})
 }
 
+func BenchmarkStateCodec(b *testing.B) {
+	st, _ := codecs.Apply(nil, benchEvent())
+	st.AppliedTime = time.Date(2026, 11, 25, 12, 0, 0, 700000000, time.UTC)
+	data, err := codecs.StateCodec{}.Encode(st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encode", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := (codecs.StateCodec{}).Encode(st); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "states/s")
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, err := (codecs.StateCodec{}).Decode(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "states/s")
+	})
+}
+
 func BenchmarkColumnValue(b *testing.B) {
 	for _, c := range []struct {
 		name string

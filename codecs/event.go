@@ -152,17 +152,28 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 
 // EventCodec encodes and decodes Events as JSON. Decode rejects anything that
 // is not a valid event (see Event.Validate), so a consumer never acts on half
-// a record. Both marshal the JSON form directly, not through Event's JSON
-// methods, which encoding/json would make scan every record twice.
+// a record. Both write and read the platform's form of the JSON by hand,
+// several times faster than encoding/json, and give encoding/json whatever
+// else a record holds (see fastjson.go): the bytes written and the values
+// read are the same.
 type EventCodec struct{}
 
 // Encode implements Codec.
 func (EventCodec) Encode(e *Event) ([]byte, error) {
+	if e != nil && e.Validate() == nil {
+		size := 320 + rowSize(e.After) + rowSize(e.Before)
+		if b, err := appendEvent(make([]byte, 0, size), e); err == nil {
+			return b, nil
+		}
+	}
 	return encodeValid("event", e, (*Event).wire)
 }
 
 // Decode implements Codec.
 func (EventCodec) Decode(b []byte) (*Event, error) {
+	if e, ok := decodeEvent(b); ok {
+		return e, nil
+	}
 	return decodeValid("event", b, (*eventJSON).event)
 }
 

@@ -108,11 +108,19 @@ type StateCodec struct{}
 
 // Encode implements Codec.
 func (StateCodec) Encode(s *State) ([]byte, error) {
+	if s != nil && s.Validate() == nil {
+		if b, err := appendState(make([]byte, 0, 256+rowSize(s.Row)), s); err == nil {
+			return b, nil
+		}
+	}
 	return encodeValid("state", s, (*State).wire)
 }
 
 // Decode implements Codec.
 func (StateCodec) Decode(b []byte) (*State, error) {
+	if s, ok := decodeState(b); ok {
+		return s, nil
+	}
 	return decodeValid("state", b, (*stateJSON).state)
 }
 

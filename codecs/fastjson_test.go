@@ -1,0 +1,232 @@
+package codecs
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fastEvents are events whose JSON form exercises the hand-written path:
+// every key kind, escapes, HTML characters, U+2028, invalid UTF-8, raw
+// values with spaces, nil values, zones other than UTC.
+func fastEvents(t testing.TB) []*Event {
+	t.Helper()
+	uuid, err := UUIDKey("0B6F3D6E-1C2A-4F6B-9A51-2F3C4D5E6F70")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lsn := LSN(0x16B374D848)
+	base := func(k Key, op Op) *Event {
+		return &Event{
+			EntityType: "campaign", EntityID: k, Op: op, TxID: 750, CommitLSN: lsn,
+			Position:    Position{CommitLSN: lsn, Index: 3},
+			CommitTime:  time.Date(2026, 11, 25, 12, 0, 0, 654321000, time.UTC),
+			CaptureTime: time.Date(2026, 11, 25, 12, 0, 0, 656000000, time.FixedZone("", 2*3600)),
+		}
+	}
+	row := Row{
+		"id": json.RawMessage(`9007199254740993`), "name": json.RawMessage(`"a <b> & \"c\" \u2028 é"`),
+		"raw": json.RawMessage("\"line\u2028sep <x>\""), "spaced": json.RawMessage(`{ "a" : [1, 2 , {"b":null}] }`),
+		"nil": nil, "deep": json.RawMessage(`[[[[{"x":[-0.5e+10,true,false]}]]]]`), "": json.RawMessage(`""`),
+		"weird\tname<&>\u2029": json.RawMessage(`1`), "bad\xffutf8": json.RawMessage("\"\xfe\""),
+	}
+	var out []*Event
+	for _, k := range []Key{IntKey(42), IntKey(-7), uuid, TextKey("a/b c%d <é>\u2028"), TextKey(""),
+		CompositeKey(TextKey(`x","y`), IntKey(3))} {
+		e := base(k, OpUpdate)
+		e.After = row
+		e.Before = Row{"id": json.RawMessage(`42`)}
+		e.Unchanged = []string{"payload", "ü<>"}
+		out = append(out, e)
+		d := base(k, OpDelete)
+		d.Before = Row{"id": json.RawMessage(`42`)}
+		out = append(out, d)
+		s := base(k, OpSnapshot)
+		s.After = Row{"id": json.RawMessage(`42`)}
+		out = append(out, s)
+	}
+	tr := base(Key{}, OpTruncate)
+	tr.CommitTime = time.Time{}
+	return append(out, tr)
+}
+
+// TestFastJSONWritesWhatEncodingJSONWrites: the hand-written encoders give
+// encoding/json's bytes, and read them back as encoding/json does, taking
+// the fast path for everything the platform writes.
+func TestFastJSONWritesWhatEncodingJSONWrites(t *testing.T) {
+	for _, e := range fastEvents(t) {
+		want, err := json.Marshal(e.wire())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := appendEvent(nil, e)
+		if err != nil {
+			t.Fatalf("appendEvent(%s %s): %v", e.Op, e.EntityID, err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("appendEvent:\n got %s\nwant %s", got, want)
+		}
+		checkEventDecoders(t, want, true)
+
+		st, _ := Apply(nil, e)
+		if st == nil {
+			continue
+		}
+		st.AppliedTime = time.Date(2026, 11, 25, 12, 0, 1, 0, time.UTC)
+		want, err = json.Marshal(st.wire())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err = appendState(nil, st)
+		if err != nil {
+			t.Fatalf("appendState: %v", err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("appendState:\n got %s\nwant %s", got, want)
+		}
+		checkStateDecoders(t, want, true)
+	}
+	marker := &State{EntityType: "campaign", Truncated: true, Position: Position{CommitLSN: 1, Index: 0}}
+	want, _ := json.Marshal(marker.wire())
+	if got, err := appendState(nil, marker); err != nil || string(got) != string(want) {
+		t.Errorf("appendState(marker) = %s, %v; want %s", got, err, want)
+	}
+	checkStateDecoders(t, want, true)
+}
+
+// TestFastJSONLeavesTheRestToEncodingJSON: documents that are valid but not
+// in the platform's form, and documents that are not valid, decode exactly
+// as encoding/json decodes them.
+func TestFastJSONLeavesTheRestToEncodingJSON(t *testing.T) {
+	e := fastEvents(t)[0]
+	b, err := json.Marshal(e.wire())
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, edit := range [][2]string{
+		{`"type":"campaign"`, `"TYPE":"campaign"`},
+		{`"type":"campaign"`, `"type":"camp\u0061ign"`},
+		{`"type":"campaign"`, `"type":"campaign","type":"other"`},
+		{`"type":"campaign"`, `"type":"campaign","unknown":[1,2]`},
+		{`"op":"update"`, `"op":null`},
+		{`"xid":750`, `"xid":7.5e2`},
+		{`"xid":750`, `"xid":-0`},
+		{`"xid":750`, `"xid":4294967296`},
+		{`"xid":750`, `"xid":"750"`},
+		{`"xid":750`, `"xid" : 750 `},
+		{`"id":"42"`, `"id":null`},
+		{`"id":"42"`, `"id":"042"`},
+		{`"after":{`, `"after":{"id":1,`},
+		{`"after":{`, `"after" : { "z" : 1 ,`},
+		{`"after":{`, `"after":{"x":01,`},
+		{`"after":{`, `"after":{"x":[1,],`},
+		{`"after":{`, `"after":{"x":"\x01",`},
+		{`"after":{`, `"after":{"x":tru,`},
+		{`"unchanged":[`, `"unchanged":[1,`},
+		{`"unchanged":[`, `"unchanged":["\u00fc",`},
+		{`Z"`, `+00:00"`},
+		{`Z"`, `z"`},
+		{`"position":"`, `"position":" `},
+	} {
+		if !strings.Contains(doc, edit[0]) {
+			t.Fatalf("%q is not in %s", edit[0], doc)
+		}
+		checkEventDecoders(t, []byte(strings.Replace(doc, edit[0], edit[1], 1)), false)
+	}
+	for _, d := range []string{"", "null", "{}", "[]", doc + "}", doc + " ", " " + doc, doc[:len(doc)-1], `{"type":"a"}`} {
+		checkEventDecoders(t, []byte(d), false)
+	}
+}
+
+// checkEventDecoders fails unless decodeEvent agrees with encoding/json on
+// b, and, if fast, took the fast path.
+func checkEventDecoders(t testing.TB, b []byte, fast bool) {
+	t.Helper()
+	want, werr := decodeValid("event", b, (*eventJSON).event)
+	got, ok := decodeEvent(b)
+	switch {
+	case fast && !ok:
+		t.Errorf("decodeEvent gave up on %s (encoding/json: %v)", b, werr)
+	case ok && werr != nil:
+		t.Errorf("decodeEvent accepted %s, which encoding/json refuses: %v", b, werr)
+	case ok && !reflect.DeepEqual(got, want):
+		t.Errorf("decodeEvent(%s)\n = %#v\nencoding/json: %#v", b, got, want)
+	}
+}
+
+// checkStateDecoders is checkEventDecoders for states.
+func checkStateDecoders(t testing.TB, b []byte, fast bool) {
+	t.Helper()
+	want, werr := decodeValid("state", b, (*stateJSON).state)
+	got, ok := decodeState(b)
+	switch {
+	case fast && !ok:
+		t.Errorf("decodeState gave up on %s (encoding/json: %v)", b, werr)
+	case ok && werr != nil:
+		t.Errorf("decodeState accepted %s, which encoding/json refuses: %v", b, werr)
+	case ok && !reflect.DeepEqual(got, want):
+		t.Errorf("decodeState(%s)\n = %#v\nencoding/json: %#v", b, got, want)
+	}
+}
+
+// FuzzFastEvent: for any input, the hand-written decoder agrees with
+// encoding/json or gives up; for what decodes, the hand-written encoder
+// writes encoding/json's bytes.
+func FuzzFastEvent(f *testing.F) {
+	for _, e := range fastEvents(f) {
+		b, err := json.Marshal(e.wire())
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checkEventDecoders(t, b, false)
+		e, err := decodeValid("event", b, (*eventJSON).event)
+		if err != nil {
+			return
+		}
+		want, werr := json.Marshal(e.wire())
+		got, gerr := appendEvent(nil, e)
+		if werr == nil && gerr == nil && string(got) != string(want) {
+			t.Fatalf("appendEvent:\n got %s\nwant %s", got, want)
+		}
+		if werr != nil && gerr == nil {
+			t.Fatalf("appendEvent wrote %s; encoding/json: %v", got, werr)
+		}
+	})
+}
+
+// FuzzFastState is FuzzFastEvent for states.
+func FuzzFastState(f *testing.F) {
+	for _, e := range fastEvents(f) {
+		if st, _ := Apply(nil, e); st != nil {
+			b, err := json.Marshal(st.wire())
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(b)
+			d := &State{EntityType: e.EntityType, EntityID: e.EntityID, Deleted: true, Position: e.Position}
+			b, _ = json.Marshal(d.wire())
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checkStateDecoders(t, b, false)
+		s, err := decodeValid("state", b, (*stateJSON).state)
+		if err != nil {
+			return
+		}
+		want, werr := json.Marshal(s.wire())
+		got, gerr := appendState(nil, s)
+		if werr == nil && gerr == nil && string(got) != string(want) {
+			t.Fatalf("appendState:\n got %s\nwant %s", got, want)
+		}
+		if werr != nil && gerr == nil {
+			t.Fatalf("appendState wrote %s; encoding/json: %v", got, werr)
+		}
+	})
+}
