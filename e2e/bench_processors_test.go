@@ -122,7 +122,15 @@ func writeHistory(b testing.TB, cfg *topology.Config, topo *topology.Topology, n
 		if err != nil {
 			b.Fatal(err)
 		}
-		producer.Input() <- &sarama.ProducerMessage{Topic: topo.History(), Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", typ, id)), Value: sarama.ByteEncoder(value)}
+		// As the capture writes it: the router routes by key and op header.
+		producer.Input() <- &sarama.ProducerMessage{Topic: topo.History(), Key: sarama.StringEncoder(fmt.Sprintf("%s/%d", typ, id)), Value: sarama.ByteEncoder(value),
+			Headers: []sarama.RecordHeader{
+				{Key: []byte(codecs.HeaderEntityType), Value: []byte(typ)},
+				{Key: []byte(codecs.HeaderOp), Value: []byte(op)},
+				{Key: []byte(codecs.HeaderPosition), Value: []byte(ev.Position.String())},
+				{Key: []byte(codecs.HeaderCommitTime), Value: []byte(now.Format(time.RFC3339Nano))},
+				{Key: []byte(codecs.HeaderCaptureTime), Value: []byte(now.Format(time.RFC3339Nano))},
+			}}
 	}
 	for id := int64(1); id <= int64(n); id++ {
 		typ := []string{"a", "b"}[id%2]

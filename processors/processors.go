@@ -15,7 +15,6 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/codec"
-	"github.com/lovoo/goka/storage"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -97,7 +96,7 @@ func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *
 	out := []goka.ProcessorOption{
 		goka.WithClientID(kcfg.ClientID),
 		goka.WithLogger(slogadapter.New(log, slog.LevelDebug)),
-		goka.WithStorageBuilder(storage.DefaultBuilder(o.storageDir)),
+		goka.WithStorageBuilder(batchStoreBuilder(o.storageDir)),
 		goka.WithProducerBuilder(order.producerBuilder(goka.ProducerBuilderWithConfig(cfgs[0]))),
 		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(cfgs[1])),
 		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(cfgs[2])),
