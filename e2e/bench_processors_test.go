@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +37,8 @@ import (
 //   - route+apply: the router and both snapshot groups in one process drain
 //     it; events/s is history events over the time until both groups have
 //     committed the end of their events topics.
+//   - view-live: a recovered view of b applies 50000 new states written by
+//     another process, each told to an update hook.
 //   - goka-floor: the same two hops with bare goka callbacks (see below).
 //   - restore: a new view reads one type's table from its topic until
 //     recovered; records/s is table records over that time.
@@ -78,6 +84,8 @@ func BenchmarkProcessors(b *testing.B) {
 		b.ReportMetric((cpuTime(b)-cpuStart).Seconds()/float64(events)*1e6, "cpu-s/1M-events")
 		b.ReportMetric(0, "ns/op")
 	})
+
+	b.Run("view-live", func(b *testing.B) { benchLiveView(b, ctx, cfg, topo, "b", entities/2) })
 
 	// goka's floor on this machine: the same two hops (a stream in, a
 	// record emitted per record; then a table written per record) with
@@ -190,6 +198,104 @@ func BenchmarkProcessors(b *testing.B) {
 		b.ReportMetric((cpuTime(b)-cpuStart).Seconds()/float64(records)*1e6, "cpu-s/1M-records")
 		b.ReportMetric(0, "ns/op")
 	})
+}
+
+// benchLiveView measures a view applying records as they come (the path of
+// a running service, and of changes-bench's catch-up), not restoring: a
+// view of typ, recovered, gets n new states written by another process (so
+// the CPU measured is the view's alone), each told to an update hook as a
+// service's would be.
+func benchLiveView(b *testing.B, ctx context.Context, cfg *topology.Config, topo *topology.Topology, typ string, n int) {
+	var applied atomic.Int64
+	v, err := views.New(topo, typ, views.WithLogger(testLogger(b)), views.WithStorageDir(b.TempDir()),
+		views.WithUpdateHook(func(u views.Update) {
+			if !u.Recovering {
+				applied.Add(1)
+			}
+		}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- v.Run(runCtx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+	if err := v.WaitRecovered(ctx); err != nil {
+		b.Fatal(err)
+	}
+	start, cpuStart := time.Now(), cpuTime(b)
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = append(os.Environ(), produceStatesEnv+"="+strings.Join([]string{
+		strings.Join(cfg.Kafka.Brokers, ","), topo.Snapshot(typ), typ, strconv.Itoa(n)}, ";"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("producer process: %v\n%s", err, out)
+	}
+	for applied.Load() < int64(n) {
+		if ctx.Err() != nil {
+			b.Fatalf("the view applied %d of %d records", applied.Load(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(n)/elapsed.Seconds(), "records/s")
+	b.ReportMetric((cpuTime(b)-cpuStart).Seconds()/float64(n)*1e6, "cpu-s/1M-records")
+	b.ReportMetric(0, "ns/op")
+}
+
+// produceStatesEnv makes the test binary a producer process for
+// benchLiveView (see TestMain): "brokers;topic;type;n".
+const produceStatesEnv = "CHANGES_E2E_PRODUCE_STATES"
+
+// produceStates writes n states of new entities of typ to topic, as the
+// snapshot processor writes them, and returns the process's exit code.
+func produceStates(spec string) int {
+	parts := strings.Split(spec, ";")
+	if len(parts) != 4 {
+		fmt.Fprintf(os.Stderr, "%s=%q: want brokers;topic;type;n\n", produceStatesEnv, spec)
+		return 2
+	}
+	n, err := strconv.Atoi(parts[3])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	kcfg := topology.KafkaConfig{Brokers: strings.Split(parts[0], ","), MaxRecordBytes: 1 << 20}
+	sc, err := topology.SaramaConfig(kcfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	producer, err := sarama.NewAsyncProducer(kcfg.Brokers, sc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() {
+		for range producer.Successes() {
+		}
+	}()
+	now := time.Now().UTC()
+	for i := range n {
+		id := int64(10_000_000 + i)
+		lsn := codecs.LSN(1 << 40)
+		st := &codecs.State{EntityType: parts[2], EntityID: codecs.IntKey(id),
+			Row:      codecs.Row{"id": json.RawMessage(strconv.FormatInt(id, 10)), "v": json.RawMessage(`1`), "name": json.RawMessage(`"entity ` + strconv.FormatInt(id, 10) + `"`)},
+			Position: codecs.Position{CommitLSN: lsn, Index: uint32(i)}, CommitTime: now, AppliedTime: now}
+		value, err := codecs.StateCodec{}.Encode(st)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		producer.Input() <- &sarama.ProducerMessage{Topic: parts[1], Key: sarama.StringEncoder(st.EntityID.String()), Value: sarama.ByteEncoder(value)}
+	}
+	if err := producer.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 // writeHistory writes an insert and an update for each of n entities,
