@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	gokastorage "github.com/lovoo/goka/storage"
 	"github.com/syndtr/goleveldb/leveldb"
@@ -94,6 +95,11 @@ const (
 	recoveryBatchBytes   = 2 << 20
 )
 
+// liveBatchDelay is how long a running view may hold records of a burst
+// before committing them (and telling the hook and the subscribers); a
+// record that comes alone is committed at once.
+const liveBatchDelay = time.Millisecond
+
 // storeOptions are the goleveldb options of a view's storage. Memory per
 // partition stays near two write buffers (the memtable and the one being
 // flushed), the block cache and a recovery batch, whatever the table's size:
@@ -132,8 +138,20 @@ type store struct {
 
 	marker atomic.Pointer[codecs.Position] // the TRUNCATE marker's position; nil if none
 
-	// onCommit, if set, runs after every commit of the batch, outside mu.
-	onCommit func()
+	// committed, if set, is called under mu after every commit flush makes,
+	// and the func it returns (if any) runs after it, outside mu. flushes
+	// are serialized by flushMu, so those funcs run in commit order.
+	committed func() (after func())
+	flushMu   sync.Mutex
+
+	// Live, a record is committed at once unless the last commit was less
+	// than liveBatchDelay ago; then timer commits it (with the records
+	// after it) liveBatchDelay later at the latest.
+	committedAt time.Time
+	delay       time.Duration // liveBatchDelay; tests set others
+	timer       *time.Timer
+	closed      bool
+	lateErr     error // a commit of timer's that failed: the next SetOffset returns it
 
 	// Readers outside goka (View.Get, Range) hold the store open: Close
 	// waits for them, and refuses new ones (goleveldb must not be closed
@@ -179,7 +197,7 @@ func openStore(dir, topic string, partition int32, inMemory bool) (*store, error
 		db.Close()
 		return nil, fmt.Errorf("view storage %s has format %q, this version reads %q: remove the directory, the view rebuilds it from Kafka", path, format, storageFormat)
 	}
-	s := &store{db: db, pending: map[string][]byte{}, offset: -1}
+	s := &store{db: db, pending: map[string][]byte{}, offset: -1, delay: liveBatchDelay}
 	s.readersOut = sync.NewCond(&s.guard)
 	s.stored.Store(-1)
 	if v, err := db.Get([]byte(offsetKey), nil); err == nil {
@@ -233,6 +251,13 @@ func (s *store) Close() error {
 		s.readersOut.Wait()
 	}
 	s.guard.Unlock()
+	s.mu.Lock()
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	s.mu.Unlock()
 	ferr := s.flush()
 	return errors.Join(ferr, s.db.Close())
 }
@@ -328,7 +353,22 @@ func (s *store) GetOffset(def int64) (int64, error) {
 func (s *store) SetOffset(offset int64) error {
 	s.mu.Lock()
 	s.offset = offset
-	due := s.recovered.Load() || s.batch.Len() >= recoveryBatchRecords || len(s.batch.Dump()) >= recoveryBatchBytes
+	if err := s.lateErr; err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	due := s.batch.Len() >= recoveryBatchRecords || len(s.batch.Dump()) >= recoveryBatchBytes
+	if s.recovered.Load() && !due {
+		// A record that comes alone is committed at once; the records of
+		// a burst (a catch-up, a fetch of many) one write per
+		// liveBatchDelay: a goleveldb write per record was most of a live
+		// view's CPU.
+		if time.Since(s.committedAt) >= s.delay {
+			due = true
+		} else if s.timer == nil && !s.closed {
+			s.timer = time.AfterFunc(s.delay, s.flushLate)
+		}
+	}
 	s.mu.Unlock()
 	if due {
 		return s.flush()
@@ -336,13 +376,39 @@ func (s *store) SetOffset(offset int64) error {
 	return nil
 }
 
-// flush commits the batch and the offset in one write, then runs onCommit.
+// flushLate is the timer's commit of the records a burst left in the batch.
+func (s *store) flushLate() {
+	s.mu.Lock()
+	s.timer = nil
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	if err := s.flush(); err != nil {
+		s.mu.Lock()
+		s.lateErr = err
+		s.mu.Unlock()
+	}
+}
+
+// flush commits the batch and the offset in one write, then runs what
+// committed returned.
 func (s *store) flush() error {
-	if err := s.commit(); err != nil {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	s.mu.Lock()
+	err := s.commitLocked()
+	var after func()
+	if err == nil && s.committed != nil {
+		after = s.committed()
+	}
+	s.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	if s.onCommit != nil {
-		s.onCommit()
+	if after != nil {
+		after()
 	}
 	return nil
 }
@@ -350,9 +416,14 @@ func (s *store) flush() error {
 func (s *store) commit() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.commitLocked()
+}
+
+func (s *store) commitLocked() error {
 	if s.offset < 0 && s.batch.Len() == 0 {
 		return nil
 	}
+	s.committedAt = time.Now()
 	if s.offset >= 0 {
 		s.batch.Put([]byte(offsetKey), []byte(strconv.FormatInt(s.offset, 10)))
 	}
@@ -385,13 +456,20 @@ func (s *store) lastOffset() int64 {
 	return s.stored.Load()
 }
 
-// Iterator implements goka's storage.Storage: committed entries only.
+// Iterator implements goka's storage.Storage. Like every iteration of
+// the store, it commits the batch first: an iteration sees what Get sees.
 func (s *store) Iterator() (gokastorage.Iterator, error) {
+	if err := s.commit(); err != nil {
+		return nil, err
+	}
 	return &storeIterator{s.db.NewIterator(nil, &opt.ReadOptions{DontFillCache: true})}, nil
 }
 
 // IteratorWithRange implements goka's storage.Storage.
 func (s *store) IteratorWithRange(start, limit []byte) (gokastorage.Iterator, error) {
+	if err := s.commit(); err != nil {
+		return nil, err
+	}
 	r := &util.Range{Start: start, Limit: limit}
 	if len(limit) == 0 {
 		r = util.BytesPrefix(start)
@@ -403,6 +481,9 @@ func (s *store) IteratorWithRange(start, limit []byte) (gokastorage.Iterator, er
 // codecs.Key.Compare orders them); a nil bound is the first or last key of
 // all.
 func (s *store) entities(from, to *codecs.Key) iterator.Iterator {
+	if err := s.commit(); err != nil {
+		return iterator.NewEmptyIterator(err)
+	}
 	r := *entityKeys
 	if from != nil {
 		r.Start = localKey(*from)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syndtr/goleveldb/leveldb"
 
@@ -68,10 +69,31 @@ func TestStoreCommitsOffsetWithRecords(t *testing.T) {
 	if err := s.MarkRecovered(); err != nil {
 		t.Fatal(err)
 	}
+	// Live, a record that comes alone is committed at once; one that
+	// follows within the delay waits for the timer.
+	s.mu.Lock()
+	s.committedAt = time.Time{}
+	s.delay = time.Hour
+	s.mu.Unlock()
 	s.Set(string(entityKey(10)), []byte("v"))
 	s.SetOffset(10)
 	if got := s.stored.Load(); got != 10 {
-		t.Errorf("after recovery, stored offset = %d, want 10 (committed per record)", got)
+		t.Errorf("after recovery, stored offset = %d, want 10 (a record alone is committed at once)", got)
+	}
+	s.Set(string(entityKey(11)), []byte("v"))
+	s.SetOffset(11)
+	if got := s.stored.Load(); got != 10 {
+		t.Errorf("stored offset = %d right after a commit, want 10 (batched)", got)
+	}
+	s.mu.Lock()
+	armed := s.timer != nil
+	s.mu.Unlock()
+	if !armed {
+		t.Fatal("a record left in the batch armed no timer")
+	}
+	s.flushLate() // the timer firing
+	if got := s.stored.Load(); got != 11 {
+		t.Errorf("stored offset = %d after the timer, want 11", got)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -81,8 +103,8 @@ func TestStoreCommitsOffsetWithRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if off, _ := s.GetOffset(-2); off != 10 {
-		t.Errorf("reopened offset = %d, want 10", off)
+	if off, _ := s.GetOffset(-2); off != 11 {
+		t.Errorf("reopened offset = %d, want 11", off)
 	}
 }
 

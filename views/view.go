@@ -238,7 +238,13 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 	}
 	v.alive[partition].Store(n)
 	v.sawKinds(s.kinds())
-	s.onCommit = func() { v.publishCommitted(partition) }
+	s.committed = func() func() {
+		updates := v.takeQueued(partition)
+		if len(updates) == 0 {
+			return nil
+		}
+		return func() { v.publishUpdates(updates) }
+	}
 	v.stores[partition].Store(s)
 	return &partitionStore{store: s, v: v, partition: partition, opened: time.Now()}, nil
 }
@@ -306,14 +312,21 @@ func (v *View) queue(p int32, u Update) {
 	q.mu.Unlock()
 }
 
-// publishCommitted tells the hook and the subscribers about the partition's
-// committed updates.
-func (v *View) publishCommitted(p int32) {
+// takeQueued takes the partition's queued updates. The store calls it
+// right after a commit, under its lock: a record's update is queued after
+// its write to the batch, which takes that lock, so every update taken was
+// committed.
+func (v *View) takeQueued(p int32) []Update {
 	q := &v.queued[p]
 	q.mu.Lock()
 	updates := q.updates
 	q.updates = nil
 	q.mu.Unlock()
+	return updates
+}
+
+// publishUpdates tells the hook and the subscribers about committed updates.
+func (v *View) publishUpdates(updates []Update) {
 	for _, u := range updates {
 		if v.hook != nil {
 			v.hook(u)

@@ -140,6 +140,16 @@ func TestView(t *testing.T) {
 	}
 	// A state from before the truncate reaches the hook as gone.
 	tt.Consume(table, "1", enc(t, state(1, 15, "old")))
+	// The hook hears of a record once it is committed: within
+	// liveBatchDelay of the previous commit, not at once.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(updates)
+		mu.Unlock()
+		if n >= 6 || time.Now().After(deadline) {
+			break
+		}
+	}
 	mu.Lock()
 	if u := updates[len(updates)-1]; u.EntityID != codecs.IntKey(1) || u.State != nil {
 		t.Errorf("a pre-truncate state reached the hook as %+v, want nil", u)
