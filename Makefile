@@ -68,6 +68,7 @@ bench-e2e: stack-up
 # fixed rates, CPU and memory per component. BENCH_FLAGS="--live 10m" soaks.
 bench-platform: stack-up build
 	bash stack/debezium/debezium.sh fetch
+	bash stack/kstreams/kstreams.sh fetch
 	$(GO) build -buildvcs=false -o bin/changes-bench ./cmd/changes-bench
 	$(STACK_ENV) && ./bin/changes-bench --out bench-result.json $(BENCH_FLAGS)
 

@@ -31,12 +31,14 @@ type bench struct {
 	client   sarama.Client
 	w        *benchWorkload
 	dbz      *debezium
+	ks       *kstreams
 	children []*child
 	views    map[string]*views.View
 	stopView context.CancelFunc
 	res      *result
 
 	viewArrivals *arrivals // set while live rates run
+	backlogSeq   int64     // the workload's last seq before the backlog
 	viewTable    string
 }
 
@@ -92,6 +94,12 @@ entities:
 		if o.dbzExtra != "" {
 			b.res.DebeziumConfig += "; tuned: " + o.dbzExtra
 		}
+		if o.kstreams {
+			if b.ks, err = newKStreams("ks_bench_"+id, benchTypes, b.dbz.topics(), o.workDir); err != nil {
+				return nil, err
+			}
+			b.res.KStreamsConfig = kstreamsConfig
+		}
 	}
 	b.res.Machine = machine()
 	b.res.Backlog = o.backlog
@@ -108,6 +116,12 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 	start := time.Now()
 	if out, err := exec.CommandContext(ctx, b.o.changes, "topics", "--config", b.config).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("changes topics: %v\n%s", err, out)
+	}
+	if b.ks != nil {
+		// Built now, not in the timed start (kstreams.sh start builds what is missing).
+		if err := b.ks.script(ctx, "fetch"); err != nil {
+			return nil, err
+		}
 	}
 	b.say("seeding 10000 rows per table")
 	if err := b.w.seed(ctx, 10000); err != nil {
@@ -213,6 +227,7 @@ func (b *bench) waitSlot(ctx context.Context, slot string, active bool) error {
 func (b *bench) catchUp(ctx context.Context) error {
 	b.say("catch-up: committing %d changes with nothing capturing", b.o.backlog)
 	c0, d0 := b.w.changes.Load(), b.w.deletes.Load()
+	b.backlogSeq = b.w.seq.Load()
 	start := time.Now()
 	progress := b.progress(ctx, "backlog", func() int64 { return b.w.changes.Load() - c0 }, b.o.backlog)
 	err := b.w.run(ctx, 0, b.o.backlog, b.o.conns)
@@ -311,12 +326,118 @@ func (b *bench) catchUp(ctx context.Context) error {
 	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages, catchUpResult{System: "debezium", Stage: "topics", Seconds: tDbz.Seconds(), ChangesPerSec: float64(n) / tDbz.Seconds()})
 	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("debezium", before, sample(append(dcomps, b.kafkaPG()...)), tDbz)...)
 	b.say("  debezium: topics %.1fs (%.0f/s)", tDbz.Seconds(), float64(n)/tDbz.Seconds())
+	if b.ks == nil {
+		return nil
+	}
+	return b.catchUpKStreams(ctx, n, tDbz)
+}
+
+// catchUpKStreams starts the Kafka Streams app on Debezium's full topics
+// (empty stores) and times it until its stores hold every record: from the
+// start of its JVM until the app reports that it has applied the last
+// record of every topic (then a row is queryable), and checks a sample of
+// rows against PostgreSQL.
+func (b *bench) catchUpKStreams(ctx context.Context, n int64, tDbz time.Duration) error {
+	topics := b.dbz.topics()
+	ends, err := topicEnds(b.client, topics)
+	if err != nil {
+		return err
+	}
+	var want int64
+	for _, e := range ends {
+		want += e
+	}
+	kcomps := []component{b.ks.component(), b.dbz.component()}
+	before := sample(append(kcomps, b.kafkaPG()...))
+	start := time.Now()
+	if err := b.ks.start(ctx); err != nil {
+		return err
+	}
+	var last ksStatus
+	var tRunning time.Duration // until Streams said RUNNING: the JVM, the group's rebalance, the stores opened
+	stopProgress := b.progress(ctx, "kafka streams", func() int64 { return last.applied() }, want)
+	err = waitFor(ctx, 15*time.Minute, func() (bool, error) {
+		if !b.ks.component().running() {
+			return false, fmt.Errorf("kafka streams: the app exited, see %s", filepath.Join(b.o.workDir, "kstreams", b.ks.name, "streams.log"))
+		}
+		st, err := b.ks.status(ctx)
+		if err != nil {
+			return false, nil // the JVM is starting
+		}
+		last = st
+		if tRunning == 0 && st.State == "RUNNING" {
+			tRunning = time.Since(start)
+		}
+		return st.caughtUp(ends), nil
+	})
+	stopProgress()
+	if err != nil {
+		return fmt.Errorf("kafka streams: %w", err)
+	}
+	tKS := time.Since(start)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("kafka streams", before, sample(append(kcomps, b.kafkaPG()...)), tKS)...)
+	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages,
+		catchUpResult{System: "kstreams", Stage: "ktable stores", Seconds: tKS.Seconds(), ChangesPerSec: float64(n) / tKS.Seconds(), StartSeconds: tRunning.Seconds()},
+		catchUpResult{System: "dbz+ks", Stage: "end to end", Seconds: (tDbz + tKS).Seconds(), ChangesPerSec: float64(n) / (tDbz + tKS).Seconds()})
+	b.say("  kafka streams: stores %.1fs (%.0f/s; %d records applied; RUNNING after %.1fs)", tKS.Seconds(), float64(n)/tKS.Seconds(), last.applied(), tRunning.Seconds())
+	return b.checkKStreamsRows(ctx)
+}
+
+// checkKStreamsRows compares the seq of sampled rows of every table that
+// the backlog wrote (the rows Debezium's topics hold: it captures from the
+// backlog on) with the app's interactive queries: a store that lost or
+// mangled changes fails the run rather than giving a figure.
+func (b *bench) checkKStreamsRows(ctx context.Context) error {
+	keyText := map[string]string{
+		"account":  "id::text",
+		"campaign": "id::text",
+		"creative": `'["' || tenant || '","' || name || '"]'`, // changes' composite key form; names hold no '"'
+	}
+	checked := 0
+	for _, typ := range benchTypes {
+		rows, err := b.w.pool.Query(ctx, "select "+keyText[typ]+", seq from "+b.w.tables[typ]+" where seq > $1 order by random() limit 200", b.backlogSeq)
+		if err != nil {
+			return err
+		}
+		type kv struct {
+			key string
+			seq int64
+		}
+		var want []kv
+		for rows.Next() {
+			var r kv
+			if err := rows.Scan(&r.key, &r.seq); err != nil {
+				rows.Close()
+				return err
+			}
+			want = append(want, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, w := range want {
+			row, err := b.ks.get(ctx, typ, w.key)
+			if err != nil {
+				return err
+			}
+			got := int64(-1)
+			if row != nil {
+				got, _ = strconv.ParseInt(string(row["seq"]), 10, 64)
+			}
+			if got != w.seq {
+				return fmt.Errorf("kafka streams: %s %s has seq %d in its store, %d in PostgreSQL", typ, w.key, got, w.seq)
+			}
+			checked++
+		}
+	}
+	b.say("  kafka streams: %d sampled rows match PostgreSQL", checked)
 	return nil
 }
 
 // liveRates runs the workload at each rate with both systems running.
 func (b *bench) liveRates(ctx context.Context) error {
-	histArr, viewArr, dbzArr := newArrivals(), newArrivals(), newArrivals()
+	histArr, viewArr, dbzArr, ksArr := newArrivals(), newArrivals(), newArrivals(), newArrivals()
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	kcfg := b.topo.Config().Kafka
@@ -333,9 +454,19 @@ func (b *bench) liveRates(ctx context.Context) error {
 			return err
 		}
 	}
+	if b.ks != nil {
+		go b.ks.tailStamps(cctx, ksArr)
+		if err := b.ks.stamping(ctx, true); err != nil {
+			return err
+		}
+		defer b.ks.stamping(context.Background(), false)
+	}
 	comps := append(b.components(), b.kafkaPG()...)
 	if b.dbz != nil {
 		comps = append(comps, b.dbz.component())
+	}
+	if b.ks != nil {
+		comps = append(comps, b.ks.component())
 	}
 	for _, rate := range b.o.rates {
 		name := "max"
@@ -346,6 +477,7 @@ func (b *bench) liveRates(ctx context.Context) error {
 		histArr.reset()
 		viewArr.reset()
 		dbzArr.reset()
+		ksArr.reset()
 		b.w.takeCommits()
 		b.w.record.Store(true)
 		c0 := b.w.changes.Load()
@@ -366,11 +498,14 @@ func (b *bench) liveRates(ctx context.Context) error {
 		waitFor(ctx, 30*time.Second, func() (bool, error) {
 			_, m1 := histArr.latencies(commits)
 			_, m2 := viewArr.latencies(commits)
-			m3 := 0
+			m3, m4 := 0, 0
 			if b.dbz != nil {
 				_, m3 = dbzArr.latencies(commits)
 			}
-			return m1+m2+m3 == 0, nil
+			if b.ks != nil {
+				_, m4 = ksArr.latencies(commits)
+			}
+			return m1+m2+m3+m4 == 0, nil
 		})
 		lr := liveResult{Rate: name, ChangesPerSec: float64(committed) / elapsed.Seconds()}
 		lat, miss := histArr.latencies(commits)
@@ -381,10 +516,15 @@ func (b *bench) liveRates(ctx context.Context) error {
 			lat, miss = dbzArr.latencies(commits)
 			lr.Debezium = statsOf(lat, miss)
 		}
+		if b.ks != nil {
+			lat, miss = ksArr.latencies(commits)
+			lr.KStreams = statsOf(lat, miss)
+			lr.KStreamsAfterTopic = statsOf(ksArr.after(dbzArr, commits), 0)
+		}
 		lr.Usage = usageBetween("both", before, after, elapsed)
 		b.res.Live = append(b.res.Live, lr)
-		b.say("  %.0f changes/s: changes history p50 %.1f ms p99 %.1f ms; view p99 %.1f ms; debezium p50 %.1f ms p99 %.1f ms",
-			lr.ChangesPerSec, lr.ChangesHistory.P50ms, lr.ChangesHistory.P99ms, lr.ChangesView.P99ms, lr.Debezium.P50ms, lr.Debezium.P99ms)
+		b.say("  %.0f changes/s: changes history p50 %.1f ms p99 %.1f ms; view p99 %.1f ms; debezium p50 %.1f ms p99 %.1f ms; kafka streams p50 %.1f ms p99 %.1f ms",
+			lr.ChangesPerSec, lr.ChangesHistory.P50ms, lr.ChangesHistory.P99ms, lr.ChangesView.P99ms, lr.Debezium.P50ms, lr.Debezium.P99ms, lr.KStreams.P50ms, lr.KStreams.P99ms)
 	}
 	return nil
 }
@@ -485,6 +625,12 @@ func (b *bench) cleanup() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if b.ks != nil {
+		if err := b.ks.stop(ctx); err != nil {
+			b.log.Warn("kafka streams", "err", err)
+		}
+		b.ks.deleteState(b.client)
+	}
 	if b.dbz != nil {
 		b.dbz.stop(ctx)
 		b.dbz.deleteTopics(b.client)

@@ -6,6 +6,9 @@
 //   - catch-up: a backlog of --backlog changes committed while nothing
 //     captures, then drained: into the history, the snapshot tables and a
 //     view for changes; into its topics for Debezium (each from its own slot);
+//   - with Debezium, a Kafka Streams application that materializes its
+//     topics into KTables (RocksDB) served by interactive queries: catch-up
+//     from the full topics, and latency from COMMIT to queryable;
 //   - live: both running while the workload runs at each of --rates, latency
 //     from the moment COMMIT returned to the moment a consumer read the change
 //     (p50, p99, p99.9, max), and the CPU and resident memory of every
@@ -38,6 +41,7 @@ type options struct {
 	ceiling  time.Duration
 	conns    int
 	debezium bool
+	kstreams bool
 	out      string
 	workDir  string
 	profile  bool
@@ -56,6 +60,7 @@ func main() {
 	flag.DurationVar(&o.ceiling, "ceiling", 15*time.Second, "how long the PostgreSQL ceiling runs")
 	flag.IntVar(&o.conns, "conns", 16, "workload connections")
 	flag.BoolVar(&o.debezium, "debezium", true, "run Debezium side by side (stack/debezium/debezium.sh)")
+	flag.BoolVar(&o.kstreams, "kstreams", true, "run a Kafka Streams app on Debezium's topics (stack/kstreams/kstreams.sh): KTables in RocksDB, interactive queries; needs --debezium")
 	flag.StringVar(&o.out, "out", "bench-result.json", "where the figures go as JSON")
 	flag.StringVar(&o.workDir, "dir", "", "work directory for configs, logs and storage (default: a temporary one)")
 	flag.StringVar(&o.dbzExtra, "debezium-extra", "", "extra Debezium connector properties, key=value separated by commas (tuning; printed with the results)")

@@ -59,6 +59,26 @@ func (a *arrivals) latencies(commits []commit) (lat []time.Duration, missing int
 	return lat, missing
 }
 
+// after is, for every committed change that both a and earlier saw, how
+// long after earlier a saw it (0 if a saw it first): the time one stage
+// adds to the one before it.
+func (a *arrivals) after(earlier *arrivals, commits []commit) []time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	earlier.mu.Lock()
+	defer earlier.mu.Unlock()
+	var lat []time.Duration
+	for _, c := range commits {
+		at, ok := a.at[c.seq]
+		e, eok := earlier.at[c.seq]
+		if ok && eok {
+			lat = append(lat, time.Duration(max(at-e, 0)))
+		}
+	}
+	slices.Sort(lat)
+	return lat
+}
+
 // seqOf reads the seq column of a history event.
 func seqOfEvent(value []byte) int64 {
 	ev, err := (codecs.EventCodec{}).Decode(value)

@@ -53,3 +53,17 @@ func TestLatenciesAndStats(t *testing.T) {
 		t.Errorf("empty stats = %+v", s)
 	}
 }
+
+func TestArrivalsAfter(t *testing.T) {
+	topic, store := newArrivals(), newArrivals()
+	topic.add(1, 100)
+	store.add(1, 130)
+	topic.add(2, 200)
+	store.add(2, 190) // the store first: counted as 0
+	topic.add(3, 300) // never in the store: left out
+	store.add(4, 400) // never in the topic: left out
+	got := store.after(topic, []commit{{1, 0}, {2, 0}, {3, 0}, {4, 0}})
+	if len(got) != 2 || got[0] != 0 || got[1] != 30 {
+		t.Errorf("after = %v, want [0 30]", got)
+	}
+}

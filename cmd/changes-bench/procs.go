@@ -85,6 +85,16 @@ func pidsNamed(name string) []int {
 	return out
 }
 
+// running reports whether any of the component's processes is alive.
+func (c component) running() bool {
+	for _, pid := range c.pids() {
+		if syscall.Kill(pid, 0) == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // pidFile reads a pid file.
 func pidFile(path string) func() []int {
 	return func() []int {

@@ -16,6 +16,7 @@ import (
 type result struct {
 	Machine        string       `json:"machine"`
 	DebeziumConfig string       `json:"debezium_config,omitempty"`
+	KStreamsConfig string       `json:"kstreams_config,omitempty"`
 	Seconds        float64      `json:"seconds"`
 	Backlog        int64        `json:"backlog"`
 	Ceiling        rateResult   `json:"postgres_ceiling"`
@@ -41,15 +42,24 @@ type catchUpResult struct {
 	Stage         string  `json:"stage"`
 	Seconds       float64 `json:"seconds"`
 	ChangesPerSec float64 `json:"changes_per_sec"`
+	// StartSeconds is, for Kafka Streams, the part of Seconds until the
+	// app was RUNNING (JVM start, the group's rebalance, stores opened).
+	StartSeconds float64 `json:"start_seconds,omitempty"`
 }
 
 type liveResult struct {
-	Rate           string        `json:"rate"`
-	ChangesPerSec  float64       `json:"changes_per_sec"`
-	ChangesHistory stats         `json:"changes_history"`
-	ChangesView    stats         `json:"changes_view"`
-	Debezium       stats         `json:"debezium"`
-	Usage          []usageResult `json:"usage"`
+	Rate           string  `json:"rate"`
+	ChangesPerSec  float64 `json:"changes_per_sec"`
+	ChangesHistory stats   `json:"changes_history"`
+	ChangesView    stats   `json:"changes_view"`
+	Debezium       stats   `json:"debezium"`
+	// KStreams is from COMMIT to the row being in the Kafka Streams app's
+	// store, where an interactive query reads it.
+	KStreams stats `json:"kafka_streams"`
+	// KStreamsAfterTopic is from the bench's consumer reading the change in
+	// Debezium's topic to the row in the app's store: the app's own part.
+	KStreamsAfterTopic stats         `json:"kafka_streams_after_topic"`
+	Usage              []usageResult `json:"usage"`
 }
 
 type usageResult struct {
@@ -115,12 +125,18 @@ func (r *result) print(w io.Writer) {
 	if r.DebeziumConfig != "" {
 		fmt.Fprintf(w, "%s\n", r.DebeziumConfig)
 	}
+	if r.KStreamsConfig != "" {
+		fmt.Fprintf(w, "%s\n", r.KStreamsConfig)
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "PostgreSQL alone (workload flat out, nothing capturing): %.0f changes/s, %.0f transactions/s, %.2f cores\n\n",
 		r.Ceiling.ChangesPerSec, r.Ceiling.TxnsPerSec, r.Ceiling.PostgresCores)
 	if len(r.CatchUp.Stages) > 0 {
 		fmt.Fprintf(w, "catch-up: a backlog of %d changes in the WAL, drained by each system from its own slot, one at a time;\n", r.CatchUp.Changes)
 		fmt.Fprintf(w, "changes stage by stage (the capture into the history, then the processors and a view from it)\n")
+		if r.KStreamsConfig != "" {
+			fmt.Fprintf(w, "Kafka Streams from Debezium's full topics once Debezium is done (from its JVM's start), then both stages added up\n")
+		}
 		fmt.Fprintf(w, "  %-10s %-16s %10s %14s\n", "system", "into", "seconds", "changes/s")
 		var ours, dbz float64
 		for _, s := range r.CatchUp.Stages {
@@ -132,10 +148,15 @@ func (r *result) print(w io.Writer) {
 				dbz = s.ChangesPerSec
 			}
 		}
+		for _, s := range r.CatchUp.Stages {
+			if s.StartSeconds > 0 {
+				fmt.Fprintf(w, "  %s: RUNNING (JVM started, group joined, stores open) after %.1f s of its %.1f s\n", s.System, s.StartSeconds, s.Seconds)
+			}
+		}
 		if ours > 0 && dbz > 0 {
 			fmt.Fprintf(w, "  WAL -> Kafka, changes / debezium: %.2fx\n", ours/dbz)
 		}
-		for _, win := range []string{"changes: capture", "changes: processors and view", "debezium"} {
+		for _, win := range []string{"changes: capture", "changes: processors and view", "debezium", "kafka streams"} {
 			var us []usageResult
 			for _, u := range r.CatchUp.Usage {
 				if u.Window == win {
@@ -151,14 +172,30 @@ func (r *result) print(w io.Writer) {
 	}
 	if len(r.Live) > 0 {
 		fmt.Fprintf(w, "live: both running while the workload runs; latency from COMMIT returned to a consumer reading the change (ms)\n")
-		fmt.Fprintf(w, "  %-8s %10s | %-29s | %-29s | %-29s | %s\n", "rate", "achieved/s", "changes: history", "changes: view", "debezium: topic", "p99 ratio")
-		fmt.Fprintf(w, "  %-8s %10s | %6s %7s %7s %7s | %6s %7s %7s %7s | %6s %7s %7s %7s |\n", "", "", "p50", "p99", "p99.9", "max", "p50", "p99", "p99.9", "max", "p50", "p99", "p99.9", "max")
+		ks := r.KStreamsConfig != ""
+		head := fmt.Sprintf("  %-8s %10s | %-29s | %-29s | %-29s |", "rate", "achieved/s", "changes: history", "changes: view", "debezium: topic")
+		sub := fmt.Sprintf("  %-8s %10s | %s | %s | %s |", "", "", cellsHead, cellsHead, cellsHead)
+		if ks {
+			head += fmt.Sprintf(" %-29s |", "kafka streams: store")
+			sub += " " + cellsHead + " |"
+		}
+		fmt.Fprintf(w, "%s %s\n%s\n", head, "p99 ratio", sub)
 		for _, l := range r.Live {
 			ratio := "-"
 			if l.Debezium.Samples > 0 && l.ChangesHistory.P99ms > 0 {
 				ratio = fmt.Sprintf("%.1fx", l.Debezium.P99ms/l.ChangesHistory.P99ms)
 			}
-			fmt.Fprintf(w, "  %-8s %10.0f | %s | %s | %s | %s\n", l.Rate, l.ChangesPerSec, cells(l.ChangesHistory), cells(l.ChangesView), cells(l.Debezium), ratio)
+			line := fmt.Sprintf("  %-8s %10.0f | %s | %s | %s |", l.Rate, l.ChangesPerSec, cells(l.ChangesHistory), cells(l.ChangesView), cells(l.Debezium))
+			if ks {
+				line += " " + cells(l.KStreams) + " |"
+			}
+			fmt.Fprintf(w, "%s %s\n", line, ratio)
+		}
+		if ks {
+			fmt.Fprintf(w, "  kafka streams: COMMIT to the row in the app's store, where an interactive query reads it; its own part, from the change read in Debezium's topic to the row in its store:\n")
+			for _, l := range r.Live {
+				fmt.Fprintf(w, "    at %s: %s\n", l.Rate, strings.TrimSpace(cells(l.KStreamsAfterTopic)))
+			}
 		}
 		for _, l := range r.Live {
 			fmt.Fprintf(w, "  at %s:", l.Rate)
@@ -171,6 +208,9 @@ func (r *result) print(w io.Writer) {
 		fmt.Fprintf(w, "  restarted on its directory: ready after %.2f s, resident %.0f MiB\n", v.RestartSeconds, v.RestartRSSMiB)
 	}
 }
+
+// cellsHead heads the four columns of cells.
+var cellsHead = fmt.Sprintf("%6s %7s %7s %7s", "p50", "p99", "p99.9", "max")
 
 func cells(s stats) string {
 	if s.Samples == 0 {
