@@ -139,3 +139,47 @@ func TestStoreFormat(t *testing.T) {
 		t.Errorf("unknown format: %v", err)
 	}
 }
+
+// A recovery's batch grows to recoveryBatchBytes; once the partition is
+// recovered, records are written one at a time and that buffer is let go,
+// with every record still stored.
+func TestStoreReleasesRecoveryBatch(t *testing.T) {
+	s, err := openStore(t.TempDir(), "t", 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	value := bytes.Repeat([]byte("v"), 300)
+	n := int64(recoveryBatchRecords + recoveryBatchRecords/2)
+	for i := range n {
+		if err := s.Set(string(entityKey(i)), value); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetOffset(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := cap(s.batch.Dump()); c < 300*recoveryBatchRecords/4 {
+		t.Fatalf("recovery batch capacity %d before MarkRecovered: the test does not fill a batch", c)
+	}
+	if err := s.MarkRecovered(); err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(s.batch.Dump()); c != 0 {
+		t.Errorf("recovery batch capacity %d after MarkRecovered, want it released", c)
+	}
+	if err := s.Set(string(entityKey(n)), value); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetOffset(n); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int64{0, n - 1, n} {
+		if v, err := s.db.Get(entityKey(i), nil); err != nil || !bytes.Equal(v, value) {
+			t.Errorf("entity %d: %q, %v", i, v, err)
+		}
+	}
+	if got := s.stored.Load(); got != n {
+		t.Errorf("stored offset %d, want %d", got, n)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -113,6 +114,7 @@ type View struct {
 
 	kafka          *outage.State // whether Kafka answers the view's Lag
 	syncedAt       atomic.Int64  // unix nanoseconds when the view last held its whole table
+	recoveredBytes atomic.Int64  // bytes of records applied by recoveries since the view last completed one
 	keepBuildError buildErrors
 	openedMu       sync.Mutex
 	opened         []time.Time // per partition: when its recovered storage was opened
@@ -249,6 +251,13 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 	return &partitionStore{store: s, v: v, partition: partition, opened: time.Now()}, nil
 }
 
+// releaseAfterBytes is how many bytes of records a recovery applies before
+// the view, once recovered, returns the memory the recovery freed to the
+// operating system (debug.FreeOSMemory). A recovery allocates about three
+// times the table's size; the Go runtime would keep the free part for
+// minutes.
+const releaseAfterBytes = 32 << 20
+
 // partitionStore is the storage goka holds for one partition: closing it
 // takes it out of the view's reach first.
 type partitionStore struct {
@@ -267,36 +276,53 @@ func (ps *partitionStore) MarkRecovered() error {
 	if err := ps.store.MarkRecovered(); err != nil {
 		return err
 	}
-	ps.v.openedMu.Lock()
-	defer ps.v.openedMu.Unlock()
-	ps.v.opened[ps.partition] = ps.opened
-	// Under openedMu: of two partitions recovering at once, the second to
-	// get here sees both recovered and sets SyncedAt.
-	complete := ps.v.running.Load()
-	for p := range ps.v.stores {
-		st := ps.v.stores[p].Load()
-		if st == nil || !st.recovered.Load() {
-			complete = false
-			break
-		}
-	}
-	if complete {
-		at := ps.opened
-		for _, o := range ps.v.opened {
-			if !o.IsZero() && o.Before(at) {
-				at = o
-			}
-		}
-		for {
-			old := ps.v.syncedAt.Load()
-			if old >= at.UnixNano() || ps.v.syncedAt.CompareAndSwap(old, at.UnixNano()) {
-				break
-			}
+	if ps.v.recoverySynced(ps.partition, ps.opened) {
+		// The last partition: give back what the recovery freed before
+		// the view says it is recovered, so that a process measured (or
+		// sized) once the view is ready holds the view, not its recovery.
+		if n := ps.v.recoveredBytes.Swap(0); n >= releaseAfterBytes {
+			start := time.Now()
+			debug.FreeOSMemory()
+			ps.v.log.Debug("recovery memory returned to the operating system", "recovered_bytes", n, "seconds", time.Since(start).Seconds())
 		}
 	}
 	// Ready only now: whoever sees the view recovered also sees SyncedAt.
 	ps.store.ready.Store(true)
 	return nil
+}
+
+// recoverySynced records that partition p, opened at opened, recovered;
+// if that completes the view, it sets SyncedAt and returns true.
+func (v *View) recoverySynced(p int32, opened time.Time) bool {
+	v.openedMu.Lock()
+	defer v.openedMu.Unlock()
+	v.opened[p] = opened
+	// Under openedMu: of two partitions recovering at once, the second to
+	// get here sees both recovered and sets SyncedAt.
+	complete := v.running.Load()
+	for p := range v.stores {
+		st := v.stores[p].Load()
+		if st == nil || !st.recovered.Load() {
+			complete = false
+			break
+		}
+	}
+	if !complete {
+		return false
+	}
+	at := opened
+	for _, o := range v.opened {
+		if !o.IsZero() && o.Before(at) {
+			at = o
+		}
+	}
+	for {
+		old := v.syncedAt.Load()
+		if old >= at.UnixNano() || v.syncedAt.CompareAndSwap(old, at.UnixNano()) {
+			break
+		}
+	}
+	return true
 }
 
 func (ps *partitionStore) Close() error {
@@ -345,6 +371,9 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	}
 	recovering := !st.recovered.Load()
 	v.metrics.updated(recovering)
+	if recovering {
+		v.recoveredBytes.Add(int64(len(key) + len(value)))
+	}
 	notify := v.hook != nil || v.hasSubscribers()
 	if topology.IsTruncateKey(key) {
 		if value != nil {

@@ -48,6 +48,7 @@ type options struct {
 	dbzExtra string
 	linger   time.Duration
 	viewN    int
+	only     string // "": every phase; "viewboot": the view bootstrap alone
 }
 
 func main() {
@@ -66,8 +67,17 @@ func main() {
 	flag.StringVar(&o.dbzExtra, "debezium-extra", "", "extra Debezium connector properties, key=value separated by commas (tuning; printed with the results)")
 	flag.DurationVar(&o.linger, "linger", 0, "kafka.linger of the changes config (the capture's batching delay)")
 	flag.IntVar(&o.viewN, "view-entities", 1_000_000, "entities of the view bootstrap (changes serve from an empty directory, then restarted); 0 skips it")
+	flag.StringVar(&o.only, "only", "", "run one phase alone: viewboot (the view bootstrap, without the workload, the catch-up, the live rates and Debezium)")
 	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
 	flag.Parse()
+	switch o.only {
+	case "":
+	case "viewboot":
+		o.debezium = false
+	default:
+		fmt.Fprintf(os.Stderr, "changes-bench: --only: %q is not a phase (viewboot)\n", o.only)
+		os.Exit(2)
+	}
 	for _, r := range strings.Split(rates, ",") {
 		if r == "max" {
 			o.rates = append(o.rates, 0)

@@ -129,8 +129,10 @@ func (r *result) print(w io.Writer) {
 		fmt.Fprintf(w, "%s\n", r.KStreamsConfig)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "PostgreSQL alone (workload flat out, nothing capturing): %.0f changes/s, %.0f transactions/s, %.2f cores\n\n",
-		r.Ceiling.ChangesPerSec, r.Ceiling.TxnsPerSec, r.Ceiling.PostgresCores)
+	if r.Ceiling.ChangesPerSec > 0 { // not run by --only
+		fmt.Fprintf(w, "PostgreSQL alone (workload flat out, nothing capturing): %.0f changes/s, %.0f transactions/s, %.2f cores\n\n",
+			r.Ceiling.ChangesPerSec, r.Ceiling.TxnsPerSec, r.Ceiling.PostgresCores)
+	}
 	if len(r.CatchUp.Stages) > 0 {
 		fmt.Fprintf(w, "catch-up: a backlog of %d changes in the WAL, drained by each system from its own slot, one at a time;\n", r.CatchUp.Changes)
 		fmt.Fprintf(w, "changes stage by stage (the capture into the history, then the processors and a view from it)\n")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -44,6 +45,27 @@ func (b *bench) viewBootstrap(ctx context.Context) error {
 		b.stopView() // the bench's own views: not while serve bootstraps
 	}
 	b.say("view bootstrap: writing %d entities to %s", n, b.topo.Snapshot(viewBenchType))
+	// `changes topics` just created the table: a busy broker can take
+	// longer to know its partitions than the producer's retries last.
+	err := waitFor(ctx, time.Minute, func() (bool, error) {
+		topic := b.topo.Snapshot(viewBenchType)
+		if b.client.RefreshMetadata(topic) != nil {
+			return false, nil
+		}
+		parts, err := b.client.Partitions(topic)
+		if err != nil || len(parts) == 0 {
+			return false, nil
+		}
+		for _, p := range parts {
+			if _, err := b.client.Leader(topic, p); err != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("view bootstrap: the table's partitions: %w", err)
+	}
 	if err := b.writeStates(ctx, n); err != nil {
 		return err
 	}
@@ -111,10 +133,18 @@ func (b *bench) writeStates(ctx context.Context, n int) error {
 		for range producer.Successes() {
 		}
 	}()
+	// Errors are returned (SaramaConfig): unread, 256 of them would block
+	// Input for good. The first one fails the phase.
+	var failed atomic.Pointer[sarama.ProducerError]
+	go func() {
+		for e := range producer.Errors() {
+			failed.CompareAndSwap(nil, e)
+		}
+	}()
 	topic := b.topo.Snapshot(viewBenchType)
 	now := time.Now().UTC()
 	last := time.Now()
-	for id := int64(1); id <= int64(n) && ctx.Err() == nil; id++ {
+	for id := int64(1); id <= int64(n) && ctx.Err() == nil && failed.Load() == nil; id++ {
 		row := codecs.Row{
 			"id":         json.RawMessage(strconv.FormatInt(id, 10)),
 			"seq":        json.RawMessage(strconv.FormatInt(id, 10)),
@@ -136,5 +166,9 @@ func (b *bench) writeStates(ctx context.Context, n int) error {
 			last = time.Now()
 		}
 	}
-	return producer.Close()
+	err = producer.Close()
+	if e := failed.Load(); e != nil {
+		return fmt.Errorf("write the view's table: %w", e)
+	}
+	return err
 }

@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -26,12 +28,23 @@ import (
 	"github.com/changes-dev/changes/views/server"
 )
 
+// serveGCPercent is the Go garbage collector's GOGC in `changes serve`
+// unless the environment sets GOGC. Most of a view's heap is goleveldb's
+// write buffers, which hold no pointers and cost the collector next to
+// nothing, while the default of 100 lets the heap grow to twice them: at
+// 50 a 1,000,000-entity bootstrap peaks at about 190 MiB resident instead
+// of 270, for no measurable CPU (the collector took under 1 % of it).
+const serveGCPercent = 50
+
 // runServe runs a view per served type and the query server until ctx is
 // cancelled. Kafka away, at the start or later, stops none of it: the views
 // wait for it and answer from their local copies meanwhile, and the history
 // reader is opened once Kafka answers (/v1/history answers 503 until then).
 func runServe(ctx context.Context, e *env) error {
 	topo, log, reg := e.topo, e.log, e.reg
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(serveGCPercent)
+	}
 	cfg := topo.Config()
 	vs := map[string]*views.View{}
 	for _, typ := range cfg.ServedTypes() {
