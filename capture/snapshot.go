@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -18,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/changes-dev/changes/codecs"
-	"github.com/changes-dev/changes/topology"
 )
 
 // snapshotBatch is how many rows one query of the initial snapshot reads:
@@ -88,45 +86,25 @@ func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) (snapshotFrom, e
 // the history as OpSnapshot events, table by table in key order, in batches.
 // It returns when Kafka has every row.
 func (se *session) copySnapshot(ctx context.Context, tx pgx.Tx, from snapshotFrom) error {
-	// A producer of its own, which returns errors only: the history's
-	// transactional producer writes the stream, and a success channel
-	// would cost the copy a hand-off per row. Closing it waits until Kafka
-	// has every row, or reports the first that failed.
-	cfg := se.topo.Config()
-	pcfg, err := topology.SaramaConfig(cfg.Kafka)
+	w, err := newSnapshotWriter(se.topo.Config().Kafka, se.topo.History())
 	if err != nil {
 		return err
 	}
-	pcfg.Producer.Return.Successes = false
-	producer, err := sarama.NewAsyncProducer(cfg.Kafka.Brokers, pcfg)
-	if err != nil {
-		return fmt.Errorf("snapshot producer: %w", topology.ExplainKafkaError(cfg.Kafka, err))
-	}
-	var (
-		wg       sync.WaitGroup
-		failOnce sync.Once
-		failErr  error
-	)
-	failed := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for e := range producer.Errors() {
-			failOnce.Do(func() { failErr = fmt.Errorf("kafka did not take a snapshot row: %w", e.Err); close(failed) })
-		}
-	}()
-	copyErr := se.copyRows(ctx, tx, producer, failed, from)
-	producer.AsyncClose()
-	wg.Wait()
-	if failErr != nil {
-		return failErr
+	copyErr := se.copyRows(ctx, tx, w, from)
+	if err := w.close(ctx); copyErr == nil {
+		return err
 	}
 	return copyErr
 }
 
-func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
+// recordSink takes the records of a copy in order (snapshotWriter).
+type recordSink interface {
+	add(ctx context.Context, msg *sarama.ProducerMessage) error
+}
+
+func (se *session) copyRows(ctx context.Context, tx pgx.Tx, out recordSink, from snapshotFrom) error {
 	cp := &snapshotCopy{
-		tx: tx, producer: producer, failed: failed,
+		tx: tx, out: out,
 		topic: se.topo.History(), maxBytes: se.topo.Config().Kafka.MaxRecordBytes,
 		base: from.base, index: from.index, taken: time.Now().UTC(), around: 512,
 	}
@@ -176,8 +154,7 @@ func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 // has the same commit LSN and commit time; the index goes up by one a row.
 type snapshotCopy struct {
 	tx       pgx.Tx
-	producer sarama.AsyncProducer
-	failed   <-chan struct{} // closed once a write of producer failed
+	out      recordSink
 	topic    string
 	maxBytes int        // kafka.max_record_bytes
 	base     codecs.LSN // every row's commit LSN
@@ -314,12 +291,8 @@ func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []a
 		if err != nil {
 			return 0, last, err
 		}
-		select {
-		case cp.producer.Input() <- msg:
-		case <-cp.failed:
-			return 0, last, errSnapshotWriteFailed // copySnapshot reports the producer's error
-		case <-ctx.Done():
-			return 0, last, ctx.Err()
+		if err := cp.out.add(ctx, msg); err != nil {
+			return 0, last, err
 		}
 		cp.index++
 		n++
@@ -633,10 +606,6 @@ func (se *session) checkLock(ctx context.Context) error {
 	}
 	return nil
 }
-
-// errSnapshotWriteFailed stops the copy after a failed Kafka write; the
-// producer's own error is what copySnapshot returns.
-var errSnapshotWriteFailed = errors.New("a snapshot row was not written")
 
 // entityTypes lists the captured entity types, in config order.
 func (se *session) entityTypes() []string {
