@@ -693,28 +693,77 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 	return nil
 }
 
-// historyRecord encodes ev as a history record: key "type/id", the commit
-// time as the record timestamp, and the headers consumers route and measure
-// by. A record above maxBytes is ErrRecordTooLarge, naming the table and id.
+// historyRecord encodes ev as a history record (see newHistoryRecord).
 func historyRecord(topic string, t table, ev *codecs.Event, maxBytes int) (*sarama.ProducerMessage, error) {
 	value, err := codecs.EventCodec{}.Encode(ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode change of %s id %s: %w", t.qualified(), ev.EntityID, err)
 	}
-	key := ev.EntityType + "/" + ev.EntityID.String()
-	msg := &sarama.ProducerMessage{
+	return newHistoryRecord(topic, t, ev, value, maxBytes)
+}
+
+// Header names as sarama takes them: shared by every record, never written.
+var (
+	headerEntityType  = []byte(codecs.HeaderEntityType)
+	headerOp          = []byte(codecs.HeaderOp)
+	headerPosition    = []byte(codecs.HeaderPosition)
+	headerCommitTime  = []byte(codecs.HeaderCommitTime)
+	headerCaptureTime = []byte(codecs.HeaderCaptureTime)
+)
+
+// historyMessage is a record with room for its headers: one allocation.
+type historyMessage struct {
+	msg     sarama.ProducerMessage
+	headers [5]sarama.RecordHeader
+}
+
+// newHistoryRecord makes the history record of ev, whose encoding is
+// value: key "type/id", the commit time as the record timestamp, and the
+// headers consumers route and measure by. A record above maxBytes is
+// ErrRecordTooLarge, naming the table and id.
+func newHistoryRecord(topic string, t table, ev *codecs.Event, value []byte, maxBytes int) (*sarama.ProducerMessage, error) {
+	id := ev.EntityID.String()
+	// The key and the headers' values share one buffer, sized to hold
+	// them all (the times at most 35 bytes each in RFC 3339), so the
+	// slices taken of it stay in place.
+	buf := make([]byte, 0, 2*len(ev.EntityType)+1+len(id)+len(ev.Op)+len("0000000000000000:00000000")+2*len(time.RFC3339Nano)+8)
+	take := func(from int) []byte { return buf[from:len(buf):len(buf)] }
+	buf = append(buf, ev.EntityType...)
+	buf = append(buf, '/')
+	buf = append(buf, id...)
+	key := take(0)
+	at := len(buf)
+	buf = append(buf, ev.EntityType...)
+	entityType := take(at)
+	at = len(buf)
+	buf = append(buf, ev.Op...)
+	op := take(at)
+	at = len(buf)
+	buf, _ = ev.Position.AppendText(buf)
+	position := take(at)
+	at = len(buf)
+	buf = ev.CommitTime.AppendFormat(buf, time.RFC3339Nano)
+	commitTime := take(at)
+	at = len(buf)
+	buf = ev.CaptureTime.AppendFormat(buf, time.RFC3339Nano)
+	captureTime := take(at)
+
+	hm := &historyMessage{}
+	hm.headers = [5]sarama.RecordHeader{
+		{Key: headerEntityType, Value: entityType},
+		{Key: headerOp, Value: op},
+		{Key: headerPosition, Value: position},
+		{Key: headerCommitTime, Value: commitTime},
+		{Key: headerCaptureTime, Value: captureTime},
+	}
+	hm.msg = sarama.ProducerMessage{
 		Topic:     topic,
-		Key:       sarama.StringEncoder(key),
+		Key:       sarama.ByteEncoder(key),
 		Value:     sarama.ByteEncoder(value),
 		Timestamp: ev.CommitTime,
-		Headers: []sarama.RecordHeader{
-			{Key: []byte(codecs.HeaderEntityType), Value: []byte(ev.EntityType)},
-			{Key: []byte(codecs.HeaderOp), Value: []byte(ev.Op)},
-			{Key: []byte(codecs.HeaderPosition), Value: []byte(ev.Position.String())},
-			{Key: []byte(codecs.HeaderCommitTime), Value: []byte(ev.CommitTime.Format(time.RFC3339Nano))},
-			{Key: []byte(codecs.HeaderCaptureTime), Value: []byte(ev.CaptureTime.Format(time.RFC3339Nano))},
-		},
+		Headers:   hm.headers[:],
 	}
+	msg := &hm.msg
 	// Measured the way sarama will (record batch format), so nothing it
 	// would reject gets past this check.
 	if size := msg.ByteSize(2); size > maxBytes {

@@ -58,6 +58,14 @@
 // the copy is streamed, not copied. Progress is logged every 5 s and counted
 // in changes_capture_snapshot_rows_total.
 //
+// The copy encodes each row straight from PostgreSQL's text
+// (codecs.RowEncoder) and writes its records itself, not through sarama's
+// producer: whole record batches of up to kafka.max_record_bytes, up to
+// three produce requests in flight, under a producer id of its own with
+// sequence numbers, so the broker keeps them in order and refuses every
+// batch after one it did not write. It never retries: a failed write fails
+// the copy, which resumes like a crashed one.
+//
 // The <prefix>.capture-state topic records "running" before the slot is
 // created and "done" when Kafka has every row. A capture that finds a running
 // snapshot (it crashed) resumes after the last row in the history, from a new

@@ -9,12 +9,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/changes-dev/changes/codecs"
 )
@@ -86,42 +86,27 @@ func (se *session) resumeFrom(rows copiedRows, base codecs.LSN) (snapshotFrom, e
 // the history as OpSnapshot events, table by table in key order, in batches.
 // It returns when Kafka has every row.
 func (se *session) copySnapshot(ctx context.Context, tx pgx.Tx, from snapshotFrom) error {
-	producer, err := sarama.NewAsyncProducerFromClient(se.client)
+	w, err := newSnapshotWriter(se.topo.Config().Kafka, se.topo.History())
 	if err != nil {
-		return fmt.Errorf("snapshot producer: %w", err)
+		return err
 	}
-	var (
-		wg       sync.WaitGroup
-		failOnce sync.Once
-		failErr  error
-	)
-	failed := make(chan struct{})
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for range producer.Successes() {
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		for e := range producer.Errors() {
-			failOnce.Do(func() { failErr = fmt.Errorf("kafka did not take a snapshot row: %w", e.Err); close(failed) })
-		}
-	}()
-	copyErr := se.copyRows(ctx, tx, producer, failed, from)
-	producer.AsyncClose()
-	wg.Wait()
-	if failErr != nil {
-		return failErr
+	copyErr := se.copyRows(ctx, tx, w, from)
+	if err := w.close(ctx); copyErr == nil {
+		return err
 	}
 	return copyErr
 }
 
-func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.AsyncProducer, failed <-chan struct{}, from snapshotFrom) error {
+// recordSink takes the records of a copy in order (snapshotWriter).
+type recordSink interface {
+	add(ctx context.Context, msg *sarama.ProducerMessage) error
+}
+
+func (se *session) copyRows(ctx context.Context, tx pgx.Tx, out recordSink, from snapshotFrom) error {
 	cp := &snapshotCopy{
-		tx: tx, producer: producer, failed: failed,
+		tx: tx, out: out,
 		topic: se.topo.History(), maxBytes: se.topo.Config().Kafka.MaxRecordBytes,
-		base: from.base, index: from.index, taken: time.Now().UTC(),
+		base: from.base, index: from.index, taken: time.Now().UTC(), around: 512,
 	}
 	se.metrics.snapshotRunning.Set(1)
 	defer se.metrics.snapshotRunning.Set(0)
@@ -134,6 +119,7 @@ func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 		} else {
 			se.log.Info("snapshot: copying", "entity_type", t.entityType, "table", t.qualified())
 		}
+		cp.enc = nil // a table's own columns
 		for {
 			sql, args, err := pageQuery(t, after, resuming)
 			if err != nil {
@@ -168,13 +154,23 @@ func (se *session) copyRows(ctx context.Context, tx pgx.Tx, producer sarama.Asyn
 // has the same commit LSN and commit time; the index goes up by one a row.
 type snapshotCopy struct {
 	tx       pgx.Tx
-	producer sarama.AsyncProducer
-	failed   <-chan struct{} // closed once a write of producer failed
+	out      recordSink
 	topic    string
 	maxBytes int        // kafka.max_record_bytes
 	base     codecs.LSN // every row's commit LSN
 	index    uint32     // the next row's position index
 	taken    time.Time  // every row's commit time: when the copy began
+
+	// The current table's columns, as its first batch found them.
+	enc      *codecs.RowEncoder
+	names    []string
+	oids     []uint32
+	keyIndex []int
+	keyOIDs  []uint32
+	// row is a buffer for the row's JSON; around what the last event
+	// took besides its row, and some.
+	row    []byte
+	around int
 }
 
 // pageQuery is the query of the next batch of t's rows after key after
@@ -216,16 +212,18 @@ func pageQuery(t table, after codecs.Key, resuming bool) (string, []any, error) 
 	return fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, strings.Join(cols, ", "), snapshotBatch), args, nil
 }
 
-// batch copies the rows sql returns from table t and reports how many and
-// the last key.
-func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []any) (int, codecs.Key, error) {
-	var last codecs.Key
-	rows, err := cp.tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
-	if err != nil {
-		return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+// columns takes the columns of a batch of table t: the first batch's
+// make the row encoder; every later batch must have the same.
+func (cp *snapshotCopy) columns(t table, fields []pgconn.FieldDescription) error {
+	if cp.enc != nil && len(fields) == len(cp.names) {
+		same := true
+		for i, f := range fields {
+			same = same && f.Name == cp.names[i] && f.DataTypeOID == cp.oids[i]
+		}
+		if same {
+			return nil
+		}
 	}
-	defer rows.Close()
-	fields := rows.FieldDescriptions()
 	names := make([]string, len(fields))
 	oids := make([]uint32, len(fields))
 	for i, f := range fields {
@@ -235,44 +233,66 @@ func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []a
 	keyOIDs := make([]uint32, len(t.keyColumns))
 	for k, col := range t.keyColumns {
 		if keyIndex[k] = slices.Index(names, col); keyIndex[k] < 0 {
-			return 0, last, fmt.Errorf("%w: table %s has no key column %s", ErrSetup, t.qualified(), col)
+			return fmt.Errorf("%w: table %s has no key column %s", ErrSetup, t.qualified(), col)
 		}
 		keyOIDs[k] = oids[keyIndex[k]]
+	}
+	enc, err := codecs.NewRowEncoder(names, oids)
+	if err != nil {
+		return fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+	}
+	cp.enc, cp.names, cp.oids, cp.keyIndex, cp.keyOIDs = enc, names, oids, keyIndex, keyOIDs
+	return nil
+}
+
+// batch copies the rows sql returns from table t and reports how many and
+// the last key.
+func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []any) (int, codecs.Key, error) {
+	var last codecs.Key
+	rows, err := cp.tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+	if err != nil {
+		return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+	}
+	defer rows.Close()
+	if err := cp.columns(t, rows.FieldDescriptions()); err != nil {
+		return 0, last, err
 	}
 	keyValues := make([][]byte, len(t.keyColumns))
 	n := 0
 	for rows.Next() {
 		raw := rows.RawValues()
-		row, err := codecs.TextRow(names, oids, raw)
-		if err != nil {
-			return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
-		}
-		for k, i := range keyIndex {
+		for k, i := range cp.keyIndex {
 			keyValues[k] = raw[i]
 		}
 		// The same function as the stream's (relation.key), so a row's
 		// copy and its changes have one key.
-		if last, err = codecs.ColumnKey(t.keyColumns, keyOIDs, keyValues); err != nil {
+		if last, err = codecs.ColumnKey(t.keyColumns, cp.keyOIDs, keyValues); err != nil {
 			return 0, last, fmt.Errorf("%w: snapshot of %s: %v", ErrInvalidKey, t.qualified(), err)
 		}
 		if cp.index == math.MaxUint32 {
 			return 0, last, fmt.Errorf("snapshot: more than %d rows do not fit the position index", uint32(math.MaxUint32))
 		}
-		ev := &codecs.Event{
-			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot, After: row,
+		if cp.row, err = cp.enc.Append(cp.row[:0], raw); err != nil {
+			return 0, last, fmt.Errorf("snapshot of %s: %w", t.qualified(), err)
+		}
+		ev := codecs.Event{
+			EntityType: t.entityType, EntityID: last, Op: codecs.OpSnapshot,
 			CommitLSN: cp.base, Position: codecs.Position{CommitLSN: cp.base, Index: cp.index},
 			CommitTime: cp.taken, CaptureTime: time.Now().UTC(),
 		}
-		msg, err := historyRecord(cp.topic, t, ev, cp.maxBytes)
+		// Each record owns its value, sized by the row and what the last
+		// event took around its row, so most take one allocation.
+		value, err := codecs.EventCodec{}.AppendWithAfter(make([]byte, 0, len(cp.row)+cp.around), &ev, cp.row)
+		if err != nil {
+			return 0, last, fmt.Errorf("encode snapshot row of %s id %s: %w", t.qualified(), last, err)
+		}
+		cp.around = len(value) - len(cp.row) + 16
+		msg, err := newHistoryRecord(cp.topic, t, &ev, value, cp.maxBytes)
 		if err != nil {
 			return 0, last, err
 		}
-		select {
-		case cp.producer.Input() <- msg:
-		case <-cp.failed:
-			return 0, last, errSnapshotWriteFailed // copySnapshot reports the producer's error
-		case <-ctx.Done():
-			return 0, last, ctx.Err()
+		if err := cp.out.add(ctx, msg); err != nil {
+			return 0, last, err
 		}
 		cp.index++
 		n++
@@ -586,10 +606,6 @@ func (se *session) checkLock(ctx context.Context) error {
 	}
 	return nil
 }
-
-// errSnapshotWriteFailed stops the copy after a failed Kafka write; the
-// producer's own error is what copySnapshot returns.
-var errSnapshotWriteFailed = errors.New("a snapshot row was not written")
 
 // entityTypes lists the captured entity types, in config order.
 func (se *session) entityTypes() []string {

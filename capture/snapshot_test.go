@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama/mocks"
+	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/changes-dev/changes/codecs"
@@ -37,14 +37,9 @@ func TestSnapshotCopyBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := mocks.NewTestConfig()
-	cfg.Producer.Return.Successes = true
-	producer := mocks.NewAsyncProducer(t, cfg)
-	for range 3 {
-		producer.ExpectInputAndSucceed()
-	}
+	sink := &sliceSink{}
 	taken := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	cp := &snapshotCopy{tx: tx, producer: producer, failed: make(chan struct{}), topic: "history", maxBytes: 1 << 20, base: 99, index: 7, taken: taken}
+	cp := &snapshotCopy{tx: tx, out: sink, topic: "history", maxBytes: 1 << 20, base: 99, index: 7, taken: taken}
 	tab := intTable("pg_temp", "copy_batch", "letter", "id")
 	const sql = "select * from copy_batch order by id"
 
@@ -52,11 +47,11 @@ func TestSnapshotCopyBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 3 || last != codecs.IntKey(9) || cp.index != 10 {
-		t.Errorf("batch = %d rows, last id %s, next index %d; want 3, 9, 10", n, last, cp.index)
+	if n != 3 || last != codecs.IntKey(9) || cp.index != 10 || len(sink.msgs) != 3 {
+		t.Errorf("batch = %d rows (%d records), last id %s, next index %d; want 3, 9, 10", n, len(sink.msgs), last, cp.index)
 	}
 	for i, id := range []int64{3, 5, 9} {
-		msg := <-producer.Successes()
+		msg := sink.msgs[i]
 		value, err := msg.Value.Encode()
 		if err != nil {
 			t.Fatal(err)
@@ -78,7 +73,12 @@ func TestSnapshotCopyBatch(t *testing.T) {
 	if _, _, err := cp.batch(ctx, tab, sql, nil); err == nil || !strings.Contains(err.Error(), "do not fit the position index") {
 		t.Errorf("a full index: %v", err)
 	}
-	if err := producer.Close(); err != nil {
-		t.Fatal(err)
-	}
+}
+
+// sliceSink is a recordSink that keeps the records.
+type sliceSink struct{ msgs []*sarama.ProducerMessage }
+
+func (s *sliceSink) add(_ context.Context, msg *sarama.ProducerMessage) error {
+	s.msgs = append(s.msgs, msg)
+	return nil
 }

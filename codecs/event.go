@@ -134,7 +134,70 @@ func (w *eventJSON) event() (*Event, error) {
 }
 
 // MarshalJSON implements json.Marshaler.
-func (e Event) MarshalJSON() ([]byte, error) { return json.Marshal(e.wire()) }
+func (e Event) MarshalJSON() ([]byte, error) { return appendEvent(nil, &e, nil) }
+
+// appendEvent appends the JSON of e, the bytes json.Marshal writes for
+// e.wire(), without its reflection; after, when not nil, is written as
+// "after" in place of e.After: a row RowEncoder encoded.
+func appendEvent(dst []byte, e *Event, after []byte) ([]byte, error) {
+	var err error
+	dst = append(dst, `{"type":`...)
+	dst = appendString(dst, e.EntityType)
+	dst = append(dst, `,"id":`...)
+	dst = appendString(dst, e.EntityID.String())
+	dst = append(dst, `,"op":`...)
+	dst = appendString(dst, string(e.Op))
+	switch {
+	case after != nil:
+		dst = append(dst, `,"after":`...)
+		dst = append(dst, after...)
+	case len(e.After) > 0:
+		dst = append(dst, `,"after":`...)
+		if dst, err = appendRow(dst, e.After); err != nil {
+			return nil, fmt.Errorf("after: %w", err)
+		}
+	}
+	if len(e.Before) > 0 {
+		dst = append(dst, `,"before":`...)
+		if dst, err = appendRow(dst, e.Before); err != nil {
+			return nil, fmt.Errorf("before: %w", err)
+		}
+	}
+	if len(e.Unchanged) > 0 {
+		dst = append(dst, `,"unchanged":[`...)
+		for i, col := range e.Unchanged {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, col)
+		}
+		dst = append(dst, ']')
+	}
+	dst = append(dst, `,"xid":`...)
+	dst = appendUint(dst, uint64(e.TxID))
+	dst = append(dst, `,"commit_lsn":"`...)
+	dst = appendLSN(dst, e.CommitLSN)
+	dst = append(dst, `","position":"`...)
+	dst = e.Position.appendText(dst)
+	dst = append(dst, `","commit_time":"`...)
+	if dst, err = e.CommitTime.AppendText(dst); err != nil {
+		return nil, fmt.Errorf("commit_time: %w", err)
+	}
+	dst = append(dst, `","capture_time":"`...)
+	if dst, err = e.CaptureTime.AppendText(dst); err != nil {
+		return nil, fmt.Errorf("capture_time: %w", err)
+	}
+	dst = append(dst, '"')
+	if kind := e.EntityID.Kind(); kind != KeyInteger {
+		if int(kind) >= len(kindNames) {
+			return nil, fmt.Errorf("key kind %d is unknown", kind)
+		}
+		dst = append(dst, `,"id_kind":"`...)
+		dst = append(dst, kindNames[kind]...)
+		dst = append(dst, '"')
+	}
+	return append(dst, '}'), nil
+}
 
 // UnmarshalJSON implements json.Unmarshaler; an "id" that is not a key of
 // its "id_kind" is an error.
@@ -160,14 +223,47 @@ type EventCodec struct{}
 
 // Encode implements Codec.
 func (EventCodec) Encode(e *Event) ([]byte, error) {
-	if e != nil && e.Validate() == nil {
-		size := 320 + rowSize(e.After) + rowSize(e.Before)
-		if b, err := appendEvent(make([]byte, 0, size), e); err == nil {
-			return b, nil
-		}
+	if e == nil {
+		return nil, errors.New("encode event: nil")
 	}
-	return encodeValid("event", e, (*Event).wire)
+	if err := e.Validate(); err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	b, err := appendEvent(make([]byte, 0, 512), e, nil)
+	if err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	return b, nil
 }
+
+// AppendWithAfter appends to dst what Encode returns for e with the row
+// after, encoded by a RowEncoder, as its After: the initial snapshot
+// encodes its rows straight from PostgreSQL's text, with no Row in
+// between. e.After must be nil; the errors are Encode's.
+func (EventCodec) AppendWithAfter(dst []byte, e *Event, after []byte) ([]byte, error) {
+	switch {
+	case e == nil:
+		return dst, errors.New("encode event: nil")
+	case e.After != nil:
+		return dst, errors.New("encode event: both After and an encoded after")
+	case len(after) < len("{}"):
+		return dst, fmt.Errorf("encode event: %s without after", e.Op)
+	}
+	// Validate sees the row as present: a placeholder, never encoded.
+	v := *e
+	v.After = placeholderRow
+	if err := v.Validate(); err != nil {
+		return dst, fmt.Errorf("encode event: %w", err)
+	}
+	out, err := appendEvent(dst, e, after)
+	if err != nil {
+		return dst, fmt.Errorf("encode event: %w", err)
+	}
+	return out, nil
+}
+
+// placeholderRow stands for an encoded row when AppendWithAfter validates.
+var placeholderRow = Row{"": nil}
 
 // Decode implements Codec.
 func (EventCodec) Decode(b []byte) (*Event, error) {

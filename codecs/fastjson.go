@@ -1,15 +1,16 @@
 package codecs
 
-// The JSON forms of Event and State, written and read by hand.
+// States written, and events and states read, by hand (events are written
+// by appendEvent, event.go, with the helpers of jsonenc.go).
 //
 // encoding/json was most of the processors' work: each change is decoded
 // once as an event, and its entity's state decoded and encoded once, all by
 // reflection, with a validating scan of every record before decoding it and
 // an allocation per column. The functions here do the same work directly:
 //
-//   - appendEvent and appendState write what encoding/json writes, byte for
-//     byte (members in the same order, a Row's columns sorted, strings and
-//     raw values escaped for HTML the same way).
+//   - appendState writes what encoding/json writes, byte for byte (members
+//     in the same order, a Row's columns sorted, strings and raw values
+//     escaped for HTML the same way).
 //   - decodeEvent and decodeState read the forms the platform writes:
 //     known member names, values of the expected JSON type, strings
 //     unquoted as encoding/json unquotes them. Anything else (an unknown
@@ -24,7 +25,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"slices"
 	"strconv"
 	"time"
 	"unicode"
@@ -34,55 +34,6 @@ import (
 
 // errSlowPath: the value needs encoding/json (see above).
 var errSlowPath = errors.New("codecs: encoding/json needed")
-
-// appendEvent appends e's JSON form, as json.Marshal(e.wire()) writes it.
-// e must be valid.
-func appendEvent(dst []byte, e *Event) ([]byte, error) {
-	dst = append(dst, `{"type":`...)
-	dst = appendString(dst, e.EntityType)
-	dst = append(dst, `,"id":`...)
-	dst = appendString(dst, e.EntityID.String())
-	dst = append(dst, `,"op":`...)
-	dst = appendString(dst, string(e.Op))
-	var err error
-	if len(e.After) > 0 {
-		dst = append(dst, `,"after":`...)
-		if dst, err = appendRow(dst, e.After); err != nil {
-			return nil, err
-		}
-	}
-	if len(e.Before) > 0 {
-		dst = append(dst, `,"before":`...)
-		if dst, err = appendRow(dst, e.Before); err != nil {
-			return nil, err
-		}
-	}
-	if len(e.Unchanged) > 0 {
-		dst = append(dst, `,"unchanged":[`...)
-		for i, col := range e.Unchanged {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendString(dst, col)
-		}
-		dst = append(dst, ']')
-	}
-	dst = append(dst, `,"xid":`...)
-	dst = strconv.AppendUint(dst, uint64(e.TxID), 10)
-	dst = append(dst, `,"commit_lsn":"`...)
-	dst = appendLSN(dst, e.CommitLSN)
-	dst = append(dst, `","position":"`...)
-	dst = appendPosition(dst, e.Position)
-	dst = append(dst, `","commit_time":`...)
-	if dst, err = appendTime(dst, e.CommitTime); err != nil {
-		return nil, err
-	}
-	dst = append(dst, `,"capture_time":`...)
-	if dst, err = appendTime(dst, e.CaptureTime); err != nil {
-		return nil, err
-	}
-	return appendKindAndClose(dst, e.EntityID.Kind())
-}
 
 // appendState appends s's JSON form, as json.Marshal(s.wire()) writes it.
 // s must be valid.
@@ -105,7 +56,7 @@ func appendState(dst []byte, s *State) ([]byte, error) {
 		dst = append(dst, `,"truncated":true`...)
 	}
 	dst = append(dst, `,"position":"`...)
-	dst = appendPosition(dst, s.Position)
+	dst = s.Position.appendText(dst)
 	dst = append(dst, `","commit_time":`...)
 	if dst, err = appendTime(dst, s.CommitTime); err != nil {
 		return nil, err
@@ -130,82 +81,6 @@ func appendKindAndClose(dst []byte, k KeyKind) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
-// appendRow appends r as encoding/json writes a map[string]json.RawMessage:
-// keys sorted, each value compacted and HTML-escaped.
-func appendRow(dst []byte, r Row) ([]byte, error) {
-	var buf [32]string
-	keys := buf[:0]
-	for k := range r {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	dst = append(dst, '{')
-	for i, k := range keys {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = appendString(dst, k)
-		dst = append(dst, ':')
-		v := r[k]
-		if v == nil { // RawMessage's MarshalJSON
-			dst = append(dst, "null"...)
-			continue
-		}
-		end, clean, ok := scanValue(v, 0)
-		switch {
-		case ok && clean && end == len(v):
-			dst = append(dst, v...)
-		case ok:
-			// Valid, but with spaces to drop or characters to escape:
-			// encoding/json's own compact and escape.
-			var b bytes.Buffer
-			if err := json.Compact(&b, v); err != nil {
-				return nil, errSlowPath
-			}
-			var e bytes.Buffer
-			json.HTMLEscape(&e, b.Bytes())
-			dst = append(dst, e.Bytes()...)
-		default:
-			return nil, errSlowPath
-		}
-	}
-	return append(dst, '}'), nil
-}
-
-const hexDigits = "0123456789abcdef"
-const upperHex = "0123456789ABCDEF"
-
-// appendHex appends v as exactly width uppercase hex digits.
-func appendHex(dst []byte, v uint64, width int) []byte {
-	for i := width - 1; i >= 0; i-- {
-		dst = append(dst, upperHex[(v>>(4*uint(i)))&0xF])
-	}
-	return dst
-}
-
-// appendPosition appends p.String() without fmt.
-func appendPosition(dst []byte, p Position) []byte {
-	dst = appendHex(dst, uint64(p.CommitLSN), 16)
-	dst = append(dst, ':')
-	return appendHex(dst, uint64(p.Index), 8)
-}
-
-// appendLSN appends l.String() (PostgreSQL's %X/%X) without fmt.
-func appendLSN(dst []byte, l LSN) []byte {
-	dst = appendHexNoPad(dst, uint64(l>>32))
-	dst = append(dst, '/')
-	return appendHexNoPad(dst, uint64(uint32(l)))
-}
-
-// appendHexNoPad appends v in uppercase hex without leading zeros.
-func appendHexNoPad(dst []byte, v uint64) []byte {
-	width := 1
-	for v>>(4*uint(width)) != 0 {
-		width++
-	}
-	return appendHex(dst, v, width)
-}
-
 // appendTime appends t as time.Time's MarshalJSON does.
 func appendTime(dst []byte, t time.Time) ([]byte, error) {
 	dst = append(dst, '"')
@@ -214,68 +89,6 @@ func appendTime(dst []byte, t time.Time) ([]byte, error) {
 		return nil, errSlowPath
 	}
 	return append(dst, '"'), nil
-}
-
-// htmlSafe[b] is whether encoding/json writes the ASCII byte b as it is in a
-// string, escaping HTML.
-var htmlSafe = func() (t [utf8.RuneSelf]bool) {
-	for b := 0x20; b < utf8.RuneSelf; b++ {
-		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
-	}
-	return t
-}()
-
-// appendString appends s as a JSON string as encoding/json writes it with
-// HTML escaping (a copy of its appendString).
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if b := s[i]; b < utf8.RuneSelf {
-			if htmlSafe[b] {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch b {
-			case '\\', '"':
-				dst = append(dst, '\\', b)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		c, size := utf8.DecodeRuneInString(s[i:])
-		if c == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if c == '\u2028' || c == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[c&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // isSpace reports JSON's insignificant whitespace.

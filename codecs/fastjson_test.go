@@ -61,7 +61,7 @@ func TestFastJSONWritesWhatEncodingJSONWrites(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := appendEvent(nil, e)
+		got, err := appendEvent(nil, e, nil)
 		if err != nil {
 			t.Fatalf("appendEvent(%s %s): %v", e.Op, e.EntityID, err)
 		}
@@ -190,7 +190,7 @@ func FuzzFastEvent(f *testing.F) {
 			return
 		}
 		want, werr := json.Marshal(e.wire())
-		got, gerr := appendEvent(nil, e)
+		got, gerr := appendEvent(nil, e, nil)
 		if werr == nil && gerr == nil && string(got) != string(want) {
 			t.Fatalf("appendEvent:\n got %s\nwant %s", got, want)
 		}

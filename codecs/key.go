@@ -101,6 +101,9 @@ func TextKey(s string) Key { return Key{KeyText, s} }
 // for one without braces (upper or lower case hex, with or without hyphens);
 // the key holds its lowercase hyphenated form.
 func UUIDKey(s string) (Key, error) {
+	if isCanonicalUUID(s) {
+		return Key{KeyUUID, s}, nil // as PostgreSQL prints one
+	}
 	canonical, ok := canonicalUUID(s)
 	if !ok {
 		return Key{}, fmt.Errorf("%q is not a uuid", s)
@@ -136,7 +139,7 @@ func ParseKey(kind KeyKind, s string) (Key, error) {
 			return Key{}, nil
 		}
 	case KeyUUID:
-		if c, ok := canonicalUUID(s); !ok || c != s {
+		if !isCanonicalUUID(s) {
 			return Key{}, fmt.Errorf("uuid key %q is not a lowercase hyphenated uuid", s)
 		}
 	case KeyText:
@@ -144,11 +147,15 @@ func ParseKey(kind KeyKind, s string) (Key, error) {
 			return Key{}, fmt.Errorf("text key %q is not UTF-8", s)
 		}
 	case KeyComposite:
-		parts, err := decodeParts(s)
-		if err != nil {
+		n, ok := canonicalParts(s)
+		if !ok {
+			_, err := decodeParts(s) // says why
+			if err == nil {
+				err = fmt.Errorf("composite key %q is not in canonical form", s)
+			}
 			return Key{}, err
 		}
-		if len(parts) < 2 {
+		if n < 2 {
 			return Key{}, fmt.Errorf("composite key %q has fewer than two parts", s)
 		}
 	default:
@@ -238,6 +245,100 @@ func canonicalUUID(s string) (string, bool) {
 		return "", false
 	}
 	return c, true
+}
+
+// isCanonicalUUID reports whether s is a uuid in lowercase hyphenated
+// form, as canonicalUUID returns it, without allocating.
+func isCanonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// canonicalParts reports whether s is a JSON array of strings exactly as
+// encodeParts writes it, and how many strings it holds, without decoding
+// it: what decodeParts accepts, at a fraction of its cost (an event's key
+// is checked at every encode and decode).
+func canonicalParts(s string) (n int, ok bool) {
+	if !utf8.ValidString(s) || len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+		return 0, false
+	}
+	if len(s) == 2 {
+		return 0, true
+	}
+	i := 1
+	for {
+		if i >= len(s)-1 || s[i] != '"' {
+			return 0, false
+		}
+		i++
+		for ; i < len(s) && s[i] != '"'; i++ {
+			c := s[i]
+			if c < 0x20 {
+				return 0, false
+			}
+			if c != '\\' {
+				continue
+			}
+			if i+1 >= len(s) {
+				return 0, false
+			}
+			i++
+			switch s[i] {
+			case '"', '\\', 'b', 't', 'n', 'f', 'r':
+			case 'u':
+				// Only control characters without a short escape, in
+				// lower-case hex.
+				if i+4 >= len(s) || s[i+1] != '0' || s[i+2] != '0' || (s[i+3] != '0' && s[i+3] != '1') {
+					return 0, false
+				}
+				h := s[i+4]
+				var v byte
+				switch {
+				case h >= '0' && h <= '9':
+					v = h - '0'
+				case h >= 'a' && h <= 'f':
+					v = h - 'a' + 10
+				default:
+					return 0, false
+				}
+				v += (s[i+3] - '0') << 4
+				if v == '\b' || v == '\t' || v == '\n' || v == '\f' || v == '\r' {
+					return 0, false
+				}
+				i += 4
+			default:
+				return 0, false
+			}
+		}
+		if i >= len(s) {
+			return 0, false
+		}
+		i++ // the closing quote
+		n++
+		switch {
+		case i == len(s)-1:
+			return n, true
+		case s[i] == ',':
+			i++
+		default:
+			return 0, false
+		}
+	}
 }
 
 // encodeParts writes parts as RFC 8785 writes an array of strings.
