@@ -263,6 +263,9 @@ func safeString(v []byte) bool {
 		return false
 	}
 	for i := 1; i < n-1; i++ {
+		if plainInString[v[i]] {
+			continue // most bytes: one look-up
+		}
 		switch c := v[i]; {
 		case c == '"' || c < 0x20 || c == '<' || c == '>' || c == '&':
 			return false
@@ -290,6 +293,16 @@ func safeString(v []byte) bool {
 	}
 	return true
 }
+
+// plainInString holds the bytes a JSON string carries as they are with
+// HTML escaping: not '"', '\\', a control character, '<', '>', '&', and not
+// 0xE2, which starts U+2028 and U+2029.
+var plainInString = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' && c != 0xE2
+	}
+	return t
+}()
 
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
@@ -346,7 +359,7 @@ func appendJSONString[T string | []byte](b []byte, s T) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if plainInString[c] {
 				i++
 				continue
 			}
