@@ -387,8 +387,8 @@ func (s *stream) commit() error {
 		latency := now.Sub(h.commitTime).Seconds()
 		for range h.n {
 			s.metrics.commitToHistory.Observe(latency)
-			s.tracker.ack(h.txn)
 		}
+		s.tracker.ackN(h.txn, h.n)
 	}
 	s.metrics.kafkaTxns.Inc()
 	s.metrics.kafkaTxnRecords.Observe(float64(s.ktx.records))
