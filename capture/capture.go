@@ -257,8 +257,8 @@ type stream struct {
 	// commit took.
 	ktx            kafkaTxn
 	lastCommitTook time.Duration
-	// behind says the last message received was more than behindBytes
-	// before the server's WAL end: a catch-up.
+	// behind says the last transaction begun committed more than
+	// behindAge ago: a catch-up.
 	behind bool
 
 	failOnce sync.Once
@@ -291,18 +291,20 @@ type heldRecords struct {
 // idleCommitWait): low latency when the stream is light. While changes keep
 // coming it stays open for commitInterval, or four times as long as the
 // last commit took, so the stream spends most of its time producing, not
-// committing. While the capture is behind (the server's WAL end is more
-// than behindBytes past the change received), it stays open for
-// behindCommitInterval or ten times the last commit: a commit stops the
-// stream until Kafka has every record and the transaction's end, and a
-// change that waited in the WAL for that long gains nothing from a commit
-// every few milliseconds. A catch-up then spends a few percent of its time
-// committing instead of about a fifth.
+// committing. While the capture is behind (the transaction being decoded
+// committed more than behindAge ago, by the database's clock against the
+// capture's), it stays open for behindCommitInterval or ten times the last
+// commit: a commit stops the stream until Kafka has every record and the
+// transaction's end, and a change that waited that long gains nothing from
+// a commit every few milliseconds. A catch-up then spends a few percent of
+// its time committing instead of about a fifth. (pgoutput's XLogData
+// carries no server WAL end to tell a catch-up by: a logical walsender
+// writes the change's own LSN there.)
 const (
 	idleCommitWait       = time.Millisecond
 	commitInterval       = 5 * time.Millisecond
 	behindCommitInterval = 100 * time.Millisecond
-	behindBytes          = 8 << 20
+	behindAge            = time.Second
 	maxTxnRecords        = 100_000
 	maxTxnAge            = 10 * time.Second
 )
@@ -552,7 +554,6 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse xlogdata: %w", err)
 		}
-		s.behind = xld.ServerWALEnd > xld.WALStart+behindBytes
 		return s.handleWAL(ctx, xld.WALData)
 	}
 	return fmt.Errorf("replication stream: unknown CopyData type %q", data[0])
@@ -592,6 +593,7 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 		}
 		s.begin, s.index = m, 0
 		s.cur = s.tracker.open()
+		s.behind = time.Since(m.CommitTime) > behindAge
 	case *pglogrepl.CommitMessage:
 		if s.cur == nil {
 			return errors.New("replication stream: commit without begin")
