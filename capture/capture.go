@@ -288,7 +288,8 @@ type heldRecords struct {
 // unless it is larger than maxTxnRecords or takes longer than maxTxnAge to
 // stream (then it is split, and a reader may see its first part first).
 // One commits as soon as the stream pauses (nothing arrives within
-// idleCommitWait): low latency when the stream is light. While changes keep
+// idleCommitWait), unless the capture is behind (below): low latency when
+// the stream is light. While changes keep
 // coming it stays open for commitInterval, or four times as long as the
 // last commit took, so the stream spends most of its time producing, not
 // committing. While the capture is behind (the transaction being decoded
@@ -482,7 +483,10 @@ func (s *stream) loop(ctx context.Context) error {
 		raw, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
-				if s.ktx.open && s.cur == nil { // the stream pauses: commit now
+				// The stream pauses: commit now, unless behind, where a
+				// pause is PostgreSQL decoding (commitDue commits within
+				// behindCommitInterval if the stream has ended).
+				if s.ktx.open && s.cur == nil && !s.behind {
 					if err := s.commit(); err != nil {
 						return err
 					}
