@@ -170,9 +170,17 @@ func (b *bench) slots(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := b.waitSlot(ctx, b.topo.Config().Postgres.Slot, true); err != nil {
+	// Streaming, not only an active slot: a slot is active while it is
+	// being created (waiting for a consistent point), and a capture stopped
+	// then leaves none, so the catch-up's capture made a new one after the
+	// backlog and copied it as a snapshot instead of streaming it.
+	err = waitFor(ctx, 3*time.Minute, func() (bool, error) {
+		raw, err := os.ReadFile(capture.log.Name())
+		return strings.Contains(string(raw), "msg=streaming"), err
+	})
+	if err != nil {
 		capture.stop()
-		return err
+		return fmt.Errorf("the first capture never streamed (log: %s): %w", capture.log.Name(), err)
 	}
 	if err := capture.stop(); err != nil {
 		return err
