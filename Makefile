@@ -66,11 +66,16 @@ bench-e2e: stack-up
 # The whole platform side by side with Debezium on this machine (BENCHMARKS.md):
 # PostgreSQL's ceiling, catch-up of a 1,000,000-change backlog, live latency at
 # fixed rates, CPU and memory per component. BENCH_FLAGS="--live 10m" soaks.
+# The figures are compared with the committed bench-result.json (read before
+# the new run overwrites it): a FLAG line for each throughput that fell by
+# more than 20 % (or CPU cost per change that rose by more than 25 %), and
+# exit status 3. BENCH_COMPARE= skips the comparison.
+BENCH_COMPARE ?= $(if $(wildcard bench-result.json),--compare bench-result.json)
 bench-platform: stack-up build
 	bash stack/debezium/debezium.sh fetch
 	bash stack/kstreams/kstreams.sh fetch
 	$(GO) build -buildvcs=false -o bin/changes-bench ./cmd/changes-bench
-	$(STACK_ENV) && ./bin/changes-bench --out bench-result.json $(BENCH_FLAGS)
+	$(STACK_ENV) && ./bin/changes-bench --out bench-result.json $(BENCH_COMPARE) $(BENCH_FLAGS)
 
 # Each fuzz target for a short while; FUZZTIME=5m for longer.
 FUZZTIME ?= 20s

@@ -9,7 +9,9 @@
 // Kafka transactions (transactional id changes-capture.<history>.<slot>). A
 // Kafka transaction commits at a PostgreSQL transaction boundary as soon as
 // the stream pauses, else every 5 ms or four times the last commit's
-// duration; one over 100,000 changes or 10 s is split. A failed write aborts
+// duration (every 100 ms or ten times the last commit's duration while the
+// transactions decoded committed more than a second ago: a catch-up); one
+// over 100,000 changes or 10 s is split. A failed write aborts
 // its Kafka transaction, so no later change is visible without it: the
 // history never has a hole (sarama's plain producer goes on with later
 // records after one failed). Readers of the history read at read_committed.

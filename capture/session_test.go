@@ -49,3 +49,44 @@ func TestSessionReleasesTheSlot(t *testing.T) {
 	}
 	again.Close(context.Background())
 }
+
+// TestCommitDue checks the Kafka transaction's cadence: every 5 ms (or four
+// times the last commit) at a transaction boundary, every 100 ms (or ten
+// times the last commit) while behind, and at once past the size and age
+// limits whatever the boundary.
+func TestCommitDue(t *testing.T) {
+	tests := []struct {
+		name       string
+		age        time.Duration
+		lastCommit time.Duration
+		behind     bool
+		inTxn      bool
+		records    int
+		want       bool
+	}{
+		{"fresh", time.Millisecond, 0, false, false, 1, false},
+		{"5 ms", 6 * time.Millisecond, 0, false, false, 1, true},
+		{"four times the last commit", 6 * time.Millisecond, 2 * time.Millisecond, false, false, 1, false},
+		{"inside a transaction", 50 * time.Millisecond, 0, false, true, 1, false},
+		{"behind, 6 ms", 6 * time.Millisecond, 0, true, false, 1, false},
+		{"behind, 100 ms", 101 * time.Millisecond, 0, true, false, 1, true},
+		{"behind, ten times the last commit", 101 * time.Millisecond, 20 * time.Millisecond, true, false, 1, false},
+		{"too many records", time.Millisecond, 0, true, true, maxTxnRecords, true},
+		{"too old", maxTxnAge + time.Millisecond, 0, true, true, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &stream{behind: tt.behind, lastCommitTook: tt.lastCommit}
+			s.ktx = kafkaTxn{open: true, started: time.Now().Add(-tt.age), records: tt.records}
+			if tt.inTxn {
+				s.cur = &txn{}
+			}
+			if got := s.commitDue(); got != tt.want {
+				t.Errorf("commitDue() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if (&stream{}).commitDue() {
+		t.Error("commitDue() with no open transaction")
+	}
+}

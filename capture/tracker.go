@@ -52,9 +52,12 @@ func (t *tracker) seal(x *txn, endLSN codecs.LSN) {
 }
 
 // ack records that Kafka acknowledged one record of x.
-func (t *tracker) ack(x *txn) {
+func (t *tracker) ack(x *txn) { t.ackN(x, 1) }
+
+// ackN records that Kafka acknowledged n records of x.
+func (t *tracker) ackN(x *txn, n int) {
 	t.mu.Lock()
-	x.remaining--
+	x.remaining -= n
 	t.advance()
 	t.mu.Unlock()
 }

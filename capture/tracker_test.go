@@ -322,3 +322,28 @@ func TestTrackerConcurrentAcks(t *testing.T) {
 		t.Error("tracker not idle after every transaction was acked")
 	}
 }
+
+// TestTrackerAckN acknowledges several records of a transaction at once,
+// as a Kafka commit does: only all of them complete it.
+func TestTrackerAckN(t *testing.T) {
+	tr := newTracker(10)
+	a, b := tr.open(), tr.open()
+	for range 3 {
+		tr.produced(a)
+	}
+	tr.produced(b)
+	tr.seal(a, 20)
+	tr.seal(b, 30)
+	tr.ackN(a, 2)
+	if got := tr.acknowledged(); got != 10 {
+		t.Fatalf("after 2 of 3 records of a: acknowledged = %s, want 0/A", got)
+	}
+	tr.ackN(b, 1)
+	if got := tr.acknowledged(); got != 10 {
+		t.Fatalf("b complete, a not: acknowledged = %s, want 0/A", got)
+	}
+	tr.ackN(a, 1)
+	if got := tr.acknowledged(); got != 30 || !tr.idle() {
+		t.Fatalf("both complete: acknowledged = %s (idle %v), want 0/1E and idle", got, tr.idle())
+	}
+}

@@ -34,7 +34,7 @@ func ColumnValue(typeOID uint32, text []byte) (json.RawMessage, error) {
 			return nil, fmt.Errorf("integer %q: %w", text, err)
 		}
 		// strconv also accepts "+1" and "01", which are not JSON numbers.
-		if !json.Valid(text) {
+		if !isJSONNumber(text) {
 			return nil, fmt.Errorf("integer %q is not a JSON number", text)
 		}
 		return json.RawMessage(bytes.Clone(text)), nil
@@ -49,7 +49,7 @@ func ColumnValue(typeOID uint32, text []byte) (json.RawMessage, error) {
 		}
 		// strconv also accepts "inf", ".5", "+1" and "0x1p-2", which are not
 		// JSON numbers.
-		if !json.Valid(text) {
+		if !isJSONNumber(text) {
 			return nil, fmt.Errorf("float %q is not a JSON number", text)
 		}
 		return json.RawMessage(bytes.Clone(text)), nil
@@ -67,7 +67,9 @@ func ColumnValue(typeOID uint32, text []byte) (json.RawMessage, error) {
 		}
 		return json.RawMessage(bytes.Clone(text)), nil
 	}
-	return json.Marshal(string(text))
+	// What json.Marshal(string(text)) writes, without its reflection and
+	// copies: the capture maps every text column of every change here.
+	return appendString(make([]byte, 0, len(text)+2), text), nil
 }
 
 // TextRow builds a Row from a row in PostgreSQL's text format: column names,

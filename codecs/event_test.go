@@ -370,6 +370,9 @@ func FuzzEventCodec(f *testing.F) {
 		if err != nil {
 			t.Fatalf("Decode(%q) = %+v, which Encode rejects: %v", data, e, err)
 		}
+		if j, err := json.Marshal(e); err != nil || !bytes.Equal(j, b) {
+			t.Fatalf("Encode differs from encoding/json for e from %q:\n    Encode %s\nencoding/json %s (%v)", data, b, j, err)
+		}
 		e2, err := c.Decode(b)
 		if err != nil {
 			t.Fatalf("Decode(Encode(e)) for e from %q: %v\nencoded: %s", data, err, b)
@@ -440,4 +443,79 @@ func jsonValue(raw json.RawMessage) (any, error) {
 	var v any
 	err := dec.Decode(&v)
 	return v, err
+}
+
+// TestEventEncodeMatchesJSON holds Encode, written by hand, to the bytes
+// encoding/json writes for the same event (Event.MarshalJSON), on the values
+// where the two could part: escapes, HTML characters, U+2028, invalid UTF-8,
+// raw values that need compacting, numbers, times with zones.
+func TestEventEncodeMatchesJSON(t *testing.T) {
+	raws := []string{
+		`42`, `-0`, `0.5`, `-1.25e+10`, `1E-7`, `9007199254740993`, `true`, `false`, `null`,
+		`"plain"`, `"caf\u00e9 \"q\" \\ \/ \b\f\n\r\t"`, `"<b>&amp;</b>"`, `"\u003cb\u003e"`,
+		"\"line\u2028sep\u2029\"", "\"raw \xe2\x80\xa8 sep\"", "\"bad \xff utf8\"", `"é ü 日本"`,
+		`{"a": 1, "b": [1, 2.50, {"c" : "<d>"}]}`, `[ ]`, ` 42 `, `{"k":"v"}`, `"x"`,
+		`{"geo":["US","DE"],"max_cpm":17}`, `""`,
+	}
+	names := []string{"id", "a<b>", "tab\tname", "é", "\u2028", "bad\xffname", `q"uote`, "back\\slash", "ctl\x01"}
+	for i, raw := range raws {
+		e := event(codecs.OpUpdate)
+		e.After["v"] = json.RawMessage(raw)
+		e.Before[names[i%len(names)]] = json.RawMessage(raw)
+		e.Unchanged = []string{names[i%len(names)], "blob"}
+		e.EntityType = names[(i+1)%len(names)]
+		e.CommitTime = time.Date(2026, 1, 2, 3, 4, 5, i*1000, time.FixedZone("x", (i-12)*3600+i*60))
+		e.CaptureTime = time.Date(1+i*400, 12, 31, 23, 59, 59, 999999999, time.UTC)
+		if i%3 == 0 {
+			e.EntityID = codecs.TextKey("k/" + names[i%len(names)])
+		}
+		if i%4 == 1 {
+			e.EntityID, _ = codecs.UUIDKey("0b6f3d6e-1c2a-4f6b-9a51-2f3c4d5e6f70")
+		}
+		if i%5 == 2 {
+			e.EntityID = codecs.CompositeKey(codecs.IntKey(int64(i)), codecs.TextKey(names[i%len(names)]))
+		}
+		t.Run(fmt.Sprintf("%d %s", i, raw), func(t *testing.T) {
+			want, werr := json.Marshal(e)
+			got, gerr := codecs.EventCodec{}.Encode(e)
+			if (werr != nil) != (gerr != nil) || !bytes.Equal(got, want) {
+				t.Errorf("Encode:\n got %s (%v)\nwant %s (%v)", got, gerr, want, werr)
+			}
+		})
+	}
+	for _, raw := range []string{``, `{`, `01`, `1.`, `.5`, `+1`, `"open`, `"bad \x"`, `"\u12"`, `tru`, `nul`, `1 2`, `"a" "b"`, "\"ctl \x01\""} {
+		e := event(codecs.OpUpdate)
+		e.After["v"] = json.RawMessage(raw)
+		if b, err := (codecs.EventCodec{}).Encode(e); err == nil {
+			t.Errorf("Encode with raw value %q = %s, want an error (encoding/json: %v)", raw, b, func() error { _, err := json.Marshal(e); return err }())
+		}
+	}
+}
+
+// FuzzEventEncodeMatchesJSON checks that Encode writes exactly what
+// encoding/json writes for the event, and fails where it fails, whatever the
+// raw values, column names, type and unchanged names.
+func FuzzEventEncodeMatchesJSON(f *testing.F) {
+	f.Add("id", []byte(`42`), "account", int64(0))
+	f.Add("a<b>", []byte(`"<x> & \u2028"`), "t\u2028", int64(3600))
+	f.Add("n", []byte(`{"a" : [1, 2.5e3, "\u00e9"]}`), "\xff", int64(-7200))
+	f.Add("n", []byte("\"\xe2\x80\xa9\""), "x", int64(1))
+	f.Add("n", []byte(`-0.0E+00`), "x", int64(0))
+	f.Fuzz(func(t *testing.T, name string, raw []byte, typ string, offset int64) {
+		e := event(codecs.OpUpdate)
+		e.After[name] = json.RawMessage(raw)
+		e.Before[name] = json.RawMessage(raw)
+		e.Unchanged = []string{name, typ}
+		e.EntityType = typ
+		e.CommitTime = time.Unix(offset*997, offset).In(time.FixedZone("f", int(offset%(30*3600))))
+		e.EntityID = codecs.TextKey(typ)
+		if e.Validate() != nil {
+			return
+		}
+		want, werr := json.Marshal(e)
+		got, gerr := codecs.EventCodec{}.Encode(e)
+		if (werr != nil) != (gerr != nil) || (werr == nil && !bytes.Equal(got, want)) {
+			t.Fatalf("Encode:\n got %s (%v)\nwant %s (%v)", got, gerr, want, werr)
+		}
+	})
 }

@@ -283,6 +283,12 @@ func scanNumber(b []byte, i int) (end int, ok bool) {
 	return i, true
 }
 
+// isJSONNumber reports whether v is exactly one JSON number.
+func isJSONNumber(v []byte) bool {
+	end, ok := scanNumber(v, 0)
+	return ok && end == len(v)
+}
+
 // literal checks that lit (true, false or null) is at b[i].
 func literal(b []byte, i int, lit string) (end int, ok bool) {
 	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {

@@ -10,7 +10,10 @@ import (
 type LSN uint64
 
 // String formats the LSN the way PostgreSQL does, e.g. "0/1A2B3C4".
-func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
+func (l LSN) String() string { return string(l.appendText(make([]byte, 0, 17))) }
+
+// appendText appends String's form.
+func (l LSN) appendText(b []byte) []byte { return appendLSN(b, l) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
@@ -70,7 +73,7 @@ func (p Position) Compare(q Position) int {
 func (p Position) IsZero() bool { return p == Position{} }
 
 // String returns the fixed-width form "%016X:%08X", which sorts as p does.
-func (p Position) String() string { return fmt.Sprintf("%016X:%08X", uint64(p.CommitLSN), p.Index) }
+func (p Position) String() string { return string(p.appendText(make([]byte, 0, 25))) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (p Position) MarshalText() ([]byte, error) { return []byte(p.String()), nil }

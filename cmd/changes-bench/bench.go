@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -32,6 +33,7 @@ type bench struct {
 	w        *benchWorkload
 	dbz      *debezium
 	ks       *kstreams
+	recv     *recvlogical // nil when pg_recvlogical is not found
 	children []*child
 	views    map[string]*views.View
 	stopView context.CancelFunc
@@ -101,6 +103,11 @@ entities:
 			b.res.KStreamsConfig = kstreamsConfig
 		}
 	}
+	if bin, err := findRecvlogical(); err != nil {
+		log.Warn("pg_recvlogical not found: the catch-up has no PostgreSQL decoding row", "err", err)
+	} else {
+		b.recv = &recvlogical{bin: bin, slot: "recv_" + prefix, publication: cfg.Postgres.Publication, dir: o.workDir}
+	}
 	b.res.Machine = machine()
 	b.res.Backlog = o.backlog
 	return b, nil
@@ -156,7 +163,7 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 // ceiling runs the workload flat out with nothing capturing.
 func (b *bench) ceiling(ctx context.Context) error {
 	b.say("PostgreSQL ceiling: the workload flat out for %s, nothing capturing", b.o.ceiling)
-	pg := component{name: "postgresql", pids: func() []int { return pidsNamed("postgres") }}
+	pg := b.kafkaPG()[1]
 	c0, t0 := b.w.changes.Load(), b.w.txns.Load()
 	u0, start := pg.usage(), time.Now()
 	rctx, cancel := context.WithTimeout(ctx, b.o.ceiling)
@@ -179,17 +186,37 @@ func (b *bench) ceiling(ctx context.Context) error {
 // slots creates both replication slots, so the backlog waits in the WAL for
 // each system.
 func (b *bench) slots(ctx context.Context) error {
-	b.say("creating the replication slots: changes (initial snapshot of the seed rows), then Debezium")
+	b.say("creating the replication slots: changes (initial snapshot of the seed rows), pg_recvlogical, then Debezium")
 	capture, err := startChild(b.o.changes, b.o.workDir, "capture-init", "capture", "--config", b.config)
 	if err != nil {
 		return err
 	}
-	if err := b.waitSlot(ctx, b.topo.Config().Postgres.Slot, true); err != nil {
+	// Streaming, not only an active slot: a slot is active while it is
+	// being created (waiting for a consistent point), and a capture stopped
+	// then leaves none, so the catch-up's capture made a new one after the
+	// backlog and copied it as a snapshot instead of streaming it.
+	err = waitFor(ctx, 3*time.Minute, func() (bool, error) {
+		raw, err := os.ReadFile(capture.log.Name())
+		return strings.Contains(string(raw), "msg=streaming"), err
+	})
+	if err != nil {
 		capture.stop()
-		return err
+		return fmt.Errorf("the first capture never streamed (log: %s): %w", capture.log.Name(), err)
 	}
 	if err := capture.stop(); err != nil {
 		return err
+	}
+	if b.recv != nil {
+		// On the capture's publication, which the capture made.
+		db, err := pgx.Connect(ctx, b.pgURL)
+		if err != nil {
+			return err
+		}
+		err = b.recv.createSlot(ctx, db)
+		db.Close(context.Background())
+		if err != nil {
+			return err
+		}
 	}
 	if b.dbz != nil {
 		if err := b.dbz.start(ctx); err != nil {
@@ -245,6 +272,9 @@ func (b *bench) catchUp(ctx context.Context) error {
 	n, deletes := b.w.changes.Load()-c0, b.w.deletes.Load()-d0
 	b.say("  %d changes (%d deletes) in %.1fs", n, deletes, time.Since(start).Seconds())
 	b.res.CatchUp.Changes = n
+	if err := b.catchUpRecvlogical(ctx, n); err != nil {
+		return err
+	}
 
 	// changes, one stage at a time, as Debezium has the machine to itself
 	// too: the capture drains the backlog into the history (the figure to
@@ -273,7 +303,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 		return fmt.Errorf("history: %w", err)
 	}
 	tHist := time.Since(start)
-	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("changes: capture", before, sample(comps), tHist)...)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("changes: capture", before, sample(comps), tHist, n)...)
 
 	before = sample(append(b.components(), b.kafkaPG()...))
 	start = time.Now()
@@ -286,7 +316,13 @@ func (b *bench) catchUp(ctx context.Context) error {
 		return err
 	}
 	comps = append(b.components(), b.kafkaPG()...)
-	if err := waitFor(ctx, 10*time.Minute, func() (bool, error) { return b.groupsCaughtUp() }); err != nil {
+	if err := waitFor(ctx, 10*time.Minute, func() (bool, error) {
+		done, err := b.groupsCaughtUp()
+		if errors.Is(err, sarama.ErrOffsetsLoadInProgress) || errors.Is(err, sarama.ErrConsumerCoordinatorNotAvailable) {
+			return false, nil // a broker that just started: ask again
+		}
+		return done, err
+	}); err != nil {
 		return fmt.Errorf("tables: %w", err)
 	}
 	tTables := time.Since(start)
@@ -294,12 +330,12 @@ func (b *bench) catchUp(ctx context.Context) error {
 		return fmt.Errorf("view: %w", err)
 	}
 	tView := time.Since(start)
-	b.res.CatchUp.Stages = []catchUpResult{
+	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages, []catchUpResult{
 		{System: "changes", Stage: "history", Seconds: tHist.Seconds(), ChangesPerSec: float64(n) / tHist.Seconds()},
 		{System: "changes", Stage: "snapshot tables", Seconds: tTables.Seconds(), ChangesPerSec: float64(n) / tTables.Seconds()},
 		{System: "changes", Stage: "view", Seconds: tView.Seconds(), ChangesPerSec: float64(n) / tView.Seconds()},
-	}
-	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("changes: processors and view", before, sample(comps), tView)...)
+	}...)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("changes: processors and view", before, sample(comps), tView, n)...)
 	b.say("  changes: history %.1fs (%.0f/s); then tables %.1fs, view %.1fs", tHist.Seconds(), float64(n)/tHist.Seconds(), tTables.Seconds(), tView.Seconds())
 
 	if b.dbz == nil {
@@ -331,7 +367,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	}
 	tDbz := time.Since(start)
 	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages, catchUpResult{System: "debezium", Stage: "topics", Seconds: tDbz.Seconds(), ChangesPerSec: float64(n) / tDbz.Seconds()})
-	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("debezium", before, sample(append(dcomps, b.kafkaPG()...)), tDbz)...)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("debezium", before, sample(append(dcomps, b.kafkaPG()...)), tDbz, n)...)
 	b.say("  debezium: topics %.1fs (%.0f/s)", tDbz.Seconds(), float64(n)/tDbz.Seconds())
 	if b.ks == nil {
 		return nil
@@ -382,7 +418,7 @@ func (b *bench) catchUpKStreams(ctx context.Context, n int64, tDbz time.Duration
 		return fmt.Errorf("kafka streams: %w", err)
 	}
 	tKS := time.Since(start)
-	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("kafka streams", before, sample(append(kcomps, b.kafkaPG()...)), tKS)...)
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("kafka streams", before, sample(append(kcomps, b.kafkaPG()...)), tKS, n)...)
 	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages,
 		catchUpResult{System: "kstreams", Stage: "ktable stores", Seconds: tKS.Seconds(), ChangesPerSec: float64(n) / tKS.Seconds(), StartSeconds: tRunning.Seconds()},
 		catchUpResult{System: "dbz+ks", Stage: "end to end", Seconds: (tDbz + tKS).Seconds(), ChangesPerSec: float64(n) / (tDbz + tKS).Seconds()})
@@ -439,6 +475,45 @@ func (b *bench) checkKStreamsRows(ctx context.Context) error {
 		}
 	}
 	b.say("  kafka streams: %d sampled rows match PostgreSQL", checked)
+	return nil
+}
+
+// catchUpRecvlogical drains the backlog of n changes with pg_recvlogical
+// from its own slot, to the WAL's end as it is now: PostgreSQL's decoding
+// alone, the ceiling of every capture on pgoutput.
+func (b *bench) catchUpRecvlogical(ctx context.Context, n int64) error {
+	if b.recv == nil {
+		return nil
+	}
+	db, err := pgx.Connect(ctx, b.pgURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close(context.Background())
+	var endLSN string
+	if err := db.QueryRow(ctx, "select pg_current_wal_lsn()::text").Scan(&endLSN); err != nil {
+		return err
+	}
+	b.say("  pg_recvlogical: decoding the backlog to %s from its slot %s", endLSN, b.recv.slot)
+	comps := append([]component{b.recv.component()}, b.kafkaPG()...)
+	before := sample(comps)
+	start := time.Now()
+	if err := b.recv.start(b.pgURL, endLSN); err != nil {
+		return err
+	}
+	err = b.recv.wait(ctx, db, endLSN, 10*time.Minute)
+	took := time.Since(start)
+	after := sample(comps)
+	b.recv.stop()
+	if err != nil {
+		return err
+	}
+	if u, ok := b.recv.used(); ok { // all of its run, read once it exited
+		after[b.recv.component().name] = u
+	}
+	b.res.CatchUp.Stages = append(b.res.CatchUp.Stages, catchUpResult{System: "postgresql", Stage: stageRecvlogical, Seconds: took.Seconds(), ChangesPerSec: float64(n) / took.Seconds()})
+	b.res.CatchUp.Usage = append(b.res.CatchUp.Usage, usageBetween("pg_recvlogical", before, after, took, n)...)
+	b.say("  pg_recvlogical: %.1fs (%.0f/s)", took.Seconds(), float64(n)/took.Seconds())
 	return nil
 }
 
@@ -528,7 +603,7 @@ func (b *bench) liveRates(ctx context.Context) error {
 			lr.KStreams = statsOf(lat, miss)
 			lr.KStreamsAfterTopic = statsOf(ksArr.after(dbzArr, commits), 0)
 		}
-		lr.Usage = usageBetween("both", before, after, elapsed)
+		lr.Usage = usageBetween("both", before, after, elapsed, 0)
 		b.res.Live = append(b.res.Live, lr)
 		b.say("  %.0f changes/s: changes history p50 %.1f ms p99 %.1f ms; view p99 %.1f ms; debezium p50 %.1f ms p99 %.1f ms; kafka streams p50 %.1f ms p99 %.1f ms",
 			lr.ChangesPerSec, lr.ChangesHistory.P50ms, lr.ChangesHistory.P99ms, lr.ChangesView.P99ms, lr.Debezium.P50ms, lr.Debezium.P99ms, lr.KStreams.P50ms, lr.KStreams.P99ms)
@@ -647,6 +722,10 @@ func (b *bench) cleanup() {
 		if b.dbz != nil {
 			slots = append(slots, b.dbz.slot)
 		}
+		if b.recv != nil {
+			b.recv.stop()
+			slots = append(slots, b.recv.slot)
+		}
 		for _, s := range slots {
 			db.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active", s)
 		}
@@ -732,6 +811,17 @@ func (b *bench) kafkaPG() []component {
 	}
 	return []component{
 		{name: "kafka broker", pids: pidFile(filepath.Join(stackDir, "kafka", "kafka.pid"))},
-		{name: "postgresql", pids: func() []int { return pidsNamed("postgres") }},
+		{name: "postgresql", pids: postgresPids(stackDir)},
 	}
+}
+
+// postgresPids lists the stack's PostgreSQL processes, or every postgres
+// process of the machine when the stack's pid file is not there (a server
+// of CHANGES_POSTGRES_URL that the stack did not start).
+func postgresPids(stackDir string) func() []int {
+	path := filepath.Join(stackDir, "postgres", "data", "postmaster.pid")
+	if _, err := os.Stat(path); err != nil {
+		return func() []int { return pidsNamed("postgres") }
+	}
+	return postmaster(path)
 }

@@ -14,7 +14,9 @@
 //     (p50, p99, p99.9, max), and the CPU and resident memory of every
 //     component.
 //
-// It prints a table and writes the figures as JSON. `make bench-platform`
+// It prints a table and writes the figures as JSON; with --compare it
+// compares them with an earlier run's JSON and exits with status 3 when a
+// throughput (or a CPU cost per change) is more than 20 % worse. `make bench-platform`
 // runs it on the local stack; BENCHMARKS.md has the latest table.
 package main
 
@@ -49,6 +51,7 @@ type options struct {
 	linger   time.Duration
 	viewN    int
 	only     string // "": every phase; "viewboot": the view bootstrap alone
+	compare  string
 }
 
 func main() {
@@ -56,7 +59,7 @@ func main() {
 	var rates string
 	flag.StringVar(&o.changes, "changes", "bin/changes", "the changes binary")
 	flag.Int64Var(&o.backlog, "backlog", 1_000_000, "changes committed while nothing captures, then drained (catch-up)")
-	flag.StringVar(&rates, "rates", "1000,5000,10000,max", "live rates in changes per second; max = flat out")
+	flag.StringVar(&rates, "rates", "1000,5000,10000,max", "live rates in changes per second; max = flat out; empty: no live phase")
 	flag.DurationVar(&o.live, "live", 20*time.Second, "how long each live rate runs (a longer soak: e.g. 10m)")
 	flag.DurationVar(&o.ceiling, "ceiling", 15*time.Second, "how long the PostgreSQL ceiling runs")
 	flag.IntVar(&o.conns, "conns", 16, "workload connections")
@@ -68,6 +71,7 @@ func main() {
 	flag.DurationVar(&o.linger, "linger", 0, "kafka.linger of the changes config (the capture's batching delay)")
 	flag.IntVar(&o.viewN, "view-entities", 1_000_000, "entities of the view bootstrap (changes serve from an empty directory, then restarted); 0 skips it")
 	flag.StringVar(&o.only, "only", "", "run one phase alone: viewboot (the view bootstrap, without the workload, the catch-up, the live rates and Debezium)")
+	flag.StringVar(&o.compare, "compare", "", "an earlier run's JSON (read before --out is written, so it can be the same file): print each figure's ratio to it, a FLAG line for each that fell by more than 20 %, and exit with status 3 if any did")
 	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
 	flag.Parse()
 	switch o.only {
@@ -79,6 +83,9 @@ func main() {
 		os.Exit(2)
 	}
 	for _, r := range strings.Split(rates, ",") {
+		if rates == "" {
+			break // no live phase
+		}
 		if r == "max" {
 			o.rates = append(o.rates, 0)
 			continue
@@ -95,6 +102,9 @@ func main() {
 	defer stop()
 	if err := run(ctx, o, log); err != nil {
 		fmt.Fprintln(os.Stderr, "changes-bench:", err)
+		if errors.Is(err, errRegression) {
+			os.Exit(3)
+		}
 		os.Exit(1)
 	}
 }
@@ -103,6 +113,14 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	pgURL, brokers := os.Getenv("CHANGES_POSTGRES_URL"), os.Getenv("CHANGES_KAFKA_BROKERS")
 	if pgURL == "" || brokers == "" {
 		return errors.New("CHANGES_POSTGRES_URL and CHANGES_KAFKA_BROKERS must name the stack (eval \"$(stack/stack.sh env)\")")
+	}
+	// The earlier run is read first: --out may overwrite it.
+	var old *result
+	if o.compare != "" {
+		var err error
+		if old, err = readResult(o.compare); err != nil {
+			return fmt.Errorf("--compare: %w", err)
+		}
 	}
 	if o.workDir == "" {
 		dir, err := os.MkdirTemp("", "changes-bench-")
@@ -129,6 +147,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		} else {
 			log.Info("figures written", "file", o.out)
 		}
+		if old != nil && printComparison(os.Stdout, o.compare, compare(old, res)) > 0 && err == nil {
+			err = errRegression
+		}
 	}
 	return err
 }
+
+// errRegression is run's error when a figure fell by more than
+// regressionDrop against --compare's run; the process exits with status 3.
+var errRegression = errors.New("a figure fell by more than 20 % against --compare's run (FLAG lines above)")

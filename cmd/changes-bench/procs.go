@@ -95,6 +95,43 @@ func (c component) running() bool {
 	return false
 }
 
+// postmaster lists the postmaster whose pid file (postmaster.pid, its first
+// line) is path, and its processes (its children): one server's, not every
+// postgres process on the machine (other servers on a shared one).
+func postmaster(path string) func() []int {
+	return func() []int {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(raw), "\n", 2)[0]))
+		if err != nil {
+			return nil
+		}
+		out := []int{pid}
+		for _, child := range pidsNamed("postgres") {
+			if parentOf(child) == pid {
+				out = append(out, child)
+			}
+		}
+		return out
+	}
+}
+
+// parentOf is pid's parent pid, or 0.
+func parentOf(pid int) int {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
 // pidFile reads a pid file.
 func pidFile(path string) func() []int {
 	return func() []int {

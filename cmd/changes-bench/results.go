@@ -68,8 +68,12 @@ type usageResult struct {
 	Window    string  `json:"window"`
 	Component string  `json:"component"`
 	Cores     float64 `json:"cores"`
-	RSSMiB    float64 `json:"rss_mib"`
-	PeakMiB   float64 `json:"peak_rss_mib"`
+	// CPUSecPerMChanges is the component's CPU seconds over the window per
+	// million changes it drained (catch-up windows only): unlike cores, it
+	// does not depend on how busy the machine was.
+	CPUSecPerMChanges float64 `json:"cpu_s_per_million_changes,omitempty"`
+	RSSMiB            float64 `json:"rss_mib"`
+	PeakMiB           float64 `json:"peak_rss_mib"`
 }
 
 // sample reads every component's usage now.
@@ -81,10 +85,18 @@ func sample(comps []component) map[string]usage {
 	return out
 }
 
-func usageBetween(window string, before, after map[string]usage, elapsed time.Duration) []usageResult {
+// usageBetween is each component's usage over a window of elapsed; with
+// changes > 0 (a catch-up of that many changes), its CPU seconds per
+// million changes too.
+func usageBetween(window string, before, after map[string]usage, elapsed time.Duration, changes int64) []usageResult {
 	var out []usageResult
 	for name, a := range after {
-		out = append(out, usageResult{Window: window, Component: name, Cores: (a.cpu - before[name].cpu).Seconds() / elapsed.Seconds(), RSSMiB: a.rssMiB, PeakMiB: a.peakMiB})
+		cpu := (a.cpu - before[name].cpu).Seconds()
+		u := usageResult{Window: window, Component: name, Cores: cpu / elapsed.Seconds(), RSSMiB: a.rssMiB, PeakMiB: a.peakMiB}
+		if changes > 0 {
+			u.CPUSecPerMChanges = cpu / float64(changes) * 1e6
+		}
+		out = append(out, u)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Component < out[j].Component })
 	return out
@@ -139,26 +151,22 @@ func (r *result) print(w io.Writer) {
 		if r.KStreamsConfig != "" {
 			fmt.Fprintf(w, "Kafka Streams from Debezium's full topics once Debezium is done (from its JVM's start), then both stages added up\n")
 		}
-		fmt.Fprintf(w, "  %-10s %-16s %10s %14s\n", "system", "into", "seconds", "changes/s")
-		var ours, dbz float64
+		fmt.Fprintf(w, "  %-10s %-31s %10s %14s\n", "system", "into", "seconds", "changes/s")
 		for _, s := range r.CatchUp.Stages {
-			fmt.Fprintf(w, "  %-10s %-16s %10.1f %14.0f\n", s.System, s.Stage, s.Seconds, s.ChangesPerSec)
-			if s.Stage == "history" {
-				ours = s.ChangesPerSec
-			}
-			if s.System == "debezium" {
-				dbz = s.ChangesPerSec
-			}
+			fmt.Fprintf(w, "  %-10s %-31s %10.1f %14.0f\n", s.System, s.Stage, s.Seconds, s.ChangesPerSec)
 		}
 		for _, s := range r.CatchUp.Stages {
 			if s.StartSeconds > 0 {
 				fmt.Fprintf(w, "  %s: RUNNING (JVM started, group joined, stores open) after %.1f s of its %.1f s\n", s.System, s.StartSeconds, s.Seconds)
 			}
 		}
-		if ours > 0 && dbz > 0 {
-			fmt.Fprintf(w, "  WAL -> Kafka, changes / debezium: %.2fx\n", ours/dbz)
+		if v, ok := r.changesPerDebezium(); ok {
+			fmt.Fprintf(w, "  WAL -> Kafka, changes / debezium: %.2fx\n", v)
 		}
-		for _, win := range []string{"changes: capture", "changes: processors and view", "debezium", "kafka streams"} {
+		if v, ok := r.captureShare(); ok {
+			fmt.Fprintf(w, "  capture / pg_recvlogical: %.2fx (the capture's share of PostgreSQL's own decoding rate)\n", v)
+		}
+		for _, win := range []string{"pg_recvlogical", "changes: capture", "changes: processors and view", "debezium", "kafka streams"} {
 			var us []usageResult
 			for _, u := range r.CatchUp.Usage {
 				if u.Window == win {
@@ -170,6 +178,7 @@ func (r *result) print(w io.Writer) {
 				printUsage(w, us)
 			}
 		}
+		fmt.Fprintf(w, "  (CPU-s/M: CPU seconds per million changes of the backlog, whatever else the machine ran)\n")
 		fmt.Fprintln(w)
 	}
 	if len(r.Live) > 0 {
@@ -224,7 +233,40 @@ func cells(s stats) string {
 func printUsage(w io.Writer, us []usageResult) {
 	var parts []string
 	for _, u := range us {
-		parts = append(parts, fmt.Sprintf("%s %.2f cores %.0f MiB", u.Component, u.Cores, u.RSSMiB))
+		cpu := ""
+		if u.CPUSecPerMChanges > 0 {
+			cpu = fmt.Sprintf(" (%.1f CPU-s/M)", u.CPUSecPerMChanges)
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f cores%s %.0f MiB", u.Component, u.Cores, cpu, u.RSSMiB))
 	}
 	fmt.Fprintf(w, " %s\n", strings.Join(parts, "; "))
+}
+
+// stageRecvlogical is the catch-up stage of pg_recvlogical.
+const stageRecvlogical = "pg_recvlogical (decoding alone)"
+
+// stage returns the catch-up rate of system's stage.
+func (r *result) stage(system, stage string) (float64, bool) {
+	for _, s := range r.CatchUp.Stages {
+		if s.System == system && s.Stage == stage && s.ChangesPerSec > 0 {
+			return s.ChangesPerSec, true
+		}
+	}
+	return 0, false
+}
+
+// changesPerDebezium is the capture's catch-up rate into the history over
+// Debezium's into its topics.
+func (r *result) changesPerDebezium() (float64, bool) {
+	ours, ok1 := r.stage("changes", "history")
+	dbz, ok2 := r.stage("debezium", "topics")
+	return ours / dbz, ok1 && ok2
+}
+
+// captureShare is the capture's catch-up rate over pg_recvlogical's: the
+// share of PostgreSQL's own decoding rate the capture reaches.
+func (r *result) captureShare() (float64, bool) {
+	ours, ok1 := r.stage("changes", "history")
+	pg, ok2 := r.stage("postgresql", stageRecvlogical)
+	return ours / pg, ok1 && ok2
 }
