@@ -672,6 +672,51 @@ const (
 	mAppliedTime
 )
 
+// object reads an object member by member: member reads the value of the
+// member it is given the name of, and returns the member's bit, 0 for a
+// name it does not know. false if anything is not as expected: an unknown
+// member, a member twice, a value member could not read, trailing data.
+func (r *reader) object(member func(name []byte) (bit int, ok bool)) bool {
+	if empty, ok := r.open(); !ok || empty {
+		return false
+	}
+	for seen := 0; ; {
+		name, ok := r.name()
+		if !ok {
+			return false
+		}
+		bit, ok := member(name)
+		if !ok || bit == 0 || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		more, ok := r.more()
+		if !ok {
+			return false
+		}
+		if !more {
+			return r.end()
+		}
+	}
+}
+
+// key is the Key of "id" and "id_kind"; false if there was no "id" or it is
+// no key of that kind.
+func key(id []byte, kind KeyKind) (Key, bool) {
+	if id == nil {
+		return Key{}, false
+	}
+	k, err := ParseKey(kind, string(id))
+	return k, err == nil
+}
+
+// text reads a string member into *dst.
+func (r *reader) text(dst *string) bool {
+	s, ok := r.plain()
+	*dst = string(s)
+	return ok
+}
+
 // decodeEvent decodes b, a valid event in the platform's form; false if it
 // is anything else (encoding/json then decides).
 func decodeEvent(b []byte) (*Event, bool) {
@@ -679,87 +724,57 @@ func decodeEvent(b []byte) (*Event, bool) {
 	var e Event
 	var id []byte
 	var kind KeyKind
-	if empty, ok := r.open(); !ok || empty {
-		return nil, false
-	}
-	for seen := 0; ; {
-		name, ok := r.name()
-		if !ok {
-			return nil, false
-		}
-		var bit int
+	ok := r.object(func(name []byte) (bit int, ok bool) {
 		switch string(name) {
 		case "type":
-			bit = mType
-			var s []byte
-			if s, ok = r.plain(); ok {
-				e.EntityType = string(s)
-			}
+			return mType, r.text(&e.EntityType)
 		case "id":
-			bit = mID
 			id, ok = r.plain()
+			return mID, ok
 		case "op":
-			bit = mOp
-			var s []byte
-			if s, ok = r.plain(); ok {
-				e.Op = Op(s)
-			}
+			var op string
+			ok = r.text(&op)
+			e.Op = Op(op)
+			return mOp, ok
 		case "after":
-			bit = mAfter
 			e.After, ok = r.row()
+			return mAfter, ok
 		case "before":
-			bit = mBefore
 			e.Before, ok = r.row()
+			return mBefore, ok
 		case "unchanged":
-			bit = mUnchanged
 			e.Unchanged, ok = r.strings()
+			return mUnchanged, ok
 		case "xid":
-			bit = mXID
 			e.TxID, ok = r.uint32()
+			return mXID, ok
 		case "commit_lsn":
-			bit = mCommitLSN
-			var s []byte
-			if s, ok = r.plain(); ok {
+			var s string
+			if ok = r.text(&s); ok {
 				var err error
-				e.CommitLSN, err = ParseLSN(string(s))
+				e.CommitLSN, err = ParseLSN(s)
 				ok = err == nil
 			}
+			return mCommitLSN, ok
 		case "position":
-			bit = mPosition
 			e.Position, ok = r.position()
+			return mPosition, ok
 		case "commit_time":
-			bit = mCommitTime
 			e.CommitTime, ok = r.time()
+			return mCommitTime, ok
 		case "capture_time":
-			bit = mCaptureTime
 			e.CaptureTime, ok = r.time()
+			return mCaptureTime, ok
 		case "id_kind":
-			bit = mIDKind
 			kind, ok = r.keyKind()
-		default:
-			return nil, false
+			return mIDKind, ok
 		}
-		if !ok || seen&bit != 0 {
-			return nil, false
-		}
-		seen |= bit
-		more, ok := r.more()
-		if !ok {
-			return nil, false
-		}
-		if !more {
-			break
-		}
-	}
-	if !r.end() || id == nil {
+		return 0, false
+	})
+	if !ok {
 		return nil, false
 	}
-	key, err := ParseKey(kind, string(id))
-	if err != nil {
-		return nil, false
-	}
-	e.EntityID = key
-	if e.Validate() != nil {
+	if e.EntityID, ok = key(id, kind); !ok || e.Validate() != nil {
 		return nil, false
 	}
 	return &e, true
@@ -771,70 +786,41 @@ func decodeState(b []byte) (*State, bool) {
 	var s State
 	var id []byte
 	var kind KeyKind
-	if empty, ok := r.open(); !ok || empty {
-		return nil, false
-	}
-	for seen := 0; ; {
-		name, ok := r.name()
-		if !ok {
-			return nil, false
-		}
-		var bit int
+	ok := r.object(func(name []byte) (bit int, ok bool) {
 		switch string(name) {
 		case "type":
-			bit = mType
-			var t []byte
-			if t, ok = r.plain(); ok {
-				s.EntityType = string(t)
-			}
+			return mType, r.text(&s.EntityType)
 		case "id":
-			bit = mID
 			id, ok = r.plain()
+			return mID, ok
 		case "row":
-			bit = mRow
 			s.Row, ok = r.row()
+			return mRow, ok
 		case "deleted":
-			bit = mDeleted
 			s.Deleted, ok = r.bool()
+			return mDeleted, ok
 		case "truncated":
-			bit = mTruncated
 			s.Truncated, ok = r.bool()
+			return mTruncated, ok
 		case "position":
-			bit = mPosition
 			s.Position, ok = r.position()
+			return mPosition, ok
 		case "commit_time":
-			bit = mCommitTime
 			s.CommitTime, ok = r.time()
+			return mCommitTime, ok
 		case "applied_time":
-			bit = mAppliedTime
 			s.AppliedTime, ok = r.time()
+			return mAppliedTime, ok
 		case "id_kind":
-			bit = mIDKind
 			kind, ok = r.keyKind()
-		default:
-			return nil, false
+			return mIDKind, ok
 		}
-		if !ok || seen&bit != 0 {
-			return nil, false
-		}
-		seen |= bit
-		more, ok := r.more()
-		if !ok {
-			return nil, false
-		}
-		if !more {
-			break
-		}
-	}
-	if !r.end() || id == nil {
+		return 0, false
+	})
+	if !ok {
 		return nil, false
 	}
-	key, err := ParseKey(kind, string(id))
-	if err != nil {
-		return nil, false
-	}
-	s.EntityID = key
-	if s.Validate() != nil {
+	if s.EntityID, ok = key(id, kind); !ok || s.Validate() != nil {
 		return nil, false
 	}
 	return &s, true
