@@ -112,15 +112,46 @@ func (w *snapshotWriter) connect() error {
 	case v.IsAtLeast(sarama.V2_0_0_0):
 		req.Version = 1
 	}
-	res, err := w.broker.InitProducerID(req)
-	if err == nil && !errors.Is(res.Err, sarama.ErrNoError) {
-		err = res.Err
+	// A broker that has just started answers "still loading" for a while
+	// (its transaction coordinator reads its log): that is waited out, as
+	// sarama's own producer does, for up to initProducerIDWait.
+	backoff := 50 * time.Millisecond
+	for deadline := time.Now().Add(initProducerIDWait); ; {
+		res, err := w.broker.InitProducerID(req)
+		if err == nil && !errors.Is(res.Err, sarama.ErrNoError) {
+			err = res.Err
+		}
+		if err == nil {
+			w.pid, w.epoch = res.ProducerID, res.ProducerEpoch
+			return nil
+		}
+		if !coordinatorBusy(err) || time.Now().Add(backoff).After(deadline) {
+			return fmt.Errorf("snapshot writer: a producer id: %w", err)
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, time.Second)
 	}
-	if err != nil {
-		return fmt.Errorf("snapshot writer: a producer id: %w", err)
+}
+
+// initProducerIDWait is how long the snapshot writer waits out a
+// transaction coordinator that is not ready for a producer id.
+const initProducerIDWait = 30 * time.Second
+
+// coordinatorBusy reports the errors of a producer id request that a
+// coordinator gives while it loads, moves or is elected: worth asking again.
+func coordinatorBusy(err error) bool {
+	for _, busy := range []sarama.KError{
+		sarama.ErrOffsetsLoadInProgress, // COORDINATOR_LOAD_IN_PROGRESS
+		sarama.ErrConsumerCoordinatorNotAvailable,
+		sarama.ErrNotCoordinatorForConsumer,
+		sarama.ErrRequestTimedOut,
+		sarama.ErrConcurrentTransactions,
+	} {
+		if errors.Is(err, busy) {
+			return true
+		}
 	}
-	w.pid, w.epoch = res.ProducerID, res.ProducerEpoch
-	return nil
+	return false
 }
 
 // produceVersion is the produce request version sarama's producer uses

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -179,4 +180,20 @@ func mustConfig(t *testing.T, k topology.KafkaConfig) *sarama.Config {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// A coordinator that loads or moves is asked again; a refusal is not.
+func TestCoordinatorBusy(t *testing.T) {
+	for err, want := range map[error]bool{
+		sarama.ErrOffsetsLoadInProgress:                                true,
+		fmt.Errorf("wrapped: %w", sarama.ErrNotCoordinatorForConsumer): true,
+		sarama.ErrConcurrentTransactions:                               true,
+		sarama.ErrClusterAuthorizationFailed:                           false,
+		sarama.ErrTransactionalIDAuthorizationFailed:                   false,
+		errors.New("connection refused"):                               false,
+	} {
+		if got := coordinatorBusy(err); got != want {
+			t.Errorf("coordinatorBusy(%v) = %v, want %v", err, got, want)
+		}
+	}
 }
