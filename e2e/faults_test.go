@@ -33,29 +33,31 @@ import (
 
 // Fault kinds, as the table names them.
 const (
-	faultSnapshotKill = "run SIGKILL in initial snapshot"
-	faultRunKill      = "run SIGKILL"
-	faultCatchupKill  = "run SIGKILL in catch-up"
-	faultServeKill    = "serve SIGKILL"
-	faultBrokerKill   = "broker SIGKILL+restart"
-	faultBrokerPause  = "broker SIGSTOP+SIGCONT"
-	faultPGCrash      = "postgres -m immediate"
-	faultLeaderKill   = "history leader SIGKILL"
-	faultNetCut       = "network cut run <-> pg, kafka"
+	faultSnapshotKill   = "run SIGKILL in initial snapshot"
+	faultSnapshotBroker = "broker SIGKILL+restart in initial snapshot"
+	faultRunKill        = "run SIGKILL"
+	faultCatchupKill    = "run SIGKILL in catch-up"
+	faultServeKill      = "serve SIGKILL"
+	faultBrokerKill     = "broker SIGKILL+restart"
+	faultBrokerPause    = "broker SIGSTOP+SIGCONT"
+	faultPGCrash        = "postgres -m immediate"
+	faultLeaderKill     = "history leader SIGKILL"
+	faultNetCut         = "network cut run <-> pg, kafka"
 )
 
 // faultPlan is one run of the suite.
 type faultPlan struct {
-	name          string
-	nodes         int           // Kafka brokers: 1, or 3 (replication factor 3, min.insync.replicas 2)
-	bigRows       int           // rows of big before the platform starts (the initial snapshot)
-	snapshotKills int           // kills of `changes run` while it copies big
-	faults        []string      // then these, in this order
-	pause         time.Duration // how long a broker stays SIGSTOPped
-	burst         int           // changes committed while `changes run` is down, before a catch-up kill
-	netns         bool          // `changes run` in a network namespace, the stack on its veth (for faultNetCut)
-	rate          float64       // transactions per second per worker (two workers)
-	timeout       time.Duration
+	name           string
+	nodes          int           // Kafka brokers: 1, or 3 (replication factor 3, min.insync.replicas 2)
+	bigRows        int           // rows of big before the platform starts (the initial snapshot)
+	snapshotKills  int           // kills of `changes run` while it copies big
+	snapshotBroker bool          // a broker kill and restart while it copies big, before those
+	faults         []string      // then these, in this order
+	pause          time.Duration // how long a broker stays SIGSTOPped
+	burst          int           // changes committed while `changes run` is down, before a catch-up kill
+	netns          bool          // `changes run` in a network namespace, the stack on its veth (for faultNetCut)
+	rate           float64       // transactions per second per worker (two workers)
+	timeout        time.Duration
 }
 
 var shortFaults = faultPlan{
@@ -66,7 +68,9 @@ var shortFaults = faultPlan{
 }
 
 var fullFaults = []faultPlan{{
-	name: "one-broker", nodes: 1, bigRows: 300_000, snapshotKills: 3,
+	// A million rows: the copy takes long enough (about 100,000 rows/s
+	// here) for the broker kill and three run kills to land in it.
+	name: "one-broker", nodes: 1, bigRows: 1_000_000, snapshotKills: 3, snapshotBroker: true,
 	faults: []string{
 		faultRunKill, faultServeKill, faultBrokerKill, faultPGCrash, faultRunKill, faultBrokerPause,
 		faultCatchupKill, faultBrokerKill, faultRunKill, faultServeKill, faultPGCrash, faultRunKill,
@@ -123,6 +127,9 @@ type scenario struct {
 	serveURL string
 	faults   []faultRecord
 	http     *http.Client
+	// resumes is how many times the copy of big had resumed before the
+	// snapshot kills began (after snapshotBrokerKill).
+	resumes int
 }
 
 // faultRecord is one injected fault.
@@ -196,6 +203,9 @@ func runFaults(t *testing.T, p faultPlan) {
 	defer w.finish()
 	s.serve.start()
 
+	if p.snapshotBroker {
+		s.snapshotBrokerKill(ctx)
+	}
 	for i := range p.snapshotKills {
 		s.snapshotKill(ctx, i)
 	}
@@ -326,7 +336,7 @@ func (s *scenario) snapshotKill(ctx context.Context, i int) {
 	if i == 0 {
 		waitFor(wctx, func() bool { end = s.historyEnd(); return end >= int64(s.plan.bigRows/3) })
 	} else {
-		waitFor(wctx, func() bool { return grepFile(s.run.logPath, "snapshot: resuming") >= i })
+		waitFor(wctx, func() bool { return grepFile(s.run.logPath, "snapshot: resuming") >= s.resumes+i })
 		time.Sleep(2 * time.Second)
 		end = s.historyEnd()
 	}
@@ -343,6 +353,37 @@ func (s *scenario) snapshotKill(ctx context.Context, i int) {
 		return
 	}
 	s.recovered(ctx, faultSnapshotKill, start, time.Now(), note)
+}
+
+// snapshotBrokerKill kills the broker (node 1) a tenth of the way through
+// the copy of big, and starts it again: the copy's writer fails, and the
+// capture resumes the copy after the last row the history holds. Its
+// recovery is not waited for (streaming, and so recovery, begins only once
+// the copy is done, and the snapshot kills after it must find a copy
+// running): the fault counts once the copy resumed, and the last snapshot
+// kill's recovery covers it.
+func (s *scenario) snapshotBrokerKill(ctx context.Context) {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var end int64
+	waitFor(wctx, func() bool { end = s.historyEnd(); return end >= int64(s.plan.bigRows/10) })
+	note := fmt.Sprintf("history end %d of %d rows", end, s.plan.bigRows)
+	if grepFile(s.run.logPath, "snapshot: complete") > 0 {
+		note += " (the copy had ended)"
+	}
+	before := grepFile(s.run.logPath, "snapshot: resuming")
+	start := time.Now()
+	s.st.must("kafka-kill", "1")
+	time.Sleep(3 * time.Second)
+	s.st.must("kafka-start")
+	resumed := waitFor(wctx, func() bool { return grepFile(s.run.logPath, "snapshot: resuming") > before })
+	s.resumes = grepFile(s.run.logPath, "snapshot: resuming")
+	if !resumed {
+		s.t.Errorf("%s: the copy did not resume within 2 minutes:\n%s", faultSnapshotBroker, tailFile(s.run.logPath, 20))
+	}
+	note += fmt.Sprintf("; the copy resumed after %.1fs", time.Since(start).Seconds())
+	s.faults = append(s.faults, faultRecord{kind: faultSnapshotBroker, start: start, recovered: resumed, note: note})
+	s.t.Logf("%s %s: %s", time.Now().Format("15:04:05"), faultSnapshotBroker, note)
 }
 
 // inject injects one fault and waits until data flows again.
