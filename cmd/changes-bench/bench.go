@@ -187,7 +187,7 @@ func (b *bench) ceiling(ctx context.Context) error {
 // each system.
 func (b *bench) slots(ctx context.Context) error {
 	b.say("creating the replication slots: changes (initial snapshot of the seed rows), pg_recvlogical, then Debezium")
-	capture, err := startChild(b.o.changes, b.o.workDir, "capture-init", "capture", "--config", b.config)
+	capture, err := startChild(b.o.changes, b.o.workDir, "capture-init", nil, "capture", "--config", b.config)
 	if err != nil {
 		return err
 	}
@@ -287,7 +287,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 	}
 	before := sample(append(b.components(), b.kafkaPG()...)) // no children yet: this process, broker, PostgreSQL
 	start = time.Now()
-	capture, err := startChild(b.o.changes, b.o.workDir, "capture", b.args("capture")...)
+	capture, err := startChild(b.o.changes, b.o.workDir, "capture", b.env(0), b.args("capture")...)
 	if err != nil {
 		return err
 	}
@@ -307,7 +307,7 @@ func (b *bench) catchUp(ctx context.Context) error {
 
 	before = sample(append(b.components(), b.kafkaPG()...))
 	start = time.Now()
-	process, err := startChild(b.o.changes, b.o.workDir, "process", b.args("process")...)
+	process, err := startChild(b.o.changes, b.o.workDir, "process", b.env(1), b.args("process")...)
 	if err != nil {
 		return err
 	}
@@ -520,6 +520,7 @@ func (b *bench) catchUpRecvlogical(ctx context.Context, n int64) error {
 // liveRates runs the workload at each rate with both systems running.
 func (b *bench) liveRates(ctx context.Context) error {
 	histArr, viewArr, dbzArr, ksArr := newArrivals(), newArrivals(), newArrivals(), newArrivals()
+	evArr, tblArr := newArrivals(), newArrivals()
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	kcfg := b.topo.Config().Kafka
@@ -529,6 +530,19 @@ func (b *bench) liveRates(ctx context.Context) error {
 	}
 	if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-history", []string{b.topo.History()}, seqOfEvent, histArr); err != nil {
 		return err
+	}
+	if b.o.hops {
+		var events, tables []string
+		for _, typ := range b.topo.EntityTypes() {
+			events = append(events, b.topo.Events(typ))
+			tables = append(tables, b.topo.Snapshot(typ))
+		}
+		if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-events", events, seqOfEvent, evArr); err != nil {
+			return err
+		}
+		if err := consume(cctx, kcfg.Brokers, scfg, "bench-"+b.id+"-tables", tables, seqOfState, tblArr); err != nil {
+			return err
+		}
 	}
 	b.viewArrivals = viewArr
 	if b.dbz != nil {
@@ -557,6 +571,8 @@ func (b *bench) liveRates(ctx context.Context) error {
 		}
 		b.say("live at %s for %s", name, b.o.live)
 		histArr.reset()
+		evArr.reset()
+		tblArr.reset()
 		viewArr.reset()
 		dbzArr.reset()
 		ksArr.reset()
@@ -580,6 +596,11 @@ func (b *bench) liveRates(ctx context.Context) error {
 		waitFor(ctx, 30*time.Second, func() (bool, error) {
 			_, m1 := histArr.latencies(commits)
 			_, m2 := viewArr.latencies(commits)
+			if b.o.hops {
+				_, m5 := evArr.latencies(commits)
+				_, m6 := tblArr.latencies(commits)
+				m2 += m5 + m6
+			}
 			m3, m4 := 0, 0
 			if b.dbz != nil {
 				_, m3 = dbzArr.latencies(commits)
@@ -594,6 +615,12 @@ func (b *bench) liveRates(ctx context.Context) error {
 		lr.ChangesHistory = statsOf(lat, miss)
 		lat, miss = viewArr.latencies(commits)
 		lr.ChangesView = statsOf(lat, miss)
+		if b.o.hops {
+			lat, miss = evArr.latencies(commits)
+			lr.ChangesEvents = statsOf(lat, miss)
+			lat, miss = tblArr.latencies(commits)
+			lr.ChangesTable = statsOf(lat, miss)
+		}
 		if b.dbz != nil {
 			lat, miss = dbzArr.latencies(commits)
 			lr.Debezium = statsOf(lat, miss)
@@ -618,6 +645,16 @@ func (b *bench) args(cmd string) []string {
 		args = append(args, "--cpuprofile", filepath.Join(b.o.workDir, cmd+".pprof"), "--blockprofile", filepath.Join(b.o.workDir, cmd+".block.pprof"))
 	}
 	return args
+}
+
+// env is what a `changes` child gets besides the bench's environment: with
+// --metrics-port, its /metrics address (the capture at the port, the
+// processors at the next one).
+func (b *bench) env(portOffset int) []string {
+	if b.o.metricsPort == 0 {
+		return nil
+	}
+	return []string{"CHANGES_METRICS_LISTEN=127.0.0.1:" + strconv.Itoa(b.o.metricsPort+portOffset)}
 }
 
 // progress logs done() of total every 5 s until the returned stop is called.

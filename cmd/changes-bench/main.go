@@ -47,6 +47,11 @@ type options struct {
 	out      string
 	workDir  string
 	profile  bool
+	// metricsPort, when set, is where the capture serves /metrics; the
+	// processors serve it on the next port.
+	metricsPort int
+	// hops adds consumers of the events and table topics to the live phase.
+	hops     bool
 	dbzExtra string
 	linger   time.Duration
 	viewN    int
@@ -72,6 +77,8 @@ func main() {
 	flag.IntVar(&o.viewN, "view-entities", 1_000_000, "entities of the view bootstrap (changes serve from an empty directory, then restarted); 0 skips it")
 	flag.StringVar(&o.only, "only", "", "run one phase alone: viewboot (the view bootstrap, without the workload, the catch-up, the live rates and Debezium)")
 	flag.StringVar(&o.compare, "compare", "", "an earlier run's JSON (read before --out is written, so it can be the same file): print each figure's ratio to it, a FLAG line for each that fell by more than 20 %, and exit with status 3 if any did")
+	flag.BoolVar(&o.hops, "hops", false, "in the live phase, also time each change's arrival in its events topic and its table topic (two more consumers, which load the broker: off by default)")
+	flag.IntVar(&o.metricsPort, "metrics-port", 0, "serve the capture's /metrics on 127.0.0.1:PORT and the processors' on PORT+1, to watch a run (0: none)")
 	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
 	flag.Parse()
 	switch o.only {

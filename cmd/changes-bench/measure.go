@@ -89,6 +89,20 @@ func seqOfEvent(value []byte) int64 {
 	return seq
 }
 
+// seqOfState reads the seq column of a snapshot table's state (0 for a
+// tombstone or a truncate marker).
+func seqOfState(value []byte) int64 {
+	if value == nil {
+		return 0
+	}
+	st, err := (codecs.StateCodec{}).Decode(value)
+	if err != nil || st.Row == nil {
+		return 0
+	}
+	seq, _ := strconv.ParseInt(string(st.Row["seq"]), 10, 64)
+	return seq
+}
+
 // seqOfDebezium reads after.seq of a Debezium change event (JSON converter,
 // schemas disabled).
 func seqOfDebezium(value []byte) int64 {

@@ -154,14 +154,16 @@ type child struct {
 	log  *os.File
 }
 
-func startChild(bin, dir, name string, args ...string) (*child, error) {
+// startChild starts bin with args, its output in name.log in dir, its
+// environment the bench's plus env.
+func startChild(bin, dir, name string, env []string, args ...string) (*child, error) {
 	log, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), env...)
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)

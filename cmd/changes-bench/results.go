@@ -58,8 +58,14 @@ type liveResult struct {
 	KStreams stats `json:"kafka_streams"`
 	// KStreamsAfterTopic is from the bench's consumer reading the change in
 	// Debezium's topic to the row in the app's store: the app's own part.
-	KStreamsAfterTopic stats         `json:"kafka_streams_after_topic"`
-	Usage              []usageResult `json:"usage"`
+	KStreamsAfterTopic stats `json:"kafka_streams_after_topic"`
+	// ChangesEvents and ChangesTable are from COMMIT to a consumer reading
+	// the change in its type's events topic (the router's output) and in its
+	// snapshot table's topic (the snapshot processor's): with the history
+	// and the view, where the view's latency goes, hop by hop.
+	ChangesEvents stats         `json:"changes_events"`
+	ChangesTable  stats         `json:"changes_table"`
+	Usage         []usageResult `json:"usage"`
 }
 
 type usageResult struct {
@@ -208,6 +214,13 @@ func (r *result) print(w io.Writer) {
 				fmt.Fprintf(w, "    at %s: %s\n", l.Rate, strings.TrimSpace(cells(l.KStreamsAfterTopic)))
 			}
 		}
+		if r.Live[0].ChangesTable.Samples > 0 {
+			fmt.Fprintf(w, "  changes hop by hop (--hops): COMMIT to a consumer of each topic, p50 / p99 / p99.9 (ms)\n")
+			fmt.Fprintf(w, "  %-8s | %-27s | %-27s | %-27s | %-27s\n", "rate", "history", "events (router)", "table (snapshot)", "view")
+			for _, l := range r.Live {
+				fmt.Fprintf(w, "  %-8s | %s | %s | %s | %s\n", l.Rate, hop(l.ChangesHistory), hop(l.ChangesEvents), hop(l.ChangesTable), hop(l.ChangesView))
+			}
+		}
 		for _, l := range r.Live {
 			fmt.Fprintf(w, "  at %s:", l.Rate)
 			printUsage(w, l.Usage)
@@ -228,6 +241,14 @@ func cells(s stats) string {
 		return fmt.Sprintf("%6s %7s %7s %7s", "-", "-", "-", "-")
 	}
 	return fmt.Sprintf("%6.1f %7.1f %7.1f %7.1f", s.P50ms, s.P99ms, s.P999ms, s.MaxMs)
+}
+
+// hop is a stage's p50, p99 and p99.9 in one cell.
+func hop(s stats) string {
+	if s.Samples == 0 {
+		return fmt.Sprintf("%27s", "-")
+	}
+	return fmt.Sprintf("%8.1f %8.1f %9.1f", s.P50ms, s.P99ms, s.P999ms)
 }
 
 func printUsage(w io.Writer, us []usageResult) {

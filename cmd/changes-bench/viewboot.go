@@ -86,7 +86,7 @@ func (b *bench) viewBootstrap(ctx context.Context) error {
 	}
 	run := func(name string) (time.Duration, usage, error) {
 		start := time.Now()
-		c, err := startChild(b.o.changes, b.o.workDir, name, "serve", "--config", serveConfig)
+		c, err := startChild(b.o.changes, b.o.workDir, name, nil, "serve", "--config", serveConfig)
 		if err != nil {
 			return 0, usage{}, err
 		}
