@@ -316,13 +316,24 @@ func (b *bench) catchUp(ctx context.Context) error {
 		return err
 	}
 	comps = append(b.components(), b.kafkaPG()...)
-	if err := waitFor(ctx, 10*time.Minute, func() (bool, error) {
+	var tables []string
+	for _, typ := range b.topo.EntityTypes() {
+		tables = append(tables, b.topo.Snapshot(typ))
+	}
+	base, _ := endOffsets(b.client, tables...) // the seed rows' snapshot
+	stopProgress = b.progress(ctx, "changes: records written to the snapshot tables", func() int64 {
+		sum, _ := endOffsets(b.client, tables...)
+		return sum - base
+	}, n)
+	err = waitFor(ctx, 10*time.Minute, func() (bool, error) {
 		done, err := b.groupsCaughtUp()
 		if errors.Is(err, sarama.ErrOffsetsLoadInProgress) || errors.Is(err, sarama.ErrConsumerCoordinatorNotAvailable) {
 			return false, nil // a broker that just started: ask again
 		}
 		return done, err
-	}); err != nil {
+	})
+	stopProgress()
+	if err != nil {
 		return fmt.Errorf("tables: %w", err)
 	}
 	tTables := time.Since(start)
@@ -503,11 +514,25 @@ func (b *bench) catchUpRecvlogical(ctx context.Context, n int64) error {
 	}
 	err = b.recv.wait(ctx, db, endLSN, 10*time.Minute)
 	took := time.Since(start)
-	after := sample(comps)
 	b.recv.stop()
 	if err != nil {
 		return err
 	}
+	// PostgreSQL's CPU counts an ended backend once the postmaster has
+	// reaped it: sample once its walsender is gone, or its decoding is
+	// left out (it was, in one run of two).
+	if err := b.waitSlot(ctx, b.recv.slot, false); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, time.Minute, func() (bool, error) {
+		var n int
+		err := db.QueryRow(ctx, "select count(*) from pg_stat_replication where application_name = 'pg_recvlogical'").Scan(&n)
+		return n == 0, err
+	}); err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond)
+	after := sample(comps)
 	if u, ok := b.recv.used(); ok { // all of its run, read once it exited
 		after[b.recv.component().name] = u
 	}
@@ -675,6 +700,11 @@ func (b *bench) progress(ctx context.Context, what string, done func() int64, to
 	return cancel
 }
 
+// waitPoll is how often waitFor asks: each ask of whether the groups and
+// views caught up costs the broker about twenty requests, which a 50 ms
+// poll made part of what the catch-up measured.
+const waitPoll = 200 * time.Millisecond
+
 func waitFor(ctx context.Context, limit time.Duration, cond func() (bool, error)) error {
 	deadline := time.Now().Add(limit)
 	for {
@@ -691,7 +721,7 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() (bool, error)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(waitPoll):
 		}
 	}
 }
