@@ -47,6 +47,7 @@ func TestCompare(t *testing.T) {
 			[]string{"postgresql alone, changes/s"}},
 		{"a cost rose by more than 25 %", benchResult(1000, 20000, 75000, 40), benchResult(1000, 20000, 75000, 52),
 			[]string{"catch-up while changes: capture: capture, CPU-s/M"}},
+		{"an idle component's cost doubled", benchResult(1000, 20000, 75000, 0.1), benchResult(1000, 20000, 75000, 0.2), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
