@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,7 +80,7 @@ func main() {
 	flag.StringVar(&o.compare, "compare", "", "an earlier run's JSON (read before --out is written, so it can be the same file): print each figure's ratio to it, a FLAG line for each that fell by more than 20 %, and exit with status 3 if any did")
 	flag.BoolVar(&o.hops, "hops", false, "in the live phase, also time each change's arrival in its events topic and its table topic (two more consumers, which load the broker: off by default)")
 	flag.IntVar(&o.metricsPort, "metrics-port", 0, "serve the capture's /metrics on 127.0.0.1:PORT and the processors' on PORT+1, to watch a run (0: none)")
-	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture and the processors (capture.pprof, process.pprof) to the work directory")
+	flag.BoolVar(&o.profile, "profile", false, "write CPU profiles of the capture, the processors and the bench process with its views (capture.pprof, process.pprof, bench.pprof) to the work directory")
 	flag.Parse()
 	switch o.only {
 	case "":
@@ -146,6 +147,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	defer b.cleanup()
+	if o.profile {
+		f, err := os.Create(filepath.Join(o.workDir, "bench.pprof"))
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	res, err := b.run(ctx)
 	if res != nil {
 		res.print(os.Stdout)
