@@ -9,10 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// clockTicks is the kernel's USER_HZ, the unit of /proc/pid/stat times.
-const clockTicks = 100
+	"github.com/changes-dev/changes/internal/procstat"
+)
 
 // component is a process (or, for PostgreSQL, every process of a command
 // name) whose CPU and memory the benchmark reports.
@@ -31,23 +30,13 @@ type usage struct {
 func (c component) usage() usage {
 	var u usage
 	for _, pid := range c.pids() {
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		st, err := procstat.Read(pid)
 		if err != nil {
 			continue
 		}
-		// Fields after the command name, which is in parentheses.
-		f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-		if len(f) > 14 {
-			// utime, stime, and cutime, cstime: the CPU of children that
-			// ended and were waited for (PostgreSQL's backends, counted by
-			// the postmaster once they exit).
-			var ticks int64
-			for _, i := range []int{11, 12, 13, 14} {
-				v, _ := strconv.ParseInt(f[i], 10, 64)
-				ticks += v
-			}
-			u.cpu += time.Duration(ticks) * time.Second / clockTicks
-		}
+		// Ended children count too: PostgreSQL's backends, counted by the
+		// postmaster once they exit.
+		u.cpu += st.CPU + st.ChildrenCPU
 		u.rssMiB += procStatusMiB(pid, "VmRSS")
 		u.peakMiB += procStatusMiB(pid, "VmHWM")
 	}
@@ -120,16 +109,11 @@ func postmaster(path string) func() []int {
 
 // parentOf is pid's parent pid, or 0.
 func parentOf(pid int) int {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return 0
 	}
-	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	if len(f) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
+	return st.PPID
 }
 
 // pidFile reads a pid file.
