@@ -10,6 +10,7 @@ import (
 
 	"github.com/lovoo/goka/storage"
 	"github.com/syndtr/goleveldb/leveldb"
+	"github.com/syndtr/goleveldb/leveldb/filter"
 	ldbiter "github.com/syndtr/goleveldb/leveldb/iterator"
 	"github.com/syndtr/goleveldb/leveldb/opt"
 	"github.com/syndtr/goleveldb/leveldb/util"
@@ -56,12 +57,34 @@ type batchStore struct {
 
 var _ storage.Storage = (*batchStore)(nil)
 
+// storeOptions are the goleveldb options of a snapshot processor's table
+// partition. Every change reads the entity's stored state first, so:
+//
+//   - a bloom filter: without one, a read looks into every level-0 file and
+//     one file per level below, a data block each; with it, into the file
+//     that holds the key. goleveldb's own defaults have none;
+//   - an 8 MiB write buffer (default 4): half as many level-0 files, and
+//     compactions, per change.
+//
+// BenchmarkBatchStore (250,000 entities of 600 bytes, then 500,000 random
+// updates): 141 CPU-µs per change with goleveldb's defaults, 84 with the
+// filter, 73 with both. A partition's memory grows by the write buffer
+// (twice: the memtable and the one being flushed) and the filter's 10 bits
+// per entity. Without compression it was 60 µs, for twice the disk and no
+// faster: not taken.
+func storeOptions() *opt.Options {
+	return &opt.Options{
+		Filter:      filter.NewBloomFilter(10),
+		WriteBuffer: 8 << 20,
+	}
+}
+
 // batchStoreBuilder opens a batchStore per table partition under dir, at
 // the path goka's storage.DefaultBuilder uses.
 func batchStoreBuilder(dir string) storage.Builder {
 	return func(topic string, partition int32) (storage.Storage, error) {
 		path := filepath.Join(dir, fmt.Sprintf("%s.%d", topic, partition))
-		db, err := leveldb.OpenFile(path, nil)
+		db, err := leveldb.OpenFile(path, storeOptions())
 		if err != nil {
 			return nil, fmt.Errorf("open processor storage %s: %w", path, err)
 		}
