@@ -58,25 +58,21 @@ type batchStore struct {
 var _ storage.Storage = (*batchStore)(nil)
 
 // storeOptions are the goleveldb options of a snapshot processor's table
-// partition. Every change reads the entity's stored state first, so:
-//
-//   - a bloom filter: without one, a read looks into every level-0 file and
-//     one file per level below, a data block each; with it, into the file
-//     that holds the key. goleveldb's own defaults have none;
-//   - an 8 MiB write buffer (default 4): half as many level-0 files, and
-//     compactions, per change.
+// partition. Every change reads the entity's stored state first: without a
+// bloom filter (goleveldb's default), a read looks into every level-0 file
+// and one file per level below, a data block each; with one, into the file
+// that holds the key.
 //
 // BenchmarkBatchStore (250,000 entities of 600 bytes, then 500,000 random
-// updates): 141 CPU-µs per change with goleveldb's defaults, 84 with the
-// filter, 73 with both. A partition's memory grows by the write buffer
-// (twice: the memtable and the one being flushed) and the filter's 10 bits
-// per entity. Without compression it was 60 µs, for twice the disk and no
-// faster: not taken.
+// updates): 134-142 CPU-µs per change with goleveldb's defaults, 82-84 with
+// the filter, at 10 bits of memory per entity. In changes-bench's catch-up
+// (one run each) the processors took 164 CPU-s per million changes before,
+// 158 after. Not taken: an 8 MiB write buffer (default 4), 73 µs in the
+// benchmark and 147 CPU-s/M in the catch-up, for 190 MiB more resident
+// memory over 20 partitions; no compression, 60 µs for twice the disk and
+// no faster.
 func storeOptions() *opt.Options {
-	return &opt.Options{
-		Filter:      filter.NewBloomFilter(10),
-		WriteBuffer: 8 << 20,
-	}
+	return &opt.Options{Filter: filter.NewBloomFilter(10)}
 }
 
 // batchStoreBuilder opens a batchStore per table partition under dir, at
