@@ -246,6 +246,14 @@ type stream struct {
 	// changes decodes Insert, Update and Delete messages.
 	changes changeDecoder
 
+	// Incremental snapshots: the requests and the copier's chunks, the
+	// slot's signal prefix, the window between a chunk's watermarks, and
+	// the chunks written whose transactions Kafka has yet to acknowledge.
+	inc      *incrementals
+	prefix   string
+	win      *window
+	awaiting []writtenChunk
+
 	// The transaction being decoded.
 	cur        *txn
 	begin      *pglogrepl.BeginMessage
@@ -458,6 +466,7 @@ func (s *stream) loop(ctx context.Context) error {
 			}
 		}
 		acked := s.tracker.acknowledged()
+		s.chunksAcknowledged(acked)
 		s.metrics.ackedLSN.Set(float64(acked))
 		since := time.Since(s.lastStatus)
 		switch {
@@ -602,6 +611,9 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 		if s.cur == nil {
 			return errors.New("replication stream: commit without begin")
 		}
+		if n := len(s.awaiting); n > 0 && s.awaiting[n-1].txn == s.cur {
+			s.awaiting[n-1].end = codecs.LSN(m.TransactionEndLSN)
+		}
 		s.tracker.seal(s.cur, codecs.LSN(m.TransactionEndLSN))
 		s.metrics.transactions.Inc()
 		s.cur, s.begin = nil, nil
@@ -610,6 +622,10 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 			if err := s.change(ctx, id, codecs.OpTruncate, 0, nil, nil); err != nil {
 				return err
 			}
+		}
+	case *pglogrepl.LogicalDecodingMessage:
+		if m.Prefix == s.prefix {
+			return s.signal(ctx, m)
 		}
 	}
 	// Type and Origin messages carry nothing an event needs.
@@ -698,6 +714,9 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 	if err := s.failure(); err != nil {
 		return err // nothing more after a failed write: it would land after the hole
 	}
+	if s.win != nil && ev.EntityType == s.win.entityType {
+		s.win.saw(ev)
+	}
 	if ev.Op != codecs.OpTruncate {
 		covered, err := s.cuts.covers(ctx, s.tableIdx[ev.EntityType], ev.EntityID, ev.CommitLSN)
 		if err != nil {
@@ -708,6 +727,16 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 			return nil
 		}
 	}
+	msg, err := historyRecord(s.topic, rel.table, ev, s.cfg.Kafka.MaxRecordBytes)
+	if err != nil {
+		return err
+	}
+	return s.send(ctx, rel, ev, msg)
+}
+
+// send sends msg, the history record of ev, as part of the current
+// transaction, unless the history holds ev already.
+func (s *stream) send(ctx context.Context, rel *relation, ev *codecs.Event, msg *sarama.ProducerMessage) error {
 	done, hole := s.resent.written(ev.Position)
 	if done {
 		s.metrics.skipped.Inc()
@@ -718,10 +747,6 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 		s.metrics.repaired.Inc()
 		s.log.Warn("repairing a hole in the history: the change is missing although later ones are there; writing it now, after them",
 			"position", ev.Position.String(), "history_position", s.resent.last.String(), "table", rel.table.qualified(), "entity_id", ev.EntityID)
-	}
-	msg, err := historyRecord(s.topic, rel.table, ev, s.cfg.Kafka.MaxRecordBytes)
-	if err != nil {
-		return err
 	}
 	if err := s.beginTxn(); err != nil {
 		return err

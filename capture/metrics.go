@@ -17,14 +17,19 @@ type metrics struct {
 	standby         prometheus.Gauge
 	snapshotRunning prometheus.Gauge
 	snapshotRows    *prometheus.CounterVec
-	commitToHistory prometheus.Histogram
-	kafkaTxns       prometheus.Counter
-	kafkaTxnRecords prometheus.Histogram
-	kafkaCommit     prometheus.Histogram
-	repaired        prometheus.Counter
-	folded          prometheus.Counter
-	connected       *prometheus.GaugeVec
-	retries         prometheus.Counter
+	// Incremental snapshots.
+	incrementalRows     *prometheus.CounterVec
+	incrementalChunks   *prometheus.CounterVec
+	incrementalRowsLeft *prometheus.GaugeVec
+	badSignals          prometheus.Counter
+	commitToHistory     prometheus.Histogram
+	kafkaTxns           prometheus.Counter
+	kafkaTxnRecords     prometheus.Histogram
+	kafkaCommit         prometheus.Histogram
+	repaired            prometheus.Counter
+	folded              prometheus.Counter
+	connected           *prometheus.GaugeVec
+	retries             prometheus.Counter
 }
 
 // newMetrics registers the metrics with r (nil: none), reusing the series
@@ -50,6 +55,14 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			"1 while the initial snapshot copies rows, else 0."),
 		snapshotRows: f.CounterVec("changes_capture_snapshot_rows_total",
 			"Rows the initial snapshot copied to the history, by entity type.", "entity_type"),
+		incrementalRows: f.CounterVec("changes_capture_incremental_snapshot_rows_total",
+			"Rows incremental snapshots wrote to the history, by entity type (rows the stream changed while their chunk was copied are left out).", "entity_type"),
+		incrementalChunks: f.CounterVec("changes_capture_incremental_snapshot_chunks_total",
+			"Chunks incremental snapshots copied, by entity type.", "entity_type"),
+		incrementalRowsLeft: f.GaugeVec("changes_capture_incremental_snapshot_rows_left",
+			"Rows the running incremental snapshot of the entity type has left to copy: counted when it starts or resumes, less each chunk's rows since.", "entity_type"),
+		badSignals: f.Counter("changes_capture_bad_signals_total",
+			"Messages with the slot's signal prefix that are not signals: logged and ignored."),
 		commitToHistory: f.Histogram("changes_capture_commit_to_history_seconds",
 			"Time from a transaction's commit in PostgreSQL to Kafka's acknowledgement of its change in the history topic.", promreg.LatencyBuckets),
 		kafkaTxns: f.Counter("changes_capture_kafka_transactions_total",

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pglogrepl"
@@ -72,7 +73,7 @@ func (se *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return se.stream(ctx, start)
+	return se.stream(ctx, start, state)
 }
 
 // close closes what the phases opened, the newest first.
@@ -223,8 +224,21 @@ func (se *session) snapshot(ctx context.Context, f found) (captureState, error) 
 			"slot", cfg.Postgres.Slot)
 	case state.Snapshot == snapshotDone:
 		if missing := missingTypes(state.Types, se.entityTypes()); len(missing) > 0 {
-			return state, fmt.Errorf("%w: entity types %v were declared after the slot's initial snapshot, so their tables' existing rows are not in the history. "+
-				"To add them: stop the platform, drop the slot, and start once with --recreate-slot (a new snapshot of every table)", ErrSetup, missing)
+			// Declared after the slot's initial snapshot: their tables'
+			// existing rows are copied by incremental snapshots while the
+			// stream goes on (the publication has the tables already).
+			next := state
+			next.Types = append(slices.Clip(next.Types), missing...)
+			for _, typ := range missing {
+				next.Incremental = append(next.Incremental, incrementalSnapshot{
+					ID: fmt.Sprintf("added-%s-%d", typ, time.Now().UnixNano()), Type: typ, Requested: time.Now().UTC(),
+				})
+			}
+			if err := writeState(se.client, se.topo.CaptureState(), next); err != nil {
+				return state, err
+			}
+			se.log.Info("entity types declared after the slot's initial snapshot: their tables are copied by incremental snapshots", "entity_types", missing)
+			state = next
 		}
 	case state.Snapshot == snapshotRunning:
 		if state, err = se.resumeSnapshot(ctx, state); err != nil {
@@ -298,10 +312,11 @@ func (se *session) slotPosition(ctx context.Context) (codecs.LSN, error) {
 // start, which fails with pgObjectInUse while another capture streams
 // from it, and streams until ctx is cancelled or the stream fails (see
 // stream.run).
-func (se *session) stream(ctx context.Context, start streamStart) error {
+func (se *session) stream(ctx context.Context, start streamStart, state captureState) error {
 	cfg := se.topo.Config()
 	err := pglogrepl.StartReplication(ctx, se.repl, cfg.Postgres.Slot, pglogrepl.LSN(start.lsn), pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", publicationNames(cfg.Postgres.Publication)},
+		// messages: the signals (signal.go).
+		PluginArgs: []string{"proto_version '1'", publicationNames(cfg.Postgres.Publication), "messages 'true'"},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Postgres.Slot, err)
@@ -324,9 +339,17 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		cuts:     start.cuts,
 		tableIdx: map[string]int{},
 		failed:   make(chan struct{}),
+		inc:      newIncrementals(se, state),
+		prefix:   SignalPrefix(cfg.Postgres.Slot),
 	}
 	for i, t := range se.tables {
 		s.tableIdx[t.entityType] = i
 	}
+	// The copier of incremental snapshots lives as long as the stream.
+	copyCtx, stopCopy := context.WithCancel(ctx)
+	var copier sync.WaitGroup
+	copier.Go(func() { s.inc.copyAll(copyCtx) })
+	defer copier.Wait()
+	defer stopCopy()
 	return s.run(ctx, se.closeProducer)
 }

@@ -27,8 +27,14 @@ type captureState struct {
 	Types []string `json:"types"`
 	// Cuts are where resumed copies of an interrupted snapshot started, in
 	// the order they were taken (see snapshotCut).
-	Cuts    []snapshotCut `json:"cuts,omitempty"`
-	Updated time.Time     `json:"updated"`
+	Cuts []snapshotCut `json:"cuts,omitempty"`
+	// Incremental are the incremental snapshots requested and not done,
+	// the one being copied first.
+	Incremental []incrementalSnapshot `json:"incremental,omitempty"`
+	// SignalsThrough is the LSN of the last request or cancellation taken:
+	// PostgreSQL may resend it after a restart.
+	SignalsThrough codecs.LSN `json:"signals_through,omitempty"`
+	Updated        time.Time  `json:"updated"`
 }
 
 // snapshotCut is where a resumed copy of an interrupted initial snapshot
@@ -111,6 +117,46 @@ func MissingSnapshotTypes(ctx context.Context, topo *topology.Topology) ([]strin
 		return nil, err
 	}
 	return missingTypes(st.Types, topo.EntityTypes()), nil
+}
+
+// SnapshotStatus is an incremental snapshot that is requested and not done,
+// as the capture-state topic records it after each chunk in Kafka.
+type SnapshotStatus struct {
+	// ID is the request's LSN, or "added-<type>-<n>" for a type declared
+	// after the slot's initial snapshot.
+	ID string
+	// EntityType is the type whose table is copied.
+	EntityType string
+	// From and To bound the keys copied ("" none).
+	From, To string
+	// After is the last key of the last chunk in Kafka ("" none yet).
+	After string
+	// Chunks and Rows are what is in Kafka: rows the stream changed while
+	// their chunk was copied are not counted (their changes are there).
+	Chunks, Rows int64
+	// Requested is when the capture took the request.
+	Requested time.Time
+}
+
+// PendingSnapshots returns the incremental snapshots of topo's slot that
+// are requested and not done, the one being copied first. The
+// capture-state topic must exist.
+func PendingSnapshots(ctx context.Context, topo *topology.Topology) ([]SnapshotStatus, error) {
+	client, err := topology.NewClient(topo.Config().Kafka)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	defer client.Close()
+	st, err := readState(ctx, client, topo.CaptureState(), topo.Config().Postgres.Slot)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SnapshotStatus, len(st.Incremental))
+	for i, s := range st.Incremental {
+		out[i] = SnapshotStatus{ID: s.ID, EntityType: s.Type, From: s.From, To: s.To, After: s.After,
+			Chunks: s.Chunks, Rows: s.Rows, Requested: s.Requested}
+	}
+	return out, nil
 }
 
 // writeState records st; it returns once Kafka has it.

@@ -10,8 +10,11 @@ import (
 // Op is the kind of change an Event carries.
 type Op string
 
-// The operations. OpSnapshot is a row copied by the initial snapshot: the
-// entity's state as of the slot's start, before every streamed change.
+// The operations. OpSnapshot is a row copied by a snapshot: by the initial
+// snapshot, the entity's state as of the slot's start, before every
+// streamed change; by an incremental snapshot (a table added later, or
+// copied again on request), the entity's state as of its position in the
+// history, which no change before it is newer than.
 // OpTruncate carries no entity id: it empties the whole table of its entity
 // type.
 const (

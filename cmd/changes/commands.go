@@ -87,6 +87,24 @@ own storage and metrics address (or metrics: "").`,
 		flags: platformCommand(platform.Parts{Processors: true}),
 	},
 	{
+		name:    "snapshot",
+		summary: "request an incremental snapshot of a type's table (or a key range), or cancel one",
+		args:    "--type T [--from KEY] [--to KEY] [--cancel]",
+		help: `Asks the running capture to copy the rows of a type's table (or of the keys from
+--from to --to, each included) into the history while it streams, by writing a
+signal to the WAL (pg_logical_emit_message, prefix changes:<slot>): the capture
+copies it in chunks between watermarks, so no copied row is older than a change
+before it in the history. It survives capture restarts; --cancel ends the type's
+snapshots. Progress: the capture's log and changes_capture_incremental_snapshot_*.`,
+		required: []string{"type"},
+		postgres: true,
+		flags: func(fs *flag.FlagSet) runFunc {
+			var f snapshotFlags
+			f.register(fs)
+			return func(ctx context.Context, e *env) error { return runSnapshot(ctx, e.topo, f, e.stdout) }
+		},
+	},
+	{
 		name:    "topics",
 		summary: "create or check every topic, then exit",
 		help: `Creates the topics the config implies (history, events, snapshot tables,

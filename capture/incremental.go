@@ -1,0 +1,641 @@
+package capture
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/changes-dev/changes/codecs"
+)
+
+// Incremental snapshots copy a table's rows while the stream goes on, by
+// the watermark method (DBLog; Debezium's incremental snapshots): the
+// table is copied in chunks of chunkRows rows in key order, and around the
+// query of each chunk the capture writes a low and a high watermark to the
+// WAL (a signal, see signal.go). The stream, meeting the low watermark,
+// notes every key of the table it changes until the high one; at the high
+// watermark it writes the chunk's rows it did not see change, as OpSnapshot
+// events of the high watermark's transaction. A row the stream changed
+// meanwhile is left out of the chunk: its change, which the history holds,
+// is newer than or as new as the copy. So a copied row is never older than
+// a change before it in the history, and never hides a change after it;
+// the stream never waits for a chunk.
+//
+// Requests and progress live in the capture-state topic: a restart resumes
+// a snapshot after its last chunk in Kafka. A chunk whose rows were not all
+// in Kafka is copied again (its rows then have newer positions: at least
+// once, never backwards).
+
+// chunkRows is how many rows a chunk of an incremental snapshot copies.
+const chunkRows = 1024
+
+// incrementalSnapshot is a requested incremental snapshot, as the
+// capture-state topic keeps it until it is done or cancelled.
+type incrementalSnapshot struct {
+	// ID is the request's LSN: unique per slot.
+	ID   string `json:"id"`
+	Type string `json:"type"`
+	// From and To bound the keys copied (each included; "" none), in key
+	// text.
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
+	// After is the last key of the last chunk in Kafka ("" none yet).
+	After     string    `json:"after,omitempty"`
+	Chunks    int64     `json:"chunks"`
+	Rows      int64     `json:"rows"`
+	Requested time.Time `json:"requested"`
+}
+
+// copiedChunk is a chunk's rows between its watermarks, for the stream.
+type copiedChunk struct {
+	id    string
+	chunk int64
+	run   string
+	rows  []chunkRow
+}
+
+// chunkRow is one row of a chunk: its key and its JSON.
+type chunkRow struct {
+	key codecs.Key
+	row []byte
+}
+
+// chunkDone tells the copier that a chunk's rows are in Kafka.
+type chunkDone struct {
+	id      string
+	chunk   int64
+	written int
+	// retry: the stream did not write the chunk (it saw no low watermark
+	// for it): copy it again.
+	retry bool
+}
+
+// incrementals is what a session's stream and its copier share: the
+// requests, and the chunk between its watermarks.
+type incrementals struct {
+	log        *slog.Logger
+	metrics    *metrics
+	client     sarama.Client
+	stateTopic string
+	url        string
+	tables     map[string]table
+	// run tells this session's watermarks from an earlier session's,
+	// which PostgreSQL may resend after a restart.
+	run string
+
+	// writing serializes the writes of the state: each is made outside mu,
+	// so the stream never waits for Kafka to read it.
+	writing sync.Mutex
+	mu      sync.Mutex
+	state   captureState // Incremental is the queue: its first is copied
+	chunk   *copiedChunk
+	wake    chan struct{}
+	done    chan chunkDone
+}
+
+func newIncrementals(se *session, state captureState) *incrementals {
+	var nonce [6]byte
+	rand.Read(nonce[:])
+	inc := &incrementals{
+		log: se.log.With("component", "incremental_snapshot"), metrics: se.metrics,
+		client: se.client, stateTopic: se.topo.CaptureState(), url: se.topo.Config().Postgres.URL,
+		tables: map[string]table{}, run: hex.EncodeToString(nonce[:]),
+		state: state, wake: make(chan struct{}, 1), done: make(chan chunkDone, 1),
+	}
+	for _, t := range se.tables {
+		inc.tables[t.entityType] = t
+	}
+	return inc
+}
+
+// poke wakes the copier.
+func (inc *incrementals) poke() {
+	select {
+	case inc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// request queues a requested snapshot, and returns once the capture-state
+// topic has it: only then may the stream acknowledge the request's
+// transaction. A request the state already took (PostgreSQL resent it) or
+// of an undeclared type is logged and dropped.
+func (inc *incrementals) request(sig signal, lsn codecs.LSN) error {
+	t, ok := inc.tables[sig.Snapshot]
+	if !ok {
+		inc.log.Error("incremental snapshot requested of an entity type the config does not declare: ignored", "entity_type", sig.Snapshot)
+		return nil
+	}
+	for _, b := range []string{sig.From, sig.To} {
+		if b == "" {
+			continue
+		}
+		if _, err := codecs.ParseKey(t.kind(), b); err != nil {
+			inc.log.Error("incremental snapshot requested with a bound that is not a key of the table: ignored", "entity_type", sig.Snapshot, "bound", b, "err", err)
+			return nil
+		}
+	}
+	var queued int
+	err := inc.update(func(next *captureState) bool {
+		if lsn <= next.SignalsThrough {
+			return false
+		}
+		next.Incremental = append(next.Incremental, incrementalSnapshot{
+			ID: lsn.String(), Type: sig.Snapshot, From: sig.From, To: sig.To, Requested: time.Now().UTC(),
+		})
+		next.SignalsThrough = lsn
+		queued = len(next.Incremental)
+		return true
+	})
+	if err != nil || queued == 0 {
+		return err
+	}
+	inc.log.Info("incremental snapshot requested", "entity_type", sig.Snapshot, "id", lsn.String(), "from", sig.From, "to", sig.To, "queued", queued)
+	inc.poke()
+	return nil
+}
+
+// update applies change to a copy of the state and, if it says so, writes
+// the copy to the capture-state topic and keeps it once Kafka has it.
+func (inc *incrementals) update(change func(next *captureState) bool) error {
+	inc.writing.Lock()
+	defer inc.writing.Unlock()
+	inc.mu.Lock()
+	next := inc.state
+	next.Incremental = slices.Clone(next.Incremental)
+	inc.mu.Unlock()
+	if !change(&next) {
+		return nil
+	}
+	if err := writeState(inc.client, inc.stateTopic, next); err != nil {
+		return err
+	}
+	inc.mu.Lock()
+	inc.state = next
+	inc.mu.Unlock()
+	return nil
+}
+
+// cancel drops the queued and running snapshots of a type.
+func (inc *incrementals) cancel(typ string, lsn codecs.LSN) error {
+	cancelled := -1
+	err := inc.update(func(next *captureState) bool {
+		if lsn <= next.SignalsThrough {
+			return false
+		}
+		n := len(next.Incremental)
+		next.Incremental = slices.DeleteFunc(next.Incremental, func(s incrementalSnapshot) bool { return s.Type == typ })
+		next.SignalsThrough = lsn
+		cancelled = n - len(next.Incremental)
+		return true
+	})
+	if err != nil || cancelled < 0 {
+		return err
+	}
+	inc.log.Info("incremental snapshots cancelled", "entity_type", typ, "cancelled", cancelled)
+	inc.poke()
+	return nil
+}
+
+// find returns the queued snapshot id.
+func (inc *incrementals) find(id string) (incrementalSnapshot, bool) {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	for _, s := range inc.state.Incremental {
+		if s.ID == id {
+			return s, true
+		}
+	}
+	return incrementalSnapshot{}, false
+}
+
+// first returns the snapshot to copy, if any.
+func (inc *incrementals) first() (incrementalSnapshot, bool) {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	if len(inc.state.Incremental) == 0 {
+		return incrementalSnapshot{}, false
+	}
+	return inc.state.Incremental[0], true
+}
+
+// progress records a chunk of snap in Kafka; finished drops snap from the
+// queue. A snapshot cancelled meanwhile stays dropped.
+func (inc *incrementals) progress(snap incrementalSnapshot, finished bool) (cancelled bool, err error) {
+	err = inc.update(func(next *captureState) bool {
+		i := slices.IndexFunc(next.Incremental, func(s incrementalSnapshot) bool { return s.ID == snap.ID })
+		switch {
+		case i < 0:
+			cancelled = true
+			return false
+		case finished:
+			next.Incremental = slices.Delete(next.Incremental, i, i+1)
+		default:
+			next.Incremental[i] = snap
+		}
+		return true
+	})
+	return cancelled, err
+}
+
+// put hands the stream a chunk's rows, before its high watermark.
+func (inc *incrementals) put(c *copiedChunk) {
+	inc.mu.Lock()
+	inc.chunk = c
+	inc.mu.Unlock()
+}
+
+// take returns the rows of the chunk a high watermark closes, or nil when
+// this session did not copy it.
+func (inc *incrementals) take(sig signal) *copiedChunk {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	c := inc.chunk
+	if c == nil || c.id != sig.ID || c.chunk != sig.Chunk || c.run != sig.Run {
+		return nil
+	}
+	inc.chunk = nil
+	return c
+}
+
+// copierRetry is how long the copier waits after a failure before it
+// copies again.
+const copierRetry = 5 * time.Second
+
+// copyAll copies the queued snapshots one after the other until ctx ends.
+// A failure (the database gone, a query refused) is logged, and the copier
+// goes on after copierRetry from the last chunk in Kafka: the stream never
+// stops for it.
+func (inc *incrementals) copyAll(ctx context.Context) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for ctx.Err() == nil {
+		snap, ok := inc.first()
+		if !ok {
+			select {
+			case <-inc.wake:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		var err error
+		if conn == nil {
+			conn, err = connectPG(ctx, inc.url, "connect to postgres for incremental snapshots", nil)
+		}
+		if err == nil {
+			err = inc.copy(ctx, conn, snap)
+		}
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		inc.log.Error("incremental snapshot failed; copying again from its last chunk in Kafka", "entity_type", snap.Type, "id", snap.ID, "retry_in", copierRetry, "err", err)
+		if conn != nil {
+			conn.Close(context.Background())
+			conn = nil
+		}
+		select {
+		case <-time.After(copierRetry):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// copy copies snap chunk by chunk from after its last chunk in Kafka.
+func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incrementalSnapshot) error {
+	log := inc.log.With("entity_type", snap.Type, "id", snap.ID)
+	t, ok := inc.tables[snap.Type]
+	if !ok {
+		log.Error("incremental snapshot of an entity type the config no longer declares: dropped", "rows", snap.Rows)
+		_, err := inc.progress(snap, true)
+		return err
+	}
+	parse := func(s string) (*codecs.Key, error) {
+		if s == "" {
+			return nil, nil
+		}
+		k, err := codecs.ParseKey(t.kind(), s)
+		return &k, err
+	}
+	from, err := parse(snap.From)
+	if err != nil {
+		return err
+	}
+	to, err := parse(snap.To)
+	if err != nil {
+		return err
+	}
+	after, err := parse(snap.After)
+	if err != nil {
+		return err
+	}
+	if after == nil {
+		log.Info("incremental snapshot: copying", "table", t.qualified(), "from", snap.From, "to", snap.To)
+	} else {
+		log.Info("incremental snapshot: resuming", "table", t.qualified(), "after", snap.After, "rows", snap.Rows, "chunks", snap.Chunks)
+	}
+	left, err := rowsLeft(ctx, conn, t, after, from, to)
+	if err != nil {
+		return err
+	}
+	rowsLeftGauge := inc.metrics.incrementalRowsLeft.WithLabelValues(snap.Type)
+	rowsLeftGauge.Set(float64(left))
+	defer rowsLeftGauge.Set(0)
+	started, lastReport, startRows := time.Now(), time.Now(), snap.Rows
+	cp := &snapshotCopy{}
+	for {
+		chunk := snap.Chunks + 1
+		if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: lowWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
+			return err
+		}
+		rows, last, err := inc.selectChunk(ctx, conn, cp, t, after, from, to)
+		if err != nil {
+			return err
+		}
+		inc.put(&copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, rows: rows})
+		if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: highWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
+			return err
+		}
+		var done chunkDone
+		select {
+		case done = <-inc.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if done.id != snap.ID || done.chunk != chunk {
+			return fmt.Errorf("incremental snapshot %s: chunk %d done, but %s chunk %d was copied", snap.ID, chunk, done.id, done.chunk)
+		}
+		if done.retry {
+			// Cancelled, or the stream had no window for it: copy it again
+			// unless cancelled.
+			if _, still := inc.find(snap.ID); !still {
+				log.Info("incremental snapshot: cancelled", "rows", snap.Rows, "chunks", snap.Chunks)
+				return nil
+			}
+			continue
+		}
+		finished := len(rows) < chunkRows
+		snap.Chunks, snap.Rows = chunk, snap.Rows+int64(done.written)
+		if len(rows) > 0 {
+			snap.After, after = last.String(), &last
+		}
+		left = max(0, left-int64(len(rows)))
+		rowsLeftGauge.Set(float64(left))
+		inc.metrics.incrementalRows.WithLabelValues(snap.Type).Add(float64(done.written))
+		inc.metrics.incrementalChunks.WithLabelValues(snap.Type).Inc()
+		cancelled, err := inc.progress(snap, finished)
+		if err != nil {
+			return err
+		}
+		switch {
+		case cancelled:
+			log.Info("incremental snapshot: cancelled", "rows", snap.Rows, "chunks", snap.Chunks)
+			return nil
+		case finished:
+			log.Info("incremental snapshot: done", "rows", snap.Rows, "chunks", snap.Chunks, "seconds", time.Since(started).Seconds())
+			return nil
+		case time.Since(lastReport) >= 5*time.Second:
+			log.Info("incremental snapshot: progress", "rows", snap.Rows, "chunks", snap.Chunks, "after", snap.After, "rows_left", left,
+				"rows_per_s", int(float64(snap.Rows-startRows)/time.Since(started).Seconds()))
+			lastReport = time.Now()
+		}
+	}
+}
+
+// slot is the slot whose signals the copier writes.
+func (inc *incrementals) slot() string {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	return inc.state.Slot
+}
+
+// selectChunk reads the next chunk of t: up to chunkRows rows after after,
+// within from and to, in key order, each as its key and its JSON.
+func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, after, from, to *codecs.Key) ([]chunkRow, codecs.Key, error) {
+	var last codecs.Key
+	sql, args, err := chunkQuery(t, after, from, to)
+	if err != nil {
+		return nil, last, err
+	}
+	rows, err := conn.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+	if err != nil {
+		return nil, last, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
+	}
+	defer rows.Close()
+	if err := cp.columns(t, rows.FieldDescriptions()); err != nil {
+		return nil, last, err
+	}
+	out := make([]chunkRow, 0, chunkRows)
+	keyValues := make([][]byte, len(t.keyColumns))
+	for rows.Next() {
+		raw := rows.RawValues()
+		for k, i := range cp.keyIndex {
+			keyValues[k] = raw[i]
+		}
+		if last, err = codecs.ColumnKey(t.keyColumns, cp.keyOIDs, keyValues); err != nil {
+			return nil, last, fmt.Errorf("%w: incremental snapshot of %s: %v", ErrInvalidKey, t.qualified(), err)
+		}
+		row, err := cp.enc.Append(nil, raw)
+		if err != nil {
+			return nil, last, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
+		}
+		out = append(out, chunkRow{key: last, row: row})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, last, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
+	}
+	return out, last, nil
+}
+
+// rowsLeft counts the rows of t a snapshot has left to copy after after:
+// one count when a copy starts or resumes, for the rows-left gauge.
+func rowsLeft(ctx context.Context, conn *pgx.Conn, t table, after, from, to *codecs.Key) (int64, error) {
+	sql, args, err := chunkQuery(t, after, from, to)
+	if err != nil {
+		return 0, err
+	}
+	sql, _, _ = strings.Cut(sql, " order by ")
+	var n int64
+	if err := conn.QueryRow(ctx, strings.Replace(sql, "select *", "select count(*)", 1), args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("incremental snapshot of %s: count the rows left: %w", t.qualified(), err)
+	}
+	return n, nil
+}
+
+// chunkQuery is the query of the chunk of t after key after (from the
+// first key when nil), within from and to (each included, when not nil),
+// in the order of the key's index (see pageQuery).
+func chunkQuery(t table, after, from, to *codecs.Key) (string, []any, error) {
+	cols := make([]string, len(t.key.order))
+	for i, k := range t.key.order {
+		cols[i] = pgx.Identifier{t.keyColumns[k]}.Sanitize()
+	}
+	var conds []string
+	var args []any
+	bound := func(k *codecs.Key, op string) error {
+		if k == nil {
+			return nil
+		}
+		values, err := t.keyValues(*k)
+		if err != nil {
+			return err
+		}
+		params := make([]string, len(t.key.order))
+		for i, c := range t.key.order {
+			args = append(args, values[c])
+			params[i] = fmt.Sprintf("$%d::text::%s", len(args), t.key.types[c])
+		}
+		if len(cols) == 1 {
+			conds = append(conds, fmt.Sprintf("%s %s %s", cols[0], op, params[0]))
+		} else {
+			conds = append(conds, fmt.Sprintf("(%s) %s (%s)", strings.Join(cols, ", "), op, strings.Join(params, ", ")))
+		}
+		return nil
+	}
+	for _, b := range []struct {
+		k  *codecs.Key
+		op string
+	}{{after, ">"}, {from, ">="}, {to, "<="}} {
+		if err := bound(b.k, b.op); err != nil {
+			return "", nil, err
+		}
+	}
+	where := ""
+	if len(conds) > 0 {
+		where = "where " + strings.Join(conds, " and ")
+	}
+	return fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, strings.Join(cols, ", "), chunkRows), args, nil
+}
+
+// window is what the stream notes between a chunk's watermarks: the keys
+// of the chunk's table it changed, and whether it truncated the table.
+type window struct {
+	id         string
+	chunk      int64
+	run        string
+	entityType string
+	changed    map[codecs.Key]struct{}
+	truncated  bool
+}
+
+// saw notes a change of the window's table.
+func (w *window) saw(ev *codecs.Event) {
+	if ev.Op == codecs.OpTruncate {
+		w.truncated = true
+		return
+	}
+	w.changed[ev.EntityID] = struct{}{}
+}
+
+// writtenChunk is a chunk whose rows the stream wrote in the transaction
+// txn (ending at end once its commit is seen), waiting for Kafka.
+type writtenChunk struct {
+	done chunkDone
+	txn  *txn
+	end  codecs.LSN
+}
+
+// signal handles a message with the slot's signal prefix.
+func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
+	sig, err := parseSignal(m.Content)
+	if err != nil {
+		s.metrics.badSignals.Inc()
+		s.log.Error("a message with the slot's signal prefix is not a signal: ignored", "lsn", codecs.LSN(m.LSN).String(), "err", err)
+		return nil
+	}
+	switch {
+	case sig.Snapshot != "":
+		return s.inc.request(sig, codecs.LSN(m.LSN))
+	case sig.Cancel != "":
+		return s.inc.cancel(sig.Cancel, codecs.LSN(m.LSN))
+	case sig.Run != s.inc.run:
+		return nil // an earlier session's chunk: its copier is gone
+	case sig.Watermark == lowWatermark:
+		t, ok := s.inc.chunkTable(sig)
+		if !ok {
+			return nil
+		}
+		s.win = &window{id: sig.ID, chunk: sig.Chunk, run: sig.Run, entityType: t.entityType, changed: map[codecs.Key]struct{}{}}
+		return nil
+	}
+	// The high watermark: the chunk's rows the stream did not change go to
+	// the history as changes of this transaction.
+	w := s.win
+	s.win = nil
+	c := s.inc.take(sig)
+	if c == nil {
+		return nil
+	}
+	if s.cur == nil {
+		return errors.New("replication stream: a high watermark outside a transaction")
+	}
+	if w == nil || w.id != sig.ID || w.chunk != sig.Chunk {
+		s.awaiting = append(s.awaiting, writtenChunk{done: chunkDone{id: c.id, chunk: c.chunk, retry: true}, txn: s.cur})
+		return nil
+	}
+	rel := &relation{table: s.inc.tables[w.entityType]}
+	written := 0
+	for _, r := range c.rows {
+		if _, changed := w.changed[r.key]; changed || w.truncated {
+			continue
+		}
+		ev := s.event(rel, codecs.OpSnapshot)
+		ev.EntityID = r.key
+		value, err := codecs.EventCodec{}.AppendWithAfter(nil, ev, r.row)
+		if err != nil {
+			return fmt.Errorf("encode snapshot row of %s id %s: %w", rel.table.qualified(), r.key, err)
+		}
+		msg, err := newHistoryRecord(s.topic, rel.table, ev, value, s.cfg.Kafka.MaxRecordBytes)
+		if err != nil {
+			return err
+		}
+		if err := s.send(ctx, rel, ev, msg); err != nil {
+			return err
+		}
+		written++
+	}
+	s.awaiting = append(s.awaiting, writtenChunk{done: chunkDone{id: c.id, chunk: c.chunk, written: written}, txn: s.cur})
+	return nil
+}
+
+// chunksAcknowledged tells the copier of the chunks whose transactions
+// Kafka has, acknowledged up to acked.
+func (s *stream) chunksAcknowledged(acked codecs.LSN) {
+	for len(s.awaiting) > 0 {
+		w := s.awaiting[0]
+		if w.end == 0 || w.end > acked {
+			return
+		}
+		select {
+		case s.inc.done <- w.done:
+		default:
+			return // the copier takes the last one first
+		}
+		s.awaiting = s.awaiting[1:]
+	}
+}
+
+// chunkTable returns the table of the chunk a watermark marks, if the
+// copier of this session copies it.
+func (inc *incrementals) chunkTable(sig signal) (table, bool) {
+	s, ok := inc.find(sig.ID)
+	if !ok {
+		return table{}, false
+	}
+	t, ok := inc.tables[s.Type]
+	return t, ok
+}
