@@ -83,6 +83,29 @@
 // snapshot is done.) --recreate-slot takes a new snapshot.
 // A session advisory lock keeps a second capture off the slot meanwhile.
 //
+// # Incremental snapshots
+//
+// A table is copied again while the stream goes on, by the watermark method
+// of DBLog (incremental.go): in chunks of 1,024 rows in key order, each
+// read between a low and a high watermark the capture writes to the WAL
+// with pg_logical_emit_message (a signal, signal.go: no table of the
+// platform's in the database). The stream notes the keys of the table it
+// changes from the low watermark on; at the high one it writes the chunk's
+// other rows as OpSnapshot events of the high watermark's transaction, and
+// leaves out the rows it saw change (their changes are in the history,
+// as new as the copy or newer). No copied row is older than a change before
+// it in the history, and the stream never waits for a copy.
+//
+// Requests are signals too: changes snapshot --type T [--from K --to K]
+// (RequestSnapshot, or the same message written by a DBA) asks for one;
+// --cancel ends them (CancelSnapshot); PendingSnapshots lists them. The
+// capture-state topic keeps each request and its last chunk in Kafka, so a
+// restart resumes it; a chunk not wholly in Kafka is copied again. An
+// entity type declared after the slot's initial snapshot is copied this
+// way at the next start. Progress is logged every 5 s and counted in
+// changes_capture_incremental_snapshot_{rows,chunks}_total and
+// changes_capture_incremental_snapshot_rows_left.
+//
 // # Keys
 //
 // An entity's key comes from its table's key columns (entities[].id_column,
