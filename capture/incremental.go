@@ -427,7 +427,7 @@ func (inc *incrementals) slot() string {
 // within from and to, in key order, each as its key and its JSON.
 func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, after, from, to *codecs.Key) ([]chunkRow, codecs.Key, error) {
 	var last codecs.Key
-	sql, args, err := chunkQuery(t, after, from, to)
+	sql, args, err := keysetQuery(t, after, from, to, chunkRows)
 	if err != nil {
 		return nil, last, err
 	}
@@ -464,7 +464,7 @@ func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *sn
 // rowsLeft counts the rows of t a snapshot has left to copy after after:
 // one count when a copy starts or resumes, for the rows-left gauge.
 func rowsLeft(ctx context.Context, conn *pgx.Conn, t table, after, from, to *codecs.Key) (int64, error) {
-	sql, args, err := chunkQuery(t, after, from, to)
+	sql, args, err := keysetQuery(t, after, from, to, chunkRows)
 	if err != nil {
 		return 0, err
 	}
@@ -476,10 +476,18 @@ func rowsLeft(ctx context.Context, conn *pgx.Conn, t table, after, from, to *cod
 	return n, nil
 }
 
-// chunkQuery is the query of the chunk of t after key after (from the
-// first key when nil), within from and to (each included, when not nil),
-// in the order of the key's index (see pageQuery).
-func chunkQuery(t table, after, from, to *codecs.Key) (string, []any, error) {
+// keysetQuery is the query of up to limit rows of t after key after (from
+// the first key when nil), within from and to (each included, when not
+// nil): keyset pagination over the key columns in the order of their
+// unique index, so every query is an index range scan, with a row
+// comparison for several columns:
+//
+//	select * from t where (a, b) > ($1::text::ta, $2::text::tb) order by a, b limit N
+//
+// The parameters are the key columns' text, cast to the columns' own types
+// so the comparison is the index's (for text, the column's collation: the
+// casts carry the default collation, which gives way to the column's).
+func keysetQuery(t table, after, from, to *codecs.Key, limit int) (string, []any, error) {
 	cols := make([]string, len(t.key.order))
 	for i, k := range t.key.order {
 		cols[i] = pgx.Identifier{t.keyColumns[k]}.Sanitize()
@@ -518,7 +526,7 @@ func chunkQuery(t table, after, from, to *codecs.Key) (string, []any, error) {
 	if len(conds) > 0 {
 		where = "where " + strings.Join(conds, " and ")
 	}
-	return fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, strings.Join(cols, ", "), chunkRows), args, nil
+	return fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, strings.Join(cols, ", "), limit), args, nil
 }
 
 // window is what the stream notes between a chunk's watermarks: the keys

@@ -203,7 +203,7 @@ func TestKeyOrder(t *testing.T) {
 		if c.to >= 0 {
 			hi = c.to
 		}
-		sql, args, err := chunkQuery(tab, ptr(c.after), ptr(c.from), ptr(c.to))
+		sql, args, err := keysetQuery(tab, ptr(c.after), ptr(c.from), ptr(c.to), 1000)
 		if err != nil {
 			t.Fatal(err)
 		}

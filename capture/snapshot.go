@@ -174,42 +174,12 @@ type snapshotCopy struct {
 }
 
 // pageQuery is the query of the next batch of t's rows after key after
-// (from the first row unless resuming): keyset pagination over the key
-// columns in the order of their unique index, so every batch is an index
-// range scan, with a row comparison for several columns:
-//
-//	select * from t where (a, b) > ($1::text::ta, $2::text::tb) order by a, b limit N
-//
-// The parameters are the key columns' text, cast to the columns' own types
-// so the comparison is the index's (for text, the column's collation: the
-// casts carry the default collation, which gives way to the column's).
+// (from the first row unless resuming): see keysetQuery.
 func pageQuery(t table, after codecs.Key, resuming bool) (string, []any, error) {
-	cols := make([]string, len(t.key.order))
-	params := make([]string, len(t.key.order))
-	var args []any
-	var values []string
-	if resuming {
-		var err error
-		if values, err = t.keyValues(after); err != nil {
-			return "", nil, err
-		}
+	if !resuming {
+		return keysetQuery(t, nil, nil, nil, snapshotBatch)
 	}
-	for i, k := range t.key.order {
-		cols[i] = pgx.Identifier{t.keyColumns[k]}.Sanitize()
-		params[i] = fmt.Sprintf("$%d::text::%s", i+1, t.key.types[k])
-		if resuming {
-			args = append(args, values[k])
-		}
-	}
-	where := ""
-	if resuming {
-		if len(cols) == 1 {
-			where = fmt.Sprintf("where %s > %s", cols[0], params[0])
-		} else {
-			where = fmt.Sprintf("where (%s) > (%s)", strings.Join(cols, ", "), strings.Join(params, ", "))
-		}
-	}
-	return fmt.Sprintf("select * from %s %s order by %s limit %d", t.quoted(), where, strings.Join(cols, ", "), snapshotBatch), args, nil
+	return keysetQuery(t, &after, nil, nil, snapshotBatch)
 }
 
 // columns takes the columns of a batch of table t: the first batch's
