@@ -40,6 +40,10 @@ import (
 // chunkRows is how many rows a chunk of an incremental snapshot copies.
 const chunkRows = 1024
 
+// progressInterval is how often a running snapshot's progress is written
+// to the capture-state topic.
+const progressInterval = time.Second
+
 // incrementalSnapshot is a requested incremental snapshot, as the
 // capture-state topic keeps it until it is done or cancelled.
 type incrementalSnapshot struct {
@@ -355,7 +359,7 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 	rowsLeftGauge := inc.metrics.incrementalRowsLeft.WithLabelValues(snap.Type)
 	rowsLeftGauge.Set(float64(left))
 	defer rowsLeftGauge.Set(0)
-	started, lastReport, startRows := time.Now(), time.Now(), snap.Rows
+	started, lastReport, recorded, startRows := time.Now(), time.Now(), time.Now(), snap.Rows
 	cp := &snapshotCopy{}
 	for {
 		chunk := snap.Chunks + 1
@@ -397,9 +401,17 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 		rowsLeftGauge.Set(float64(left))
 		inc.metrics.incrementalRows.WithLabelValues(snap.Type).Add(float64(done.written))
 		inc.metrics.incrementalChunks.WithLabelValues(snap.Type).Inc()
-		cancelled, err := inc.progress(snap, finished)
-		if err != nil {
-			return err
+		// The chunk is in Kafka; its record in the capture-state topic is
+		// only what a restart resumes from, so it is written at most once
+		// a progressInterval (a restart copies the chunks since again).
+		var cancelled bool
+		if finished || time.Since(recorded) >= progressInterval {
+			if cancelled, err = inc.progress(snap, finished); err != nil {
+				return err
+			}
+			recorded = time.Now()
+		} else if _, still := inc.find(snap.ID); !still {
+			cancelled = true
 		}
 		switch {
 		case cancelled:

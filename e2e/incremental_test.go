@@ -21,7 +21,7 @@ import (
 )
 
 // TestIncrementalSnapshotOfAddedType declares a type whose table already
-// holds 20,000 rows after the slot's initial snapshot, and starts the
+// holds 60,000 rows after the slot's initial snapshot, and starts the
 // capture again while a workload updates, inserts and deletes rows of that
 // table: the capture copies the table by an incremental snapshot while it
 // streams, and is stopped and started once in the middle of the copy. Then
@@ -44,7 +44,7 @@ func TestIncrementalSnapshotOfAddedType(t *testing.T) {
 	defer db.Close(context.Background())
 	execSQL(t, ctx, db, "create table "+first+" (id bigint primary key)")
 	execSQL(t, ctx, db, "create table "+added+" (id bigserial primary key, version int not null default 1, note text)")
-	const rows = 20000
+	const rows = 60000
 	execSQL(t, ctx, db, fmt.Sprintf("insert into %s (note) select md5(g::text) from generate_series(1, %d) g", added, rows))
 
 	// The slot's initial snapshot knows type a alone.
@@ -108,8 +108,9 @@ func TestIncrementalSnapshotOfAddedType(t *testing.T) {
 
 	stop = f2.start(t, ctx)
 	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
-	// Stop and start the capture once some chunks are in Kafka.
-	waitPending(t, ctx, topo2, func(p []capture.SnapshotStatus) bool { return len(p) == 1 && p[0].Chunks >= 3 })
+	// Stop and start the capture once its progress is recorded (at most
+	// once a second).
+	waitPending(t, ctx, topo2, func(p []capture.SnapshotStatus) bool { return len(p) == 1 && p[0].Chunks >= 1 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
