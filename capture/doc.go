@@ -99,8 +99,9 @@
 // Requests are signals too: changes snapshot --type T [--from K --to K]
 // (RequestSnapshot, or the same message written by a DBA) asks for one;
 // --cancel ends them (CancelSnapshot); PendingSnapshots lists them. The
-// capture-state topic keeps each request and its last chunk in Kafka, so a
-// restart resumes it; a chunk not wholly in Kafka is copied again. An
+// capture-state topic keeps each request and, at most once a second, its
+// last chunk in Kafka, so a restart resumes it; the chunks since are copied
+// again. An
 // entity type declared after the slot's initial snapshot is copied this
 // way at the next start. Progress is logged every 5 s and counted in
 // changes_capture_incremental_snapshot_{rows,chunks}_total and

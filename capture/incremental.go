@@ -32,10 +32,10 @@ import (
 // a change before it in the history, and never hides a change after it;
 // the stream never waits for a chunk.
 //
-// Requests and progress live in the capture-state topic: a restart resumes
-// a snapshot after its last chunk in Kafka. A chunk whose rows were not all
-// in Kafka is copied again (its rows then have newer positions: at least
-// once, never backwards).
+// Requests and progress live in the capture-state topic, progress written
+// at most once a progressInterval: a restart resumes a snapshot after the
+// last chunk recorded there, and copies the chunks since again (their rows
+// then have newer positions: at least once, never backwards).
 
 // chunkRows is how many rows a chunk of an incremental snapshot copies.
 const chunkRows = 1024
@@ -54,7 +54,7 @@ type incrementalSnapshot struct {
 	// text.
 	From string `json:"from,omitempty"`
 	To   string `json:"to,omitempty"`
-	// After is the last key of the last chunk in Kafka ("" none yet).
+	// After is the last key of the last chunk recorded ("" none yet).
 	After     string    `json:"after,omitempty"`
 	Chunks    int64     `json:"chunks"`
 	Rows      int64     `json:"rows"`
@@ -279,7 +279,7 @@ const copierRetry = 5 * time.Second
 
 // copyAll copies the queued snapshots one after the other until ctx ends.
 // A failure (the database gone, a query refused) is logged, and the copier
-// goes on after copierRetry from the last chunk in Kafka: the stream never
+// goes on after copierRetry from the last chunk recorded: the stream never
 // stops for it.
 func (inc *incrementals) copyAll(ctx context.Context) {
 	var conn *pgx.Conn
@@ -307,7 +307,7 @@ func (inc *incrementals) copyAll(ctx context.Context) {
 		if err == nil || ctx.Err() != nil {
 			continue
 		}
-		inc.log.Error("incremental snapshot failed; copying again from its last chunk in Kafka", "entity_type", snap.Type, "id", snap.ID, "retry_in", copierRetry, "err", err)
+		inc.log.Error("incremental snapshot failed; copying again from its last chunk recorded", "entity_type", snap.Type, "id", snap.ID, "retry_in", copierRetry, "err", err)
 		if conn != nil {
 			conn.Close(context.Background())
 			conn = nil
@@ -319,7 +319,7 @@ func (inc *incrementals) copyAll(ctx context.Context) {
 	}
 }
 
-// copy copies snap chunk by chunk from after its last chunk in Kafka.
+// copy copies snap chunk by chunk from after its last chunk recorded.
 func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incrementalSnapshot) error {
 	log := inc.log.With("entity_type", snap.Type, "id", snap.ID)
 	t, ok := inc.tables[snap.Type]

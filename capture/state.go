@@ -129,7 +129,8 @@ type SnapshotStatus struct {
 	EntityType string
 	// From and To bound the keys copied ("" none).
 	From, To string
-	// After is the last key of the last chunk in Kafka ("" none yet).
+	// After is the last key of the last chunk recorded ("" none yet):
+	// progress is recorded at most once a second.
 	After string
 	// Chunks and Rows are what is in Kafka: rows the stream changed while
 	// their chunk was copied are not counted (their changes are there).
