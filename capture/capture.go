@@ -253,6 +253,7 @@ type stream struct {
 	prefix   string
 	win      *window
 	awaiting []writtenChunk
+	recent   recentChanges // while a snapshot is pending
 
 	// The transaction being decoded.
 	cur        *txn
@@ -716,6 +717,11 @@ func (s *stream) produce(ctx context.Context, rel *relation, ev *codecs.Event) e
 	}
 	if s.win != nil && ev.EntityType == s.win.entityType {
 		s.win.saw(ev)
+	}
+	if s.inc.pending.Load() {
+		s.recent.add(s.begin.Xid, ev)
+	} else if s.recent.list != nil {
+		s.recent.list = nil
 	}
 	if ev.Op != codecs.OpTruncate {
 		covered, err := s.cuts.covers(ctx, s.tableIdx[ev.EntityType], ev.EntityID, ev.CommitLSN)

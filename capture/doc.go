@@ -93,8 +93,16 @@
 // changes from the low watermark on; at the high one it writes the chunk's
 // other rows as OpSnapshot events of the high watermark's transaction, and
 // leaves out the rows it saw change (their changes are in the history,
-// as new as the copy or newer). No copied row is older than a change before
-// it in the history, and the stream never waits for a copy.
+// as new as the copy or newer). PostgreSQL makes a commit visible only
+// after writing it to the WAL, and commits flushed together become visible
+// in any order, so a change committed just before the low watermark may be
+// invisible to the chunk's query: the query runs in a repeatable-read
+// transaction that records its snapshot, the stream keeps the last 2 s of
+// changes while a snapshot runs, and the rows of changes before the low
+// watermark that the snapshot did not see are left out too
+// (changes_capture_incremental_snapshot_unseen_changes_total). No copied
+// row is older than a change before it in the history, and the stream never
+// waits for a copy.
 //
 // Requests are signals too: changes snapshot --type T [--from K --to K]
 // (RequestSnapshot, or the same message written by a DBA) asks for one;

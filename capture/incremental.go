@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -67,6 +69,45 @@ type copiedChunk struct {
 	chunk int64
 	run   string
 	rows  []chunkRow
+	// seen is the snapshot the rows were read in.
+	seen pgSnapshot
+}
+
+// pgSnapshot is what a PostgreSQL snapshot (pg_current_snapshot) says of
+// transaction ids, 32-bit as the replication stream carries them: those at
+// or above xmax, and those in xip, were not visible to it.
+type pgSnapshot struct {
+	xmax uint32
+	xip  map[uint32]bool
+}
+
+// parsePGSnapshot reads pg_current_snapshot()'s text, xmin:xmax:xip,...
+func parsePGSnapshot(text string) (pgSnapshot, error) {
+	parts := strings.Split(text, ":")
+	if len(parts) != 3 {
+		return pgSnapshot{}, fmt.Errorf("snapshot %q: want xmin:xmax:xip", text)
+	}
+	xmax, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return pgSnapshot{}, fmt.Errorf("snapshot %q: %w", text, err)
+	}
+	sn := pgSnapshot{xmax: uint32(xmax), xip: map[uint32]bool{}}
+	if parts[2] != "" {
+		for _, x := range strings.Split(parts[2], ",") {
+			xid, err := strconv.ParseUint(x, 10, 64)
+			if err != nil {
+				return pgSnapshot{}, fmt.Errorf("snapshot %q: %w", text, err)
+			}
+			sn.xip[uint32(xid)] = true
+		}
+	}
+	return sn, nil
+}
+
+// visible reports whether a committed transaction xid was visible to the
+// snapshot (ids compared modulo 2^32, as PostgreSQL does).
+func (sn pgSnapshot) visible(xid uint32) bool {
+	return int32(xid-sn.xmax) < 0 && !sn.xip[xid]
 }
 
 // chunkRow is one row of a chunk: its key and its JSON.
@@ -103,6 +144,9 @@ type incrementals struct {
 	writing sync.Mutex
 	mu      sync.Mutex
 	state   captureState // Incremental is the queue: its first is copied
+	// pending says the queue is not empty: the stream then keeps its
+	// recent changes.
+	pending atomic.Bool
 	chunk   *copiedChunk
 	wake    chan struct{}
 	done    chan chunkDone
@@ -120,6 +164,7 @@ func newIncrementals(se *session, state captureState) *incrementals {
 	for _, t := range se.tables {
 		inc.tables[t.entityType] = t
 	}
+	inc.pending.Store(len(state.Incremental) > 0)
 	return inc
 }
 
@@ -187,6 +232,7 @@ func (inc *incrementals) update(change func(next *captureState) bool) error {
 	}
 	inc.mu.Lock()
 	inc.state = next
+	inc.pending.Store(len(next.Incremental) > 0)
 	inc.mu.Unlock()
 	return nil
 }
@@ -366,11 +412,11 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 		if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: lowWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
 			return err
 		}
-		rows, last, err := inc.selectChunk(ctx, conn, cp, t, after, from, to)
+		rows, last, seen, err := inc.selectChunk(ctx, conn, cp, t, after, from, to)
 		if err != nil {
 			return err
 		}
-		inc.put(&copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, rows: rows})
+		inc.put(&copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, rows: rows, seen: seen})
 		if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: highWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
 			return err
 		}
@@ -437,13 +483,43 @@ func (inc *incrementals) slot() string {
 
 // selectChunk reads the next chunk of t: up to chunkRows rows after after,
 // within from and to, in key order, each as its key and its JSON.
-func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, after, from, to *codecs.Key) ([]chunkRow, codecs.Key, error) {
+//
+// The rows are read in a repeatable-read transaction whose snapshot is
+// returned: a transaction whose commit precedes the low watermark in the
+// WAL may still be invisible to a query that starts after the watermark's
+// commit returned (PostgreSQL makes a commit visible after it writes it to
+// the WAL, and transactions flushed together become visible in any order),
+// so the stream needs to know which transactions the rows include.
+func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, after, from, to *codecs.Key) ([]chunkRow, codecs.Key, pgSnapshot, error) {
 	var last codecs.Key
+	var seen pgSnapshot
 	sql, args, err := keysetQuery(t, after, from, to, chunkRows)
 	if err != nil {
-		return nil, last, err
+		return nil, last, seen, err
 	}
-	rows, err := conn.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, last, seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
+	}
+	defer tx.Rollback(context.Background())
+	var snapText string
+	if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snapText); err != nil {
+		return nil, last, seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
+	}
+	if seen, err = parsePGSnapshot(snapText); err != nil {
+		return nil, last, seen, err
+	}
+	out, last, err := inc.readChunk(ctx, tx, cp, t, sql, args)
+	if err != nil {
+		return nil, last, seen, err
+	}
+	return out, last, seen, tx.Commit(ctx)
+}
+
+// readChunk runs a chunk's query in tx: each row as its key and its JSON.
+func (inc *incrementals) readChunk(ctx context.Context, tx pgx.Tx, cp *snapshotCopy, t table, sql string, args []any) ([]chunkRow, codecs.Key, error) {
+	var last codecs.Key
+	rows, err := tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 	if err != nil {
 		return nil, last, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
 	}
@@ -550,6 +626,9 @@ type window struct {
 	entityType string
 	changed    map[codecs.Key]struct{}
 	truncated  bool
+	// before are the table's changes of the transactions just before the
+	// low watermark (see recentChanges).
+	before []recentChange
 }
 
 // saw notes a change of the window's table.
@@ -589,7 +668,8 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 		if !ok {
 			return nil
 		}
-		s.win = &window{id: sig.ID, chunk: sig.Chunk, run: sig.Run, entityType: t.entityType, changed: map[codecs.Key]struct{}{}}
+		s.win = &window{id: sig.ID, chunk: sig.Chunk, run: sig.Run, entityType: t.entityType, changed: map[codecs.Key]struct{}{},
+			before: s.recent.of(t.entityType)}
 		return nil
 	}
 	// The high watermark: the chunk's rows the stream did not change go to
@@ -606,6 +686,24 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 	if w == nil || w.id != sig.ID || w.chunk != sig.Chunk {
 		s.awaiting = append(s.awaiting, writtenChunk{done: chunkDone{id: c.id, chunk: c.chunk, retry: true}, txn: s.cur})
 		return nil
+	}
+	// A change committed before the low watermark that the rows' snapshot
+	// did not see is newer than the row: leave the row out too.
+	unseen := 0
+	for _, r := range w.before {
+		if c.seen.visible(r.xid) {
+			continue
+		}
+		unseen++
+		if r.truncate {
+			w.truncated = true
+		} else {
+			w.changed[r.key] = struct{}{}
+		}
+	}
+	if unseen > 0 {
+		s.metrics.incrementalUnseen.Add(float64(unseen))
+		s.log.Debug("incremental snapshot: changes committed just before a low watermark were not visible to its chunk's query; their rows are left out", "id", c.id, "chunk", c.chunk, "changes", unseen)
 	}
 	rel := &relation{table: s.inc.tables[w.entityType]}
 	written := 0
@@ -658,4 +756,49 @@ func (inc *incrementals) chunkTable(sig signal) (table, bool) {
 	}
 	t, ok := inc.tables[s.Type]
 	return t, ok
+}
+
+// recentWindow is how far back, by commit time, the stream keeps the
+// changes of every table while an incremental snapshot runs: a transaction
+// committed before a low watermark but not yet visible when the chunk's
+// query began finished committing moments before the watermark.
+const recentWindow = 2 * time.Second
+
+// recentChange is a change the stream wrote while a snapshot runs.
+type recentChange struct {
+	xid        uint32
+	commitTime time.Time
+	entityType string
+	key        codecs.Key
+	truncate   bool
+}
+
+// recentChanges are the changes of the last recentWindow of commit time,
+// oldest first.
+type recentChanges struct {
+	list []recentChange
+}
+
+// add keeps ev, of transaction xid, and forgets what is older than
+// recentWindow before it.
+func (r *recentChanges) add(xid uint32, ev *codecs.Event) {
+	r.list = append(r.list, recentChange{xid: xid, commitTime: ev.CommitTime, entityType: ev.EntityType, key: ev.EntityID, truncate: ev.Op == codecs.OpTruncate})
+	cut := 0
+	for cut < len(r.list) && ev.CommitTime.Sub(r.list[cut].commitTime) > recentWindow {
+		cut++
+	}
+	if cut > 0 {
+		r.list = append(r.list[:0], r.list[cut:]...)
+	}
+}
+
+// of returns the kept changes of entityType.
+func (r *recentChanges) of(entityType string) []recentChange {
+	var out []recentChange
+	for _, c := range r.list {
+		if c.entityType == entityType {
+			out = append(out, c)
+		}
+	}
+	return out
 }

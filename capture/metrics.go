@@ -21,6 +21,7 @@ type metrics struct {
 	incrementalRows     *prometheus.CounterVec
 	incrementalChunks   *prometheus.CounterVec
 	incrementalRowsLeft *prometheus.GaugeVec
+	incrementalUnseen   prometheus.Counter
 	badSignals          prometheus.Counter
 	commitToHistory     prometheus.Histogram
 	kafkaTxns           prometheus.Counter
@@ -61,6 +62,8 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			"Chunks incremental snapshots copied, by entity type.", "entity_type"),
 		incrementalRowsLeft: f.GaugeVec("changes_capture_incremental_snapshot_rows_left",
 			"Rows the running incremental snapshot of the entity type has left to copy: counted when it starts or resumes, less each chunk's rows since.", "entity_type"),
+		incrementalUnseen: f.Counter("changes_capture_incremental_snapshot_unseen_changes_total",
+			"Changes committed just before a chunk's low watermark that the chunk's query did not see yet (PostgreSQL makes commits visible after writing them): their rows were left out of the chunk, their changes being newer."),
 		badSignals: f.Counter("changes_capture_bad_signals_total",
 			"Messages with the slot's signal prefix that are not signals: logged and ignored."),
 		commitToHistory: f.Histogram("changes_capture_commit_to_history_seconds",

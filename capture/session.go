@@ -73,7 +73,7 @@ func (se *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return se.stream(ctx, start, state)
+	return se.stream(ctx, start)
 }
 
 // close closes what the phases opened, the newest first.
@@ -312,9 +312,17 @@ func (se *session) slotPosition(ctx context.Context) (codecs.LSN, error) {
 // start, which fails with pgObjectInUse while another capture streams
 // from it, and streams until ctx is cancelled or the stream fails (see
 // stream.run).
-func (se *session) stream(ctx context.Context, start streamStart, state captureState) error {
+func (se *session) stream(ctx context.Context, start streamStart) error {
 	cfg := se.topo.Config()
-	err := pglogrepl.StartReplication(ctx, se.repl, cfg.Postgres.Slot, pglogrepl.LSN(start.lsn), pglogrepl.StartReplicationOptions{
+	// The state as the snapshot phase left it in Kafka (a new slot's
+	// snapshot wrote it there, not into the phase's copy): incremental
+	// snapshots write it whole, so they start from what Kafka has.
+	state, err := readState(ctx, se.client, se.topo.CaptureState(), cfg.Postgres.Slot)
+	if err != nil {
+		return err
+	}
+	state.Slot = cfg.Postgres.Slot
+	err = pglogrepl.StartReplication(ctx, se.repl, cfg.Postgres.Slot, pglogrepl.LSN(start.lsn), pglogrepl.StartReplicationOptions{
 		// messages: the signals (signal.go).
 		PluginArgs: []string{"proto_version '1'", publicationNames(cfg.Postgres.Publication), "messages 'true'"},
 	})

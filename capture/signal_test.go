@@ -31,3 +31,23 @@ func TestParseSignal(t *testing.T) {
 		}
 	}
 }
+
+func TestPGSnapshot(t *testing.T) {
+	sn, err := parsePGSnapshot("4294967290:4294967300:4294967295,4294967297")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// xmax 4294967300 is 4 as a 32-bit id; 4294967295 and 4294967297 (1)
+	// were running.
+	for xid, want := range map[uint32]bool{4294967294: true, 4294967295: false, 0: true, 1: false, 3: true, 4: false, 5: false} {
+		if got := sn.visible(xid); got != want {
+			t.Errorf("visible(%d) = %v, want %v", xid, got, want)
+		}
+	}
+	if _, err := parsePGSnapshot("1:2"); err == nil {
+		t.Error("parsePGSnapshot(1:2): no error")
+	}
+	if sn, err := parsePGSnapshot("10:12:"); err != nil || !sn.visible(11) || sn.visible(12) {
+		t.Errorf("parsePGSnapshot(10:12:) = %+v, %v", sn, err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,6 +58,16 @@ func TestIncrementalSnapshotOfAddedType(t *testing.T) {
 	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
 	execSQL(t, ctx, db, "insert into "+first+" values (1)")
 	readHistory(t, ctx, cfg, topo.History(), 1)
+	// A request in the session that created the slot is taken and done,
+	// and leaves the slot's initial snapshot recorded as done.
+	if err := capture.RequestSnapshot(ctx, db, cfg.Postgres.Slot, "a", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	got := readHistory(t, ctx, cfg, topo.History(), 2)
+	if ev, err := (codecs.EventCodec{}).Decode(got[1].Value); err != nil || ev.Op != codecs.OpSnapshot || ev.EntityID != codecs.IntKey(1) {
+		t.Fatalf("after the request, the history holds %+v (%v); want a snapshot of a/1", ev, err)
+	}
+	waitPending(t, ctx, topo, func(p []capture.SnapshotStatus) bool { return len(p) == 0 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -70,6 +81,9 @@ func TestIncrementalSnapshotOfAddedType(t *testing.T) {
 	topo2 := topology.New(&cfg2)
 	if err := platform.EnsureTopics(topo2); err != nil {
 		t.Fatal(err)
+	}
+	if missing, err := capture.MissingSnapshotTypes(ctx, topo2); err != nil || !slices.Equal(missing, []string{"b"}) {
+		t.Fatalf("types missing from the slot's finished initial snapshot: %v, %v; want [b]", missing, err)
 	}
 	f2 := &captureFixture{e: e, cfg: &cfg2, topo: topo2, table: added, db: db}
 	pool, err := pgxpool.New(ctx, e.pgURL)
