@@ -99,20 +99,26 @@ func readState(ctx context.Context, client sarama.Client, topic, slot string) (c
 	return st, nil
 }
 
-// MissingSnapshotTypes returns the entity types topo declares that the
-// finished initial snapshot of its slot did not copy, as the capture-state
-// topic records it: the types Run refuses with ErrSetup while the slot
-// exists, since their tables' existing rows are not in the history. It
-// returns none when the topic has no finished snapshot of the slot (a new
-// slot takes a snapshot of every declared type). The capture-state topic
-// must exist.
-func MissingSnapshotTypes(ctx context.Context, topo *topology.Topology) ([]string, error) {
+// readSlotState reads the capture state of topo's slot with a client of its
+// own.
+func readSlotState(ctx context.Context, topo *topology.Topology) (captureState, error) {
 	client, err := topology.NewClient(topo.Config().Kafka)
 	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
+		return captureState{}, fmt.Errorf("kafka client: %w", err)
 	}
 	defer client.Close()
-	st, err := readState(ctx, client, topo.CaptureState(), topo.Config().Postgres.Slot)
+	return readState(ctx, client, topo.CaptureState(), topo.Config().Postgres.Slot)
+}
+
+// MissingSnapshotTypes returns the entity types topo declares that the
+// finished initial snapshot of its slot did not copy, as the capture-state
+// topic records it: the types whose tables Run copies by incremental
+// snapshots at its next start, their existing rows not being in the
+// history yet. It returns none when the topic has no finished snapshot of
+// the slot (a new slot takes a snapshot of every declared type). The
+// capture-state topic must exist.
+func MissingSnapshotTypes(ctx context.Context, topo *topology.Topology) ([]string, error) {
+	st, err := readSlotState(ctx, topo)
 	if err != nil || st.Snapshot != snapshotDone {
 		return nil, err
 	}
@@ -120,7 +126,8 @@ func MissingSnapshotTypes(ctx context.Context, topo *topology.Topology) ([]strin
 }
 
 // SnapshotStatus is an incremental snapshot that is requested and not done,
-// as the capture-state topic records it after each chunk in Kafka.
+// as the capture-state topic records it (its progress at most once a
+// second).
 type SnapshotStatus struct {
 	// ID is the request's LSN, or "added-<type>-<n>" for a type declared
 	// after the slot's initial snapshot.
@@ -143,12 +150,7 @@ type SnapshotStatus struct {
 // are requested and not done, the one being copied first. The
 // capture-state topic must exist.
 func PendingSnapshots(ctx context.Context, topo *topology.Topology) ([]SnapshotStatus, error) {
-	client, err := topology.NewClient(topo.Config().Kafka)
-	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	defer client.Close()
-	st, err := readState(ctx, client, topo.CaptureState(), topo.Config().Postgres.Slot)
+	st, err := readSlotState(ctx, topo)
 	if err != nil {
 		return nil, err
 	}
