@@ -528,13 +528,9 @@ func (inc *incrementals) readChunk(ctx context.Context, tx pgx.Tx, cp *snapshotC
 		return nil, last, err
 	}
 	out := make([]chunkRow, 0, chunkRows)
-	keyValues := make([][]byte, len(t.keyColumns))
 	for rows.Next() {
 		raw := rows.RawValues()
-		for k, i := range cp.keyIndex {
-			keyValues[k] = raw[i]
-		}
-		if last, err = codecs.ColumnKey(t.keyColumns, cp.keyOIDs, keyValues); err != nil {
+		if last, err = cp.key(t, raw); err != nil {
 			return nil, last, fmt.Errorf("%w: incremental snapshot of %s: %v", ErrInvalidKey, t.qualified(), err)
 		}
 		row, err := cp.enc.Append(nil, raw)
@@ -622,7 +618,6 @@ func keysetQuery(t table, after, from, to *codecs.Key, limit int) (string, []any
 type window struct {
 	id         string
 	chunk      int64
-	run        string
 	entityType string
 	changed    map[codecs.Key]struct{}
 	truncated  bool
@@ -668,7 +663,7 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 		if !ok {
 			return nil
 		}
-		s.win = &window{id: sig.ID, chunk: sig.Chunk, run: sig.Run, entityType: t.entityType, changed: map[codecs.Key]struct{}{},
+		s.win = &window{id: sig.ID, chunk: sig.Chunk, entityType: t.entityType, changed: map[codecs.Key]struct{}{},
 			before: s.recent.of(t.entityType)}
 		return nil
 	}

@@ -162,11 +162,12 @@ type snapshotCopy struct {
 	taken    time.Time  // every row's commit time: when the copy began
 
 	// The current table's columns, as its first batch found them.
-	enc      *codecs.RowEncoder
-	names    []string
-	oids     []uint32
-	keyIndex []int
-	keyOIDs  []uint32
+	enc       *codecs.RowEncoder
+	names     []string
+	oids      []uint32
+	keyIndex  []int
+	keyOIDs   []uint32
+	keyValues [][]byte // a buffer for a row's key columns
 	// row is a buffer for the row's JSON; around what the last event
 	// took besides its row, and some.
 	row    []byte
@@ -215,6 +216,17 @@ func (cp *snapshotCopy) columns(t table, fields []pgconn.FieldDescription) error
 	return nil
 }
 
+// key is the entity key of raw, a row of table t in the columns of the
+// current batch: the same function as the stream's (relation.key), so a
+// row's copy and its changes have one key.
+func (cp *snapshotCopy) key(t table, raw [][]byte) (codecs.Key, error) {
+	cp.keyValues = cp.keyValues[:0]
+	for _, i := range cp.keyIndex {
+		cp.keyValues = append(cp.keyValues, raw[i])
+	}
+	return codecs.ColumnKey(t.keyColumns, cp.keyOIDs, cp.keyValues)
+}
+
 // batch copies the rows sql returns from table t and reports how many and
 // the last key.
 func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []any) (int, codecs.Key, error) {
@@ -227,16 +239,10 @@ func (cp *snapshotCopy) batch(ctx context.Context, t table, sql string, args []a
 	if err := cp.columns(t, rows.FieldDescriptions()); err != nil {
 		return 0, last, err
 	}
-	keyValues := make([][]byte, len(t.keyColumns))
 	n := 0
 	for rows.Next() {
 		raw := rows.RawValues()
-		for k, i := range cp.keyIndex {
-			keyValues[k] = raw[i]
-		}
-		// The same function as the stream's (relation.key), so a row's
-		// copy and its changes have one key.
-		if last, err = codecs.ColumnKey(t.keyColumns, cp.keyOIDs, keyValues); err != nil {
+		if last, err = cp.key(t, raw); err != nil {
 			return 0, last, fmt.Errorf("%w: snapshot of %s: %v", ErrInvalidKey, t.qualified(), err)
 		}
 		if cp.index == math.MaxUint32 {
