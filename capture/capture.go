@@ -31,6 +31,7 @@ type Capture struct {
 	down    string // the dependency whose error ended the last session, until one streams
 
 	recreateSlot bool
+	resync       bool
 }
 
 // Option configures a Capture.

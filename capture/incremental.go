@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
 )
 
 // Incremental snapshots copy a table's rows while the stream goes on, by
@@ -61,6 +62,15 @@ type incrementalSnapshot struct {
 	Chunks    int64     `json:"chunks"`
 	Rows      int64     `json:"rows"`
 	Requested time.Time `json:"requested"`
+	// Resync says the copy is a resync's (see resync.go): rows equal to
+	// the snapshot tables' states are not written, and Same counts them;
+	// then the tables' entities the table no longer has are deleted, with
+	// Deleting set, After the last key of the tables looked up, and
+	// Deleted counting the deletes written.
+	Resync   bool  `json:"resync,omitempty"`
+	Same     int64 `json:"same,omitempty"`
+	Deleting bool  `json:"deleting,omitempty"`
+	Deleted  int64 `json:"deleted,omitempty"`
 }
 
 // copiedChunk is a chunk's rows between its watermarks, for the stream.
@@ -69,6 +79,9 @@ type copiedChunk struct {
 	chunk int64
 	run   string
 	rows  []chunkRow
+	// deletes are keys the table did not hold when read (a resync's):
+	// each gets a delete unless the stream changed it in the window.
+	deletes []codecs.Key
 	// seen is the snapshot the rows were read in.
 	seen pgSnapshot
 }
@@ -129,9 +142,13 @@ type chunkDone struct {
 // incrementals is what a session's stream and its copier share: the
 // requests, and the chunk between its watermarks.
 type incrementals struct {
-	log        *slog.Logger
-	metrics    *metrics
-	client     sarama.Client
+	log     *slog.Logger
+	metrics *metrics
+	topo    *topology.Topology
+	client  sarama.Client
+	// historyEnd is the history's end offset when the session started: a
+	// resync compares with the snapshot tables once they hold it.
+	historyEnd int64
 	stateTopic string
 	url        string
 	tables     map[string]table
@@ -152,12 +169,12 @@ type incrementals struct {
 	done    chan chunkDone
 }
 
-func newIncrementals(se *session, state captureState) *incrementals {
+func newIncrementals(se *session, state captureState, historyEnd int64) *incrementals {
 	var nonce [6]byte
 	rand.Read(nonce[:])
 	inc := &incrementals{
 		log: se.log.With("component", "incremental_snapshot"), metrics: se.metrics,
-		client: se.client, stateTopic: se.topo.CaptureState(), url: se.topo.Config().Postgres.URL,
+		topo: se.topo, historyEnd: historyEnd, client: se.client, stateTopic: se.topo.CaptureState(), url: se.topo.Config().Postgres.URL,
 		tables: map[string]table{}, run: hex.EncodeToString(nonce[:]),
 		state: state, wake: make(chan struct{}, 1), done: make(chan chunkDone, 1),
 	}
@@ -393,8 +410,19 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 	if err != nil {
 		return err
 	}
+	var tv *tablesView
+	if snap.Resync {
+		log.Info("resync: waiting until the snapshot table holds the history, to compare the table with it", "table", t.qualified())
+		if tv, err = inc.openTablesView(ctx, snap.Type); err != nil {
+			return err
+		}
+		defer tv.close()
+		if snap.Deleting {
+			return inc.deleteVanished(ctx, conn, snap, t, tv, log)
+		}
+	}
 	if after == nil {
-		log.Info("incremental snapshot: copying", "table", t.qualified(), "from", snap.From, "to", snap.To)
+		log.Info("incremental snapshot: copying", "table", t.qualified(), "from", snap.From, "to", snap.To, "resync", snap.Resync)
 	} else {
 		log.Info("incremental snapshot: resuming", "table", t.qualified(), "after", snap.After, "rows", snap.Rows, "chunks", snap.Chunks)
 	}
@@ -416,18 +444,19 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 		if err != nil {
 			return err
 		}
-		inc.put(&copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, rows: rows, seen: seen})
-		if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: highWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
-			return err
+		read, same := len(rows), 0
+		if tv != nil {
+			if rows, same, err = tv.differing(ctx, rows); err != nil {
+				return err
+			}
 		}
-		var done chunkDone
-		select {
-		case done = <-inc.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if done.id != snap.ID || done.chunk != chunk {
-			return fmt.Errorf("incremental snapshot %s: chunk %d done, but %s chunk %d was copied", snap.ID, chunk, done.id, done.chunk)
+		done := chunkDone{id: snap.ID, chunk: chunk}
+		if tv == nil || len(rows) > 0 {
+			// (A resync's chunk whose rows the tables all hold needs no
+			// high watermark: nothing is written.)
+			if done, err = inc.writeChunk(ctx, conn, &copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, rows: rows, seen: seen}); err != nil {
+				return err
+			}
 		}
 		if done.retry {
 			// Cancelled, or the stream had no window for it: copy it again
@@ -438,18 +467,30 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 			}
 			continue
 		}
-		finished := len(rows) < chunkRows
-		snap.Chunks, snap.Rows = chunk, snap.Rows+int64(done.written)
-		if len(rows) > 0 {
+		finished := read < chunkRows
+		snap.Chunks, snap.Rows, snap.Same = chunk, snap.Rows+int64(done.written), snap.Same+int64(same)
+		if read > 0 {
 			snap.After, after = last.String(), &last
 		}
-		left = max(0, left-int64(len(rows)))
+		left = max(0, left-int64(read))
 		rowsLeftGauge.Set(float64(left))
 		inc.metrics.incrementalRows.WithLabelValues(snap.Type).Add(float64(done.written))
 		inc.metrics.incrementalChunks.WithLabelValues(snap.Type).Inc()
+		if same > 0 {
+			inc.metrics.resyncSame.WithLabelValues(snap.Type).Add(float64(same))
+		}
 		// The chunk is in Kafka; its record in the capture-state topic is
 		// only what a restart resumes from, so it is written at most once
 		// a progressInterval (a restart copies the chunks since again).
+		if finished && tv != nil {
+			log.Info("resync: table copied; looking for entities the tables hold that the table no longer has",
+				"rows", snap.Rows, "same", snap.Same, "chunks", snap.Chunks, "seconds", time.Since(started).Seconds())
+			snap.Deleting, snap.After = true, ""
+			if cancelled, err := inc.progress(snap, false); err != nil || cancelled {
+				return err
+			}
+			return inc.deleteVanished(ctx, conn, snap, t, tv, log)
+		}
 		var cancelled bool
 		if finished || time.Since(recorded) >= progressInterval {
 			if cancelled, err = inc.progress(snap, finished); err != nil {
@@ -467,11 +508,137 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 			log.Info("incremental snapshot: done", "rows", snap.Rows, "chunks", snap.Chunks, "seconds", time.Since(started).Seconds())
 			return nil
 		case time.Since(lastReport) >= 5*time.Second:
-			log.Info("incremental snapshot: progress", "rows", snap.Rows, "chunks", snap.Chunks, "after", snap.After, "rows_left", left,
+			log.Info("incremental snapshot: progress", "rows", snap.Rows, "same", snap.Same, "chunks", snap.Chunks, "after", snap.After, "rows_left", left,
 				"rows_per_s", int(float64(snap.Rows-startRows)/time.Since(started).Seconds()))
 			lastReport = time.Now()
 		}
 	}
+}
+
+// writeChunk hands the stream c, read after its low watermark, writes its
+// high watermark and waits until the stream has written c's rows (or
+// deletes) to Kafka.
+func (inc *incrementals) writeChunk(ctx context.Context, conn *pgx.Conn, c *copiedChunk) (chunkDone, error) {
+	inc.put(c)
+	if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: highWatermark, ID: c.id, Chunk: c.chunk, Run: inc.run}); err != nil {
+		return chunkDone{}, err
+	}
+	var done chunkDone
+	select {
+	case done = <-inc.done:
+	case <-ctx.Done():
+		return done, ctx.Err()
+	}
+	if done.id != c.id || done.chunk != c.chunk {
+		return done, fmt.Errorf("incremental snapshot %s: chunk %d done, but %s chunk %d was copied", done.id, done.chunk, c.id, c.chunk)
+	}
+	return done, nil
+}
+
+// deleteVanished is a resync's last step for snap's table t: it looks up
+// the keys the snapshot table holds (tv) in the table, resyncDeleteBatch at
+// a time, and those it does not find again between a low and a high
+// watermark, in a repeatable-read transaction as a chunk is read; the
+// stream writes a delete for each still missing at the high watermark,
+// unless it changed the entity in the window.
+func (inc *incrementals) deleteVanished(ctx context.Context, conn *pgx.Conn, snap incrementalSnapshot, t table, tv *tablesView, log *slog.Logger) error {
+	var after *codecs.Key
+	if snap.After != "" {
+		k, err := codecs.ParseKey(t.kind(), snap.After)
+		if err != nil {
+			return err
+		}
+		after = &k
+	}
+	started, recorded := time.Now(), time.Now()
+	for {
+		keys, err := tv.nextKeys(ctx, after, resyncDeleteBatch)
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			if cancelled, err := inc.progress(snap, true); err != nil || cancelled {
+				return err
+			}
+			log.Info("resync: done", "rows", snap.Rows, "same", snap.Same, "deleted", snap.Deleted, "chunks", snap.Chunks,
+				"delete_search_seconds", time.Since(started).Seconds())
+			return nil
+		}
+		present, err := existingKeys(ctx, conn, t, keys)
+		if err != nil {
+			return err
+		}
+		var absent []codecs.Key
+		for i, k := range keys {
+			if !present[i] {
+				absent = append(absent, k)
+			}
+		}
+		for len(absent) > 0 {
+			chunk := snap.Chunks + 1
+			if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: lowWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
+				return err
+			}
+			gone, seen, err := selectGone(ctx, conn, t, absent)
+			if err != nil {
+				return err
+			}
+			done := chunkDone{id: snap.ID, chunk: chunk}
+			if len(gone) > 0 {
+				if done, err = inc.writeChunk(ctx, conn, &copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, deletes: gone, seen: seen}); err != nil {
+					return err
+				}
+			}
+			if done.retry {
+				if _, still := inc.find(snap.ID); !still {
+					log.Info("resync: cancelled", "rows", snap.Rows, "deleted", snap.Deleted)
+					return nil
+				}
+				continue
+			}
+			snap.Chunks, snap.Deleted = chunk, snap.Deleted+int64(done.written)
+			inc.metrics.incrementalChunks.WithLabelValues(snap.Type).Inc()
+			inc.metrics.resyncDeletes.WithLabelValues(snap.Type).Add(float64(done.written))
+			break
+		}
+		last := keys[len(keys)-1]
+		snap.After, after = last.String(), &last
+		if time.Since(recorded) >= progressInterval {
+			if cancelled, err := inc.progress(snap, false); err != nil || cancelled {
+				return err
+			}
+			recorded = time.Now()
+		}
+	}
+}
+
+// selectGone returns which of keys table t does not hold, read in a
+// repeatable-read transaction, and its snapshot (see selectChunk).
+func selectGone(ctx context.Context, conn *pgx.Conn, t table, keys []codecs.Key) ([]codecs.Key, pgSnapshot, error) {
+	var seen pgSnapshot
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, seen, fmt.Errorf("resync of %s: %w", t.qualified(), err)
+	}
+	defer tx.Rollback(context.Background())
+	var snapText string
+	if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snapText); err != nil {
+		return nil, seen, fmt.Errorf("resync of %s: %w", t.qualified(), err)
+	}
+	if seen, err = parsePGSnapshot(snapText); err != nil {
+		return nil, seen, err
+	}
+	present, err := existingKeys(ctx, tx, t, keys)
+	if err != nil {
+		return nil, seen, err
+	}
+	var gone []codecs.Key
+	for i, k := range keys {
+		if !present[i] {
+			gone = append(gone, k)
+		}
+	}
+	return gone, seen, tx.Commit(ctx)
 }
 
 // slot is the slot whose signals the copier writes.
@@ -717,6 +884,15 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 			return err
 		}
 		if err := s.send(ctx, rel, ev, msg); err != nil {
+			return err
+		}
+		written++
+	}
+	for _, k := range c.deletes {
+		if _, changed := w.changed[k]; changed || w.truncated {
+			continue
+		}
+		if err := s.writeResyncDelete(ctx, rel, k); err != nil {
 			return err
 		}
 		written++

@@ -22,6 +22,8 @@ type metrics struct {
 	incrementalChunks   *prometheus.CounterVec
 	incrementalRowsLeft *prometheus.GaugeVec
 	incrementalUnseen   prometheus.Counter
+	resyncSame          *prometheus.CounterVec
+	resyncDeletes       *prometheus.CounterVec
 	badSignals          prometheus.Counter
 	commitToHistory     prometheus.Histogram
 	kafkaTxns           prometheus.Counter
@@ -64,6 +66,10 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			"Rows the running incremental snapshot of the entity type has left to copy: counted when it starts or resumes, less each chunk's rows since.", "entity_type"),
 		incrementalUnseen: f.Counter("changes_capture_incremental_snapshot_unseen_changes_total",
 			"Changes committed just before a chunk's low watermark that the chunk's query did not see yet (PostgreSQL makes commits visible after writing them): their rows were left out of the chunk, their changes being newer."),
+		resyncSame: f.CounterVec("changes_capture_resync_same_rows_total",
+			"Rows a resync (changes capture --resync) copied that equal their entity's state in the snapshot tables: not written.", "entity_type"),
+		resyncDeletes: f.CounterVec("changes_capture_resync_deletes_total",
+			"Deletes a resync wrote for entities the snapshot tables held that the database no longer has, by entity type.", "entity_type"),
 		badSignals: f.Counter("changes_capture_bad_signals_total",
 			"Messages with the slot's signal prefix that are not signals: logged and ignored."),
 		commitToHistory: f.Histogram("changes_capture_commit_to_history_seconds",

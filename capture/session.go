@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -28,6 +30,7 @@ type session struct {
 	log          *slog.Logger
 	metrics      *metrics
 	recreateSlot bool
+	resync       bool
 	// streaming is called when the stream has started: every dependency
 	// is reachable again.
 	streaming func()
@@ -48,6 +51,7 @@ func (c *Capture) newSession() *session {
 		log:          c.log,
 		metrics:      c.metrics,
 		recreateSlot: c.recreateSlot,
+		resync:       c.resync,
 		streaming:    c.streaming,
 	}
 }
@@ -179,6 +183,12 @@ func (se *session) checkDatabase(ctx context.Context, written codecs.Position) (
 		return false, err
 	}
 	st, err := inspectSlot(ctx, conn, cfg.Postgres.Slot)
+	if errors.Is(err, ErrSlotLost) && se.resync && !written.IsZero() {
+		if err := dropLostSlot(ctx, conn, cfg.Postgres.Slot, se.log); err != nil {
+			return false, err
+		}
+		st, err = inspectSlot(ctx, conn, cfg.Postgres.Slot)
+	}
 	if err != nil {
 		return false, err
 	}
@@ -189,10 +199,15 @@ func (se *session) checkDatabase(ctx context.Context, written codecs.Position) (
 		}
 		return true, nil
 	}
-	if !written.IsZero() && !se.recreateSlot {
+	if !written.IsZero() && !se.recreateSlot && !se.resync {
 		return false, fmt.Errorf("%w: slot %s does not exist, but the history already holds changes up to %s: the slot was dropped, "+
-			"so changes committed since are not in the stream. Nothing was created. To go on and accept the gap, start the capture once with --recreate-slot",
+			"so changes committed since are not in the stream. Nothing was created. To recover without a gap in the snapshot tables, start the capture with --resync; "+
+			"to start over with a new snapshot and accept the gap, start it once with --recreate-slot",
 			ErrSlotMissing, cfg.Postgres.Slot, written)
+	}
+	if !written.IsZero() && se.resync {
+		se.log.Warn("the replication slot is missing: resync", "slot", cfg.Postgres.Slot, "history_position", written.String())
+		return false, nil
 	}
 	if !written.IsZero() {
 		se.log.Warn("re-creating a dropped replication slot with a new snapshot: changes committed while it was missing are not in the history",
@@ -215,8 +230,17 @@ func (se *session) snapshot(ctx context.Context, f found) (captureState, error) 
 	}
 	se.repl = repl
 	switch {
+	case !f.slotExists && se.resync && !f.written.IsZero():
+		if err := se.createForResync(ctx, f.written, state); err != nil {
+			return state, err
+		}
 	case !f.slotExists:
 		if err := se.createAndSnapshot(ctx, f.written); err != nil {
+			return state, err
+		}
+	case state.Resync != nil:
+		// A resync whose session failed before it marked the history.
+		if err := se.writeResyncMarker(ctx, state); err != nil {
 			return state, err
 		}
 	case state.Snapshot == "":
@@ -322,6 +346,10 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		return err
 	}
 	state.Slot = cfg.Postgres.Slot
+	historyEnd, err := kread.End(se.client, se.topo.History(), 0)
+	if err != nil {
+		return fmt.Errorf("history end offset: %w", err)
+	}
 	err = pglogrepl.StartReplication(ctx, se.repl, cfg.Postgres.Slot, pglogrepl.LSN(start.lsn), pglogrepl.StartReplicationOptions{
 		// messages: the signals (signal.go).
 		PluginArgs: []string{"proto_version '1'", publicationNames(cfg.Postgres.Publication), "messages 'true'"},
@@ -347,7 +375,7 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		cuts:     start.cuts,
 		tableIdx: map[string]int{},
 		failed:   make(chan struct{}),
-		inc:      newIncrementals(se, state),
+		inc:      newIncrementals(se, state, historyEnd),
 		prefix:   SignalPrefix(cfg.Postgres.Slot),
 	}
 	for i, t := range se.tables {

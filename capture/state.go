@@ -34,7 +34,10 @@ type captureState struct {
 	// SignalsThrough is the LSN of the last request or cancellation taken:
 	// PostgreSQL may resend it after a restart.
 	SignalsThrough codecs.LSN `json:"signals_through,omitempty"`
-	Updated        time.Time  `json:"updated"`
+	// Resync is the marker of a resync that the history does not hold yet
+	// (see createForResync).
+	Resync  *resyncMarker `json:"resync,omitempty"`
+	Updated time.Time     `json:"updated"`
 }
 
 // snapshotCut is where a resumed copy of an interrupted initial snapshot

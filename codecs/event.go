@@ -17,18 +17,23 @@ type Op string
 // history, which no change before it is newer than.
 // OpTruncate carries no entity id: it empties the whole table of its entity
 // type.
+// OpResync is not a change: it marks where a resync after a lost
+// replication slot began (changes capture --resync), carries no entity type
+// and the integer id 0, and says in Resync which changes the history misses.
+// The router skips it.
 const (
 	OpSnapshot Op = "snapshot"
 	OpInsert   Op = "insert"
 	OpUpdate   Op = "update"
 	OpDelete   Op = "delete"
 	OpTruncate Op = "truncate"
+	OpResync   Op = "resync"
 )
 
 // Valid reports whether o is one of the declared operations.
 func (o Op) Valid() bool {
 	switch o {
-	case OpSnapshot, OpInsert, OpUpdate, OpDelete, OpTruncate:
+	case OpSnapshot, OpInsert, OpUpdate, OpDelete, OpTruncate, OpResync:
 		return true
 	}
 	return false
@@ -78,17 +83,41 @@ type Event struct {
 	CommitTime time.Time `json:"commit_time"`
 	// CaptureTime is when the capture decoded the change.
 	CaptureTime time.Time `json:"capture_time"`
+	// Resync is what an OpResync marker says; nil for every other op.
+	Resync *Resync `json:"resync,omitempty"`
+}
+
+// Resync is what the marker of a resync says. The replication slot was
+// lost (dropped, or its WAL removed), so the changes committed after After
+// and before Until are not in the history one by one. The resync copies
+// every table of Types again after the marker, by incremental snapshots:
+// an entity whose state in the snapshot tables differs from its row gets
+// an OpSnapshot event, one the database no longer has an OpDelete.
+type Resync struct {
+	// Slot is the new replication slot.
+	Slot string `json:"slot"`
+	// After is the position of the last change the history held before
+	// the resync: the last one the lost slot streamed.
+	After Position `json:"after"`
+	// Until is where the new slot streams from: every change committed
+	// from there on is in the history one by one again.
+	Until LSN `json:"until"`
+	// Types are the entity types copied again.
+	Types []string `json:"types"`
 }
 
 // Validate checks the fields every consumer relies on.
 func (e *Event) Validate() error {
+	if e.Op == OpResync || e.Resync != nil {
+		return e.validateResync()
+	}
 	switch {
 	case e.EntityType == "":
 		return errors.New("type is empty")
 	case e.EntityID.Validate() != nil:
 		return e.EntityID.Validate()
 	case !e.Op.Valid():
-		return fmt.Errorf("op %q is not snapshot, insert, update, delete or truncate", e.Op)
+		return fmt.Errorf("op %q is not snapshot, insert, update, delete, truncate or resync", e.Op)
 	case e.Position.IsZero():
 		return errors.New("position is zero")
 	case e.Position.CommitLSN != e.CommitLSN:
@@ -97,6 +126,25 @@ func (e *Event) Validate() error {
 	// invalid as a missing one, or Decode would reject what Encode wrote.
 	case (e.Op == OpSnapshot || e.Op == OpInsert || e.Op == OpUpdate) && len(e.After) == 0:
 		return fmt.Errorf("%s without after", e.Op)
+	}
+	return nil
+}
+
+// validateResync checks a resync marker.
+func (e *Event) validateResync() error {
+	switch {
+	case e.Op != OpResync:
+		return fmt.Errorf("a %s event with a resync marker", e.Op)
+	case e.Resync == nil:
+		return errors.New("a resync event without its marker")
+	case e.EntityType != "" || e.EntityID != IntKey(0):
+		return errors.New("a resync event names an entity")
+	case len(e.After) > 0 || len(e.Before) > 0:
+		return errors.New("a resync event has a row")
+	case e.Position.IsZero():
+		return errors.New("position is zero")
+	case e.Position.CommitLSN != e.CommitLSN:
+		return fmt.Errorf("position %s is not at commit_lsn %s", e.Position, e.CommitLSN)
 	}
 	return nil
 }
@@ -191,6 +239,14 @@ func appendEvent(dst []byte, e *Event, after []byte) ([]byte, error) {
 		return nil, fmt.Errorf("capture_time: %w", err)
 	}
 	dst = append(dst, '"')
+	if e.Resync != nil {
+		marker, err := json.Marshal(e.Resync)
+		if err != nil {
+			return nil, fmt.Errorf("resync: %w", err)
+		}
+		dst = append(dst, `,"resync":`...)
+		dst = append(dst, marker...)
+	}
 	if kind := e.EntityID.Kind(); kind != KeyInteger {
 		if int(kind) >= len(kindNames) {
 			return nil, fmt.Errorf("key kind %d is unknown", kind)

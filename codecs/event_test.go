@@ -519,3 +519,41 @@ func FuzzEventEncodeMatchesJSON(f *testing.F) {
 		}
 	})
 }
+
+func TestResyncMarker(t *testing.T) {
+	at := codecs.Position{CommitLSN: 0x2000, Index: 0}
+	marker := &codecs.Event{
+		Op: codecs.OpResync, TxID: 0, CommitLSN: at.CommitLSN, Position: at,
+		CommitTime: time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC), CaptureTime: time.Date(2026, 12, 2, 3, 0, 1, 0, time.UTC),
+		Resync: &codecs.Resync{Slot: "changes", After: codecs.Position{CommitLSN: 0x1000, Index: 3}, Until: 0x2001, Types: []string{"a", "b"}},
+	}
+	raw, err := codecs.EventCodec{}.Encode(marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := codecs.EventCodec{}.Decode(raw)
+	if err != nil {
+		t.Fatalf("decode %s: %v", raw, err)
+	}
+	if !reflect.DeepEqual(got, marker) {
+		t.Fatalf("round trip of %s:\n got %+v\nwant %+v", raw, got, marker)
+	}
+	var viaJSON codecs.Event
+	if err := json.Unmarshal(raw, &viaJSON); err != nil || !reflect.DeepEqual(&viaJSON, marker) {
+		t.Fatalf("encoding/json of %s: %+v, %v", raw, viaJSON, err)
+	}
+	for name, bad := range map[string]func(e *codecs.Event){
+		"no marker":       func(e *codecs.Event) { e.Resync = nil },
+		"an entity type":  func(e *codecs.Event) { e.EntityType = "a" },
+		"an entity id":    func(e *codecs.Event) { e.EntityID = codecs.IntKey(7) },
+		"a row":           func(e *codecs.Event) { e.After = codecs.Row{"id": json.RawMessage("1")} },
+		"another op":      func(e *codecs.Event) { e.Op = codecs.OpUpdate },
+		"a zero position": func(e *codecs.Event) { e.Position, e.CommitLSN = codecs.Position{}, 0 },
+	} {
+		e := *marker
+		bad(&e)
+		if _, err := (codecs.EventCodec{}).Encode(&e); err == nil {
+			t.Errorf("a resync marker with %s encoded", name)
+		}
+	}
+}

@@ -190,6 +190,8 @@ func routeOf(gctx goka.Context, o *options, topo *topology.Topology, msg any) (t
 // dead-letter topic. An event whose value does not match its key reaches
 // the snapshot processor, which checks it and dead-letters it.
 //
+// A resync marker (codecs.OpResync) is logged and not routed.
+//
 // What a record says never widens the router's work or its metrics: an
 // entity type the config does not declare is dead-lettered, never a label
 // value; a TRUNCATE is decoded and must be a truncate of the type its key
@@ -221,6 +223,11 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 		order.commitAfterEarlier(gctx)
 		typ, id, op, raw, ok := routeOf(gctx, o, topo, msg)
 		if !ok {
+			return
+		}
+		if op == codecs.OpResync {
+			// A marker, not a change: the resync's own events follow it.
+			log.Info("the history records a resync after a lost replication slot", "offset", gctx.Offset())
 			return
 		}
 		r, ok := routes[typ]

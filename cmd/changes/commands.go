@@ -237,15 +237,20 @@ func noFlags(fn runFunc) func(*flag.FlagSet) runFunc {
 // cancelled; with the capture, it takes --recreate-slot.
 func platformCommand(parts platform.Parts) func(*flag.FlagSet) runFunc {
 	return func(fs *flag.FlagSet) runFunc {
-		var recreateSlot bool
+		var recreateSlot, resync bool
 		if parts.Capture {
 			fs.BoolVar(&recreateSlot, "recreate-slot", false,
 				"create the replication slot although the history shows it was dropped, accepting the gap (default: refuse)")
+			fs.BoolVar(&resync, "resync", false,
+				"when the replication slot is missing or lost, create a new one and copy every table again, writing only what differs from the snapshot tables (the processors must run)")
 		}
 		return func(ctx context.Context, e *env) error {
 			capOpts := []capture.Option{capture.WithRegisterer(e.reg)}
 			if recreateSlot {
 				capOpts = append(capOpts, capture.WithRecreateSlot())
+			}
+			if resync {
+				capOpts = append(capOpts, capture.WithResync())
 			}
 			procOpts := []processors.Option{processors.WithRegisterer(e.reg)}
 			cfg := e.topo.Config()

@@ -203,7 +203,7 @@ func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anoma
 		c.last = ev.Position
 	}
 	_, declared := c.partitions[ev.EntityType]
-	if !declared {
+	if !declared && ev.Op != codecs.OpResync { // a resync marker names no entity
 		where.Kind, where.Detail = UndeclaredType, "no entity type of this name is declared: the router dead-letters it"
 		out = append(out, where)
 	}

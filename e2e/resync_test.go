@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/changes-dev/changes/capture"
+	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/topology"
+	"github.com/changes-dev/changes/views"
+)
+
+// TestResyncAfterLostSlot plays a failover: while a workload inserts,
+// updates and deletes rows of two tables (one keyed by an integer, one by
+// text), the capture stops and its slot is dropped, the writes go on, and
+// the capture, started again, refuses to go on without --resync. With it,
+// it creates a new slot, marks the history and copies both tables while
+// the workload still writes. Then every view must equal its table value by
+// value, no entity's position may ever go back in a view, the history must
+// hold one marker naming the gap, and the resync must have written fewer
+// rows than were changed since the capture stopped (only what differs),
+// and deletes for rows deleted in the gap.
+func TestResyncAfterLostSlot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := stack(t)
+	name := uniqueName("resync")
+	items, codes := name+"_items", name+"_codes"
+	cfg := testConfig(t, e, name, []topology.EntityConfig{
+		{Type: "item", Table: "public." + items, IDColumn: "id", Partitions: 3},
+		{Type: "code", Table: "public." + codes, IDColumn: "code", Partitions: 2},
+	})
+	cleanupStack(t, e, cfg, items, codes)
+	db, err := pgx.Connect(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	const itemRows, codeRows = 20000, 3000
+	execSQL(t, ctx, db, "create table "+items+" (id bigserial primary key, version int not null default 1, note text)")
+	execSQL(t, ctx, db, "create table "+codes+" (code text primary key, version int not null default 1)")
+	execSQL(t, ctx, db, fmt.Sprintf("insert into %s (note) select md5(g::text) from generate_series(1, %d) g", items, itemRows))
+	execSQL(t, ctx, db, fmt.Sprintf("insert into %s (code) select 'c-' || g from generate_series(1, %d) g", codes, codeRows))
+	topo := topology.New(cfg)
+	if err := platform.EnsureTopics(topo); err != nil {
+		t.Fatal(err)
+	}
+
+	// The processors run throughout; so do a view of each type, whose
+	// entities' positions must only ever go forward.
+	log := testLogger(t)
+	procCtx, stopProcs := context.WithCancel(ctx)
+	procDone := make(chan error, 1)
+	go func() { procDone <- platform.Run(procCtx, topo, platform.Parts{Processors: true}, log, nil, nil) }()
+	defer func() {
+		stopProcs()
+		if err := <-procDone; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("processors stopped with %v", err)
+		}
+	}()
+	var backwards atomic.Int64
+	vs := map[string]*views.View{}
+	for _, typ := range topo.EntityTypes() {
+		var mu sync.Mutex
+		last := map[codecs.Key]codecs.Position{}
+		vs[typ] = runView(t, ctx, topo, typ, views.WithUpdateHook(func(u views.Update) {
+			if u.State == nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if prev, ok := last[u.EntityID]; ok && u.State.Position.Compare(prev) < 0 {
+				if backwards.Add(1) <= 5 {
+					t.Errorf("view %s: entity %s went back from %s to %s", typ, u.EntityID, prev, u.State.Position)
+				}
+			}
+			last[u.EntityID] = u.State.Position
+		}))
+	}
+
+	f := &captureFixture{e: e, cfg: cfg, topo: topo, db: db}
+	stop := f.start(t, ctx)
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
+	waitViewsEqual(t, ctx, db, topo, vs)
+
+	pool, err := pgxpool.New(ctx, e.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	work, stopWork := context.WithCancel(ctx)
+	var writers sync.WaitGroup
+	var writes atomic.Int64
+	for w := range 2 {
+		writers.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 11))
+			for work.Err() == nil {
+				var sql string
+				id := 1 + rng.Int64N(itemRows)
+				code := fmt.Sprintf("c-%d", 1+rng.Int64N(codeRows))
+				switch r := rng.IntN(20); {
+				case r == 0:
+					sql = fmt.Sprintf("insert into %s (note) values ('new')", items)
+				case r == 1:
+					sql = fmt.Sprintf("delete from %s where id = %d", items, id)
+				case r == 2:
+					sql = fmt.Sprintf("delete from %s where code = '%s'", codes, code)
+				case r == 3:
+					sql = fmt.Sprintf("insert into %s (code) values ('n-%d-%d') on conflict do nothing", codes, w, rng.Int64())
+				case r < 8:
+					sql = fmt.Sprintf("update %s set version = version + 1 where code = '%s'", codes, code)
+				default:
+					sql = fmt.Sprintf("update %s set version = version + 1, note = md5(random()::text) where id = %d", items, id)
+				}
+				if _, err := pool.Exec(work, sql); err != nil {
+					if work.Err() == nil {
+						t.Errorf("workload: %v", err)
+					}
+					return
+				}
+				writes.Add(1)
+				time.Sleep(3 * time.Millisecond)
+			}
+		})
+	}
+	defer func() { stopWork(); writers.Wait() }()
+	time.Sleep(2 * time.Second)
+
+	// The failover: the capture stops, its slot is gone, writes go on.
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	lastBefore := lastHistoryEvent(t, ctx, cfg, topo)
+	writesAtStop := writes.Load()
+	waitSlotInactive(t, ctx, db, cfg.Postgres.Slot)
+	execSQL(t, ctx, db, fmt.Sprintf("select pg_drop_replication_slot('%s')", cfg.Postgres.Slot))
+	time.Sleep(3 * time.Second)
+
+	if err := f.run(t, ctx); !errors.Is(err, capture.ErrSlotMissing) {
+		t.Fatalf("a capture without --resync after the slot was dropped returned %v; want ErrSlotMissing", err)
+	}
+	reg := prometheus.NewRegistry()
+	stop = f.start(t, ctx, capture.WithResync(), capture.WithRegisterer(reg))
+	defer stop()
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
+	waitPending(t, ctx, topo, func(p []capture.SnapshotStatus) bool { return len(p) == 0 })
+	time.Sleep(time.Second) // the workload goes on after the resync
+	stopWork()
+	writers.Wait()
+	changedSinceStop := writes.Load() - writesAtStop
+
+	waitViewsEqual(t, ctx, db, topo, vs)
+	if n := backwards.Load(); n > 0 {
+		t.Fatalf("%d view updates took an entity back in time", n)
+	}
+
+	// The history: one marker, after the last change of the lost slot;
+	// then fewer snapshot rows than changes since the capture stopped.
+	var markers []*codecs.Event
+	snapshots := 0
+	for _, m := range readAll(t, ctx, cfg, topo.History()) {
+		ev, err := (codecs.EventCodec{}).Decode(m.Value)
+		if err != nil {
+			t.Fatalf("history offset %d: %v", m.Offset, err)
+		}
+		switch {
+		case ev.Op == codecs.OpResync:
+			markers = append(markers, ev)
+		case ev.Op == codecs.OpSnapshot && len(markers) > 0:
+			snapshots++
+		}
+	}
+	if len(markers) != 1 {
+		t.Fatalf("the history holds %d resync markers; want 1", len(markers))
+	}
+	mk := markers[0].Resync
+	if mk.After != lastBefore.Position || mk.Until <= lastBefore.Position.CommitLSN || mk.Slot != cfg.Postgres.Slot || len(mk.Types) != 2 {
+		t.Fatalf("resync marker %+v; want after %s (the lost slot's last change), until later, slot %s, both types", mk, lastBefore.Position, cfg.Postgres.Slot)
+	}
+	same := testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_same_rows_total", "item")) +
+		testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_same_rows_total", "code"))
+	deletes := testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_deletes_total", "item")) +
+		testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_deletes_total", "code"))
+	t.Logf("resync: %d snapshot rows written, %.0f rows equal to the tables not written, %.0f deletes; %d changes since the capture stopped",
+		snapshots, same, deletes, changedSinceStop)
+	switch {
+	case snapshots == 0 || int64(snapshots) > changedSinceStop:
+		t.Fatalf("the resync wrote %d snapshot rows; want some, and no more than the %d changes since the capture stopped", snapshots, changedSinceStop)
+	case same < itemRows/2:
+		t.Fatalf("the resync found %.0f rows equal to the tables; want most of the %d", same, itemRows+codeRows)
+	case deletes == 0:
+		t.Fatal("the resync wrote no delete, though rows were deleted while the slot was missing")
+	}
+}
+
+// lastHistoryEvent is the history's last event.
+func lastHistoryEvent(t testing.TB, ctx context.Context, cfg *topology.Config, topo *topology.Topology) *codecs.Event {
+	t.Helper()
+	client, err := topology.NewClient(cfg.Kafka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	m := lastRecord(t, ctx, client, topo.History())
+	ev, err := (codecs.EventCodec{}).Decode(m.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// counterOf is the series of the counter vector name with label value
+// entityType that reg holds.
+func counterOf(t testing.TB, reg *prometheus.Registry, name, entityType string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name})
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "entity_type" && l.GetValue() == entityType {
+					c.Add(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return c
+}
