@@ -156,6 +156,33 @@
 // they are absent. A slot whose WAL was removed (wal_status = lost) or that
 // uses another plugin is an error that names what to do; it is never replaced
 // silently. A slot that is missing although the history holds changes was
-// dropped: Run returns ErrSlotMissing unless the operator accepts the gap
-// with WithRecreateSlot (changes capture --recreate-slot).
+// dropped: Run returns ErrSlotMissing. The operator chooses the way out:
+// WithResync (changes capture --resync) recovers without a gap in the
+// snapshot tables (below); WithRecreateSlot (--recreate-slot) takes a new
+// initial snapshot and accepts the gap.
+//
+// # Resync after a lost slot
+//
+// With WithResync, a missing slot, or one whose WAL PostgreSQL removed
+// (dropped first), while the history holds changes, starts a resync. The
+// capture records in the capture-state topic an incremental snapshot of
+// every declared type, creates a new slot, and writes a marker to the
+// history (codecs.OpResync, codecs.Resync: the last change before the gap
+// and the LSN the new slot streams from; the router skips it). Each copy
+// then waits until the router and the type's snapshot processors have
+// applied the history as the session found it, opens a view of the
+// snapshot table in a temporary directory, and compares every chunk's rows
+// with their entities' states there: rows that are equal are not written
+// (changes_capture_resync_same_rows_total), the others are written at the
+// chunk's high watermark as any incremental snapshot writes them. Last, it
+// looks up the keys the snapshot table holds in the database,
+// resyncDeleteBatch at a time; those missing are looked up again between a
+// low and a high watermark, and each still missing, and not changed by the
+// stream in that window, gets a delete at the high watermark
+// (changes_capture_resync_deletes_total). An entity the stream changed
+// after the session began may be written once more than needed (its row
+// equals its streamed state, which the view may not have yet), never with
+// an older state. A restart resumes the copies and the delete search from
+// their progress recorded, and writes the marker if the first session did
+// not.
 package capture

@@ -91,10 +91,9 @@ func TestDemoCommand(t *testing.T) {
 }
 
 // TestDemoAfterAnOlderDemo runs `changes demo` where an older demo, which
-// captured only accounts and campaigns, left its slot: the capture would
-// refuse that slot, whose snapshot lacks the newer types, so the demo drops
-// it and a new one copies every table, the rows written while no slot
-// captured them included.
+// captured only accounts and campaigns, left its slot: the capture copies
+// the tables of the newer types by incremental snapshots while it streams,
+// the rows written before the demo included.
 func TestDemoAfterAnOlderDemo(t *testing.T) {
 	e := stack(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -158,7 +157,8 @@ func TestDemoAfterAnOlderDemo(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("changes run did not stop within 30 s of SIGTERM\nstderr:\n%s", runErr)
 	}
-	// Rows no slot captured: only a new snapshot brings them.
+	// Rows of tables the slot's snapshot did not copy: only an incremental
+	// snapshot brings them.
 	execSQL(t, ctx, db, "insert into placements (campaign_id, site, bid) values (7, 'news.example/sports', 0.5)")
 	execSQL(t, ctx, db, "insert into creatives (campaign_id, format, url) values (7, 'banner', 'https://cdn.example/c/1.png')")
 

@@ -112,13 +112,12 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	if err := platform.EnsureTopics(topo); err != nil {
 		return err
 	}
-	recreate, err := prepareDemoSlot(ctx, db, topo)
-	if err != nil {
+	// A slot an older demo made, for fewer tables: the capture copies the
+	// new tables by incremental snapshots while it streams.
+	if missing, err := capture.MissingSnapshotTypes(ctx, topo); err != nil {
 		return err
-	}
-	if recreate {
-		say("slot %s was made by an older demo, for fewer tables: dropped it; a new one takes a snapshot of every table", cfg.Postgres.Slot)
-		capOpts = append(slices.Clip(capOpts), capture.WithRecreateSlot())
+	} else if len(missing) > 0 {
+		say("slot %s was made by an older demo, for fewer tables: the capture copies the tables of %v while it streams", cfg.Postgres.Slot, missing)
 	}
 	g.Go(func() error { return platform.Run(gctx, topo, platform.All, log, capOpts, procOpts) })
 
@@ -356,43 +355,6 @@ func demoTables(cfg *topology.Config) string {
 		names = append(names, e.Table)
 	}
 	return strings.Join(names, ", ")
-}
-
-// prepareDemoSlot lets the demo run on a stack where an older demo, which
-// declared fewer tables, made the slot: the capture refuses to stream a slot
-// whose initial snapshot lacks a declared type (their rows would be missing
-// from the history), so the demo drops that slot and reports true; the
-// capture then creates it again with a snapshot of every table
-// (capture.WithRecreateSlot). The publication gains the new tables by
-// itself, the new types' topics are new. It drops a slot only when the
-// config declares nothing but the demo's types and no capture uses the slot.
-func prepareDemoSlot(ctx context.Context, db *pgx.Conn, topo *topology.Topology) (bool, error) {
-	cfg := topo.Config()
-	var exists, active bool
-	err := db.QueryRow(ctx, "select true, active from pg_replication_slots where slot_name = $1", cfg.Postgres.Slot).Scan(&exists, &active)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("look up slot %s: %w", cfg.Postgres.Slot, err)
-	}
-	missing, err := capture.MissingSnapshotTypes(ctx, topo)
-	if err != nil || len(missing) == 0 {
-		return false, err
-	}
-	for _, typ := range topo.EntityTypes() {
-		if !slices.Contains(demoTypes, typ) {
-			return false, fmt.Errorf("the snapshot of slot %s lacks entity types %v, and the config declares %q besides the demo's types: "+
-				"give the demo a slot of its own (CHANGES_POSTGRES_SLOT) or drop the slot and start once with --recreate-slot", cfg.Postgres.Slot, missing, typ)
-		}
-	}
-	if active {
-		return false, fmt.Errorf("the snapshot of slot %s lacks entity types %v and a capture is streaming it: stop it, then run the demo again", cfg.Postgres.Slot, missing)
-	}
-	if _, err := db.Exec(ctx, "select pg_drop_replication_slot($1)", cfg.Postgres.Slot); err != nil {
-		return false, fmt.Errorf("drop slot %s, made for fewer tables: %w", cfg.Postgres.Slot, err)
-	}
-	return true, nil
 }
 
 // demoSites are the sites placements are bought on; a site holds a slash,
