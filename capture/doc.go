@@ -86,8 +86,9 @@
 // # Incremental snapshots
 //
 // A table is copied again while the stream goes on, by the watermark method
-// of DBLog (incremental.go): in chunks of 1,024 rows in key order, each
-// read between a low and a high watermark the capture writes to the WAL
+// of DBLog (incremental.go): in chunks of postgres.snapshot_chunk_rows
+// (default 1,024) rows in key order, each read between a low and a high
+// watermark the capture writes to the WAL
 // with pg_logical_emit_message (a signal, signal.go: no table of the
 // platform's in the database). The stream notes the keys of the table it
 // changes from the low watermark on; at the high one it writes the chunk's

@@ -24,9 +24,9 @@ import (
 
 // Incremental snapshots copy a table's rows while the stream goes on, by
 // the watermark method (DBLog; Debezium's incremental snapshots): the
-// table is copied in chunks of chunkRows rows in key order, and around the
-// query of each chunk the capture writes a low and a high watermark to the
-// WAL (a signal, see signal.go). The stream, meeting the low watermark,
+// table is copied in chunks of postgres.snapshot_chunk_rows rows in key
+// order, and around the query of each chunk the capture writes a low and a
+// high watermark to the WAL (a signal, see signal.go). The stream, meeting the low watermark,
 // notes every key of the table it changes until the high one; at the high
 // watermark it writes the chunk's rows it did not see change, as OpSnapshot
 // events of the high watermark's transaction. A row the stream changed
@@ -39,9 +39,6 @@ import (
 // at most once a progressInterval: a restart resumes a snapshot after the
 // last chunk recorded there, and copies the chunks since again (their rows
 // then have newer positions: at least once, never backwards).
-
-// chunkRows is how many rows a chunk of an incremental snapshot copies.
-const chunkRows = 1024
 
 // progressInterval is how often a running snapshot's progress is written
 // to the capture-state topic.
@@ -149,6 +146,8 @@ type incrementals struct {
 	// historyEnd is the history's end offset when the session started: a
 	// resync compares with the snapshot tables once they hold it.
 	historyEnd int64
+	// chunkRows is how many rows a chunk copies (postgres.snapshot_chunk_rows).
+	chunkRows int
 	stateTopic string
 	url        string
 	tables     map[string]table
@@ -174,7 +173,7 @@ func newIncrementals(se *session, state captureState, historyEnd int64) *increme
 	rand.Read(nonce[:])
 	inc := &incrementals{
 		log: se.log.With("component", "incremental_snapshot"), metrics: se.metrics,
-		topo: se.topo, historyEnd: historyEnd, client: se.client, stateTopic: se.topo.CaptureState(), url: se.topo.Config().Postgres.URL,
+		topo: se.topo, historyEnd: historyEnd, chunkRows: se.topo.Config().Postgres.SnapshotChunkRows, client: se.client, stateTopic: se.topo.CaptureState(), url: se.topo.Config().Postgres.URL,
 		tables: map[string]table{}, run: hex.EncodeToString(nonce[:]),
 		state: state, wake: make(chan struct{}, 1), done: make(chan chunkDone, 1),
 	}
@@ -467,7 +466,7 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 			}
 			continue
 		}
-		finished := read < chunkRows
+		finished := read < inc.chunkRows
 		snap.Chunks, snap.Rows, snap.Same = chunk, snap.Rows+int64(done.written), snap.Same+int64(same)
 		if read > 0 {
 			snap.After, after = last.String(), &last
@@ -648,7 +647,7 @@ func (inc *incrementals) slot() string {
 	return inc.state.Slot
 }
 
-// selectChunk reads the next chunk of t: up to chunkRows rows after after,
+// selectChunk reads the next chunk of t: up to inc.chunkRows rows after after,
 // within from and to, in key order, each as its key and its JSON.
 //
 // The rows are read in a repeatable-read transaction whose snapshot is
@@ -660,7 +659,7 @@ func (inc *incrementals) slot() string {
 func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, after, from, to *codecs.Key) ([]chunkRow, codecs.Key, pgSnapshot, error) {
 	var last codecs.Key
 	var seen pgSnapshot
-	sql, args, err := keysetQuery(t, after, from, to, chunkRows)
+	sql, args, err := keysetQuery(t, after, from, to, inc.chunkRows)
 	if err != nil {
 		return nil, last, seen, err
 	}
@@ -694,7 +693,7 @@ func (inc *incrementals) readChunk(ctx context.Context, tx pgx.Tx, cp *snapshotC
 	if err := cp.columns(t, rows.FieldDescriptions()); err != nil {
 		return nil, last, err
 	}
-	out := make([]chunkRow, 0, chunkRows)
+	out := make([]chunkRow, 0, inc.chunkRows)
 	for rows.Next() {
 		raw := rows.RawValues()
 		if last, err = cp.key(t, raw); err != nil {
@@ -715,7 +714,7 @@ func (inc *incrementals) readChunk(ctx context.Context, tx pgx.Tx, cp *snapshotC
 // rowsLeft counts the rows of t a snapshot has left to copy after after:
 // one count when a copy starts or resumes, for the rows-left gauge.
 func rowsLeft(ctx context.Context, conn *pgx.Conn, t table, after, from, to *codecs.Key) (int64, error) {
-	sql, args, err := keysetQuery(t, after, from, to, chunkRows)
+	sql, args, err := keysetQuery(t, after, from, to, 1)
 	if err != nil {
 		return 0, err
 	}

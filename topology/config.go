@@ -277,6 +277,14 @@ type PostgresConfig struct {
 	// PostgreSQL; it must stay below the server's wal_sender_timeout.
 	// Default: 10s.
 	StandbyTimeout time.Duration `yaml:"standby_timeout"`
+	// SnapshotChunkRows is how many rows a chunk of an incremental snapshot
+	// (changes snapshot, a type added later, a resync) copies: one index
+	// range scan and one Kafka transaction per chunk. Larger chunks copy
+	// faster, but the copied rows share the history's one partition and
+	// the processors with the live changes: copied faster than the
+	// processors apply them, they delay every live change (see the README).
+	// Between 1 and 100000. Default: 1024.
+	SnapshotChunkRows int `yaml:"snapshot_chunk_rows"`
 }
 
 // TopicsConfig names and shapes the topics.
@@ -338,6 +346,7 @@ const (
 	DefaultSlot              = "changes"
 	DefaultPublication       = "changes"
 	DefaultStandbyTimeout    = 10 * time.Second
+	DefaultSnapshotChunkRows = 1024
 	DefaultPrefix            = "changes"
 	DefaultHistoryRetention  = 30 * 24 * time.Hour
 	DefaultEventsRetention   = 7 * 24 * time.Hour
@@ -461,6 +470,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Postgres.Slot, DefaultSlot)
 	setDefault(&c.Postgres.Publication, DefaultPublication)
 	setDefault(&c.Postgres.StandbyTimeout, DefaultStandbyTimeout)
+	setDefault(&c.Postgres.SnapshotChunkRows, DefaultSnapshotChunkRows)
 	setDefault(&c.Topics.Prefix, DefaultPrefix)
 	setDefault(&c.Topics.HistoryRetention, DefaultHistoryRetention)
 	setDefault(&c.Topics.EventsRetention, DefaultEventsRetention)
@@ -545,6 +555,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Postgres.StandbyTimeout < time.Second {
 		return fieldErr("postgres.standby_timeout", "must be at least 1s, got %s", c.Postgres.StandbyTimeout)
+	}
+	if c.Postgres.SnapshotChunkRows < 1 || c.Postgres.SnapshotChunkRows > 100_000 {
+		return fieldErr("postgres.snapshot_chunk_rows", "must be between 1 and 100000, got %d", c.Postgres.SnapshotChunkRows)
 	}
 	if !topicName.MatchString(c.Topics.Prefix) || len(c.Topics.Prefix) > 150 {
 		return fieldErr("topics.prefix", "must be up to 150 letters, digits, '.', '_' or '-', got %q", c.Topics.Prefix)

@@ -74,6 +74,7 @@ postgres:
   slot: my_slot
   publication: my_pub
   standby_timeout: 3s
+  snapshot_chunk_rows: 4096
 topics:
   prefix: acme.prod
   history_retention: 48h
@@ -135,10 +136,11 @@ func TestParseFull(t *testing.T) {
 			MaxRecordBytes:    2000000,
 		},
 		Postgres: topology.PostgresConfig{
-			URL:            "postgres://u@db:5432/x",
-			Slot:           "my_slot",
-			Publication:    "my_pub",
-			StandbyTimeout: 3 * time.Second,
+			URL:               "postgres://u@db:5432/x",
+			Slot:              "my_slot",
+			Publication:       "my_pub",
+			StandbyTimeout:    3 * time.Second,
+			SnapshotChunkRows: 4096,
 		},
 		Topics: topology.TopicsConfig{
 			Prefix:           "acme.prod",
@@ -198,6 +200,7 @@ func TestParseDefaults(t *testing.T) {
 		{"postgres.slot", cfg.Postgres.Slot, topology.DefaultSlot, "changes"},
 		{"postgres.publication", cfg.Postgres.Publication, topology.DefaultPublication, "changes"},
 		{"postgres.standby_timeout", cfg.Postgres.StandbyTimeout, topology.DefaultStandbyTimeout, 10 * time.Second},
+		{"postgres.snapshot_chunk_rows", cfg.Postgres.SnapshotChunkRows, topology.DefaultSnapshotChunkRows, 1024},
 		{"topics.prefix", cfg.Topics.Prefix, topology.DefaultPrefix, "changes"},
 		{"topics.history_retention", cfg.Topics.HistoryRetention, topology.DefaultHistoryRetention, 720 * time.Hour},
 		{"topics.events_retention", cfg.Topics.EventsRetention, topology.DefaultEventsRetention, 168 * time.Hour},
@@ -589,6 +592,8 @@ func TestParseInvalid(t *testing.T) {
 		{"publication starts with digit", func(c *topology.Config) { c.Postgres.Publication = "1pub" }, "postgres.publication"},
 		{"publication quoted", func(c *topology.Config) { c.Postgres.Publication = `"pub"` }, "postgres.publication"},
 		{"standby timeout", func(c *topology.Config) { c.Postgres.StandbyTimeout = 999 * time.Millisecond }, "postgres.standby_timeout"},
+		{"negative snapshot chunk", func(c *topology.Config) { c.Postgres.SnapshotChunkRows = -1 }, "postgres.snapshot_chunk_rows"},
+		{"huge snapshot chunk", func(c *topology.Config) { c.Postgres.SnapshotChunkRows = 100_001 }, "postgres.snapshot_chunk_rows"},
 		{"prefix with space", func(c *topology.Config) { c.Topics.Prefix = "a b" }, "topics.prefix"},
 		{"prefix too long", func(c *topology.Config) { c.Topics.Prefix = strings.Repeat("p", 151) }, "topics.prefix"},
 		{"history retention", func(c *topology.Config) { c.Topics.HistoryRetention = 59 * time.Minute }, "topics.history_retention"},
