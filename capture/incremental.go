@@ -147,7 +147,7 @@ type incrementals struct {
 	// resync compares with the snapshot tables once they hold it.
 	historyEnd int64
 	// chunkRows is how many rows a chunk copies (postgres.snapshot_chunk_rows).
-	chunkRows int
+	chunkRows  int
 	stateTopic string
 	url        string
 	tables     map[string]table

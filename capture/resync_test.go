@@ -28,7 +28,9 @@ func TestExistingKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := func(n int64, tenant string) codecs.Key { return codecs.CompositeKey(codecs.IntKey(n), codecs.TextKey(tenant)) }
+	key := func(n int64, tenant string) codecs.Key {
+		return codecs.CompositeKey(codecs.IntKey(n), codecs.TextKey(tenant))
+	}
 	keys := []codecs.Key{key(1, "a"), key(3, "a"), key(1, "b'c"), key(2, "b'c"), key(2, "a")}
 	got, err := existingKeys(ctx, conn, tab, keys)
 	if err != nil {
