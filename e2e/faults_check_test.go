@@ -106,6 +106,9 @@ type historyVerdict struct {
 	// and the step committed before the cut's LSN. Not a failure; any other
 	// missing step is lost.
 	folded int
+	// restated counts incremental snapshot events (changes snapshot) that
+	// hold the entity's state as the history had it: not a failure.
+	restated int
 	// problems describes the first anomalies, with offsets, and faultAt
 	// attributes each counted anomaly to a moment (the commit of the change).
 	problems []string
@@ -167,7 +170,10 @@ func versionOf(r codecs.Row) int64 {
 // checkFaultHistory compares the history, read from its start, with the ledger
 // and with the database's final rows (by type, then id):
 //   - along the topic, positions strictly increase;
-//   - per entity, at most one snapshot event, before every streamed change;
+//   - per entity, at most one snapshot event of the initial snapshot, before
+//     every streamed change; an incremental snapshot's event (changes
+//     snapshot, with a transaction id) holds exactly the state the history
+//     holds at its place: older is rewound, newer reordered;
 //   - per entity, the streamed changes are exactly the committed steps after
 //     the snapshot's version (all of them without a snapshot), in commit
 //     order: none missing (lost), none twice (duplicated), none after a later
@@ -254,6 +260,30 @@ func checkEntity(v *historyVerdict, k entityKey, l ledger, hs []histEvent, db ma
 		switch ev.Op {
 		case codecs.OpSnapshot:
 			ver := versionOf(ev.After)
+			if ev.TxID != 0 {
+				// An incremental snapshot's row (it is written in the
+				// transaction of its high watermark; the initial snapshot's
+				// have no transaction id): it must restate the state the
+				// history holds, neither older nor ahead of it.
+				cur := versionOf(state)
+				switch {
+				case !exists:
+					v.add("phantom", ev.CommitTime, "%s: incremental snapshot event at offset %d (version %d) of an entity the history holds no state of", k, h.offset, ver)
+					flagged[h.offset] = true
+				case ver < cur:
+					v.add("rewound", ev.CommitTime, "%s: incremental snapshot event at offset %d holds version %d, the history version %d", k, h.offset, ver, cur)
+					flagged[h.offset] = true
+				case ver > cur:
+					v.add("reordered", ev.CommitTime, "%s: incremental snapshot event at offset %d holds version %d before the history's change to it (at version %d)", k, h.offset, ver, cur)
+					flagged[h.offset] = true
+				case dbcheck.DiffRow(ev.After, state) != "":
+					v.add("phantom", ev.CommitTime, "%s: incremental snapshot event at offset %d: %s", k, h.offset, dbcheck.DiffRow(ev.After, state))
+					flagged[h.offset] = true
+				default:
+					v.restated++
+				}
+				continue
+			}
 			seen := snapSeen
 			snapSeen = true
 			switch {

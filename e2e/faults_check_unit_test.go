@@ -198,6 +198,20 @@ func TestFaultCheckerCatches(t *testing.T) {
 			h[i].ev = &e
 			return h
 		}, historyVerdict{rewound: 2}},
+		{"incremental snapshot restates", func(h []histEvent, _ *ledger) []histEvent {
+			// big 1 copied again after its update to 3, twice (a copy
+			// resumed after a kill copies its last chunks again).
+			i := find(h, "big", 1, codecs.OpUpdate, 3)
+			return renumber(slices.Insert(h, i+1, restate(h[i], 3, 1), restate(h[i], 3, 2)))
+		}, historyVerdict{restated: 2}},
+		{"incremental snapshot older than the history", func(h []histEvent, _ *ledger) []histEvent {
+			i := find(h, "big", 1, codecs.OpUpdate, 3)
+			return renumber(slices.Insert(h, i+1, restate(h[i], 2, 1)))
+		}, historyVerdict{rewound: 1}},
+		{"incremental snapshot ahead of the history", func(h []histEvent, _ *ledger) []histEvent {
+			i := find(h, "big", 1, codecs.OpUpdate, 2)
+			return renumber(slices.Insert(h, i+1, restate(h[i], 3, 1)))
+		}, historyVerdict{reordered: 1}},
 		{"resumed copy folds", func(h []histEvent, l *ledger) []histEvent {
 			// A copy resumed from big's first row, cut after big 1's update
 			// to 2 committed: it took big 1 at version 2, the stream left
@@ -252,7 +266,8 @@ func TestFaultCheckerCatches(t *testing.T) {
 			got.events, got.problems, got.at, got.shown = 0, nil, nil, nil
 			c.want.problems = nil
 			if got.lost != c.want.lost || got.duplicated != c.want.duplicated || got.reordered != c.want.reordered ||
-				got.rewound != c.want.rewound || got.phantom != c.want.phantom || got.wrongFinal != c.want.wrongFinal || got.folded != c.want.folded {
+				got.rewound != c.want.rewound || got.phantom != c.want.phantom || got.wrongFinal != c.want.wrongFinal || got.folded != c.want.folded ||
+				got.restated != c.want.restated {
 				v := checkFaultHistory(l, h, db)
 				t.Errorf("got lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d folded %d, want lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d folded %d\n  %s",
 					got.lost, got.duplicated, got.reordered, got.rewound, got.phantom, got.wrongFinal, got.folded,
@@ -261,4 +276,15 @@ func TestFaultCheckerCatches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// restate is an incremental snapshot event of h's entity at version ver,
+// n positions after h: a whole row (the synthetic rows' body is "big"),
+// at that version.
+func restate(h histEvent, ver int64, n uint32) histEvent {
+	e := *h.ev
+	e.Op, e.TxID, e.Unchanged = codecs.OpSnapshot, 99, nil
+	e.After = codecs.Row{"id": e.After["id"], "version": json.RawMessage(jsonInt(ver)), "body": json.RawMessage(`"big"`)}
+	e.Position.Index += n
+	return histEvent{h.offset, &e}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/kread"
@@ -43,6 +44,8 @@ const (
 	faultPGCrash        = "postgres -m immediate"
 	faultLeaderKill     = "history leader SIGKILL"
 	faultNetCut         = "network cut run <-> pg, kafka"
+	faultIncrKill       = "run SIGKILL in incr. snapshot"
+	faultIncrBroker     = "broker kill in incr. snapshot"
 )
 
 // faultPlan is one run of the suite.
@@ -57,14 +60,15 @@ type faultPlan struct {
 	burst          int           // changes committed while `changes run` is down, before a catch-up kill
 	netns          bool          // `changes run` in a network namespace, the stack on its veth (for faultNetCut)
 	rate           float64       // transactions per second per worker (two workers)
+	incrRows       int           // keys 1..incrRows of big copied again by each incremental snapshot fault
 	timeout        time.Duration
 }
 
 var shortFaults = faultPlan{
 	name: "short", nodes: 1, bigRows: 60_000, snapshotKills: 1,
-	faults: []string{faultServeKill, faultBrokerKill, faultPGCrash, faultBrokerPause, faultCatchupKill},
+	faults: []string{faultServeKill, faultBrokerKill, faultPGCrash, faultIncrKill, faultBrokerPause, faultCatchupKill},
 	// Above sarama's 30 s network timeouts.
-	pause: 35 * time.Second, burst: 5_000, rate: 40, timeout: 6 * time.Minute,
+	pause: 35 * time.Second, burst: 5_000, rate: 40, incrRows: 30_000, timeout: 6 * time.Minute,
 }
 
 var fullFaults = []faultPlan{{
@@ -73,14 +77,14 @@ var fullFaults = []faultPlan{{
 	name: "one-broker", nodes: 1, bigRows: 1_000_000, snapshotKills: 3, snapshotBroker: true,
 	faults: []string{
 		faultRunKill, faultServeKill, faultBrokerKill, faultPGCrash, faultRunKill, faultBrokerPause,
-		faultCatchupKill, faultBrokerKill, faultRunKill, faultServeKill, faultPGCrash, faultRunKill,
-		faultBrokerPause, faultCatchupKill, faultBrokerKill, faultRunKill, faultPGCrash, faultRunKill,
+		faultCatchupKill, faultIncrKill, faultBrokerKill, faultRunKill, faultServeKill, faultPGCrash, faultRunKill,
+		faultBrokerPause, faultIncrBroker, faultCatchupKill, faultBrokerKill, faultRunKill, faultPGCrash, faultRunKill,
 	},
-	pause: 60 * time.Second, burst: 60_000, rate: 60, timeout: 25 * time.Minute,
+	pause: 60 * time.Second, burst: 60_000, rate: 60, incrRows: 200_000, timeout: 25 * time.Minute,
 }, {
 	name: "three-brokers", nodes: 3, bigRows: 100_000, snapshotKills: 1,
-	faults: []string{faultLeaderKill, faultRunKill, faultLeaderKill, faultBrokerPause, faultLeaderKill, faultCatchupKill},
-	pause:  40 * time.Second, burst: 30_000, rate: 60, timeout: 15 * time.Minute,
+	faults: []string{faultLeaderKill, faultRunKill, faultIncrKill, faultLeaderKill, faultBrokerPause, faultLeaderKill, faultCatchupKill},
+	pause:  40 * time.Second, burst: 30_000, rate: 60, incrRows: 50_000, timeout: 15 * time.Minute,
 }, {
 	name: "network-cut", nodes: 1, bigRows: 20_000, netns: true,
 	faults: []string{faultNetCut, faultRunKill, faultNetCut},
@@ -130,6 +134,8 @@ type scenario struct {
 	// resumes is how many times the copy of big had resumed before the
 	// snapshot kills began (after snapshotBrokerKill).
 	resumes int
+	// incrementals counts the incremental snapshots requested.
+	incrementals int
 }
 
 // faultRecord is one injected fault.
@@ -237,6 +243,7 @@ func runFaults(t *testing.T, p faultPlan) {
 	if sabotage {
 		converge = 30 * time.Second // the lost change never comes
 	}
+	s.waitIncrementals(ctx, 3*time.Minute)
 	tables := s.waitTablesEqual(ctx, db, converge)
 	if sabotage {
 		s.sabotageDuplicate()
@@ -429,6 +436,19 @@ func (s *scenario) inject(ctx context.Context, kind string) {
 		}
 		s.run.restart()
 		note = fmt.Sprintf("killed %d records into a %d-change backlog", at-before, s.plan.burst)
+	case faultIncrKill, faultIncrBroker:
+		// big's first incrRows rows copied again while the workload writes
+		// to them; the fault lands in the middle of the copy.
+		copying := s.requestIncremental(ctx)
+		start = time.Now()
+		if kind == faultIncrKill {
+			s.run.restart()
+		} else {
+			s.st.must("kafka-kill", "1")
+			time.Sleep(3 * time.Second)
+			s.st.must("kafka-start")
+		}
+		note = copying
 	case faultLeaderKill:
 		// The cluster goes on without the node: recovery counts from the kill.
 		node := s.historyLeader()
@@ -442,6 +462,51 @@ func (s *scenario) inject(ctx context.Context, kind string) {
 		t.Fatalf("unknown fault %q", kind)
 	}
 	s.recovered(ctx, kind, start, time.Now(), note)
+}
+
+// requestIncremental asks the capture for an incremental snapshot of big's
+// keys 1 to incrRows, as changes snapshot does, and returns once the copy
+// has run for a second and a half (what it says of the copy).
+func (s *scenario) requestIncremental(ctx context.Context) string {
+	db, err := pgx.Connect(ctx, s.st.pgURL)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	before := grepFile(s.run.logPath, "incremental snapshot: copying")
+	if err := capture.RequestSnapshot(ctx, db, s.cfg.Postgres.Slot, "big", "1", strconv.Itoa(s.plan.incrRows)); err != nil {
+		s.t.Fatal(err)
+	}
+	s.incrementals++
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if !waitFor(wctx, func() bool { return grepFile(s.run.logPath, "incremental snapshot: copying") > before }) {
+		s.t.Errorf("the incremental snapshot of big did not start within a minute:\n%s", tailFile(s.run.logPath, 20))
+	}
+	time.Sleep(1500 * time.Millisecond)
+	pending, err := capture.PendingSnapshots(ctx, topology.New(s.cfg))
+	if err != nil || len(pending) == 0 {
+		return fmt.Sprintf("copy of %d rows (done before the fault: %v)", s.plan.incrRows, err)
+	}
+	return fmt.Sprintf("copy of %d rows, %d recorded", s.plan.incrRows, pending[0].Rows)
+}
+
+// waitIncrementals waits until no incremental snapshot is pending: each
+// copy resumed after its fault and finished.
+func (s *scenario) waitIncrementals(ctx context.Context, within time.Duration) {
+	if s.incrementals == 0 {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	var pending []capture.SnapshotStatus
+	if !waitFor(wctx, func() bool {
+		var err error
+		pending, err = capture.PendingSnapshots(wctx, topology.New(s.cfg))
+		return err == nil && len(pending) == 0
+	}) {
+		s.t.Errorf("incremental snapshots still pending %s after the workload stopped: %+v", within, pending)
+	}
 }
 
 // watchFlow waits for d while a fault lasts and says whether, and how soon,
@@ -843,6 +908,7 @@ func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][
 	txns, changes := s.w.counts()
 	fmt.Fprintf(&b, "  workload: %d transactions, %d changes committed (%d commits in doubt, resolved by txlog)\n", txns, changes, s.w.inDoubt)
 	fmt.Fprintf(&b, "  folded: %d committed changes left out of the history because a copy resumed after a kill holds them (%d cuts)\n", v.folded, len(s.w.ledger.cuts))
+	fmt.Fprintf(&b, "  restated: %d rows of %d incremental snapshots, each the state the history held at its place\n", v.restated, s.incrementals)
 	for _, ft := range faultTypes {
 		verdict := "equal, value by value"
 		if d := tables[ft.typ]; len(d) > 0 {
