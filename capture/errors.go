@@ -13,8 +13,10 @@ import (
 // ErrSlotLost is returned by Run when the replication slot exists but
 // PostgreSQL has removed WAL it still needed (pg_replication_slots.wal_status
 // = 'lost'): changes between the slot's position and the oldest kept WAL are
-// gone from the stream. The capture never recreates the slot by itself; an
-// operator drops it and starts again, accepting the gap.
+// gone from the stream. The capture never recreates the slot by itself: an
+// operator starts it with WithResync (changes capture --resync), which
+// drops the slot and recovers without a gap in the snapshot tables, or
+// drops it and starts with WithRecreateSlot, accepting the gap.
 var ErrSlotLost = errors.New("replication slot lost its WAL")
 
 // ErrSetup is returned by New and Run when the database cannot be captured as
@@ -42,8 +44,9 @@ var ErrInvalidKey = errors.New("change has no valid entity key")
 // ErrSlotMissing is returned by Run when the replication slot does not exist
 // although the history holds changes: the slot was dropped, and the changes
 // committed since are not in the stream. Run creates no slot then; an
-// operator who accepts the gap runs the capture once with WithRecreateSlot
-// (changes capture --recreate-slot).
+// operator runs the capture with WithResync (changes capture --resync) to
+// recover without a gap in the snapshot tables, or once with
+// WithRecreateSlot (--recreate-slot) to accept the gap.
 var ErrSlotMissing = errors.New("replication slot is missing")
 
 // Retryable reports whether a session that ended with err can succeed when

@@ -47,7 +47,9 @@ const progressInterval = time.Second
 // incrementalSnapshot is a requested incremental snapshot, as the
 // capture-state topic keeps it until it is done or cancelled.
 type incrementalSnapshot struct {
-	// ID is the request's LSN: unique per slot.
+	// ID is the request's LSN, unique per slot; "added-<type>-<n>" for a
+	// type declared after the slot's initial snapshot, "resync-<type>-<n>"
+	// for a resync's copy.
 	ID   string `json:"id"`
 	Type string `json:"type"`
 	// From and To bound the keys copied (each included; "" none), in key
@@ -134,6 +136,9 @@ type chunkDone struct {
 	// retry: the stream did not write the chunk (it saw no low watermark
 	// for it): copy it again.
 	retry bool
+	// again are the keys of rows left out because the stream changed them
+	// in the window with TOASTed columns left unchanged: copied again.
+	again []codecs.Key
 }
 
 // incrementals is what a session's stream and its copier share: the
@@ -147,7 +152,11 @@ type incrementals struct {
 	// resync compares with the snapshot tables once they hold it.
 	historyEnd int64
 	// chunkRows is how many rows a chunk copies (postgres.snapshot_chunk_rows).
-	chunkRows  int
+	chunkRows int
+	// view is the view a resync's copy viewOf compares with, kept while
+	// the copy is retried; the copier's own.
+	view       *tablesView
+	viewOf     string
 	stateTopic string
 	url        string
 	tables     map[string]table
@@ -349,6 +358,7 @@ func (inc *incrementals) copyAll(ctx context.Context) {
 		if conn != nil {
 			conn.Close(context.Background())
 		}
+		inc.closeView()
 	}()
 	for ctx.Err() == nil {
 		snap, ok := inc.first()
@@ -365,6 +375,9 @@ func (inc *incrementals) copyAll(ctx context.Context) {
 		}
 		if err == nil {
 			err = inc.copy(ctx, conn, snap)
+		}
+		if err == nil {
+			inc.closeView() // the copy is done or cancelled
 		}
 		if err == nil || ctx.Err() != nil {
 			continue
@@ -411,11 +424,9 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 	}
 	var tv *tablesView
 	if snap.Resync {
-		log.Info("resync: waiting until the snapshot table holds the history, to compare the table with it", "table", t.qualified())
-		if tv, err = inc.openTablesView(ctx, snap.Type); err != nil {
+		if tv, err = inc.resyncView(ctx, snap, log); err != nil {
 			return err
 		}
-		defer tv.close()
 		if snap.Deleting {
 			return inc.deleteVanished(ctx, conn, snap, t, tv, log)
 		}
@@ -435,45 +446,28 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 	started, lastReport, recorded, startRows := time.Now(), time.Now(), time.Now(), snap.Rows
 	cp := &snapshotCopy{}
 	for {
-		chunk := snap.Chunks + 1
-		if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: lowWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
-			return err
-		}
-		rows, last, seen, err := inc.selectChunk(ctx, conn, cp, t, after, from, to)
+		res, err := inc.copyChunk(ctx, conn, cp, snap, t, tv, after, from, to)
 		if err != nil {
 			return err
 		}
-		read, same := len(rows), 0
-		if tv != nil {
-			if rows, same, err = tv.differing(ctx, rows); err != nil {
-				return err
-			}
-		}
-		done := chunkDone{id: snap.ID, chunk: chunk}
-		if tv == nil || len(rows) > 0 {
-			// (A resync's chunk whose rows the tables all hold needs no
-			// high watermark: nothing is written.)
-			if done, err = inc.writeChunk(ctx, conn, &copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, rows: rows, seen: seen}); err != nil {
-				return err
-			}
-		}
-		if done.retry {
+		if res.retry {
 			// Cancelled, or the stream had no window for it: copy it again
 			// unless cancelled.
 			if _, still := inc.find(snap.ID); !still {
-				log.Info("incremental snapshot: cancelled", "rows", snap.Rows, "chunks", snap.Chunks)
+				inc.logCancelled(log, snap)
 				return nil
 			}
 			continue
 		}
+		read, last, same := res.read, res.last, res.same
 		finished := read < inc.chunkRows
-		snap.Chunks, snap.Rows, snap.Same = chunk, snap.Rows+int64(done.written), snap.Same+int64(same)
+		snap.Chunks, snap.Rows, snap.Same = res.chunk, snap.Rows+int64(res.written), snap.Same+int64(same)
 		if read > 0 {
 			snap.After, after = last.String(), &last
 		}
 		left = max(0, left-int64(read))
 		rowsLeftGauge.Set(float64(left))
-		inc.metrics.incrementalRows.WithLabelValues(snap.Type).Add(float64(done.written))
+		inc.metrics.incrementalRows.WithLabelValues(snap.Type).Add(float64(res.written))
 		inc.metrics.incrementalChunks.WithLabelValues(snap.Type).Inc()
 		if same > 0 {
 			inc.metrics.resyncSame.WithLabelValues(snap.Type).Add(float64(same))
@@ -501,7 +495,7 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 		}
 		switch {
 		case cancelled:
-			log.Info("incremental snapshot: cancelled", "rows", snap.Rows, "chunks", snap.Chunks)
+			inc.logCancelled(log, snap)
 			return nil
 		case finished:
 			log.Info("incremental snapshot: done", "rows", snap.Rows, "chunks", snap.Chunks, "seconds", time.Since(started).Seconds())
@@ -512,6 +506,120 @@ func (inc *incrementals) copy(ctx context.Context, conn *pgx.Conn, snap incremen
 			lastReport = time.Now()
 		}
 	}
+}
+
+// chunkResult is what copyChunk copied.
+type chunkResult struct {
+	read    int        // rows read
+	last    codecs.Key // the last row's key
+	same    int        // rows a resync found equal to the tables (not written)
+	written int        // rows in Kafka
+	chunk   int64      // the last chunk number taken
+	retry   bool       // the stream did not write the chunk: copy it again
+}
+
+// maxAgain is how many times the rows of a chunk that the stream changed
+// with TOASTed columns left unchanged are copied again.
+const maxAgain = 5
+
+// copyChunk copies the chunk of snap after after, numbered snap.Chunks+1.
+//
+// A resync's chunk is read first without watermarks: when every row equals
+// its entity's state in the tables, there is nothing to write and no
+// watermark is needed. Otherwise it is read again between watermarks.
+//
+// Rows the stream changed between the chunk's watermarks are left out, as
+// their changes are in the history. When such a change left TOASTed
+// columns out (unchanged, so PostgreSQL did not send them), the snapshot
+// processors fill them from the entity's state, which a type added after
+// the slot's snapshot does not have yet and a resync's may hold stale:
+// those rows are copied again in follow-up chunks of their keys, up to
+// maxAgain times.
+func (inc *incrementals) copyChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, snap incrementalSnapshot, t table, tv *tablesView, after, from, to *codecs.Key) (chunkResult, error) {
+	res := chunkResult{chunk: snap.Chunks + 1}
+	sql, args, err := keysetQuery(t, after, from, to, inc.chunkRows)
+	if err != nil {
+		return res, err
+	}
+	if tv != nil {
+		rows, last, _, err := inc.selectRows(ctx, conn, cp, t, sql, args)
+		if err != nil {
+			return res, err
+		}
+		differ, same, err := tv.differing(ctx, rows)
+		if err != nil {
+			return res, err
+		}
+		if len(differ) == 0 {
+			res.read, res.last, res.same = len(rows), last, same
+			return res, nil
+		}
+	}
+	done, err := inc.windowed(ctx, conn, cp, snap.ID, res.chunk, t, tv, sql, args, &res)
+	if err != nil || done.retry {
+		res.retry = done.retry
+		return res, err
+	}
+	res.written = done.written
+	again := done.again
+	for round := 0; len(again) > 0 && round < maxAgain; round++ {
+		inc.metrics.incrementalAgain.WithLabelValues(snap.Type).Add(float64(len(again)))
+		res.chunk++
+		sql, args, err := keysQuery(t, again)
+		if err != nil {
+			return res, err
+		}
+		var follow chunkResult
+		if done, err = inc.windowed(ctx, conn, cp, snap.ID, res.chunk, t, tv, sql, args, &follow); err != nil {
+			return res, err
+		}
+		if !done.retry {
+			res.written += done.written
+			again = done.again
+		}
+	}
+	if len(again) > 0 {
+		inc.log.Warn("incremental snapshot: rows kept changing with TOASTed columns left unchanged while copied; copy them again later (changes snapshot --from --to)",
+			"entity_type", snap.Type, "id", snap.ID, "keys", len(again), "first", again[0].String())
+	}
+	return res, nil
+}
+
+// windowed reads the rows sql returns between a low and a high watermark
+// numbered chunk, leaves out those equal to the tables (a resync's), and
+// has the stream write the rest at the high watermark. It records in res
+// the rows read, the last key and the rows found equal.
+func (inc *incrementals) windowed(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, id string, chunk int64, t table, tv *tablesView, sql string, args []any, res *chunkResult) (chunkDone, error) {
+	if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: lowWatermark, ID: id, Chunk: chunk, Run: inc.run}); err != nil {
+		return chunkDone{}, err
+	}
+	rows, last, seen, err := inc.selectRows(ctx, conn, cp, t, sql, args)
+	if err != nil {
+		return chunkDone{}, err
+	}
+	res.read, res.last = len(rows), last
+	if tv != nil {
+		if rows, res.same, err = tv.differing(ctx, rows); err != nil {
+			return chunkDone{}, err
+		}
+		if len(rows) == 0 {
+			// Nothing to write: the high watermark only closes the window.
+			err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: highWatermark, ID: id, Chunk: chunk, Run: inc.run})
+			return chunkDone{id: id, chunk: chunk}, err
+		}
+	}
+	return inc.writeChunk(ctx, conn, &copiedChunk{id: id, chunk: chunk, run: inc.run, rows: rows, seen: seen})
+}
+
+// logCancelled logs that snap was cancelled; loudly for a resync's, after
+// which the snapshot tables may differ from the database.
+func (inc *incrementals) logCancelled(log *slog.Logger, snap incrementalSnapshot) {
+	if snap.Resync {
+		log.Warn("resync: cancelled; the snapshot tables may differ from the database until the type is copied again (changes snapshot --type)",
+			"rows", snap.Rows, "chunks", snap.Chunks)
+		return
+	}
+	log.Info("incremental snapshot: cancelled", "rows", snap.Rows, "chunks", snap.Chunks)
 }
 
 // writeChunk hands the stream c, read after its low watermark, writes its
@@ -587,6 +695,8 @@ func (inc *incrementals) deleteVanished(ctx context.Context, conn *pgx.Conn, sna
 				if done, err = inc.writeChunk(ctx, conn, &copiedChunk{id: snap.ID, chunk: chunk, run: inc.run, deletes: gone, seen: seen}); err != nil {
 					return err
 				}
+			} else if err := emitSignal(ctx, conn, inc.slot(), signal{Watermark: highWatermark, ID: snap.ID, Chunk: chunk, Run: inc.run}); err != nil {
+				return err // (the high watermark only closes the window)
 			}
 			if done.retry {
 				if _, still := inc.find(snap.ID); !still {
@@ -612,7 +722,7 @@ func (inc *incrementals) deleteVanished(ctx context.Context, conn *pgx.Conn, sna
 }
 
 // selectGone returns which of keys table t does not hold, read in a
-// repeatable-read transaction, and its snapshot (see selectChunk).
+// repeatable-read transaction, and its snapshot (see selectRows).
 func selectGone(ctx context.Context, conn *pgx.Conn, t table, keys []codecs.Key) ([]codecs.Key, pgSnapshot, error) {
 	var seen pgSnapshot
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
@@ -647,8 +757,8 @@ func (inc *incrementals) slot() string {
 	return inc.state.Slot
 }
 
-// selectChunk reads the next chunk of t: up to inc.chunkRows rows after after,
-// within from and to, in key order, each as its key and its JSON.
+// selectRows reads the rows of t that sql (keysetQuery, keysQuery)
+// returns, each as its key and its JSON, and the last one's key.
 //
 // The rows are read in a repeatable-read transaction whose snapshot is
 // returned: a transaction whose commit precedes the low watermark in the
@@ -656,13 +766,9 @@ func (inc *incrementals) slot() string {
 // commit returned (PostgreSQL makes a commit visible after it writes it to
 // the WAL, and transactions flushed together become visible in any order),
 // so the stream needs to know which transactions the rows include.
-func (inc *incrementals) selectChunk(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, after, from, to *codecs.Key) ([]chunkRow, codecs.Key, pgSnapshot, error) {
+func (inc *incrementals) selectRows(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, sql string, args []any) ([]chunkRow, codecs.Key, pgSnapshot, error) {
 	var last codecs.Key
 	var seen pgSnapshot
-	sql, args, err := keysetQuery(t, after, from, to, inc.chunkRows)
-	if err != nil {
-		return nil, last, seen, err
-	}
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, last, seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
@@ -786,7 +892,10 @@ type window struct {
 	chunk      int64
 	entityType string
 	changed    map[codecs.Key]struct{}
-	truncated  bool
+	// partial are the keys of changed whose change left TOASTed columns
+	// out (codecs.Event.Unchanged).
+	partial   map[codecs.Key]struct{}
+	truncated bool
 	// before are the table's changes of the transactions just before the
 	// low watermark (see recentChanges).
 	before []recentChange
@@ -799,6 +908,9 @@ func (w *window) saw(ev *codecs.Event) {
 		return
 	}
 	w.changed[ev.EntityID] = struct{}{}
+	if len(ev.Unchanged) > 0 {
+		w.partial[ev.EntityID] = struct{}{}
+	}
 }
 
 // writtenChunk is a chunk whose rows the stream wrote in the transaction
@@ -830,7 +942,7 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 			return nil
 		}
 		s.win = &window{id: sig.ID, chunk: sig.Chunk, entityType: t.entityType, changed: map[codecs.Key]struct{}{},
-			before: s.recent.of(t.entityType)}
+			partial: map[codecs.Key]struct{}{}, before: s.recent.of(t.entityType)}
 		return nil
 	}
 	// The high watermark: the chunk's rows the stream did not change go to
@@ -856,9 +968,13 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 			continue
 		}
 		unseen++
-		if r.truncate {
+		switch {
+		case r.truncate:
 			w.truncated = true
-		} else {
+		case r.partial:
+			w.partial[r.key] = struct{}{}
+			fallthrough
+		default:
 			w.changed[r.key] = struct{}{}
 		}
 	}
@@ -868,8 +984,15 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 	}
 	rel := &relation{table: s.inc.tables[w.entityType]}
 	written := 0
+	var again []codecs.Key
 	for _, r := range c.rows {
-		if _, changed := w.changed[r.key]; changed || w.truncated {
+		if w.truncated {
+			break
+		}
+		if _, changed := w.changed[r.key]; changed {
+			if _, partial := w.partial[r.key]; partial {
+				again = append(again, r.key)
+			}
 			continue
 		}
 		ev := s.event(rel, codecs.OpSnapshot)
@@ -896,7 +1019,7 @@ func (s *stream) signal(ctx context.Context, m *pglogrepl.LogicalDecodingMessage
 		}
 		written++
 	}
-	s.awaiting = append(s.awaiting, writtenChunk{done: chunkDone{id: c.id, chunk: c.chunk, written: written}, txn: s.cur})
+	s.awaiting = append(s.awaiting, writtenChunk{done: chunkDone{id: c.id, chunk: c.chunk, written: written, again: again}, txn: s.cur})
 	return nil
 }
 
@@ -941,6 +1064,7 @@ type recentChange struct {
 	entityType string
 	key        codecs.Key
 	truncate   bool
+	partial    bool // TOASTed columns left out
 }
 
 // recentChanges are the changes of the last recentWindow of commit time,
@@ -952,7 +1076,8 @@ type recentChanges struct {
 // add keeps ev, of transaction xid, and forgets what is older than
 // recentWindow before it.
 func (r *recentChanges) add(xid uint32, ev *codecs.Event) {
-	r.list = append(r.list, recentChange{xid: xid, commitTime: ev.CommitTime, entityType: ev.EntityType, key: ev.EntityID, truncate: ev.Op == codecs.OpTruncate})
+	r.list = append(r.list, recentChange{xid: xid, commitTime: ev.CommitTime, entityType: ev.EntityType, key: ev.EntityID,
+		truncate: ev.Op == codecs.OpTruncate, partial: len(ev.Unchanged) > 0})
 	cut := 0
 	for cut < len(r.list) && ev.CommitTime.Sub(r.list[cut].commitTime) > recentWindow {
 		cut++

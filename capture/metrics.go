@@ -22,6 +22,7 @@ type metrics struct {
 	incrementalChunks   *prometheus.CounterVec
 	incrementalRowsLeft *prometheus.GaugeVec
 	incrementalUnseen   prometheus.Counter
+	incrementalAgain    *prometheus.CounterVec
 	resyncSame          *prometheus.CounterVec
 	resyncDeletes       *prometheus.CounterVec
 	badSignals          prometheus.Counter
@@ -66,6 +67,8 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			"Rows the running incremental snapshot of the entity type has left to copy: counted when it starts or resumes, less each chunk's rows since.", "entity_type"),
 		incrementalUnseen: f.Counter("changes_capture_incremental_snapshot_unseen_changes_total",
 			"Changes committed just before a chunk's low watermark that the chunk's query did not see yet (PostgreSQL makes commits visible after writing them): their rows were left out of the chunk, their changes being newer."),
+		incrementalAgain: f.CounterVec("changes_capture_incremental_snapshot_recopied_rows_total",
+			"Rows copied again in a follow-up chunk because the stream changed them in their chunk's window with TOASTed columns left unchanged, by entity type.", "entity_type"),
 		resyncSame: f.CounterVec("changes_capture_resync_same_rows_total",
 			"Rows a resync (changes capture --resync) copied that equal their entity's state in the snapshot tables: not written.", "entity_type"),
 		resyncDeletes: f.CounterVec("changes_capture_resync_deletes_total",

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -41,12 +42,15 @@ import (
 //     the high watermark.
 //
 // The states compared are read from a view of the snapshot table (package
-// views), in a temporary directory, once the router and the type's
+// views), in the storage directory, once the router and the type's
 // snapshot processors have applied the whole history as it was when the
 // session started: an entity the stream has not changed since then has
 // that state in the tables; one it changed has a newer state, and its
 // row, read after that change, is either equal to it or written again,
-// which is redundant, never wrong.
+// which is redundant. A chunk is read first without watermarks, and again
+// between them only when a row differs. A row left out of a chunk because
+// the stream changed it with TOASTed columns left unchanged (filled from a
+// state the gap may have made stale) is copied again (see copyChunk).
 
 // resyncDeleteBatch is how many keys of a snapshot table the search for
 // deleted entities looks up in the database at a time.
@@ -83,11 +87,20 @@ func dropLostSlot(ctx context.Context, conn *pgx.Conn, slot string, log *slog.Lo
 // a copy of every declared type and the marker to write, then creates the
 // slot (without a snapshot: the copies are incremental) and writes the
 // marker. A crash between the two leaves the record: the next session
-// writes the marker and copies.
-func (se *session) createForResync(ctx context.Context, written codecs.Position, prior captureState) error {
+// writes the marker and copies. It returns the new state: nothing of the
+// lost slot's (its cuts, its signals) applies to the new one.
+//
+// The server's WAL must be past the history's last change: after a
+// failover to a replica that was behind, the new slot's changes would
+// sort before what the history holds, and the snapshot processors would
+// ignore them as old.
+func (se *session) createForResync(ctx context.Context, written codecs.Position) (captureState, error) {
 	cfg := se.topo.Config()
+	if err := se.checkWALPast(ctx, written); err != nil {
+		return captureState{}, err
+	}
 	state := captureState{Slot: cfg.Postgres.Slot, Snapshot: snapshotDone, Types: se.entityTypes(),
-		Resync: &resyncMarker{After: written}, SignalsThrough: prior.SignalsThrough}
+		Resync: &resyncMarker{After: written}}
 	now := time.Now()
 	for _, typ := range state.Types {
 		state.Incremental = append(state.Incremental, incrementalSnapshot{
@@ -95,16 +108,40 @@ func (se *session) createForResync(ctx context.Context, written codecs.Position,
 		})
 	}
 	if err := writeState(se.client, se.topo.CaptureState(), state); err != nil {
-		return err
+		return state, err
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, se.repl, cfg.Postgres.Slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
 	if err != nil {
-		return fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
+		return state, fmt.Errorf("create replication slot %s: %w", cfg.Postgres.Slot, err)
 	}
 	se.log.Warn("resync: created a new replication slot; every table is copied again, and only what differs from the snapshot tables is written",
 		"slot", cfg.Postgres.Slot, "lsn", res.ConsistentPoint, "history_position", written.String(), "entity_types", state.Types)
-	return se.writeResyncMarker(ctx, state)
+	return state, se.writeResyncMarker(ctx, state)
+}
+
+// checkWALPast fails unless the server's WAL is past written.
+func (se *session) checkWALPast(ctx context.Context, written codecs.Position) error {
+	conn, err := pgx.Connect(ctx, se.topo.Config().Postgres.URL)
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var text string
+	if err := conn.QueryRow(ctx, "select pg_current_wal_insert_lsn()::text").Scan(&text); err != nil {
+		return fmt.Errorf("read the server's WAL position: %w", err)
+	}
+	current, err := codecs.ParseLSN(text)
+	if err != nil {
+		return err
+	}
+	if current <= written.CommitLSN+1 { // the marker goes at the slot's start - 1
+		return fmt.Errorf("%w: the server's WAL is at %s, not past the history's last change at %s (a failover to a replica that was behind?): "+
+			"a new slot's changes would sort before what the history holds. Nothing was created. Start the resync again once the WAL is past %s "+
+			"(it advances with every write; select pg_switch_wal() moves it to the next segment)",
+			ErrSetup, current, written.CommitLSN, written.CommitLSN)
+	}
+	return nil
 }
 
 // writeResyncMarker writes the marker state records to the history, just
@@ -119,11 +156,13 @@ func (se *session) writeResyncMarker(ctx context.Context, state captureState) er
 		return err
 	}
 	at := codecs.Position{CommitLSN: until - 1}
-	if last != nil && last.Position.Compare(at) >= 0 {
-		// The new slot streamed already (the marker's session failed after
-		// its stream began): the marker cannot go before its changes.
+	switch {
+	case last != nil && last.Op == codecs.OpResync && last.Resync != nil && last.Resync.Slot == state.Slot && last.Resync.Until == until:
+		se.log.Info("resync: the history holds the marker already", "position", last.Position.String())
+	case last != nil && last.Position.Compare(at) >= 0:
+		// Not expected: the stream starts once the marker is written.
 		se.log.Error("resync: the history already holds changes of the new slot; its marker is not written", "history_position", last.Position.String())
-	} else {
+	default:
 		now := time.Now().UTC()
 		ev := &codecs.Event{Op: codecs.OpResync, CommitLSN: at.CommitLSN, Position: at, CommitTime: now, CaptureTime: now,
 			Resync: &codecs.Resync{Slot: state.Slot, After: state.Resync.After, Until: until, Types: state.Types}}
@@ -147,7 +186,8 @@ func (se *session) writeMarker(ev *codecs.Event) error {
 	}
 	se.producer.Input() <- &sarama.ProducerMessage{
 		Topic: se.topo.History(), Key: sarama.StringEncoder("resync/" + ev.Resync.Slot), Value: sarama.ByteEncoder(value),
-		Headers: []sarama.RecordHeader{{Key: []byte(codecs.HeaderOp), Value: []byte(codecs.OpResync)}},
+		Headers:  []sarama.RecordHeader{{Key: []byte(codecs.HeaderOp), Value: []byte(codecs.OpResync)}},
+		Metadata: &recordMeta{position: ev.Position},
 	}
 	if err := se.producer.CommitTxn(); err != nil {
 		return fmt.Errorf("kafka: commit the resync marker: %w", err)
@@ -161,18 +201,48 @@ type tablesView struct {
 	view *views.View
 	dir  string
 	stop context.CancelFunc
-	done chan struct{}
+	done chan struct{} // closed when the view stops; err says why
+	err  error
+}
+
+// resyncView returns the view of snap's snapshot table: the one opened for
+// snap before (a copy failed and is retried), or a new one.
+func (inc *incrementals) resyncView(ctx context.Context, snap incrementalSnapshot, log *slog.Logger) (*tablesView, error) {
+	if inc.view != nil && inc.viewOf == snap.ID && !inc.view.stopped() {
+		return inc.view, nil
+	}
+	inc.closeView()
+	log.Info("resync: waiting until the snapshot table holds the history, to compare the table with it")
+	tv, err := inc.openTablesView(ctx, snap.Type)
+	if err != nil {
+		return nil, err
+	}
+	inc.view, inc.viewOf = tv, snap.ID
+	return tv, nil
+}
+
+// closeView closes the view resyncView opened, if any.
+func (inc *incrementals) closeView() {
+	if inc.view != nil {
+		inc.view.close()
+		inc.view, inc.viewOf = nil, ""
+	}
 }
 
 // openTablesView waits until the processors have applied the history up
-// to historyEnd to typ's snapshot table, then opens a view of it and waits
-// until it has read the table.
+// to historyEnd to typ's snapshot table, then opens a view of it, in the
+// storage directory (it holds a copy of the table), and waits until it has
+// read the table.
 func (inc *incrementals) openTablesView(ctx context.Context, typ string) (*tablesView, error) {
 	if err := inc.waitApplied(ctx, typ); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "changes-resync-"+typ+"-")
-	if err != nil {
+	// A directory a killed capture left is wiped.
+	dir := filepath.Join(inc.topo.Config().Storage, "capture-resync", typ)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("resync of %s: %w", typ, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("resync of %s: %w", typ, err)
 	}
 	v, err := views.New(inc.topo, typ, views.WithStorageDir(dir), views.WithRegisterer(prometheus.NewRegistry()),
@@ -185,15 +255,36 @@ func (inc *incrementals) openTablesView(ctx context.Context, typ string) (*table
 	tv := &tablesView{view: v, dir: dir, stop: stop, done: make(chan struct{})}
 	go func() {
 		defer close(tv.done)
-		if err := v.Run(vctx); err != nil {
-			inc.log.Error("resync: the view of the snapshot table failed", "entity_type", typ, "err", err)
+		tv.err = v.Run(vctx)
+	}()
+	// Waits until the view has read the table, or stops.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-tv.done:
+			cancel()
+		case <-wctx.Done():
 		}
 	}()
-	if err := v.WaitRecovered(ctx); err != nil {
+	if err := v.WaitRecovered(wctx); err != nil {
 		tv.close()
+		if ctx.Err() == nil {
+			return nil, fmt.Errorf("resync of %s: the view of its snapshot table stopped before it had read it: %v", typ, tv.err)
+		}
 		return nil, err
 	}
 	return tv, nil
+}
+
+// stopped reports whether the view stopped.
+func (tv *tablesView) stopped() bool {
+	select {
+	case <-tv.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func (tv *tablesView) close() {
@@ -340,6 +431,10 @@ func groupBehind(ctx context.Context, client sarama.Client, admin sarama.Cluster
 		if next >= end {
 			continue
 		}
+		if end-next > 1000 {
+			behind += end - next // far behind: transaction markers are noise
+			continue
+		}
 		// Markers of transactions are never committed past: count records.
 		err := kread.Range(ctx, client, topic, p, next, end, func(*kread.Record) (bool, error) { behind++; return true, nil })
 		if err != nil {
@@ -366,16 +461,8 @@ func existingKeys(ctx context.Context, q interface {
 			arrays[i] = append(arrays[i], values[i])
 		}
 	}
-	params, names, conds := make([]string, n), make([]string, n), make([]string, n)
-	args := make([]any, n)
-	for i, col := range t.keyColumns {
-		params[i] = fmt.Sprintf("$%d::text[]", i+1)
-		names[i] = fmt.Sprintf("k%d", i)
-		conds[i] = fmt.Sprintf("t.%s = k.k%d::%s", pgx.Identifier{col}.Sanitize(), i, t.key.types[i])
-		args[i] = arrays[i]
-	}
-	sql := fmt.Sprintf("select k.i from unnest(%s) with ordinality as k(%s, i) where exists (select 1 from %s t where %s)",
-		strings.Join(params, ", "), strings.Join(names, ", "), t.quoted(), strings.Join(conds, " and "))
+	keyList, match, args := keysMatch(t, arrays)
+	sql := fmt.Sprintf("select k.i from %s where exists (select 1 from %s t where %s)", keyList, t.quoted(), match)
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("resync of %s: look up keys: %w", t.qualified(), err)
@@ -393,6 +480,44 @@ func existingKeys(ctx context.Context, q interface {
 		return nil, fmt.Errorf("resync of %s: look up keys: %w", t.qualified(), err)
 	}
 	return present, nil
+}
+
+// keysQuery is the query of the rows of t with the given keys, for
+// selectRows.
+func keysQuery(t table, keys []codecs.Key) (string, []any, error) {
+	arrays := make([][]string, len(t.keyColumns))
+	for _, k := range keys {
+		values, err := t.keyValues(k)
+		if err != nil {
+			return "", nil, err
+		}
+		for i := range arrays {
+			arrays[i] = append(arrays[i], values[i])
+		}
+	}
+	keyList, match, args := keysMatch(t, arrays)
+	return fmt.Sprintf("select t.* from %s t join %s on %s", t.quoted(), keyList, match), args, nil
+}
+
+// keysMatch returns the unnested key columns' text, arrays (one per key
+// column), as a from item k(k0, k1, ..., i), with i the key's ordinal, and
+// the condition that matches a row t of table t to one of them: each key
+// column equal to its text cast to the column's type (so the index serves
+// it), and its text exactly that (a key of a nondeterministic collation
+// matches one row, not every one it compares equal to).
+func keysMatch(t table, arrays [][]string) (from, match string, args []any) {
+	n := len(t.keyColumns)
+	params, names, conds := make([]string, n), make([]string, n), make([]string, 0, 2*n)
+	args = make([]any, n)
+	for i, col := range t.keyColumns {
+		c := pgx.Identifier{col}.Sanitize()
+		params[i] = fmt.Sprintf("$%d::text[]", i+1)
+		names[i] = fmt.Sprintf("k%d", i)
+		conds = append(conds, fmt.Sprintf("t.%s = k.k%d::%s", c, i, t.key.types[i]), fmt.Sprintf(`t.%s::text collate "C" = k.k%d`, c, i))
+		args[i] = arrays[i]
+	}
+	from = fmt.Sprintf("unnest(%s) with ordinality as k(%s, i)", strings.Join(params, ", "), strings.Join(names, ", "))
+	return from, strings.Join(conds, " and "), args
 }
 
 // keyRow is the row of k's key columns, as a delete's Before holds them.

@@ -163,7 +163,8 @@ func (se *session) prepare(ctx context.Context) (found, error) {
 
 // checkDatabase checks the server and the tables, ensures the publication,
 // and reports whether the slot exists. A missing slot is an error when the
-// history shows it existed, unless the operator accepts the gap.
+// history shows it existed, unless the operator asked for a resync (a slot
+// whose WAL is lost is then dropped) or accepts the gap.
 func (se *session) checkDatabase(ctx context.Context, written codecs.Position) (exists bool, err error) {
 	cfg := se.topo.Config()
 	conn, err := pgx.Connect(ctx, cfg.Postgres.URL)
@@ -231,7 +232,7 @@ func (se *session) snapshot(ctx context.Context, f found) (captureState, error) 
 	se.repl = repl
 	switch {
 	case !f.slotExists && se.resync && !f.written.IsZero():
-		if err := se.createForResync(ctx, f.written, state); err != nil {
+		if state, err = se.createForResync(ctx, f.written); err != nil {
 			return state, err
 		}
 	case !f.slotExists:

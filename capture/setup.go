@@ -353,7 +353,8 @@ func inspectSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotState, e
 	}
 	if walStatus == "lost" {
 		return slotState{}, fmt.Errorf("%w: slot %s (confirmed up to %s): PostgreSQL removed WAL the slot still needed, so changes after that point are gone from the stream. "+
-			"Nothing was re-created. To start over and accept the gap: select pg_drop_replication_slot('%s'); then start the capture once with --recreate-slot, which takes a new snapshot",
+			"Nothing was re-created. To recover without a gap in the snapshot tables, start the capture with --resync (it drops the slot and copies every table again, writing what differs); "+
+			"to start over and accept the gap: select pg_drop_replication_slot('%s'); then start the capture once with --recreate-slot, which takes a new snapshot",
 			ErrSlotLost, slot, lsn, slot)
 	}
 	st := slotState{exists: true, walStatus: walStatus}

@@ -132,8 +132,9 @@ func MissingSnapshotTypes(ctx context.Context, topo *topology.Topology) ([]strin
 // as the capture-state topic records it (its progress at most once a
 // second).
 type SnapshotStatus struct {
-	// ID is the request's LSN, or "added-<type>-<n>" for a type declared
-	// after the slot's initial snapshot.
+	// ID is the request's LSN, "added-<type>-<n>" for a type declared
+	// after the slot's initial snapshot, or "resync-<type>-<n>" for a
+	// resync's copy (changes capture --resync).
 	ID string
 	// EntityType is the type whose table is copied.
 	EntityType string
@@ -147,6 +148,12 @@ type SnapshotStatus struct {
 	Chunks, Rows int64
 	// Requested is when the capture took the request.
 	Requested time.Time
+	// Resync says the copy is a resync's: Same counts the rows equal to
+	// the snapshot tables (not written); once the table is copied,
+	// Deleting is set, After is the last key of the tables looked up in
+	// the database, and Deleted counts the deletes written.
+	Resync, Deleting bool
+	Same, Deleted    int64
 }
 
 // PendingSnapshots returns the incremental snapshots of topo's slot that
@@ -160,7 +167,8 @@ func PendingSnapshots(ctx context.Context, topo *topology.Topology) ([]SnapshotS
 	out := make([]SnapshotStatus, len(st.Incremental))
 	for i, s := range st.Incremental {
 		out[i] = SnapshotStatus{ID: s.ID, EntityType: s.Type, From: s.From, To: s.To, After: s.After,
-			Chunks: s.Chunks, Rows: s.Rows, Requested: s.Requested}
+			Chunks: s.Chunks, Rows: s.Rows, Requested: s.Requested,
+			Resync: s.Resync, Deleting: s.Deleting, Same: s.Same, Deleted: s.Deleted}
 	}
 	return out, nil
 }

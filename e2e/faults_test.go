@@ -271,6 +271,9 @@ func runFaults(t *testing.T, p faultPlan) {
 	if len(w.errs) > 0 {
 		t.Errorf("the workload failed (a bug of the suite):\n  %s", strings.Join(w.errs, "\n  "))
 	}
+	if s.incrementals > 0 && verdict.restated == 0 {
+		t.Errorf("%d incremental snapshots were requested, and the history holds no row of theirs", s.incrementals)
+	}
 	if !verdict.ok() {
 		t.Errorf("the history is wrong (the first %d of each kind):\n  %s", maxProblems, strings.Join(verdict.problems, "\n  "))
 	}

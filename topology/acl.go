@@ -81,6 +81,14 @@ func (t *Topology) ACLs(role Role, principal string, types ...string) ([]ACL, er
 		add("Topic", t.History(), writeTopic...)
 		add("Topic", t.CaptureState(), writeTopic...)
 		add("TransactionalId", t.TransactionalID(), "Write", "Describe")
+		// A resync waits for the processors' groups, then reads the
+		// snapshot tables (capture/resync.go).
+		add("Group", t.RouterGroup(), "Describe")
+		for _, typ := range t.EntityTypes() {
+			add("Topic", t.Events(typ), readTopic...)
+			add("Topic", t.Snapshot(typ), readTopic...)
+			add("Group", t.SnapshotGroup(typ), "Describe")
+		}
 	case RoleProcessors:
 		add("Topic", t.History(), readTopic...)
 		add("Group", t.RouterGroup(), "Read")

@@ -27,8 +27,10 @@ func TestACLs(t *testing.T) {
 		wantSize int
 	}{
 		{topology.RoleCapture, nil,
-			[][3]string{{"Topic", "p.history", "Write"}, {"Topic", "p.history", "Read"}, {"Topic", "p.capture-state", "Write"}, {"TransactionalId", "changes-capture.p.history.s1", "Write"}},
-			[][3]string{{"Topic", "p.events.a", "Write"}, {"Topic", "p.snapshot.a-table", "Write"}}, 10},
+			[][3]string{{"Topic", "p.history", "Write"}, {"Topic", "p.history", "Read"}, {"Topic", "p.capture-state", "Write"}, {"TransactionalId", "changes-capture.p.history.s1", "Write"},
+				// a resync: the processors' progress, and the tables
+				{"Group", "p.router", "Describe"}, {"Group", "p.snapshot.b", "Describe"}, {"Topic", "p.events.b", "Read"}, {"Topic", "p.snapshot.a-table", "Read"}},
+			[][3]string{{"Topic", "p.events.a", "Write"}, {"Topic", "p.snapshot.a-table", "Write"}, {"Group", "p.router", "Read"}}, 25},
 		{topology.RoleProcessors, nil,
 			[][3]string{{"Topic", "p.history", "Read"}, {"Group", "p.router", "Read"}, {"Topic", "p.events.b", "Write"}, {"Topic", "p.snapshot.b-table", "Write"}, {"Group", "p.snapshot.b", "Read"}, {"Topic", "p.deadletter", "Write"}},
 			[][3]string{{"Topic", "p.history", "Write"}, {"Topic", "p.capture-state", "Read"}}, 0},

@@ -234,7 +234,7 @@ func noFlags(fn runFunc) func(*flag.FlagSet) runFunc {
 }
 
 // platformCommand runs parts of the platform with /metrics until ctx is
-// cancelled; with the capture, it takes --recreate-slot.
+// cancelled; with the capture, it takes --recreate-slot and --resync.
 func platformCommand(parts platform.Parts) func(*flag.FlagSet) runFunc {
 	return func(fs *flag.FlagSet) runFunc {
 		var recreateSlot, resync bool

@@ -69,14 +69,22 @@ func printSnapshots(ctx context.Context, topo *topology.Topology, entityType str
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TYPE\tID\tFROM\tTO\tAFTER\tCHUNKS\tROWS\tREQUESTED")
+	fmt.Fprintln(tw, "TYPE\tID\tSTEP\tFROM\tTO\tAFTER\tCHUNKS\tROWS\tSAME\tDELETED\tREQUESTED")
 	n := 0
 	for _, s := range pending {
 		if entityType != "all" && s.EntityType != entityType {
 			continue
 		}
 		n++
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", s.EntityType, s.ID, s.From, s.To, s.After, s.Chunks, s.Rows, s.Requested.Format(time.RFC3339))
+		step := "copy"
+		switch {
+		case s.Deleting:
+			step = "resync: deletes" // AFTER: the last key of the tables looked up
+		case s.Resync:
+			step = "resync: copy"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.EntityType, s.ID, step, s.From, s.To, s.After,
+			s.Chunks, s.Rows, s.Same, s.Deleted, s.Requested.Format(time.RFC3339))
 	}
 	if n == 0 {
 		_, err := fmt.Fprintln(stdout, "no incremental snapshot pending")
