@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/internal/platform"
@@ -92,9 +91,9 @@ func BenchmarkResync(b *testing.B) {
 	}
 	took := time.Since(started)
 	b.StopTimer()
-	same := testutil.ToFloat64(counterOf(b, reg, "changes_capture_resync_same_rows_total", "big"))
-	written := testutil.ToFloat64(counterOf(b, reg, "changes_capture_incremental_snapshot_rows_total", "big"))
-	deletes := testutil.ToFloat64(counterOf(b, reg, "changes_capture_resync_deletes_total", "big"))
+	same := counterOf(b, reg, "changes_capture_resync_same_rows_total", "big")
+	written := counterOf(b, reg, "changes_capture_incremental_snapshot_rows_total", "big")
+	deletes := counterOf(b, reg, "changes_capture_resync_deletes_total", "big")
 	b.ReportMetric(float64(rows)/took.Seconds(), "rows/s")
 	b.ReportMetric(took.Seconds(), "resync-s")
 	b.ReportMetric(same, "same-rows")

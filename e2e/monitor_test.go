@@ -16,6 +16,7 @@ import (
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/internal/promreg"
 	"github.com/changes-dev/changes/processors/monitor"
 	"github.com/changes-dev/changes/topology"
 )
@@ -69,37 +70,11 @@ func runMonitor(t testing.TB, ctx context.Context, topo *topology.Topology) *pro
 // metricValue sums the series of a metric whose labels include want.
 func metricValue(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := promreg.Sum(reg, name, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
+	return v
 }
 
 // waitMetric waits until the metric reaches want (at least) and says how long

@@ -13,11 +13,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/platform"
+	"github.com/changes-dev/changes/internal/promreg"
 	"github.com/changes-dev/changes/topology"
 	"github.com/changes-dev/changes/views"
 )
@@ -228,11 +228,11 @@ func TestResyncAfterLostSlot(t *testing.T) {
 	if mk.After != lastBefore.Position || mk.Until <= lastBefore.Position.CommitLSN || mk.Slot != cfg.Postgres.Slot || len(mk.Types) != 2 {
 		t.Fatalf("resync marker %+v; want after %s (the lost slot's last change), until later, slot %s, both types", mk, lastBefore.Position, cfg.Postgres.Slot)
 	}
-	same := testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_same_rows_total", "item")) +
-		testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_same_rows_total", "code"))
-	deletes := testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_deletes_total", "item")) +
-		testutil.ToFloat64(counterOf(t, reg, "changes_capture_resync_deletes_total", "code"))
-	again := testutil.ToFloat64(counterOf(t, reg, "changes_capture_incremental_snapshot_recopied_rows_total", "item"))
+	same := counterOf(t, reg, "changes_capture_resync_same_rows_total", "item") +
+		counterOf(t, reg, "changes_capture_resync_same_rows_total", "code")
+	deletes := counterOf(t, reg, "changes_capture_resync_deletes_total", "item") +
+		counterOf(t, reg, "changes_capture_resync_deletes_total", "code")
+	again := counterOf(t, reg, "changes_capture_incremental_snapshot_recopied_rows_total", "item")
 	t.Logf("resync: %d snapshot rows written, %.0f rows equal to the tables not written, %.0f deletes, %.0f rows copied again (TOASTed columns left unchanged in a window); %d changes since the capture stopped",
 		snapshots, same, deletes, again, changedSinceStop)
 	switch {
@@ -261,26 +261,13 @@ func lastHistoryEvent(t testing.TB, ctx context.Context, cfg *topology.Config, t
 	return ev
 }
 
-// counterOf is the series of the counter vector name with label value
-// entityType that reg holds.
-func counterOf(t testing.TB, reg *prometheus.Registry, name, entityType string) prometheus.Collector {
+// counterOf is the sum of the counter name's series with label
+// entity_type = entityType that reg holds.
+func counterOf(t testing.TB, reg *prometheus.Registry, name, entityType string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := promreg.Sum(reg, name, map[string]string{"entity_type": entityType})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name})
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "entity_type" && l.GetValue() == entityType {
-					c.Add(m.GetCounter().GetValue())
-				}
-			}
-		}
-	}
-	return c
+	return v
 }

@@ -13,9 +13,9 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/tester"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/promreg"
 	"github.com/changes-dev/changes/processors"
 	"github.com/changes-dev/changes/topology"
 )
@@ -396,19 +396,11 @@ func TestNewSnapshotUndeclaredType(t *testing.T) {
 // counter sums the series of the counter family name in reg.
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := promreg.Sum(reg, name, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	return v
 }
 
 // TestRouterRefusesForgedRecords feeds the router what a writer to the
@@ -475,7 +467,7 @@ func TestRouterRefusesForgedRecords(t *testing.T) {
 		reason string
 		want   float64
 	}{{"undeclared_type", 2 * forged}, {"bad_truncate", float64(len(truncates))}} {
-		if got := testutil.ToFloat64(deadLetters(t, reg, topo.RouterGroup(), c.reason)); got != c.want {
+		if got := deadLetters(t, reg, topo.RouterGroup(), c.reason); got != c.want {
 			t.Errorf("dead letters %s = %v, want %v", c.reason, got, c.want)
 		}
 	}
@@ -563,7 +555,7 @@ func TestSnapshotRefusesForgedTruncates(t *testing.T) {
 			}
 		})
 	}
-	if got := testutil.ToFloat64(deadLetters(t, reg, topo.SnapshotGroup("account"), "bad_truncate")); got != float64(len(cases)) {
+	if got := deadLetters(t, reg, topo.SnapshotGroup("account"), "bad_truncate"); got != float64(len(cases)) {
 		t.Errorf("bad_truncate dead letters = %v, want %d", got, len(cases))
 	}
 	// The router's copy still sets the marker.
@@ -575,28 +567,13 @@ func TestSnapshotRefusesForgedTruncates(t *testing.T) {
 
 // deadLetters is the changes_processor_deadletters_total series of group
 // and reason.
-func deadLetters(t *testing.T, reg *prometheus.Registry, group, reason string) prometheus.Collector {
+func deadLetters(t *testing.T, reg *prometheus.Registry, group, reason string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := promreg.Sum(reg, "changes_processor_deadletters_total", map[string]string{"group": group, "reason": reason})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-	for _, mf := range mfs {
-		if mf.GetName() != "changes_processor_deadletters_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["group"] == group && labels["reason"] == reason {
-				c.Add(m.GetCounter().GetValue())
-			}
-		}
-	}
-	return c
+	return v
 }
 
 // assertDeclaredLabels fails if any series in reg has an entity_type label

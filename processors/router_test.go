@@ -7,9 +7,9 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/tester"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/internal/promreg"
 	"github.com/changes-dev/changes/processors"
 )
 
@@ -99,7 +99,7 @@ func TestRouterRoutes(t *testing.T) {
 		})
 	}
 	for typ, n := range routed {
-		if got := testutil.ToFloat64(routedCounter(t, reg, typ)); got != n {
+		if got := routedCounter(t, reg, typ); got != n {
 			t.Errorf("routed %s = %v, want %v", typ, got, n)
 		}
 	}
@@ -149,24 +149,11 @@ func TestRouterKeepsOrder(t *testing.T) {
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // routedCounter is changes_router_events_total of entityType.
-func routedCounter(t *testing.T, reg *prometheus.Registry, entityType string) prometheus.Collector {
+func routedCounter(t *testing.T, reg *prometheus.Registry, entityType string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := promreg.Sum(reg, "changes_router_events_total", map[string]string{"entity_type": entityType})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-	for _, mf := range mfs {
-		if mf.GetName() != "changes_router_events_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "entity_type" && l.GetValue() == entityType {
-					c.Add(m.GetCounter().GetValue())
-				}
-			}
-		}
-	}
-	return c
+	return v
 }

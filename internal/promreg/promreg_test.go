@@ -106,3 +106,29 @@ func TestLatencyBucketsReachTheReportMarks(t *testing.T) {
 		t.Error("LatencyBuckets are not sorted")
 	}
 }
+
+func TestSum(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := promreg.With(reg)
+	c := f.CounterVec("changes_test_total", "Test.", "entity_type", "op")
+	c.WithLabelValues("a", "insert").Add(2)
+	c.WithLabelValues("a", "delete").Add(3)
+	c.WithLabelValues("b", "insert").Add(5)
+	f.Histogram("changes_test_seconds", "Test.", []float64{1}).Observe(0.5)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"changes_test_total", map[string]string{"entity_type": "a"}, 5},
+		{"changes_test_total", map[string]string{"entity_type": "b", "op": "insert"}, 5},
+		{"changes_test_total", map[string]string{"entity_type": "c"}, 0},
+		{"changes_test_total", nil, 10},
+		{"changes_test_seconds", nil, 1},
+		{"changes_none_total", nil, 0},
+	} {
+		if got, err := promreg.Sum(reg, tc.name, tc.labels); err != nil || got != tc.want {
+			t.Errorf("Sum(%s, %v) = %v, %v; want %v", tc.name, tc.labels, got, err, tc.want)
+		}
+	}
+}
