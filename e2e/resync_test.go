@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -270,4 +271,75 @@ func counterOf(t testing.TB, reg *prometheus.Registry, name, entityType string) 
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestResyncAfterLostWAL loses the slot the other way: PostgreSQL removes
+// WAL the stopped capture's slot still needs (max_slot_wal_keep_size,
+// lowered for the test), so wal_status is 'lost'. The capture refuses with
+// ErrSlotLost; with --resync it drops the slot and resyncs, and the view
+// then equals the table, the rows changed and deleted meanwhile included.
+func TestResyncAfterLostWAL(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newCaptureFixture(t, ctx, "lostwal", "id bigint primary key, version int not null default 1")
+	db, cfg, topo := f.db, f.cfg, f.topo
+	execSQL(t, ctx, db, "insert into "+f.table+" select g from generate_series(1, 2000) g")
+	log := testLogger(t)
+	procCtx, stopProcs := context.WithCancel(ctx)
+	procDone := make(chan error, 1)
+	go func() { procDone <- platform.Run(procCtx, topo, platform.Parts{Processors: true}, log, nil, nil) }()
+	defer func() { stopProcs(); <-procDone }()
+	vs := map[string]*views.View{"item": runView(t, ctx, topo, "item")}
+	stop := f.start(t, ctx)
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
+	waitViewsEqual(t, ctx, db, topo, vs)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitSlotInactive(t, ctx, db, cfg.Postgres.Slot)
+
+	// The slot's WAL goes: a 1 MB allowance, segments switched, a
+	// checkpoint. The allowance is restored before anything else runs.
+	execSQL(t, ctx, db, "alter system set max_slot_wal_keep_size = '1MB'")
+	execSQL(t, ctx, db, "select pg_reload_conf()")
+	t.Cleanup(func() {
+		db, err := pgx.Connect(context.Background(), f.e.pgURL)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer db.Close(context.Background())
+		for _, sql := range []string{"alter system reset max_slot_wal_keep_size", "select pg_reload_conf()"} {
+			if _, err := db.Exec(context.Background(), sql); err != nil {
+				t.Errorf("%s: %v", sql, err)
+			}
+		}
+	})
+	execSQL(t, ctx, db, "update "+f.table+" set version = version + 1 where id % 10 = 1")
+	execSQL(t, ctx, db, "delete from "+f.table+" where id % 100 = 2")
+	execSQL(t, ctx, db, "insert into "+f.table+" select g from generate_series(5001, 5100) g")
+	for status := ""; status != "lost"; {
+		for range 3 {
+			execSQL(t, ctx, db, "insert into "+f.table+" values (9999) on conflict (id) do update set version = "+f.table+".version + 1")
+			execSQL(t, ctx, db, "select pg_switch_wal()")
+		}
+		execSQL(t, ctx, db, "checkpoint")
+		if err := db.QueryRow(ctx, "select coalesce(wal_status, '') from pg_replication_slots where slot_name = $1", cfg.Postgres.Slot).Scan(&status); err != nil {
+			t.Fatal(err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the slot's WAL status stayed %q", status)
+		}
+	}
+	execSQL(t, ctx, db, "alter system reset max_slot_wal_keep_size")
+	execSQL(t, ctx, db, "select pg_reload_conf()")
+
+	if err := f.run(t, ctx); !errors.Is(err, capture.ErrSlotLost) || !strings.Contains(err.Error(), "--resync") {
+		t.Fatalf("a capture without --resync after the slot's WAL was removed returned %v; want ErrSlotLost naming --resync", err)
+	}
+	stop = f.start(t, ctx, capture.WithResync())
+	defer stop()
+	waitSlotActive(t, ctx, db, cfg.Postgres.Slot)
+	waitPending(t, ctx, topo, func(p []capture.SnapshotStatus) bool { return len(p) == 0 })
+	waitViewsEqual(t, ctx, db, topo, vs)
 }
