@@ -163,8 +163,9 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	var toHistory latencies
 	var hist historyCount
 	historyStart, err := watchHistory(gctx, g, topo, func(m *sarama.ConsumerMessage) {
-		toHistory.add(time.Since(m.Timestamp))
-		hist.add(m)
+		if hist.add(m) {
+			toHistory.add(time.Since(m.Timestamp))
+		}
 	})
 	if err != nil {
 		return fail(err)
@@ -229,8 +230,12 @@ func runDemo(ctx context.Context, topo *topology.Topology, f demoFlags, log *slo
 	fmt.Fprintf(out, "\nchanges demo: summary\n")
 	fmt.Fprintf(out, "  workload           %d transactions, %d changes in %s (%.0f changes/s)\n",
 		f.txns, w.changes, wtime.Round(time.Millisecond), float64(w.changes)/wtime.Seconds())
-	fmt.Fprintf(out, "  history topic      %s: %d new records from offset %d for %d committed changes: %s\n",
-		topo.History(), n, historyStart, w.changes, verdict)
+	copied := ""
+	if c := hist.copiedRows(); c > 0 {
+		copied = fmt.Sprintf(" (and %d rows copied by incremental snapshots)", c)
+	}
+	fmt.Fprintf(out, "  history topic      %s: %d new records from offset %d for %d committed changes: %s%s\n",
+		topo.History(), n, historyStart, w.changes, verdict, copied)
 	for _, typ := range topo.EntityTypes() {
 		e, _ := cfg.Entity(typ)
 		c := counts[typ]
@@ -267,32 +272,53 @@ func mustJSON(r codecs.Row) string {
 	return string(b)
 }
 
-// historyCount counts the history records the demo sees and their distinct
-// positions: a duplicate has a position seen before.
+// historyCount counts the changes among the history records the demo sees
+// and their distinct positions (a duplicate has a position seen before),
+// and apart from them the rows incremental snapshots copied (a table an
+// older demo's slot did not copy).
 type historyCount struct {
 	mu        sync.Mutex
 	records   int
+	copied    int
 	positions map[string]struct{}
 }
 
-func (h *historyCount) add(m *sarama.ConsumerMessage) {
+// add counts m and reports whether it is a change.
+func (h *historyCount) add(m *sarama.ConsumerMessage) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.positions == nil {
 		h.positions = map[string]struct{}{}
 	}
-	h.records++
+	var position string
 	for _, hdr := range m.Headers {
-		if string(hdr.Key) == codecs.HeaderPosition {
-			h.positions[string(hdr.Value)] = struct{}{}
+		switch string(hdr.Key) {
+		case codecs.HeaderOp:
+			if op := codecs.Op(hdr.Value); op == codecs.OpSnapshot || op == codecs.OpResync {
+				h.copied++
+				return false
+			}
+		case codecs.HeaderPosition:
+			position = string(hdr.Value)
 		}
 	}
+	h.records++
+	h.positions[position] = struct{}{}
+	return true
 }
 
+// get returns the changes seen and their distinct positions.
 func (h *historyCount) get() (records, distinct int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.records, len(h.positions)
+}
+
+// copiedRows returns the rows incremental snapshots copied.
+func (h *historyCount) copiedRows() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.copied
 }
 
 // watchHistory consumes the history from its current end and calls fn for
