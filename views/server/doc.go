@@ -5,6 +5,7 @@
 //	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in key order
 //	GET /v1/history/{type}/{id}?after=OFFSET&limit=N  a page of the entity's changes in the history
 //	GET /v1/history/{type}/{id}?at=T                its state at T (RFC 3339 time, or a history offset)
+//	GET /v1/changes/{type}?from=OFFSET              the type's changes as server-sent events, live
 //	GET /healthz                                    the process serves
 //	GET /readyz                                     every view has caught up and reaches Kafka (503 else)
 //
@@ -29,6 +30,21 @@
 // changes are paged by history offset: a client that follows next_after
 // sees every change once, in history order, changes made meanwhile
 // included.
+//
+// # Change streams
+//
+// /v1/changes/{type} streams the type's changes from the history as
+// server-sent events (text/event-stream), for services not written in Go:
+// each event's id is its history offset, its event name the op, its data
+// the event's JSON as the history holds it; a comment every KeepAlive
+// keeps proxies from closing an idle stream. It starts after the
+// Last-Event-ID header's offset (an EventSource sends it when it
+// reconnects), else at from=OFFSET, else at the history's end. Resuming
+// with the last id received neither misses nor repeats a change: the
+// history is read at read_committed, in order. A stream holds no /v1
+// request turn; Config.MaxSubscriptions bounds the streams (503 beyond),
+// and each write must finish within Config.WriteTimeout (30 s when zero),
+// or the client is dropped. The same tokens are required.
 //
 // # Errors
 //

@@ -80,6 +80,9 @@ type Config struct {
 	// MaxResponseBytes bounds the JSON of a page (see the package
 	// documentation). Default: topology.DefaultServeMaxResponseBytes (4 MiB).
 	MaxResponseBytes int
+	// MaxSubscriptions bounds the change streams (/v1/changes) served at
+	// once; more get 503 with Retry-After. Default: DefaultMaxSubscriptions.
+	MaxSubscriptions int
 	// WriteTimeout, when positive, is how long writing an answer may take
 	// from its first byte: a /v1 request has no write deadline while its
 	// answer is computed (a history read may take longer than writing), then
@@ -100,6 +103,7 @@ func Handler(cfg Config) http.Handler {
 	setDefault(&cfg.MaxWaiting, topology.DefaultServeMaxWaiting)
 	setDefault(&cfg.HistoryScans, topology.DefaultServeHistoryScans)
 	setDefault(&cfg.MaxResponseBytes, topology.DefaultServeMaxResponseBytes)
+	setDefault(&cfg.MaxSubscriptions, DefaultMaxSubscriptions)
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = topology.DefaultServeMaxWait
 	}
@@ -115,6 +119,7 @@ func Handler(cfg Config) http.Handler {
 		// A request waiting for a history turn holds a request turn: those
 		// bound the waiters already.
 		scans: newLimiter("history", "history reads", cfg.HistoryScans, cfg.MaxInFlight, cfg.MaxWait, m),
+		subs:  make(chan struct{}, cfg.MaxSubscriptions),
 	}
 	for _, t := range append([]string{cfg.Token}, cfg.Tokens...) {
 		if t != "" {
@@ -132,6 +137,7 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /v1/entities/{type}/{id}", s.v1(s.entity))
 	mux.Handle("GET /v1/entities/{type}", s.v1(s.list))
 	mux.Handle("GET /v1/history/{type}/{id}", s.v1(s.history))
+	mux.HandleFunc("GET /v1/changes/{type}", s.subscribe)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// Every endpoint is GET (and so HEAD): a path one of them serves,
 		// asked with another method, is 405, not an unknown path.
@@ -159,6 +165,7 @@ type server struct {
 	tokens [][sha256.Size]byte // of the accepted tokens; none: /v1 is open
 	reqs   *limiter            // every /v1 request
 	scans  *limiter            // /v1/history requests while they read the history
+	subs   chan struct{}       // a slot per change stream served
 }
 
 // outer is around every request: nosniff on every answer (a JSON error
