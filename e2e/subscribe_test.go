@@ -28,7 +28,8 @@ type sseEvent struct {
 // events): from offset 0, a disconnect after 40 events, a reconnect with
 // Last-Event-ID while changes go on being committed. The ids received,
 // in order, must be exactly the history offsets of the type's changes,
-// each event the history's, none missing and none twice.
+// each event the history's, none missing and none twice. A stream beyond
+// MaxSubscriptions is refused with 503.
 func TestChangeStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -56,7 +57,7 @@ func TestChangeStream(t *testing.T) {
 	defer h.Close()
 	v := runView(t, ctx, f.topo, "item")
 	const token = "t0ken"
-	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"item": v}, History: h, Token: token, Log: testLogger(t)}))
+	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"item": v}, History: h, Token: token, Log: testLogger(t), MaxSubscriptions: 1}))
 	defer srv.Close()
 	open := func(path, lastID, tok string) (*http.Response, context.CancelFunc) {
 		t.Helper()
@@ -131,8 +132,25 @@ func TestChangeStream(t *testing.T) {
 	resp.Body.Close()
 	// More changes while no one listens, and while the second stream runs.
 	commit(60, 90)
-	resp, closeSecond := open("/v1/changes/item", strconv.FormatInt(got[len(got)-1].id, 10), token)
+	// The first stream's slot is free once its handler saw the client go.
+	var closeSecond context.CancelFunc
+	for {
+		resp, closeSecond = open("/v1/changes/item", strconv.FormatInt(got[len(got)-1].id, 10), token)
+		if resp.StatusCode != http.StatusServiceUnavailable || ctx.Err() != nil {
+			break
+		}
+		resp.Body.Close()
+		closeSecond()
+		time.Sleep(50 * time.Millisecond)
+	}
 	defer closeSecond()
+	// One stream at a time (MaxSubscriptions): another is refused.
+	busy, closeBusy := open("/v1/changes/item?from=0", "", token)
+	busy.Body.Close()
+	closeBusy()
+	if busy.StatusCode != http.StatusServiceUnavailable || busy.Header.Get("Retry-After") == "" {
+		t.Errorf("a second stream at once: %d (Retry-After %q), want 503 with Retry-After", busy.StatusCode, busy.Header.Get("Retry-After"))
+	}
 	commit(90, 120) // read live by the open stream
 	want := historyOf(t, ctx, f, 120)
 	got = append(got, read(resp, len(want)-len(got))...)

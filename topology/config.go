@@ -129,6 +129,10 @@ type ServeConfig struct {
 	// history topic at once; each reads it from its start. At most
 	// MaxInFlight. Default: 2.
 	HistoryScans int `yaml:"history_scans"`
+	// MaxSubscriptions is how many change streams (/v1/changes) are served
+	// at once; they take no /v1 request slot. Beyond, 503 with Retry-After.
+	// Default: 64.
+	MaxSubscriptions int `yaml:"max_subscriptions"`
 }
 
 // Defaults of the query server's limits (ServeConfig); views/server
@@ -142,6 +146,7 @@ const (
 	DefaultServeMaxWaiting       = 64
 	DefaultServeMaxWait          = 10 * time.Second
 	DefaultServeHistoryScans     = 2
+	DefaultServeMaxSubscriptions = 64
 )
 
 // ServeTLSConfig is the query server's certificate. Both files are PEM;
@@ -505,6 +510,7 @@ func (s *ServeConfig) applyDefaults() {
 	setDefault(&s.MaxInFlight, DefaultServeMaxInFlight)
 	setDefault(&s.MaxWaiting, DefaultServeMaxWaiting)
 	setDefault(&s.HistoryScans, DefaultServeHistoryScans)
+	setDefault(&s.MaxSubscriptions, DefaultServeMaxSubscriptions)
 }
 
 // setDefault is applied before validation; Metrics is not in it because an
@@ -675,6 +681,9 @@ func (s *ServeConfig) validate() error {
 	}
 	if s.MaxWaiting < 1 || s.MaxWaiting > 1000000 {
 		return fieldErr("serve.max_waiting", "must be between 1 and 1000000, got %d", s.MaxWaiting)
+	}
+	if s.MaxSubscriptions < 1 || s.MaxSubscriptions > 100_000 {
+		return fieldErr("serve.max_subscriptions", "must be between 1 and 100000, got %d", s.MaxSubscriptions)
 	}
 	if s.HistoryScans < 1 || s.HistoryScans > s.MaxInFlight {
 		return fieldErr("serve.history_scans", "must be between 1 and serve.max_in_flight (%d), got %d", s.MaxInFlight, s.HistoryScans)

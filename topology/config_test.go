@@ -97,6 +97,7 @@ serve:
   max_waiting: 4
   max_wait: 250ms
   history_scans: 3
+  max_subscriptions: 7
 monitor: {listen: ":9999", stale_after: 5s, remember: 10m, remember_events: 5000, audit_rate: 0}
 entities:
   - type: account
@@ -165,6 +166,7 @@ func TestParseFull(t *testing.T) {
 			MaxWaiting:       4,
 			MaxWait:          250 * time.Millisecond,
 			HistoryScans:     3,
+			MaxSubscriptions: 7,
 		},
 		Monitor: topology.MonitorConfig{Listen: ":9999", StaleAfter: 5 * time.Second, Remember: 10 * time.Minute, RememberEvents: 5000, AuditRate: 0},
 		Entities: []topology.EntityConfig{
@@ -220,6 +222,7 @@ func TestParseDefaults(t *testing.T) {
 		{"serve.max_waiting", cfg.Serve.MaxWaiting, topology.DefaultServeMaxWaiting, 64},
 		{"serve.max_wait", cfg.Serve.MaxWait, topology.DefaultServeMaxWait, 10 * time.Second},
 		{"serve.history_scans", cfg.Serve.HistoryScans, topology.DefaultServeHistoryScans, 2},
+		{"serve.max_subscriptions", cfg.Serve.MaxSubscriptions, topology.DefaultServeMaxSubscriptions, 64},
 		{"serve.tls", cfg.Serve.TLS.Enabled(), false, false},
 		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
 		{"entities[0].partitions", e.Partitions, topology.DefaultPartitions, 8},
@@ -639,6 +642,7 @@ func TestParseInvalid(t *testing.T) {
 		{"serve history scans beyond max in flight", func(c *topology.Config) { c.Serve.MaxInFlight, c.Serve.HistoryScans = 4, 5 }, "serve.history_scans"},
 		{"serve history scans beyond the default max in flight", func(c *topology.Config) { c.Serve.HistoryScans = 33 }, "serve.history_scans"},
 		{"serve negative history scans", func(c *topology.Config) { c.Serve.HistoryScans = -1 }, "serve.history_scans"},
+		{"serve negative subscriptions", func(c *topology.Config) { c.Serve.MaxSubscriptions = -1 }, "serve.max_subscriptions"},
 		{"monitor stale_after", func(c *topology.Config) { c.Monitor.StaleAfter = time.Millisecond }, "monitor.stale_after"},
 		{"monitor remember", func(c *topology.Config) { c.Monitor.StaleAfter = time.Hour; c.Monitor.Remember = time.Minute }, "monitor.remember"},
 		{"monitor remember_events too few", func(c *topology.Config) { c.Monitor.RememberEvents = 999 }, "monitor.remember_events"},

@@ -80,6 +80,7 @@ func runServe(ctx context.Context, e *env) error {
 		MaxWaiting:       cfg.Serve.MaxWaiting,
 		MaxWait:          cfg.Serve.MaxWait,
 		HistoryScans:     cfg.Serve.HistoryScans,
+		MaxSubscriptions: cfg.Serve.MaxSubscriptions,
 		MaxResponseBytes: cfg.Serve.MaxResponseBytes,
 		WriteTimeout:     cfg.Serve.WriteTimeout,
 	}), log)

@@ -81,7 +81,8 @@ type Config struct {
 	// documentation). Default: topology.DefaultServeMaxResponseBytes (4 MiB).
 	MaxResponseBytes int
 	// MaxSubscriptions bounds the change streams (/v1/changes) served at
-	// once; more get 503 with Retry-After. Default: DefaultMaxSubscriptions.
+	// once; more get 503 with Retry-After. Default:
+	// topology.DefaultServeMaxSubscriptions (64).
 	MaxSubscriptions int
 	// WriteTimeout, when positive, is how long writing an answer may take
 	// from its first byte: a /v1 request has no write deadline while its
@@ -103,7 +104,7 @@ func Handler(cfg Config) http.Handler {
 	setDefault(&cfg.MaxWaiting, topology.DefaultServeMaxWaiting)
 	setDefault(&cfg.HistoryScans, topology.DefaultServeHistoryScans)
 	setDefault(&cfg.MaxResponseBytes, topology.DefaultServeMaxResponseBytes)
-	setDefault(&cfg.MaxSubscriptions, DefaultMaxSubscriptions)
+	setDefault(&cfg.MaxSubscriptions, topology.DefaultServeMaxSubscriptions)
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = topology.DefaultServeMaxWait
 	}

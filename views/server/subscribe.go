@@ -13,10 +13,6 @@ import (
 	"github.com/changes-dev/changes/views/history"
 )
 
-// DefaultMaxSubscriptions bounds the change streams served at once when
-// Config.MaxSubscriptions is zero.
-const DefaultMaxSubscriptions = 64
-
 // KeepAlive is how often a change stream without changes sends a comment,
 // so proxies and clients see the connection alive.
 const KeepAlive = 15 * time.Second
