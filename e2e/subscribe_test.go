@@ -127,6 +127,7 @@ func TestChangeStream(t *testing.T) {
 		return out
 	}
 	resp, closeFirst := open("/v1/changes/item?from=0", "", token)
+	defer closeFirst()
 	got := read(resp, 40)
 	closeFirst()
 	resp.Body.Close()
@@ -144,12 +145,20 @@ func TestChangeStream(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	defer closeSecond()
-	// One stream at a time (MaxSubscriptions): another is refused.
+	// One stream at a time (MaxSubscriptions): another is refused; a HEAD
+	// takes no stream.
 	busy, closeBusy := open("/v1/changes/item?from=0", "", token)
 	busy.Body.Close()
 	closeBusy()
 	if busy.StatusCode != http.StatusServiceUnavailable || busy.Header.Get("Retry-After") == "" {
 		t.Errorf("a second stream at once: %d (Retry-After %q), want 503 with Retry-After", busy.StatusCode, busy.Header.Get("Retry-After"))
+	}
+	head, _ := http.NewRequestWithContext(ctx, http.MethodHead, srv.URL+"/v1/changes/item", nil)
+	head.Header.Set("Authorization", "Bearer "+token)
+	if hr, err := http.DefaultClient.Do(head); err != nil || hr.StatusCode != http.StatusOK || hr.Header.Get("Content-Type") != "text/event-stream" {
+		t.Errorf("HEAD of a change stream: %v, %v", hr, err)
+	} else {
+		hr.Body.Close()
 	}
 	commit(90, 120) // read live by the open stream
 	want := historyOf(t, ctx, f, 120)
@@ -164,7 +173,25 @@ func TestChangeStream(t *testing.T) {
 			t.Fatalf("event %d at offset %d: %+v (%v), event %q; want %+v", i, got[i].id, ev, err, got[i].event, want[i].Event)
 		}
 	}
-	t.Logf("%d events over two streams, in history order, none missing or repeated", len(got))
+	closeSecond()
+
+	// From the end: only what is committed from now on.
+	var closeLast context.CancelFunc
+	for {
+		resp, closeLast = open("/v1/changes/item", "", token)
+		if resp.StatusCode != http.StatusServiceUnavailable || ctx.Err() != nil {
+			break
+		}
+		resp.Body.Close()
+		closeLast()
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer closeLast()
+	execSQL(t, ctx, f.db, fmt.Sprintf("insert into %s values (1000)", f.table))
+	if next := read(resp, 1); next[0].id <= want[len(want)-1].Offset || next[0].event != "insert" {
+		t.Fatalf("a stream from the end began with %+v; want the insert after offset %d", next[0], want[len(want)-1].Offset)
+	}
+	t.Logf("%d events over two streams, in history order, none missing or repeated; a stream from the end got the next change", len(got))
 }
 
 // historyOf waits until the history holds every change the commits of ids

@@ -69,7 +69,9 @@ func runServe(ctx context.Context, e *env) error {
 	// shutdown runs out of time (a history read can take long).
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
+	streamsEnd := make(chan struct{})
 	srv, err := httpServer(cfg.Serve, server.Handler(server.Config{
+		Shutdown:         streamsEnd,
 		Views:            vs,
 		HistoryLater:     hist.Load,
 		Tokens:           tokens,
@@ -88,6 +90,7 @@ func runServe(ctx context.Context, e *env) error {
 		return err
 	}
 	srv.BaseContext = func(net.Listener) context.Context { return reqCtx }
+	srv.RegisterOnShutdown(func() { close(streamsEnd) }) // change streams never go idle
 	ln, err := net.Listen("tcp", cfg.Serve.Listen)
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", cfg.Serve.Listen, err)

@@ -50,6 +50,8 @@ var ErrOlderThanHistory = errors.New("the entity's state at that time is older t
 // Reader reads the history topic. It is safe for concurrent use.
 type Reader struct {
 	topic     string
+	brokers   []string
+	scfg      *sarama.Config // for Follow's clients
 	client    sarama.Client
 	log       *slog.Logger
 	retention time.Duration
@@ -127,8 +129,12 @@ func New(cfg Config, log *slog.Logger) (*Reader, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	fcfg := *scfg
+	fcfg.Consumer.Fetch.Default = 1 << 20 // a follower reads what is new
 	return &Reader{
 		topic:     cfg.Topic,
+		brokers:   cfg.Kafka.Brokers,
+		scfg:      &fcfg,
 		client:    client,
 		log:       log.With("component", "history"),
 		retention: cfg.Retention,

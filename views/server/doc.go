@@ -35,16 +35,26 @@
 //
 // /v1/changes/{type} streams the type's changes from the history as
 // server-sent events (text/event-stream), for services not written in Go:
-// each event's id is its history offset, its event name the op, its data
-// the event's JSON as the history holds it; a comment every KeepAlive
-// keeps proxies from closing an idle stream. It starts after the
-// Last-Event-ID header's offset (an EventSource sends it when it
-// reconnects), else at from=OFFSET, else at the history's end. Resuming
-// with the last id received neither misses nor repeats a change: the
-// history is read at read_committed, in order. A stream holds no /v1
-// request turn; Config.MaxSubscriptions bounds the streams (503 beyond),
-// and each write must finish within Config.WriteTimeout (30 s when zero),
-// or the client is dropped. The same tokens are required.
+// each event's id is its history offset, its event name the op (insert,
+// update, delete, snapshot, truncate, or resync for the marker of a resync
+// that copied the type), its data the event's JSON (codecs.Event); a
+// comment every KeepAlive keeps proxies from closing an idle stream. An
+// EventSource receives them with addEventListener(op, ...): named events
+// do not reach onmessage. The stream starts after the Last-Event-ID
+// header's offset (an EventSource sends it when it reconnects), else at
+// from=OFFSET, else at the history's end (then it first sends that
+// position as an id, so a client that leaves before any change resumes
+// there). Resuming with the last id received neither misses nor repeats a
+// change: the history is read at read_committed, in order, each stream on
+// a Kafka client of its own. A stream holds no /v1 request turn;
+// Config.MaxSubscriptions bounds the streams (503 beyond; an EventSource
+// stops reconnecting after any answer but 200, so a client should retry
+// then), each write must finish within Config.WriteTimeout (30 s when
+// zero) or the client is dropped, and closing Config.Shutdown ends them. A
+// stream that fails sends an event stream-error whose data names a
+// request id the log has the detail under. HEAD answers the headers only.
+// The same tokens are required. A stream from an old offset reads the
+// history from there, as /v1/history does, without a HistoryScans turn.
 //
 // # Errors
 //

@@ -80,6 +80,10 @@ type Config struct {
 	// MaxResponseBytes bounds the JSON of a page (see the package
 	// documentation). Default: topology.DefaultServeMaxResponseBytes (4 MiB).
 	MaxResponseBytes int
+	// Shutdown, when closed, ends every change stream (/v1/changes): a
+	// stream never goes idle by itself, so http.Server.Shutdown would wait
+	// for it. `changes serve` closes it from RegisterOnShutdown.
+	Shutdown <-chan struct{}
 	// MaxSubscriptions bounds the change streams (/v1/changes) served at
 	// once; more get 503 with Retry-After. Default:
 	// topology.DefaultServeMaxSubscriptions (64).
