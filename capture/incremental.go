@@ -724,30 +724,40 @@ func (inc *incrementals) deleteVanished(ctx context.Context, conn *pgx.Conn, sna
 // selectGone returns which of keys table t does not hold, read in a
 // repeatable-read transaction, and its snapshot (see selectRows).
 func selectGone(ctx context.Context, conn *pgx.Conn, t table, keys []codecs.Key) ([]codecs.Key, pgSnapshot, error) {
+	var gone []codecs.Key
+	seen, err := inSnapshot(ctx, conn, t, func(tx pgx.Tx) error {
+		present, err := existingKeys(ctx, tx, t, keys)
+		for i, k := range keys {
+			if err == nil && !present[i] {
+				gone = append(gone, k)
+			}
+		}
+		return err
+	})
+	return gone, seen, err
+}
+
+// inSnapshot runs read in a read-only repeatable-read transaction of conn
+// and returns the transaction's snapshot (pg_current_snapshot), which tells
+// the stream which transactions read saw (see selectRows).
+func inSnapshot(ctx context.Context, conn *pgx.Conn, t table, read func(pgx.Tx) error) (pgSnapshot, error) {
 	var seen pgSnapshot
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return nil, seen, fmt.Errorf("resync of %s: %w", t.qualified(), err)
+		return seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
 	}
 	defer tx.Rollback(context.Background())
 	var snapText string
 	if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snapText); err != nil {
-		return nil, seen, fmt.Errorf("resync of %s: %w", t.qualified(), err)
+		return seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
 	}
 	if seen, err = parsePGSnapshot(snapText); err != nil {
-		return nil, seen, err
+		return seen, err
 	}
-	present, err := existingKeys(ctx, tx, t, keys)
-	if err != nil {
-		return nil, seen, err
+	if err := read(tx); err != nil {
+		return seen, err
 	}
-	var gone []codecs.Key
-	for i, k := range keys {
-		if !present[i] {
-			gone = append(gone, k)
-		}
-	}
-	return gone, seen, tx.Commit(ctx)
+	return seen, tx.Commit(ctx)
 }
 
 // slot is the slot whose signals the copier writes.
@@ -767,25 +777,16 @@ func (inc *incrementals) slot() string {
 // the WAL, and transactions flushed together become visible in any order),
 // so the stream needs to know which transactions the rows include.
 func (inc *incrementals) selectRows(ctx context.Context, conn *pgx.Conn, cp *snapshotCopy, t table, sql string, args []any) ([]chunkRow, codecs.Key, pgSnapshot, error) {
+	var out []chunkRow
 	var last codecs.Key
-	var seen pgSnapshot
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, last, seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
-	}
-	defer tx.Rollback(context.Background())
-	var snapText string
-	if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snapText); err != nil {
-		return nil, last, seen, fmt.Errorf("incremental snapshot of %s: %w", t.qualified(), err)
-	}
-	if seen, err = parsePGSnapshot(snapText); err != nil {
-		return nil, last, seen, err
-	}
-	out, last, err := inc.readChunk(ctx, tx, cp, t, sql, args)
+	seen, err := inSnapshot(ctx, conn, t, func(tx pgx.Tx) (err error) {
+		out, last, err = inc.readChunk(ctx, tx, cp, t, sql, args)
+		return err
+	})
 	if err != nil {
 		return nil, last, seen, err
 	}
-	return out, last, seen, tx.Commit(ctx)
+	return out, last, seen, nil
 }
 
 // readChunk runs a chunk's query in tx: each row as its key and its JSON.
