@@ -256,6 +256,9 @@ type stream struct {
 	awaiting []writtenChunk
 	recent   recentChanges // while a snapshot is pending
 
+	// Progress watermarks (watermark.go).
+	wm watermarks
+
 	// The transaction being decoded.
 	cur        *txn
 	begin      *pglogrepl.BeginMessage
@@ -462,6 +465,9 @@ func (s *stream) loop(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if err := s.writeWatermark(ctx); err != nil {
+			return err
+		}
 		if s.commitDue() {
 			if err := s.commit(); err != nil {
 				return err
@@ -487,6 +493,10 @@ func (s *stream) loop(ctx context.Context) error {
 		wait := 500 * time.Millisecond
 		if s.ktx.open {
 			wait = idleCommitWait
+		}
+		if due := s.wm.wait(time.Now()); due >= 0 && s.cur == nil {
+			// A watermark is due: the stream pausing must not hold it.
+			wait = max(min(wait, due), idleCommitWait)
 		}
 		if err := netConn.SetReadDeadline(time.Now().Add(wait)); err != nil {
 			return fmt.Errorf("receive from postgres: %w", err)
@@ -557,8 +567,11 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 		}
 		// Idle: no decoded transaction waits for Kafka, so WAL up to the
 		// server's end holds nothing for us that is not already in Kafka.
+		// Every transaction that committed before that end is decoded,
+		// or held nothing captured: a watermark may say so.
 		if s.cur == nil {
 			s.tracker.skipTo(codecs.LSN(ka.ServerWALEnd))
+			s.wm.advance(codecs.LSN(ka.ServerWALEnd), ka.ServerTime)
 		}
 		if ka.ReplyRequested {
 			return s.sendStatus(ctx, s.tracker.acknowledged(), false)
@@ -617,6 +630,7 @@ func (s *stream) handleWAL(ctx context.Context, wal []byte) error {
 			s.awaiting[n-1].end = codecs.LSN(m.TransactionEndLSN)
 		}
 		s.tracker.seal(s.cur, codecs.LSN(m.TransactionEndLSN))
+		s.wm.advance(codecs.LSN(m.TransactionEndLSN), m.CommitTime)
 		s.metrics.transactions.Inc()
 		s.cur, s.begin = nil, nil
 	case *pglogrepl.TruncateMessage:

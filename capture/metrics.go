@@ -32,6 +32,7 @@ type metrics struct {
 	kafkaCommit         prometheus.Histogram
 	repaired            prometheus.Counter
 	folded              prometheus.Counter
+	watermarks          prometheus.Counter
 	connected           *prometheus.GaugeVec
 	retries             prometheus.Counter
 }
@@ -87,6 +88,8 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			"Changes missing from the history although later ones were there (a hole left by a version without Kafka transactions), written late by the capture."),
 		folded: f.Counter("changes_capture_folded_total",
 			"Streamed changes left out because a resumed initial snapshot copied their row after them (the copy holds them)."),
+		watermarks: f.Counter("changes_capture_watermarks_total",
+			"Progress watermarks appended to the history (every transaction that committed before a watermark's LSN is before it; see postgres.watermark_interval)."),
 		connected: f.GaugeVec("changes_capture_connected",
 			"1 while the capture streams (both services reachable), 0 while it waits to retry after an error of the named dependency (kafka or postgres).", "dependency"),
 		retries: f.Counter("changes_capture_retries_total",

@@ -378,6 +378,7 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		failed:   make(chan struct{}),
 		inc:      newIncrementals(se, state, historyEnd),
 		prefix:   SignalPrefix(cfg.Postgres.Slot),
+		wm:       watermarks{interval: cfg.Postgres.WatermarkInterval},
 	}
 	for i, t := range se.tables {
 		s.tableIdx[t.entityType] = i

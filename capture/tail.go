@@ -65,8 +65,9 @@ func readRange(ctx context.Context, client sarama.Client, topic string, start, e
 	defer cancel()
 	var out []*codecs.Event
 	err := kread.Range(ctx, client, topic, 0, start, end, func(r *kread.Record) (bool, error) {
-		// A record that is not an event has no position: pass it over.
-		if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil {
+		// A record that is not an event has no position, and a watermark
+		// is no change: pass them over.
+		if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil && ev.Op != codecs.OpWatermark {
 			out = append(out, ev)
 		}
 		return true, nil

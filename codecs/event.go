@@ -21,19 +21,32 @@ type Op string
 // replication slot began (changes capture --resync), carries no entity type
 // and the integer id 0, and says in Resync which changes the history misses.
 // The router skips it.
+// OpWatermark is not a change either: it is the capture's progress
+// watermark, saying that every transaction that committed before its
+// CommitLSN is in the history before it, and every later change after it.
+// It carries no entity type and the integer id 0; the router sends a copy
+// to every partition of every type's events topic, and the snapshot
+// processors keep the latest one per partition, so a view knows what it
+// has applied (views.View.AppliedThrough).
 const (
-	OpSnapshot Op = "snapshot"
-	OpInsert   Op = "insert"
-	OpUpdate   Op = "update"
-	OpDelete   Op = "delete"
-	OpTruncate Op = "truncate"
-	OpResync   Op = "resync"
+	OpSnapshot  Op = "snapshot"
+	OpInsert    Op = "insert"
+	OpUpdate    Op = "update"
+	OpDelete    Op = "delete"
+	OpTruncate  Op = "truncate"
+	OpResync    Op = "resync"
+	OpWatermark Op = "watermark"
 )
+
+// IsChange reports whether o changes an entity or a type's table: false for
+// the markers OpResync and OpWatermark, which name no entity and which
+// consumers of entities pass over.
+func (o Op) IsChange() bool { return o != OpResync && o != OpWatermark }
 
 // Valid reports whether o is one of the declared operations.
 func (o Op) Valid() bool {
 	switch o {
-	case OpSnapshot, OpInsert, OpUpdate, OpDelete, OpTruncate, OpResync:
+	case OpSnapshot, OpInsert, OpUpdate, OpDelete, OpTruncate, OpResync, OpWatermark:
 		return true
 	}
 	return false
@@ -111,13 +124,16 @@ func (e *Event) Validate() error {
 	if e.Op == OpResync || e.Resync != nil {
 		return e.validateResync()
 	}
+	if e.Op == OpWatermark {
+		return e.validateWatermark()
+	}
 	switch {
 	case e.EntityType == "":
 		return errors.New("type is empty")
 	case e.EntityID.Validate() != nil:
 		return e.EntityID.Validate()
 	case !e.Op.Valid():
-		return fmt.Errorf("op %q is not snapshot, insert, update, delete, truncate or resync", e.Op)
+		return fmt.Errorf("op %q is not snapshot, insert, update, delete, truncate, resync or watermark", e.Op)
 	case e.Position.IsZero():
 		return errors.New("position is zero")
 	case e.Position.CommitLSN != e.CommitLSN:
@@ -145,6 +161,21 @@ func (e *Event) validateResync() error {
 		return errors.New("position is zero")
 	case e.Position.CommitLSN != e.CommitLSN:
 		return fmt.Errorf("position %s is not at commit_lsn %s", e.Position, e.CommitLSN)
+	}
+	return nil
+}
+
+// validateWatermark checks a progress watermark.
+func (e *Event) validateWatermark() error {
+	switch {
+	case e.EntityType != "" || e.EntityID != IntKey(0):
+		return errors.New("a watermark names an entity")
+	case len(e.After) > 0 || len(e.Before) > 0 || len(e.Unchanged) > 0:
+		return errors.New("a watermark has a row")
+	case e.Position != Position{CommitLSN: e.CommitLSN}:
+		return fmt.Errorf("a watermark's position %s is not its commit_lsn %s", e.Position, e.CommitLSN)
+	case e.CommitLSN == 0:
+		return errors.New("a watermark's commit_lsn is zero")
 	}
 	return nil
 }

@@ -557,3 +557,44 @@ func TestResyncMarker(t *testing.T) {
 		}
 	}
 }
+
+func TestWatermark(t *testing.T) {
+	at := codecs.Position{CommitLSN: 0x3000}
+	wm := &codecs.Event{
+		Op: codecs.OpWatermark, CommitLSN: at.CommitLSN, Position: at,
+		CommitTime: time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC), CaptureTime: time.Date(2026, 12, 2, 3, 0, 1, 0, time.UTC),
+	}
+	raw, err := codecs.EventCodec{}.Encode(wm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := codecs.EventCodec{}.Decode(raw)
+	if err != nil {
+		t.Fatalf("decode %s: %v", raw, err)
+	}
+	if !reflect.DeepEqual(got, wm) {
+		t.Fatalf("round trip of %s:\n got %+v\nwant %+v", raw, got, wm)
+	}
+	var viaJSON codecs.Event
+	if err := json.Unmarshal(raw, &viaJSON); err != nil || !reflect.DeepEqual(&viaJSON, wm) {
+		t.Fatalf("encoding/json of %s: %+v, %v", raw, viaJSON, err)
+	}
+	if wm.Op.IsChange() || codecs.OpResync.IsChange() || !codecs.OpTruncate.IsChange() {
+		t.Error("IsChange: markers are not changes, a truncate is")
+	}
+	for name, bad := range map[string]func(e *codecs.Event){
+		"an entity type":   func(e *codecs.Event) { e.EntityType = "a" },
+		"an entity id":     func(e *codecs.Event) { e.EntityID = codecs.IntKey(7) },
+		"a row":            func(e *codecs.Event) { e.After = codecs.Row{"id": json.RawMessage("1")} },
+		"an index":         func(e *codecs.Event) { e.Position.Index = 1 },
+		"a zero position":  func(e *codecs.Event) { e.Position, e.CommitLSN = codecs.Position{}, 0 },
+		"a resync marker":  func(e *codecs.Event) { e.Resync = &codecs.Resync{Slot: "s"} },
+		"another position": func(e *codecs.Event) { e.Position.CommitLSN++ },
+	} {
+		e := *wm
+		bad(&e)
+		if _, err := (codecs.EventCodec{}).Encode(&e); err == nil {
+			t.Errorf("a watermark with %s encoded", name)
+		}
+	}
+}

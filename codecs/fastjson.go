@@ -55,6 +55,9 @@ func appendState(dst []byte, s *State) ([]byte, error) {
 	if s.Truncated {
 		dst = append(dst, `,"truncated":true`...)
 	}
+	if s.Watermark {
+		dst = append(dst, `,"watermark":true`...)
+	}
 	dst = append(dst, `,"position":"`...)
 	dst = s.Position.appendText(dst)
 	dst = append(dst, `","commit_time":`...)
@@ -670,6 +673,7 @@ const (
 	mDeleted
 	mTruncated
 	mAppliedTime
+	mWatermark
 )
 
 // object reads an object member by member: member reads the value of the
@@ -802,6 +806,9 @@ func decodeState(b []byte) (*State, bool) {
 		case "truncated":
 			s.Truncated, ok = r.bool()
 			return mTruncated, ok
+		case "watermark":
+			s.Watermark, ok = r.bool()
+			return mWatermark, ok
 		case "position":
 			s.Position, ok = r.position()
 			return mPosition, ok

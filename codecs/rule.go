@@ -107,7 +107,7 @@ func Base(stored *State, truncatedAt Position) *State {
 // entity (not a truncate marker), not deleted, and after the TRUNCATE. A
 // nil state is not visible.
 func VisibleAfter(marker Position, st *State) bool {
-	return st.Holds(marker) && !st.Deleted && !st.Truncated
+	return st.Holds(marker) && !st.Deleted && !st.Truncated && !st.Watermark
 }
 
 // Obsolete reports whether a table may replace st, the state it stores
@@ -115,9 +115,9 @@ func VisibleAfter(marker Position, st *State) bool {
 // removed it, or it is a delete applied at least grace
 // (topics.delete_grace) ago, past the time an older change could still be
 // delivered again. A truncate marker is never obsolete: it stands for
-// every entity of its partition.
+// every entity of its partition; nor is a watermark.
 func (s *State) Obsolete(truncatedAt Position, now time.Time, grace time.Duration) bool {
-	if s == nil || s.Truncated {
+	if s == nil || s.Truncated || s.Watermark {
 		return false
 	}
 	return !s.Holds(truncatedAt) || (s.Deleted && now.Sub(s.AppliedTime) >= grace)

@@ -24,6 +24,11 @@ type State struct {
 	// its partition's truncate key (topology.TruncateKey), and every entity
 	// of that partition with an earlier Position is gone. Its EntityID is 0.
 	Truncated bool `json:"truncated,omitempty"`
+	// Watermark marks a progress watermark, not an entity: it is stored
+	// under its partition's watermark key (topology.WatermarkKey), and the
+	// partition holds every change committed before Position.CommitLSN
+	// (see OpWatermark). Its EntityID is 0.
+	Watermark bool `json:"watermark,omitempty"`
 	// Position is the position of the last change applied. The snapshot
 	// processor ignores any change at or before it, which makes applying a
 	// redelivered change a no-op.
@@ -41,12 +46,14 @@ func (s *State) Validate() error {
 		return errors.New("type is empty")
 	case s.EntityID.Validate() != nil:
 		return s.EntityID.Validate()
-	case s.Row == nil && !s.Deleted && !s.Truncated:
+	case s.Row == nil && !s.Deleted && !s.Truncated && !s.Watermark:
 		return errors.New("row is missing")
 	case s.Row != nil && s.Deleted:
 		return errors.New("a deleted state has a row")
 	case s.Truncated && (s.Row != nil || s.Deleted || s.EntityID != Key{}):
 		return errors.New("a truncate marker has a row, an id or a delete")
+	case s.Watermark && (s.Row != nil || s.Deleted || s.Truncated || s.EntityID != Key{}):
+		return errors.New("a watermark has a row, an id, a delete or a truncate")
 	case s.Position.IsZero():
 		return errors.New("position is zero")
 	}

@@ -35,6 +35,8 @@ func TestStateRoundTrip(t *testing.T) {
 		{"typical", state()},
 		{"empty row", emptyRow},
 		{"extremes", extremes},
+		{"watermark", &codecs.State{EntityType: "account", Watermark: true, Position: codecs.Position{CommitLSN: 0x3000},
+			CommitTime: time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC), AppliedTime: time.Date(2026, 12, 2, 3, 0, 1, 0, time.UTC)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,6 +50,10 @@ func TestStateRoundTrip(t *testing.T) {
 			}
 			if !reflect.DeepEqual(got, tt.s) {
 				t.Errorf("Decode(Encode(s))\n got %+v\nwant %+v", got, tt.s)
+			}
+			// The hand-written JSON is what encoding/json writes.
+			if want, err := json.Marshal(tt.s); err != nil || string(want) != string(b) {
+				t.Errorf("Encode wrote\n%s\nencoding/json writes\n%s (%v)", b, want, err)
 			}
 		})
 	}

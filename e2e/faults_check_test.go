@@ -109,6 +109,10 @@ type historyVerdict struct {
 	// restated counts incremental snapshot events (changes snapshot) that
 	// hold the entity's state as the history had it: not a failure.
 	restated int
+	// watermarks counts the progress watermarks read; one that a later
+	// change contradicts (committed before the watermark's LSN, after it
+	// in the history) counts as reordered.
+	watermarks int
 	// problems describes the first anomalies, with offsets, and faultAt
 	// attributes each counted anomaly to a moment (the commit of the change).
 	problems []string
@@ -184,7 +188,9 @@ func versionOf(r codecs.Row) int64 {
 //   - per entity, the state the history ends with (unchanged TOASTed columns
 //     carried over) equals the database row, value by value, or both are absent.
 func checkFaultHistory(l ledger, events []histEvent, db map[string]map[int64]codecs.Row) historyVerdict {
-	v := historyVerdict{events: len(events)}
+	var v historyVerdict
+	events = checkWatermarks(&v, events)
+	v.events = len(events)
 	byEntity := map[entityKey][]histEvent{}
 	var last codecs.Position
 	var lastOffset int64 = -1
@@ -230,6 +236,30 @@ func checkFaultHistory(l ledger, events []histEvent, db map[string]map[int64]cod
 		}
 	}
 	return v
+}
+
+// checkWatermarks checks the history's progress watermarks: every change
+// after a watermark in the history committed at or after its LSN (all
+// before it committed earlier, or a view that applied the watermark would
+// say it holds a change it lacks). It returns the events without them.
+func checkWatermarks(v *historyVerdict, events []histEvent) []histEvent {
+	changes := make([]histEvent, 0, len(events))
+	var mark codecs.LSN
+	markOffset := int64(-1)
+	for _, h := range events {
+		if h.ev.Op == codecs.OpWatermark {
+			v.watermarks++
+			if h.ev.CommitLSN > mark {
+				mark, markOffset = h.ev.CommitLSN, h.offset
+			}
+			continue
+		}
+		if h.ev.Op.IsChange() && h.ev.CommitLSN < mark {
+			v.add("reordered", h.ev.CommitTime, "history offset %d: a change committed at %s follows the watermark at %s (offset %d)", h.offset, h.ev.CommitLSN, mark, markOffset)
+		}
+		changes = append(changes, h)
+	}
+	return changes
 }
 
 func checkEntity(v *historyVerdict, k entityKey, l ledger, hs []histEvent, db map[string]map[int64]codecs.Row, flagged map[int64]bool) {

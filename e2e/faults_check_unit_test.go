@@ -243,6 +243,21 @@ func TestFaultCheckerCatches(t *testing.T) {
 			j := find(h, "big", 1, codecs.OpUpdate, 2)
 			return renumber(slices.Delete(h, j, j+1))
 		}, historyVerdict{lost: 1}},
+		{"watermarks after each transaction", func(h []histEvent, _ *ledger) []histEvent {
+			// (The initial snapshot's rows are one transaction.)
+			var out []histEvent
+			for _, e := range h {
+				out = append(out, e)
+				if e.ev.Op != codecs.OpSnapshot {
+					out = append(out, watermarkAfter(e))
+				}
+			}
+			return renumber(out)
+		}, historyVerdict{watermarks: 10}}, // one per streamed change
+		{"a change after a watermark past its commit", func(h []histEvent, _ *ledger) []histEvent {
+			last := h[len(h)-1]
+			return renumber(slices.Insert(h, len(h)-1, watermarkAfter(last)))
+		}, historyVerdict{watermarks: 1, reordered: 1}},
 		{"a row deleted before the cut", func(h []histEvent, l *ledger) []histEvent {
 			// acct 7 lived and died before a copy resumed from acct's first
 			// row: the history never shows it.
@@ -267,15 +282,21 @@ func TestFaultCheckerCatches(t *testing.T) {
 			c.want.problems = nil
 			if got.lost != c.want.lost || got.duplicated != c.want.duplicated || got.reordered != c.want.reordered ||
 				got.rewound != c.want.rewound || got.phantom != c.want.phantom || got.wrongFinal != c.want.wrongFinal || got.folded != c.want.folded ||
-				got.restated != c.want.restated {
+				got.restated != c.want.restated || got.watermarks != c.want.watermarks {
 				v := checkFaultHistory(l, h, db)
-				t.Errorf("got lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d folded %d, want lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d folded %d\n  %s",
-					got.lost, got.duplicated, got.reordered, got.rewound, got.phantom, got.wrongFinal, got.folded,
-					c.want.lost, c.want.duplicated, c.want.reordered, c.want.rewound, c.want.phantom, c.want.wrongFinal, c.want.folded,
+				t.Errorf("got lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d folded %d watermarks %d, want lost %d duplicated %d reordered %d rewound %d phantom %d wrong %d folded %d watermarks %d\n  %s",
+					got.lost, got.duplicated, got.reordered, got.rewound, got.phantom, got.wrongFinal, got.folded, got.watermarks,
+					c.want.lost, c.want.duplicated, c.want.reordered, c.want.rewound, c.want.phantom, c.want.wrongFinal, c.want.folded, c.want.watermarks,
 					strings.Join(v.problems, "\n  "))
 			}
 		})
 	}
+}
+
+// watermarkAfter is a progress watermark just after h's transaction.
+func watermarkAfter(h histEvent) histEvent {
+	lsn := h.ev.CommitLSN + 8
+	return histEvent{h.offset, &codecs.Event{Op: codecs.OpWatermark, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn}, CommitTime: h.ev.CommitTime}}
 }
 
 // restate is an incremental snapshot event of h's entity at version ver,

@@ -271,6 +271,9 @@ func runFaults(t *testing.T, p faultPlan) {
 	if len(w.errs) > 0 {
 		t.Errorf("the workload failed (a bug of the suite):\n  %s", strings.Join(w.errs, "\n  "))
 	}
+	if verdict.watermarks == 0 {
+		t.Error("the history holds no progress watermark")
+	}
 	if s.incrementals > 0 && verdict.restated == 0 {
 		t.Errorf("%d incremental snapshots were requested, and the history holds no row of theirs", s.incrementals)
 	}
@@ -855,7 +858,9 @@ func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][
 		return rows[kind]
 	}
 	for _, h := range hist {
-		phase(h.ev.CommitTime).events++
+		if h.ev.Op != codecs.OpWatermark {
+			phase(h.ev.CommitTime).events++
+		}
 	}
 	for _, a := range v.at {
 		r := phase(a.at)
@@ -912,6 +917,7 @@ func (s *scenario) table(v historyVerdict, hist []histEvent, tables map[string][
 	fmt.Fprintf(&b, "  workload: %d transactions, %d changes committed (%d commits in doubt, resolved by txlog)\n", txns, changes, s.w.inDoubt)
 	fmt.Fprintf(&b, "  folded: %d committed changes left out of the history because a copy resumed after a kill holds them (%d cuts)\n", v.folded, len(s.w.ledger.cuts))
 	fmt.Fprintf(&b, "  restated: %d rows of %d incremental snapshots, each the state the history held at its place\n", v.restated, s.incrementals)
+	fmt.Fprintf(&b, "  watermarks: %d progress watermarks, no change after one committed before it (a change that did counts as reordered)\n", v.watermarks)
 	for _, ft := range faultTypes {
 		verdict := "equal, value by value"
 		if d := tables[ft.typ]; len(d) > 0 {

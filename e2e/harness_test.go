@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/changes-dev/changes/capture"
 	"github.com/changes-dev/changes/internal/dbcheck"
 	"github.com/changes-dev/changes/internal/kread"
 	"github.com/changes-dev/changes/internal/platform"
@@ -290,8 +291,16 @@ func execSQL(t testing.TB, ctx context.Context, db *pgx.Conn, sql string) {
 
 // ---------------------------------------------------------------- Kafka
 
+// isWatermark reports whether m is a progress watermark of the history, or
+// a copy of one in an events topic or a snapshot table: the tests that
+// count or compare changes pass them over.
+func isWatermark(m *sarama.ConsumerMessage) bool {
+	return string(m.Key) == capture.WatermarkKey || topology.IsWatermarkKey(string(m.Key))
+}
+
 // readAll reads the committed records of the history from its start to its
-// current end (the last stable offset: markers take offsets too).
+// current end (the last stable offset: markers take offsets too), less the
+// progress watermarks.
 func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic string) []*sarama.ConsumerMessage {
 	t.Helper()
 	client, err := topology.NewClient(cfg.Kafka)
@@ -305,7 +314,9 @@ func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic stri
 	}
 	var got []*sarama.ConsumerMessage
 	err = kread.Range(ctx, client, topic, 0, 0, end, func(r *kread.Record) (bool, error) {
-		got = append(got, r.Message(topic, 0))
+		if m := r.Message(topic, 0); !isWatermark(m) {
+			got = append(got, m)
+		}
 		return true, nil
 	})
 	if err != nil {
@@ -315,7 +326,8 @@ func readAll(t testing.TB, ctx context.Context, cfg *topology.Config, topic stri
 }
 
 // lastRecord returns the last committed record of a single-partition topic
-// written in transactions (the offset before the end may be a marker).
+// written in transactions (the offset before the end may be a marker),
+// progress watermarks passed over.
 func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic string) *sarama.ConsumerMessage {
 	t.Helper()
 	end, err := kread.End(client, topic, 0)
@@ -325,7 +337,9 @@ func lastRecord(t testing.TB, ctx context.Context, client sarama.Client, topic s
 	var last *sarama.ConsumerMessage
 	for from := end - 16; last == nil && from+16 > 0; from -= 16 {
 		err := kread.Range(ctx, client, topic, 0, max(from, 0), from+16, func(r *kread.Record) (bool, error) {
-			last = r.Message(topic, 0)
+			if m := r.Message(topic, 0); !isWatermark(m) {
+				last = m
+			}
 			return true, nil
 		})
 		if err != nil {
@@ -485,7 +499,8 @@ func waitViewsEqual(t testing.TB, ctx context.Context, db *pgx.Conn, topo *topol
 }
 
 // readHistory reads the history from its start until it has n records, then
-// checks for a moment that no further (duplicate) record follows.
+// checks for a moment that no further (duplicate) record follows. Progress
+// watermarks are passed over.
 func readHistory(t testing.TB, ctx context.Context, cfg *topology.Config, topic string, n int) []*sarama.ConsumerMessage {
 	t.Helper()
 	consumer, err := sarama.NewConsumer(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
@@ -502,19 +517,26 @@ func readHistory(t testing.TB, ctx context.Context, cfg *topology.Config, topic 
 	for len(got) < n {
 		select {
 		case m := <-pc.Messages():
-			got = append(got, m)
+			if !isWatermark(m) {
+				got = append(got, m)
+			}
 		case err := <-pc.Errors():
 			t.Fatal(err)
 		case <-ctx.Done():
 			t.Fatalf("history has %d records, want %d", len(got), n)
 		}
 	}
-	select {
-	case m := <-pc.Messages():
-		got = append(got, m)
-	case <-time.After(time.Second):
+	quiet := time.After(time.Second)
+	for {
+		select {
+		case m := <-pc.Messages():
+			if !isWatermark(m) {
+				return append(got, m)
+			}
+		case <-quiet:
+			return got
+		}
 	}
-	return got
 }
 
 func startPlatform(t testing.TB, ctx context.Context, topo *topology.Topology) *platformRun {

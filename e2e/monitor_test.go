@@ -381,9 +381,13 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 	historyArrivals := make(chan arrival, n)
 	viewArrivals := make(chan arrival, n)
 	go func() {
-		for range n {
+		for got := 0; got < n; {
 			select {
 			case m := <-pc.Messages():
+				if isWatermark(m) {
+					continue
+				}
+				got++
 				at := time.Now()
 				ev, err := (codecs.EventCodec{}).Decode(m.Value)
 				if err != nil {

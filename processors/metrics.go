@@ -9,17 +9,20 @@ import (
 // metrics are the changes_router_*, changes_snapshot_* and
 // changes_processor_* series.
 type metrics struct {
-	routed      *prometheus.CounterVec
-	applied     *prometheus.CounterVec
-	skipped     *prometheus.CounterVec
-	rewrites    *prometheus.CounterVec
-	badStates   *prometheus.CounterVec
-	deadLetters *prometheus.CounterVec
-	tombstones  *prometheus.CounterVec
-	restarts    *prometheus.CounterVec
-	in          *prometheus.CounterVec
-	lag         *prometheus.GaugeVec
-	connected   *prometheus.GaugeVec
+	routed     *prometheus.CounterVec
+	watermarks prometheus.Counter
+	// watermarksKept counts the watermarks a snapshot table stored.
+	watermarksKept *prometheus.CounterVec
+	applied        *prometheus.CounterVec
+	skipped        *prometheus.CounterVec
+	rewrites       *prometheus.CounterVec
+	badStates      *prometheus.CounterVec
+	deadLetters    *prometheus.CounterVec
+	tombstones     *prometheus.CounterVec
+	restarts       *prometheus.CounterVec
+	in             *prometheus.CounterVec
+	lag            *prometheus.GaugeVec
+	connected      *prometheus.GaugeVec
 }
 
 // newMetrics registers the metrics with r (nil: none), reusing the series
@@ -29,6 +32,10 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		routed: f.CounterVec("changes_router_events_total",
 			"History events emitted to the events topic of their entity type.", "entity_type"),
+		watermarks: f.Counter("changes_router_watermarks_total",
+			"Progress watermarks of the history sent to every partition of every type's events topic."),
+		watermarksKept: f.CounterVec("changes_snapshot_watermarks_total",
+			"Progress watermarks a snapshot table stored as its partition's latest, by entity type (one per partition per watermark).", "entity_type"),
 		applied: f.CounterVec("changes_snapshot_applied_total",
 			"Changes applied to a snapshot table, by entity type and operation.", "entity_type", "op"),
 		skipped: f.CounterVec("changes_snapshot_skipped_total",
@@ -48,7 +55,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		badStates: f.CounterVec("changes_snapshot_bad_states_total",
 			"Stored snapshot-table records that did not decode as a state, read as absent, by entity type.", "entity_type"),
 		deadLetters: f.CounterVec("changes_processor_deadletters_total",
-			"Records sent to the dead-letter topic because they could not be decoded, routed or applied, by consumer group and reason: undecodable, undeclared_type, bad_truncate, wrong_key, not_applicable or too_large.", "group", "reason"),
+			"Records sent to the dead-letter topic because they could not be decoded, routed or applied, by consumer group and reason: undecodable, undeclared_type, bad_truncate, bad_watermark, wrong_key, not_applicable or too_large.", "group", "reason"),
 	}
 	return m, f.Err()
 }

@@ -126,6 +126,10 @@ const (
 	// dlTooLarge: the entity's new state would exceed
 	// kafka.max_record_bytes.
 	dlTooLarge = "too_large"
+	// dlBadWatermark: a watermark that is not what the router fans out
+	// (under another key than its partition's watermark key), or a record
+	// under a watermark key that is no watermark.
+	dlBadWatermark = "bad_watermark"
 )
 
 // deadLetter sends the record being processed to the dead-letter topic with
@@ -190,7 +194,11 @@ func routeOf(gctx goka.Context, o *options, topo *topology.Topology, msg any) (t
 // dead-letter topic. An event whose value does not match its key reaches
 // the snapshot processor, which checks it and dead-letters it.
 //
-// A resync marker (codecs.OpResync) is logged and not routed.
+// A resync marker (codecs.OpResync) is logged and not routed. A progress
+// watermark (codecs.OpWatermark) goes, like a TRUNCATE, to every partition
+// of every declared type, under the partition's watermark key
+// (topology.WatermarkKeys): each snapshot processor keeps its partitions'
+// latest, so a view knows which changes it has applied.
 //
 // What a record says never widens the router's work or its metrics: an
 // entity type the config does not declare is dead-lettered, never a label
@@ -214,9 +222,18 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 	}
 	routes := map[string]destination{}
 	edges := []goka.Edge{goka.Output(goka.Stream(topo.DeadLetter()), new(codec.Bytes))}
+	// Where a watermark goes: every partition of every type.
+	type copyTo struct {
+		stream goka.Stream
+		key    string
+	}
+	var watermarkCopies []copyTo
 	for _, e := range topo.Config().Entities {
 		routes[e.Type] = destination{stream: goka.Stream(topo.Events(e.Type)), truncates: topology.TruncateKeys(e.Partitions)}
 		edges = append(edges, goka.Output(goka.Stream(topo.Events(e.Type)), new(codec.Bytes)))
+		for _, key := range topology.WatermarkKeys(e.Partitions) {
+			watermarkCopies = append(watermarkCopies, copyTo{goka.Stream(topo.Events(e.Type)), key})
+		}
 	}
 	order := new(inOrder)
 	route := func(gctx goka.Context, msg any) {
@@ -228,6 +245,13 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 		if op == codecs.OpResync {
 			// A marker, not a change: the resync's own events follow it.
 			log.Info("the history records a resync after a lost replication slot", "offset", gctx.Offset())
+			return
+		}
+		if op == codecs.OpWatermark {
+			for _, c := range watermarkCopies {
+				gctx.Emit(c.stream, c.key, raw, goka.WithCtxEmitHeaders(gctx.Headers()))
+			}
+			o.metrics.watermarks.Inc()
 			return
 		}
 		r, ok := routes[typ]
@@ -336,6 +360,7 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	var proc *goka.Processor
 	ent, _ := topo.Config().Entity(entityType)
 	markers := topology.TruncateKeys(ent.Partitions)
+	watermarkKeys := topology.WatermarkKeys(ent.Partitions)
 	truncated := newTruncations(func(key string) (*codecs.State, error) {
 		v, err := proc.Get(key)
 		st, _ := v.(*codecs.State)
@@ -346,6 +371,10 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 		order.commitAfterEarlier(gctx)
 		raw, ev, ok := decodeEvent(gctx, o, topo, msg)
 		if !ok {
+			return
+		}
+		if ev.Op == codecs.OpWatermark || topology.IsWatermarkKey(gctx.Key()) {
+			keepWatermark(gctx, o, topo, entityType, watermarkKeys, raw, ev)
 			return
 		}
 		if ev.Op == codecs.OpTruncate || topology.IsTruncateKey(gctx.Key()) {
@@ -454,6 +483,37 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 	}
 	proc = p
 	return p, nil
+}
+
+// keepWatermark stores ev, a progress watermark, as its partition's
+// watermark (a codecs.State with Watermark set, under the partition's
+// watermark key) if it is later than the one stored: every change of the
+// partition that committed before it has been applied, since the events
+// topic holds them before it. One at exactly the stored position is
+// written again (see rewrite); an older one (a restarted capture's) is
+// skipped. Only the router's copy, under the partition's watermark key,
+// is taken: another is dead-lettered.
+func keepWatermark(gctx goka.Context, o *options, topo *topology.Topology, entityType string, keys []string, raw []byte, ev *codecs.Event) {
+	if p := int(gctx.Partition()); ev.Op != codecs.OpWatermark || p >= len(keys) || gctx.Key() != keys[p] {
+		deadLetter(gctx, o, topo, raw, dlBadWatermark, fmt.Sprintf("%s under key %q in partition %d of the %s topic, whose watermark key is %q",
+			ev.Op, gctx.Key(), p, entityType, markerKey(keys, p)))
+		return
+	}
+	cur, _ := gctx.Value().(*codecs.State)
+	if cur != nil && cur.Watermark {
+		switch ev.Position.Compare(cur.Position) {
+		case 0:
+			rewrite(gctx, o, entityType, cur)
+			return
+		case -1:
+			return
+		}
+	}
+	gctx.SetValue(&codecs.State{
+		EntityType: entityType, Watermark: true, Position: ev.Position,
+		CommitTime: ev.CommitTime, AppliedTime: time.Now().UTC(),
+	})
+	o.metrics.watermarksKept.WithLabelValues(entityType).Inc()
 }
 
 // Run runs the router and one snapshot processor per entity type until ctx

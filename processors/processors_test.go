@@ -594,3 +594,100 @@ func assertDeclaredLabels(t *testing.T, reg *prometheus.Registry, types ...strin
 		}
 	}
 }
+
+// watermark is a progress watermark at lsn, as the capture writes it.
+func watermark(lsn codecs.LSN) *codecs.Event {
+	return &codecs.Event{
+		Op: codecs.OpWatermark, CommitLSN: lsn, Position: codecs.Position{CommitLSN: lsn},
+		CommitTime: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC), CaptureTime: time.Date(2026, 12, 2, 12, 0, 0, 1000, time.UTC),
+	}
+}
+
+// TestRouterWatermarkFanOut: a watermark reaches every partition of every
+// type, after the changes before it, under the partitions' watermark keys.
+func TestRouterWatermarkFanOut(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	p, err := processors.NewRouter(topo, processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queues := map[string]*tester.QueueTracker{}
+	for _, typ := range topo.EntityTypes() {
+		queues[typ] = tt.NewQueueTracker(topo.Events(typ))
+	}
+	start(t, p)
+	tt.Consume(topo.History(), "account/5", encode(t, event("account", 5, codecs.OpInsert, 100, 0, `{"id":5}`)),
+		tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("insert")}))
+	tt.Consume(topo.History(), "~watermark", encode(t, watermark(0x200)),
+		tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("watermark")}))
+	if key, _, ok := queues["account"].NextRaw(); !ok || key != "5" {
+		t.Fatalf("first account record: %q (%v), want the insert of 5", key, ok)
+	}
+	for typ, q := range queues {
+		ent, _ := topo.Config().Entity(typ)
+		for i, want := range topology.WatermarkKeys(ent.Partitions) {
+			key, raw, ok := q.NextRaw()
+			if !ok || key != want {
+				t.Fatalf("%s copy %d: key %q (%v), want %q", typ, i, key, ok, want)
+			}
+			ev, err := codecs.EventCodec{}.Decode(raw)
+			if err != nil || ev.Op != codecs.OpWatermark || ev.CommitLSN != 0x200 {
+				t.Fatalf("%s copy %d: %+v, %v", typ, i, ev, err)
+			}
+		}
+		if key, _, ok := q.NextRaw(); ok {
+			t.Errorf("%s: a copy beyond the declared partitions: %q", typ, key)
+		}
+	}
+}
+
+// TestSnapshotKeepsWatermark: a snapshot processor stores its partition's
+// latest watermark, writes one delivered again, passes over an older one,
+// and dead-letters one under another key.
+func TestSnapshotKeepsWatermark(t *testing.T) {
+	topo := testTopology(t)
+	tt := tester.New(t)
+	reg := prometheus.NewRegistry()
+	p, err := processors.NewSnapshot(topo, "account", processors.WithRegisterer(reg), processors.WithGokaOptions(goka.WithTester(tt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := tt.NewQueueTracker(topo.DeadLetter())
+	changelog := tt.NewQueueTracker(topo.Snapshot("account"))
+	start(t, p)
+	events := topo.Events("account")
+	key := topology.WatermarkKeys(4)[0] // the tester's topics have one partition
+	stored := func(want codecs.LSN) {
+		t.Helper()
+		k, v, ok := changelog.Next()
+		st, _ := v.(*codecs.State)
+		if !ok || k != key || st == nil || !st.Watermark || st.Position != (codecs.Position{CommitLSN: want}) || st.EntityType != "account" {
+			t.Fatalf("wrote %s=%+v (%v), want the watermark at %s", k, v, ok, want)
+		}
+	}
+	tt.Consume(events, key, encode(t, watermark(0x200)))
+	stored(0x200)
+	tt.Consume(events, key, encode(t, watermark(0x300)))
+	stored(0x300)
+	tt.Consume(events, key, encode(t, watermark(0x300))) // delivered again: written again
+	stored(0x300)
+	tt.Consume(events, key, encode(t, watermark(0x100))) // older: a restarted capture's
+	if k, v, ok := changelog.Next(); ok {
+		t.Errorf("an older watermark wrote %s=%+v", k, v)
+	}
+	tt.Consume(events, topology.WatermarkKeys(4)[1], encode(t, watermark(0x400)))
+	tt.Consume(events, key, encode(t, event("account", 0, codecs.OpInsert, 0x500, 0, `{"id":0}`)))
+	tt.Consume(events, "9", encode(t, watermark(0x600)))
+	for i := range 3 {
+		if _, _, _, ok := dead.NextRawWithHeaders(); !ok {
+			t.Fatalf("forged watermark %d not dead-lettered", i)
+		}
+	}
+	if k, v, ok := changelog.Next(); ok {
+		t.Errorf("a forged watermark wrote %s=%+v", k, v)
+	}
+	if got := deadLetters(t, reg, topo.SnapshotGroup("account"), "bad_watermark"); got != 3 {
+		t.Errorf("bad_watermark dead letters = %v, want 3", got)
+	}
+}

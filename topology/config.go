@@ -290,6 +290,16 @@ type PostgresConfig struct {
 	// processors apply them, they delay every live change (see the README).
 	// Between 1 and 100000. Default: 1024.
 	SnapshotChunkRows int `yaml:"snapshot_chunk_rows"`
+	// WatermarkInterval is how often, at most, the capture appends a
+	// progress watermark to the history (codecs.OpWatermark: every
+	// transaction that committed before its LSN is before it): after the
+	// transactions it has written, or at a keepalive while the captured
+	// tables are quiet. Each watermark becomes one record per partition of
+	// every type's events topic and snapshot table, so a view knows what it
+	// has applied (views.View.AppliedThrough) and a read-your-writes read
+	// (views.AtLeast) waits about half of it longer. Between 10ms and 1m.
+	// Default: 100ms.
+	WatermarkInterval time.Duration `yaml:"watermark_interval"`
 }
 
 // TopicsConfig names and shapes the topics.
@@ -352,6 +362,7 @@ const (
 	DefaultPublication       = "changes"
 	DefaultStandbyTimeout    = 10 * time.Second
 	DefaultSnapshotChunkRows = 1024
+	DefaultWatermarkInterval = 100 * time.Millisecond
 	DefaultPrefix            = "changes"
 	DefaultHistoryRetention  = 30 * 24 * time.Hour
 	DefaultEventsRetention   = 7 * 24 * time.Hour
@@ -476,6 +487,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Postgres.Publication, DefaultPublication)
 	setDefault(&c.Postgres.StandbyTimeout, DefaultStandbyTimeout)
 	setDefault(&c.Postgres.SnapshotChunkRows, DefaultSnapshotChunkRows)
+	setDefault(&c.Postgres.WatermarkInterval, DefaultWatermarkInterval)
 	setDefault(&c.Topics.Prefix, DefaultPrefix)
 	setDefault(&c.Topics.HistoryRetention, DefaultHistoryRetention)
 	setDefault(&c.Topics.EventsRetention, DefaultEventsRetention)
@@ -564,6 +576,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Postgres.SnapshotChunkRows < 1 || c.Postgres.SnapshotChunkRows > 100_000 {
 		return fieldErr("postgres.snapshot_chunk_rows", "must be between 1 and 100000, got %d", c.Postgres.SnapshotChunkRows)
+	}
+	if c.Postgres.WatermarkInterval < 10*time.Millisecond || c.Postgres.WatermarkInterval > time.Minute {
+		return fieldErr("postgres.watermark_interval", "must be between 10ms and 1m, got %s", c.Postgres.WatermarkInterval)
 	}
 	if !topicName.MatchString(c.Topics.Prefix) || len(c.Topics.Prefix) > 150 {
 		return fieldErr("topics.prefix", "must be up to 150 letters, digits, '.', '_' or '-', got %q", c.Topics.Prefix)

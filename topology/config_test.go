@@ -75,6 +75,7 @@ postgres:
   publication: my_pub
   standby_timeout: 3s
   snapshot_chunk_rows: 4096
+  watermark_interval: 50ms
 topics:
   prefix: acme.prod
   history_retention: 48h
@@ -142,6 +143,7 @@ func TestParseFull(t *testing.T) {
 			Publication:       "my_pub",
 			StandbyTimeout:    3 * time.Second,
 			SnapshotChunkRows: 4096,
+			WatermarkInterval: 50 * time.Millisecond,
 		},
 		Topics: topology.TopicsConfig{
 			Prefix:           "acme.prod",
@@ -203,6 +205,7 @@ func TestParseDefaults(t *testing.T) {
 		{"postgres.publication", cfg.Postgres.Publication, topology.DefaultPublication, "changes"},
 		{"postgres.standby_timeout", cfg.Postgres.StandbyTimeout, topology.DefaultStandbyTimeout, 10 * time.Second},
 		{"postgres.snapshot_chunk_rows", cfg.Postgres.SnapshotChunkRows, topology.DefaultSnapshotChunkRows, 1024},
+		{"postgres.watermark_interval", cfg.Postgres.WatermarkInterval, topology.DefaultWatermarkInterval, 100 * time.Millisecond},
 		{"topics.prefix", cfg.Topics.Prefix, topology.DefaultPrefix, "changes"},
 		{"topics.history_retention", cfg.Topics.HistoryRetention, topology.DefaultHistoryRetention, 720 * time.Hour},
 		{"topics.events_retention", cfg.Topics.EventsRetention, topology.DefaultEventsRetention, 168 * time.Hour},
@@ -597,6 +600,8 @@ func TestParseInvalid(t *testing.T) {
 		{"standby timeout", func(c *topology.Config) { c.Postgres.StandbyTimeout = 999 * time.Millisecond }, "postgres.standby_timeout"},
 		{"negative snapshot chunk", func(c *topology.Config) { c.Postgres.SnapshotChunkRows = -1 }, "postgres.snapshot_chunk_rows"},
 		{"huge snapshot chunk", func(c *topology.Config) { c.Postgres.SnapshotChunkRows = 100_001 }, "postgres.snapshot_chunk_rows"},
+		{"watermark interval too short", func(c *topology.Config) { c.Postgres.WatermarkInterval = time.Millisecond }, "postgres.watermark_interval"},
+		{"watermark interval too long", func(c *topology.Config) { c.Postgres.WatermarkInterval = time.Hour }, "postgres.watermark_interval"},
 		{"prefix with space", func(c *topology.Config) { c.Topics.Prefix = "a b" }, "topics.prefix"},
 		{"prefix too long", func(c *topology.Config) { c.Topics.Prefix = strings.Repeat("p", 151) }, "topics.prefix"},
 		{"history retention", func(c *topology.Config) { c.Topics.HistoryRetention = 59 * time.Minute }, "topics.history_retention"},

@@ -20,9 +20,15 @@ func PartitionOf(key string, n int) int32 {
 	return p
 }
 
-// truncatePrefix starts the keys of truncate markers; entity keys are
-// decimal ids, so they never collide.
+// truncatePrefix starts the keys of the snapshot tables' markers (truncate
+// markers and progress watermarks): codecs.ReservedKeyPrefix, which no
+// entity key may start with.
 const truncatePrefix = "~truncate/"
+
+// watermarkPrefix starts the keys of progress watermarks. It lies inside
+// the reserved prefix, so that no entity key collides with it and the
+// capture refuses no key it took before watermarks existed.
+const watermarkPrefix = truncatePrefix + "~watermark/"
 
 // TruncateKey is the key of partition p's truncate marker in a snapshot
 // table of n partitions: the first key "~truncate/<i>" that hashes to p.
@@ -42,10 +48,21 @@ func TruncateKey(p int32, n int) string {
 // hashes, where calling TruncateKey for each partition takes about n² (13 s
 // for 10000 partitions). The router and the snapshot processors compute
 // them once, not per TRUNCATE.
-func TruncateKeys(n int) []string {
+func TruncateKeys(n int) []string { return markerKeys(truncatePrefix, n) }
+
+// WatermarkKeys returns, for every partition p of a table of n partitions,
+// the key of p's progress watermark: the first key "~truncate/~watermark/<i>"
+// that hashes to p. The router sends each watermark (codecs.OpWatermark) to
+// every partition under these keys, and the snapshot processor keeps the
+// partition's latest one there.
+func WatermarkKeys(n int) []string { return markerKeys(watermarkPrefix, n) }
+
+// markerKeys returns, for each partition of n, the first key prefix+<i>
+// that hashes to it.
+func markerKeys(prefix string, n int) []string {
 	keys := make([]string, n)
 	for i, found := 0, 0; found < n; i++ {
-		k := truncatePrefix + strconv.Itoa(i)
+		k := prefix + strconv.Itoa(i)
 		if p := PartitionOf(k, n); keys[p] == "" {
 			keys[p] = k
 			found++
@@ -55,4 +72,9 @@ func TruncateKeys(n int) []string {
 }
 
 // IsTruncateKey reports whether key is a truncate marker's key.
-func IsTruncateKey(key string) bool { return strings.HasPrefix(key, truncatePrefix) }
+func IsTruncateKey(key string) bool {
+	return strings.HasPrefix(key, truncatePrefix) && !IsWatermarkKey(key)
+}
+
+// IsWatermarkKey reports whether key is a progress watermark's key.
+func IsWatermarkKey(key string) bool { return strings.HasPrefix(key, watermarkPrefix) }

@@ -2,10 +2,12 @@ package topology_test
 
 import (
 	"hash/fnv"
+	"strings"
 	"testing"
 
 	"github.com/IBM/sarama"
 
+	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/topology"
 )
 
@@ -68,5 +70,29 @@ func TestTruncateKeys(t *testing.T) {
 		if want := topology.TruncateKey(p, n); keys[p] != want {
 			t.Errorf("TruncateKeys(%d)[%d] = %q, TruncateKey says %q", n, p, keys[p], want)
 		}
+	}
+}
+
+func TestWatermarkKeys(t *testing.T) {
+	for _, n := range []int{1, 4, 9, 97} {
+		keys := topology.WatermarkKeys(n)
+		seen := map[string]bool{}
+		for p, k := range keys {
+			if topology.PartitionOf(k, n) != int32(p) || !topology.IsWatermarkKey(k) || topology.IsTruncateKey(k) || seen[k] {
+				t.Errorf("WatermarkKeys(%d)[%d] = %q", n, p, k)
+			}
+			if !strings.HasPrefix(k, codecs.ReservedKeyPrefix) {
+				t.Errorf("watermark key %q is outside the reserved prefix %q: an entity key could collide", k, codecs.ReservedKeyPrefix)
+			}
+			seen[k] = true
+		}
+		for _, k := range topology.TruncateKeys(n) {
+			if topology.IsWatermarkKey(k) {
+				t.Errorf("truncate key %q is taken for a watermark key", k)
+			}
+		}
+	}
+	if topology.IsWatermarkKey("42") || topology.IsWatermarkKey("~truncate/3") {
+		t.Error("an entity id or a truncate key is not a watermark key")
 	}
 }

@@ -21,6 +21,8 @@ type metrics struct {
 	slowSubscribers prometheus.Counter
 	connected       prometheus.Gauge
 	synced          prometheus.Gauge
+	appliedLSN      prometheus.Gauge
+	appliedCommit   prometheus.Gauge
 	recovering      atomic.Int64
 }
 
@@ -50,6 +52,10 @@ func newMetrics(r prometheus.Registerer, entityType string) (*metrics, error) {
 			"1 while Kafka answers a view (checked every second), 0 while it is unreachable and the view answers from its local copy.", "entity_type").WithLabelValues(entityType),
 		synced: f.GaugeVec("changes_view_synced_timestamp_seconds",
 			"Unix time when a view last held every record of its table (checked every second): its reads are at most this old.", "entity_type").WithLabelValues(entityType),
+		appliedLSN: f.GaugeVec("changes_view_applied_lsn",
+			"WAL position (as a number) before which a view has applied every committed change: its progress watermark (View.AppliedThrough).", "entity_type").WithLabelValues(entityType),
+		appliedCommit: f.GaugeVec("changes_view_applied_commit_timestamp_seconds",
+			"Unix time of the last commit a view's progress watermark covers, by the database's clock: time() minus it is how far behind the database the view is.", "entity_type").WithLabelValues(entityType),
 	}
 	if err := f.Err(); err != nil {
 		return nil, err

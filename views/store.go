@@ -28,6 +28,7 @@ import (
 //	'e' + 8 bytes big-endian (id XOR 1<<63)   the state of an entity with an integer key
 //	'k' + kind byte + key text                the state of an entity with a uuid, text or composite key
 //	't'                                       the partition's TRUNCATE marker
+//	'w'                                       the partition's progress watermark
 //	"__offset"                                goka's offset key: the next record to read
 //	"__format"                                storageFormat
 //
@@ -42,6 +43,7 @@ const (
 	entityPrefix  = 'e'
 	keyedPrefix   = 'k'
 	markerKey     = "t"
+	watermarkKey  = "w"
 )
 
 // entityKeys is the range of every entity's local key: 'e' and 'k' keys.
@@ -147,6 +149,11 @@ type store struct {
 
 	marker atomic.Pointer[codecs.Position] // the TRUNCATE marker's position; nil if none
 
+	// watermark is the partition's progress watermark (nil if none yet);
+	// progressed, if set, is called after every one stored.
+	watermark  atomic.Pointer[Watermark]
+	progressed func()
+
 	// committed, if set, is called under mu after every commit flush makes,
 	// and the func it returns (if any) runs after it, outside mu. flushes
 	// are serialized by flushMu, so those funcs run in commit order.
@@ -219,6 +226,12 @@ func openStore(dir, topic string, partition int32, inMemory bool) (*store, error
 	}
 	if raw, err := db.Get([]byte(markerKey), nil); err == nil {
 		if err := s.setMarker(raw); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("view storage %s: %w", path, err)
+		}
+	}
+	if raw, err := db.Get([]byte(watermarkKey), nil); err == nil {
+		if err := s.setWatermark(raw); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("view storage %s: %w", path, err)
 		}
@@ -323,10 +336,20 @@ func (s *store) Set(key string, value []byte) error {
 			return err
 		}
 	}
+	if key == watermarkKey {
+		// Readers see the records before it already (Get reads the
+		// batch, an iteration commits it first): the watermark may say so.
+		if err := s.setWatermark(value); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	s.batch.Put([]byte(key), value)
 	s.pending[key] = value
 	s.mu.Unlock()
+	if key == watermarkKey && s.progressed != nil {
+		s.progressed()
+	}
 	return nil
 }
 
@@ -591,6 +614,27 @@ func (s *store) setMarker(raw []byte) error {
 	}
 	s.marker.Store(&m.Position)
 	return nil
+}
+
+// setWatermark caches a progress watermark.
+func (s *store) setWatermark(raw []byte) error {
+	m, err := (codecs.StateCodec{}).Decode(raw)
+	if err != nil {
+		return fmt.Errorf("watermark: %w", err)
+	}
+	if !m.Watermark {
+		return fmt.Errorf("watermark: the record is not one (entity %s)", m.EntityID)
+	}
+	s.watermark.Store(&Watermark{LSN: m.Position.CommitLSN, CommitTime: m.CommitTime})
+	return nil
+}
+
+// appliedThrough is the partition's progress watermark, zero if none.
+func (s *store) appliedThrough() Watermark {
+	if w := s.watermark.Load(); w != nil {
+		return *w
+	}
+	return Watermark{}
 }
 
 // truncatedAt is the position of the partition's last TRUNCATE, or zero:

@@ -54,8 +54,8 @@ func OpenTyped[T any](cfg Config, opts ...Option) (*Typed[T], error) {
 }
 
 // Get returns the entity with id; ok is false if the view has none.
-func (t *Typed[T]) Get(ctx context.Context, id int64) (e Entity[T], ok bool, err error) {
-	st, err := t.View.Get(ctx, id)
+func (t *Typed[T]) Get(ctx context.Context, id int64, opts ...ReadOption) (e Entity[T], ok bool, err error) {
+	st, err := t.View.Get(ctx, id, opts...)
 	if err != nil || st == nil {
 		return e, false, err
 	}
@@ -64,8 +64,8 @@ func (t *Typed[T]) Get(ctx context.Context, id int64) (e Entity[T], ok bool, err
 }
 
 // GetKey is Get by a key of any kind (see View.GetKey).
-func (t *Typed[T]) GetKey(ctx context.Context, k codecs.Key) (e Entity[T], ok bool, err error) {
-	st, err := t.View.GetKey(ctx, k)
+func (t *Typed[T]) GetKey(ctx context.Context, k codecs.Key, opts ...ReadOption) (e Entity[T], ok bool, err error) {
+	st, err := t.View.GetKey(ctx, k, opts...)
 	if err != nil || st == nil {
 		return e, false, err
 	}

@@ -119,6 +119,8 @@ type View struct {
 	openedMu       sync.Mutex
 	opened         []time.Time // per partition: when its recovered storage was opened
 
+	progress progress // wakes the readers waiting for a watermark (AtLeast)
+
 	subsMu  sync.Mutex
 	subs    map[*Subscription]struct{}
 	stopped bool // Run returned; guarded by subsMu
@@ -240,6 +242,10 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 	}
 	v.alive[partition].Store(n)
 	v.sawKinds(s.kinds())
+	s.progressed = func() {
+		v.setAppliedMetrics()
+		v.progress.advanced()
+	}
 	s.committed = func() func() {
 		updates := v.takeQueued(partition)
 		if len(updates) == 0 {
@@ -375,6 +381,19 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 		v.recoveredBytes.Add(int64(len(key) + len(value)))
 	}
 	notify := v.hook != nil || v.hasSubscribers()
+	if topology.IsWatermarkKey(key) {
+		// The partition's progress: not an entity, for no hook. One that
+		// does not decode is passed over, loudly, like a bad marker.
+		if value == nil {
+			return nil
+		}
+		if m, err := (codecs.StateCodec{}).Decode(value); err != nil || !m.Watermark {
+			v.metrics.badRecords.Inc()
+			v.log.Error("progress watermark does not decode as one: record not applied", "key", key, "partition", p, "offset", uctx.Offset(), "err", err)
+			return nil
+		}
+		return s.Set(watermarkKey, value)
+	}
 	if topology.IsTruncateKey(key) {
 		if value != nil {
 			// A marker that does not decode would stop Run on every start:
@@ -853,19 +872,25 @@ func (v *View) lagClient() (sarama.Client, error) {
 
 // Get returns the latest state of the entity with integer id, or nil if the
 // view has none (never written, deleted or truncated). It is GetKey for an
-// integer key, without building one.
-func (v *View) Get(ctx context.Context, id int64) (*codecs.State, error) {
-	return v.get(ctx, strconv.FormatInt(id, 10), entityKey(id))
+// integer key, without building one. With AtLeast, it first waits until
+// the view has applied every change committed up to the LSN given.
+func (v *View) Get(ctx context.Context, id int64, opts ...ReadOption) (*codecs.State, error) {
+	return v.get(ctx, strconv.FormatInt(id, 10), entityKey(id), opts)
 }
 
 // GetKey returns the latest state of the entity with key k, of any kind, or
-// nil if the view has none.
-func (v *View) GetKey(ctx context.Context, k codecs.Key) (*codecs.State, error) {
-	return v.get(ctx, k.String(), localKey(k))
+// nil if the view has none. It takes Get's options.
+func (v *View) GetKey(ctx context.Context, k codecs.Key, opts ...ReadOption) (*codecs.State, error) {
+	return v.get(ctx, k.String(), localKey(k), opts)
 }
 
 // get reads the entity whose key has text and local key lk.
-func (v *View) get(ctx context.Context, text string, lk []byte) (*codecs.State, error) {
+func (v *View) get(ctx context.Context, text string, lk []byte, opts []ReadOption) (*codecs.State, error) {
+	if o := readOpts(opts); o.atLeast > 0 {
+		if err := v.waitPartitionApplied(ctx, text, o.atLeast); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	defer v.metrics.observeGet(start)
 	if err := ctx.Err(); err != nil {

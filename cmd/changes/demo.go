@@ -294,7 +294,10 @@ func (h *historyCount) add(m *sarama.ConsumerMessage) bool {
 	for _, hdr := range m.Headers {
 		switch string(hdr.Key) {
 		case codecs.HeaderOp:
-			if op := codecs.Op(hdr.Value); op == codecs.OpSnapshot || op == codecs.OpResync {
+			switch op := codecs.Op(hdr.Value); op {
+			case codecs.OpWatermark:
+				return false // progress, not a change
+			case codecs.OpSnapshot, codecs.OpResync:
 				h.copied++
 				return false
 			}

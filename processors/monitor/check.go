@@ -175,7 +175,13 @@ func (c *Checker) Begin(after codecs.Position) {
 // History feeds the history record at offset, decoded as ev, seen at now.
 // It returns the anomalies it finds: of the history itself, and of table
 // records that were waiting for the history to reach their position.
+//
+// A progress watermark (codecs.OpWatermark) is no change: it holds no
+// entity and may repeat a position a change has too, so it is passed over.
 func (c *Checker) History(offset int64, ev *codecs.Event, now time.Time) []Anomaly {
+	if ev.Op == codecs.OpWatermark {
+		return nil
+	}
 	var out []Anomaly
 	where := Anomaly{EntityType: ev.EntityType, EntityID: ev.EntityID.String(), Position: ev.Position, Topic: c.history, Offset: offset}
 	reordered := false
@@ -316,6 +322,9 @@ func (c *Checker) Table(entityType string, topic string, partition int32, offset
 	if st.Truncated {
 		c.truncated(entityType, partition, st.Position)
 		return nil
+	}
+	if st.Watermark {
+		return nil // a partition's progress, not an entity
 	}
 	if id != st.EntityID.String() {
 		where.Kind, where.Detail = UnknownPosition, fmt.Sprintf("key %q holds the state of entity %q", key, st.EntityID)

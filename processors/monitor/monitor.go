@@ -467,7 +467,7 @@ func lastEvent(ctx context.Context, client sarama.Client, topic string, end int6
 	for to := end; to > start; to -= window {
 		var last *codecs.Event
 		err := kread.Range(ctx, client, topic, 0, max(start, to-window), to, func(r *kread.Record) (bool, error) {
-			if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil {
+			if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil && ev.Op != codecs.OpWatermark {
 				last = ev
 			}
 			return true, nil
@@ -507,10 +507,10 @@ func b2i(b bool) int {
 
 // routedLatency is commit to history of an events topic record: from the
 // change's commit to the router's copy (its timestamp, in milliseconds).
-// Truncates and undecodable records have none.
+// Truncates, watermarks and undecodable records have none.
 func routedLatency(msg *sarama.ConsumerMessage) (seconds float64, committed time.Time, ok bool) {
 	ev, err := (codecs.EventCodec{}).Decode(msg.Value)
-	if err != nil || ev.Op == codecs.OpTruncate || ev.Op == codecs.OpSnapshot || msg.Timestamp.IsZero() {
+	if err != nil || ev.Op == codecs.OpTruncate || ev.Op == codecs.OpSnapshot || !ev.Op.IsChange() || msg.Timestamp.IsZero() {
 		return 0, time.Time{}, false // a snapshot row's commit time is when the copy started
 	}
 	return max(msg.Timestamp.Sub(ev.CommitTime).Seconds(), 0), ev.CommitTime, true
@@ -518,7 +518,7 @@ func routedLatency(msg *sarama.ConsumerMessage) (seconds float64, committed time
 
 // appliedLatency is commit to snapshot of a table state.
 func appliedLatency(st *codecs.State) (float64, bool) {
-	if st.Truncated || st.AppliedTime.IsZero() {
+	if st.Truncated || st.Watermark || st.AppliedTime.IsZero() {
 		return 0, false
 	}
 	return max(st.AppliedTime.Sub(st.CommitTime).Seconds(), 0), true

@@ -173,7 +173,7 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 		for p := range int32(ent.Partitions) {
 			err := r.read(ctx, topo.Events(typ), p, from, func(msg *sarama.ConsumerMessage) {
 				ev, err := (codecs.EventCodec{}).Decode(msg.Value)
-				if err != nil {
+				if err != nil || !ev.Op.IsChange() {
 					return
 				}
 				if _, dup := seen[ev.Position]; dup {
@@ -198,7 +198,7 @@ func SLO(ctx context.Context, topo *topology.Topology, window time.Duration) (*R
 					return
 				}
 				st, err := (codecs.StateCodec{}).Decode(msg.Value)
-				if err != nil || st.CommitTime.Before(from) {
+				if err != nil || st.Watermark || st.CommitTime.Before(from) {
 					return
 				}
 				if _, dup := seen[st.Position]; dup {

@@ -228,7 +228,9 @@ func (r *Reader) OffsetAt(ctx context.Context, at time.Time) (int64, error) {
 		if err != nil {
 			return false, err
 		}
-		if ev.CommitTime.After(at) {
+		// A watermark's time is the server's when the capture got it, not
+		// a commit's: it does not end the replay.
+		if ev.Op != codecs.OpWatermark && ev.CommitTime.After(at) {
 			end = off
 			return false, nil
 		}

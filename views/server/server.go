@@ -70,7 +70,8 @@ type Config struct {
 	// with Retry-After at once. Default: topology.DefaultServeMaxWaiting (64).
 	MaxWaiting int
 	// MaxWait is how long a request waits for a turn (of MaxInFlight, then
-	// of HistoryScans) before it gets 503 with Retry-After. Default:
+	// of HistoryScans) before it gets 503 with Retry-After, and how long a
+	// read with min_lsn= waits for the view to apply that LSN. Default:
 	// topology.DefaultServeMaxWait (10s).
 	MaxWait time.Duration
 	// HistoryScans bounds the /v1/history requests reading the history at
@@ -302,7 +303,17 @@ func (s *server) view(w http.ResponseWriter, r *http.Request) (*views.View, bool
 // Headers of every /v1 answer that reads a view: how current the view's
 // local copy is. A view checks every second that it holds its whole table;
 // while Kafka is away it answers from its local copy and the age grows.
+// An entity or a listing also says which committed changes it holds:
+// HeaderAppliedLSN.
 const (
+	// HeaderAppliedLSN is the view's progress watermark when it read the
+	// answer (views.View.AppliedThrough; for one entity, its partition's):
+	// the answer holds every change committed before that LSN, in
+	// PostgreSQL's text form (16/B374D848). Absent before the view has one.
+	HeaderAppliedLSN = "X-Changes-Applied-LSN"
+	// HeaderAppliedCommitTime is the commit time (RFC 3339) of the last
+	// transaction that watermark covers, by the database's clock.
+	HeaderAppliedCommitTime = "X-Changes-Applied-Commit-Time"
 	// HeaderSyncedAt is when the view last held every record of its table
 	// (RFC 3339); absent before the first time.
 	HeaderSyncedAt = "X-Changes-Synced-At"
@@ -329,11 +340,64 @@ func (s *server) viewAndID(w http.ResponseWriter, r *http.Request) (*views.View,
 	return v, id, true
 }
 
+// minLSN parses the min_lsn parameter: 0 when absent, false when it
+// answered 400.
+func (s *server) minLSN(w http.ResponseWriter, r *http.Request) (codecs.LSN, bool) {
+	q := r.URL.Query()
+	if !q.Has("min_lsn") {
+		return 0, true
+	}
+	lsn, err := codecs.ParseLSN(q.Get("min_lsn"))
+	if err != nil || lsn == 0 {
+		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("min_lsn %q is not an LSN such as 16/B374D848 (pg_current_wal_insert_lsn() after your COMMIT)", q.Get("min_lsn")))
+		return 0, false
+	}
+	return lsn, true
+}
+
+// awaitLSN waits, for at most MaxWait, until wait returns (the view has
+// applied lsn); false when it answered 503 (or the client left).
+func (s *server) awaitLSN(w http.ResponseWriter, r *http.Request, v *views.View, lsn codecs.LSN, wait func(ctx context.Context) error) bool {
+	if lsn == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.MaxWait)
+	defer cancel()
+	if err := wait(ctx); err != nil {
+		if r.Context().Err() == nil {
+			w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+			err = fmt.Errorf("%s has not applied the changes committed up to %s within %s (applied through %s): %w",
+				v.EntityType(), lsn, s.cfg.MaxWait, v.AppliedThrough().LSN, errNotApplied)
+		}
+		s.fail(w, r, http.StatusServiceUnavailable, err)
+		return false
+	}
+	return true
+}
+
+// errNotApplied: a min_lsn= the view did not reach in time.
+var errNotApplied = errors.New("try again later")
+
+// setApplied sets the answer's HeaderAppliedLSN and
+// HeaderAppliedCommitTime from wm, read before the answer is.
+func setApplied(w http.ResponseWriter, wm views.Watermark) {
+	if wm.IsZero() {
+		return
+	}
+	w.Header().Set(HeaderAppliedLSN, wm.LSN.String())
+	w.Header().Set(HeaderAppliedCommitTime, wm.CommitTime.UTC().Format(time.RFC3339Nano))
+}
+
 func (s *server) entity(w http.ResponseWriter, r *http.Request) {
 	v, id, ok := s.viewAndID(w, r)
 	if !ok {
 		return
 	}
+	lsn, ok := s.minLSN(w, r)
+	if !ok || !s.awaitLSN(w, r, v, lsn, func(ctx context.Context) error { return v.WaitAppliedKey(ctx, id, lsn) }) {
+		return
+	}
+	setApplied(w, v.AppliedThroughKey(id))
 	st, err := v.GetKey(r.Context(), id)
 	switch {
 	case err != nil:
@@ -357,6 +421,11 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, statusOf(errCatchingUp), fmt.Errorf("%s: %w", v.EntityType(), errCatchingUp))
 		return
 	}
+	lsn, ok := s.minLSN(w, r)
+	if !ok || !s.awaitLSN(w, r, v, lsn, func(ctx context.Context) error { return v.WaitApplied(ctx, lsn) }) {
+		return
+	}
+	setApplied(w, v.AppliedThrough())
 	q := r.URL.Query()
 	entities := v.All(r.Context())
 	if q.Has("after") {
@@ -607,11 +676,17 @@ func statusOf(err error) int {
 func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	status := map[string]string{}
 	stale := map[string]*float64{}
+	applied := map[string]*string{}
 	ready := true
 	for typ, v := range s.cfg.Views {
 		status[typ] = v.Status().String()
 		if !v.Recovered() || !v.Connected() {
 			ready = false
+		}
+		applied[typ] = nil
+		if wm := v.AppliedThrough(); !wm.IsZero() {
+			lsn := wm.LSN.String()
+			applied[typ] = &lsn
 		}
 		stale[typ] = nil
 		if at := v.SyncedAt(); !at.IsZero() {
@@ -623,7 +698,7 @@ func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	if !ready {
 		code = http.StatusServiceUnavailable
 	}
-	s.writeJSON(w, r, code, map[string]any{"ready": ready, "views": status, "stale_seconds": stale})
+	s.writeJSON(w, r, code, map[string]any{"ready": ready, "views": status, "stale_seconds": stale, "applied_lsn": applied})
 }
 
 // fail answers err with code and logs it. A 500 answers only "internal

@@ -61,7 +61,7 @@ func TestNotReady(t *testing.T) {
 	}
 	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"account": v}}))
 	defer srv.Close()
-	if code, body := do(t, srv, "/readyz", ""); code != 503 || strings.TrimSpace(body) != `{"ready":false,"stale_seconds":{"account":null},"views":{"account":"idle"}}` {
+	if code, body := do(t, srv, "/readyz", ""); code != 503 || strings.TrimSpace(body) != `{"applied_lsn":{"account":null},"ready":false,"stale_seconds":{"account":null},"views":{"account":"idle"}}` {
 		t.Errorf("/readyz of a view that does not run: %d %s", code, body)
 	}
 	if code, body := do(t, srv, "/v1/entities/account/1", ""); code != 503 || !strings.Contains(body, "not running") {
@@ -123,7 +123,9 @@ func TestServer(t *testing.T) {
 		{"/v1/history/account/7?at=5&after=3", "tok", 400, `{"error":"at= answers one state; after= and limit= page the list of changes"}`},
 		{"/v1/history/account/7", "", 401, `{"error":"missing bearer token"}`},
 		{"/healthz", "", 200, `{"status":"ok"}`},
-		{"/readyz", "", 200, `{"ready":true,"stale_seconds":{"account":STALE},"views":{"account":"running"}}`},
+		{"/readyz", "", 200, `{"applied_lsn":{"account":null},"ready":true,"stale_seconds":{"account":STALE},"views":{"account":"running"}}`},
+		{"/v1/entities/account/7?min_lsn=x", "tok", 400, `{"error":"min_lsn \"x\" is not an LSN such as 16/B374D848 (pg_current_wal_insert_lsn() after your COMMIT)"}`},
+		{"/v1/entities/account?min_lsn=0/0", "tok", 400, `{"error":"min_lsn \"0/0\" is not an LSN such as 16/B374D848 (pg_current_wal_insert_lsn() after your COMMIT)"}`},
 		{"/nothing/here", "", 404, `{"error":"no such endpoint: GET /nothing/here"}`},
 	} {
 		code, body := do(t, srv, c.path, c.token)
@@ -507,5 +509,47 @@ func TestInternalErrorHasAnID(t *testing.T) {
 	_, body2 := do(t, srv, "/v1/entities/broken/1", "")
 	if body2 == body {
 		t.Errorf("two failures share the body %s", body)
+	}
+}
+
+// TestMinLSN: with min_lsn=, a read waits until the view has applied that
+// LSN, then answers with the write; past MaxWait it is 503 with
+// Retry-After. Every answer that reads the view says its watermark.
+func TestMinLSN(t *testing.T) {
+	tbl := viewstest.New(t, "account")
+	srv := httptest.NewServer(server.Handler(server.Config{Views: map[string]*views.View{"account": tbl.View}, MaxWait: 300 * time.Millisecond}))
+	defer srv.Close()
+	tbl.Put(account(1, `"old"`))
+	tbl.Watermark(0x100)
+
+	resp := get(t, srv.Client(), srv.URL+"/v1/entities/account/1", "")
+	resp.Body.Close()
+	if got := resp.Header.Get(server.HeaderAppliedLSN); got != "0/100" || resp.Header.Get(server.HeaderAppliedCommitTime) == "" {
+		t.Errorf("%s = %q (commit time %q), want 0/100", server.HeaderAppliedLSN, got, resp.Header.Get(server.HeaderAppliedCommitTime))
+	}
+	if code, body := do(t, srv, "/readyz", ""); code != 200 || !strings.Contains(body, `"applied_lsn":{"account":"0/100"}`) {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+
+	// The write commits before 0/200; the view gets it 100 ms later.
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		st := account(1, `"new"`)
+		st.Position = codecs.Position{CommitLSN: 0x180}
+		tbl.Put(st)
+		tbl.Watermark(0x200)
+	}()
+	for _, path := range []string{"/v1/entities/account/1?min_lsn=0/200", "/v1/entities/account?min_lsn=0/200"} {
+		start := time.Now()
+		code, body := do(t, srv, path, "")
+		if code != 200 || !strings.Contains(body, `"new"`) {
+			t.Errorf("GET %s: %d %s, want the write", path, code, body)
+		}
+		t.Logf("GET %s answered after %s", path, time.Since(start).Round(time.Millisecond))
+	}
+	resp = get(t, srv.Client(), srv.URL+"/v1/entities/account/1?min_lsn=0/300", "")
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("min_lsn beyond the watermark for MaxWait: %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }

@@ -122,3 +122,17 @@ func (tb *Table) next() codecs.Position {
 	tb.lsn++
 	return codecs.Position{CommitLSN: tb.lsn}
 }
+
+// Watermark writes a progress watermark at lsn, as the snapshot processor
+// does for each the capture appends: the view has applied every change
+// committed before lsn (views.View.AppliedThrough). The positions of the
+// rows Put writes next are after it.
+func (tb *Table) Watermark(lsn codecs.LSN) {
+	tb.t.Helper()
+	b, err := (codecs.StateCodec{}).Encode(&codecs.State{EntityType: tb.typ, Watermark: true, Position: codecs.Position{CommitLSN: lsn}, CommitTime: time.Now().UTC()})
+	if err != nil {
+		tb.t.Fatal(err)
+	}
+	tb.tt.Consume(tb.topic, topology.WatermarkKeys(1)[0], b)
+	tb.lsn = max(tb.lsn, lsn)
+}
