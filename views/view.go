@@ -120,6 +120,9 @@ type View struct {
 	opened         []time.Time // per partition: when its recovered storage was opened
 
 	progress progress // wakes the readers waiting for a watermark (AtLeast)
+	cuts     cuts     // the Group reads that stop the partitions at a watermark
+	halt     chan struct{}
+	haltOnce sync.Once // closes halt when Run's goka view stops: no partition waits for a cut then
 
 	subsMu  sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -164,6 +167,7 @@ func Open(cfg Config, opts ...Option) (*View, error) {
 		queued:     make([]updateQueue, cfg.Partitions),
 		subs:       map[*Subscription]struct{}{},
 		built:      make(chan struct{}),
+		halt:       make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(v)
@@ -387,12 +391,19 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 		if value == nil {
 			return nil
 		}
-		if m, err := (codecs.StateCodec{}).Decode(value); err != nil || !m.Watermark {
+		m, err := (codecs.StateCodec{}).Decode(value)
+		if err != nil || !m.Watermark {
 			v.metrics.badRecords.Inc()
 			v.log.Error("progress watermark does not decode as one: record not applied", "key", key, "partition", p, "offset", uctx.Offset(), "err", err)
 			return nil
 		}
-		return s.Set(watermarkKey, value)
+		if err := s.Set(watermarkKey, value); err != nil {
+			return err
+		}
+		// A Group's read may hold the partition here, before the changes
+		// after the watermark.
+		v.stopAt(p, Watermark{LSN: m.Position.CommitLSN, CommitTime: m.CommitTime})
+		return nil
 	}
 	if topology.IsTruncateKey(key) {
 		if value != nil {
@@ -601,6 +612,7 @@ func (v *View) Run(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	context.AfterFunc(rctx, func() { v.haltOnce.Do(func() { close(v.halt) }) })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

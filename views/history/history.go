@@ -239,6 +239,58 @@ func (r *Reader) OffsetAt(ctx context.Context, at time.Time) (int64, error) {
 	return end, err
 }
 
+// OffsetAtLSN returns the end of the history as of lsn: the offset of the
+// first change committed at or after lsn, or the history's end if there is
+// none yet. Replaying up to it (exclusive) gives what a consistent cut at
+// lsn holds (views.Cut): every transaction that committed before lsn,
+// whole, in every type. TypeAt of several types at that offset is the
+// same cut in the past. It is a binary search over the history (the
+// changes are in commit order), reading a few records per step.
+func (r *Reader) OffsetAtLSN(ctx context.Context, lsn codecs.LSN) (int64, error) {
+	b, err := r.Bounds(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if b.Start == b.End {
+		return 0, fmt.Errorf("%w: the history is empty", ErrBeforeHistory)
+	}
+	lo, hi := b.Start, b.End
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		// The first change at mid or after: markers and watermarks are
+		// no changes, and control records of transactions take offsets
+		// without being read.
+		found, at := false, int64(0)
+		var commit codecs.LSN
+		err := r.scan(ctx, mid, hi, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
+			ev, err := value()
+			if err != nil {
+				return false, err
+			}
+			if !ev.Op.IsChange() {
+				return true, nil
+			}
+			found, at, commit = true, off, ev.CommitLSN
+			return false, nil
+		})
+		switch {
+		case err != nil:
+			return 0, err
+		case !found || commit >= lsn:
+			if !found {
+				at = mid
+			}
+			hi = at
+		default:
+			lo = at + 1
+		}
+	}
+	if lo == b.Start && b.Start > 0 {
+		return 0, fmt.Errorf("%w: %s is at or before the first change the history holds (offset %d; retention %s)", ErrBeforeHistory, lsn, b.Start, b.Retention)
+	}
+	return lo, nil
+}
+
 // Change is one change of an entity, where the history holds it.
 type Change struct {
 	Offset int64         `json:"offset"`
