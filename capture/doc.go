@@ -150,6 +150,24 @@
 // server's WAL when the captured tables are idle and other tables or
 // databases are busy; changes_capture_slot_lag_bytes shows what the slot holds.
 //
+// # Progress watermarks
+//
+// At most every postgres.watermark_interval (100 ms), between PostgreSQL
+// transactions, the capture appends a progress watermark to the history
+// (codecs.OpWatermark, key WatermarkKey): every transaction that committed
+// before its LSN is in the history before it, and every change after it
+// committed at or after it. Its LSN is the end of the last transaction
+// decoded, or the WAL end of a keepalive received between transactions
+// (pgoutput sends transactions in commit order, so every transaction that
+// committed before either was decoded, or held nothing captured). It goes
+// into the Kafka transaction of the changes it covers, so it is never
+// visible without them. A restarted capture writes none below what the
+// history holds already. The router copies each to every partition of every
+// type, which is how a view knows what it has applied
+// (views.View.AppliedThrough, views.AtLeast, views.Group);
+// changes_capture_watermarks_total counts them. A resync refuses a server
+// whose WAL is not past the history's last watermark either.
+//
 // # Setup
 //
 // At start Capture checks wal_level, the captured tables, their key columns and

@@ -120,8 +120,18 @@ func (se *session) createForResync(ctx context.Context, written codecs.Position)
 	return state, se.writeResyncMarker(ctx, state)
 }
 
-// checkWALPast fails unless the server's WAL is past written.
+// checkWALPast fails unless the server's WAL is past written, and past the
+// history's last progress watermark: the views say they hold every
+// transaction that committed before it, and a new slot's changes must not
+// make that false.
 func (se *session) checkWALPast(ctx context.Context, written codecs.Position) error {
+	watermark, err := watermarkPastChanges(ctx, se.client, se.topo.History())
+	if err != nil {
+		return err
+	}
+	if watermark > written.CommitLSN+1 {
+		written = codecs.Position{CommitLSN: watermark - 1}
+	}
 	conn, err := pgx.Connect(ctx, se.topo.Config().Postgres.URL)
 	if err != nil {
 		return fmt.Errorf("connect to postgres: %w", err)
@@ -136,7 +146,7 @@ func (se *session) checkWALPast(ctx context.Context, written codecs.Position) er
 		return err
 	}
 	if current <= written.CommitLSN+1 { // the marker goes at the slot's start - 1
-		return fmt.Errorf("%w: the server's WAL is at %s, not past the history's last change at %s (a failover to a replica that was behind?): "+
+		return fmt.Errorf("%w: the server's WAL is at %s, not past the history's last change or watermark at %s (a failover to a replica that was behind?): "+
 			"a new slot's changes would sort before what the history holds. Nothing was created. Start the resync again once the WAL is past %s "+
 			"(it advances with every write; select pg_switch_wal() moves it to the next segment)",
 			ErrSetup, current, written.CommitLSN, written.CommitLSN)

@@ -2,7 +2,8 @@
 // `changes serve` and for services that mount it in their own mux.
 //
 //	GET /v1/entities/{type}/{id}                    latest state of one entity
-//	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in key order
+//	GET /v1/entities/{type}/{id}?min_lsn=LSN        the same, once the view holds every change committed up to LSN
+//	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in key order (min_lsn= too)
 //	GET /v1/history/{type}/{id}?after=OFFSET&limit=N  a page of the entity's changes in the history
 //	GET /v1/history/{type}/{id}?at=T                its state at T (RFC 3339 time, or a history offset)
 //	GET /v1/changes/{type}?from=OFFSET              the type's changes as server-sent events, live
@@ -11,6 +12,16 @@
 //
 // Answers that read a view carry X-Changes-Synced-At and X-Changes-Stale:
 // how current its local copy is (reads go on from it while Kafka is away).
+// An entity or a page of them also carries X-Changes-Applied-LSN and
+// X-Changes-Applied-Commit-Time: the view's progress watermark when it
+// read the answer, which holds every change committed before that LSN
+// (views.View.AppliedThrough; for one entity, its partition's). /readyz
+// says each view's as applied_lsn.
+//
+// Read-your-writes: a client that has just committed sends the LSN of
+// "select pg_current_wal_insert_lsn()" run after its COMMIT as min_lsn=
+// (PostgreSQL's text form, 16/B374D848); the answer waits until the view
+// has applied it, for at most Config.MaxWait, then 503 with Retry-After.
 // Ids travel as strings, like in the events: a 64-bit id stays exact in
 // every JSON reader. An {id} or after= is the entity key's canonical text
 // (codecs.Key), URL-escaped ("a%2Fb" for the text key a/b), read as a key
