@@ -360,7 +360,7 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 	}
 	se.streaming()
 	se.log.Info("streaming", "slot", cfg.Postgres.Slot, "lsn", start.lsn.String(), "topic", se.topo.History(),
-		"history_position", start.resent.last.String(), "resent_in_history", start.resent.n)
+		"history_position", start.resent.last.String(), "resent_in_history", start.resent.n, "watermark_interval", watermarkInterval(cfg).String())
 
 	s := &stream{
 		cfg:      cfg,
@@ -378,7 +378,7 @@ func (se *session) stream(ctx context.Context, start streamStart) error {
 		failed:   make(chan struct{}),
 		inc:      newIncrementals(se, state, historyEnd),
 		prefix:   SignalPrefix(cfg.Postgres.Slot),
-		wm:       watermarks{interval: cfg.Postgres.WatermarkInterval},
+		wm:       watermarks{interval: watermarkInterval(cfg)},
 	}
 	for i, t := range se.tables {
 		s.tableIdx[t.entityType] = i

@@ -90,3 +90,24 @@ func TestCommitDue(t *testing.T) {
 		t.Error("commitDue() with no open transaction")
 	}
 }
+
+func TestWatermarkInterval(t *testing.T) {
+	cfg := &topology.Config{Postgres: topology.PostgresConfig{WatermarkInterval: 100 * time.Millisecond}}
+	for _, tt := range []struct {
+		partitions []int
+		want       time.Duration
+	}{
+		{[]int{8, 8}, 100 * time.Millisecond},
+		{[]int{100}, 100 * time.Millisecond},
+		{[]int{600, 600}, 1200 * time.Millisecond},
+		{[]int{10000}, 10 * time.Second},
+	} {
+		cfg.Entities = nil
+		for _, n := range tt.partitions {
+			cfg.Entities = append(cfg.Entities, topology.EntityConfig{Partitions: n})
+		}
+		if got := watermarkInterval(cfg); got != tt.want {
+			t.Errorf("partitions %v: interval %s, want %s", tt.partitions, got, tt.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/changes-dev/changes/codecs"
+	"github.com/changes-dev/changes/topology"
 )
 
 // WatermarkKey is the history record key of progress watermarks
@@ -55,6 +56,22 @@ func (w *watermarks) wait(now time.Time) time.Duration {
 		return -1
 	}
 	return max(0, w.interval-now.Sub(w.writtenAt))
+}
+
+// perPartition is the least watermark interval per partition of every
+// type: each watermark becomes a record in each, so watermarks never add
+// more than 1,000 records/s to the events topics and the snapshot tables,
+// however many partitions the types have.
+const perPartition = time.Millisecond
+
+// watermarkInterval is the interval between watermarks for cfg: the
+// configured one, or more for types of many partitions (perPartition).
+func watermarkInterval(cfg *topology.Config) time.Duration {
+	n := 0
+	for _, e := range cfg.Entities {
+		n += e.Partitions
+	}
+	return max(cfg.Postgres.WatermarkInterval, time.Duration(n)*perPartition)
 }
 
 // writeWatermark appends a watermark of what the stream has decoded to
