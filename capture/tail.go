@@ -16,9 +16,14 @@ import (
 // how far the history goes. It is nil when the topic holds no event.
 // Records that are not events (written by something else; the router
 // dead-letters them) carry no position and are passed over.
+//
+// Progress watermarks are not changes: they are passed over too.
 func lastEvent(ctx context.Context, client sarama.Client, topic string) (*codecs.Event, error) {
 	var last *codecs.Event
 	err := readBack(ctx, client, topic, func(ev *codecs.Event) bool {
+		if ev.Op == codecs.OpWatermark {
+			return true
+		}
 		last = ev
 		return false
 	})
@@ -102,9 +107,8 @@ func readRange(ctx context.Context, client sarama.Client, topic string, start, e
 	defer cancel()
 	var out []*codecs.Event
 	err := kread.Range(ctx, client, topic, 0, start, end, func(r *kread.Record) (bool, error) {
-		// A record that is not an event has no position, and a watermark
-		// is no change: pass them over.
-		if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil && ev.Op != codecs.OpWatermark {
+		// A record that is not an event has no position: pass it over.
+		if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil {
 			out = append(out, ev)
 		}
 		return true, nil
@@ -162,10 +166,15 @@ func (r *resent) has(p codecs.Position) bool {
 }
 
 // readResent reads back from the history's end to the first change that
-// committed before confirmed.
+// committed before confirmed, or a watermark at or before it (every change
+// before that committed earlier: a quiet time of watermarks alone is not
+// read through to the last change).
 func readResent(ctx context.Context, client sarama.Client, topic string, confirmed codecs.LSN) (*resent, error) {
 	r := &resent{held: map[codecs.LSN][]span{}}
 	err := readBack(ctx, client, topic, func(ev *codecs.Event) bool {
+		if ev.Op == codecs.OpWatermark {
+			return ev.CommitLSN > confirmed
+		}
 		if ev.CommitLSN < confirmed {
 			return false
 		}

@@ -248,6 +248,16 @@ func newRouter(topo *topology.Topology, o *options) (*goka.Processor, error) {
 			return
 		}
 		if op == codecs.OpWatermark {
+			// Decoded first, as a truncate is: a record that only says it
+			// is a watermark must not become a copy in every partition.
+			if ev, err := (codecs.EventCodec{}).Decode(raw); err != nil || ev.Op != codecs.OpWatermark {
+				detail := "a watermark whose value is not one"
+				if err != nil {
+					detail += ": " + err.Error()
+				}
+				deadLetter(gctx, o, topo, raw, dlBadWatermark, detail)
+				return
+			}
 			for _, c := range watermarkCopies {
 				gctx.Emit(c.stream, c.key, raw, goka.WithCtxEmitHeaders(gctx.Headers()))
 			}
@@ -489,10 +499,14 @@ func newSnapshot(topo *topology.Topology, entityType string, o *options) (*goka.
 // watermark (a codecs.State with Watermark set, under the partition's
 // watermark key) if it is later than the one stored: every change of the
 // partition that committed before it has been applied, since the events
-// topic holds them before it. One at exactly the stored position is
-// written again (see rewrite); an older one (a restarted capture's) is
-// skipped. Only the router's copy, under the partition's watermark key,
-// is taken: another is dead-lettered.
+// topic holds them before it. One at or before the stored position is
+// skipped, unlike a change at it (see rewrite): after a crash that lost
+// the changelog's tail, the changes before a redelivered watermark are
+// skipped as older than their stored state, or written again after it,
+// so a watermark written again would reach the views before the changes
+// it covers; the next new one comes after them. Only the router's copy,
+// under the partition's watermark key, is taken: another is
+// dead-lettered.
 func keepWatermark(gctx goka.Context, o *options, topo *topology.Topology, entityType string, keys []string, raw []byte, ev *codecs.Event) {
 	if p := int(gctx.Partition()); ev.Op != codecs.OpWatermark || p >= len(keys) || gctx.Key() != keys[p] {
 		deadLetter(gctx, o, topo, raw, dlBadWatermark, fmt.Sprintf("%s under key %q in partition %d of the %s topic, whose watermark key is %q",
@@ -500,14 +514,8 @@ func keepWatermark(gctx goka.Context, o *options, topo *topology.Topology, entit
 		return
 	}
 	cur, _ := gctx.Value().(*codecs.State)
-	if cur != nil && cur.Watermark {
-		switch ev.Position.Compare(cur.Position) {
-		case 0:
-			rewrite(gctx, o, entityType, cur)
-			return
-		case -1:
-			return
-		}
+	if cur != nil && cur.Watermark && ev.Position.Compare(cur.Position) <= 0 {
+		return
 	}
 	gctx.SetValue(&codecs.State{
 		EntityType: entityType, Watermark: true, Position: ev.Position,

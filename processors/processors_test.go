@@ -640,11 +640,24 @@ func TestRouterWatermarkFanOut(t *testing.T) {
 			t.Errorf("%s: a copy beyond the declared partitions: %q", typ, key)
 		}
 	}
+	// A record whose header says watermark, whose value is a change: no
+	// copy anywhere.
+	dead := tt.NewQueueTracker(topo.DeadLetter())
+	tt.Consume(topo.History(), "account/6", encode(t, event("account", 6, codecs.OpInsert, 0x300, 0, `{"id":6}`)),
+		tester.WithHeaders(goka.Headers{codecs.HeaderOp: []byte("watermark")}))
+	if _, _, _, ok := dead.NextRawWithHeaders(); !ok {
+		t.Error("a forged watermark was not dead-lettered")
+	}
+	for typ, q := range queues {
+		if key, _, ok := q.NextRaw(); ok {
+			t.Errorf("%s: a forged watermark was copied under %q", typ, key)
+		}
+	}
 }
 
 // TestSnapshotKeepsWatermark: a snapshot processor stores its partition's
-// latest watermark, writes one delivered again, passes over an older one,
-// and dead-letters one under another key.
+// latest watermark, passes over one delivered again or older, and
+// dead-letters one under another key.
 func TestSnapshotKeepsWatermark(t *testing.T) {
 	topo := testTopology(t)
 	tt := tester.New(t)
@@ -670,11 +683,10 @@ func TestSnapshotKeepsWatermark(t *testing.T) {
 	stored(0x200)
 	tt.Consume(events, key, encode(t, watermark(0x300)))
 	stored(0x300)
-	tt.Consume(events, key, encode(t, watermark(0x300))) // delivered again: written again
-	stored(0x300)
+	tt.Consume(events, key, encode(t, watermark(0x300))) // delivered again: not written again
 	tt.Consume(events, key, encode(t, watermark(0x100))) // older: a restarted capture's
 	if k, v, ok := changelog.Next(); ok {
-		t.Errorf("an older watermark wrote %s=%+v", k, v)
+		t.Errorf("a watermark delivered again or older wrote %s=%+v", k, v)
 	}
 	tt.Consume(events, topology.WatermarkKeys(4)[1], encode(t, watermark(0x400)))
 	tt.Consume(events, key, encode(t, event("account", 0, codecs.OpInsert, 0x500, 0, `{"id":0}`)))

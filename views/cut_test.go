@@ -12,9 +12,10 @@ import (
 	"github.com/changes-dev/changes/views/viewstest"
 )
 
-// TestGroupReadsACut: a Group's read sees both views stopped at the same
+// TestGroupReadsACut: a Group's read sees both views held at the same
 // watermark: the changes before it in each view, none after, however the
-// two views' records interleave.
+// two views' records interleave. Views that stand at a watermark already
+// (the tables are quiet) are read there at once.
 func TestGroupReadsACut(t *testing.T) {
 	a, b := viewstest.New(t, "advertiser"), viewstest.New(t, "campaign")
 	put := func(tbl *viewstest.Table, id int64, lsn codecs.LSN, version int) {
@@ -30,6 +31,19 @@ func TestGroupReadsACut(t *testing.T) {
 	g := views.NewGroup(a.View, b.View)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	quiet := time.Now()
+	err := g.Read(ctx, func(cut views.Cut) error {
+		if cut.LSN != 0x10 {
+			t.Errorf("quiet views read at cut %s, want 0/10, where they stand", cut.LSN)
+		}
+		return nil
+	})
+	if err != nil || time.Since(quiet) > time.Second {
+		t.Fatalf("a read of quiet views: %v after %s", err, time.Since(quiet))
+	}
+	// Changes after the watermark: the next read waits for the next one.
+	put(a, 1, 0x15, 2)
+	put(b, 1, 0x18, 2)
 	type seen struct {
 		cut  views.Cut
 		a, b string
@@ -55,11 +69,11 @@ func TestGroupReadsACut(t *testing.T) {
 	}()
 	time.Sleep(100 * time.Millisecond) // the read registers its cut
 
-	// Each view: a change, the watermark 0x20, a change after it. The
-	// partitions stop at the watermark, so the changes after it wait.
+	// Each view: the watermark 0x20, a change after it. The partitions
+	// are held at the watermark, so the changes after it wait.
 	var feed sync.WaitGroup
-	feed.Go(func() { put(a, 1, 0x15, 2); a.Watermark(0x20); put(a, 1, 0x25, 3) })
-	feed.Go(func() { put(b, 1, 0x18, 2); b.Watermark(0x20); put(b, 1, 0x28, 3) })
+	feed.Go(func() { a.Watermark(0x20); put(a, 1, 0x25, 3) })
+	feed.Go(func() { b.Watermark(0x20); put(b, 1, 0x28, 3) })
 	s, ok := <-got
 	if !ok {
 		t.Fatal("no cut")
@@ -75,7 +89,7 @@ func TestGroupReadsACut(t *testing.T) {
 	// No watermark comes: the read gives up with the context.
 	short, stop := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer stop()
-	err := g.Read(short, func(views.Cut) error { t.Error("read without a cut"); return nil })
+	err = g.Read(short, func(views.Cut) error { t.Error("read without a cut"); return nil })
 	if err == nil {
 		t.Error("a read without a watermark succeeded")
 	}

@@ -46,7 +46,9 @@ const (
 )
 
 // pageStart moves an LSN that points into a WAL page's header back to the
-// page's start: no record starts or ends inside a header, so "everything
+// page's start (pages of 8 KiB, PostgreSQL's default wal_block_size; with
+// larger pages an LSN 24 to 40 bytes past an 8 KiB boundary inside one is
+// taken as covered one record early): no record starts or ends inside a header, so "everything
 // committed before" either is the same set. pg_current_wal_insert_lsn()
 // points past the header of a page the last record ended just before,
 // where the capture's watermark says the page's start: without this, a
@@ -191,7 +193,10 @@ type readOptions struct {
 // the events carry it, is where its commit record starts: too early.
 // The wait is for the entity's partition (Get, GetKey) or for all of them
 // (WaitApplied); a context without a deadline may wait forever if the
-// platform is down.
+// platform is down. While a resync or an incremental snapshot copies the
+// type's table again (changes capture --resync, changes snapshot), the
+// watermark holds for the changes streamed, not for rows the copy has not
+// reached yet.
 func AtLeast(lsn codecs.LSN) ReadOption { return func(o *readOptions) { o.atLeast = lsn } }
 
 func readOpts(opts []ReadOption) readOptions {

@@ -150,9 +150,16 @@ type store struct {
 	marker atomic.Pointer[codecs.Position] // the TRUNCATE marker's position; nil if none
 
 	// watermark is the partition's progress watermark (nil if none yet);
-	// progressed, if set, is called after every one stored.
-	watermark  atomic.Pointer[Watermark]
-	progressed func()
+	// progressed, if set, is called after every one stored. While the
+	// partition recovers, the last watermark read is only kept
+	// (recoveryWatermark, under mu) and stored when the recovery
+	// completes: the records read until then may come from compacted
+	// segments, where a watermark survives while the older states of
+	// entities changed after it do not, so it would say more than the
+	// storage holds.
+	watermark         atomic.Pointer[Watermark]
+	progressed        func()
+	recoveryWatermark []byte
 
 	// committed, if set, is called under mu after every commit flush makes,
 	// and the func it returns (if any) runs after it, outside mu. flushes
@@ -337,6 +344,12 @@ func (s *store) Set(key string, value []byte) error {
 		}
 	}
 	if key == watermarkKey {
+		if !s.recovered.Load() {
+			s.mu.Lock()
+			s.recoveryWatermark = bytes.Clone(value)
+			s.mu.Unlock()
+			return nil
+		}
 		// Readers see the records before it already (Get reads the
 		// batch, an iteration commits it first): the watermark may say so.
 		if err := s.setWatermark(value); err != nil {
@@ -476,6 +489,17 @@ func (s *store) commitLocked() error {
 // a recovery batch, are let go: a record at a time needs neither.
 func (s *store) MarkRecovered() error {
 	s.recovered.Store(true)
+	// The partition holds its whole table now: every change before the
+	// last watermark read is in it.
+	s.mu.Lock()
+	wm := s.recoveryWatermark
+	s.recoveryWatermark = nil
+	s.mu.Unlock()
+	if wm != nil {
+		if err := s.Set(watermarkKey, wm); err != nil {
+			return err
+		}
+	}
 	if err := s.flush(); err != nil {
 		return err
 	}

@@ -183,3 +183,71 @@ func TestStoreReleasesRecoveryBatch(t *testing.T) {
 		t.Errorf("stored offset %d, want %d", got, n)
 	}
 }
+
+// TestStoreWatermarkAfterRecovery: a watermark read while the partition
+// recovers (maybe from compacted segments, where it says more than the
+// records before it hold) is neither published nor stored until the
+// recovery completes; the one the storage held before stays meanwhile.
+func TestStoreWatermarkAfterRecovery(t *testing.T) {
+	dir := t.TempDir()
+	wm := func(lsn codecs.LSN) []byte {
+		b, err := (codecs.StateCodec{}).Encode(&codecs.State{EntityType: "t", Watermark: true, Position: codecs.Position{CommitLSN: lsn}, CommitTime: time.Now().UTC()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	s, err := openStore(dir, "t", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MarkRecovered(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(watermarkKey, wm(0x100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetOffset(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.appliedThrough().LSN; got != 0x100 {
+		t.Fatalf("live watermark %s, want 0/100", got)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = openStore(dir, "t", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.appliedThrough().LSN; got != 0x100 {
+		t.Fatalf("reopened: watermark %s, want the stored 0/100", got)
+	}
+	if err := s.Set(watermarkKey, wm(0x900)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetOffset(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.appliedThrough().LSN; got != 0x100 {
+		t.Errorf("recovering: watermark %s, want 0/100 until the recovery completes", got)
+	}
+	raw, err := s.db.Get([]byte(watermarkKey), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := (codecs.StateCodec{}).Decode(raw); err != nil || st.Position.CommitLSN != 0x100 {
+		t.Errorf("recovering: the storage holds the watermark %+v (%v), want 0/100", st, err)
+	}
+	if err := s.MarkRecovered(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.appliedThrough().LSN; got != 0x900 {
+		t.Errorf("recovered: watermark %s, want 0/900", got)
+	}
+}

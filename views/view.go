@@ -120,7 +120,8 @@ type View struct {
 	opened         []time.Time // per partition: when its recovered storage was opened
 
 	progress progress // wakes the readers waiting for a watermark (AtLeast)
-	cuts     cuts     // the Group reads that stop the partitions at a watermark
+	cuts     cuts     // the Group reads that hold the partitions at a watermark
+	gates    []gate   // by partition: where it stands relative to the watermarks
 	halt     chan struct{}
 	haltOnce sync.Once // closes halt when Run's goka view stops: no partition waits for a cut then
 
@@ -165,6 +166,7 @@ func Open(cfg Config, opts ...Option) (*View, error) {
 		opened:     make([]time.Time, cfg.Partitions),
 		alive:      make([]atomic.Int64, cfg.Partitions),
 		queued:     make([]updateQueue, cfg.Partitions),
+		gates:      make([]gate, cfg.Partitions),
 		subs:       map[*Subscription]struct{}{},
 		built:      make(chan struct{}),
 		halt:       make(chan struct{}),
@@ -246,6 +248,12 @@ func (v *View) openStore(topic string, partition int32) (gokastorage.Storage, er
 	}
 	v.alive[partition].Store(n)
 	v.sawKinds(s.kinds())
+	// Whether the storage ends right at its watermark is not known: a cut
+	// waits for the next watermark the partition reads.
+	g := &v.gates[partition]
+	g.mu.Lock()
+	g.recovered(Watermark{}, 1)
+	g.mu.Unlock()
 	s.progressed = func() {
 		v.setAppliedMetrics()
 		v.progress.advanced()
@@ -286,6 +294,10 @@ func (ps *partitionStore) MarkRecovered() error {
 	if err := ps.store.MarkRecovered(); err != nil {
 		return err
 	}
+	g := &ps.v.gates[ps.partition]
+	g.mu.Lock()
+	g.recovered(ps.store.appliedThrough(), g.since)
+	g.mu.Unlock()
 	if ps.v.recoverySynced(ps.partition, ps.opened) {
 		// The last partition: give back what the recovery freed before
 		// the view says it is recovered, so that a process measured (or
@@ -379,6 +391,11 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	if st == nil {
 		return fmt.Errorf("view %s: partition %d has no storage", v.entityType, p)
 	}
+	// A Group's read may hold the partition at the watermark it stands
+	// at: nothing more is applied until it lets go.
+	g := &v.gates[p]
+	g.enter(v.halt)
+	defer g.leave()
 	recovering := !st.recovered.Load()
 	v.metrics.updated(recovering)
 	if recovering {
@@ -400,9 +417,13 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 		if err := s.Set(watermarkKey, value); err != nil {
 			return err
 		}
-		// A Group's read may hold the partition here, before the changes
-		// after the watermark.
-		v.stopAt(p, Watermark{LSN: m.Position.CommitLSN, CommitTime: m.CommitTime})
+		if recovering {
+			g.since = 0 // the store keeps it for the recovery's end
+		} else {
+			// A Group's read may hold the partition here, before the
+			// changes after the watermark.
+			g.passed(v, p, Watermark{LSN: m.Position.CommitLSN, CommitTime: m.CommitTime})
+		}
 		return nil
 	}
 	if topology.IsTruncateKey(key) {
@@ -416,6 +437,7 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 			}
 		}
 		before := st.truncatedAt()
+		g.applied()
 		if err := setOrDelete(s, markerKey, value); err != nil {
 			return err
 		}
@@ -442,6 +464,9 @@ func (v *View) update(uctx goka.UpdateContext, s gokastorage.Storage, key string
 	old, err := s.Get(lk)
 	if err != nil {
 		return err
+	}
+	if value != nil || st.alive(old) {
+		g.applied() // a tombstone of a state no reader sees changes nothing
 	}
 	if err := setOrDelete(s, lk, value); err != nil {
 		return err

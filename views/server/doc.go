@@ -22,6 +22,8 @@
 // "select pg_current_wal_insert_lsn()" run after its COMMIT as min_lsn=
 // (PostgreSQL's text form, 16/B374D848); the answer waits until the view
 // has applied it, for at most Config.MaxWait, then 503 with Retry-After.
+// The wait holds the request's turn (Config.MaxInFlight): a client that
+// asks for an LSN the database never reaches holds it for MaxWait.
 // Ids travel as strings, like in the events: a 64-bit id stays exact in
 // every JSON reader. An {id} or after= is the entity key's canonical text
 // (codecs.Key), URL-escaped ("a%2Fb" for the text key a/b), read as a key
