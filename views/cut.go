@@ -354,10 +354,13 @@ type gate struct {
 	wm    Watermark // the last watermark applied once recovered; zero if none
 	since int       // records that changed the partition since it (tombstones of hidden states do not)
 	holds map[*cut]chan struct{}
+	// waiting: a record waits in enter for the holds to end. A new cut
+	// does not hold the partition where it stands then: reads back to
+	// back would otherwise keep the view from ever applying it.
+	waiting bool
 }
 
-// watermark is g's last watermark, zero unless the partition stands at
-// one with nothing applied since.
+// watermark is the last watermark g applied (once recovered).
 func (g *gate) watermark() Watermark {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -369,7 +372,7 @@ func (g *gate) watermark() Watermark {
 func (g *gate) holdIfAt(c *cut, v *View, p int32, lsn codecs.LSN) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.since > 0 || g.wm.LSN != lsn {
+	if g.since > 0 || g.waiting || g.wm.LSN != lsn {
 		return
 	}
 	if ch := c.hold(stopKey{v, p}, g.wm); ch != nil {
@@ -402,6 +405,7 @@ func (g *gate) enter(halt <-chan struct{}) {
 		if len(waits) == 0 {
 			break
 		}
+		g.waiting = true
 		g.mu.Unlock()
 		for _, ch := range waits {
 			select {
@@ -409,11 +413,13 @@ func (g *gate) enter(halt <-chan struct{}) {
 			case <-halt:
 				g.mu.Lock()
 				clear(g.holds)
+				g.waiting = false
 				return
 			}
 		}
 		g.mu.Lock()
 	}
+	g.waiting = false
 }
 
 func (g *gate) leave() { g.mu.Unlock() }
