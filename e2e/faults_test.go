@@ -263,6 +263,7 @@ func runFaults(t *testing.T, p faultPlan) {
 		w.ledger.typeOrder = append(w.ledger.typeOrder, ft.typ)
 	}
 	verdict := checkFaultHistory(w.ledger, hist, dbRows)
+	tableWatermarks, behind := checkTableWatermarks(t, ctx, s.cfg)
 	var exits []procExit
 	exits = append(exits, s.run.unexpectedExits()...)
 	exits = append(exits, s.serve.unexpectedExits()...)
@@ -273,6 +274,10 @@ func runFaults(t *testing.T, p faultPlan) {
 	}
 	if verdict.watermarks == 0 {
 		t.Error("the history holds no progress watermark")
+	}
+	t.Logf("snapshot tables: %d progress watermarks, %d states behind one", tableWatermarks, len(behind))
+	if len(behind) > 0 {
+		t.Errorf("snapshot-table states behind a watermark that came before them (a view would have said it held them too early):\n  %s", strings.Join(behind[:min(len(behind), maxProblems)], "\n  "))
 	}
 	if s.incrementals > 0 && verdict.restated == 0 {
 		t.Errorf("%d incremental snapshots were requested, and the history holds no row of theirs", s.incrementals)
@@ -645,6 +650,70 @@ func (s *scenario) waitTablesEqual(ctx context.Context, db *pgx.Conn, within tim
 	})
 	s.t.Logf("tables compared with the database after %s", time.Since(start).Round(time.Second))
 	return diffs
+}
+
+// checkTableWatermarks reads every partition of every snapshot table from
+// its start and checks its progress watermarks against the states around
+// them: a state after a watermark must be of a change committed at or
+// after it, unless it repeats the key's state before (a processor that
+// restarted writes the stored state again). A state of an earlier change
+// after the watermark means a view said it held every change before the
+// watermark while it lacked that one. It returns how many watermarks it
+// read and the states that broke the rule.
+func checkTableWatermarks(t testing.TB, ctx context.Context, cfg *topology.Config) (int, []string) {
+	t.Helper()
+	client, err := topology.NewClient(cfg.Kafka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	topo := topology.New(cfg)
+	n := 0
+	var behind []string
+	for _, typ := range topo.EntityTypes() {
+		topic := topo.Snapshot(typ)
+		parts, err := client.Partitions(topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range parts {
+			from, err := kread.Start(client, topic, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			to, err := kread.End(client, topic, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mark codecs.LSN
+			last := map[string]codecs.Position{}
+			err = kread.Range(ctx, client, topic, p, from, to, func(r *kread.Record) (bool, error) {
+				key := string(r.Key)
+				if r.Value == nil {
+					delete(last, key)
+					return true, nil
+				}
+				st, err := (codecs.StateCodec{}).Decode(r.Value)
+				if err != nil {
+					return true, nil // the monitor counts those
+				}
+				if st.Watermark {
+					n++
+					mark = max(mark, st.Position.CommitLSN)
+					return true, nil
+				}
+				if prev, seen := last[key]; st.Position.CommitLSN < mark && (!seen || prev != st.Position) {
+					behind = append(behind, fmt.Sprintf("%s partition %d offset %d: key %s at %s after the watermark %s", topic, p, r.Offset, key, st.Position, mark))
+				}
+				last[key] = st.Position
+				return true, nil
+			})
+			if err != nil {
+				t.Fatalf("reading %s partition %d: %v", topic, p, err)
+			}
+		}
+	}
+	return n, behind
 }
 
 // snapshotCuts reads where copies resumed after kills during the initial
