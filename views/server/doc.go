@@ -12,11 +12,10 @@
 //
 // Answers that read a view carry X-Changes-Synced-At and X-Changes-Stale:
 // how current its local copy is (reads go on from it while Kafka is away).
-// An entity or a page of them also carries X-Changes-Applied-LSN and
-// X-Changes-Applied-Commit-Time: the view's progress watermark when it
-// read the answer, which holds every change committed before that LSN
-// (views.View.AppliedThrough; for one entity, its partition's). /readyz
-// says each view's as applied_lsn.
+// They also carry X-Changes-Applied-LSN and X-Changes-Applied-Commit-Time:
+// the view's progress watermark when it read the answer, which holds every
+// change committed before that LSN (views.View.AppliedThrough; for one
+// entity, its partition's). /readyz says each view's as applied_lsn.
 //
 // Read-your-writes: a client that has just committed sends the LSN of
 // "select pg_current_wal_insert_lsn()" run after its COMMIT as min_lsn=

@@ -297,19 +297,20 @@ func (s *server) view(w http.ResponseWriter, r *http.Request) (*views.View, bool
 		w.Header().Set(HeaderSyncedAt, at.UTC().Format(time.RFC3339Nano))
 		w.Header().Set(HeaderStale, strconv.FormatFloat(staleSeconds(at), 'f', 3, 64))
 	}
+	setApplied(w, v.AppliedThrough())
 	return v, ok
 }
 
-// Headers of every /v1 answer that reads a view: how current the view's
+// Headers of every /v1 answer that names a view: how current the view's
 // local copy is. A view checks every second that it holds its whole table;
 // while Kafka is away it answers from its local copy and the age grows.
-// An entity or a listing also says which committed changes it holds:
-// HeaderAppliedLSN.
+// HeaderAppliedLSN says which committed changes it holds.
 const (
 	// HeaderAppliedLSN is the view's progress watermark when it read the
-	// answer (views.View.AppliedThrough; for one entity, its partition's):
-	// the answer holds every change committed before that LSN, in
-	// PostgreSQL's text form (16/B374D848). Absent before the view has one.
+	// answer (views.View.AppliedThrough; for one entity, its partition's,
+	// after a min_lsn= wait): the view held every change committed before
+	// that LSN, in PostgreSQL's text form (16/B374D848). Absent before the
+	// view has one.
 	HeaderAppliedLSN = "X-Changes-Applied-LSN"
 	// HeaderAppliedCommitTime is the commit time (RFC 3339) of the last
 	// transaction that watermark covers, by the database's clock.
