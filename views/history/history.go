@@ -121,6 +121,12 @@ func New(cfg Config, log *slog.Logger) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
+	if scfg.Producer.MaxMessageBytes <= 0 {
+		// A Reader produces nothing, but sarama checks the producer's
+		// settings of every client: a Config that leaves the producer
+		// settings empty, as its documentation allows, must not fail.
+		scfg.Producer.MaxMessageBytes = topology.DefaultMaxRecordBytes
+	}
 	scfg.Consumer.Fetch.Default = 8 << 20 // replays read far; fewer, larger fetches
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, scfg)
 	if err != nil {
@@ -302,8 +308,33 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 	if err != nil {
 		return nil, err
 	}
+	return r.entityAt(ctx, b, entityType, id, end, current, entitySource{list: r.Changes})
+}
+
+// entitySource is where entityAt reads an entity's changes: the history
+// itself (the scan), or an Index that lists them without their rows.
+type entitySource struct {
+	// list lists the changes of an entity in [from, to) as Changes does;
+	// the index's events carry no rows, only what the replay judges by.
+	list func(ctx context.Context, entityType string, id codecs.Key, from, to int64) ([]Change, error)
+	// settle, when not nil, turns the state the replay arrived at into the
+	// answer: trail says, for each state the replay made, the change that
+	// made it and the state it was applied to.
+	settle func(ctx context.Context, st *codecs.State, trail map[*codecs.State]step) (*codecs.State, error)
+}
+
+// step is how the replay made a state: the change at offset applied to base.
+type step struct {
+	offset int64
+	event  *codecs.Event
+	base   *codecs.State
+}
+
+// entityAt is EntityAt on the history bounds b, reading from src. The
+// scan and the index share it, so they answer alike, errors included.
+func (r *Reader) entityAt(ctx context.Context, b Bounds, entityType string, id codecs.Key, end int64, current CurrentFunc, src entitySource) (*codecs.State, error) {
 	end = min(end, b.End)
-	changes, err := r.Changes(ctx, entityType, id, b.Start, end)
+	changes, err := src.list(ctx, entityType, id, b.Start, end)
 	if err != nil {
 		return nil, err
 	}
@@ -311,11 +342,20 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 	// history holds every position once, in order, so every change
 	// supersedes the one before.
 	rp := newReplay(false)
+	var trail map[*codecs.State]step
+	if src.settle != nil {
+		trail = map[*codecs.State]step{}
+	}
 	for _, c := range changes {
 		base, missing, applied := rp.apply(c.Event)
 		if applied && len(missing) > 0 && b.Start > 0 && base == nil {
 			return nil, fmt.Errorf("%w: columns %v of %s %s kept their value from before offset %d, where the history starts",
 				ErrOlderThanHistory, missing, entityType, id, b.Start)
+		}
+		if applied && trail != nil {
+			if st := rp.states[c.Event.EntityID]; st != nil {
+				trail[st] = step{offset: c.Offset, event: c.Event, base: base}
+			}
 		}
 	}
 	for _, c := range changes {
@@ -328,12 +368,16 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 		}
 	}
 	if len(changes) > 0 || b.Start == 0 {
-		return rp.entity(id), nil
+		st := rp.entity(id)
+		if st == nil || src.settle == nil {
+			return st, nil
+		}
+		return src.settle(ctx, st, trail)
 	}
 	// Nothing before end, and the history has lost its beginning: what
 	// follows end decides.
 	later := func(from, to int64) (decided bool, err error) {
-		after, err := r.Changes(ctx, entityType, id, from, to)
+		after, err := src.list(ctx, entityType, id, from, to)
 		if err != nil || len(after) == 0 {
 			return false, err
 		}
@@ -384,12 +428,23 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 		return nil, fmt.Errorf("%w: the history starts at offset %d (retention %s); entities not changed since are not in it", ErrOlderThanHistory, b.Start, b.Retention)
 	}
 	end = min(end, b.End)
-	prefix := entityType + "/"
 	rp := newReplay(true)
+	if err := r.replayType(ctx, rp, entityType, b.Start, end, progress); err != nil {
+		return nil, err
+	}
+	return rp.entities(), nil
+}
+
+// replayType applies to rp the changes of entityType in [from, to): every
+// record whose key starts with "<type>/" and whose event is of the type,
+// truncates included. progress, when not nil, hears how far it is about
+// once a second, and at the end.
+func (r *Reader) replayType(ctx context.Context, rp *replay, entityType string, from, to int64, progress func(done, total int64)) error {
+	prefix := entityType + "/"
 	last := time.Now()
-	err = r.scan(ctx, b.Start, end, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+	err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
 		if progress != nil && time.Since(last) >= time.Second {
-			progress(off-b.Start, end-b.Start)
+			progress(off-from, to-from)
 			last = time.Now()
 		}
 		if len(k) <= len(prefix) || string(k[:len(prefix)]) != prefix {
@@ -405,12 +460,12 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 		return true, nil
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if progress != nil {
-		progress(end-b.Start, end-b.Start)
+		progress(max(to-from, 0), max(to-from, 0))
 	}
-	return rp.entities(), nil
+	return nil
 }
 
 // scan reads the history's committed records in [from, to) and calls fn
