@@ -202,7 +202,15 @@ func controlType(key []byte) int {
 // exists: an offset beyond the last stable offset waits for transactions
 // to be decided, or for new records.
 func Range(ctx context.Context, client sarama.Client, topic string, partition int32, from, to int64, fn func(*Record) (bool, error)) error {
+	return RangeSized(ctx, client, topic, partition, from, to, fetchMaxBytes, fn)
+}
+
+// RangeSized is Range with fetches of at most maxBytes (see
+// Reader.SetFetchMaxBytes): for a read that likely stops after a few
+// records, which an 8 MiB fetch would make read and decode thousands.
+func RangeSized(ctx context.Context, client sarama.Client, topic string, partition int32, from, to int64, maxBytes int32, fn func(*Record) (bool, error)) error {
 	r := New(client, topic, partition, from)
+	r.SetFetchMaxBytes(maxBytes)
 	for r.Offset() < to {
 		recs, err := r.Fetch(ctx, 500*time.Millisecond)
 		if err != nil {

@@ -229,7 +229,10 @@ func (r *Reader) OffsetAt(ctx context.Context, at time.Time) (int64, error) {
 		return b.End, nil
 	}
 	end := b.End
-	err = r.scan(ctx, max(from, b.Start), b.End, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
+	// The first record committed after at is within a few of from: read
+	// batches, not 8 MiB at once (that was most of a point-in-time read
+	// from the index).
+	err = r.scanSized(ctx, max(from, b.Start), b.End, smallFetch, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
 		ev, err := value()
 		if err != nil {
 			return false, err
@@ -474,10 +477,19 @@ func (r *Reader) replayType(ctx context.Context, rp *replay, entityType string, 
 // something other than the capture) is passed over with a warning: it must
 // not make the entity or type it concerns unreadable for the retention.
 func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
+	return r.scanSized(ctx, from, to, 8<<20, fn)
+}
+
+// smallFetch is the fetch size of a scan that likely stops after a few
+// records (OffsetAt): about a batch of the capture's.
+const smallFetch = 64 << 10
+
+// scanSized is scan with fetches of at most maxBytes.
+func (r *Reader) scanSized(ctx context.Context, from, to int64, maxBytes int32, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
 	if from >= to {
 		return nil
 	}
-	err := kread.Range(ctx, r.client, r.topic, 0, from, to, func(rec *kread.Record) (bool, error) {
+	err := kread.RangeSized(ctx, r.client, r.topic, 0, from, to, maxBytes, func(rec *kread.Record) (bool, error) {
 		value := func() (*codecs.Event, error) {
 			ev, err := (codecs.EventCodec{}).Decode(rec.Value)
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -80,8 +81,13 @@ type Index struct {
 	log   *slog.Logger
 	m     *indexMetrics
 
-	next       atomic.Int64 // the first offset not indexed
-	running    atomic.Bool
+	next    atomic.Int64 // the first offset not indexed
+	running atomic.Bool
+	// use is held (read-locked) by each query while it reads the
+	// database, and locked by Close: goleveldb must not close under an
+	// open iterator.
+	use        sync.RWMutex
+	closed     bool
 	sweepEvery time.Duration // how often Run looks at the history's start; tests shorten it
 }
 
@@ -95,11 +101,14 @@ type Index struct {
 //	v \0 type \0 kind id \0 checkpoint the entity's state at that checkpoint
 //	                                   if it changed since the one before
 //	                                   (StateCodec; empty: it did not exist)
+//	p \0 type \0 kind id \0            the checkpoint of its last version,
+//	                                   and the position of its state then
 const (
 	metaKey       = "m"
 	entryTag      = 'e'
 	truncTag      = 't'
 	versionTag    = 'v'
+	pointerTag    = 'p'
 	metaVersion   = 1
 	offsetBytes   = 8
 	flushRecords  = 20_000 // a write batch; goleveldb's cost is per write
@@ -160,7 +169,7 @@ func OpenIndex(r *Reader, cfg IndexConfig) (*Index, error) {
 	}
 	db, err := leveldb.OpenFile(cfg.Dir, &opt.Options{
 		WriteBuffer:            8 << 20,
-		BlockCacheCapacity:     16 << 20,
+		BlockCacheCapacity:     32 << 20,
 		CompactionTableSize:    8 << 20,
 		OpenFilesCacheCapacity: 128,
 		// The indexer looks up each changed entity's last version: most
@@ -225,8 +234,31 @@ func wipe(db *leveldb.DB) error {
 	return db.Write(&b, nil)
 }
 
-// Close closes the index's database. Call it after Run has returned.
-func (x *Index) Close() error { return x.db.Close() }
+// Close closes the index's database, once the queries reading it have
+// returned; later queries return ErrIndexClosed. Call it after Run has
+// returned.
+func (x *Index) Close() error {
+	x.use.Lock()
+	defer x.use.Unlock()
+	if x.closed {
+		return nil
+	}
+	x.closed = true
+	return x.db.Close()
+}
+
+// ErrIndexClosed is what a query of a closed Index returns.
+var ErrIndexClosed = errors.New("history index: closed")
+
+// acquire keeps the database open until release is called.
+func (x *Index) acquire() (release func(), err error) {
+	x.use.RLock()
+	if x.closed {
+		x.use.RUnlock()
+		return nil, ErrIndexClosed
+	}
+	return x.use.RUnlock, nil
+}
 
 // Position is the first history offset the index has not stored yet (-1
 // before Run's first batch): EntityAt and TypeAt read what is at or after
@@ -451,9 +483,21 @@ func (w *indexWriter) version(typ string, off int64, ev *codecs.Event) error {
 	prefix := versionPrefix(typ, ev.EntityID)
 	cur, ok := w.overlay[string(prefix)]
 	if !ok {
-		var err error
-		if cur, err = w.x.lastVersion(w.x.db, prefix); err != nil {
+		p, found, err := w.x.lastPointer(w.x.db, prefix)
+		switch {
+		case err != nil:
 			return err
+		case !found || p.position == nil:
+		case len(ev.Unchanged) > 0:
+			// Its values are needed.
+			if cur, err = w.x.versionAt(w.x.db, prefix, p.checkpoint); err != nil {
+				return err
+			}
+		default:
+			// Judge and Base need the position alone, and Apply takes
+			// nothing from the state a change without unchanged columns
+			// is applied to.
+			cur = &codecs.State{EntityType: typ, EntityID: ev.EntityID, Position: *p.position, Row: codecs.Row{}}
 		}
 	}
 	// A state a truncate removed is not in the replay's map.
@@ -487,22 +531,70 @@ func (w *indexWriter) version(typ string, off int64, ev *codecs.Event) error {
 		value = b
 	}
 	w.batch.Put(key, value)
+	p := pointer{checkpoint: checkpoint}
+	if next != nil {
+		p.position = &next.Position
+	}
+	w.batch.Put(pointerKey(prefix), p.encode())
 	w.overlay[string(prefix)] = next
 	return nil
 }
 
-// lastVersion returns the entity's last version in r (the database or a
-// snapshot) whose version prefix is prefix: nil if there is none, or if
-// the entity did not exist then.
-func (x *Index) lastVersion(r dbReader, prefix []byte) (*codecs.State, error) {
-	limit := bytes.Clone(prefix)
-	limit[len(limit)-1]++ // the NUL that ends the id
-	it := r.NewIterator(&util.Range{Start: prefix, Limit: limit}, nil)
-	defer it.Release()
-	if !it.Last() {
-		return nil, it.Error()
+// pointer is what the index knows of an entity's last version without
+// reading it: its checkpoint, and the position of its state (nil when it
+// did not exist then).
+type pointer struct {
+	checkpoint int64
+	position   *codecs.Position
+}
+
+func (p pointer) encode() []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 20), uint64(p.checkpoint))
+	if p.position != nil {
+		b = binary.BigEndian.AppendUint64(b, uint64(p.position.CommitLSN))
+		b = binary.BigEndian.AppendUint32(b, p.position.Index)
 	}
-	return decodeVersion(it.Key(), it.Value())
+	return b
+}
+
+func decodePointer(b []byte) (pointer, error) {
+	switch len(b) {
+	case offsetBytes:
+		return pointer{checkpoint: int64(binary.BigEndian.Uint64(b))}, nil
+	case offsetBytes + 12:
+		pos := codecs.Position{CommitLSN: codecs.LSN(binary.BigEndian.Uint64(b[8:])), Index: binary.BigEndian.Uint32(b[16:])}
+		return pointer{checkpoint: int64(binary.BigEndian.Uint64(b)), position: &pos}, nil
+	}
+	return pointer{}, fmt.Errorf("history index: a pointer of %d bytes", len(b))
+}
+
+// lastPointer reads the pointer to the last version of the entity whose
+// version prefix is prefix; found is false if it has none. A read of the
+// pointer, not of the version: the replay needs only the position of the
+// entity's state to judge a change, and its row only for the values of
+// unchanged columns (seeking the last version with an iterator, or reading
+// it, was more than half of the indexing, most of it reading blocks that
+// the cache had not).
+func (x *Index) lastPointer(r dbReader, prefix []byte) (p pointer, found bool, err error) {
+	b, err := r.Get(pointerKey(prefix), nil)
+	if errors.Is(err, leveldb.ErrNotFound) {
+		return p, false, nil
+	}
+	if err != nil {
+		return p, false, err
+	}
+	p, err = decodePointer(b)
+	return p, err == nil, err
+}
+
+// versionAt reads the version of checkpoint c under prefix.
+func (x *Index) versionAt(r dbReader, prefix []byte, c int64) (*codecs.State, error) {
+	key := binary.BigEndian.AppendUint64(bytes.Clone(prefix), uint64(c))
+	v, err := r.Get(key, nil)
+	if err != nil {
+		return nil, fmt.Errorf("history index: the version %q: %w", key, err)
+	}
+	return decodeVersion(key, v)
 }
 
 // decodeVersion decodes the version stored under key.
@@ -622,9 +714,15 @@ func (w *indexWriter) sweep(start int64) (int, error) {
 			same := bytes.Equal(pending[:len(pending)-offsetBytes], k[:len(k)-offsetBytes])
 			// A version superseded before first goes; so does a last one
 			// that says the entity did not exist, since nothing before it
-			// is left: no version and that version read alike.
+			// is left: no version and that version read alike (and with
+			// no later version, the entity's pointer goes too).
 			if (same && keyOffset(k) <= first) || pendingEmpty {
 				if err := del(pending); err != nil {
+					return deleted, err
+				}
+			}
+			if !same && pendingEmpty {
+				if err := del(pointerKey(pending[:len(pending)-offsetBytes])); err != nil {
 					return deleted, err
 				}
 			}
@@ -639,6 +737,21 @@ func (w *indexWriter) sweep(start int64) (int, error) {
 	}
 	if pending != nil && pendingEmpty {
 		if err := del(pending); err != nil {
+			return deleted, err
+		}
+		if err := del(pointerKey(pending[:len(pending)-offsetBytes])); err != nil {
+			return deleted, err
+		}
+	}
+	if !w.meta.states {
+		pit := snap.NewIterator(util.BytesPrefix([]byte{pointerTag, 0}), nil)
+		defer pit.Release()
+		for pit.Next() {
+			if err := del(pit.Key()); err != nil {
+				return deleted, err
+			}
+		}
+		if err := pit.Error(); err != nil {
 			return deleted, err
 		}
 	}

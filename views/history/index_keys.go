@@ -1,6 +1,7 @@
 package history
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,6 +53,14 @@ func versionPrefix(typ string, id codecs.Key) []byte {
 	b := append(versionTypePrefix(typ), byte(id.Kind()))
 	b = append(b, s...)
 	return append(b, 0)
+}
+
+// pointerKey is the key of the pointer to the last version of the entity
+// whose version prefix is prefix.
+func pointerKey(prefix []byte) []byte {
+	k := bytes.Clone(prefix)
+	k[0] = pointerTag
+	return k
 }
 
 // keyOffset is the offset (or checkpoint) that ends an index key.

@@ -28,6 +28,11 @@ var ErrIndexMismatch = errors.New("the history index does not match the history"
 // ones whose values its unchanged columns kept), a record each. An index
 // not built from this history is ErrIndexMismatch.
 func (x *Index) EntityAt(ctx context.Context, entityType string, id codecs.Key, end int64, current CurrentFunc) (*codecs.State, error) {
+	release, err := x.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	snap, err := x.db.GetSnapshot()
 	if err != nil {
 		return nil, fmt.Errorf("history index: %w", err)
@@ -151,7 +156,7 @@ func (x *Index) settle(ctx context.Context, next int64, st *codecs.State, trail 
 // batch that holds it.
 func (r *Reader) eventAt(ctx context.Context, off int64) (*codecs.Event, error) {
 	rd := kread.New(r.client, r.topic, 0, off)
-	rd.SetFetchMaxBytes(64 << 10)
+	rd.SetFetchMaxBytes(smallFetch)
 	for rd.Offset() <= off {
 		recs, err := rd.Fetch(ctx, 500*time.Millisecond)
 		if errors.Is(err, kread.ErrOffsetOutOfRange) {
@@ -190,6 +195,11 @@ func (r *Reader) eventAt(ctx context.Context, off int64) (*codecs.Event, error) 
 // start; before that checkpoint, and from an index that did not read the
 // history from offset 0, the answer is ErrOlderThanHistory too.
 func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progress func(done, total int64)) ([]*codecs.State, error) {
+	release, err := x.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	snap, err := x.db.GetSnapshot()
 	if err != nil {
 		return nil, fmt.Errorf("history index: %w", err)

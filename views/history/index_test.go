@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -379,8 +380,21 @@ func TestIndexMatchesScan(t *testing.T) {
 	compareEntities(t, ctx, rnd, r, x, cut, end, 30, current)
 	it := x.db.NewIterator(nil, nil)
 	for it.Next() {
-		if k := it.Key(); k[0] == entryTag && keyOffset(k) < cut {
-			t.Errorf("the sweep left the entry of offset %d, before the start at %d", keyOffset(k), cut)
+		switch k := it.Key(); k[0] {
+		case entryTag:
+			if keyOffset(k) < cut {
+				t.Errorf("the sweep left the entry of offset %d, before the start at %d", keyOffset(k), cut)
+			}
+		case pointerTag:
+			// Every pointer names a version that is there.
+			p, err := decodePointer(it.Value())
+			if err != nil {
+				t.Fatal(err)
+			}
+			version := binary.BigEndian.AppendUint64(append([]byte{versionTag}, k[1:]...), uint64(p.checkpoint))
+			if _, err := x.db.Get(version, nil); err != nil {
+				t.Errorf("the pointer %q names a version the index does not hold: %v", k, err)
+			}
 		}
 	}
 	it.Release()
