@@ -48,6 +48,12 @@ type Config struct {
 	// which opens the reader once Kafka is back. While it returns nil the
 	// requests get 503.
 	HistoryLater func() *history.Reader
+	// HistoryIndex, when not nil, is asked for the history index on each
+	// /v1/history?at= request: once the index has read the history up to
+	// the asked moment, the index answers (in milliseconds, without a
+	// HistoryScans turn); before that, and while it returns nil, the
+	// history is scanned. HeaderHistorySource says which answered.
+	HistoryIndex func() *history.Index
 	// Token, when not empty, is a bearer token accepted on /v1 requests
 	// ("Authorization: Bearer <token>"); /healthz, /readyz and /metrics stay
 	// open. With Token and Tokens empty, /v1 is open too.
@@ -455,33 +461,42 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if at != "" {
+		st, source, err := s.stateAt(r.Context(), h, v, id, at)
+		w.Header().Set(HeaderHistorySource, source)
+		var busy *busyError
+		switch {
+		case errors.As(err, &busy):
+			s.busy(w, r, err)
+		case err != nil:
+			s.fail(w, r, statusOf(err), err)
+		default:
+			s.writeJSON(w, r, http.StatusOK, st)
+		}
+		return
+	}
 	// The history turn covers the reading only: the answer is in memory
-	// (a page within its budget, or one state) before it is written, so a
-	// client that reads slowly holds no turn of the history.
+	// (a page within its budget) before it is written, so a client that
+	// reads slowly holds no turn of the history.
 	release, err := s.scans.acquire(r.Context())
 	if err != nil {
 		s.busy(w, r, err)
 		return
 	}
 	defer release() // on a panic; released below otherwise
-	if at == "" {
-		body, err := s.changes(r.Context(), h, v.EntityType(), id, from, limit)
-		release()
-		if err != nil {
-			s.fail(w, r, statusOf(err), err)
-			return
-		}
-		s.write(w, r, http.StatusOK, body)
-		return
-	}
-	st, err := s.stateAt(r.Context(), h, v, id, at)
+	body, err := s.changes(r.Context(), h, v.EntityType(), id, from, limit)
 	release()
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
 	}
-	s.writeJSON(w, r, http.StatusOK, st)
+	s.write(w, r, http.StatusOK, body)
 }
+
+// HeaderHistorySource says what answered a /v1/history?at= request:
+// "index" (the history index, which had read up to the asked moment) or
+// "scan" (a read of the history from its start). Errors carry it too.
+const HeaderHistorySource = "X-Changes-History-Source"
 
 // changeSource is what changes reads: a *history.Reader, or a test's fake.
 type changeSource interface {
@@ -526,12 +541,23 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id cod
 	return page.body(string(head[:len(head)-1]) + `,"changes":`), nil
 }
 
-// stateAt reads the state of one entity at the time or offset at.
-func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (*StateAt, error) {
+// stateAt reads the state of one entity at the time or offset at, from the
+// history index if it has read that far, else from the history under a
+// HistoryScans turn (a *busyError if none comes); source says which
+// ("index" or "scan"). The turn covers the reading only: the answer is in
+// memory before it is written.
+func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (_ *StateAt, source string, _ error) {
 	typ := v.EntityType()
+	source = "scan"
+	var idx *history.Index
+	if s.cfg.HistoryIndex != nil {
+		idx = s.cfg.HistoryIndex()
+	}
+	// Finding the offset of a time reads the history's time index and a
+	// batch or so: no scan turn.
 	end, err := EndOffset(ctx, h, at)
 	if err != nil {
-		return nil, err
+		return nil, source, err
 	}
 	// Entities unchanged since the history's start: the view vouches for
 	// them once it has caught up.
@@ -541,12 +567,23 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 		}
 		return v.GetKey(ctx, id)
 	}
-	st, err := h.EntityAt(ctx, typ, id, end, current)
+	var st *codecs.State
+	if idx != nil && idx.Position() >= end {
+		source = "index"
+		st, err = idx.EntityAt(ctx, typ, id, end, current)
+	} else {
+		release, err := s.scans.acquire(ctx)
+		if err != nil {
+			return nil, source, err
+		}
+		defer release()
+		st, err = h.EntityAt(ctx, typ, id, end, current)
+	}
 	if err != nil {
-		return nil, err
+		return nil, source, err
 	}
 	out := history.StateAtOf(typ, id, at, end, st)
-	return &out, nil
+	return &out, source, nil
 }
 
 // EndOffset parses at, an RFC 3339 time or a history offset, into the end
