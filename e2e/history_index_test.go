@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -144,4 +146,28 @@ func TestHistoryIndexServesAt(t *testing.T) {
 		t.Error("no answer held a state: the comparison proves nothing")
 	}
 	t.Logf("%d moments x 14 entities compared; %d answers held a state", len(ats), states)
+
+	// `changes serve` keeps its index beside its views and answers from it
+	// once it has caught up, the same as the scan.
+	serveAddr := freeAddr(t)
+	serve := startProcess(ctx, t, map[string]string{"CHANGES_SERVE_LISTEN": serveAddr}, "serve", "--config", writeConfig(t, cfg))
+	path := fmt.Sprintf("/v1/history/item/3?at=%d", b.End-1)
+	for {
+		serve.mustRun(t)
+		code, hdr, body := httpGet(serveAddr, path)
+		if hdr.Get(server.HeaderHistorySource) == "index" {
+			wantCode, _, want := get(scanning.URL, path)
+			if code != wantCode || body != want {
+				t.Errorf("changes serve: GET %s: %d %s\nthe scan: %d %s", path, code, body, wantCode, want)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("changes serve never answered %s from its index:\n%s", path, serve.tail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Storage, "serve", topo.History()+".index", "CURRENT")); err != nil {
+		t.Errorf("changes serve's index is not in <storage>/serve/<history topic>.index: %v", err)
+	}
 }

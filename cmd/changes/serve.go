@@ -168,19 +168,25 @@ func historyIndexDir(cfg *topology.Config, topo *topology.Topology) string {
 // for the query server, and builds it until ctx is done. The index is
 // closed only after the query server stopped: the views' context (ctx)
 // ends after srv.Shutdown returned, and a request that is still reading it
-// then was cancelled (cancelRequests).
+// then was cancelled (cancelRequests). An index that cannot be opened or
+// fails (its disk) is logged as an error, not fatal: /v1/history?at= then
+// scans the history, as it does with the index disabled.
 func runHistoryIndex(ctx context.Context, h *history.Reader, index *atomic.Pointer[history.Index], dir string, every int64, e *env) error {
 	x, err := history.OpenIndex(h, history.IndexConfig{Dir: dir, CheckpointEvery: every, Registerer: e.reg, Log: e.log})
 	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+		e.log.Error("the history index cannot be opened; /v1/history?at= scans the history", "dir", dir, "err", err)
+		return nil
 	}
 	index.Store(x)
 	err = x.Run(ctx)
 	index.Store(nil)
-	if cerr := x.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("serve: close the history index: %w", cerr)
+	if err != nil {
+		e.log.Error("the history index failed; /v1/history?at= scans the history", "dir", dir, "err", err)
 	}
-	return err
+	if err := x.Close(); err != nil {
+		e.log.Warn("closing the history index", "dir", dir, "err", err)
+	}
+	return nil
 }
 
 // httpServer is the query server's http.Server around h: the timeouts of

@@ -137,7 +137,7 @@ func (m indexMeta) encode() []byte {
 
 func decodeMeta(b []byte) (indexMeta, error) {
 	if len(b) != 26 || b[0] != metaVersion {
-		return indexMeta{}, fmt.Errorf("history index: meta record of %d bytes, version %d: not written by this version", len(b), b[0])
+		return indexMeta{}, fmt.Errorf("history index: a meta record of %d bytes (%x...): not written by this version", len(b), b[:min(len(b), 1)])
 	}
 	return indexMeta{
 		next:     int64(binary.BigEndian.Uint64(b[1:])),
@@ -369,6 +369,7 @@ func (w *indexWriter) run(ctx context.Context, client sarama.Client) error {
 	rd := kread.New(client, x.r.topic, 0, meta.next)
 	began, beganAt := time.Now(), meta.next
 	var lastLog, lastLag, lastSweep time.Time
+	caughtUp := false
 	for {
 		recs, err := rd.Fetch(ctx, 500*time.Millisecond)
 		if err != nil {
@@ -395,12 +396,17 @@ func (w *indexWriter) run(ctx context.Context, client sarama.Client) error {
 				x.m.lag.Set(float64(max(end-w.meta.next, 0)))
 			}
 		}
-		if behind := end - w.meta.next; behind > flushRecords && now.Sub(lastLog) >= 10*time.Second {
+		switch behind := end - w.meta.next; {
+		case behind > flushRecords && now.Sub(lastLog) >= 10*time.Second:
 			if !lastLog.IsZero() {
 				x.log.Info("indexing the history", "offset", w.meta.next, "end", end,
 					"records_per_second", int64(float64(w.meta.next-beganAt)/now.Sub(began).Seconds()))
 			}
 			lastLog = now
+		case behind <= 0 && !caughtUp:
+			caughtUp = true
+			x.log.Info("the history index has caught up", "offset", w.meta.next, "records", w.meta.next-beganAt,
+				"seconds", now.Sub(began).Seconds())
 		}
 		if now.Sub(lastSweep) >= x.sweepEvery {
 			lastSweep = now
