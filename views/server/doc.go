@@ -14,8 +14,9 @@
 // An ?at= answer carries X-Changes-History-Source: "index" when the history
 // index (Config.HistoryIndex, views/history.Index) answered, in
 // milliseconds, "scan" when the history was read from its start because
-// the index is off or has not read up to the asked moment yet. Both answer
-// the same, errors included.
+// the index is off or has not read up to the asked moment yet (absent when
+// at= is no moment of the history: 400, or 410 before its start). Both
+// answer the same, errors included.
 // Ids travel as strings, like in the events: a 64-bit id stays exact in
 // every JSON reader. An {id} or after= is the entity key's canonical text
 // (codecs.Key), URL-escaped ("a%2Fb" for the text key a/b), read as a key

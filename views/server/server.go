@@ -463,7 +463,9 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 	}
 	if at != "" {
 		st, source, err := s.stateAt(r.Context(), h, v, id, at)
-		w.Header().Set(HeaderHistorySource, source)
+		if source != "" {
+			w.Header().Set(HeaderHistorySource, source)
+		}
 		var busy *busyError
 		switch {
 		case errors.As(err, &busy):
@@ -495,7 +497,9 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 
 // HeaderHistorySource says what answered a /v1/history?at= request:
 // "index" (the history index, which had read up to the asked moment) or
-// "scan" (a read of the history from its start). Errors carry it too.
+// "scan" (a read of the history from its start). The errors of either
+// carry it too; an at= that is not a moment of the history (400, or 410
+// for a time before its start) does not.
 const HeaderHistorySource = "X-Changes-History-Source"
 
 // changeSource is what changes reads: a *history.Reader, or a test's fake.
@@ -544,11 +548,10 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id cod
 // stateAt reads the state of one entity at the time or offset at, from the
 // history index if it has read that far, else from the history under a
 // HistoryScans turn (a *busyError if none comes); source says which
-// ("index" or "scan"). The turn covers the reading only: the answer is in
+// ("index" or "scan"), or is empty when at is not a moment of the history. The turn covers the reading only: the answer is in
 // memory before it is written.
 func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (_ *StateAt, source string, _ error) {
 	typ := v.EntityType()
-	source = "scan"
 	var idx *history.Index
 	if s.cfg.HistoryIndex != nil {
 		idx = s.cfg.HistoryIndex()
@@ -557,7 +560,7 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 	// batch or so: no scan turn.
 	end, err := EndOffset(ctx, h, at)
 	if err != nil {
-		return nil, source, err
+		return nil, "", err
 	}
 	// Entities unchanged since the history's start: the view vouches for
 	// them once it has caught up.
@@ -572,6 +575,7 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 		source = "index"
 		st, err = idx.EntityAt(ctx, typ, id, end, current)
 	} else {
+		source = "scan"
 		release, err := s.scans.acquire(ctx)
 		if err != nil {
 			return nil, source, err
