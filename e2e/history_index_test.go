@@ -9,8 +9,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/IBM/sarama"
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/views"
@@ -125,32 +128,56 @@ func TestHistoryIndexServesAt(t *testing.T) {
 	for _, m := range moments {
 		ats = append(ats, m.UTC().Format(time.RFC3339Nano))
 	}
-	states, indexed := 0, 0
-	for _, at := range ats {
-		for id := 1; id <= 14; id++ {
-			path := fmt.Sprintf("/v1/history/item/%d?at=%s", id, url.QueryEscape(at))
-			code, source, body := get(withIndex.URL, path)
-			wantCode, wantSource, want := get(scanning.URL, path)
-			if code != wantCode || body != want {
-				t.Fatalf("GET %s: from the index %d %s\nfrom the scan %d %s", path, code, body, wantCode, want)
-			}
-			if (source != "index" || wantSource != "scan") && (source != "" || wantSource != "" || code != http.StatusGone) {
-				now, _ := h.Bounds(ctx)
-				end, _ := server.EndOffset(ctx, h, at)
-				t.Errorf("GET %s: %s %q and %q, want index and scan (index at %d, history [%d, %d), end %d)", path, server.HeaderHistorySource, source, wantSource, x.Position(), now.Start, now.End, end)
-			}
-			if code == http.StatusOK && len(body) > 200 {
-				states++
-			}
-			if source == "index" {
-				indexed++
+	compare := func(ats []string) (states, indexed int) {
+		t.Helper()
+		for _, at := range ats {
+			for id := 1; id <= 14; id++ {
+				path := fmt.Sprintf("/v1/history/item/%d?at=%s", id, url.QueryEscape(at))
+				code, source, body := get(withIndex.URL, path)
+				wantCode, wantSource, want := get(scanning.URL, path)
+				if code != wantCode || body != want {
+					t.Fatalf("GET %s: from the index %d %s\nfrom the scan %d %s", path, code, body, wantCode, want)
+				}
+				if (source != "index" || wantSource != "scan") && (source != "" || wantSource != "" || code != http.StatusGone) {
+					now, _ := h.Bounds(ctx)
+					end, _ := server.EndOffset(ctx, h, at)
+					t.Errorf("GET %s: %s %q and %q, want index and scan (index at %d, history [%d, %d), end %d)", path, server.HeaderHistorySource, source, wantSource, x.Position(), now.Start, now.End, end)
+				}
+				if code == http.StatusOK && len(body) > 200 {
+					states++
+				}
+				if source == "index" {
+					indexed++
+				}
 			}
 		}
+		return states, indexed
 	}
+	states, indexed := compare(ats)
 	if states == 0 || indexed < len(ats) {
 		t.Errorf("%d answers held a state, %d came from the index: the comparison proves little", states, indexed)
 	}
 	t.Logf("%d moments x 14 entities compared; %d answers held a state, %d came from the index", len(ats), states, indexed)
+
+	// Retention removes the first half of the history: what depended on
+	// it is 410 (or the view's word) from both alike, and the index sweeps.
+	cut := (b.Start + b.End) / 2
+	admin, err := sarama.NewClusterAdmin(cfg.Kafka.Brokers, saramaConfig(t, cfg.Kafka))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.DeleteRecords(topo.History(), map[int32]int64{0: cut}); err != nil {
+		t.Fatalf("delete the history before offset %d: %v", cut, err)
+	}
+	admin.Close()
+	var after []string
+	for _, at := range ats {
+		if n, err := strconv.ParseInt(at, 10, 64); err != nil || n >= cut {
+			after = append(after, at)
+		}
+	}
+	states, indexed = compare(after)
+	t.Logf("after retention: %d moments x 14 entities compared; %d answers held a state, %d came from the index", len(after), states, indexed)
 
 	// `changes serve` keeps its index beside its views and answers from it
 	// once it has caught up, the same as the scan.

@@ -571,13 +571,23 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 		return v.GetKey(ctx, id)
 	}
 	var st *codecs.State
-	if idx != nil && idx.Position() >= end {
+	if idx != nil && idx.Position() < end {
+		idx = nil // it has not read that far yet
+	}
+	if idx != nil {
 		source = "index"
 		st, err = idx.EntityAt(ctx, typ, id, end, current)
-	} else {
+		if errors.Is(err, history.ErrIndexMismatch) || errors.Is(err, history.ErrIndexClosed) {
+			// The index cannot answer (closing, or not built from this
+			// history): the scan can.
+			s.log.Warn("the history index failed a read; scanning the history", "entity_type", typ, "entity_id", id.String(), "err", err)
+			idx = nil
+		}
+	}
+	if idx == nil {
 		source = "scan"
-		release, err := s.scans.acquire(ctx)
-		if err != nil {
+		var release func()
+		if release, err = s.scans.acquire(ctx); err != nil {
 			return nil, source, err
 		}
 		defer release()
