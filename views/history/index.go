@@ -271,8 +271,8 @@ func (x *Index) Position() int64 { return x.next.Load() }
 // or the database fails (it returns the error). It resumes after the last
 // batch it stored: each batch carries the offset it brings the index to,
 // so a crash loses at most the batches not yet written, which it indexes
-// again. A fetch that fails (a broker away) is logged and tried again
-// every second. Records retention removes are swept from the index (about
+// again. A fetch that fails (a broker away, at the start too) is logged
+// and tried again every second. Records retention removes are swept from the index (about
 // every 30 s, once the history's start moved by CheckpointEvery). Run must
 // not be called twice at once.
 func (x *Index) Run(ctx context.Context) error {
@@ -280,14 +280,27 @@ func (x *Index) Run(ctx context.Context) error {
 		return errors.New("history index: Run is already running")
 	}
 	defer x.running.Store(false)
-	client, err := sarama.NewClient(x.r.brokers, x.r.scfg)
-	if err != nil {
-		return fmt.Errorf("history index: kafka client: %w", err)
-	}
-	defer client.Close()
 	w := &indexWriter{x: x, overlay: map[string]*codecs.State{}, trunc: map[string]codecs.Position{}, rp: newReplay(true)}
+	var client sarama.Client
+	defer func() {
+		if client != nil {
+			client.Close()
+		}
+	}()
 	for {
-		err := w.run(ctx, client)
+		var err error
+		if client == nil {
+			// A client of its own, as Follow's: the index waits on the
+			// broker for new records, and the Reader's reads must not
+			// queue behind it.
+			client, err = sarama.NewClient(x.r.brokers, x.r.scfg)
+			if err != nil {
+				client, err = nil, fmt.Errorf("kafka client: %w", err)
+			}
+		}
+		if client != nil {
+			err = w.run(ctx, client)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
