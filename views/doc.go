@@ -58,10 +58,11 @@
 // type, was at a past moment, from the history topic: history.Reader
 // replays the history from its start (seconds to minutes), history.Index
 // keeps an index of it in goleveldb beside the views, built by tailing the
-// history, and answers the same in milliseconds for one entity and about
-// the time of reading the type once for a whole type (BENCHMARKS.md,
-// "Point in time: the history index"; history.ExampleIndex). An answer is
-// never stale: what the index has not read yet is read from the history.
+// history, and answers the same in milliseconds for one entity, and for a
+// whole type from its last checkpoint instead of the history's start
+// (BENCHMARKS.md, "Point in time: the history index", has the numbers;
+// history.ExampleIndex). An answer is never stale: what the index has not
+// read yet is read from the history.
 //
 // This package and its sub-packages (history: point-in-time reads of the
 // history topic; server: the HTTP API of `changes serve`) pull in neither the

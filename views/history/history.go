@@ -22,10 +22,11 @@
 // Reader.EntityAt and Reader.TypeAt read the history from its start: about
 // 30 s per question for a month at a million changes a day. An Index, kept
 // by tailing the history into goleveldb beside the views (OpenIndex, Run),
-// gives the same answers, errors included, in milliseconds for one entity
-// and in about the time of reading a type once for a whole type: it stores
-// each entity's change offsets with what the replay judges them by, and
-// periodic checkpoints of every type's state (IndexConfig.CheckpointEvery).
+// gives the same answers, errors included: in milliseconds for one entity,
+// and for a whole type from the last checkpoint before the moment instead
+// of the history's start. It stores each entity's change offsets with what
+// the replay judges them by, and periodic checkpoints of every type's
+// state (IndexConfig.CheckpointEvery).
 // `changes serve` keeps one for /v1/history?at=; `changes asof`, a one-shot
 // command, scans.
 //
