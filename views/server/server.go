@@ -548,8 +548,9 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id cod
 // stateAt reads the state of one entity at the time or offset at, from the
 // history index if it has read that far, else from the history under a
 // HistoryScans turn (a *busyError if none comes); source says which
-// ("index" or "scan"), or is empty when at is not a moment of the history. The turn covers the reading only: the answer is in
-// memory before it is written.
+// ("index" or "scan"), or is empty when at is not a moment of the history.
+// The turn covers the reading only: the answer is in memory before it is
+// written.
 func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (_ *StateAt, source string, _ error) {
 	typ := v.EntityType()
 	var idx *history.Index
