@@ -133,6 +133,28 @@ type ServeConfig struct {
 	// at once; they take no /v1 request slot. Beyond, 503 with Retry-After.
 	// Default: 64.
 	MaxSubscriptions int `yaml:"max_subscriptions"`
+	// HistoryIndex is the index of the history that answers
+	// /v1/history?at= in milliseconds instead of a scan of the history.
+	HistoryIndex ServeHistoryIndexConfig `yaml:"history_index"`
+}
+
+// ServeHistoryIndexConfig configures the history index of `changes serve`
+// (views/history.Index): a goleveldb database in
+// <storage>/serve/<history topic>.index, built by tailing the history, that
+// answers /v1/history?at= once it has read up to the asked moment (the
+// history is scanned before that).
+type ServeHistoryIndexConfig struct {
+	// Disabled turns the index off: every /v1/history?at= scans the history
+	// from its start, and nothing is stored. Default: false (the index is
+	// kept). Environment: CHANGES_SERVE_HISTORY_INDEX_DISABLED (true or
+	// false).
+	Disabled bool `yaml:"disabled"`
+	// CheckpointEvery is how many history offsets apart the index stores
+	// the state of every entity type: a whole type at a moment is read from
+	// the checkpoint before it plus at most this many history records. Fewer
+	// offsets make the index larger. Changing it rebuilds the index. Between
+	// 1 and 1000000000. Default: 1000000.
+	CheckpointEvery int64 `yaml:"checkpoint_every"`
 }
 
 // Defaults of the query server's limits (ServeConfig); views/server
@@ -147,6 +169,10 @@ const (
 	DefaultServeMaxWait          = 10 * time.Second
 	DefaultServeHistoryScans     = 2
 	DefaultServeMaxSubscriptions = 64
+	// DefaultServeHistoryIndexCheckpointEvery is
+	// serve.history_index.checkpoint_every's default (the same as
+	// views/history.DefaultCheckpointEvery).
+	DefaultServeHistoryIndexCheckpointEvery = 1_000_000
 )
 
 // ServeTLSConfig is the query server's certificate. Both files are PEM;
@@ -464,6 +490,13 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("CHANGES_SERVE_TOKEN_FILE", &c.Serve.TokenFile)
 	str("CHANGES_SERVE_TLS_CERT_FILE", &c.Serve.TLS.CertFile)
 	str("CHANGES_SERVE_TLS_KEY_FILE", &c.Serve.TLS.KeyFile)
+	if v, ok := lookup("CHANGES_SERVE_HISTORY_INDEX_DISABLED"); ok && v != "" {
+		off, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("CHANGES_SERVE_HISTORY_INDEX_DISABLED: %q is not true or false", v)
+		}
+		c.Serve.HistoryIndex.Disabled = off
+	}
 	str("CHANGES_MONITOR_LISTEN", &c.Monitor.Listen)
 	if v, ok := lookup("CHANGES_METRICS_LISTEN"); ok {
 		c.Metrics = v // empty disables
@@ -525,6 +558,7 @@ func (s *ServeConfig) applyDefaults() {
 	setDefault(&s.MaxWaiting, DefaultServeMaxWaiting)
 	setDefault(&s.HistoryScans, DefaultServeHistoryScans)
 	setDefault(&s.MaxSubscriptions, DefaultServeMaxSubscriptions)
+	setDefault(&s.HistoryIndex.CheckpointEvery, DefaultServeHistoryIndexCheckpointEvery)
 }
 
 // setDefault is applied before validation; Metrics is not in it because an
@@ -704,6 +738,9 @@ func (s *ServeConfig) validate() error {
 	}
 	if s.HistoryScans < 1 || s.HistoryScans > s.MaxInFlight {
 		return fieldErr("serve.history_scans", "must be between 1 and serve.max_in_flight (%d), got %d", s.MaxInFlight, s.HistoryScans)
+	}
+	if s.HistoryIndex.CheckpointEvery < 1 || s.HistoryIndex.CheckpointEvery > 1_000_000_000 {
+		return fieldErr("serve.history_index.checkpoint_every", "must be between 1 and 1000000000 history offsets, got %d", s.HistoryIndex.CheckpointEvery)
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ var envVars = []string{
 	"CHANGES_SERVE_TOKEN_FILE",
 	"CHANGES_SERVE_TLS_CERT_FILE",
 	"CHANGES_SERVE_TLS_KEY_FILE",
+	"CHANGES_SERVE_HISTORY_INDEX_DISABLED",
 	"CHANGES_MONITOR_LISTEN",
 	"CHANGES_STORAGE_DIR",
 	"CHANGES_METRICS_LISTEN",
@@ -99,6 +100,7 @@ serve:
   max_wait: 250ms
   history_scans: 3
   max_subscriptions: 7
+  history_index: {disabled: true, checkpoint_every: 5000}
 monitor: {listen: ":9999", stale_after: 5s, remember: 10m, remember_events: 5000, audit_rate: 0}
 entities:
   - type: account
@@ -169,6 +171,7 @@ func TestParseFull(t *testing.T) {
 			MaxWait:          250 * time.Millisecond,
 			HistoryScans:     3,
 			MaxSubscriptions: 7,
+			HistoryIndex:     topology.ServeHistoryIndexConfig{Disabled: true, CheckpointEvery: 5000},
 		},
 		Monitor: topology.MonitorConfig{Listen: ":9999", StaleAfter: 5 * time.Second, Remember: 10 * time.Minute, RememberEvents: 5000, AuditRate: 0},
 		Entities: []topology.EntityConfig{
@@ -226,6 +229,8 @@ func TestParseDefaults(t *testing.T) {
 		{"serve.max_wait", cfg.Serve.MaxWait, topology.DefaultServeMaxWait, 10 * time.Second},
 		{"serve.history_scans", cfg.Serve.HistoryScans, topology.DefaultServeHistoryScans, 2},
 		{"serve.max_subscriptions", cfg.Serve.MaxSubscriptions, topology.DefaultServeMaxSubscriptions, 64},
+		{"serve.history_index.disabled", cfg.Serve.HistoryIndex.Disabled, false, false},
+		{"serve.history_index.checkpoint_every", cfg.Serve.HistoryIndex.CheckpointEvery, int64(topology.DefaultServeHistoryIndexCheckpointEvery), int64(1_000_000)},
 		{"serve.tls", cfg.Serve.TLS.Enabled(), false, false},
 		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
 		{"entities[0].partitions", e.Partitions, topology.DefaultPartitions, 8},
@@ -376,20 +381,36 @@ func TestParseEnvOverrides(t *testing.T) {
 			},
 		},
 		{
+			name: "the history index turned off, and on again",
+			yaml: minimalYAML,
+			env:  map[string]string{"CHANGES_SERVE_HISTORY_INDEX_DISABLED": "true"},
+			check: func(t *testing.T, c *topology.Config) {
+				if !c.Serve.HistoryIndex.Disabled {
+					t.Error("CHANGES_SERVE_HISTORY_INDEX_DISABLED=true left the index on")
+				}
+				t.Setenv("CHANGES_SERVE_HISTORY_INDEX_DISABLED", "false")
+				on, err := topology.Parse([]byte(fullYAML)) // disabled: true in the file
+				if err != nil || on.Serve.HistoryIndex.Disabled {
+					t.Errorf("CHANGES_SERVE_HISTORY_INDEX_DISABLED=false over disabled: true: %v, disabled %v", err, err == nil && on.Serve.HistoryIndex.Disabled)
+				}
+			},
+		},
+		{
 			name: "empty values of the other variables count as unset",
 			yaml: fullYAML,
 			env: map[string]string{
-				"CHANGES_KAFKA_BROKERS":            "",
-				"CHANGES_KAFKA_REPLICATION_FACTOR": "",
-				"CHANGES_POSTGRES_URL":             "",
-				"CHANGES_POSTGRES_SLOT":            "",
-				"CHANGES_POSTGRES_PUBLICATION":     "",
-				"CHANGES_TOPIC_PREFIX":             "",
-				"CHANGES_STORAGE_DIR":              "",
-				"CHANGES_SERVE_TOKEN":              "",
-				"CHANGES_SERVE_TOKEN_FILE":         "",
-				"CHANGES_SERVE_TLS_CERT_FILE":      "",
-				"CHANGES_SERVE_TLS_KEY_FILE":       "",
+				"CHANGES_KAFKA_BROKERS":                "",
+				"CHANGES_KAFKA_REPLICATION_FACTOR":     "",
+				"CHANGES_POSTGRES_URL":                 "",
+				"CHANGES_POSTGRES_SLOT":                "",
+				"CHANGES_POSTGRES_PUBLICATION":         "",
+				"CHANGES_TOPIC_PREFIX":                 "",
+				"CHANGES_STORAGE_DIR":                  "",
+				"CHANGES_SERVE_TOKEN":                  "",
+				"CHANGES_SERVE_TOKEN_FILE":             "",
+				"CHANGES_SERVE_TLS_CERT_FILE":          "",
+				"CHANGES_SERVE_TLS_KEY_FILE":           "",
+				"CHANGES_SERVE_HISTORY_INDEX_DISABLED": "",
 			},
 			check: func(t *testing.T, c *topology.Config) {
 				unsetEnv(t)
@@ -452,6 +473,7 @@ func TestParseEnvErrors(t *testing.T) {
 		{"prefix with a space", "CHANGES_TOPIC_PREFIX", "a b", "topics.prefix", `"a b"`},
 		{"serve token list without a token", "CHANGES_SERVE_TOKEN", " , ", "", "CHANGES_SERVE_TOKEN"},
 		{"serve token with a space inside", "CHANGES_SERVE_TOKEN", "good,b ad", "serve.tokens[1]", "visible ASCII"},
+		{"history index disabled neither true nor false", "CHANGES_SERVE_HISTORY_INDEX_DISABLED", "maybe", "", "CHANGES_SERVE_HISTORY_INDEX_DISABLED"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -648,6 +670,8 @@ func TestParseInvalid(t *testing.T) {
 		{"serve history scans beyond the default max in flight", func(c *topology.Config) { c.Serve.HistoryScans = 33 }, "serve.history_scans"},
 		{"serve negative history scans", func(c *topology.Config) { c.Serve.HistoryScans = -1 }, "serve.history_scans"},
 		{"serve negative subscriptions", func(c *topology.Config) { c.Serve.MaxSubscriptions = -1 }, "serve.max_subscriptions"},
+		{"serve history index checkpoints 0 offsets apart", func(c *topology.Config) { c.Serve.HistoryIndex.CheckpointEvery = -1 }, "serve.history_index.checkpoint_every"},
+		{"serve history index checkpoints too far apart", func(c *topology.Config) { c.Serve.HistoryIndex.CheckpointEvery = 2_000_000_000 }, "serve.history_index.checkpoint_every"},
 		{"monitor stale_after", func(c *topology.Config) { c.Monitor.StaleAfter = time.Millisecond }, "monitor.stale_after"},
 		{"monitor remember", func(c *topology.Config) { c.Monitor.StaleAfter = time.Hour; c.Monitor.Remember = time.Minute }, "monitor.remember"},
 		{"monitor remember_events too few", func(c *topology.Config) { c.Monitor.RememberEvents = 999 }, "monitor.remember_events"},

@@ -87,6 +87,18 @@
 // watermarks hold for the changes streamed, while the rows not yet copied
 // may be missing or old until the copy is done.
 //
+// # The past: history and its index
+//
+// The history sub-package answers what an entity, or every entity of a
+// type, was at a past moment, from the history topic: history.Reader
+// replays the history from its start (seconds to minutes), history.Index
+// keeps an index of it in goleveldb beside the views, built by tailing the
+// history, and answers the same in milliseconds for one entity, and for a
+// whole type from its last checkpoint instead of the history's start
+// (BENCHMARKS.md, "Point in time: the history index", has the numbers;
+// history.ExampleIndex). An answer is never stale: what the index has not
+// read yet is read from the history.
+//
 // This package and its sub-packages (history: point-in-time reads of the
 // history topic; server: the HTTP API of `changes serve`) pull in neither the
 // capture nor the processors: a service that embeds views depends on goka,

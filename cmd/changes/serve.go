@@ -61,6 +61,9 @@ func runServe(ctx context.Context, e *env) error {
 			h.Close()
 		}
 	}()
+	// The history index answers /v1/history?at= once it has read up to
+	// the asked moment; it is opened with the history reader.
+	var index atomic.Pointer[history.Index]
 	tokens, err := cfg.Serve.LoadTokens()
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -74,6 +77,7 @@ func runServe(ctx context.Context, e *env) error {
 		Shutdown:         streamsEnd,
 		Views:            vs,
 		HistoryLater:     hist.Load,
+		HistoryIndex:     index.Load,
 		Tokens:           tokens,
 		Log:              log,
 		Metrics:          promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -118,7 +122,10 @@ func runServe(ctx context.Context, e *env) error {
 		if gctx.Err() != nil {
 			return nil
 		}
-		return err
+		if err != nil || cfg.Serve.HistoryIndex.Disabled {
+			return err
+		}
+		return runHistoryIndex(gctx, hist.Load(), &index, historyIndexDir(cfg, topo), cfg.Serve.HistoryIndex.CheckpointEvery, e)
 	})
 	g.Go(func() error {
 		scheme := "http://"
@@ -147,6 +154,39 @@ func runServe(ctx context.Context, e *env) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// historyIndexDir is where `changes serve` keeps the history index:
+// beside the views' databases (<storage>/serve/<topic>.<partition>), named
+// after the history topic, so deployments sharing a storage directory do
+// not share an index.
+func historyIndexDir(cfg *topology.Config, topo *topology.Topology) string {
+	return filepath.Join(cfg.Storage, "serve", topo.History()+".index")
+}
+
+// runHistoryIndex opens the history index in dir, publishes it in index
+// for the query server, and builds it until ctx is done. The index is
+// closed only after the query server stopped: the views' context (ctx)
+// ends after srv.Shutdown returned, and a request that is still reading it
+// then was cancelled (cancelRequests). An index that cannot be opened or
+// fails (its disk) is logged as an error, not fatal: /v1/history?at= then
+// scans the history, as it does with the index disabled.
+func runHistoryIndex(ctx context.Context, h *history.Reader, index *atomic.Pointer[history.Index], dir string, every int64, e *env) error {
+	x, err := history.OpenIndex(h, history.IndexConfig{Dir: dir, CheckpointEvery: every, Registerer: e.reg, Log: e.log})
+	if err != nil {
+		e.log.Error("the history index cannot be opened; /v1/history?at= scans the history", "dir", dir, "err", err)
+		return nil
+	}
+	index.Store(x)
+	err = x.Run(ctx)
+	index.Store(nil)
+	if err != nil {
+		e.log.Error("the history index failed; /v1/history?at= scans the history", "dir", dir, "err", err)
+	}
+	if err := x.Close(); err != nil {
+		e.log.Warn("closing the history index", "dir", dir, "err", err)
+	}
+	return nil
 }
 
 // httpServer is the query server's http.Server around h: the timeouts of

@@ -47,6 +47,7 @@ type Reader struct {
 	partition int32
 	next      int64
 	version   int16
+	maxBytes  int32 // of a fetch; fetchMaxBytes unless SetFetchMaxBytes
 	// From the last fetch: the last stable offset, and whether it held no
 	// batch at all (nothing at or after next below it).
 	stable int64
@@ -59,8 +60,14 @@ func New(client sarama.Client, topic string, partition int32, from int64) *Reade
 	if client.Config().Version.IsAtLeast(sarama.V2_3_0_0) {
 		v = 11
 	}
-	return &Reader{client: client, topic: topic, partition: partition, next: from, version: v}
+	return &Reader{client: client, topic: topic, partition: partition, next: from, version: v, maxBytes: fetchMaxBytes}
 }
+
+// SetFetchMaxBytes bounds what one Fetch asks for (default 8 MiB). A reader
+// after one record sets it small: the broker then sends the batch that holds
+// the offset (a first batch larger than the bound still comes whole, KIP-74)
+// rather than up to 8 MiB of what follows it.
+func (r *Reader) SetFetchMaxBytes(n int32) { r.maxBytes = max(n, 1) }
 
 // Offset is the next offset the reader will read: past every record, marker
 // and aborted record it has fetched.
@@ -82,12 +89,12 @@ func (r *Reader) Fetch(ctx context.Context, wait time.Duration) ([]*Record, erro
 		Version:      r.version,
 		MaxWaitTime:  int32(wait.Milliseconds()),
 		MinBytes:     1,
-		MaxBytes:     fetchMaxBytes,
+		MaxBytes:     r.maxBytes,
 		Isolation:    sarama.ReadCommitted,
 		SessionID:    0,
 		SessionEpoch: -1,
 	}
-	req.AddBlock(r.topic, r.partition, r.next, fetchMaxBytes, -1)
+	req.AddBlock(r.topic, r.partition, r.next, r.maxBytes, -1)
 	resp, err := broker.Fetch(req)
 	if err != nil {
 		_ = broker.Close() // the client reconnects on its next use
@@ -195,7 +202,15 @@ func controlType(key []byte) int {
 // exists: an offset beyond the last stable offset waits for transactions
 // to be decided, or for new records.
 func Range(ctx context.Context, client sarama.Client, topic string, partition int32, from, to int64, fn func(*Record) (bool, error)) error {
+	return RangeSized(ctx, client, topic, partition, from, to, fetchMaxBytes, fn)
+}
+
+// RangeSized is Range with fetches of at most maxBytes (see
+// Reader.SetFetchMaxBytes): for a read that likely stops after a few
+// records, which an 8 MiB fetch would make read and decode thousands.
+func RangeSized(ctx context.Context, client sarama.Client, topic string, partition int32, from, to int64, maxBytes int32, fn func(*Record) (bool, error)) error {
 	r := New(client, topic, partition, from)
+	r.SetFetchMaxBytes(maxBytes)
 	for r.Offset() < to {
 		recs, err := r.Fetch(ctx, 500*time.Millisecond)
 		if err != nil {

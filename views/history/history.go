@@ -17,6 +17,19 @@
 // ErrOlderThanHistory, unless the caller can vouch for its current state
 // (EntityAt's current argument, which the query server takes from its view).
 //
+// # The index
+//
+// Reader.EntityAt and Reader.TypeAt read the history from its start: about
+// 30 s per question for a month at a million changes a day. An Index, kept
+// by tailing the history into goleveldb beside the views (OpenIndex, Run),
+// gives the same answers, errors included: in milliseconds for one entity,
+// and for a whole type from the last checkpoint before the moment instead
+// of the history's start. It stores each entity's change offsets with what
+// the replay judges them by, and periodic checkpoints of every type's
+// state (IndexConfig.CheckpointEvery).
+// `changes serve` keeps one for /v1/history?at=; `changes asof`, a one-shot
+// command, scans.
+//
 // A Reader asks only for the Kafka client settings and the history topic
 // (Config, New); Open takes them from a deployment's Topology. The replay
 // keeps each entity's state by the rule of the snapshot tables
@@ -121,6 +134,12 @@ func New(cfg Config, log *slog.Logger) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("history: %w", err)
 	}
+	if scfg.Producer.MaxMessageBytes <= 0 {
+		// A Reader produces nothing, but sarama checks the producer's
+		// settings of every client: a Config that leaves the producer
+		// settings empty, as its documentation allows, must not fail.
+		scfg.Producer.MaxMessageBytes = topology.DefaultMaxRecordBytes
+	}
 	scfg.Consumer.Fetch.Default = 8 << 20 // replays read far; fewer, larger fetches
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, scfg)
 	if err != nil {
@@ -223,7 +242,10 @@ func (r *Reader) OffsetAt(ctx context.Context, at time.Time) (int64, error) {
 		return b.End, nil
 	}
 	end := b.End
-	err = r.scan(ctx, max(from, b.Start), b.End, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
+	// The first record committed after at is within a few of from: read
+	// batches, not 8 MiB at once (that was most of a point-in-time read
+	// from the index).
+	err = r.scanSized(ctx, max(from, b.Start), b.End, smallFetch, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
 		ev, err := value()
 		if err != nil {
 			return false, err
@@ -356,8 +378,33 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 	if err != nil {
 		return nil, err
 	}
+	return r.entityAt(ctx, b, entityType, id, end, current, entitySource{list: r.Changes})
+}
+
+// entitySource is where entityAt reads an entity's changes: the history
+// itself (the scan), or an Index that lists them without their rows.
+type entitySource struct {
+	// list lists the changes of an entity in [from, to) as Changes does;
+	// the index's events carry no rows, only what the replay judges by.
+	list func(ctx context.Context, entityType string, id codecs.Key, from, to int64) ([]Change, error)
+	// settle, when not nil, turns the state the replay arrived at into the
+	// answer: trail says, for each state the replay made, the change that
+	// made it and the state it was applied to.
+	settle func(ctx context.Context, st *codecs.State, trail map[*codecs.State]step) (*codecs.State, error)
+}
+
+// step is how the replay made a state: the change at offset applied to base.
+type step struct {
+	offset int64
+	event  *codecs.Event
+	base   *codecs.State
+}
+
+// entityAt is EntityAt on the history bounds b, reading from src. The
+// scan and the index share it, so they answer alike, errors included.
+func (r *Reader) entityAt(ctx context.Context, b Bounds, entityType string, id codecs.Key, end int64, current CurrentFunc, src entitySource) (*codecs.State, error) {
 	end = min(end, b.End)
-	changes, err := r.Changes(ctx, entityType, id, b.Start, end)
+	changes, err := src.list(ctx, entityType, id, b.Start, end)
 	if err != nil {
 		return nil, err
 	}
@@ -365,11 +412,20 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 	// history holds every position once, in order, so every change
 	// supersedes the one before.
 	rp := newReplay(false)
+	var trail map[*codecs.State]step
+	if src.settle != nil {
+		trail = map[*codecs.State]step{}
+	}
 	for _, c := range changes {
 		base, missing, applied := rp.apply(c.Event)
 		if applied && len(missing) > 0 && b.Start > 0 && base == nil {
 			return nil, fmt.Errorf("%w: columns %v of %s %s kept their value from before offset %d, where the history starts",
 				ErrOlderThanHistory, missing, entityType, id, b.Start)
+		}
+		if applied && trail != nil {
+			if st := rp.states[c.Event.EntityID]; st != nil {
+				trail[st] = step{offset: c.Offset, event: c.Event, base: base}
+			}
 		}
 	}
 	for _, c := range changes {
@@ -382,12 +438,16 @@ func (r *Reader) EntityAt(ctx context.Context, entityType string, id codecs.Key,
 		}
 	}
 	if len(changes) > 0 || b.Start == 0 {
-		return rp.entity(id), nil
+		st := rp.entity(id)
+		if st == nil || src.settle == nil {
+			return st, nil
+		}
+		return src.settle(ctx, st, trail)
 	}
 	// Nothing before end, and the history has lost its beginning: what
 	// follows end decides.
 	later := func(from, to int64) (decided bool, err error) {
-		after, err := r.Changes(ctx, entityType, id, from, to)
+		after, err := src.list(ctx, entityType, id, from, to)
 		if err != nil || len(after) == 0 {
 			return false, err
 		}
@@ -438,12 +498,23 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 		return nil, fmt.Errorf("%w: the history starts at offset %d (retention %s); entities not changed since are not in it", ErrOlderThanHistory, b.Start, b.Retention)
 	}
 	end = min(end, b.End)
-	prefix := entityType + "/"
 	rp := newReplay(true)
+	if err := r.replayType(ctx, rp, entityType, b.Start, end, progress); err != nil {
+		return nil, err
+	}
+	return rp.entities(), nil
+}
+
+// replayType applies to rp the changes of entityType in [from, to): every
+// record whose key starts with "<type>/" and whose event is of the type,
+// truncates included. progress, when not nil, hears how far it is about
+// once a second, and at the end.
+func (r *Reader) replayType(ctx context.Context, rp *replay, entityType string, from, to int64, progress func(done, total int64)) error {
+	prefix := entityType + "/"
 	last := time.Now()
-	err = r.scan(ctx, b.Start, end, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+	err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
 		if progress != nil && time.Since(last) >= time.Second {
-			progress(off-b.Start, end-b.Start)
+			progress(off-from, to-from)
 			last = time.Now()
 		}
 		if len(k) <= len(prefix) || string(k[:len(prefix)]) != prefix {
@@ -459,12 +530,12 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 		return true, nil
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if progress != nil {
-		progress(end-b.Start, end-b.Start)
+		progress(max(to-from, 0), max(to-from, 0))
 	}
-	return rp.entities(), nil
+	return nil
 }
 
 // scan reads the history's committed records in [from, to) and calls fn
@@ -473,10 +544,19 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 // something other than the capture) is passed over with a warning: it must
 // not make the entity or type it concerns unreadable for the retention.
 func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
+	return r.scanSized(ctx, from, to, 8<<20, fn)
+}
+
+// smallFetch is the fetch size of a scan that likely stops after a few
+// records (OffsetAt): about a batch of the capture's.
+const smallFetch = 64 << 10
+
+// scanSized is scan with fetches of at most maxBytes.
+func (r *Reader) scanSized(ctx context.Context, from, to int64, maxBytes int32, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
 	if from >= to {
 		return nil
 	}
-	err := kread.Range(ctx, r.client, r.topic, 0, from, to, func(rec *kread.Record) (bool, error) {
+	err := kread.RangeSized(ctx, r.client, r.topic, 0, from, to, maxBytes, func(rec *kread.Record) (bool, error) {
 		value := func() (*codecs.Event, error) {
 			ev, err := (codecs.EventCodec{}).Decode(rec.Value)
 			if err != nil {

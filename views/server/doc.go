@@ -23,6 +23,13 @@
 // has applied it, for at most Config.MaxWait, then 503 with Retry-After.
 // The wait holds the request's turn (Config.MaxInFlight): a client that
 // asks for an LSN the database never reaches holds it for MaxWait.
+//
+// An ?at= answer carries X-Changes-History-Source: "index" when the history
+// index (Config.HistoryIndex, views/history.Index) answered, in
+// milliseconds, "scan" when the history was read from its start because
+// the index is off or has not read up to the asked moment yet (absent when
+// at= is no moment of the history: 400, or 410 before its start). Both
+// answer the same, errors included.
 // Ids travel as strings, like in the events: a 64-bit id stays exact in
 // every JSON reader. An {id} or after= is the entity key's canonical text
 // (codecs.Key), URL-escaped ("a%2Fb" for the text key a/b), read as a key
@@ -84,7 +91,8 @@
 // rotation. The /v1 requests served at once are bounded, and so is the
 // number waiting for a turn and the wait (Config.MaxInFlight, MaxWaiting,
 // MaxWait); the /v1/history requests reading the history at once too
-// (HistoryScans), each giving its turn back before it writes its answer.
+// (HistoryScans), each giving its turn back before it writes its answer;
+// an ?at= answer from the history index takes no such turn.
 // With Config.WriteTimeout, writing an answer may take that long from its
 // first byte, however long computing it took, so a client that stops
 // reading frees its turn then; the http.Server's own ReadTimeout,

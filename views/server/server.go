@@ -48,6 +48,12 @@ type Config struct {
 	// which opens the reader once Kafka is back. While it returns nil the
 	// requests get 503.
 	HistoryLater func() *history.Reader
+	// HistoryIndex, when not nil, is asked for the history index on each
+	// /v1/history?at= request: once the index has read the history up to
+	// the asked moment, the index answers (in milliseconds, without a
+	// HistoryScans turn); before that, and while it returns nil, the
+	// history is scanned. HeaderHistorySource says which answered.
+	HistoryIndex func() *history.Index
 	// Token, when not empty, is a bearer token accepted on /v1 requests
 	// ("Authorization: Bearer <token>"); /healthz, /readyz and /metrics stay
 	// open. With Token and Tokens empty, /v1 is open too.
@@ -525,33 +531,46 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if at != "" {
+		st, source, err := s.stateAt(r.Context(), h, v, id, at)
+		if source != "" {
+			w.Header().Set(HeaderHistorySource, source)
+		}
+		var busy *busyError
+		switch {
+		case errors.As(err, &busy):
+			s.busy(w, r, err)
+		case err != nil:
+			s.fail(w, r, statusOf(err), err)
+		default:
+			s.writeJSON(w, r, http.StatusOK, st)
+		}
+		return
+	}
 	// The history turn covers the reading only: the answer is in memory
-	// (a page within its budget, or one state) before it is written, so a
-	// client that reads slowly holds no turn of the history.
+	// (a page within its budget) before it is written, so a client that
+	// reads slowly holds no turn of the history.
 	release, err := s.scans.acquire(r.Context())
 	if err != nil {
 		s.busy(w, r, err)
 		return
 	}
 	defer release() // on a panic; released below otherwise
-	if at == "" {
-		body, err := s.changes(r.Context(), h, v.EntityType(), id, from, limit)
-		release()
-		if err != nil {
-			s.fail(w, r, statusOf(err), err)
-			return
-		}
-		s.write(w, r, http.StatusOK, body)
-		return
-	}
-	st, err := s.stateAt(r.Context(), h, v, id, at)
+	body, err := s.changes(r.Context(), h, v.EntityType(), id, from, limit)
 	release()
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
 	}
-	s.writeJSON(w, r, http.StatusOK, st)
+	s.write(w, r, http.StatusOK, body)
 }
+
+// HeaderHistorySource says what answered a /v1/history?at= request:
+// "index" (the history index, which had read up to the asked moment) or
+// "scan" (a read of the history from its start). The errors of either
+// carry it too; an at= that is not a moment of the history (400, or 410
+// for a time before its start) does not.
+const HeaderHistorySource = "X-Changes-History-Source"
 
 // changeSource is what changes reads: a *history.Reader, or a test's fake.
 type changeSource interface {
@@ -596,12 +615,23 @@ func (s *server) changes(ctx context.Context, h changeSource, typ string, id cod
 	return page.body(string(head[:len(head)-1]) + `,"changes":`), nil
 }
 
-// stateAt reads the state of one entity at the time or offset at.
-func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (*StateAt, error) {
+// stateAt reads the state of one entity at the time or offset at, from the
+// history index if it has read that far, else from the history under a
+// HistoryScans turn (a *busyError if none comes); source says which
+// ("index" or "scan"), or is empty when at is not a moment of the history.
+// The turn covers the reading only: the answer is in memory before it is
+// written.
+func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, id codecs.Key, at string) (_ *StateAt, source string, _ error) {
 	typ := v.EntityType()
+	var idx *history.Index
+	if s.cfg.HistoryIndex != nil {
+		idx = s.cfg.HistoryIndex()
+	}
+	// Finding the offset of a time reads the history's time index and a
+	// batch or so: no scan turn.
 	end, err := EndOffset(ctx, h, at)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	// Entities unchanged since the history's start: the view vouches for
 	// them once it has caught up.
@@ -611,12 +641,34 @@ func (s *server) stateAt(ctx context.Context, h *history.Reader, v *views.View, 
 		}
 		return v.GetKey(ctx, id)
 	}
-	st, err := h.EntityAt(ctx, typ, id, end, current)
+	var st *codecs.State
+	if idx != nil && idx.Position() < end {
+		idx = nil // it has not read that far yet
+	}
+	if idx != nil {
+		source = "index"
+		st, err = idx.EntityAt(ctx, typ, id, end, current)
+		if errors.Is(err, history.ErrIndexMismatch) || errors.Is(err, history.ErrIndexClosed) {
+			// The index cannot answer (closing, or not built from this
+			// history): the scan can.
+			s.log.Warn("the history index failed a read; scanning the history", "entity_type", typ, "entity_id", id.String(), "err", err)
+			idx = nil
+		}
+	}
+	if idx == nil {
+		source = "scan"
+		var release func()
+		if release, err = s.scans.acquire(ctx); err != nil {
+			return nil, source, err
+		}
+		defer release()
+		st, err = h.EntityAt(ctx, typ, id, end, current)
+	}
 	if err != nil {
-		return nil, err
+		return nil, source, err
 	}
 	out := history.StateAtOf(typ, id, at, end, st)
-	return &out, nil
+	return &out, source, nil
 }
 
 // EndOffset parses at, an RFC 3339 time or a history offset, into the end
