@@ -73,12 +73,14 @@
 // AtLeast(lsn) (Get, GetKey, Typed's), or waits with WaitApplied: the read
 // answers once the view has applied that write. The wait is the pipeline's
 // latency plus up to a watermark interval: at 1,000 changes/s on this
-// project's two-core machine about 100 ms at the median (BENCHMARKS.md).
+// project's two-core machine, 105 ms from COMMIT at the median, of which
+// the write took 59 ms to reach the view (BENCHMARKS.md).
 // Over HTTP, min_lsn= does the same.
 //
 // Consistent cuts: a Group of views reads them at one cut (Group.Read):
-// the views stop at the next watermark, and the read sees every
-// transaction committed before it, across types, and none after. A past
+// the views are held at a watermark (where they stand, or the next one),
+// and the read sees every transaction committed before it, across types,
+// and none after. A past
 // cut comes from the history: history.Reader.OffsetAtLSN, then TypeAt of
 // each type at that offset.
 //
