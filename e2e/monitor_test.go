@@ -463,10 +463,12 @@ func TestMonitorLatencyAgreesWithWorkload(t *testing.T) {
 		// the snapshot processor applied it: on a loaded machine that hop
 		// alone was 80 ms of a 300 ms p50.
 		tol50 := max(5*time.Millisecond, w.quantile(0.5)/4)
-		if l.Stage == "snapshot" || w.quantile(0.5) > 50*time.Millisecond {
-			// A p50 this high says the machine is loaded: there the
-			// monitor's moment and the consumer's drift apart as well (a
-			// run with a load average of 20 saw 144 ms against 111 ms).
+		if l.Stage == "snapshot" || w.quantile(0.5) > 20*time.Millisecond {
+			// A p50 this high (5-10 ms on a quiet machine) says the
+			// machine is loaded: there the monitor's moment and the
+			// consumer's drift apart as well (a run with a load average of
+			// 20 saw 144 ms against 111 ms; a CI run beside a benchmark,
+			// 48 ms against 36 ms).
 			tol50 = max(5*time.Millisecond, w.quantile(0.5)*2/5)
 		}
 		if d := (p50 - w.quantile(0.5)).Abs(); d > tol50 {
