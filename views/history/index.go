@@ -50,10 +50,11 @@ type IndexConfig struct {
 
 // Index answers EntityAt in milliseconds, and TypeAt from the checkpoint
 // before the asked offset, where the Reader's scans read the whole history
-// (BENCHMARKS.md has the numbers: on 10,000,000 changes, 4 ms for an entity
-// at p50; a type late in the history 1.5 times faster than the scan, but
-// reading a checkpoint still costs about as much as scanning a million
-// records). It is built by tailing the history (Run) into a goleveldb
+// (BENCHMARKS.md has the numbers: 4 ms for an entity at p50 on 10,000,000
+// changes; a type of a million entities in 12-17 s on 2,000,000 changes
+// checkpointed every 250,000, about the time of decoding its states once,
+// bounded wherever the moment is, where the scan grows by about 16 s a
+// million records). It is built by tailing the history (Run) into a goleveldb
 // database:
 //
 //   - for each entity, the offset of each of its changes with what the replay
@@ -63,9 +64,13 @@ type IndexConfig struct {
 //     its unchanged TOASTed columns kept);
 //   - for each type, the offsets of its truncates;
 //   - the state of every entity of every type at each checkpoint
-//     (CheckpointEvery offsets apart), stored as a version per entity and
-//     checkpoint interval in which it changed: TypeAt reads the checkpoint
-//     at or before the asked offset and replays the history from there.
+//     (CheckpointEvery offsets apart), stored as the versions of the
+//     entities that changed in the checkpoint's interval, and every fourth
+//     checkpoint whole: TypeAt merges the whole checkpoint at or before the
+//     asked offset with the versions of at most three checkpoints after it,
+//     reading each entity once and in the order of the answer, then
+//     replays the history from the last checkpoint (at most
+//     CheckpointEvery records).
 //
 // Its answers are the Reader's, byte for byte, errors included (they share
 // the replay and its retention rules): the index only spares the reading.
@@ -310,7 +315,9 @@ func (x *Index) Position() int64 { return x.next.Load() }
 // batch it stored: each batch carries the offset it brings the index to,
 // so a crash loses at most the batches not yet written, which it indexes
 // again. A fetch that fails (a broker away, at the start too) is logged
-// and tried again every second. Records retention removes are swept from the index (about
+// and tried again every second. Every fourth checkpoint, it stops to write
+// the whole checkpoint of every type (about 10 s for a million entities).
+// Records retention removes are swept from the index (about
 // every 30 s, once the history's start moved by CheckpointEvery). Run must
 // not be called twice at once.
 func (x *Index) Run(ctx context.Context) error {
