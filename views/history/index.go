@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,10 +50,11 @@ type IndexConfig struct {
 
 // Index answers EntityAt in milliseconds, and TypeAt from the checkpoint
 // before the asked offset, where the Reader's scans read the whole history
-// (BENCHMARKS.md has the numbers: on 10,000,000 changes, 4 ms for an entity
-// at p50; a type late in the history 1.5 times faster than the scan, but
-// reading a checkpoint still costs about as much as scanning a million
-// records). It is built by tailing the history (Run) into a goleveldb
+// (BENCHMARKS.md has the numbers: 4 ms for an entity at p50 on 10,000,000
+// changes; a type of a million entities in 12-17 s on 2,000,000 changes
+// checkpointed every 250,000, about the time of decoding its states once,
+// bounded wherever the moment is, where the scan grows by about 16 s a
+// million records). It is built by tailing the history (Run) into a goleveldb
 // database:
 //
 //   - for each entity, the offset of each of its changes with what the replay
@@ -62,9 +64,13 @@ type IndexConfig struct {
 //     its unchanged TOASTed columns kept);
 //   - for each type, the offsets of its truncates;
 //   - the state of every entity of every type at each checkpoint
-//     (CheckpointEvery offsets apart), stored as a version per entity and
-//     checkpoint interval in which it changed: TypeAt reads the checkpoint
-//     at or before the asked offset and replays the history from there.
+//     (CheckpointEvery offsets apart), stored as the versions of the
+//     entities that changed in the checkpoint's interval, and every fourth
+//     checkpoint whole: TypeAt merges the whole checkpoint at or before the
+//     asked offset with the versions of at most three checkpoints after it,
+//     reading each entity once and in the order of the answer, then
+//     replays the history from the last checkpoint (at most
+//     CheckpointEvery records).
 //
 // Its answers are the Reader's, byte for byte, errors included (they share
 // the replay and its retention rules): the index only spares the reading.
@@ -97,24 +103,39 @@ type Index struct {
 
 // The index's goleveldb keys. Offsets are big-endian, so that the keys of
 // an entity or a type sort by offset; no entity type or key text holds a
-// NUL byte (PostgreSQL text cannot).
+// NUL byte (PostgreSQL text cannot). entity is the entity's key as
+// entityKey writes it, which sorts as codecs.Key.Compare.
 //
 //	m                                  meta (indexMeta)
 //	e \0 type \0 id \0 offset          a change of entity id (entryValue)
 //	t \0 type \0 offset                a truncate of the type (truncValue)
-//	v \0 type \0 kind id \0 checkpoint the entity's state at that checkpoint
+//	v \0 type \0 checkpoint entity      the entity's state at that checkpoint,
 //	                                   if it changed since the one before
 //	                                   (StateCodec; empty: it did not exist)
-//	p \0 type \0 kind id \0            the checkpoint of its last version,
+//	f \0 type \0 checkpoint entity      every fullEvery checkpoints: the state
+//	                                   of every entity of the type there
+//	p \0 type \0 entity                 the checkpoint of its last version,
 //	                                   and the position of its state then
+//
+// The versions are laid out by checkpoint, then entity: the type at
+// checkpoint c is the last full checkpoint at or before c merged with the
+// versions of the checkpoints after it up to c, at most fullEvery sorted
+// runs read side by side, each entity decoded once, in the order of the
+// answer.
 const (
-	metaKey       = "m"
-	entryTag      = 'e'
-	truncTag      = 't'
-	versionTag    = 'v'
-	pointerTag    = 'p'
-	metaVersion   = 1
-	offsetBytes   = 8
+	metaKey     = "m"
+	entryTag    = 'e'
+	truncTag    = 't'
+	versionTag  = 'v'
+	fullTag     = 'f'
+	pointerTag  = 'p'
+	metaVersion = 2 // 1: versions by entity, then checkpoint; no full checkpoints
+	offsetBytes = 8
+	// fullEvery is how many checkpoints apart the full ones are: more
+	// make the index smaller, and TypeAt merge more runs of versions (a
+	// full checkpoint holds every entity; a checkpoint's versions, those
+	// that changed in its interval).
+	fullEvery     = 4
 	flushRecords  = 20_000 // a write batch; goleveldb's cost is per write
 	sweepInterval = 30 * time.Second
 )
@@ -125,6 +146,7 @@ type indexMeta struct {
 	states   bool  // the versions hold every type's state: the index read every record from offset 0
 	prunedTo int64 // entries before it are gone (retention removed their records)
 	every    int64 // CheckpointEvery the versions were written with
+	full     int64 // the last full checkpoint written (0: none; the types are empty there)
 }
 
 func (m indexMeta) encode() []byte {
@@ -136,18 +158,28 @@ func (m indexMeta) encode() []byte {
 		b = append(b, 0)
 	}
 	b = binary.BigEndian.AppendUint64(b, uint64(m.prunedTo))
-	return binary.BigEndian.AppendUint64(b, uint64(m.every))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.every))
+	return binary.BigEndian.AppendUint64(b, uint64(m.full))
 }
 
+// errOldLayout is decodeMeta's error for the meta of an index written with
+// an earlier layout: OpenIndex rebuilds it.
+var errOldLayout = errors.New("history index: written with an earlier layout")
+
 func decodeMeta(b []byte) (indexMeta, error) {
-	if len(b) != 26 || b[0] != metaVersion {
-		return indexMeta{}, fmt.Errorf("history index: a meta record of %d bytes (%x...): not written by this version", len(b), b[:min(len(b), 1)])
+	switch {
+	case len(b) > 0 && b[0] < metaVersion:
+		return indexMeta{}, fmt.Errorf("%w (format %d, this version writes %d)", errOldLayout, b[0], metaVersion)
+	case len(b) != 34 || b[0] != metaVersion:
+		return indexMeta{}, fmt.Errorf("history index: a meta record of %d bytes (%x...): not written by this version of changes (format %d); delete the index's directory to rebuild it",
+			len(b), b[:min(len(b), 1)], metaVersion)
 	}
 	return indexMeta{
 		next:     int64(binary.BigEndian.Uint64(b[1:])),
 		states:   b[9] == 1,
 		prunedTo: int64(binary.BigEndian.Uint64(b[10:])),
 		every:    int64(binary.BigEndian.Uint64(b[18:])),
+		full:     int64(binary.BigEndian.Uint64(b[26:])),
 	}, nil
 }
 
@@ -187,6 +219,13 @@ func OpenIndex(r *Reader, cfg IndexConfig) (*Index, error) {
 		sweepEvery: sweepInterval}
 	meta, found, err := x.meta(db)
 	switch {
+	case errors.Is(err, errOldLayout):
+		x.log.Warn("the history index was written by an earlier version of changes, in another layout; rebuilding it", "err", err)
+		if err := wipe(db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("history index: %w", err)
+		}
+		found = false
 	case err != nil:
 		db.Close()
 		return nil, err
@@ -276,7 +315,9 @@ func (x *Index) Position() int64 { return x.next.Load() }
 // batch it stored: each batch carries the offset it brings the index to,
 // so a crash loses at most the batches not yet written, which it indexes
 // again. A fetch that fails (a broker away, at the start too) is logged
-// and tried again every second. Records retention removes are swept from the index (about
+// and tried again every second. Every fourth checkpoint, it stops to write
+// the whole checkpoint of every type (about 10 s for a million entities).
+// Records retention removes are swept from the index (about
 // every 30 s, once the history's start moved by CheckpointEvery). Run must
 // not be called twice at once.
 func (x *Index) Run(ctx context.Context) error {
@@ -382,6 +423,10 @@ func (w *indexWriter) run(ctx context.Context, client sarama.Client) error {
 	if err := w.loadTruncates(); err != nil {
 		return dbError{err}
 	}
+	// A full checkpoint that a stop kept from being written.
+	if err := w.buildFulls(meta.next); err != nil {
+		return dbError{err}
+	}
 	x.next.Store(meta.next)
 	rd := kread.New(client, x.r.topic, 0, meta.next)
 	began, beganAt := time.Now(), meta.next
@@ -464,6 +509,16 @@ func (w *indexWriter) loadTruncates() error {
 // watermark), whose key does not start with its type, or that is not an
 // event, counts for nothing.
 func (w *indexWriter) add(rec *kread.Record) error {
+	if w.meta.states && rec.Offset >= w.meta.full+w.x.every*fullEvery {
+		// The versions before the full checkpoint are all read: write
+		// them, then the full checkpoint from them.
+		if err := w.flush(rec.Offset); err != nil {
+			return err
+		}
+		if err := w.buildFulls(rec.Offset); err != nil {
+			return err
+		}
+	}
 	ev, err := (codecs.EventCodec{}).Decode(rec.Value)
 	if err != nil {
 		w.x.m.skipped.Inc()
@@ -503,17 +558,17 @@ func (w *indexWriter) add(rec *kread.Record) error {
 // replay of Reader.TypeAt, and writes the result as the entity's version
 // of the checkpoint that follows off.
 func (w *indexWriter) version(typ string, off int64, ev *codecs.Event) error {
-	prefix := versionPrefix(typ, ev.EntityID)
-	cur, ok := w.overlay[string(prefix)]
+	pkey := pointerKey(typ, ev.EntityID)
+	cur, ok := w.overlay[string(pkey)]
 	if !ok {
-		p, found, err := w.x.lastPointer(w.x.db, prefix)
+		p, found, err := w.x.lastPointer(w.x.db, pkey)
 		switch {
 		case err != nil:
 			return err
 		case !found || p.position == nil:
 		case len(ev.Unchanged) > 0:
 			// Its values are needed.
-			if cur, err = w.x.versionAt(w.x.db, prefix, p.checkpoint); err != nil {
+			if cur, err = w.x.versionAt(w.x.db, typ, ev.EntityID, p.checkpoint, w.meta.full); err != nil {
 				return err
 			}
 		default:
@@ -538,7 +593,7 @@ func (w *indexWriter) version(typ string, off int64, ev *codecs.Event) error {
 	}
 	next := w.rp.states[ev.EntityID] // nil: deleted, and forgotten
 	checkpoint := (off/w.x.every + 1) * w.x.every
-	key := binary.BigEndian.AppendUint64(prefix, uint64(checkpoint))
+	key := layerKey(versionTag, typ, checkpoint, ev.EntityID)
 	var value []byte
 	if next != nil {
 		b, err := (codecs.StateCodec{}).Encode(next)
@@ -558,8 +613,8 @@ func (w *indexWriter) version(typ string, off int64, ev *codecs.Event) error {
 	if next != nil {
 		p.position = &next.Position
 	}
-	w.batch.Put(pointerKey(prefix), p.encode())
-	w.overlay[string(prefix)] = next
+	w.batch.Put(pkey, p.encode())
+	w.overlay[string(pkey)] = next
 	return nil
 }
 
@@ -591,15 +646,15 @@ func decodePointer(b []byte) (pointer, error) {
 	return pointer{}, fmt.Errorf("history index: a pointer of %d bytes", len(b))
 }
 
-// lastPointer reads the pointer to the last version of the entity whose
-// version prefix is prefix; found is false if it has none. A read of the
+// lastPointer reads the pointer to the last version of an entity, under
+// its pointerKey; found is false if it has none. A read of the
 // pointer, not of the version: the replay needs only the position of the
 // entity's state to judge a change, and its row only for the values of
 // unchanged columns (seeking the last version with an iterator, or reading
 // it, was more than half of the indexing, most of it reading blocks that
 // the cache had not).
-func (x *Index) lastPointer(r dbReader, prefix []byte) (p pointer, found bool, err error) {
-	b, err := r.Get(pointerKey(prefix), nil)
+func (x *Index) lastPointer(r dbReader, key []byte) (p pointer, found bool, err error) {
+	b, err := r.Get(key, nil)
 	if errors.Is(err, leveldb.ErrNotFound) {
 		return p, false, nil
 	}
@@ -610,14 +665,36 @@ func (x *Index) lastPointer(r dbReader, prefix []byte) (p pointer, found bool, e
 	return p, err == nil, err
 }
 
-// versionAt reads the version of checkpoint c under prefix.
-func (x *Index) versionAt(r dbReader, prefix []byte, c int64) (*codecs.State, error) {
-	key := binary.BigEndian.AppendUint64(bytes.Clone(prefix), uint64(c))
+// versionAt reads entity id's version of checkpoint c, its last one (a
+// pointer names it). Where a sweep removed the versions of c, the entity's
+// state is in every full checkpoint after c (fullTo is the last written),
+// unless a truncate removed it before one: then it is nil.
+func (x *Index) versionAt(r dbReader, typ string, id codecs.Key, c, fullTo int64) (*codecs.State, error) {
+	key := layerKey(versionTag, typ, c, id)
 	v, err := r.Get(key, nil)
-	if err != nil {
+	if err == nil {
+		return decodeVersion(key, v)
+	}
+	if !errors.Is(err, leveldb.ErrNotFound) {
 		return nil, fmt.Errorf("history index: the version %q: %w", key, err)
 	}
-	return decodeVersion(key, v)
+	span := x.every * fullEvery
+	first := (c + span - 1) / span * span
+	if first > fullTo {
+		return nil, fmt.Errorf("history index: the version %q is missing, and no full checkpoint follows it", key)
+	}
+	for f := first; f <= fullTo; f += span {
+		fkey := layerKey(fullTag, typ, f, id)
+		v, err := r.Get(fkey, nil)
+		if errors.Is(err, leveldb.ErrNotFound) {
+			continue // swept, or removed by a truncate
+		}
+		if err != nil {
+			return nil, fmt.Errorf("history index: the version %q: %w", fkey, err)
+		}
+		return decodeVersion(fkey, v)
+	}
+	return nil, nil
 }
 
 // decodeVersion decodes the version stored under key.
@@ -631,6 +708,178 @@ func decodeVersion(key, value []byte) (*codecs.State, error) {
 		return nil, fmt.Errorf("history index: version %q: %w", key, err)
 	}
 	return st, nil
+}
+
+// buildFulls writes the full checkpoints due at or before next, the first
+// offset whose versions are not all written.
+func (w *indexWriter) buildFulls(next int64) error {
+	for span := w.x.every * fullEvery; w.meta.states && w.meta.full+span <= next; {
+		if err := w.buildFull(w.meta.full + span); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildFull writes the full checkpoint f of every type, merged from the
+// last one and the versions since, in write batches; the meta record comes
+// last, so a query does not read the full checkpoint before it is whole,
+// and a stop before it writes it again. The entities a truncate before f
+// removed are left out.
+func (w *indexWriter) buildFull(f int64) error {
+	x := w.x
+	began := time.Now()
+	snap, err := x.db.GetSnapshot()
+	if err != nil {
+		return err
+	}
+	defer snap.Release()
+	types, err := layerTypes(snap, versionTag)
+	if err != nil {
+		return err
+	}
+	fullTypes, err := layerTypes(snap, fullTag)
+	if err != nil {
+		return err
+	}
+	for _, typ := range fullTypes {
+		if !slices.Contains(types, typ) {
+			types = append(types, typ)
+		}
+	}
+	var b leveldb.Batch
+	entities := 0
+	for _, typ := range types {
+		truncatedAt, err := truncatedBefore(snap, typ, f)
+		if err != nil {
+			return err
+		}
+		prefix := layerPrefix(fullTag, typ, f)
+		err = x.mergeLayers(snap, typ, w.meta.full, f, func(entity, value []byte) error {
+			if truncatedAt != (codecs.Position{}) {
+				st, err := decodeVersion(entity, value)
+				if err != nil {
+					return err
+				}
+				if !st.Holds(truncatedAt) {
+					return nil
+				}
+			}
+			b.Put(append(bytes.Clone(prefix), entity...), value)
+			entities++
+			if b.Len() < flushRecords {
+				return nil
+			}
+			err := x.db.Write(&b, nil)
+			b.Reset()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	meta := w.meta
+	meta.full = f
+	b.Put([]byte(metaKey), meta.encode())
+	if err := x.db.Write(&b, nil); err != nil {
+		return err
+	}
+	w.meta = meta
+	x.log.Info("wrote a full checkpoint of the types", "checkpoint", f, "types", len(types), "entities", entities,
+		"seconds", time.Since(began).Seconds())
+	return nil
+}
+
+// truncatedBefore is the position of typ's last truncate before offset c.
+func truncatedBefore(r dbReader, typ string, c int64) (codecs.Position, error) {
+	var at codecs.Position
+	it := r.NewIterator(&util.Range{Start: truncPrefix(typ), Limit: truncKey(typ, c)}, nil)
+	defer it.Release()
+	for it.Next() {
+		_, pos, err := decodeTrunc(it.Value())
+		if err != nil {
+			return at, err
+		}
+		if pos.Compare(at) > 0 {
+			at = pos
+		}
+	}
+	if err := it.Error(); err != nil {
+		return at, fmt.Errorf("history index: %w", err)
+	}
+	return at, nil
+}
+
+// mergeLayers calls fn with the state of each entity of typ at checkpoint
+// c, in entity order, as the full checkpoint full (none if 0) and the
+// versions of the checkpoints after it up to c hold it: of each entity its
+// version in the latest of those, or its state in the full checkpoint.
+// The entities that did not exist (an empty version) are passed over.
+// entity is the entity's entityKey; entity and value are fn's only until
+// it returns.
+func (x *Index) mergeLayers(r dbReader, typ string, full, c int64, fn func(entity, value []byte) error) error {
+	type run struct {
+		it     iterator.Iterator
+		prefix int // the length of the layer's prefix
+		ok     bool
+	}
+	var runs []*run // oldest first
+	defer func() {
+		for _, rn := range runs {
+			rn.it.Release()
+		}
+	}()
+	open := func(tag byte, at int64) {
+		p := layerPrefix(tag, typ, at)
+		it := r.NewIterator(util.BytesPrefix(p), nil)
+		runs = append(runs, &run{it: it, prefix: len(p), ok: it.Next()})
+	}
+	if full > 0 {
+		open(fullTag, full)
+	}
+	for at := full + x.every; at <= c; at += x.every {
+		open(versionTag, at)
+	}
+	for {
+		// The smallest entity of the runs; of the runs that hold it, the
+		// latest's value.
+		var least []byte
+		var from *run
+		for _, rn := range runs {
+			if !rn.ok {
+				continue
+			}
+			e := rn.it.Key()[rn.prefix:]
+			if from == nil || bytes.Compare(e, least) < 0 {
+				least, from = e, rn
+			} else if bytes.Equal(e, least) {
+				from = rn
+			}
+		}
+		if from == nil {
+			break
+		}
+		if v := from.it.Value(); len(v) > 0 {
+			if err := fn(least, v); err != nil {
+				return err
+			}
+		}
+		// Step the others past it, then from: least is from's key
+		// (another run's may change under it when that one steps).
+		least = from.it.Key()[from.prefix:]
+		for _, rn := range runs {
+			if rn.ok && rn != from && bytes.Equal(rn.it.Key()[rn.prefix:], least) {
+				rn.ok = rn.it.Next()
+			}
+		}
+		from.ok = from.it.Next()
+	}
+	for _, rn := range runs {
+		if err := rn.it.Error(); err != nil {
+			return fmt.Errorf("history index: %w", err)
+		}
+	}
+	return nil
 }
 
 // dbReader is what the index reads: its database, or a snapshot of it.
@@ -677,11 +926,11 @@ func (w *indexWriter) sweepIfDue(client sarama.Client) error {
 	return nil
 }
 
-// sweep deletes the entries of changes before start, and the versions no
-// checkpoint at or after start needs: of each entity, the versions before
-// its last one at or before the first checkpoint after start (and that one
-// too if the entity did not exist then). Without the types' states, every
-// version goes. Truncates stay (they are few): a checkpoint's replay needs
+// sweep deletes the entries of changes before start, and the versions and
+// full checkpoints no checkpoint at or after start needs: those before the
+// last full checkpoint at or before the first checkpoint after start (the
+// versions of that one too). Without the types' states, every version,
+// full checkpoint and pointer goes. Truncates stay (they are few): a checkpoint's replay needs
 // the type's last one before it. A query reads the history's start after
 // taking its snapshot of the index, so it never asks for what the sweep
 // removed from under it.
@@ -718,65 +967,53 @@ func (w *indexWriter) sweep(start int64) (int, error) {
 	if err := it.Error(); err != nil {
 		return deleted, err
 	}
-	// Versions sort by entity, then checkpoint: keep, of each entity, the
-	// last at or before first (pending until the entity's next key says
-	// whether it was the last), and everything after.
-	var pending []byte
-	var pendingEmpty bool
-	it = snap.NewIterator(util.BytesPrefix([]byte{versionTag, 0}), nil)
-	defer it.Release()
-	for it.Next() {
-		k := it.Key()
-		if !w.meta.states {
-			if err := del(k); err != nil {
+	// The first checkpoint's answers merge the last full checkpoint at or
+	// before it (keep) with the versions after keep: what is before goes.
+	// The pointers of entities that did not exist at keep go too: no
+	// pointer and such a pointer read alike.
+	keep := min(first/(x.every*fullEvery)*(x.every*fullEvery), w.meta.full)
+	for _, tag := range []byte{versionTag, fullTag} {
+		types, err := layerTypes(snap, tag)
+		if err != nil {
+			return deleted, err
+		}
+		for _, typ := range types {
+			rg := util.BytesPrefix(layerPrefix(tag, typ, 0)[:3+len(typ)])
+			switch {
+			case !w.meta.states:
+			case tag == versionTag:
+				rg.Limit = layerPrefix(tag, typ, keep+1)
+			default:
+				rg.Limit = layerPrefix(tag, typ, keep)
+			}
+			it := snap.NewIterator(rg, nil)
+			for it.Next() {
+				if err := del(it.Key()); err != nil {
+					it.Release()
+					return deleted, err
+				}
+			}
+			it.Release()
+			if err := it.Error(); err != nil {
 				return deleted, err
 			}
-			continue
-		}
-		if pending != nil {
-			same := bytes.Equal(pending[:len(pending)-offsetBytes], k[:len(k)-offsetBytes])
-			// A version superseded before first goes; so does a last one
-			// that says the entity did not exist, since nothing before it
-			// is left: no version and that version read alike (and with
-			// no later version, the entity's pointer goes too).
-			if (same && keyOffset(k) <= first) || pendingEmpty {
-				if err := del(pending); err != nil {
-					return deleted, err
-				}
-			}
-			if !same && pendingEmpty {
-				if err := del(pointerKey(pending[:len(pending)-offsetBytes])); err != nil {
-					return deleted, err
-				}
-			}
-			pending = nil
-		}
-		if keyOffset(k) <= first {
-			pending, pendingEmpty = bytes.Clone(k), len(it.Value()) == 0
 		}
 	}
-	if err := it.Error(); err != nil {
-		return deleted, err
-	}
-	if pending != nil && pendingEmpty {
-		if err := del(pending); err != nil {
+	pit := snap.NewIterator(util.BytesPrefix([]byte{pointerTag, 0}), nil)
+	defer pit.Release()
+	for pit.Next() {
+		p, err := decodePointer(pit.Value())
+		if err != nil {
 			return deleted, err
 		}
-		if err := del(pointerKey(pending[:len(pending)-offsetBytes])); err != nil {
-			return deleted, err
-		}
-	}
-	if !w.meta.states {
-		pit := snap.NewIterator(util.BytesPrefix([]byte{pointerTag, 0}), nil)
-		defer pit.Release()
-		for pit.Next() {
+		if !w.meta.states || (p.position == nil && p.checkpoint <= keep) {
 			if err := del(pit.Key()); err != nil {
 				return deleted, err
 			}
 		}
-		if err := pit.Error(); err != nil {
-			return deleted, err
-		}
+	}
+	if err := pit.Error(); err != nil {
+		return deleted, err
 	}
 	w.meta.prunedTo = start
 	b.Put([]byte(metaKey), w.meta.encode())

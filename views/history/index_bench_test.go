@@ -32,9 +32,15 @@ import (
 //   - entity: one account at 100 random moments (OffsetAt, then EntityAt),
 //     p50 and p99, from the index, and of that EntityAt alone; and the
 //     scan (Reader.EntityAt) for 3;
-//   - type: all accounts at 3 moments, from the index and from the scan
+//   - type: all accounts at 3 offsets, from the index and from the scan
 //     (CHANGES_BENCH_TYPE_SCANS of them, default 3: each scan reads the
-//     history from its start).
+//     history from its start): 10,000 records after the last checkpoint
+//     at or before the middle of the history, halfway between two
+//     checkpoints three quarters in, and 1,000 records before the end.
+//
+// CHANGES_BENCH_CHECKPOINT_EVERY sets IndexConfig.CheckpointEvery
+// (default DefaultCheckpointEvery), so that a small history can have the
+// checkpoints of a large one.
 //
 // The history topic is kept as bench-index-<records>.history and reused by
 // the next run if it holds that many records (CHANGES_BENCH_DROP_TOPIC=1
@@ -70,11 +76,18 @@ func BenchmarkIndex(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	every := int64(DefaultCheckpointEvery)
+	if v := os.Getenv("CHANGES_BENCH_CHECKPOINT_EVERY"); v != "" {
+		var err error
+		if every, err = strconv.ParseInt(v, 10, 64); err != nil || every < 1 {
+			b.Fatalf("CHANGES_BENCH_CHECKPOINT_EVERY=%q: want a positive integer", v)
+		}
+	}
 	dir := os.Getenv("CHANGES_BENCH_INDEX_DIR")
 	if dir == "" {
 		dir = b.TempDir()
 	}
-	x, err := OpenIndex(r, IndexConfig{Dir: dir, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	x, err := OpenIndex(r, IndexConfig{Dir: dir, CheckpointEvery: every, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -155,11 +168,9 @@ func BenchmarkIndex(b *testing.B) {
 	})
 	b.Run("type", func(b *testing.B) {
 		built()
-		for i := range 3 {
-			end, err := r.OffsetAt(ctx, moment())
-			if err != nil {
-				b.Fatal(err)
-			}
+		n := bounds.End
+		ends := []int64{n/2/every*every + 10_000, 3*n/4/every*every + every/2, n - 1000}
+		for i, end := range ends {
 			start := time.Now()
 			got, err := x.TypeAt(ctx, "account", end, nil)
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/syndtr/goleveldb/leveldb/util"
 
 	"github.com/changes-dev/changes/codecs"
 	"github.com/changes-dev/changes/internal/promreg"
@@ -38,29 +39,74 @@ func truncKey(typ string, off int64) []byte {
 	return binary.BigEndian.AppendUint64(truncPrefix(typ), uint64(off))
 }
 
-// versionTypePrefix is the prefix of every version of typ's entities.
-func versionTypePrefix(typ string) []byte {
-	b := make([]byte, 0, 3+len(typ))
-	b = append(b, versionTag, 0)
-	b = append(b, typ...)
-	return append(b, 0)
-}
-
-// versionPrefix is the prefix of the versions of entity id of typ; ids of
+// entityKey is id as the checkpoints' keys end: its kind, then an integer
+// as 8 big-endian bytes with the sign bit flipped, any other key as its
+// text. Bytes compare as codecs.Key.Compare does, so a checkpoint's
+// entities come out of goleveldb in the order TypeAt answers them; ids of
 // the same text and another kind are other entities, as in the replay.
-func versionPrefix(typ string, id codecs.Key) []byte {
-	s := id.String()
-	b := append(versionTypePrefix(typ), byte(id.Kind()))
-	b = append(b, s...)
-	return append(b, 0)
+func entityKey(b []byte, id codecs.Key) []byte {
+	b = append(b, byte(id.Kind()))
+	if n, ok := id.Int(); ok {
+		return binary.BigEndian.AppendUint64(b, uint64(n)^1<<63)
+	}
+	return append(b, id.String()...)
 }
 
-// pointerKey is the key of the pointer to the last version of the entity
-// whose version prefix is prefix.
-func pointerKey(prefix []byte) []byte {
-	k := bytes.Clone(prefix)
-	k[0] = pointerTag
-	return k
+// parseEntityKey is the key that entityKey wrote b from.
+func parseEntityKey(b []byte) (codecs.Key, error) {
+	switch {
+	case len(b) == 0:
+		return codecs.Key{}, errors.New("history index: an empty entity key")
+	case codecs.KeyKind(b[0]) != codecs.KeyInteger:
+		return codecs.ParseKey(codecs.KeyKind(b[0]), string(b[1:]))
+	case len(b) != 1+offsetBytes:
+		return codecs.Key{}, fmt.Errorf("history index: an integer entity key of %d bytes", len(b))
+	}
+	return codecs.IntKey(int64(binary.BigEndian.Uint64(b[1:]) ^ 1<<63)), nil
+}
+
+// layerPrefix is the prefix of the versions (tag versionTag) or of the
+// full checkpoint (tag fullTag) of typ at checkpoint c.
+func layerPrefix(tag byte, typ string, c int64) []byte {
+	b := make([]byte, 0, 3+len(typ)+offsetBytes+1+offsetBytes)
+	b = append(b, tag, 0)
+	b = append(b, typ...)
+	b = append(b, 0)
+	return binary.BigEndian.AppendUint64(b, uint64(c))
+}
+
+// layerKey is the key of entity id in the layer of typ at checkpoint c.
+func layerKey(tag byte, typ string, c int64, id codecs.Key) []byte {
+	return entityKey(layerPrefix(tag, typ, c), id)
+}
+
+// pointerKey is the key of the pointer to the last version of entity id of
+// typ.
+func pointerKey(typ string, id codecs.Key) []byte {
+	b := make([]byte, 0, 4+len(typ)+offsetBytes)
+	b = append(b, pointerTag, 0)
+	b = append(b, typ...)
+	b = append(b, 0)
+	return entityKey(b, id)
+}
+
+// layerTypes lists the types that have keys of tag (versionTag or
+// fullTag), seeking from one type to the next.
+func layerTypes(r dbReader, tag byte) ([]string, error) {
+	it := r.NewIterator(util.BytesPrefix([]byte{tag, 0}), nil)
+	defer it.Release()
+	var types []string
+	for ok := it.First(); ok; {
+		k := it.Key()
+		end := bytes.IndexByte(k[2:], 0)
+		if end < 0 {
+			return nil, fmt.Errorf("history index: a key %q without its type's end", k)
+		}
+		typ := string(k[2 : 2+end])
+		types = append(types, typ)
+		ok = it.Seek(append([]byte{tag, 0}, append([]byte(typ), 1)...))
+	}
+	return types, it.Error()
 }
 
 // keyOffset is the offset (or checkpoint) that ends an index key.

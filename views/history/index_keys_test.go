@@ -1,6 +1,8 @@
 package history
 
 import (
+	"bytes"
+	"errors"
 	"slices"
 	"testing"
 
@@ -58,7 +60,7 @@ func TestPointerAndMetaRoundTrip(t *testing.T) {
 			t.Errorf("pointer %+v decodes to %+v, %v", p, got, err)
 		}
 	}
-	for _, m := range []indexMeta{{next: 123, states: true, prunedTo: 7, every: 1_000_000}, {next: -1, every: 1}} {
+	for _, m := range []indexMeta{{next: 123, states: true, prunedTo: 7, every: 1_000_000, full: 4_000_000}, {next: -1, every: 1}} {
 		if got, err := decodeMeta(m.encode()); err != nil || got != m {
 			t.Errorf("meta %+v decodes to %+v, %v", m, got, err)
 		}
@@ -66,5 +68,43 @@ func TestPointerAndMetaRoundTrip(t *testing.T) {
 	typeWide, got, err := decodeTrunc(truncValue(true, pos))
 	if err != nil || !typeWide || got != pos {
 		t.Errorf("truncate decodes to %v %v %v", typeWide, got, err)
+	}
+}
+
+// TestEntityKeyOrder: the checkpoints' entity keys sort as codecs.Key.Compare
+// (TypeAt answers in their order without sorting) and parse back.
+func TestEntityKeyOrder(t *testing.T) {
+	uuid, err := codecs.UUIDKey("0b6f3d6e-1c2a-4f6b-9a51-2f3c4d5e6f70")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []codecs.Key{codecs.IntKey(0), codecs.IntKey(-1), codecs.IntKey(1), codecs.IntKey(-1 << 63), codecs.IntKey(1<<63 - 1),
+		codecs.IntKey(9), codecs.IntKey(10), codecs.IntKey(256), uuid, codecs.TextKey("a"), codecs.TextKey("ab"), codecs.TextKey("b"),
+		codecs.TextKey(""), codecs.TextKey("é")}
+	for _, a := range keys {
+		got, err := parseEntityKey(entityKey(nil, a))
+		if err != nil || got != a {
+			t.Errorf("%v: parses back to %v, %v", a, got, err)
+		}
+		for _, b := range keys {
+			if want, got := a.Compare(b), bytes.Compare(entityKey(nil, a), entityKey(nil, b)); want != got {
+				t.Errorf("%v vs %v: Compare %d, the entity keys %d", a, b, want, got)
+			}
+		}
+	}
+}
+
+// TestOldLayoutMeta: the meta of an index of the first layout is told
+// apart, for OpenIndex to rebuild it.
+func TestOldLayoutMeta(t *testing.T) {
+	old := indexMeta{next: 5, states: true, every: 1_000_000}.encode()[:26]
+	old[0] = 1
+	if _, err := decodeMeta(old); !errors.Is(err, errOldLayout) {
+		t.Errorf("a meta of format 1: %v, want errOldLayout", err)
+	}
+	newer := indexMeta{}.encode()
+	newer[0] = metaVersion + 1
+	if _, err := decodeMeta(newer); err == nil || errors.Is(err, errOldLayout) {
+		t.Errorf("a meta of a later format: %v, want an error that is not errOldLayout", err)
 	}
 }

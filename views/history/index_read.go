@@ -1,7 +1,6 @@
 package history
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -224,68 +223,42 @@ func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progre
 	}
 	x.m.answers.WithLabelValues("type").Inc()
 	rp := newReplay(true)
+	var order []codecs.Key
 	if checkpoint > 0 {
-		if err := x.loadCheckpoint(snap, rp, entityType, checkpoint); err != nil {
+		if order, err = x.loadCheckpoint(snap, rp, entityType, checkpoint, meta.full); err != nil {
 			return nil, err
 		}
 	}
+	rp.touched = map[codecs.Key]struct{}{}
 	if err := x.r.replayType(ctx, rp, entityType, checkpoint, end, progress); err != nil {
 		return nil, err
 	}
-	return rp.entities(), nil
+	return rp.entitiesAfter(order), nil
 }
 
 // loadCheckpoint puts into rp the state of entityType at checkpoint: its
-// last truncate before it, and of each entity the last version at or
-// before it, if the entity existed then and no truncate removed it since.
-func (x *Index) loadCheckpoint(snap dbReader, rp *replay, entityType string, checkpoint int64) error {
-	it := snap.NewIterator(&util.Range{Start: truncPrefix(entityType), Limit: truncKey(entityType, checkpoint)}, nil)
-	for it.Next() {
-		_, pos, err := decodeTrunc(it.Value())
-		if err != nil {
-			it.Release()
-			return err
-		}
-		if pos.Compare(rp.truncatedAt) > 0 {
-			rp.truncatedAt = pos
-		}
+// last truncate before it, and each entity that existed then and that no
+// truncate removed since, from the last full checkpoint at or before it
+// (fullTo is the last one written) and the versions after. It returns
+// their ids, in order.
+func (x *Index) loadCheckpoint(snap dbReader, rp *replay, entityType string, checkpoint, fullTo int64) ([]codecs.Key, error) {
+	truncatedAt, err := truncatedBefore(snap, entityType, checkpoint)
+	if err != nil {
+		return nil, err
 	}
-	it.Release()
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("history index: %w", err)
-	}
-	// Versions sort by entity, then checkpoint: the last one at or before
-	// checkpoint is the one before the entity's next key or a later one.
-	var last, lastValue []byte
-	keep := func() error {
-		st, err := decodeVersion(last, lastValue)
+	rp.truncatedAt = truncatedAt
+	span := x.every * fullEvery
+	var order []codecs.Key
+	err = x.mergeLayers(snap, entityType, min(checkpoint/span*span, fullTo), checkpoint, func(entity, value []byte) error {
+		st, err := decodeVersion(entity, value)
 		if err != nil {
 			return err
 		}
-		if st != nil && st.Holds(rp.truncatedAt) {
+		if st.Holds(rp.truncatedAt) {
 			rp.states[st.EntityID] = st
+			order = append(order, st.EntityID)
 		}
 		return nil
-	}
-	it = snap.NewIterator(util.BytesPrefix(versionTypePrefix(entityType)), nil)
-	defer it.Release()
-	for it.Next() {
-		k := it.Key()
-		if last != nil && !bytes.Equal(last[:len(last)-offsetBytes], k[:len(k)-offsetBytes]) {
-			if err := keep(); err != nil {
-				return err
-			}
-			last = nil
-		}
-		if keyOffset(k) <= checkpoint {
-			last, lastValue = bytes.Clone(k), bytes.Clone(it.Value())
-		}
-	}
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("history index: %w", err)
-	}
-	if last != nil {
-		return keep()
-	}
-	return nil
+	})
+	return order, err
 }
