@@ -82,14 +82,6 @@ func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *
 		c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{goka.CopartitioningStrategy}
 		cfgs[i] = c
 	}
-	// The producer does not give a record up while a broker restarts:
-	// sarama sends the records behind a failed one anyway (DEPENDENCIES.md),
-	// and a progress watermark that lands before a change it covers makes
-	// a view say it holds that change before it does (the fault suite's
-	// table check saw it after broker kills, with 10 retries, about 1 s).
-	// About 2.5 minutes of retries, in order, before a record fails.
-	cfgs[0].Producer.Retry.Max = producerRetries
-	cfgs[0].Producer.Retry.BackoffFunc = producerBackoff
 	tmc := goka.NewTopicManagerConfig()
 	// Topics are created with their full configuration by topology.EnsureTopics;
 	// goka must not create a topic with its own defaults if one is missing.
@@ -111,14 +103,6 @@ func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *
 		goka.WithTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(cfgs[3], tmc)),
 	}
 	return append(out, o.gokaOpts...), nil
-}
-
-// producerRetries and producerBackoff: the processors' producers retry a
-// record for about 2.5 minutes (100 ms doubling to 1 s between tries).
-const producerRetries = 150
-
-func producerBackoff(retries, _ int) time.Duration {
-	return min(100*time.Millisecond<<min(retries, 4), time.Second)
 }
 
 // Why a record was dead-lettered: the reason label of
