@@ -2,7 +2,6 @@ package processors
 
 import (
 	"fmt"
-	"hash"
 	"sync"
 
 	"github.com/IBM/sarama"
@@ -22,8 +21,8 @@ import (
 // Also, sarama's async producer can still deliver records it holds after an
 // earlier one ran out of retries.
 //
-// inOrder therefore wraps the processor's producer and every message's
-// commit (goka's DeferCommit) into one queue in the order they were asked
+// inOrder therefore takes the acknowledgements of the processor's producer
+// (a fencedProducer) and every message's commit (goka's DeferCommit) into one queue in the order they were asked
 // for: an acknowledgement is passed on to goka only after every earlier one
 // was, and once one record failed, every later record and commit fails too
 // (delivered or not). The processor stops on the first failure; the
@@ -83,36 +82,4 @@ func (o *inOrder) complete(a *pendingAck, msg *sarama.ProducerMessage, err error
 func (o *inOrder) commitAfterEarlier(gctx goka.Context) {
 	done := gctx.DeferCommit()
 	o.complete(o.add(func(_ *sarama.ProducerMessage, err error) { done(err) }), nil, nil)
-}
-
-// producerBuilder wraps build so that the producers it builds pass their
-// acknowledgements through o.
-func (o *inOrder) producerBuilder(build goka.ProducerBuilder) goka.ProducerBuilder {
-	return func(brokers []string, clientID string, hasher func() hash.Hash32) (goka.Producer, error) {
-		p, err := build(brokers, clientID, hasher)
-		if err != nil {
-			return nil, err
-		}
-		return &orderedProducer{Producer: p, order: o}, nil
-	}
-}
-
-// orderedProducer is a goka producer whose promises finish in the order the
-// records were emitted (see inOrder).
-type orderedProducer struct {
-	goka.Producer
-	order *inOrder
-}
-
-func (p *orderedProducer) Emit(topic, key string, value []byte) *goka.Promise {
-	return p.EmitWithHeaders(topic, key, value, nil)
-}
-
-func (p *orderedProducer) EmitWithHeaders(topic, key string, value []byte, headers goka.Headers) *goka.Promise {
-	out, finish := goka.NewPromiseWithFinisher()
-	a := p.order.add(func(msg *sarama.ProducerMessage, err error) { finish(msg, err) })
-	p.Producer.EmitWithHeaders(topic, key, value, headers).ThenWithMessage(func(msg *sarama.ProducerMessage, err error) {
-		p.order.complete(a, msg, err)
-	})
-	return out
 }

@@ -34,7 +34,7 @@ func (f *fakeProducer) Close() error { return nil }
 func TestInOrder(t *testing.T) {
 	fake := &fakeProducer{}
 	order := new(inOrder)
-	p, err := order.producerBuilder(func([]string, string, func() hash.Hash32) (goka.Producer, error) { return fake, nil })(nil, "", nil)
+	p, err := order.producerBuilder(func([]string, string, func() hash.Hash32) (goka.Producer, error) { return fake, nil }, nil)(nil, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,9 +76,11 @@ func TestInOrder(t *testing.T) {
 	}
 	got = nil
 	record("e")
-	fake.finish[3](nil, nil)
 	if want := []string{"e=fail"}; !slices.Equal(got, want) {
 		t.Fatalf("a record after the failure: got %v, want %v", got, want)
+	}
+	if len(fake.finish) != 3 {
+		t.Fatalf("a record emitted after the failure reached the producer (%d records there, want 3)", len(fake.finish))
 	}
 }
 
