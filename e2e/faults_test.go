@@ -277,15 +277,7 @@ func runFaults(t *testing.T, p faultPlan) {
 	}
 	t.Logf("snapshot tables: %d progress watermarks, %d states behind one", tableWatermarks, len(behind))
 	if len(behind) > 0 {
-		// A known open bug (issue 17's closing note): after broker and
-		// process kills, a change can reach a table after a watermark
-		// that covers it. The full plans (make faults) fail on it; the
-		// short plan, part of every CI run, reports it until it is fixed.
-		report := t.Errorf
-		if p.name == shortFaults.name {
-			report = t.Logf
-		}
-		report("snapshot-table states behind a watermark that came before them (a view would have said it held them too early; a known open bug):\n  %s", strings.Join(behind[:min(len(behind), maxProblems)], "\n  "))
+		t.Errorf("snapshot-table states behind a watermark that came before them (a view would have said it held them too early):\n  %s", strings.Join(behind[:min(len(behind), maxProblems)], "\n  "))
 	}
 	if s.incrementals > 0 && verdict.restated == 0 {
 		t.Errorf("%d incremental snapshots were requested, and the history holds no row of theirs", s.incrementals)

@@ -36,6 +36,13 @@
 //     processor's acknowledgements therefore pass through one queue in the
 //     order they were made, and once one write failed every later write and
 //     commit fails too (order.go): no offset moves past a failed write.
+//   - While sarama cannot find a partition's leader it fails a record at
+//     once and sends the ones behind it when the leader is back, so a
+//     redelivered change could land after a progress watermark that covers
+//     it. The producer therefore keeps each marker (watermark or truncate)
+//     in place in its partition: it goes out only once every earlier record
+//     of the partition was acknowledged, later ones only once it was, and
+//     after a failure nothing more goes out (fence.go).
 //   - Left: the sweep deletes a state locally before its tombstone is
 //     acknowledged. A crash in between leaves the deleted (or truncated-away)
 //     state in the table topic, where views already treat it as absent; it

@@ -87,10 +87,7 @@
 // During an incremental snapshot or a resync (changes snapshot, changes
 // capture --resync), a type's table is being copied again: the
 // watermarks hold for the changes streamed, while the rows not yet copied
-// may be missing or old until the copy is done. An open bug: after a
-// broker kill or pause, a change can reach a table after a watermark that
-// covers it, until the processors' restart delivers it again (README,
-// "Faults").
+// may be missing or old until the copy is done.
 //
 // # The past: history and its index
 //
