@@ -36,35 +36,15 @@ func lastEvent(ctx context.Context, client sarama.Client, topic string) (*codecs
 // a WAL position past that change. Watermarks before the last change are
 // at or before its commit.
 func watermarkPastChanges(ctx context.Context, client sarama.Client, topic string) (codecs.LSN, error) {
-	newest, err := kread.End(client, topic, 0)
-	if err != nil {
-		return 0, fmt.Errorf("history end offset: %w", err)
-	}
-	oldest, err := kread.Start(client, topic, 0)
-	if err != nil {
-		return 0, fmt.Errorf("history start offset: %w", err)
-	}
 	var high codecs.LSN
-	const window = 256
-	for end := newest; end > oldest; end -= window {
-		var evs []*codecs.Event
-		err := kread.Range(ctx, client, topic, 0, max(oldest, end-window), end, func(r *kread.Record) (bool, error) {
-			if ev, err := (codecs.EventCodec{}).Decode(r.Value); err == nil {
-				evs = append(evs, ev)
-			}
-			return true, nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("read history: %w", err)
+	err := readBack(ctx, client, topic, func(ev *codecs.Event) bool {
+		if ev.Op != codecs.OpWatermark {
+			return false
 		}
-		for i := len(evs) - 1; i >= 0; i-- {
-			if evs[i].Op != codecs.OpWatermark {
-				return high, nil
-			}
-			high = max(high, evs[i].CommitLSN)
-		}
-	}
-	return high, nil
+		high = max(high, ev.CommitLSN)
+		return true
+	})
+	return high, err
 }
 
 // tailWindow is how many records the capture reads back from the end of the
