@@ -702,8 +702,9 @@ func decodeVersion(key, value []byte) (*codecs.State, error) {
 	if len(value) == 0 {
 		return nil, nil
 	}
-	// The iterator's value is not ours to keep; the state's row would be.
-	st, err := (codecs.StateCodec{}).Decode(bytes.Clone(value))
+	// The iterator's value is not ours to keep: Decode copies what the
+	// state keeps of it.
+	st, err := (codecs.StateCodec{}).Decode(value)
 	if err != nil {
 		return nil, fmt.Errorf("history index: version %q: %w", key, err)
 	}
