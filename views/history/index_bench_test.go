@@ -257,8 +257,8 @@ func cpuSeconds() float64 {
 }
 
 // readCheckpoint reads the stored states of typ at the last checkpoint at
-// or before end, copying each and decoding none: what an answer from the
-// checkpoint cannot do without.
+// or before end, copying each (into one buffer, not kept) and decoding
+// none: what an answer from the checkpoint cannot do without.
 func readCheckpoint(b *testing.B, x *Index, typ string, end int64) (states, size int) {
 	snap, err := x.db.GetSnapshot()
 	if err != nil {
@@ -271,16 +271,17 @@ func readCheckpoint(b *testing.B, x *Index, typ string, end int64) (states, size
 	}
 	checkpoint := min(end, meta.next) / x.every * x.every
 	span := x.every * fullEvery
-	var arena []byte
+	var buf []byte
 	err = x.mergeLayers(snap, typ, min(checkpoint/span*span, meta.full), checkpoint, func(entity, value []byte) error {
-		arena = append(arena, value...)
+		buf = append(buf[:0], value...)
 		states++
+		size += len(buf)
 		return nil
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return states, len(arena)
+	return states, size
 }
 
 // streamType writes what TypeJSONAt hands on to w, a line each.
