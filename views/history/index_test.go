@@ -232,11 +232,14 @@ func typeAnswer(states []*codecs.State, err error) string {
 	return answer(out, err)
 }
 
-// streamAnswer is typeAnswer of what TypeJSONAt hands on: json.Marshal of
-// a list is its elements' JSON, joined by commas in brackets.
-func streamAnswer(ctx context.Context, x *Index, typ string, end int64) string {
+// typeJSONAt is Index.TypeJSONAt or Reader.TypeJSONAt.
+type typeJSONAt func(ctx context.Context, entityType string, end int64, progress func(done, total int64), fn func(entity []byte) error) error
+
+// streamAnswer is typeAnswer of what a TypeJSONAt hands on: json.Marshal
+// of a list is its elements' JSON, joined by commas in brackets.
+func streamAnswer(ctx context.Context, typeAt typeJSONAt, typ string, end int64) string {
 	out := []byte{'['}
-	err := x.TypeJSONAt(ctx, typ, end, nil, func(e []byte) error {
+	err := typeAt(ctx, typ, end, nil, func(e []byte) error {
 		if len(out) > 1 {
 			out = append(out, ',')
 		}
@@ -362,7 +365,7 @@ func TestIndexMatchesScan(t *testing.T) {
 			if got := typeAnswer(x.TypeAt(ctx, typ, end, nil)); got != want {
 				t.Fatalf("%s at end %d: the index answers\n  %s\nthe scan\n  %s", typ, end, got, want)
 			}
-			if got := streamAnswer(ctx, x, typ, end); got != want {
+			if got := streamAnswer(ctx, x.TypeJSONAt, typ, end); got != want {
 				t.Fatalf("%s at end %d: the index's TypeJSONAt answers\n  %s\nthe scan\n  %s", typ, end, got, want)
 			}
 			typeAnswers[end][typ] = want
@@ -387,7 +390,7 @@ func TestIndexMatchesScan(t *testing.T) {
 			if got := typeAnswer(x.TypeAt(ctx, typ, e, nil)); got != want {
 				t.Fatalf("%s at end %d, checkpoints every 50: the index answers\n  %s\nthe scan\n  %s", typ, e, got, want)
 			}
-			if got := streamAnswer(ctx, x, typ, e); got != want {
+			if got := streamAnswer(ctx, x.TypeJSONAt, typ, e); got != want {
 				t.Fatalf("%s at end %d, checkpoints every 50: the index's TypeJSONAt answers\n  %s\nthe scan\n  %s", typ, e, got, want)
 			}
 		}
@@ -459,7 +462,7 @@ func TestIndexMatchesScan(t *testing.T) {
 	for e, byType := range typeAnswers {
 		for typ, want := range byType {
 			got := typeAnswer(x.TypeAt(ctx, typ, e, nil))
-			if streamed := streamAnswer(ctx, x, typ, e); streamed != got {
+			if streamed := streamAnswer(ctx, x.TypeJSONAt, typ, e); streamed != got {
 				t.Fatalf("%s at end %d after retention: TypeJSONAt answers\n  %s\nTypeAt\n  %s", typ, e, streamed, got)
 			}
 			if e >= firstCheckpoint && got != want {

@@ -104,8 +104,8 @@ func TestEntityJSONIsMarshal(t *testing.T) {
 
 // TestTypeJSONAtValues: at every offset of a history of rich rows, updates
 // that keep TOASTed columns, deletes, entities inserted again and
-// truncates, TypeJSONAt writes what json.Marshal writes of the scan's
-// answer, with checkpoints every few records.
+// truncates, Index.TypeJSONAt (checkpoints every few records) and
+// Reader.TypeJSONAt write what json.Marshal writes of the scan's answer.
 func TestTypeJSONAtValues(t *testing.T) {
 	brokers := kafkaBrokers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -174,8 +174,11 @@ func TestTypeJSONAtValues(t *testing.T) {
 		}
 		for end := int64(0); end <= int64(len(recs)); end++ {
 			want := typeAnswer(r.TypeAt(ctx, "thing", end, nil))
-			if got := streamAnswer(ctx, x, "thing", end); got != want {
+			if got := streamAnswer(ctx, x.TypeJSONAt, "thing", end); got != want {
 				t.Errorf("every %d, end %d: TypeJSONAt\n  %s\nthe scan\n  %s", every, end, got, want)
+			}
+			if got := streamAnswer(ctx, r.TypeJSONAt, "thing", end); got != want {
+				t.Errorf("end %d: Reader.TypeJSONAt\n  %s\nthe scan\n  %s", end, got, want)
 			}
 			if got := typeAnswer(x.TypeAt(ctx, "thing", end, nil)); got != want {
 				t.Errorf("every %d, end %d: TypeAt\n  %s\nthe scan\n  %s", every, end, got, want)
