@@ -261,6 +261,9 @@ func (r *Reader) readTail(ctx context.Context, entityType string, from, to int64
 			}
 			return
 		}
+		// The replay reads no change's old row; the tail is held until
+		// the checkpoint is read.
+		ev.Before = nil
 		te := t.entities[ev.EntityID]
 		if te == nil {
 			te = &tailEntity{id: ev.EntityID}
