@@ -22,8 +22,9 @@ import (
 // start; before that checkpoint, and from an index that did not read the
 // history from offset 0, the answer is ErrOlderThanHistory too.
 //
-// It decodes every state of the answer; TypeJSONAt, which hands each
-// entity's JSON on instead, decodes only those the replay changed.
+// It decodes every state of the answer; TypeJSONAt, which hands on each
+// entity's JSON instead, decodes none that the replay after the checkpoint
+// leaves as stored.
 func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progress func(done, total int64)) ([]*codecs.State, error) {
 	var out []*codecs.State
 	err := x.walkType(ctx, entityType, end, progress, func(e typeEntity) error {
