@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -301,17 +302,25 @@ func runAsOf(ctx context.Context, topo *topology.Topology, f asofFlags, log *slo
 		return enc.Encode(history.StateAtOf(f.typ, f.id, f.at, end, st))
 	}
 	start := time.Now()
-	states, err := h.TypeAt(ctx, f.typ, end, func(done, total int64) {
+	// A line per entity, as enc.Encode(history.EntityOf(st)) writes it,
+	// without encoding/json's reflection or a write per line.
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	entities := 0
+	err = h.TypeJSONAt(ctx, f.typ, end, func(done, total int64) {
 		log.Info("replaying the history", "records", done, "of", total, "records_per_second", int64(float64(done)/time.Since(start).Seconds()))
+	}, func(entity []byte) error {
+		entities++
+		if _, err := out.Write(entity); err != nil {
+			return err
+		}
+		return out.WriteByte('\n')
 	})
+	if ferr := out.Flush(); err == nil {
+		err = ferr
+	}
 	if err != nil {
 		return fmt.Errorf("asof: %w", err)
 	}
-	for _, st := range states {
-		if err := enc.Encode(history.EntityOf(st)); err != nil {
-			return err
-		}
-	}
-	log.Info("rebuilt", "type", f.typ, "entities", len(states), "history_offset", end, "seconds", time.Since(start).Seconds())
+	log.Info("rebuilt", "type", f.typ, "entities", entities, "history_offset", end, "seconds", time.Since(start).Seconds())
 	return nil
 }

@@ -1,10 +1,12 @@
 package history_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log"
+	"os"
 	"time"
 
 	"github.com/changes-dev/changes/codecs"
@@ -69,4 +71,37 @@ func ExampleIndex() {
 		log.Fatal(err)
 	}
 	fmt.Println(len(all), "accounts then")
+}
+
+// Every account as it was at a history offset, printed a JSON object a
+// line as `changes asof` prints them: TypeJSONAt hands on each entity's
+// JSON, written from the bytes the index stores where the history after
+// its checkpoint did not change the entity, without building the list of
+// states or encoding them again. Compiled, not run: it needs Kafka.
+func ExampleIndex_TypeJSONAt() {
+	r, err := history.New(history.Config{
+		Kafka: topology.KafkaConfig{Brokers: []string{"kafka-1:9092"}},
+		Topic: "changes.history",
+	}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer r.Close()
+	x, err := history.OpenIndex(r, history.IndexConfig{Dir: "/var/lib/my-service/history-index"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer x.Close() // after Run has returned; see ExampleIndex
+
+	ctx := context.Background()
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	err = x.TypeJSONAt(ctx, "account", 1_250_000, nil, func(entity []byte) error {
+		// entity is the JSON of a history.Entity, valid until we return.
+		out.Write(entity)
+		return out.WriteByte('\n')
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
 }

@@ -499,17 +499,42 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 	}
 	end = min(end, b.End)
 	rp := newReplay(true)
-	if err := r.replayType(ctx, rp, entityType, b.Start, end, progress); err != nil {
+	apply := func(ev *codecs.Event) { rp.apply(ev) }
+	if err := r.replayType(ctx, entityType, b.Start, end, progress, apply); err != nil {
 		return nil, err
 	}
 	return rp.entities(), nil
 }
 
-// replayType applies to rp the changes of entityType in [from, to): every
-// record whose key starts with "<type>/" and whose event is of the type,
-// truncates included. progress, when not nil, hears how far it is about
-// once a second, and at the end.
-func (r *Reader) replayType(ctx context.Context, rp *replay, entityType string, from, to int64, progress func(done, total int64)) error {
+// TypeJSONAt answers what TypeAt answers, entity by entity, as
+// Index.TypeJSONAt does: it calls fn with the JSON of each entity's Entity
+// (what json.Marshal writes of EntityOf(st), without a newline), in id
+// order, and returns TypeAt's error, fn's first one, or json.Marshal's for
+// an entity it cannot write (a commit time after the year 9999). The bytes
+// are fn's only until it returns. The entities are written without
+// encoding/json's reflection, several times faster.
+func (r *Reader) TypeJSONAt(ctx context.Context, entityType string, end int64, progress func(done, total int64), fn func(entity []byte) error) error {
+	states, err := r.TypeAt(ctx, entityType, end, progress)
+	if err != nil {
+		return err
+	}
+	var buf []byte
+	for _, st := range states {
+		if buf, err = appendEntity(buf[:0], st); err != nil {
+			return err
+		}
+		if err := fn(buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replayType calls apply with the changes of entityType in [from, to), in
+// order: every record whose key starts with "<type>/" and whose event is
+// of the type, truncates included. progress, when not nil, hears how far
+// it is about once a second, and at the end.
+func (r *Reader) replayType(ctx context.Context, entityType string, from, to int64, progress func(done, total int64), apply func(*codecs.Event)) error {
 	prefix := entityType + "/"
 	last := time.Now()
 	err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
@@ -525,7 +550,7 @@ func (r *Reader) replayType(ctx context.Context, rp *replay, entityType string, 
 			return false, err
 		}
 		if ev.EntityType == entityType {
-			rp.apply(ev)
+			apply(ev)
 		}
 		return true, nil
 	})

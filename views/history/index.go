@@ -51,11 +51,13 @@ type IndexConfig struct {
 // Index answers EntityAt in milliseconds, and TypeAt from the checkpoint
 // before the asked offset, where the Reader's scans read the whole history
 // (BENCHMARKS.md has the numbers: 4 ms for an entity at p50 on 10,000,000
-// changes; a type of a million entities in 12-17 s on 2,000,000 changes
-// checkpointed every 250,000, about the time of decoding its states once,
+// changes; a type of a million entities on 2,000,000 changes checkpointed
+// every 250,000 in 1-6 s of CPU as JSON (TypeJSONAt: a read of the
+// checkpoint's stored states, 0.6-1.5 s, and the replay of the history
+// after it) and in 5-10 s as states (TypeAt, which decodes every row),
 // bounded wherever the moment is, where the scan grows by about 16 s a
-// million records). It is built by tailing the history (Run) into a goleveldb
-// database:
+// million records). It is built by tailing the history (Run) into a
+// goleveldb database:
 //
 //   - for each entity, the offset of each of its changes with what the replay
 //     judges it by (operation, position, key kind, unchanged columns), but
@@ -68,9 +70,10 @@ type IndexConfig struct {
 //     entities that changed in the checkpoint's interval, and every fourth
 //     checkpoint whole: TypeAt merges the whole checkpoint at or before the
 //     asked offset with the versions of at most three checkpoints after it,
-//     reading each entity once and in the order of the answer, then
+//     reading each entity once and in the order of the answer, and
 //     replays the history from the last checkpoint (at most
-//     CheckpointEvery records).
+//     CheckpointEvery records) entity by entity: the entities it does not
+//     change are passed on as stored, their rows not decoded.
 //
 // Its answers are the Reader's, byte for byte, errors included (they share
 // the replay and its retention rules): the index only spares the reading.
@@ -82,8 +85,8 @@ type IndexConfig struct {
 //
 // An offset the index has not reached yet is read from the history: an
 // answer is never stale, only slower while the index catches up (Position).
-// EntityAt and TypeAt are safe for concurrent use, with each other and with
-// Run.
+// EntityAt, TypeAt and TypeJSONAt are safe for concurrent use, with each
+// other and with Run.
 type Index struct {
 	r     *Reader
 	db    *leveldb.DB
@@ -702,8 +705,9 @@ func decodeVersion(key, value []byte) (*codecs.State, error) {
 	if len(value) == 0 {
 		return nil, nil
 	}
-	// The iterator's value is not ours to keep; the state's row would be.
-	st, err := (codecs.StateCodec{}).Decode(bytes.Clone(value))
+	// The iterator's value is not ours to keep: Decode copies what the
+	// state keeps of it.
+	st, err := (codecs.StateCodec{}).Decode(value)
 	if err != nil {
 		return nil, fmt.Errorf("history index: version %q: %w", key, err)
 	}

@@ -232,6 +232,26 @@ func typeAnswer(states []*codecs.State, err error) string {
 	return answer(out, err)
 }
 
+// typeJSONAt is Index.TypeJSONAt or Reader.TypeJSONAt.
+type typeJSONAt func(ctx context.Context, entityType string, end int64, progress func(done, total int64), fn func(entity []byte) error) error
+
+// streamAnswer is typeAnswer of what a TypeJSONAt hands on: json.Marshal
+// of a list is its elements' JSON, joined by commas in brackets.
+func streamAnswer(ctx context.Context, typeAt typeJSONAt, typ string, end int64) string {
+	out := []byte{'['}
+	err := typeAt(ctx, typ, end, nil, func(e []byte) error {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, e...)
+		return nil
+	})
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return string(append(out, ']'))
+}
+
 var testIDs = map[string][]codecs.Key{
 	"account": {codecs.IntKey(0), codecs.IntKey(1), codecs.IntKey(2), codecs.IntKey(7), codecs.IntKey(24), codecs.IntKey(99), codecs.TextKey("3")},
 	"note":    {codecs.TextKey("a"), codecs.TextKey("b/c"), codecs.TextKey("0"), codecs.TextKey("ü"), codecs.TextKey("long-one"), codecs.TextKey("none")},
@@ -345,6 +365,9 @@ func TestIndexMatchesScan(t *testing.T) {
 			if got := typeAnswer(x.TypeAt(ctx, typ, end, nil)); got != want {
 				t.Fatalf("%s at end %d: the index answers\n  %s\nthe scan\n  %s", typ, end, got, want)
 			}
+			if got := streamAnswer(ctx, x.TypeJSONAt, typ, end); got != want {
+				t.Fatalf("%s at end %d: the index's TypeJSONAt answers\n  %s\nthe scan\n  %s", typ, end, got, want)
+			}
 			typeAnswers[end][typ] = want
 		}
 	}
@@ -366,6 +389,9 @@ func TestIndexMatchesScan(t *testing.T) {
 		for typ, want := range typeAnswers[e] {
 			if got := typeAnswer(x.TypeAt(ctx, typ, e, nil)); got != want {
 				t.Fatalf("%s at end %d, checkpoints every 50: the index answers\n  %s\nthe scan\n  %s", typ, e, got, want)
+			}
+			if got := streamAnswer(ctx, x.TypeJSONAt, typ, e); got != want {
+				t.Fatalf("%s at end %d, checkpoints every 50: the index's TypeJSONAt answers\n  %s\nthe scan\n  %s", typ, e, got, want)
 			}
 		}
 	}
@@ -436,6 +462,9 @@ func TestIndexMatchesScan(t *testing.T) {
 	for e, byType := range typeAnswers {
 		for typ, want := range byType {
 			got := typeAnswer(x.TypeAt(ctx, typ, e, nil))
+			if streamed := streamAnswer(ctx, x.TypeJSONAt, typ, e); streamed != got {
+				t.Fatalf("%s at end %d after retention: TypeJSONAt answers\n  %s\nTypeAt\n  %s", typ, e, streamed, got)
+			}
 			if e >= firstCheckpoint && got != want {
 				t.Fatalf("%s at end %d after retention: the index answers\n  %s\nthe scan answered\n  %s", typ, e, got, want)
 			}

@@ -1,6 +1,8 @@
 package history
 
 import (
+	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/changes-dev/changes/codecs"
@@ -44,4 +46,39 @@ func StateAtOf(typ string, id codecs.Key, at string, end int64, st *codecs.State
 		out.Entity = &e
 	}
 	return out
+}
+
+// appendEntity appends the JSON of EntityOf(st), as json.Marshal writes it,
+// or returns json.Marshal's error. It writes st as StateCodec does (which
+// writes what encoding/json writes, without its reflection) and takes the
+// members an Entity has from that.
+func appendEntity(dst []byte, st *codecs.State) ([]byte, error) {
+	if b, err := (codecs.StateCodec{}).Encode(st); err == nil {
+		if s, ok := codecs.SplitState(b); ok {
+			return appendSplitEntity(dst, s), nil
+		}
+	}
+	b, err := json.Marshal(EntityOf(st))
+	if err != nil {
+		return dst, fmt.Errorf("encode %s %s: %w", st.EntityType, st.EntityID, err)
+	}
+	return append(dst, b...), nil
+}
+
+// appendSplitEntity appends the JSON of the Entity of the state s is the
+// JSON of: its members, in Entity's order, as StateCodec wrote them, which
+// is as json.Marshal writes them (for a state StateCodec decoded and
+// encoded again, as the index stores them: see codecs.SplitState).
+func appendSplitEntity(dst []byte, s codecs.StateJSON) []byte {
+	dst = append(dst, `{"type":`...)
+	dst = append(dst, s.Type...)
+	dst = append(dst, `,"id":`...)
+	dst = append(dst, s.ID...)
+	dst = append(dst, `,"row":`...)
+	dst = append(dst, s.Row...)
+	dst = append(dst, `,"position":"`...)
+	dst, _ = s.Position.AppendText(dst)
+	dst = append(dst, `","commit_time":`...)
+	dst = append(dst, s.CommitTime...)
+	return append(dst, '}')
 }

@@ -22,9 +22,6 @@ type replay struct {
 	// order, and a replay of a whole type must not grow with every entity
 	// ever deleted.
 	dropDeleted bool
-	// touched, when not nil, gathers the entities of the changes apply
-	// applied (entitiesAfter).
-	touched map[codecs.Key]struct{}
 }
 
 func newReplay(dropDeleted bool) *replay {
@@ -46,9 +43,6 @@ func (r *replay) apply(ev *codecs.Event) (base *codecs.State, missing []string, 
 	cur := r.states[ev.EntityID]
 	if codecs.Judge(cur, ev, r.truncatedAt) != codecs.Supersede {
 		return nil, nil, false
-	}
-	if r.touched != nil {
-		r.touched[ev.EntityID] = struct{}{}
 	}
 	base = codecs.Base(cur, r.truncatedAt)
 	next, missing := codecs.Apply(base, ev)
@@ -75,39 +69,6 @@ func (r *replay) entities() []*codecs.State {
 		if st := r.entity(id); st != nil {
 			out = append(out, st)
 		}
-	}
-	return out
-}
-
-// entitiesAfter is entities for a replay whose states were all either
-// loaded in the order of ids (sorted, as entities sorts) or applied while
-// touched gathered them: it sorts only the entities the replay added.
-func (r *replay) entitiesAfter(ids []codecs.Key) []*codecs.State {
-	var added []codecs.Key
-	for id := range r.touched {
-		if _, ok := r.states[id]; !ok {
-			continue
-		}
-		if _, found := slices.BinarySearchFunc(ids, id, codecs.Key.Compare); !found {
-			added = append(added, id)
-		}
-	}
-	slices.SortFunc(added, codecs.Key.Compare)
-	out := make([]*codecs.State, 0, len(r.states))
-	add := func(id codecs.Key) {
-		if st := r.entity(id); st != nil {
-			out = append(out, st)
-		}
-	}
-	i := 0
-	for _, id := range ids {
-		for ; i < len(added) && added[i].Compare(id) < 0; i++ {
-			add(added[i])
-		}
-		add(id)
-	}
-	for ; i < len(added); i++ {
-		add(added[i])
 	}
 	return out
 }
