@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,6 +161,43 @@ func TestHistoryIndexServesAt(t *testing.T) {
 	}
 	t.Logf("%d moments x 14 entities compared; %d answers held a state, %d came from the index", len(ats), states, indexed)
 
+	// The whole type at each moment: the same lines from the index as from
+	// the scan, each line the entity's answer at that moment.
+	lines := 0
+	for _, at := range ats {
+		path := "/v1/history/item?at=" + url.QueryEscape(at)
+		code, source, body := get(withIndex.URL, path)
+		wantCode, wantSource, want := get(scanning.URL, path)
+		if code != http.StatusOK || code != wantCode || body != want {
+			t.Fatalf("GET %s: from the index %d %s\nfrom the scan %d %s", path, code, body, wantCode, want)
+		}
+		if source != "index" || wantSource != "scan" {
+			t.Errorf("GET %s: %s %q and %q, want index and scan", path, server.HeaderHistorySource, source, wantSource)
+		}
+		for line := range strings.Lines(body) {
+			var e history.Entity
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				t.Fatalf("GET %s: a line that is not an entity: %q: %v", path, line, err)
+			}
+			_, _, one := get(scanning.URL, fmt.Sprintf("/v1/history/item/%s?at=%s", url.PathEscape(e.ID), url.QueryEscape(at)))
+			var st history.StateAt
+			if err := json.Unmarshal([]byte(one), &st); err != nil || st.Entity == nil {
+				t.Fatalf("GET %s lists %s, which /v1/history/item/%s?at= says did not exist: %s", path, e.ID, e.ID, one)
+			}
+			if got, _ := json.Marshal(st.Entity); strings.TrimSuffix(line, "\n") != string(got) {
+				t.Fatalf("GET %s: line %s\nthe entity's own answer %s", path, line, got)
+			}
+			lines++
+		}
+	}
+	if lines == 0 {
+		t.Error("every whole-type answer was empty: the comparison proves nothing")
+	}
+	if code, _, body := get(withIndex.URL, "/v1/history/item"); code != http.StatusBadRequest {
+		t.Errorf("GET /v1/history/item without at=: %d %s, want 400", code, body)
+	}
+	t.Logf("%d moments of the whole type compared, %d entity lines", len(ats), lines)
+
 	// Retention removes the first half of the history: what depended on
 	// it is 410 (or the view's word) from both alike, and the index sweeps.
 	cut := (b.Start + b.End) / 2
@@ -178,6 +217,24 @@ func TestHistoryIndexServesAt(t *testing.T) {
 	}
 	states, indexed = compare(after)
 	t.Logf("after retention: %d moments x 14 entities compared; %d answers held a state, %d came from the index", len(after), states, indexed)
+	// The scan cannot rebuild a whole type without the history's start; the
+	// index can, from its first checkpoint after the new start.
+	fromIndex := 0
+	for _, at := range after {
+		path := "/v1/history/item?at=" + url.QueryEscape(at)
+		if code, _, body := get(scanning.URL, path); code != http.StatusGone {
+			t.Errorf("GET %s from the scan after retention: %d %s, want 410", path, code, body)
+		}
+		switch code, source, body := get(withIndex.URL, path); {
+		case code == http.StatusOK && source == "index":
+			fromIndex++
+		case code != http.StatusGone:
+			t.Errorf("GET %s from the index after retention: %d (%s) %s, want 200 from the index or 410", path, code, source, body)
+		}
+	}
+	if fromIndex == 0 {
+		t.Errorf("after retention the index answered none of %d whole-type moments", len(after))
+	}
 
 	// `changes serve` keeps its index beside its views and answers from it
 	// once it has caught up, the same as the scan.

@@ -6,6 +6,7 @@
 //	GET /v1/entities/{type}?after=ID&limit=N        a page of entities in key order (min_lsn= too)
 //	GET /v1/history/{type}/{id}?after=OFFSET&limit=N  a page of the entity's changes in the history
 //	GET /v1/history/{type}/{id}?at=T                its state at T (RFC 3339 time, or a history offset)
+//	GET /v1/history/{type}?at=T                     every entity of the type at T, one JSON line each
 //	GET /v1/changes/{type}?from=OFFSET              the type's changes as server-sent events, live
 //	GET /healthz                                    the process serves
 //	GET /readyz                                     every view has caught up and reaches Kafka (503 else)
@@ -23,6 +24,15 @@
 // has applied it, for at most Config.MaxWait, then 503 with Retry-After.
 // The wait holds the request's turn (Config.MaxInFlight): a client that
 // asks for an LSN the database never reaches holds it for MaxWait.
+//
+// The whole type at T is every entity that existed then, one history.Entity
+// a line (application/x-ndjson, what `changes asof` prints), in id order,
+// with X-Changes-History-Offset: the first history offset it does not
+// include. It holds a HistoryScans turn while it is written. The index
+// decodes only the entities changed since its last checkpoint before T; the
+// scan needs the history from its start (410 once retention removed it).
+// An error after the first line cuts the answer off (the chunked body ends
+// without its last chunk) rather than end a shorter list as if whole.
 //
 // An ?at= answer carries X-Changes-History-Source: "index" when the history
 // index (Config.HistoryIndex, views/history.Index) answered, in

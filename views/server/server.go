@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -149,6 +150,7 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /v1/entities/{type}/{id}", s.v1(s.entity))
 	mux.Handle("GET /v1/entities/{type}", s.v1(s.list))
 	mux.Handle("GET /v1/history/{type}/{id}", s.v1(s.history))
+	mux.Handle("GET /v1/history/{type}", s.v1(s.typeAt))
 	mux.HandleFunc("GET /v1/changes/{type}", s.subscribe)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// Every endpoint is GET (and so HEAD): a path one of them serves,
@@ -563,6 +565,109 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.write(w, r, http.StatusOK, body)
+}
+
+// HeaderHistoryOffset is, on a /v1/history/{type}?at= answer, the end
+// (exclusive) of the history the answer holds: the offset of the first
+// change it does not include.
+const HeaderHistoryOffset = "X-Changes-History-Offset"
+
+// typeAt answers GET /v1/history/{type}?at=: every entity of the type as it
+// was at that moment (an RFC 3339 time or a history offset), one JSON
+// Entity a line (application/x-ndjson), in id order, as `changes asof`
+// prints it. The history index answers once it has read up to the moment,
+// decoding only the entities changed since its last checkpoint before it;
+// until then the history is scanned from its start. Either takes a history
+// turn for as long as it writes, the client's reading included.
+//
+// An error before the first entity is written is an error answer as
+// elsewhere; one after it aborts the answer (the client sees the chunked
+// body end without its last chunk), never a shorter list that looks whole.
+func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.view(w, r)
+	if !ok {
+		return
+	}
+	typ := v.EntityType()
+	at := r.URL.Query().Get("at")
+	if at == "" {
+		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("at= is required: the moment (an RFC 3339 time or a history offset) to read every %s at; /v1/history/%s/{id} lists one entity's changes", typ, typ))
+		return
+	}
+	h, ok := s.historyReader(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	end, err := EndOffset(ctx, h, at)
+	if err != nil {
+		s.fail(w, r, statusOf(err), err)
+		return
+	}
+	release, err := s.scans.acquire(ctx)
+	if err != nil {
+		s.busy(w, r, err)
+		return
+	}
+	defer release()
+	var idx *history.Index
+	if s.cfg.HistoryIndex != nil {
+		if idx = s.cfg.HistoryIndex(); idx != nil && idx.Position() < end {
+			idx = nil // it has not read that far yet
+		}
+	}
+	out := bufio.NewWriterSize(w, 64<<10)
+	started := false
+	entities := 0
+	write := func(entity []byte) error {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+		}
+		if out.Available() < len(entity)+1 && s.cfg.WriteTimeout > 0 {
+			// Each flush has its own deadline: a large answer may take
+			// longer to write than one write timeout.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		}
+		entities++
+		out.Write(entity)
+		return out.WriteByte('\n')
+	}
+	source := "scan"
+	if idx != nil {
+		source = "index"
+		w.Header().Set(HeaderHistorySource, source)
+		w.Header().Set(HeaderHistoryOffset, strconv.FormatInt(end, 10))
+		err = idx.TypeJSONAt(ctx, typ, end, nil, write)
+		if !started && (errors.Is(err, history.ErrIndexMismatch) || errors.Is(err, history.ErrIndexClosed)) {
+			s.log.Warn("the history index failed a read; scanning the history", "entity_type", typ, "err", err)
+			source, idx = "scan", nil
+		}
+	}
+	if idx == nil {
+		w.Header().Set(HeaderHistorySource, source)
+		w.Header().Set(HeaderHistoryOffset, strconv.FormatInt(end, 10))
+		err = h.TypeJSONAt(ctx, typ, end, nil, write)
+	}
+	if err == nil {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+		}
+		err = out.Flush()
+	}
+	switch {
+	case err == nil:
+		s.log.Debug("a type at a moment", "entity_type", typ, "at", at, "history_offset", end, "entities", entities, "source", source)
+	case !started:
+		s.fail(w, r, statusOf(err), err)
+	default:
+		s.log.Warn("a type at a moment failed while it was written; the answer is cut off", "entity_type", typ, "at", at,
+			"entities_written", entities, "source", source, "err", err)
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // HeaderHistorySource says what answered a /v1/history?at= request:
