@@ -28,17 +28,24 @@ import (
 //
 // So a fencedProducer holds a marker until every earlier record of its
 // partition (its lane) was acknowledged, and holds every later record of the
-// lane until the marker was. Once any record failed, it sends nothing more:
-// every held or later record fails without being written. Within a lane,
+// lane until the marker was. Once a failure is known, it sends nothing more:
+// every held or later record fails without being written (a record whose
+// send began as the failure came in may still go out; never a marker,
+// which goes out only when its lane has nothing in flight). Within a lane,
 // records reach Kafka in the order they were emitted, held or not.
+//
+// Only the events topics and the snapshot tables carry markers (the topics
+// partitions names); a record of another topic, such as a dead letter of a
+// record under a marker key, is never held.
 //
 // Its acknowledgements also pass through the processor's inOrder (see
 // there). Its methods are safe for concurrent use; records of one lane are
-// emitted by one goroutine (a partition's processor, or the router).
+// emitted by one goroutine (a partition's processor, or the router), except
+// in the lanes that carry no marker.
 type fencedProducer struct {
 	next       goka.Producer
 	order      *inOrder
-	partitions map[string]int // partition count of every topic the processors write markers to
+	partitions map[string]int // partition count of every topic that carries markers
 
 	mu      sync.Mutex
 	wake    *sync.Cond // signalled when released records wait or the producer closes
@@ -47,6 +54,12 @@ type fencedProducer struct {
 	failed  error           // the first failure: nothing is sent after it
 	closed  bool
 	stopped chan struct{} // closed when the sender has returned
+	// sending counts the direct sends under way, which Close waits for:
+	// sarama's input is closed by the wrapped producer's Close.
+	sending sync.WaitGroup
+	// afterSend, when not nil, runs on the sender after it sent a
+	// released record and before it takes the lock again (tests).
+	afterSend func()
 }
 
 // lane is one partition of one topic. A topic the producer knows no
@@ -112,11 +125,13 @@ func (o *inOrder) producerBuilder(build goka.ProducerBuilder, partitions map[str
 	}
 }
 
-// topicPartitions is the partition count of every topic of topo, by name.
-func topicPartitions(topo *topology.Topology) map[string]int {
+// markerTopics is the partition count of every topic of topo that carries
+// markers (the events topics and the snapshot tables), by name.
+func markerTopics(topo *topology.Topology) map[string]int {
 	m := make(map[string]int)
-	for _, s := range topo.Topics() {
-		m[s.Name] = int(s.Partitions)
+	for _, e := range topo.Config().Entities {
+		m[topo.Events(e.Type)] = e.Partitions
+		m[topo.Snapshot(e.Type)] = e.Partitions
 	}
 	return m
 }
@@ -139,9 +154,10 @@ func (p *fencedProducer) Emit(topic, key string, value []byte) *goka.Promise {
 // and commit queued before it in the processor's inOrder finished.
 func (p *fencedProducer) EmitWithHeaders(topic, key string, value []byte, headers goka.Headers) *goka.Promise {
 	out, finish := goka.NewPromiseWithFinisher()
+	l := p.laneOf(topic, key)
 	r := &fencedRecord{
-		lane:    p.laneOf(topic, key),
-		marker:  isMarkerKey(key),
+		lane:    l,
+		marker:  l.partition >= 0 && isMarkerKey(key),
 		key:     key,
 		value:   value,
 		headers: headers,
@@ -158,14 +174,23 @@ func (p *fencedProducer) EmitWithHeaders(topic, key string, value []byte, header
 		ls = new(laneState)
 		p.lanes[r.lane] = ls
 	}
-	if len(ls.held) > 0 || ls.queued > 0 || !ls.admits(r) {
+	switch {
+	case len(ls.held) > 0 || !ls.admits(r):
 		ls.held = append(ls.held, r)
 		p.mu.Unlock()
-		return out
+	case ls.queued > 0:
+		// Free to go, behind released records the sender has yet to
+		// send: after them, in its queue. (Held instead, it would wait
+		// for an acknowledgement that may have come already.)
+		p.queue(ls, r)
+		p.mu.Unlock()
+	default:
+		ls.count(r)
+		p.sending.Add(1)
+		p.mu.Unlock()
+		p.send(r)
+		p.sending.Done()
 	}
-	ls.count(r)
-	p.mu.Unlock()
-	p.send(r)
 	return out
 }
 
@@ -229,17 +254,19 @@ func (p *fencedProducer) acknowledged(r *fencedRecord, msg *sarama.ProducerMessa
 func (p *fencedProducer) releaseFrom(ls *laneState) {
 	n := 0
 	for n < len(ls.held) && ls.admits(ls.held[n]) {
-		r := ls.held[n]
-		ls.count(r)
-		ls.queued++
-		p.release = append(p.release, r)
+		p.queue(ls, ls.held[n])
 		n++
-	}
-	if n == 0 {
-		return
 	}
 	clear(ls.held[:n])
 	ls.held = ls.held[n:]
+}
+
+// queue counts r in flight in ls and puts it in the sender's queue. p.mu is
+// held.
+func (p *fencedProducer) queue(ls *laneState, r *fencedRecord) {
+	ls.count(r)
+	ls.queued++
+	p.release = append(p.release, r)
 	p.wake.Signal()
 }
 
@@ -292,30 +319,24 @@ func (p *fencedProducer) sendReleased() {
 		if len(p.release) == 0 {
 			return
 		}
+		// A failure or Close empties the queue under the lock: what is
+		// in it may be sent.
 		r := p.release[0]
 		p.release[0] = nil
 		p.release = p.release[1:]
-		ls := p.lanes[r.lane]
-		if err := p.refusal(); err != nil {
-			ls.unacked--
-			ls.queued--
-			if r.marker {
-				ls.markers--
-			}
-			p.mu.Unlock()
-			p.order.complete(r.ack, nil, err)
-			p.mu.Lock()
-			continue
-		}
 		p.mu.Unlock()
 		p.send(r)
+		if p.afterSend != nil {
+			p.afterSend()
+		}
 		p.mu.Lock()
-		ls.queued--
+		p.lanes[r.lane].queued--
 	}
 }
 
-// Close fails what is still held, then closes the wrapped producer, which
-// waits for the acknowledgements of what was sent.
+// Close fails what is still held, waits for the sends under way, then
+// closes the wrapped producer, which waits for the acknowledgements of what
+// was sent.
 func (p *fencedProducer) Close() error {
 	p.mu.Lock()
 	p.closed = true
@@ -324,5 +345,6 @@ func (p *fencedProducer) Close() error {
 	p.mu.Unlock()
 	p.fail(dropped)
 	<-p.stopped
+	p.sending.Wait()
 	return p.next.Close()
 }

@@ -26,6 +26,7 @@ type laneRecorder struct {
 	partitions map[string]int
 
 	mu      sync.Mutex
+	instant map[string]bool        // keys acknowledged as they arrive
 	arrived map[lane][]string      // keys, in the order they reached the producer
 	pending map[string]*sentRecord // arrived, not yet acknowledged, by key
 	order   []string               // every key that arrived, in order
@@ -51,7 +52,7 @@ func (f *laneRecorder) EmitWithHeaders(topic, key string, _ []byte, _ goka.Heade
 	if n, ok := f.partitions[topic]; ok {
 		l.partition = topology.PartitionOf(key, n)
 	}
-	marker := isMarkerKey(key)
+	marker := l.partition >= 0 && isMarkerKey(key) // only topics with partitions carry markers
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k, s := range f.pending {
@@ -67,6 +68,10 @@ func (f *laneRecorder) EmitWithHeaders(topic, key string, _ []byte, _ goka.Heade
 	}
 	f.arrived[l] = append(f.arrived[l], key)
 	f.order = append(f.order, key)
+	if f.instant[key] {
+		finish(&sarama.ProducerMessage{}, nil)
+		return p
+	}
 	f.pending[key] = &sentRecord{lane: l, marker: marker, finish: finish}
 	return p
 }
@@ -301,4 +306,62 @@ func TestFenceRandomInterleavings(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFenceRecordBehindReleasedOnes emits a record to a lane whose released
+// records the sender has sent, and whose acknowledgements came, but which
+// the sender has not counted out yet: it must still go out (held, it would
+// wait for an acknowledgement that came already, and the lane would hang).
+func TestFenceRecordBehindReleasedOnes(t *testing.T) {
+	const n = 2
+	p, fake, _ := newFenceForTest(t, map[string]int{"events": n})
+	fp := p.(*fencedProducer)
+	a0, c0 := keyIn("a", 0, n), keyIn("c", 0, n)
+	w0 := topology.WatermarkKeys(n)[0]
+	fake.mu.Lock()
+	fake.instant = map[string]bool{w0: true, c0: true}
+	fake.mu.Unlock()
+	var once sync.Once
+	fp.afterSend = func() { once.Do(func() { p.Emit("events", c0, nil) }) }
+	p.Emit("events", a0, nil)
+	p.Emit("events", w0, nil) // held behind a0
+	fake.ack(a0, nil)         // releases w0; the sender sends it, it is acknowledged at once, then c0 comes
+	fake.waitArrived(a0, w0, c0)
+}
+
+// TestFenceCloseFailsHeld closes the producer while a watermark waits for
+// the record before it: the watermark fails, unsent, and an emit after
+// Close fails too.
+func TestFenceCloseFailsHeld(t *testing.T) {
+	const n = 2
+	p, fake, _ := newFenceForTest(t, map[string]int{"events": n})
+	a0 := keyIn("a", 0, n)
+	w0 := topology.WatermarkKeys(n)[0]
+	errs := make(chan error, 2)
+	p.Emit("events", a0, nil)
+	p.Emit("events", w0, nil).Then(func(err error) { errs <- err })
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fake.ack(a0, nil) // as the wrapped producer's Close would drain it
+	if err := <-errs; !errors.Is(err, errProducerClosed) {
+		t.Errorf("the held watermark: %v, want %v", err, errProducerClosed)
+	}
+	p.Emit("events", keyIn("b", 1, n), nil).Then(func(err error) { errs <- err })
+	if err := <-errs; !errors.Is(err, errProducerClosed) {
+		t.Errorf("a record emitted after Close: %v, want %v", err, errProducerClosed)
+	}
+	fake.waitArrived(a0)
+}
+
+// TestFenceDeadLetterOfAMarker checks that a record under a marker key in a
+// topic that carries no markers (a dead letter) is not held.
+func TestFenceDeadLetterOfAMarker(t *testing.T) {
+	const n = 2
+	p, fake, _ := newFenceForTest(t, map[string]int{"events": n})
+	a0 := keyIn("a", 0, n)
+	w0 := topology.WatermarkKeys(n)[0]
+	p.Emit("deadletter", a0, nil)
+	p.Emit("deadletter", w0, nil)
+	fake.waitArrived(a0, w0)
 }

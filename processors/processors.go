@@ -97,7 +97,7 @@ func (o *options) gokaOptions(topo *topology.Topology, log *slog.Logger, order *
 		goka.WithClientID(kcfg.ClientID),
 		goka.WithLogger(slogadapter.New(log, slog.LevelDebug)),
 		goka.WithStorageBuilder(batchStoreBuilder(o.storageDir)),
-		goka.WithProducerBuilder(order.producerBuilder(goka.ProducerBuilderWithConfig(cfgs[0]), topicPartitions(topo))),
+		goka.WithProducerBuilder(order.producerBuilder(goka.ProducerBuilderWithConfig(cfgs[0]), markerTopics(topo))),
 		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(cfgs[1])),
 		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(cfgs[2])),
 		goka.WithTopicManagerBuilder(goka.TopicManagerBuilderWithConfig(cfgs[3], tmc)),
