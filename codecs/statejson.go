@@ -48,9 +48,12 @@ var kindSuffixes = func() (s [len(kindNames)][]byte) {
 // SplitState splits b, the JSON of a State written by StateCodec.Encode,
 // into its members. It checks the members around the row and parses the
 // position, not the row or the times (their bytes were written by Encode):
-// ok is false for anything not in the form Encode writes (members in
+// ok is false where the layout is not the one Encode writes (members in
 // another order or spaced, a member it leaves out, a string with an
-// escape in a name), which StateCodec.Decode then reads, or refuses.
+// escape in a name), which StateCodec.Decode then reads, or refuses. The
+// strings and the row are not validated: bytes not written by Encode may
+// be split, and pass on as they are, JSON that is invalid or not what
+// encoding/json would write. Split only what Encode wrote.
 func SplitState(b []byte) (s StateJSON, ok bool) {
 	if !bytes.HasPrefix(b, []byte(stateTypeMember)) {
 		return s, false

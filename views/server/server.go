@@ -616,7 +616,7 @@ func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
 			idx = nil // it has not read that far yet
 		}
 	}
-	out := bufio.NewWriterSize(w, 64<<10)
+	out := bufio.NewWriterSize(deadlineWriter{w: w, timeout: s.cfg.WriteTimeout}, 64<<10)
 	started := false
 	entities := 0
 	write := func(entity []byte) error {
@@ -624,11 +624,6 @@ func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
 			started = true
 			w.Header().Set("Content-Type", "application/x-ndjson")
 			w.WriteHeader(http.StatusOK)
-		}
-		if out.Available() < len(entity)+1 && s.cfg.WriteTimeout > 0 {
-			// Each flush has its own deadline: a large answer may take
-			// longer to write than one write timeout.
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		}
 		entities++
 		out.Write(entity)
@@ -664,10 +659,32 @@ func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
 	case !started:
 		s.fail(w, r, statusOf(err), err)
 	default:
-		s.log.Warn("a type at a moment failed while it was written; the answer is cut off", "entity_type", typ, "at", at,
+		level := slog.LevelWarn
+		if ctx.Err() != nil {
+			level = slog.LevelDebug // the client left: counted as any request, not logged
+		}
+		s.log.Log(ctx, level, "a type at a moment failed while it was written; the answer is cut off", "entity_type", typ, "at", at,
 			"entities_written", entities, "source", source, "err", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// deadlineWriter gives each write to w a deadline of its own, timeout from
+// its start (none if timeout is 0): an answer written in many writes may
+// take longer than one write timeout, and a client that stops reading is
+// dropped all the same.
+type deadlineWriter struct {
+	w       http.ResponseWriter
+	timeout time.Duration
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	if d.timeout > 0 {
+		// ErrNotSupported by a wrapping ResponseWriter without Unwrap:
+		// the http.Server's WriteTimeout then applies.
+		_ = http.NewResponseController(d.w).SetWriteDeadline(time.Now().Add(d.timeout))
+	}
+	return d.w.Write(p)
 }
 
 // HeaderHistorySource says what answered a /v1/history?at= request:
