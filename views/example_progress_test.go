@@ -31,11 +31,13 @@ func ExampleAtLeast() {
 	tbl.Watermark(0x1000)
 
 	lsn, _ := codecs.ParseLSN("0/1A00") // pg_current_wal_insert_lsn() after the COMMIT
-	go func() {
+	var delivering sync.WaitGroup
+	delivering.Go(func() {
 		time.Sleep(20 * time.Millisecond)
 		tbl.PutRow(42, codecs.Row{"name": json.RawMessage(`"new name"`)})
-		tbl.Watermark(0x1A00)
-	}()
+		tbl.Watermark(0x1A00) // returns once the view applied it, maybe after the read
+	})
+	defer delivering.Wait() // before the view stops
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
