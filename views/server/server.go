@@ -618,22 +618,25 @@ func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
 	}
 	out := bufio.NewWriterSize(deadlineWriter{w: w, timeout: s.cfg.WriteTimeout}, 64<<10)
 	started := false
-	entities := 0
-	write := func(entity []byte) error {
+	start := func() {
 		if !started {
 			started = true
 			w.Header().Set("Content-Type", "application/x-ndjson")
 			w.WriteHeader(http.StatusOK)
 		}
+	}
+	entities := 0
+	write := func(entity []byte) error {
+		start()
 		entities++
 		out.Write(entity)
 		return out.WriteByte('\n')
 	}
+	w.Header().Set(HeaderHistoryOffset, strconv.FormatInt(end, 10))
 	source := "scan"
 	if idx != nil {
 		source = "index"
 		w.Header().Set(HeaderHistorySource, source)
-		w.Header().Set(HeaderHistoryOffset, strconv.FormatInt(end, 10))
 		err = idx.TypeJSONAt(ctx, typ, end, nil, write)
 		if !started && (errors.Is(err, history.ErrIndexMismatch) || errors.Is(err, history.ErrIndexClosed)) {
 			s.log.Warn("the history index failed a read; scanning the history", "entity_type", typ, "err", err)
@@ -642,15 +645,10 @@ func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
 	}
 	if idx == nil {
 		w.Header().Set(HeaderHistorySource, source)
-		w.Header().Set(HeaderHistoryOffset, strconv.FormatInt(end, 10))
 		err = h.TypeJSONAt(ctx, typ, end, nil, write)
 	}
 	if err == nil {
-		if !started {
-			started = true
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.WriteHeader(http.StatusOK)
-		}
+		start()
 		err = out.Flush()
 	}
 	switch {
