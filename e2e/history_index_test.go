@@ -168,11 +168,16 @@ func TestHistoryIndexServesAt(t *testing.T) {
 		path := "/v1/history/item?at=" + url.QueryEscape(at)
 		code, source, body := get(withIndex.URL, path)
 		wantCode, wantSource, want := get(scanning.URL, path)
-		if code != http.StatusOK || code != wantCode || body != want {
+		if code != wantCode || body != want {
 			t.Fatalf("GET %s: from the index %d %s\nfrom the scan %d %s", path, code, body, wantCode, want)
 		}
-		if source != "index" || wantSource != "scan" {
-			t.Errorf("GET %s: %s %q and %q, want index and scan", path, server.HeaderHistorySource, source, wantSource)
+		if code == http.StatusGone {
+			// A moment recorded before the history's first change: not
+			// a moment of the history, for both alike (no source).
+			continue
+		}
+		if code != http.StatusOK || source != "index" || wantSource != "scan" {
+			t.Errorf("GET %s: %d, %s %q and %q, want 200 from the index and the scan", path, code, server.HeaderHistorySource, source, wantSource)
 		}
 		for line := range strings.Lines(body) {
 			var e history.Entity
