@@ -378,6 +378,51 @@ func (EventCodec) Decode(b []byte) (*Event, error) {
 	return decodeValid("event", b, (*eventJSON).event)
 }
 
+// DecodeWithoutRows decodes b as Decode does, and fails where it fails,
+// but leaves the rows out: the event's After and Before are nil, and after
+// is the JSON of the row After would hold, as encoding/json writes that
+// Row (nil where After would be nil), for DecodeRow when the row is
+// needed. A reader that holds many events and needs the rows of few of
+// them, as the history index does when it replays a type, spends neither
+// the time nor the memory of a map per row, and can write a row it does
+// not decode (StateCodec.AppendWithRow). after is a copy: b may be reused.
+// An event the capture wrote has its after in that form already: it is
+// checked and copied.
+func (c EventCodec) DecodeWithoutRows(b []byte) (ev *Event, after []byte, err error) {
+	if e, after, ok := decodeEventRows(b, false); ok {
+		return e, after, nil
+	}
+	e, err := c.Decode(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	if e.After != nil {
+		if after, err = appendRow(nil, e.After); err != nil {
+			return nil, nil, fmt.Errorf("decode event: after: %w", err)
+		}
+	}
+	e.After, e.Before = nil, nil
+	return e, after, nil
+}
+
+// DecodeRow decodes the JSON of a row, as DecodeWithoutRows hands it on,
+// into a Row that encoding/json writes as b: the Row Decode would have
+// given the event, its values compacted. The Row's values are slices of b.
+func DecodeRow(b []byte) (Row, error) {
+	r := reader{b: b}
+	if row, ok := r.row(); ok && row != nil && r.end() {
+		return row, nil
+	}
+	var row Row
+	if err := strictUnmarshal(b, &row); err != nil {
+		return nil, fmt.Errorf("decode row: %w", err)
+	}
+	if row == nil {
+		return nil, errors.New("decode row: null")
+	}
+	return row, nil
+}
+
 // wireKey is the key of a record's "id" and "id_kind".
 func wireKey(id *string, kind KeyKind) (Key, error) {
 	if id == nil {

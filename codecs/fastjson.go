@@ -38,13 +38,21 @@ var errSlowPath = errors.New("codecs: encoding/json needed")
 // appendState appends s's JSON form, as json.Marshal(s.wire()) writes it.
 // s must be valid.
 func appendState(dst []byte, s *State) ([]byte, error) {
+	return appendStateWithRow(dst, s, nil)
+}
+
+// appendStateWithRow is appendState, which writes row, if not nil, as
+// s's row.
+func appendStateWithRow(dst []byte, s *State, row []byte) ([]byte, error) {
 	dst = append(dst, `{"type":`...)
 	dst = appendString(dst, s.EntityType)
 	dst = append(dst, `,"id":`...)
 	dst = appendString(dst, s.EntityID.String())
 	dst = append(dst, `,"row":`...)
 	var err error
-	if s.Row == nil {
+	if row != nil {
+		dst = append(dst, row...)
+	} else if s.Row == nil {
 		dst = append(dst, "null"...)
 	} else if dst, err = appendRow(dst, s.Row); err != nil {
 		return nil, err
@@ -724,10 +732,37 @@ func (r *reader) text(dst *string) bool {
 // decodeEvent decodes b, a valid event in the platform's form; false if it
 // is anything else (encoding/json then decides).
 func decodeEvent(b []byte) (*Event, bool) {
-	r := reader{b: bytes.Clone(b)} // the row's values are slices of it
+	e, _, ok := decodeEventRows(b, true)
+	return e, ok
+}
+
+// decodeEventRows is decodeEvent, which decodes the rows if rows is true.
+// If it is false, it only checks that "after" and "before" are JSON
+// values, leaves After and Before nil, and returns a copy of the JSON of
+// "after" if it is an object (nil if it is null or absent); false for an
+// after that is neither, or an empty object.
+func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
+	r := reader{b: b}
+	if rows {
+		r.b = bytes.Clone(b) // the row's values are slices of it
+	}
 	var e Event
 	var id []byte
 	var kind KeyKind
+	var after []byte
+	// skip checks the value that is next and returns it, nil for null.
+	skip := func() ([]byte, bool) {
+		if r.null() {
+			return nil, true
+		}
+		end, _, ok := scanValue(r.b, r.i)
+		if !ok {
+			return nil, false
+		}
+		v := r.b[r.i:end]
+		r.i = end
+		return v, true
+	}
 	ok := r.object(func(name []byte) (bit int, ok bool) {
 		switch string(name) {
 		case "type":
@@ -741,9 +776,17 @@ func decodeEvent(b []byte) (*Event, bool) {
 			e.Op = Op(op)
 			return mOp, ok
 		case "after":
+			if !rows {
+				after, ok = skip()
+				return mAfter, ok && (after == nil || after[0] == '{')
+			}
 			e.After, ok = r.row()
 			return mAfter, ok
 		case "before":
+			if !rows {
+				before, ok := skip()
+				return mBefore, ok && (before == nil || before[0] == '{')
+			}
 			e.Before, ok = r.row()
 			return mBefore, ok
 		case "unchanged":
@@ -776,12 +819,81 @@ func decodeEvent(b []byte) (*Event, bool) {
 		return 0, false
 	})
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
-	if e.EntityID, ok = key(id, kind); !ok || e.Validate() != nil {
-		return nil, false
+	if e.EntityID, ok = key(id, kind); !ok {
+		return nil, nil, false
 	}
-	return &e, true
+	if !rows && after != nil {
+		// Validate sees the row as present, or as the empty Row the
+		// object is.
+		if empty, _ := (&reader{b: after}).open(); empty {
+			return nil, nil, false
+		}
+		e.After = placeholderRow
+	}
+	if e.Validate() != nil {
+		return nil, nil, false
+	}
+	if !rows {
+		e.After = nil
+		if canonicalRow(after) {
+			after = bytes.Clone(after)
+		} else if after != nil {
+			row, ok := (&reader{b: after}).row()
+			if !ok {
+				return nil, nil, false
+			}
+			var err error
+			if after, err = appendRow(nil, row); err != nil {
+				return nil, nil, false
+			}
+		}
+	}
+	return &e, after, true
+}
+
+// canonicalRow reports whether b is a JSON object in the form
+// encoding/json writes a Row in: members in the byte order of their names,
+// each name once, with no escape and in valid UTF-8, and no space or
+// character encoding/json escapes for HTML in names or values.
+func canonicalRow(b []byte) bool {
+	if len(b) < 2 || b[0] != '{' {
+		return false
+	}
+	if b[1] == '}' {
+		return len(b) == 2
+	}
+	var prev []byte
+	for i := 1; ; {
+		if i >= len(b) || b[i] != '"' {
+			return false
+		}
+		end, clean, ok := scanString(b, i)
+		if !ok || !clean {
+			return false
+		}
+		name := b[i+1 : end-1]
+		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) || (prev != nil && bytes.Compare(prev, name) >= 0) {
+			return false
+		}
+		prev = name
+		if end >= len(b) || b[end] != ':' {
+			return false
+		}
+		end, clean, ok = scanValue(b, end+1)
+		if !ok || !clean || end >= len(b) {
+			return false
+		}
+		switch b[end] {
+		case ',':
+			i = end + 1
+		case '}':
+			return end+1 == len(b)
+		default:
+			return false
+		}
+	}
 }
 
 // decodeState is decodeEvent for a State.

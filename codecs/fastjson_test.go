@@ -125,6 +125,18 @@ func TestFastJSONLeavesTheRestToEncodingJSON(t *testing.T) {
 		{`"after":{`, `"after":{"x":[1,],`},
 		{`"after":{`, `"after":{"x":"\x01",`},
 		{`"after":{`, `"after":{"x":tru,`},
+		{`"after":{`, `"after":{"\u0078":1,`},
+		{`"after":{`, `"after":{"zz":1,`},
+		{`"after":{`, `"after":{"a":"<\u00e9\u2028",`},
+		{`"after":{`, `"after":{"a\u0026":1,`},
+		{`"after":{`, `"after":{"a\xff":1,`},
+		{`"after":{`, `"after":{"a":{"z":1,"b":[1, 2]},`},
+		{`"after":{`, `"after":{"x":1,"x":2,`},
+		{`"after":{`, `"after":[],"x":{`},
+		{`"op":"update"`, `"op":"delete","before":{"id":1},"after":{}`},
+		{`"op":"update"`, `"op":"delete","before":null,"after":null,"x":1`},
+		{`"op":"update"`, `"op":"update","before":[1,{"a":"\u2028"}]`},
+		{`"op":"update"`, `"op":"update","before":{"a":1`},
 		{`"unchanged":[`, `"unchanged":[1,`},
 		{`"unchanged":[`, `"unchanged":["\u00fc",`},
 		{`Z"`, `+00:00"`},
@@ -154,6 +166,43 @@ func checkEventDecoders(t testing.TB, b []byte, fast bool) {
 		t.Errorf("decodeEvent accepted %s, which encoding/json refuses: %v", b, werr)
 	case ok && !reflect.DeepEqual(got, want):
 		t.Errorf("decodeEvent(%s)\n = %#v\nencoding/json: %#v", b, got, want)
+	}
+	checkDecodeWithoutRows(t, b)
+}
+
+// checkDecodeWithoutRows fails unless DecodeWithoutRows and DecodeRow
+// agree with Decode on b.
+func checkDecodeWithoutRows(t testing.TB, b []byte) {
+	t.Helper()
+	want, werr := EventCodec{}.Decode(b)
+	got, after, gerr := EventCodec{}.DecodeWithoutRows(b)
+	if (gerr != nil) != (werr != nil) {
+		t.Fatalf("DecodeWithoutRows(%s): %v; Decode: %v", b, gerr, werr)
+	}
+	if werr != nil {
+		return
+	}
+	if got.After != nil || got.Before != nil {
+		t.Fatalf("DecodeWithoutRows(%s) left rows: %#v", b, got)
+	}
+	if (after == nil) != (want.After == nil) {
+		t.Fatalf("DecodeWithoutRows(%s): after %q; Decode's After %#v", b, after, want.After)
+	}
+	if after != nil {
+		if w, err := json.Marshal(want.After); err != nil || string(after) != string(w) {
+			t.Fatalf("DecodeWithoutRows(%s): after %s; encoding/json writes Decode's After as %s (%v)", b, after, w, err)
+		}
+		row, err := DecodeRow(after)
+		if err != nil {
+			t.Fatalf("DecodeRow(%s) of %s: %v", after, b, err)
+		}
+		if g, err := json.Marshal(row); err != nil || string(g) != string(after) {
+			t.Fatalf("DecodeRow(%s) = %#v, which encoding/json writes as %s (%v)", after, row, g, err)
+		}
+	}
+	got.After, want.After, want.Before = nil, nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("DecodeWithoutRows(%s)\n = %#v\nDecode: %#v", b, got, want)
 	}
 }
 

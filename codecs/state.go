@@ -3,6 +3,7 @@ package codecs
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -121,6 +122,40 @@ func (StateCodec) Encode(s *State) ([]byte, error) {
 		}
 	}
 	return encodeValid("state", s, (*State).wire)
+}
+
+// AppendWithRow appends to dst what Encode returns for s with the row row
+// as its Row, where row is the JSON of a Row as encoding/json writes it
+// (as EventCodec.DecodeWithoutRows hands an after on); s.Row is not read.
+// A reader that passes rows on without decoding them, as the history index
+// does, writes a state with it: the row is checked, not decoded, unless it
+// is in another form. The errors are Encode's, and a row that does not
+// decode.
+func (c StateCodec) AppendWithRow(dst []byte, s *State, row []byte) ([]byte, error) {
+	if s == nil {
+		return dst, errors.New("encode state: nil")
+	}
+	if row == nil {
+		return dst, errors.New("encode state: no row")
+	}
+	v := *s
+	v.Row = placeholderRow // Validate sees the row as present
+	if err := v.Validate(); err == nil && canonicalRow(row) {
+		if out, err := appendStateWithRow(dst, s, row); err == nil {
+			return out, nil
+		}
+	}
+	// Encode says what is wrong, or writes what encoding/json writes.
+	r, err := DecodeRow(row)
+	if err != nil {
+		return dst, fmt.Errorf("encode state: %w", err)
+	}
+	v.Row = r
+	b, err := c.Encode(&v)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, b...), nil
 }
 
 // Decode implements Codec.

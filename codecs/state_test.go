@@ -203,5 +203,42 @@ func FuzzStateCodec(f *testing.F) {
 		if err != nil || !reflect.DeepEqual(s3, s2) {
 			t.Fatalf("Decode(Encode(v)) != v for v = %#v\n got %#v, %v", s2, s3, err)
 		}
+		// AppendWithRow, given the row's JSON and no Row, writes what
+		// Encode writes, after what dst holds.
+		if s.Row != nil {
+			row, err := json.Marshal(s.Row)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bare := *s
+			bare.Row = nil
+			got, err := c.AppendWithRow([]byte("x"), &bare, row)
+			if err != nil || string(got) != "x"+string(b) {
+				t.Fatalf("AppendWithRow(%s) = %s, %v; Encode: %s", row, got, err, b)
+			}
+		}
 	})
+}
+
+// TestStateAppendWithRow: AppendWithRow refuses what Encode refuses.
+func TestStateAppendWithRow(t *testing.T) {
+	c := codecs.StateCodec{}
+	deleted := state()
+	deleted.Row, deleted.Deleted = nil, true
+	for name, s := range map[string]*codecs.State{"nil": nil, "deleted": deleted, "no type": {EntityID: codecs.IntKey(1)}} {
+		if b, err := c.AppendWithRow(nil, s, []byte(`{"id":1}`)); err == nil {
+			t.Errorf("%s: AppendWithRow wrote %s", name, b)
+		}
+	}
+	if b, err := c.AppendWithRow(nil, state(), []byte(`{"id":`)); err == nil {
+		t.Errorf("a row that is not JSON: AppendWithRow wrote %s", b)
+	}
+	want, err := c.Encode(state())
+	if err != nil {
+		t.Fatal(err)
+	}
+	row, _ := json.Marshal(state().Row)
+	if got, err := c.AppendWithRow(nil, state(), row); err != nil || string(got) != string(want) {
+		t.Errorf("AppendWithRow = %s, %v; want %s", got, err, want)
+	}
 }

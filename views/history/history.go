@@ -194,8 +194,8 @@ func (r *Reader) Bounds(ctx context.Context) (Bounds, error) {
 	if b.Start < b.End && b.StartTime.IsZero() {
 		var first *codecs.Event
 		// The first committed event (aborted records and markers hold offsets too).
-		err := r.scan(ctx, b.Start, b.End, func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error) {
-			ev, err := value()
+		err := r.scan(ctx, b.Start, b.End, func(off int64, key []byte, value recordValue) (bool, error) {
+			ev, err := value.event()
 			first = ev
 			return false, err
 		})
@@ -245,8 +245,8 @@ func (r *Reader) OffsetAt(ctx context.Context, at time.Time) (int64, error) {
 	// The first record committed after at is within a few of from: read
 	// batches, not 8 MiB at once (that was most of a point-in-time read
 	// from the index).
-	err = r.scanSized(ctx, max(from, b.Start), b.End, smallFetch, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
-		ev, err := value()
+	err = r.scanSized(ctx, max(from, b.Start), b.End, smallFetch, func(off int64, _ []byte, value recordValue) (bool, error) {
+		ev, err := value.event()
 		if err != nil {
 			return false, err
 		}
@@ -284,8 +284,8 @@ func (r *Reader) OffsetAtLSN(ctx context.Context, lsn codecs.LSN) (int64, error)
 		// without being read.
 		found, at := false, int64(0)
 		var commit codecs.LSN
-		err := r.scan(ctx, mid, hi, func(off int64, _ []byte, value func() (*codecs.Event, error)) (bool, error) {
-			ev, err := value()
+		err := r.scan(ctx, mid, hi, func(off int64, _ []byte, value recordValue) (bool, error) {
+			ev, err := value.event()
 			if err != nil {
 				return false, err
 			}
@@ -341,11 +341,11 @@ func (r *Reader) ChangesSeq(ctx context.Context, entityType string, id codecs.Ke
 		key := entityType + "/" + id.String()
 		truncKey := entityType + "/0"
 		stopped := false
-		err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+		err := r.scan(ctx, from, to, func(off int64, k []byte, value recordValue) (bool, error) {
 			if string(k) != key && string(k) != truncKey {
 				return true, nil
 			}
-			ev, err := value()
+			ev, err := value.event()
 			if err != nil {
 				return false, err
 			}
@@ -499,9 +499,11 @@ func (r *Reader) TypeAt(ctx context.Context, entityType string, end int64, progr
 	}
 	end = min(end, b.End)
 	rp := newReplay(true)
-	apply := func(ev *codecs.Event) { rp.apply(ev) }
-	if err := r.replayType(ctx, entityType, b.Start, end, progress, apply); err != nil {
+	if err := r.replayType(ctx, entityType, b.Start, end, progress, rp.applyWithoutRow); err != nil {
 		return nil, err
+	}
+	if err := rp.decodeRows(); err != nil {
+		return nil, fmt.Errorf("history: %w", err)
 	}
 	return rp.entities(), nil
 }
@@ -532,12 +534,14 @@ func (r *Reader) TypeJSONAt(ctx context.Context, entityType string, end int64, p
 
 // replayType calls apply with the changes of entityType in [from, to), in
 // order: every record whose key starts with "<type>/" and whose event is
-// of the type, truncates included. progress, when not nil, hears how far
-// it is about once a second, and at the end.
-func (r *Reader) replayType(ctx context.Context, entityType string, from, to int64, progress func(done, total int64), apply func(*codecs.Event)) error {
+// of the type, truncates included, decoded without its rows, and the JSON
+// of its after (see codecs.EventCodec.DecodeWithoutRows); it stops at
+// apply's first error. progress, when not nil, hears how far it is about
+// once a second, and at the end.
+func (r *Reader) replayType(ctx context.Context, entityType string, from, to int64, progress func(done, total int64), apply func(ev *codecs.Event, after []byte) error) error {
 	prefix := entityType + "/"
 	last := time.Now()
-	err := r.scan(ctx, from, to, func(off int64, k []byte, value func() (*codecs.Event, error)) (bool, error) {
+	err := r.scan(ctx, from, to, func(off int64, k []byte, value recordValue) (bool, error) {
 		if progress != nil && time.Since(last) >= time.Second {
 			progress(off-from, to-from)
 			last = time.Now()
@@ -545,12 +549,14 @@ func (r *Reader) replayType(ctx context.Context, entityType string, from, to int
 		if len(k) <= len(prefix) || string(k[:len(prefix)]) != prefix {
 			return true, nil
 		}
-		ev, err := value()
+		ev, after, err := value.eventWithoutRows()
 		if err != nil {
 			return false, err
 		}
 		if ev.EntityType == entityType {
-			apply(ev)
+			if err := apply(ev, after); err != nil {
+				return false, err
+			}
 		}
 		return true, nil
 	})
@@ -568,7 +574,7 @@ func (r *Reader) replayType(ctx context.Context, entityType string, from, to int
 // returns false or an error. A record that does not decode (written by
 // something other than the capture) is passed over with a warning: it must
 // not make the entity or type it concerns unreadable for the retention.
-func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
+func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, key []byte, value recordValue) (bool, error)) error {
 	return r.scanSized(ctx, from, to, 8<<20, fn)
 }
 
@@ -577,19 +583,12 @@ func (r *Reader) scan(ctx context.Context, from, to int64, fn func(off int64, ke
 const smallFetch = 64 << 10
 
 // scanSized is scan with fetches of at most maxBytes.
-func (r *Reader) scanSized(ctx context.Context, from, to int64, maxBytes int32, fn func(off int64, key []byte, value func() (*codecs.Event, error)) (bool, error)) error {
+func (r *Reader) scanSized(ctx context.Context, from, to int64, maxBytes int32, fn func(off int64, key []byte, value recordValue) (bool, error)) error {
 	if from >= to {
 		return nil
 	}
 	err := kread.RangeSized(ctx, r.client, r.topic, 0, from, to, maxBytes, func(rec *kread.Record) (bool, error) {
-		value := func() (*codecs.Event, error) {
-			ev, err := (codecs.EventCodec{}).Decode(rec.Value)
-			if err != nil {
-				return nil, fmt.Errorf("%w: history offset %d: %w", errUndecodable, rec.Offset, err)
-			}
-			return ev, nil
-		}
-		more, err := fn(rec.Offset, rec.Key, value)
+		more, err := fn(rec.Offset, rec.Key, recordValue{rec.Value, rec.Offset})
 		if errors.Is(err, errUndecodable) {
 			r.log.Warn("passed over a history record that is not an event", "offset", rec.Offset, "err", err)
 			return true, nil
@@ -603,6 +602,32 @@ func (r *Reader) scanSized(ctx context.Context, from, to int64, maxBytes int32, 
 		return fmt.Errorf("history: %w", err)
 	}
 	return nil
+}
+
+// recordValue is the value of the history record at offset, which scan
+// hands on for its callback to decode, if it needs it.
+type recordValue struct {
+	b      []byte
+	offset int64
+}
+
+// event decodes the value.
+func (v recordValue) event() (*codecs.Event, error) {
+	ev, err := (codecs.EventCodec{}).Decode(v.b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: history offset %d: %w", errUndecodable, v.offset, err)
+	}
+	return ev, nil
+}
+
+// eventWithoutRows decodes the value without its rows, and returns the
+// JSON of its after (see codecs.EventCodec.DecodeWithoutRows).
+func (v recordValue) eventWithoutRows() (*codecs.Event, []byte, error) {
+	ev, after, err := (codecs.EventCodec{}).DecodeWithoutRows(v.b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: history offset %d: %w", errUndecodable, v.offset, err)
+	}
+	return ev, after, nil
 }
 
 // errUndecodable marks a record scan passes over.

@@ -29,11 +29,18 @@ func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progre
 	var out []*codecs.State
 	err := x.walkType(ctx, entityType, end, progress, func(e typeEntity) error {
 		st := e.state
-		if st == nil {
+		switch {
+		case st == nil:
 			var err error
 			if st, err = decodeVersion(e.key, e.stored); err != nil {
 				return err
 			}
+		case e.row != nil:
+			row, err := codecs.DecodeRow(e.row)
+			if err != nil {
+				return fmt.Errorf("history index: %s %s: %w", st.EntityType, st.EntityID, err)
+			}
+			st.Row = row
 		}
 		out = append(out, st)
 		return nil
@@ -56,11 +63,17 @@ func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progre
 // 9999) is json.Marshal's error. TypeJSONAt is safe for concurrent use,
 // as TypeAt is.
 func (x *Index) TypeJSONAt(ctx context.Context, entityType string, end int64, progress func(done, total int64), fn func(entity []byte) error) error {
-	var buf []byte
+	var buf, scratch []byte
 	return x.walkType(ctx, entityType, end, progress, func(e typeEntity) error {
-		if e.state == nil {
+		switch {
+		case e.state == nil:
 			buf = appendSplitEntity(buf[:0], e.split)
-		} else {
+		case e.row != nil:
+			var err error
+			if buf, err = appendEntityWithRow(buf[:0], &scratch, e.state, e.row); err != nil {
+				return err
+			}
+		default:
 			var err error
 			if buf, err = appendEntity(buf[:0], e.state); err != nil {
 				return err
@@ -71,10 +84,12 @@ func (x *Index) TypeJSONAt(ctx context.Context, entityType string, end int64, pr
 }
 
 // typeEntity is an entity of walkType's answer: the state the replay made
-// (state), or the checkpoint's state as the index stores it (stored, under
-// the entity's entityKey key, and split; state is nil).
+// (state, and if it left the state without its row, the row's JSON), or
+// the checkpoint's state as the index stores it (stored, under the
+// entity's entityKey key, and split; state is nil).
 type typeEntity struct {
 	state  *codecs.State
+	row    []byte
 	key    []byte
 	stored []byte
 	split  codecs.StateJSON
@@ -150,6 +165,7 @@ func (x *Index) walkType(ctx context.Context, entityType string, end int64, prog
 	// stored).
 	replayed := func(te *tailEntity, base *codecs.State, stored []byte, split codecs.StateJSON) error {
 		clear(rp.states)
+		clear(rp.rows)
 		rp.truncatedAt = truncatedAt
 		if base.Holds(truncatedAt) {
 			rp.states[te.id] = base
@@ -162,16 +178,19 @@ func (x *Index) walkType(ctx context.Context, entityType string, end int64, prog
 		}
 		for _, c := range te.changes {
 			raise(c.truncatedAt)
-			rp.apply(c.ev)
+			if err := rp.applyWithoutRow(c.ev, c.after); err != nil {
+				return fmt.Errorf("history index: %w", err)
+			}
 		}
 		raise(tail.truncatedAt)
+		row := rp.rows[te.id] // the row of a state the replay left without it
 		switch st := rp.entity(te.id); {
 		case st == nil:
 			return nil
 		case st == base && stored != nil && split.Type != nil:
 			return fn(typeEntity{key: te.key, stored: stored, split: split})
 		default:
-			return fn(typeEntity{state: st})
+			return fn(typeEntity{state: st, row: row})
 		}
 	}
 	next := 0 // the first of changed not passed on yet
@@ -243,9 +262,14 @@ type tailEntity struct {
 	unchanged bool // a change keeps columns unchanged
 }
 
-// tailChange is a change, and the type's last truncate before it.
+// tailChange is a change, decoded without its rows, the JSON of its after
+// (codecs.EventCodec.DecodeWithoutRows), and the type's last truncate
+// before it. The tail is held until the checkpoint is read: the JSON of
+// the rows takes a fraction of the memory of their Rows, and the replay
+// decodes only the rows of its answer.
 type tailChange struct {
 	ev          *codecs.Event
+	after       []byte
 	truncatedAt codecs.Position
 }
 
@@ -255,23 +279,21 @@ type tailChange struct {
 // lowers it), from truncatedAt, the last before from.
 func (r *Reader) readTail(ctx context.Context, entityType string, from, to int64, truncatedAt codecs.Position, progress func(done, total int64)) (*typeTail, error) {
 	t := &typeTail{entities: map[codecs.Key]*tailEntity{}, truncatedAt: truncatedAt}
-	err := r.replayType(ctx, entityType, from, to, progress, func(ev *codecs.Event) {
+	err := r.replayType(ctx, entityType, from, to, progress, func(ev *codecs.Event, after []byte) error {
 		if ev.Op == codecs.OpTruncate {
 			if ev.Position.Compare(t.truncatedAt) > 0 {
 				t.truncatedAt = ev.Position
 			}
-			return
+			return nil
 		}
-		// The replay reads no change's old row; the tail is held until
-		// the checkpoint is read.
-		ev.Before = nil
 		te := t.entities[ev.EntityID]
 		if te == nil {
 			te = &tailEntity{id: ev.EntityID}
 			t.entities[ev.EntityID] = te
 		}
-		te.changes = append(te.changes, tailChange{ev: ev, truncatedAt: t.truncatedAt})
+		te.changes = append(te.changes, tailChange{ev: ev, after: after, truncatedAt: t.truncatedAt})
 		te.unchanged = te.unchanged || len(ev.Unchanged) > 0
+		return nil
 	})
 	return t, err
 }

@@ -77,6 +77,24 @@ func TestEntityJSONIsMarshal(t *testing.T) {
 		case werr == nil && (gerr != nil || string(got) != "x"+string(want)):
 			t.Errorf("appendEntity(%+v)\n got %s (%v)\nwant x%s", st, got, gerr, want)
 		}
+		// A state the replay left without its row: written with the row's
+		// JSON, what DecodeWithoutRows hands on.
+		if st.Row != nil {
+			row, err := json.Marshal(st.Row)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bare := *st
+			bare.Row = codecs.Row{}
+			scratch := []byte("scratch")
+			got, gerr := appendEntityWithRow([]byte("x"), &scratch, &bare, row)
+			switch {
+			case werr != nil && gerr == nil:
+				t.Errorf("appendEntityWithRow(%+v) wrote %s; json.Marshal: %v", st, got, werr)
+			case werr == nil && (gerr != nil || string(got) != "x"+string(want)):
+				t.Errorf("appendEntityWithRow(%+v)\n got %s (%v)\nwant x%s", st, got, gerr, want)
+			}
+		}
 		// As the index stores it: decoded and encoded again.
 		b, err := (codecs.StateCodec{}).Encode(st)
 		if err != nil {

@@ -65,6 +65,29 @@ func appendEntity(dst []byte, st *codecs.State) ([]byte, error) {
 	return append(dst, b...), nil
 }
 
+// appendEntityWithRow is appendEntity for st with the row row, the JSON of
+// a Row as encoding/json writes it; st.Row is not read (see
+// codecs.StateCodec.AppendWithRow). It writes the state's JSON to
+// *scratch on the way, which must not share dst's memory.
+func appendEntityWithRow(dst []byte, scratch *[]byte, st *codecs.State, row []byte) ([]byte, error) {
+	b, err := (codecs.StateCodec{}).AppendWithRow((*scratch)[:0], st, row)
+	if err == nil {
+		*scratch = b
+		if s, ok := codecs.SplitState(b); ok {
+			return appendSplitEntity(dst, s), nil
+		}
+	}
+	// What AppendWithRow refuses, or writes in another layout, is
+	// appendEntity's to write or refuse.
+	r, derr := codecs.DecodeRow(row)
+	if derr != nil {
+		return dst, fmt.Errorf("encode %s %s: %w", st.EntityType, st.EntityID, derr)
+	}
+	v := *st
+	v.Row = r
+	return appendEntity(dst, &v)
+}
+
 // appendSplitEntity appends the JSON of the Entity of the state s is the
 // JSON of: its members, in Entity's order, as StateCodec wrote them, which
 // is as json.Marshal writes them (for a state StateCodec decoded and

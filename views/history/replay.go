@@ -1,6 +1,7 @@
 package history
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 
@@ -22,6 +23,9 @@ type replay struct {
 	// order, and a replay of a whole type must not grow with every entity
 	// ever deleted.
 	dropDeleted bool
+	// rows holds the JSON of the row of each state applyWithoutRow left
+	// without its row: decodeRows decodes it.
+	rows map[codecs.Key][]byte
 }
 
 func newReplay(dropDeleted bool) *replay {
@@ -37,7 +41,13 @@ func (r *replay) apply(ev *codecs.Event) (base *codecs.State, missing []string, 
 		if ev.Position.Compare(r.truncatedAt) > 0 {
 			r.truncatedAt = ev.Position
 		}
-		maps.DeleteFunc(r.states, func(_ codecs.Key, st *codecs.State) bool { return !st.Holds(r.truncatedAt) })
+		maps.DeleteFunc(r.states, func(id codecs.Key, st *codecs.State) bool {
+			if st.Holds(r.truncatedAt) {
+				return false
+			}
+			delete(r.rows, id)
+			return true
+		})
 		return nil, nil, false
 	}
 	cur := r.states[ev.EntityID]
@@ -52,6 +62,76 @@ func (r *replay) apply(ev *codecs.Event) (base *codecs.State, missing []string, 
 		r.states[ev.EntityID] = next
 	}
 	return base, missing, true
+}
+
+// applyWithoutRow is apply for ev decoded without its rows (see
+// codecs.EventCodec.DecodeWithoutRows), after the JSON of its after. It
+// decodes no row where it can help it: a change that keeps no column
+// unchanged leaves the state it makes without its row (an empty Row) until
+// decodeRows, and a later change that supersedes it before that spares the
+// row's decoding altogether. A change that keeps columns unchanged reads
+// the row it applies to, so that row, and its own, are decoded at once.
+// Call decodeRows before entity or entities.
+func (r *replay) applyWithoutRow(ev *codecs.Event, after []byte) error {
+	if ev.Op == codecs.OpTruncate {
+		r.apply(ev)
+		return nil
+	}
+	id := ev.EntityID
+	if len(ev.Unchanged) > 0 && after != nil {
+		if err := r.decodeRow(id); err != nil {
+			return err
+		}
+		row, err := codecs.DecodeRow(after)
+		if err != nil {
+			return fmt.Errorf("%s %s at %s: %w", ev.EntityType, id, ev.Position, err)
+		}
+		ev.After = row
+		r.apply(ev)
+		ev.After = nil // the replay does not keep the event's row
+		return nil
+	}
+	if _, _, applied := r.apply(ev); applied {
+		if st := r.states[id]; st != nil && after != nil && !st.Deleted {
+			if r.rows == nil {
+				r.rows = map[codecs.Key][]byte{}
+			}
+			r.rows[id] = after
+		} else {
+			delete(r.rows, id)
+		}
+	}
+	return nil
+}
+
+// decodeRow decodes the row applyWithoutRow left undecoded in the state
+// of entity id, if any.
+func (r *replay) decodeRow(id codecs.Key) error {
+	b, ok := r.rows[id]
+	if !ok {
+		return nil
+	}
+	delete(r.rows, id)
+	st := r.states[id]
+	if st == nil {
+		return nil
+	}
+	row, err := codecs.DecodeRow(b)
+	if err != nil {
+		return fmt.Errorf("%s %s at %s: %w", st.EntityType, id, st.Position, err)
+	}
+	st.Row = row
+	return nil
+}
+
+// decodeRows decodes every row applyWithoutRow left undecoded.
+func (r *replay) decodeRows() error {
+	for id := range r.rows {
+		if err := r.decodeRow(id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // entity is the state of entity id a reader sees, or nil.

@@ -2,6 +2,9 @@ package history
 
 import (
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -129,5 +132,64 @@ func TestReplayKeys(t *testing.T) {
 	rp.apply(change(codecs.OpTruncate, 0, 21, ""))
 	if n := len(rp.entities()); n != 0 {
 		t.Errorf("%d entities after a TRUNCATE", n)
+	}
+}
+
+// TestReplayWithoutRows: a replay of events decoded without their rows
+// (applyWithoutRow, then decodeRows) holds what a replay of the whole
+// events holds, whatever the order of inserts, updates keeping columns
+// unchanged, deletes, truncates and changes delivered again, and wherever
+// the rows are decoded in between.
+func TestReplayWithoutRows(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for round := range 300 {
+		full, lazy := newReplay(round%2 == 0), newReplay(round%2 == 0)
+		var events []*codecs.Event
+		for i := range 40 {
+			id := int64(1 + rnd.IntN(4))
+			lsn := codecs.LSN(10 + i)
+			if rnd.IntN(8) == 0 && i > 0 { // a change delivered again
+				lsn = codecs.LSN(10 + rnd.IntN(i))
+			}
+			row := fmt.Sprintf(`{"id": %d, "name": "n%d", "blob": "b%d"}`, id, i, i)
+			var ev *codecs.Event
+			switch rnd.IntN(6) {
+			case 0:
+				ev = change(codecs.OpInsert, id, lsn, row)
+			case 1, 2:
+				ev = change(codecs.OpUpdate, id, lsn, fmt.Sprintf(`{"id": %d, "name": "n%d"}`, id, i), "blob")
+			case 3:
+				ev = change(codecs.OpUpdate, id, lsn, row)
+			case 4:
+				ev = change(codecs.OpDelete, id, lsn, "")
+			default:
+				if rnd.IntN(3) == 0 {
+					ev = change(codecs.OpTruncate, 0, lsn, "")
+				} else {
+					ev = change(codecs.OpSnapshot, id, lsn, row)
+				}
+			}
+			events = append(events, ev)
+			b, err := codecs.EventCodec{}.Encode(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head, after, err := codecs.EventCodec{}.DecodeWithoutRows(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			full.apply(ev)
+			if err := lazy.applyWithoutRow(head, after); err != nil {
+				t.Fatal(err)
+			}
+			if rnd.IntN(5) == 0 || i == 39 {
+				if err := lazy.decodeRows(); err != nil {
+					t.Fatal(err)
+				}
+				if got, want := lazy.entities(), full.entities(); !reflect.DeepEqual(got, want) {
+					t.Fatalf("round %d, after %d events %v:\n without rows %v\n        whole %v", round, i+1, events, got, want)
+				}
+			}
+		}
 	}
 }
