@@ -750,6 +750,7 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 	var id []byte
 	var kind KeyKind
 	var after []byte
+	canonical := false // after is in canonicalRow's form
 	// skip checks the value that is next and returns it, nil for null.
 	skip := func() ([]byte, bool) {
 		if r.null() {
@@ -777,6 +778,11 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 			return mOp, ok
 		case "after":
 			if !rows {
+				r.space()
+				if end, ok := canonicalObject(r.b, r.i); ok {
+					after, r.i, canonical = r.b[r.i:end], end, true
+					return mAfter, true
+				}
 				after, ok = skip()
 				return mAfter, ok && (after == nil || after[0] == '{')
 			}
@@ -837,7 +843,7 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 	}
 	if !rows {
 		e.After = nil
-		if canonicalRow(after) {
+		if canonical {
 			after = bytes.Clone(after)
 		} else if after != nil {
 			row, ok := (&reader{b: after}).row()
@@ -858,40 +864,48 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 // each name once, with no escape and in valid UTF-8, and no space or
 // character encoding/json escapes for HTML in names or values.
 func canonicalRow(b []byte) bool {
-	if len(b) < 2 || b[0] != '{' {
-		return false
+	end, ok := canonicalObject(b, 0)
+	return ok && end == len(b)
+}
+
+// canonicalObject reads the object that starts at b[i] and returns where
+// it ends, if it is in canonicalRow's form; false if it is not (or not
+// JSON).
+func canonicalObject(b []byte, i int) (end int, ok bool) {
+	if i+1 >= len(b) || b[i] != '{' {
+		return 0, false
 	}
-	if b[1] == '}' {
-		return len(b) == 2
+	if b[i+1] == '}' {
+		return i + 2, true
 	}
 	var prev []byte
-	for i := 1; ; {
+	for i++; ; {
 		if i >= len(b) || b[i] != '"' {
-			return false
+			return 0, false
 		}
 		end, clean, ok := scanString(b, i)
 		if !ok || !clean {
-			return false
+			return 0, false
 		}
 		name := b[i+1 : end-1]
 		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) || (prev != nil && bytes.Compare(prev, name) >= 0) {
-			return false
+			return 0, false
 		}
 		prev = name
 		if end >= len(b) || b[end] != ':' {
-			return false
+			return 0, false
 		}
 		end, clean, ok = scanValue(b, end+1)
 		if !ok || !clean || end >= len(b) {
-			return false
+			return 0, false
 		}
 		switch b[end] {
 		case ',':
 			i = end + 1
 		case '}':
-			return end+1 == len(b)
+			return end + 1, true
 		default:
-			return false
+			return 0, false
 		}
 	}
 }
