@@ -153,7 +153,7 @@ type ServeHistoryIndexConfig struct {
 	// the state of every entity type: a whole type at a moment is read from
 	// the checkpoint before it plus at most this many history records. Fewer
 	// offsets make the index larger. Changing it rebuilds the index. Between
-	// 1 and 1000000000. Default: 1000000.
+	// 1 and 1000000000. Default: 250000.
 	CheckpointEvery int64 `yaml:"checkpoint_every"`
 }
 
@@ -172,7 +172,7 @@ const (
 	// DefaultServeHistoryIndexCheckpointEvery is
 	// serve.history_index.checkpoint_every's default (the same as
 	// views/history.DefaultCheckpointEvery).
-	DefaultServeHistoryIndexCheckpointEvery = 1_000_000
+	DefaultServeHistoryIndexCheckpointEvery = 250_000
 )
 
 // ServeTLSConfig is the query server's certificate. Both files are PEM;

@@ -230,7 +230,7 @@ func TestParseDefaults(t *testing.T) {
 		{"serve.history_scans", cfg.Serve.HistoryScans, topology.DefaultServeHistoryScans, 2},
 		{"serve.max_subscriptions", cfg.Serve.MaxSubscriptions, topology.DefaultServeMaxSubscriptions, 64},
 		{"serve.history_index.disabled", cfg.Serve.HistoryIndex.Disabled, false, false},
-		{"serve.history_index.checkpoint_every", cfg.Serve.HistoryIndex.CheckpointEvery, int64(topology.DefaultServeHistoryIndexCheckpointEvery), int64(1_000_000)},
+		{"serve.history_index.checkpoint_every", cfg.Serve.HistoryIndex.CheckpointEvery, int64(topology.DefaultServeHistoryIndexCheckpointEvery), int64(250_000)},
 		{"serve.tls", cfg.Serve.TLS.Enabled(), false, false},
 		{"entities[0].id_column", e.IDColumn, topology.DefaultIDColumn, "id"},
 		{"entities[0].partitions", e.Partitions, topology.DefaultPartitions, 8},

@@ -25,8 +25,10 @@ import (
 )
 
 // DefaultCheckpointEvery is IndexConfig.CheckpointEvery's default: a
-// checkpoint of every type's state each 1,000,000 history offsets.
-const DefaultCheckpointEvery = 1_000_000
+// checkpoint of every type's state each 250,000 history offsets, which
+// keeps a whole type of a million entities at any moment about as long to
+// read as the type read once from Kafka (BENCHMARKS.md).
+const DefaultCheckpointEvery = 250_000
 
 // IndexConfig is where an Index keeps its goleveldb database and how often
 // it checkpoints the types' states.
@@ -37,8 +39,9 @@ type IndexConfig struct {
 	// CheckpointEvery is how many history offsets apart the checkpoints of
 	// whole types are: TypeAt reads the checkpoint at or before the asked
 	// offset, then replays at most this many records from the history.
-	// Fewer make the index smaller and TypeAt slower. Changing it rebuilds
-	// the index. Default: DefaultCheckpointEvery (1,000,000).
+	// More offsets between checkpoints make the index smaller and TypeAt
+	// slower. Changing it rebuilds the index. Default:
+	// DefaultCheckpointEvery (250,000).
 	CheckpointEvery int64
 	// Registerer, when not nil, receives the changes_history_index_*
 	// metrics.
