@@ -53,14 +53,14 @@ type IndexConfig struct {
 
 // Index answers EntityAt in milliseconds, and TypeAt from the checkpoint
 // before the asked offset, where the Reader's scans read the whole history
-// (BENCHMARKS.md has the numbers: 4 ms for an entity at p50 on 10,000,000
-// changes; a type of a million entities on 2,000,000 changes checkpointed
-// every 250,000 in 1-6 s of CPU as JSON (TypeJSONAt: a read of the
-// checkpoint's stored states, 0.6-1.5 s, and the replay of the history
-// after it) and in 5-10 s as states (TypeAt, which decodes every row),
-// bounded wherever the moment is, where the scan grows by about 16 s a
-// million records). It is built by tailing the history (Run) into a
-// goleveldb database:
+// (BENCHMARKS.md has the numbers: 2 ms for an entity at p50 on 10,000,000
+// changes; a type of 1.2-1.4 million entities there in 0.8-2.6 s as JSON
+// (TypeJSONAt: a read of the checkpoint's stored states, 0.5-0.9 s, and the
+// replay of the history after it, which decodes only the rows of its
+// answer), less than reading as many records from Kafka once, and in
+// 5-11 s as states (TypeAt, which decodes every row), bounded wherever the
+// moment is, where the scan grows with the offset). It is built by tailing
+// the history (Run) into a goleveldb database:
 //
 //   - for each entity, the offset of each of its changes with what the replay
 //     judges it by (operation, position, key kind, unchanged columns), but

@@ -56,12 +56,14 @@ func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progre
 // EntityOf(st), without a newline), in id order, and returns fn's first
 // error, or its own. The bytes are fn's only until it returns. An entity
 // the replay after the checkpoint did not change is written from the bytes
-// the index stores, without decoding its row: a type of a million entities
-// takes about the time of reading its checkpoint once, where TypeAt builds
-// a map of every row and the caller's encoding walks it again. An entity
-// whose JSON encoding/json cannot write (a commit time after the year
-// 9999) is json.Marshal's error. TypeJSONAt is safe for concurrent use,
-// as TypeAt is.
+// the index stores, and one it changed from the JSON of its last change's
+// row as the history holds it, neither decoded (unless a change keeps
+// columns unchanged): a type of a million entities takes about the time of
+// reading its checkpoint once plus reading the history after it, where
+// TypeAt builds a map of every row and the caller's encoding walks it
+// again. An entity whose JSON encoding/json cannot write (a commit time
+// after the year 9999) is json.Marshal's error. TypeJSONAt is safe for
+// concurrent use, as TypeAt is.
 func (x *Index) TypeJSONAt(ctx context.Context, entityType string, end int64, progress func(done, total int64), fn func(entity []byte) error) error {
 	var buf, scratch []byte
 	return x.walkType(ctx, entityType, end, progress, func(e typeEntity) error {
