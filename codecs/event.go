@@ -380,14 +380,15 @@ func (EventCodec) Decode(b []byte) (*Event, error) {
 
 // DecodeWithoutRows decodes b as Decode does, and fails where it fails,
 // but leaves the rows out: the event's After and Before are nil, and after
-// is the JSON of the row After would hold, as encoding/json writes that
-// Row (nil where After would be nil), for DecodeRow when the row is
-// needed. A reader that holds many events and needs the rows of few of
-// them, as the history index does when it replays a type, spends neither
-// the time nor the memory of a map per row, and can write a row it does
-// not decode (StateCodec.AppendWithRow). after is a copy: b may be reused.
-// An event the capture wrote has its after in that form already: it is
-// checked and copied.
+// is a copy of the JSON of the row After would hold, as b holds it (nil
+// where After would be nil), for DecodeRow when the row is needed. A
+// reader that holds many events and needs the rows of few of them, as the
+// history index does when it replays a type, spends neither the time nor
+// the memory of a map per row, and can write a row it does not decode
+// (StateCodec.AppendWithRow writes the capture's rows, which are in
+// encoding/json's form, as they are). An event in a form only
+// encoding/json decodes has its after written again as encoding/json
+// writes the Row: DecodeRow then gives that Row with its values compacted.
 func (c EventCodec) DecodeWithoutRows(b []byte) (ev *Event, after []byte, err error) {
 	if e, after, ok := decodeEventRows(b, false); ok {
 		return e, after, nil
@@ -406,8 +407,9 @@ func (c EventCodec) DecodeWithoutRows(b []byte) (ev *Event, after []byte, err er
 }
 
 // DecodeRow decodes the JSON of a row, as DecodeWithoutRows hands it on,
-// into a Row that encoding/json writes as b: the Row Decode would have
-// given the event, its values compacted. The Row's values are slices of b.
+// into the Row Decode would have given the event (see DecodeWithoutRows
+// for the one exception). The Row's values are slices of b, but for a row
+// only encoding/json decodes.
 func DecodeRow(b []byte) (Row, error) {
 	r := reader{b: b}
 	if row, ok := r.row(); ok && row != nil && r.end() {

@@ -737,10 +737,10 @@ func decodeEvent(b []byte) (*Event, bool) {
 }
 
 // decodeEventRows is decodeEvent, which decodes the rows if rows is true.
-// If it is false, it only checks that "after" and "before" are JSON
-// values, leaves After and Before nil, and returns a copy of the JSON of
-// "after" if it is an object (nil if it is null or absent); false for an
-// after that is neither, or an empty object.
+// If it is false, it reads the rows as decodeEvent does, accepting what it
+// accepts, without building them: After and Before are left nil, and it
+// returns a copy of the JSON of "after", as b holds it (nil for null or
+// absent).
 func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 	r := reader{b: b}
 	if rows {
@@ -749,21 +749,8 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 	var e Event
 	var id []byte
 	var kind KeyKind
-	var after []byte
-	canonical := false // after is in canonicalRow's form
-	// skip checks the value that is next and returns it, nil for null.
-	skip := func() ([]byte, bool) {
-		if r.null() {
-			return nil, true
-		}
-		end, _, ok := scanValue(r.b, r.i)
-		if !ok {
-			return nil, false
-		}
-		v := r.b[r.i:end]
-		r.i = end
-		return v, true
-	}
+	var after, before []byte
+	var afterEmpty, beforeEmpty bool
 	ok := r.object(func(name []byte) (bit int, ok bool) {
 		switch string(name) {
 		case "type":
@@ -778,20 +765,15 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 			return mOp, ok
 		case "after":
 			if !rows {
-				r.space()
-				if end, ok := canonicalObject(r.b, r.i); ok {
-					after, r.i, canonical = r.b[r.i:end], end, true
-					return mAfter, true
-				}
-				after, ok = skip()
-				return mAfter, ok && (after == nil || after[0] == '{')
+				after, afterEmpty, ok = r.skipRow()
+				return mAfter, ok
 			}
 			e.After, ok = r.row()
 			return mAfter, ok
 		case "before":
 			if !rows {
-				before, ok := skip()
-				return mBefore, ok && (before == nil || before[0] == '{')
+				before, beforeEmpty, ok = r.skipRow()
+				return mBefore, ok
 			}
 			e.Before, ok = r.row()
 			return mBefore, ok
@@ -830,33 +812,63 @@ func decodeEventRows(b []byte, rows bool) (*Event, []byte, bool) {
 	if e.EntityID, ok = key(id, kind); !ok {
 		return nil, nil, false
 	}
-	if !rows && after != nil {
-		// Validate sees the row as present, or as the empty Row the
-		// object is.
-		if empty, _ := (&reader{b: after}).open(); empty {
-			return nil, nil, false
-		}
-		e.After = placeholderRow
+	if !rows {
+		// Validate sees the rows as present, or as the empty Rows they
+		// are.
+		e.After, e.Before = skippedRow(after, afterEmpty), skippedRow(before, beforeEmpty)
 	}
 	if e.Validate() != nil {
 		return nil, nil, false
 	}
 	if !rows {
-		e.After = nil
-		if canonical {
-			after = bytes.Clone(after)
-		} else if after != nil {
-			row, ok := (&reader{b: after}).row()
-			if !ok {
-				return nil, nil, false
-			}
-			var err error
-			if after, err = appendRow(nil, row); err != nil {
-				return nil, nil, false
-			}
-		}
+		e.After, e.Before = nil, nil
+		after = bytes.Clone(after)
 	}
 	return &e, after, true
+}
+
+// skippedRow is a Row that Validate sees as it would see the row whose
+// JSON skipRow read: nil for null, empty, or holding something.
+func skippedRow(raw []byte, empty bool) Row {
+	switch {
+	case raw == nil:
+		return nil
+	case empty:
+		return Row{}
+	}
+	return placeholderRow
+}
+
+// skipRow reads what row reads, and accepts what it accepts, without
+// building the Row: it returns the object's JSON (nil for null) and
+// whether the object is empty.
+func (r *reader) skipRow() (raw []byte, empty, ok bool) {
+	if r.null() {
+		return nil, false, true
+	}
+	r.space()
+	start := r.i
+	if empty, ok = r.open(); !ok {
+		return nil, false, false
+	}
+	if empty {
+		return r.b[start:r.i], true, true
+	}
+	for {
+		if _, ok := r.name(); !ok {
+			return nil, false, false
+		}
+		end, _, ok := scanValue(r.b, r.i)
+		if !ok {
+			return nil, false, false
+		}
+		r.i = end
+		if more, ok := r.more(); !ok {
+			return nil, false, false
+		} else if !more {
+			return r.b[start:r.i], false, true
+		}
+	}
 }
 
 // canonicalRow reports whether b is a JSON object in the form

@@ -125,12 +125,12 @@ func (StateCodec) Encode(s *State) ([]byte, error) {
 }
 
 // AppendWithRow appends to dst what Encode returns for s with the row row
-// as its Row, where row is the JSON of a Row as encoding/json writes it
-// (as EventCodec.DecodeWithoutRows hands an after on); s.Row is not read.
-// A reader that passes rows on without decoding them, as the history index
-// does, writes a state with it: the row is checked, not decoded, unless it
-// is in another form. The errors are Encode's, and a row that does not
-// decode.
+// as its Row, where row is the JSON object of a Row (as
+// EventCodec.DecodeWithoutRows hands an after on); s.Row is not read. A
+// reader that passes rows on without decoding them, as the history index
+// does, writes a state with it: a row in the form encoding/json writes a
+// Row in (the capture's rows) is checked and copied, any other decoded and
+// written again. The errors are Encode's, and a row that does not decode.
 func (c StateCodec) AppendWithRow(dst []byte, s *State, row []byte) ([]byte, error) {
 	if s == nil {
 		return dst, errors.New("encode state: nil")

@@ -56,8 +56,8 @@ type IndexConfig struct {
 // (BENCHMARKS.md has the numbers: 2 ms for an entity at p50 on 10,000,000
 // changes; a type of 1.2-1.4 million entities there in 0.8-2.6 s as JSON
 // (TypeJSONAt: a read of the checkpoint's stored states, 0.5-0.9 s, and the
-// replay of the history after it, which decodes only the rows of its
-// answer), less than reading as many records from Kafka once, and in
+// replay of the history after it, which decodes no row it can pass on
+// as JSON), less than reading as many records from Kafka once, and in
 // 5-11 s as states (TypeAt, which decodes every row), bounded wherever the
 // moment is, where the scan grows with the offset). It is built by tailing
 // the history (Run) into a goleveldb database:

@@ -56,9 +56,10 @@ func (x *Index) TypeAt(ctx context.Context, entityType string, end int64, progre
 // EntityOf(st), without a newline), in id order, and returns fn's first
 // error, or its own. The bytes are fn's only until it returns. An entity
 // the replay after the checkpoint did not change is written from the bytes
-// the index stores, and one it changed from the JSON of its last change's
-// row as the history holds it, neither decoded (unless a change keeps
-// columns unchanged): a type of a million entities takes about the time of
+// the index stores, and one it changed from the JSON of the row of the
+// last change applied to it, as the history holds it; neither is decoded
+// unless a change keeps columns unchanged or the history's row is not in
+// encoding/json's form: a type of a million entities takes about the time of
 // reading its checkpoint once plus reading the history after it, where
 // TypeAt builds a map of every row and the caller's encoding walks it
 // again. An entity whose JSON encoding/json cannot write (a commit time
@@ -268,7 +269,8 @@ type tailEntity struct {
 // (codecs.EventCodec.DecodeWithoutRows), and the type's last truncate
 // before it. The tail is held until the checkpoint is read: the JSON of
 // the rows takes a fraction of the memory of their Rows, and the replay
-// decodes only the rows of its answer.
+// decodes a row only where a change keeps columns unchanged, or TypeAt
+// answers it.
 type tailChange struct {
 	ev          *codecs.Event
 	after       []byte
