@@ -54,6 +54,17 @@ func BenchmarkEventCodec(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	})
+	// What the history's type replays do with each change.
+	b.Run("decode-without-rows", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			if _, _, err := (codecs.EventCodec{}).DecodeWithoutRows(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	})
 }
 
 func BenchmarkStateCodec(b *testing.B) {
