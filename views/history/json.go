@@ -65,9 +65,9 @@ func appendEntity(dst []byte, st *codecs.State) ([]byte, error) {
 	return append(dst, b...), nil
 }
 
-// appendEntityWithRow is appendEntity for st with the row row, the JSON of
-// a Row as encoding/json writes it; st.Row is not read (see
-// codecs.StateCodec.AppendWithRow). It writes the state's JSON to
+// appendEntityWithRow is appendEntity for st with the row row, the JSON
+// object of a Row (as codecs.EventCodec.DecodeWithoutRows hands an after
+// on); st.Row is not read (see codecs.StateCodec.AppendWithRow). It writes the state's JSON to
 // *scratch on the way, which must not share dst's memory.
 func appendEntityWithRow(dst []byte, scratch *[]byte, st *codecs.State, row []byte) ([]byte, error) {
 	b, err := (codecs.StateCodec{}).AppendWithRow((*scratch)[:0], st, row)
