@@ -240,12 +240,42 @@ func TestHistoryIndexServesAt(t *testing.T) {
 	if fromIndex == 0 {
 		t.Errorf("after retention the index answered none of %d whole-type moments", len(after))
 	}
+	// An index built after retention keeps no checkpoints of the types: the
+	// server scans for a whole type, and says so.
+	late, err := history.OpenIndex(h, history.IndexConfig{Dir: t.TempDir(), CheckpointEvery: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lctx, stopLate := context.WithCancel(ctx)
+	lateDone := make(chan error, 1)
+	go func() { lateDone <- late.Run(lctx) }()
+	defer func() {
+		stopLate()
+		if err := <-lateDone; err != nil {
+			t.Errorf("index built after retention: %v", err)
+		}
+		late.Close()
+	}()
+	for late.Position() < b.End {
+		if ctx.Err() != nil {
+			t.Fatalf("the index built after retention reached offset %d of %d", late.Position(), b.End)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	withLate := httptest.NewServer(server.Handler(server.Config{Views: vs, History: h, HistoryIndex: func() *history.Index { return late }, Log: testLogger(t)}))
+	defer withLate.Close()
+	path := fmt.Sprintf("/v1/history/item?at=%d", b.End-1)
+	code, source, body := get(withLate.URL, path)
+	wantCode, _, want := get(scanning.URL, path)
+	if source != "scan" || code != wantCode || body != want {
+		t.Errorf("GET %s from an index without checkpoints: %d (%s) %s\nthe scan: %d %s", path, code, source, body, wantCode, want)
+	}
 
 	// `changes serve` keeps its index beside its views and answers from it
 	// once it has caught up, the same as the scan.
 	serveAddr := freeAddr(t)
 	serve := startProcess(ctx, t, map[string]string{"CHANGES_SERVE_LISTEN": serveAddr}, "serve", "--config", writeConfig(t, cfg))
-	path := fmt.Sprintf("/v1/history/item/3?at=%d", b.End-1)
+	path = fmt.Sprintf("/v1/history/item/3?at=%d", b.End-1)
 	for {
 		serve.mustRun(t)
 		code, hdr, body := httpGet(serveAddr, path)

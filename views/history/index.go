@@ -314,6 +314,22 @@ func (x *Index) acquire() (release func(), err error) {
 // it from the history.
 func (x *Index) Position() int64 { return x.next.Load() }
 
+// KeepsTypes reports whether the index keeps checkpoints of the types'
+// states, from which TypeAt and TypeJSONAt answer. An index that did not
+// read the history from offset 0 (retention had removed it, or removed
+// records the index had not read yet) keeps none: TypeAt and TypeJSONAt
+// then answer as Reader.TypeAt does, by a scan of the history. It is false
+// too for a closed index or one that cannot read its database.
+func (x *Index) KeepsTypes() bool {
+	release, err := x.acquire()
+	if err != nil {
+		return false
+	}
+	defer release()
+	meta, found, err := x.meta(x.db)
+	return err == nil && found && meta.states
+}
+
 // ---------------------------------------------------------------- building
 
 // Run tails the history into the index until ctx is done (it returns nil)

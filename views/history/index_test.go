@@ -473,7 +473,37 @@ func TestIndexMatchesScan(t *testing.T) {
 			}
 		}
 	}
+	if !x.KeepsTypes() {
+		t.Error("an index that read the history from offset 0 says it keeps no checkpoints of the types")
+	}
 	closeIndex()
+	if x.KeepsTypes() {
+		t.Error("a closed index says it keeps checkpoints of the types")
+	}
+	// An index built after retention removed the start keeps none, and
+	// answers a type as the scan does (the query server then scans, and
+	// says so).
+	dir = t.TempDir()
+	late, closeLate := open()
+	defer closeLate()
+	waitIndexed(late)
+	if late.KeepsTypes() {
+		t.Error("an index built after retention removed the history's start says it keeps checkpoints of the types")
+	}
+	types := map[string]bool{}
+	for _, byType := range typeAnswers {
+		for typ := range byType {
+			types[typ] = true
+		}
+	}
+	if len(types) == 0 {
+		t.Fatal("no type was asked")
+	}
+	for typ := range types {
+		if got, want := typeAnswer(late.TypeAt(ctx, typ, end, nil)), typeAnswer(r.TypeAt(ctx, typ, end, nil)); got != want {
+			t.Errorf("%s at end %d from an index without checkpoints: %s; the scan: %s", typ, end, got, want)
+		}
+	}
 }
 
 // deleteRecords moves topic's log start to offset, as retention does.

@@ -576,8 +576,9 @@ const HeaderHistoryOffset = "X-Changes-History-Offset"
 // was at that moment (an RFC 3339 time or a history offset), one JSON
 // Entity a line (application/x-ndjson), in id order, as `changes asof`
 // prints it. The history index answers once it has read up to the moment,
-// decoding only the entities changed since its last checkpoint before it;
-// until then the history is scanned from its start. Either takes a history
+// if it keeps checkpoints of the types (it read the history from offset
+// 0), decoding only the entities changed since its last checkpoint before
+// it; else the history is scanned from its start. Either takes a history
 // turn for as long as it writes, the client's reading included.
 //
 // An error before the first entity is written is an error answer as
@@ -612,8 +613,10 @@ func (s *server) typeAt(w http.ResponseWriter, r *http.Request) {
 	defer release()
 	var idx *history.Index
 	if s.cfg.HistoryIndex != nil {
-		if idx = s.cfg.HistoryIndex(); idx != nil && idx.Position() < end {
-			idx = nil // it has not read that far yet
+		if idx = s.cfg.HistoryIndex(); idx != nil && (idx.Position() < end || !idx.KeepsTypes()) {
+			// It has not read that far yet, or it keeps no checkpoints
+			// of the types and would scan the history itself.
+			idx = nil
 		}
 	}
 	out := bufio.NewWriterSize(deadlineWriter{w: w, timeout: s.cfg.WriteTimeout}, 64<<10)
