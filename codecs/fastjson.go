@@ -876,48 +876,40 @@ func (r *reader) skipRow() (raw []byte, empty, ok bool) {
 // each name once, with no escape and in valid UTF-8, and no space or
 // character encoding/json escapes for HTML in names or values.
 func canonicalRow(b []byte) bool {
-	end, ok := canonicalObject(b, 0)
-	return ok && end == len(b)
-}
-
-// canonicalObject reads the object that starts at b[i] and returns where
-// it ends, if it is in canonicalRow's form; false if it is not (or not
-// JSON).
-func canonicalObject(b []byte, i int) (end int, ok bool) {
-	if i+1 >= len(b) || b[i] != '{' {
-		return 0, false
+	if len(b) < 2 || b[0] != '{' {
+		return false
 	}
-	if b[i+1] == '}' {
-		return i + 2, true
+	if b[1] == '}' {
+		return len(b) == 2
 	}
 	var prev []byte
-	for i++; ; {
+	for i := 1; ; {
 		if i >= len(b) || b[i] != '"' {
-			return 0, false
+			return false
 		}
 		end, clean, ok := scanString(b, i)
 		if !ok || !clean {
-			return 0, false
+			return false
 		}
 		name := b[i+1 : end-1]
 		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) || (prev != nil && bytes.Compare(prev, name) >= 0) {
-			return 0, false
+			return false
 		}
 		prev = name
 		if end >= len(b) || b[end] != ':' {
-			return 0, false
+			return false
 		}
 		end, clean, ok = scanValue(b, end+1)
 		if !ok || !clean || end >= len(b) {
-			return 0, false
+			return false
 		}
 		switch b[end] {
 		case ',':
 			i = end + 1
 		case '}':
-			return end + 1, true
+			return end+1 == len(b)
 		default:
-			return 0, false
+			return false
 		}
 	}
 }

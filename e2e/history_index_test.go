@@ -64,30 +64,12 @@ func TestHistoryIndexServesAt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	x, err := history.OpenIndex(h, history.IndexConfig{Dir: t.TempDir(), CheckpointEvery: 50})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ictx, stopIndex := context.WithCancel(ctx)
-	indexDone := make(chan error, 1)
-	go func() { indexDone <- x.Run(ictx) }()
-	defer func() {
-		stopIndex()
-		if err := <-indexDone; err != nil {
-			t.Errorf("index: %v", err)
-		}
-		x.Close()
-	}()
 	b, err := h.Bounds(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for x.Position() < b.End {
-		if ctx.Err() != nil {
-			t.Fatalf("the index reached offset %d of %d", x.Position(), b.End)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	x, stopIndex := indexHistory(t, ctx, h, b.End, "index")
+	defer stopIndex()
 	unchanged := 0
 	for id := int64(1); id <= 14; id++ {
 		changes, err := h.Changes(ctx, "item", codecs.IntKey(id), b.Start, b.End)
@@ -242,26 +224,8 @@ func TestHistoryIndexServesAt(t *testing.T) {
 	}
 	// An index built after retention keeps no checkpoints of the types: the
 	// server scans for a whole type, and says so.
-	late, err := history.OpenIndex(h, history.IndexConfig{Dir: t.TempDir(), CheckpointEvery: 50})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lctx, stopLate := context.WithCancel(ctx)
-	lateDone := make(chan error, 1)
-	go func() { lateDone <- late.Run(lctx) }()
-	defer func() {
-		stopLate()
-		if err := <-lateDone; err != nil {
-			t.Errorf("index built after retention: %v", err)
-		}
-		late.Close()
-	}()
-	for late.Position() < b.End {
-		if ctx.Err() != nil {
-			t.Fatalf("the index built after retention reached offset %d of %d", late.Position(), b.End)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	late, stopLate := indexHistory(t, ctx, h, b.End, "the index built after retention")
+	defer stopLate()
 	withLate := httptest.NewServer(server.Handler(server.Config{Views: vs, History: h, HistoryIndex: func() *history.Index { return late }, Log: testLogger(t)}))
 	defer withLate.Close()
 	path := fmt.Sprintf("/v1/history/item?at=%d", b.End-1)
@@ -294,4 +258,34 @@ func TestHistoryIndexServesAt(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(cfg.Storage, "serve", topo.History()+".index", "CURRENT")); err != nil {
 		t.Errorf("changes serve's index is not in <storage>/serve/<history topic>.index: %v", err)
 	}
+}
+
+// indexHistory builds a history index of h (a checkpoint every 50
+// offsets) in a directory of its own, and returns it once it has read up
+// to offset end, with the function that stops and closes it (before h
+// closes); name names it in errors.
+func indexHistory(t *testing.T, ctx context.Context, h *history.Reader, end int64, name string) (*history.Index, func()) {
+	t.Helper()
+	x, err := history.OpenIndex(h, history.IndexConfig{Dir: t.TempDir(), CheckpointEvery: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ictx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- x.Run(ictx) }()
+	closeIndex := func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		x.Close()
+	}
+	for x.Position() < end {
+		if ctx.Err() != nil {
+			closeIndex()
+			t.Fatalf("%s reached offset %d of %d", name, x.Position(), end)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return x, closeIndex
 }
